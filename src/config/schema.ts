@@ -1,0 +1,168 @@
+/**
+ * The one schema for Perch's settings. Everything else derives from it: validation of the YAML file,
+ * environment overrides (see env.ts), the TypeScript types the modules receive, and the documented
+ * example config (config/perch.example.yaml) and docs/config.md (see docs.ts).
+ *
+ * Every key carries a description: the generator refuses keys without one.
+ */
+import { z } from 'zod';
+
+const id = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'lowercase letters, digits, "_" or "-", at most 63, starting with a letter or digit');
+const topicRoot = z.string().min(1).refine((t) => !/[#+]/.test(t) && !t.startsWith('/') && !t.endsWith('/'), 'a topic without wildcards and without leading or trailing "/"');
+const filePath = z.string().min(1);
+
+export const logSettings = z.object({
+  level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info').describe('Lowest level written to the log (stdout, which journald collects).'),
+  format: z.enum(['json', 'pretty']).default('json').describe('json: one JSON object per line (journald, log shippers); pretty: readable lines for a terminal.'),
+}).describe('Logging.');
+
+export const tlsSettings = z.object({
+  ca: filePath.optional().describe('PEM file with the CA certificate(s) that signed the broker certificate.'),
+  cert: filePath.optional().describe('PEM client certificate, for brokers that authenticate clients by certificate.'),
+  key: filePath.optional().describe('PEM private key of the client certificate.'),
+  reject_unauthorized: z.boolean().default(true).describe('Refuse brokers whose certificate does not verify. Only switch off for testing.'),
+}).describe('TLS options; used when the url starts with mqtts://.');
+
+export const mqttSettings = z.object({
+  url: z.string().regex(/^(mqtts?|wss?):\/\/[^\s]+$/, 'mqtt://host[:port], mqtts://host[:port], ws:// or wss://').default('mqtt://127.0.0.1:1883').describe('Broker URL.'),
+  protocol: z.enum(['auto', '5', '3.1.1']).default('auto').describe('MQTT protocol version. auto tries MQTT 5 and falls back to 3.1.1 when the broker refuses it.'),
+  client_id: z.string().min(1).max(128).optional().describe('Client id; default perch-<device id>.'),
+  username: z.string().optional().describe('Username for the broker.'),
+  password: z.string().optional().describe('Password for the broker. Prefer the PERCH_MQTT_PASSWORD environment variable over writing it here.'),
+  tls: tlsSettings.prefault({}),
+  root_topic: topicRoot.optional().describe('Root of every Perch topic; default perch/<device id>.'),
+  keepalive_s: z.number().int().min(5).max(3600).default(30).describe('Keep-alive interval in seconds; the broker publishes the last will after 1.5x this without traffic.'),
+  reconnect_min_ms: z.number().int().min(100).default(1000).describe('First reconnect delay after the connection drops; doubles on every failure.'),
+  reconnect_max_ms: z.number().int().min(1000).default(60000).describe('Longest reconnect delay.'),
+  max_payload_bytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(1024 * 1024).describe('Largest accepted incoming payload; bigger requests are answered with an error and ignored.'),
+  message_expiry_s: z.number().int().min(0).default(3600).describe('MQTT 5 message expiry for answers and results, so stale ones die after an outage (0: never expire).'),
+  outbox: z.object({
+    max_messages: z.number().int().min(10).default(5000).describe('Most final results held while the broker is unreachable. When full, the oldest lowest-priority message is dropped first (and counted in stats).'),
+    max_bytes: z.number().int().min(64 * 1024).default(64 * 1024 * 1024).describe('Most bytes held while the broker is unreachable (snapshots count too).'),
+  }).prefault({}).describe('Outgoing queue for QoS 1 results, persisted under state_dir so a restart during an outage loses nothing.'),
+}).describe('Connection to the MQTT broker.');
+
+export const embeddedBrokerSettings = z.object({
+  enabled: z.boolean().default(false).describe('Run a small MQTT broker (aedes) inside Perch, for trying it without Mosquitto.'),
+  host: z.string().default('127.0.0.1').describe('Address the embedded broker listens on.'),
+  port: z.number().int().min(1).max(65535).default(1884).describe('Port of the embedded broker (1884, so it does not clash with a local Mosquitto on 1883).'),
+}).describe('Embedded broker.');
+
+export const homeAssistantSettings = z.object({
+  enabled: z.boolean().default(true).describe('Publish Home Assistant MQTT discovery for one Perch device.'),
+  discovery_prefix: topicRoot.default('homeassistant').describe('Home Assistant discovery prefix.'),
+  status_topic: z.string().default('homeassistant/status').describe('Topic where Home Assistant announces online; discovery is republished then.'),
+}).describe('Home Assistant MQTT discovery.');
+
+export const modelSettings = z.object({
+  dir: filePath.default('/var/lib/perch/models/gemma4-e2b').describe('Model package directory (made by perch model convert, pull or synth).'),
+  threads: z.number().int().min(1).max(64).default(4).describe('ONNX Runtime intra-op threads (the Pi 5 has 4 cores).'),
+  context_tokens: z.number().int().min(128).max(131072).default(4096).describe('Largest context (prompt and answer) the full-attention layers keep.'),
+  ple_cache_mb: z.number().int().min(1).default(64).describe('Memory budget of the per-layer-embedding row cache, in MiB.'),
+  memory_budget_mb: z.number().int().min(64).optional().describe('Refuse to load a package whose resident need exceeds this many MiB.'),
+  system_prompt: z.string().max(16384).default('You are Perch, a helpful assistant running offline on a small board. Answer briefly.').describe('System prompt of every conversation.'),
+  max_answer_tokens: z.number().int().min(1).max(8192).default(256).describe('Default largest number of tokens in an answer.'),
+}).describe('The on-device model.');
+
+export const schedulerSettings = z.object({
+  max_queued: z.number().int().min(1).max(10000).default(32).describe('Most jobs waiting for the model; a new job beyond this is refused with a busy error.'),
+  answer_deadline_ms: z.number().int().min(100).default(120000).describe('An answer not started within this time is dropped with a deadline error.'),
+  transcript_deadline_ms: z.number().int().min(100).default(60000).describe('A transcript not started within this time is dropped with a deadline error.'),
+  caption_deadline_ms: z.number().int().min(100).default(30000).describe('A caption not started within this time is published without a caption, saying why.'),
+}).describe('One model, many producers: the job queue in front of it.');
+
+const backoff = {
+  restart_min_ms: z.number().int().min(50).default(1000).describe('First restart delay when the source process dies; doubles on every failure in a row.'),
+  restart_max_ms: z.number().int().min(100).default(60000).describe('Longest restart delay.'),
+};
+
+export const audioSourceSettings = z.discriminatedUnion('type', [
+  z.object({
+    type: z.literal('microphone').describe('A microphone through arecord (ALSA), 16 kHz mono S16LE.'),
+    device: z.string().default('default').describe('ALSA device, e.g. plughw:1,0 (see arecord -L).'),
+    recorder: z.enum(['arecord', 'sox', 'rec']).default('arecord').describe('Recorder program.'),
+    ...backoff,
+  }),
+  z.object({
+    type: z.literal('wav').describe('A WAV file (any rate or channel count is converted to 16 kHz mono).'),
+    path: filePath.describe('WAV file to read.'),
+    realtime: z.boolean().default(true).describe('Deliver audio at its real pace (true) or as fast as possible (false).'),
+    loop: z.boolean().default(false).describe('Start again at the end of the file.'),
+    ...backoff,
+  }),
+]);
+
+export const audioSettings = z.object({
+  enabled: z.boolean().default(false).describe('Listen to an audio source.'),
+  source: audioSourceSettings.optional().describe('Where audio comes from.'),
+}).describe('Hearing: microphone or file to transcripts and spoken questions.');
+
+export const cameraSourceSettings = z.discriminatedUnion('type', [
+  z.object({
+    type: z.literal('ffmpeg').describe('A V4L2 device or an RTSP/HTTP stream through ffmpeg, decoded to JPEG frames.'),
+    input: z.string().min(1).describe('/dev/videoN or an rtsp:// / http:// URL.'),
+    fps: z.number().min(0.05).max(30).default(1).describe('Frames per second taken from the stream.'),
+    width: z.number().int().min(16).max(4096).optional().describe('Scale frames to this width (height keeps the aspect ratio).'),
+    rtsp_transport: z.enum(['tcp', 'udp']).default('tcp').describe('RTSP transport.'),
+    ...backoff,
+  }),
+  z.object({
+    type: z.literal('rpicam').describe('A Raspberry Pi camera through rpicam-vid, MJPEG.'),
+    camera: z.number().int().min(0).default(0).describe('Camera index.'),
+    width: z.number().int().min(16).max(4608).default(1280).describe('Frame width.'),
+    height: z.number().int().min(16).max(2592).default(720).describe('Frame height.'),
+    fps: z.number().min(0.05).max(60).default(1).describe('Frames per second.'),
+    ...backoff,
+  }),
+  z.object({
+    type: z.literal('http').describe('A camera snapshot URL polled at an interval.'),
+    url: z.string().url().describe('URL returning one JPEG.'),
+    interval_ms: z.number().int().min(100).default(1000).describe('Polling interval.'),
+    timeout_ms: z.number().int().min(100).default(5000).describe('Request timeout.'),
+    ...backoff,
+  }),
+  z.object({
+    type: z.literal('directory').describe('JPEG/PNG files from a directory, in name order.'),
+    path: filePath.describe('Directory of images.'),
+    interval_ms: z.number().int().min(0).default(1000).describe('Delay between images.'),
+    loop: z.boolean().default(true).describe('Start again after the last image.'),
+    ...backoff,
+  }),
+]);
+
+export const cameraSettings = z.object({
+  name: id.describe('Camera name, used in topics and entity ids.'),
+  enabled: z.boolean().default(true).describe('Watch this camera.'),
+  source: cameraSourceSettings.describe('Where frames come from.'),
+  prompt: z.string().max(4096).optional().describe('Caption prompt for this camera (default: a short description of what changed).'),
+  image_tokens: z.union([z.literal(70), z.literal(140), z.literal(280), z.literal(560), z.literal(1120)]).default(280).describe('Image token budget: more tokens, more detail, slower.'),
+});
+
+export const daemonSettings = z.object({
+  state_dir: filePath.default('/var/lib/perch').describe('Writable directory for the persisted outbox and other state.'),
+  drain_timeout_ms: z.number().int().min(0).default(10000).describe('On SIGTERM, how long in-flight work may finish before Perch exits anyway.'),
+  stats_interval_s: z.number().int().min(1).default(30).describe('How often the retained stats message is refreshed.'),
+}).describe('The service itself.');
+
+export const perchConfigSchema = z.object({
+  device: z.object({
+    id: id.default('perch').describe('Device id: topic root perch/<id>, Home Assistant identifiers.'),
+    name: z.string().min(1).max(64).default('Perch').describe('Human name shown in Home Assistant.'),
+  }).prefault({}).describe('This board.'),
+  log: logSettings.prefault({}),
+  daemon: daemonSettings.prefault({}),
+  mqtt: mqttSettings.prefault({}),
+  embedded_broker: embeddedBrokerSettings.prefault({}),
+  homeassistant: homeAssistantSettings.prefault({}),
+  model: modelSettings.prefault({}),
+  scheduler: schedulerSettings.prefault({}),
+  audio: audioSettings.prefault({}),
+  cameras: z.array(cameraSettings).default([]).describe('Cameras to watch.'),
+}).strict();
+
+export type PerchConfig = z.output<typeof perchConfigSchema>;
+export type PerchConfigInput = z.input<typeof perchConfigSchema>;
+export type MqttSettings = PerchConfig['mqtt'];
+export type AudioSourceSettings = z.output<typeof audioSourceSettings>;
+export type CameraSourceSettings = z.output<typeof cameraSourceSettings>;
+export type CameraSettings = PerchConfig['cameras'][number];

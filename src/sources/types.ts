@@ -1,0 +1,60 @@
+/**
+ * What the pipelines consume. Every source (microphone, WAV file, ffmpeg camera, rpicam, HTTP snapshot,
+ * image directory) implements one of these two interfaces; the controller starts and stops them and puts
+ * their `state` on the stats topic.
+ */
+import type { EventEmitter } from 'node:events';
+
+export type SourceStatus = 'stopped' | 'starting' | 'running' | 'restarting' | 'failed' | 'ended' | 'paused';
+
+export interface SourceState {
+  status: SourceStatus;
+  /** Restarts since start(). */
+  restarts: number;
+  /** The last error, in words, if any. */
+  lastError?: string;
+  /** ISO time of the last chunk or frame delivered. */
+  lastDataAt?: string;
+}
+
+export interface Source extends EventEmitter {
+  readonly name: string;
+  readonly kind: string;
+  start(): Promise<void>;
+  /** Stops the source and any child process; resolves when it is gone. */
+  stop(): Promise<void>;
+  state(): SourceState;
+}
+
+/** 16 kHz mono signed 16-bit PCM. */
+export interface AudioChunk {
+  samples: Int16Array;
+  sampleRate: 16000;
+  /** Milliseconds of audio delivered before this chunk since start (stream time, not wall time). */
+  startMs: number;
+}
+
+/** Emits 'chunk' (AudioChunk), 'state' (SourceState), 'end' when a non-looping file is done. */
+export interface AudioSource extends Source {
+  on(event: 'chunk', listener: (chunk: AudioChunk) => void): this;
+  on(event: 'state', listener: (state: SourceState) => void): this;
+  on(event: 'end', listener: () => void): this;
+}
+
+export interface Frame {
+  /** The camera's configured name. */
+  camera: string;
+  /** JPEG bytes as captured (PNG from image directories is converted to JPEG). */
+  jpeg: Buffer;
+  /** Capture time. */
+  at: Date;
+  /** Sequence number since start. */
+  seq: number;
+}
+
+/** Emits 'frame' (Frame), 'state' (SourceState), 'end' when a non-looping directory is done. */
+export interface FrameSource extends Source {
+  on(event: 'frame', listener: (frame: Frame) => void): this;
+  on(event: 'state', listener: (state: SourceState) => void): this;
+  on(event: 'end', listener: () => void): this;
+}
