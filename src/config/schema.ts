@@ -9,7 +9,8 @@ import { z } from 'zod';
 
 const id = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'lowercase letters, digits, "_" or "-", at most 63, starting with a letter or digit');
 const topicRoot = z.string().min(1).refine((t) => !/[#+]/.test(t) && !t.startsWith('/') && !t.endsWith('/'), 'a topic without wildcards and without leading or trailing "/"');
-const filePath = z.string().min(1);
+// meta.path: relative values resolve against the config file's directory (load.ts).
+const filePath = z.string().min(1).meta({ path: true });
 
 export const logSettings = z.object({
   level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info').describe('Lowest level written to the log (stdout, which journald collects).'),
@@ -17,9 +18,9 @@ export const logSettings = z.object({
 }).describe('Logging.');
 
 export const tlsSettings = z.object({
-  ca: filePath.optional().describe('PEM file with the CA certificate(s) that signed the broker certificate.'),
-  cert: filePath.optional().describe('PEM client certificate, for brokers that authenticate clients by certificate.'),
-  key: filePath.optional().describe('PEM private key of the client certificate.'),
+  ca: filePath.optional().meta({ examples: ['/etc/perch/ca.pem'] }).describe('PEM file with the CA certificate(s) that signed the broker certificate.'),
+  cert: filePath.optional().meta({ examples: ['/etc/perch/client.pem'] }).describe('PEM client certificate, for brokers that authenticate clients by certificate.'),
+  key: filePath.optional().meta({ examples: ['/etc/perch/client.key'] }).describe('PEM private key of the client certificate.'),
   reject_unauthorized: z.boolean().default(true).describe('Refuse brokers whose certificate does not verify. Only switch off for testing.'),
 }).describe('TLS options; used when the url starts with mqtts://.');
 
@@ -85,7 +86,7 @@ export const audioSourceSettings = z.discriminatedUnion('type', [
   }),
   z.object({
     type: z.literal('wav').describe('A WAV file (any rate or channel count is converted to 16 kHz mono).'),
-    path: filePath.describe('WAV file to read.'),
+    path: filePath.meta({ examples: ['/var/lib/perch/speech.wav'] }).describe('WAV file to read.'),
     realtime: z.boolean().default(true).describe('Deliver audio at its real pace (true) or as fast as possible (false).'),
     loop: z.boolean().default(false).describe('Start again at the end of the file.'),
     ...backoff,
@@ -100,7 +101,7 @@ export const audioSettings = z.object({
 export const cameraSourceSettings = z.discriminatedUnion('type', [
   z.object({
     type: z.literal('ffmpeg').describe('A V4L2 device or an RTSP/HTTP stream through ffmpeg, decoded to JPEG frames.'),
-    input: z.string().min(1).describe('/dev/videoN or an rtsp:// / http:// URL.'),
+    input: z.string().min(1).meta({ examples: ['/dev/video0', 'rtsp://192.168.1.20:554/stream1'] }).describe('/dev/videoN or an rtsp:// / http:// URL.'),
     fps: z.number().min(0.05).max(30).default(1).describe('Frames per second taken from the stream.'),
     width: z.number().int().min(16).max(4096).optional().describe('Scale frames to this width (height keeps the aspect ratio).'),
     rtsp_transport: z.enum(['tcp', 'udp']).default('tcp').describe('RTSP transport.'),
@@ -116,14 +117,14 @@ export const cameraSourceSettings = z.discriminatedUnion('type', [
   }),
   z.object({
     type: z.literal('http').describe('A camera snapshot URL polled at an interval.'),
-    url: z.string().url().describe('URL returning one JPEG.'),
+    url: z.string().url().meta({ examples: ['http://192.168.1.21/snapshot.jpg'] }).describe('URL returning one JPEG.'),
     interval_ms: z.number().int().min(100).default(1000).describe('Polling interval.'),
     timeout_ms: z.number().int().min(100).default(5000).describe('Request timeout.'),
     ...backoff,
   }),
   z.object({
     type: z.literal('directory').describe('JPEG/PNG files from a directory, in name order.'),
-    path: filePath.describe('Directory of images.'),
+    path: filePath.meta({ examples: ['/var/lib/perch/frames'] }).describe('Directory of images.'),
     interval_ms: z.number().int().min(0).default(1000).describe('Delay between images.'),
     loop: z.boolean().default(true).describe('Start again after the last image.'),
     ...backoff,
@@ -131,7 +132,7 @@ export const cameraSourceSettings = z.discriminatedUnion('type', [
 ]);
 
 export const cameraSettings = z.object({
-  name: id.describe('Camera name, used in topics and entity ids.'),
+  name: id.meta({ examples: ['door', 'driveway', 'garden', 'frames'] }).describe('Camera name, used in topics and entity ids.'),
   enabled: z.boolean().default(true).describe('Watch this camera.'),
   source: cameraSourceSettings.describe('Where frames come from.'),
   prompt: z.string().max(4096).optional().describe('Caption prompt for this camera (default: a short description of what changed).'),
