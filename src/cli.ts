@@ -3,9 +3,9 @@
  * The `perch` command. This file only composes: each area registers its own subcommands from its module
  * (`register(program)`), so adding a command never means growing this file beyond one import and one entry.
  */
-import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { EXIT_CONFIG, loadOrReport, register as registerConfig } from './config/command.js';
+import { perchVersion } from './version.js';
 
 type Register = (program: Command) => void;
 
@@ -21,27 +21,16 @@ function registerRun(program: Command): void {
         process.exitCode = EXIT_CONFIG;
         return;
       }
-      // wired by the lead: src/daemon/run.ts does not exist yet; replace these lines with
-      //   const { runDaemon } = await import('./daemon/run.js');
-      //   await runDaemon(loaded.config, { configPath: loaded.path });
-      process.stderr.write(`perch: ${loaded.path}: OK, but the daemon is not part of this build yet\n`);
-      process.exitCode = 1;
+      // Imported here so that `perch config …` and `perch model …` never load the daemon's modules.
+      const { runDaemon } = await import('./daemon/run.js');
+      await runDaemon(loaded.config, { configPath: loaded.path });
     });
 }
 
 /** Every area's subcommands; new areas add their register function here. */
 const areas: Register[] = [registerRun, registerConfig];
 
-function version(): string {
-  try {
-    // ../package.json from src/ and from dist/ alike.
-    return (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
-  } catch {
-    return 'unknown';
-  }
-}
-
-const program = new Command('perch').description('Offline AI on small boards: microphone and camera in, MQTT out').version(version());
+const program = new Command('perch').description('Offline AI on small boards: microphone and camera in, MQTT out').version(perchVersion());
 for (const register of areas) register(program);
 
 try {

@@ -136,6 +136,7 @@ export const cameraSettings = z.object({
   enabled: z.boolean().default(true).describe('Watch this camera.'),
   source: cameraSourceSettings.describe('Where frames come from.'),
   prompt: z.string().max(4096).optional().describe('Caption prompt for this camera (default: a short description of what changed).'),
+  snapshot_interval_s: z.number().min(0).max(86400).default(10).describe('Publish the newest frame as the retained snapshot at most this often, in seconds (0: every frame).'),
   image_tokens: z.union([z.literal(70), z.literal(140), z.literal(280), z.literal(560), z.literal(1120)]).default(280).describe('Image token budget: more tokens, more detail, slower.'),
 });
 

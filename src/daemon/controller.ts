@@ -1,0 +1,190 @@
+/**
+ * The controller: builds Perch's modules from the config and runs them with one lifecycle.
+ * start() brings them up in dependency order (embedded broker, MQTT, discovery, switches, requests,
+ * sources, stats); stop() drains in-flight work within daemon.drain_timeout_ms, stops sources, says
+ * `offline` and closes, in reverse order. Every listener a module adds is removed by owner on stop.
+ */
+import { existsSync } from 'node:fs';
+import type { PerchConfig } from '../config/schema.js';
+import { UnavailableEngine, type AnswerEngine } from '../engine/types.js';
+import { silentLogger, type Logger } from '../log.js';
+import { MqttConnection } from '../mqtt/connection.js';
+import { DiscoveryPublisher, discoveryOptionsFromConfig } from '../mqtt/discovery.js';
+import { encode, isoNow, type StatsMessage } from '../mqtt/messages.js';
+import { AskPipeline } from '../pipelines/ask.js';
+import { AudioMeter, SnapshotPublisher, SourceGroup } from '../pipelines/sources.js';
+import { Scheduler } from '../scheduler/scheduler.js';
+import { createAudioSource, createFrameSource } from '../sources/index.js';
+import type { FrameSource } from '../sources/types.js';
+import { EmbeddedBroker } from './embedded-broker.js';
+
+const OWNER = 'controller';
+
+export interface ControllerOptions {
+  config: PerchConfig;
+  version: string;
+  logger?: Logger;
+  /** The model engine; default: one that answers `unavailable`, naming why. */
+  engine?: AnswerEngine;
+}
+
+/** What the daemon cannot do in this build, said plainly at start and in stats. */
+export function engineGap(config: PerchConfig): string {
+  const model = existsSync(config.model.dir) ? `a model package is at ${config.model.dir}, but` : `no model package at ${config.model.dir}, and`;
+  return `${model} this build has no model engine yet: questions are answered with an "unavailable" error, and no transcripts or captions are made. Sources, snapshots, status, stats and Home Assistant discovery work.`;
+}
+
+export class Controller {
+  readonly scheduler: Scheduler;
+  readonly conn: MqttConnection;
+  private readonly log: Logger;
+  private readonly engine: AnswerEngine;
+  private readonly broker: EmbeddedBroker | undefined;
+  private readonly discovery: DiscoveryPublisher | undefined;
+  private readonly ask: AskPipeline;
+  private readonly listening: SourceGroup;
+  private readonly watching: SourceGroup;
+  private readonly snapshots: SnapshotPublisher;
+  private readonly meter: AudioMeter | undefined;
+  private readonly startedAt = Date.now();
+  private statsTimer: NodeJS.Timeout | undefined;
+  private stopped: Promise<void> | undefined;
+
+  constructor(private readonly o: ControllerOptions) {
+    const { config } = o;
+    this.log = o.logger ?? silentLogger;
+    this.engine = o.engine ?? new UnavailableEngine(engineGap(config));
+    if (config.embedded_broker.enabled) {
+      this.broker = new EmbeddedBroker({ settings: config.embedded_broker, maxPayloadBytes: config.mqtt.max_payload_bytes, logger: this.log });
+    }
+    this.conn = new MqttConnection({ settings: config.mqtt, deviceId: config.device.id, stateDir: config.daemon.state_dir, logger: this.log });
+    this.scheduler = new Scheduler(config.scheduler, this.log);
+    const cameras = config.cameras.filter((c) => c.enabled);
+    this.ask = new AskPipeline({ conn: this.conn, scheduler: this.scheduler, engine: this.engine, maxPayloadBytes: config.mqtt.max_payload_bytes, cameras: cameras.map((c) => c.name), logger: this.log });
+
+    const audio = config.audio.enabled && config.audio.source ? createAudioSource(config.audio.source, this.log) : undefined;
+    this.meter = audio ? new AudioMeter(audio) : undefined;
+    this.listening = new SourceGroup('listening', audio ? [audio] : [], this.log);
+    const frameSources: FrameSource[] = cameras.map((c) => createFrameSource(c.name, c.source, this.log));
+    this.watching = new SourceGroup('watching', frameSources, this.log);
+    this.snapshots = new SnapshotPublisher(this.conn, cameras);
+    for (const s of frameSources) this.snapshots.attach(s);
+
+    if (config.homeassistant.enabled) {
+      this.discovery = new DiscoveryPublisher({
+        discovery: discoveryOptionsFromConfig(config, { swVersion: o.version }),
+        haStatusTopic: config.homeassistant.status_topic,
+        stateDir: config.daemon.state_dir,
+        publish: (topic, payload, opts) => this.conn.publish(topic, payload, opts),
+        logger: this.log,
+      });
+    }
+  }
+
+  async start(): Promise<void> {
+    const { config } = this.o;
+    this.log.warn(this.engine.status().detail);
+    if (this.broker) {
+      const at = await this.broker.start();
+      this.log.info(`embedded MQTT broker listening on ${at.host}:${at.port}`);
+    }
+    this.conn.on('connected', this.onConnected);
+    if (this.discovery) {
+      for (const topic of this.discovery.subscriptions) {
+        this.conn.subscribe(topic, (msg) => void this.discovery?.handleMessage(msg.topic, msg.payload), { qos: 1, owner: OWNER });
+      }
+    }
+    this.conn.subscribe(this.conn.topics.listeningSet, (msg) => void this.onSwitch(this.listening, msg.payload), { qos: 1, owner: OWNER });
+    this.conn.subscribe(this.conn.topics.watchingSet, (msg) => void this.onSwitch(this.watching, msg.payload), { qos: 1, owner: OWNER });
+    this.ask.start();
+    await this.conn.start();
+    await Promise.all([this.listening.start(), this.watching.start()]);
+    this.statsTimer = setInterval(() => void this.publishStats(), config.daemon.stats_interval_s * 1000);
+    this.statsTimer.unref();
+    this.log.info({ root: this.conn.topics.root, broker: config.mqtt.url }, `Perch is running; watch it with: mosquitto_sub -h ${hostOf(config.mqtt.url)} -p ${portOf(config.mqtt.url)} -v -t '${this.conn.topics.root}/#' -t '${config.homeassistant.discovery_prefix}/#'`);
+  }
+
+  /** Idempotent: a second call waits for the first. */
+  stop(reason = 'stop'): Promise<void> {
+    this.stopped ??= this.doStop(reason);
+    return this.stopped;
+  }
+
+  stats(): StatsMessage {
+    const mem = process.memoryUsage();
+    const m = this.conn.stats();
+    const sources: StatsMessage['sources'] = {};
+    for (const [group, prefix] of [[this.listening, 'audio/'], [this.watching, 'camera/']] as const) {
+      for (const [name, st] of Object.entries(group.states())) {
+        sources[prefix + name] = { status: st.status, restarts: st.restarts, ...(st.lastError ? { last_error: st.lastError.slice(0, 500) } : {}) };
+      }
+    }
+    const engine = this.engine.status();
+    return {
+      v: 1,
+      ts: isoNow(),
+      uptime_s: Math.round((Date.now() - this.startedAt) / 1000),
+      version: this.o.version,
+      memory: { rss: mem.rss, heap_used: mem.heapUsed, heap_total: mem.heapTotal },
+      engine: { state: engine.state, detail: engine.detail.slice(0, 500), ...(this.meter ? { audio_seconds: Math.round(this.meter.samples / 16000) } : {}) },
+      queues: this.scheduler.stats().depth_by_kind,
+      mqtt: { connected: m.connected, protocol: m.protocol, reconnects: m.reconnects, published: m.published, received: m.received, rejected: m.rejected, outbox: { depth: m.outbox.depth, bytes: m.outbox.bytes, dropped: m.outbox.dropped, expired: m.outbox.expired } },
+      sources,
+    };
+  }
+
+  private readonly onConnected = (): void => {
+    void this.publishSwitchStates();
+    void this.discovery?.start().catch((err: unknown) => this.log.error({ err }, 'discovery publish failed'));
+    void this.publishStats();
+  };
+
+  private async onSwitch(group: SourceGroup, payload: Buffer): Promise<void> {
+    const value = payload.toString('utf8').trim().toUpperCase();
+    if (value !== 'ON' && value !== 'OFF') {
+      this.log.warn({ group: group.name, payload: payload.toString('utf8').slice(0, 40) }, 'switch command must be ON or OFF');
+      return;
+    }
+    await group.setPaused(value === 'OFF');
+    await this.publishSwitchStates();
+    await this.publishStats();
+  }
+
+  private async publishSwitchStates(): Promise<void> {
+    const t = this.conn.topics;
+    await Promise.all([
+      this.conn.publish(t.listening, this.listening.active ? 'ON' : 'OFF', { qos: 1, retain: true }),
+      this.conn.publish(t.watching, this.watching.active ? 'ON' : 'OFF', { qos: 1, retain: true }),
+    ]);
+  }
+
+  private async publishStats(): Promise<void> {
+    await this.conn.publish(this.conn.topics.stats, encode(this.stats()), { qos: 0, retain: true, contentType: 'application/json' });
+  }
+
+  private async doStop(reason: string): Promise<void> {
+    this.log.info({ reason }, 'stopping');
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    const drained = await this.scheduler.drain(this.o.config.daemon.drain_timeout_ms);
+    this.log.info(drained, 'job queue drained');
+    this.ask.stop();
+    this.snapshots.detach();
+    this.meter?.detach();
+    await Promise.all([this.listening.stop(), this.watching.stop()]);
+    this.conn.removeOwner(OWNER);
+    this.conn.off('connected', this.onConnected);
+    await this.conn.stop({ offline: true, drainMs: 2000 });
+    await this.engine.close();
+    await this.broker?.stop();
+    this.log.info('stopped');
+  }
+}
+
+function hostOf(url: string): string {
+  return new URL(url).hostname;
+}
+
+function portOf(url: string): string {
+  const u = new URL(url);
+  return u.port || (u.protocol === 'mqtts:' ? '8883' : '1883');
+}

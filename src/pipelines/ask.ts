@@ -1,0 +1,96 @@
+/**
+ * Questions: `<root>/ask` (JSON), `<root>/ask/text` (Home Assistant's text entity) and `<root>/ask/cancel`,
+ * through the scheduler to the answer engine, streamed on `<root>/answer/stream` and answered on the
+ * request's reply address. Every request gets an answer or an error.
+ */
+import type { AnswerEngine } from '../engine/types.js';
+import { EngineUnavailableError } from '../engine/types.js';
+import { silentLogger, type Logger } from '../log.js';
+import { AskEndpoint, type AskContext } from '../mqtt/ask-endpoint.js';
+import type { MqttConnection } from '../mqtt/connection.js';
+import type { ErrorCode } from '../mqtt/messages.js';
+import { isSchedulerError } from '../scheduler/errors.js';
+import type { Scheduler } from '../scheduler/scheduler.js';
+
+export interface AskPipelineOptions {
+  conn: MqttConnection;
+  scheduler: Scheduler;
+  engine: AnswerEngine;
+  maxPayloadBytes: number;
+  cameras: readonly string[];
+  logger?: Logger;
+}
+
+/** How a failed job is reported: scheduler refusals keep their code, a missing engine is `unavailable`. */
+export function errorCodeFor(err: unknown): ErrorCode {
+  if (err instanceof EngineUnavailableError) return 'unavailable';
+  if (isSchedulerError(err)) {
+    switch (err.code) {
+      case 'busy':
+      case 'deadline':
+      case 'cancelled':
+        return err.code;
+      case 'shutting_down':
+        return 'unavailable';
+      case 'duplicate':
+        return 'invalid_request';
+      case 'superseded':
+        return 'cancelled';
+    }
+  }
+  return 'internal';
+}
+
+export class AskPipeline {
+  private readonly endpoint: AskEndpoint;
+  private readonly log: Logger;
+
+  constructor(private readonly o: AskPipelineOptions) {
+    this.log = (o.logger ?? silentLogger).child({ module: 'ask' });
+    this.endpoint = new AskEndpoint(
+      o.conn,
+      { maxPayloadBytes: o.maxPayloadBytes, cameras: o.cameras },
+      { ask: (ctx) => void this.handle(ctx), cancel: (id) => this.o.scheduler.cancel(id, 'cancelled over MQTT') },
+      o.logger,
+    );
+  }
+
+  start(): void {
+    this.endpoint.start();
+  }
+
+  stop(): void {
+    this.endpoint.stop();
+  }
+
+  private async handle(ctx: AskContext): Promise<void> {
+    const { request, route } = ctx;
+    let seq = 0;
+    try {
+      const result = await this.o.scheduler.submit({
+        kind: 'answer',
+        id: request.id,
+        run: (signal) =>
+          this.o.engine.answer(request, {
+            signal,
+            onToken: (delta) => void this.endpoint.streamChunk(route, seq++, delta, false),
+          }),
+      });
+      await this.endpoint.streamChunk(route, seq++, '', true);
+      await this.endpoint.answer(route, {
+        text: result.text,
+        finish_reason: result.finish_reason,
+        ...(result.thinking !== undefined ? { thinking: result.thinking } : {}),
+        ...(request.camera ? { camera: request.camera } : {}),
+        tokens: result.tokens,
+        latency_ms: { queue: 0, ...result.latency_ms, total: Date.now() - ctx.receivedAt },
+      });
+    } catch (err) {
+      const code = errorCodeFor(err);
+      const message = err instanceof Error ? err.message : String(err);
+      if (code === 'internal') this.log.error({ err, id: request.id }, 'answer failed');
+      else this.log.info({ id: request.id, code, reason: message }, 'request not answered');
+      await this.endpoint.fail(route, code, message);
+    }
+  }
+}

@@ -1,0 +1,204 @@
+/**
+ * The daemon as users run it: the real `perch run` process, a real Mosquitto (private, so it can be
+ * stopped and restarted), second clients watching what it publishes.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import mqtt from 'mqtt';
+import path from 'node:path';
+import { DaemonProcess, REPO, SAMPLES } from './daemon-helpers.js';
+import { Collector, Mosquitto, freePort, tempDir } from './mqtt-helpers.js';
+
+let broker: Mosquitto;
+let seq = 0;
+const cleanups: Array<() => Promise<void> | void> = [];
+
+beforeAll(async () => {
+  broker = await Mosquitto.start();
+});
+afterAll(async () => {
+  await broker.close();
+});
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+/** A config for one test: unique device id, temp state dir, a looping directory camera and a WAV source. */
+function testConfig(stateDir: string, over: Record<string, unknown> = {}) {
+  const id = `t${process.pid}-${seq++}`;
+  return {
+    id,
+    root: `perch/${id}`,
+    config: {
+      device: { id, name: `Perch test ${id}` },
+      log: { level: 'debug', format: 'json' },
+      daemon: { state_dir: stateDir, drain_timeout_ms: 3000, stats_interval_s: 1 },
+      mqtt: { url: broker.url, keepalive_s: 5, reconnect_min_ms: 200, reconnect_max_ms: 1000, max_payload_bytes: 4096 },
+      homeassistant: { discovery_prefix: `ha-${id}` },
+      model: { dir: path.join(stateDir, 'no-model') },
+      audio: { enabled: true, source: { type: 'wav', path: path.join(SAMPLES, 'speech.wav'), realtime: true, loop: true } },
+      cameras: [{ name: 'yard', snapshot_interval_s: 0, source: { type: 'directory', path: path.join(SAMPLES, 'frames'), interval_ms: 200, loop: true } }],
+      ...over,
+    },
+  };
+}
+
+async function startDaemon(over: Record<string, unknown> = {}) {
+  const tmp = tempDir('perch-daemon-');
+  const t = testConfig(tmp.dir, over);
+  const watcher = await Collector.connect(broker.url, [`${t.root}/#`, `ha-${t.id}/#`]);
+  const daemon = DaemonProcess.start(tmp.dir, t.config);
+  cleanups.push(async () => {
+    await daemon.kill();
+    await watcher.close();
+    tmp.cleanup();
+  });
+  await watcher.waitFor((m) => m.some((x) => x.topic === `${t.root}/status` && x.payload.toString() === 'online'), 20_000).catch((err: Error) => {
+    throw new Error(`${err.message}\ndaemon log:\n${daemon.log()}`);
+  });
+  return { ...t, daemon, watcher };
+}
+
+const json = (b: Buffer) => JSON.parse(b.toString()) as Record<string, unknown>;
+
+describe('perch run against Mosquitto', () => {
+  it('publishes status, stats, switch states, Home Assistant discovery and camera snapshots', async () => {
+    const { root, id, watcher } = await startDaemon();
+    await watcher.waitFor((m) =>
+      [`${root}/stats`, `${root}/listening`, `${root}/watching`, `ha-${id}/device/perch_${id}/config`, `${root}/camera/yard/snapshot`].every((t) => m.some((x) => x.topic === t)),
+    );
+    const discovery = json(watcher.on(`ha-${id}/device/perch_${id}/config`)[0]!.payload);
+    const cmps = discovery.cmps as Record<string, { p: string; command_topic?: string; image_topic?: string }>;
+    const platforms = Object.values(cmps).map((c) => c.p);
+    for (const p of ['event', 'sensor', 'image', 'text', 'switch']) expect(platforms).toContain(p);
+    expect(Object.values(cmps).some((c) => c.image_topic === `${root}/camera/yard/snapshot`)).toBe(true);
+    expect(Object.values(cmps).some((c) => c.command_topic === `${root}/ask/text`)).toBe(true);
+
+    const snap = watcher.on(`${root}/camera/yard/snapshot`)[0]!.payload;
+    expect(snap.subarray(0, 3)).toEqual(Buffer.from([0xff, 0xd8, 0xff])); // a JPEG
+    expect(watcher.on(`${root}/listening`)[0]!.payload.toString()).toBe('ON');
+
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && (json(x.payload).sources as Record<string, { status: string }>)['camera/yard']?.status === 'running'));
+    const stats = json(watcher.on(`${root}/stats`).at(-1)!.payload);
+    expect(stats.engine).toMatchObject({ state: 'unavailable' });
+    expect((stats.mqtt as { connected: boolean }).connected).toBe(true);
+    expect(Object.keys(stats.sources as object).sort()).toEqual(['audio/audio', 'camera/yard']);
+  });
+
+  it('answers an MQTT 5 request on its response topic with its correlation data, and a 3.1.1 request via reply_to', async () => {
+    const { root } = await startDaemon();
+    const v5 = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
+    const v311 = await mqtt.connectAsync(broker.url, { protocolVersion: 4 });
+    cleanups.push(async () => {
+      await v5.endAsync(true);
+      await v311.endAsync(true);
+    });
+    const got: Array<{ topic: string; body: Record<string, unknown>; corr?: Buffer }> = [];
+    for (const c of [v5, v311]) c.on('message', (topic, payload, packet) => got.push({ topic, body: json(payload), corr: packet.properties?.correlationData as Buffer | undefined }));
+    await v5.subscribeAsync('client5/replies', { qos: 1 });
+    await v311.subscribeAsync('client311/replies', { qos: 1 });
+
+    await v5.publishAsync(`${root}/ask`, JSON.stringify({ text: 'What do you see?' }), { qos: 1, properties: { responseTopic: 'client5/replies', correlationData: Buffer.from('corr-42') } });
+    await v311.publishAsync(`${root}/ask`, JSON.stringify({ id: 'q-311', text: 'Hello?', reply_to: 'client311/replies' }), { qos: 1 });
+
+    const deadline = Date.now() + 15_000;
+    while (got.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+    const r5 = got.find((g) => g.topic === 'client5/replies');
+    const r311 = got.find((g) => g.topic === 'client311/replies');
+    // No engine in this build: each request gets an explicit error reply, never an invented answer.
+    expect(r5?.corr?.toString()).toBe('corr-42');
+    expect(r5?.body.error).toMatchObject({ code: 'unavailable' });
+    expect(r311?.body).toMatchObject({ id: 'q-311', error: { code: 'unavailable' } });
+  });
+
+  it('answers malformed, oversized and unknown requests with errors and keeps serving', async () => {
+    const { root, watcher } = await startDaemon();
+    const c = await mqtt.connectAsync(broker.url);
+    cleanups.push(() => c.endAsync(true).then(() => undefined));
+    await c.publishAsync(`${root}/ask`, '{"text": "unterminated', { qos: 1 });
+    await c.publishAsync(`${root}/ask`, JSON.stringify({ text: 'x'.repeat(10_000) }), { qos: 1 }); // over max_payload_bytes 4096
+    await c.publishAsync(`${root}/ask/bogus`, '{}', { qos: 1 });
+    await c.publishAsync(`${root}/ask`, JSON.stringify({ id: 'no-text' }), { qos: 1 });
+    await c.publishAsync(`${root}/ask`, JSON.stringify({ text: 'about the shed', camera: 'shed' }), { qos: 1 });
+    await watcher.waitFor((m) => m.filter((x) => x.topic === `${root}/errors`).length >= 5);
+    const codes = watcher.on(`${root}/errors`).map((x) => json(x.payload).code);
+    expect(codes).toEqual(expect.arrayContaining(['invalid_json', 'payload_too_large', 'unknown_topic', 'invalid_request', 'unknown_camera']));
+
+    // Still serving: a valid plain-text question (Home Assistant's text entity) gets its reply on <root>/answer.
+    await c.publishAsync(`${root}/ask/text`, 'Is anyone in the yard?', { qos: 1 });
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/answer`));
+    expect(json(watcher.on(`${root}/answer`)[0]!.payload).error).toMatchObject({ code: 'unavailable' });
+  });
+
+  it('pauses and resumes the camera pipeline from the Watching switch', async () => {
+    const { root, watcher } = await startDaemon();
+    const c = await mqtt.connectAsync(broker.url);
+    cleanups.push(() => c.endAsync(true).then(() => undefined));
+    await c.publishAsync(`${root}/watching/set`, 'OFF', { qos: 1 });
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/watching` && x.payload.toString() === 'OFF'));
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && (json(x.payload).sources as Record<string, { status: string }>)['camera/yard']?.status === 'paused'));
+    // Paused means no frames: the snapshot count stops growing.
+    const before = watcher.on(`${root}/camera/yard/snapshot`).length;
+    await new Promise((r) => setTimeout(r, 800));
+    expect(watcher.on(`${root}/camera/yard/snapshot`).length).toBe(before);
+    await c.publishAsync(`${root}/watching/set`, 'ON', { qos: 1 });
+    await watcher.waitFor((m) => m.filter((x) => x.topic === `${root}/camera/yard/snapshot`).length > before + 1);
+  });
+
+  it('reconnects after the broker is stopped and restarted, says online again and keeps serving', async () => {
+    const { root, watcher } = await startDaemon();
+    await broker.pause();
+    await new Promise((r) => setTimeout(r, 1000));
+    await broker.resume();
+    const after = Date.now();
+    const c = await mqtt.connectAsync(broker.url);
+    cleanups.push(() => c.endAsync(true).then(() => undefined));
+    await c.subscribeAsync(`${root}/#`, { qos: 1 });
+    const seen: string[] = [];
+    c.on('message', (topic, payload) => seen.push(`${topic}=${topic.endsWith('/snapshot') ? 'jpeg' : payload.toString()}`));
+    await watcher.waitFor(() => seen.includes(`${root}/status=online`) && Date.now() > after);
+    await c.publishAsync(`${root}/ask`, JSON.stringify({ id: 'after-restart', text: 'still there?' }), { qos: 1 });
+    const deadline = Date.now() + 15_000;
+    while (!seen.some((s) => s.startsWith(`${root}/answer=`) && s.includes('after-restart')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+    expect(seen.some((s) => s.startsWith(`${root}/answer=`) && s.includes('after-restart'))).toBe(true);
+  });
+
+  it('leaves the retained last will "offline" when killed with SIGKILL', async () => {
+    const { root, daemon } = await startDaemon();
+    await daemon.kill('SIGKILL');
+    const late = await Collector.connect(broker.url, [`${root}/status`]);
+    cleanups.push(() => late.close());
+    await late.waitFor((m) => m.some((x) => x.payload.toString() === 'offline' && x.packet.retain));
+  });
+
+  it('drains, publishes offline and exits 0 on SIGTERM', async () => {
+    const { root, daemon, watcher } = await startDaemon();
+    daemon.child.kill('SIGTERM');
+    const { code } = await daemon.exited();
+    expect(code).toBe(0);
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/status` && x.payload.toString() === 'offline'));
+    expect(daemon.log()).toContain('job queue drained');
+  });
+});
+
+describe('npm start with the shipped dev config', () => {
+  it('runs its embedded broker and file sources and publishes status and discovery', async () => {
+    const tmp = tempDir('perch-dev-');
+    const port = await freePort();
+    const daemon = DaemonProcess.start(tmp.dir, undefined, { PERCH_EMBEDDED_BROKER_PORT: String(port), PERCH_MQTT_URL: `mqtt://127.0.0.1:${port}`, PERCH_DAEMON_STATE_DIR: tmp.dir }, path.join(REPO, 'config', 'perch.dev.yaml'));
+    cleanups.push(async () => {
+      await daemon.kill();
+      tmp.cleanup();
+    });
+    // The embedded broker comes up with the daemon; retry until it listens.
+    let watcher: Collector | undefined;
+    for (let i = 0; i < 100 && !watcher; i++) {
+      watcher = await Collector.connect(`mqtt://127.0.0.1:${port}`, ['perch/perch-dev/#', 'homeassistant/device/perch_perch-dev/config'], { reconnectPeriod: 0, connectTimeout: 500 }).catch(() => undefined);
+      if (!watcher) await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(watcher, daemon.log()).toBeDefined();
+    cleanups.push(() => watcher!.close());
+    await watcher!.waitFor((m) => ['perch/perch-dev/status', 'perch/perch-dev/stats', 'homeassistant/device/perch_perch-dev/config'].every((t) => m.some((x) => x.topic === t)));
+    expect(daemon.log()).toMatch(/no model engine yet/);
+    expect(daemon.log()).toMatch(/mosquitto_sub -h 127\.0\.0\.1 -p \d+/);
+  });
+});
