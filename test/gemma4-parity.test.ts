@@ -1,0 +1,78 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { tinyConfig } from '../src/model/gemma4/config.js';
+import { type DecoderGraphInfo, writeDecoderModel } from '../src/model/gemma4/decoder-graph.js';
+import { Gemma4Reference } from '../src/model/gemma4/reference.js';
+import { randomWeightSource } from '../src/model/gemma4/weights.js';
+import { argmax, emptyCache, relErr, runChunk } from './gemma4-helpers.js';
+
+const cfg = tinyConfig();
+let dir: string;
+
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gemma4-parity-'));
+});
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+async function build(name: string, logits: 'all' | 'last', extra: { fusedNorm?: boolean; onnxGelu?: boolean; attention?: 'plain' | 'gqa' } = {}): Promise<{ session: ort.InferenceSession; info: DecoderGraphInfo }> {
+  const src = randomWeightSource(cfg, 7);
+  const out = await writeDecoderModel(path.join(dir, name), cfg, src, { logits, ...extra });
+  const session = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
+  return { session, info: out.info };
+}
+
+describe('gemma4 float decoder graph vs TypeScript reference (tiny config)', () => {
+  it.each(['plain', 'gqa'] as const)('%s attention: matches on a 10-token prefill and 20 decode steps that cross the window and use KV-shared layers', async (attention) => {
+    const { session, info } = await build(`float-all-${attention}`, 'all', { attention });
+    const ref = await Gemma4Reference.load(cfg, randomWeightSource(cfg, 7));
+    const prompt = [2, 17, 300, 45, 45, 511, 0, 128, 99, 7];
+    const refLogits = ref.prefill(prompt);
+    let r = await runChunk(session, info.cache, emptyCache(info.cache), prompt, 0, ref.pleRows(prompt));
+    expect(r.dims).toEqual([1, prompt.length, cfg.vocabSize]);
+    const errs: number[] = [relErr(r.logits, refLogits)];
+    let next = argmax(refLogits.subarray((prompt.length - 1) * cfg.vocabSize));
+    for (let step = 0; step < 20; step++) {
+      const pos = prompt.length + step;
+      const want = ref.step(next);
+      r = await runChunk(session, info.cache, r.cache, [next], pos, ref.pleRows([next]));
+      errs.push(relErr(r.logits, want));
+      for (const s of info.cache) {
+        const len = r.cache[s.pastKey]!.dims[2];
+        expect(len).toBe(s.maxLength === null ? pos + 1 : Math.min(pos + 1, s.maxLength));
+      }
+      // Mix argmax and fixed ids so the walk does not collapse onto one token.
+      next = step % 3 === 0 ? (step * 37 + 11) % cfg.vocabSize : argmax(want);
+    }
+    expect(prompt.length + 20).toBeGreaterThan(2 * cfg.slidingWindow);
+    console.log(`float parity (${attention}): max rel err prefill ${errs[0]!.toExponential(2)}, decode ${Math.max(...errs.slice(1)).toExponential(2)}`);
+    expect(Math.max(...errs)).toBeLessThanOrEqual(1e-4);
+  });
+
+  it.each(['plain', 'gqa'] as const)('%s attention: matches with multi-token chunks after the sliding cache was truncated, logits=last', async (attention) => {
+    const { session, info } = await build(`float-last-${attention}`, 'last', { attention });
+    const ref = await Gemma4Reference.load(cfg, randomWeightSource(cfg, 7));
+    const ids = Array.from({ length: 24 }, (_, i) => (i * 131 + 5) % cfg.vocabSize);
+    const chunks = [ids.slice(0, 6), ids.slice(6, 16), ids.slice(16, 17), ids.slice(17, 24)];
+    let cache = emptyCache(info.cache);
+    let pos = 0;
+    for (const chunk of chunks) {
+      const want = ref.prefill(chunk).subarray((chunk.length - 1) * cfg.vocabSize);
+      const r = await runChunk(session, info.cache, cache, chunk, pos, ref.pleRows(chunk));
+      expect(r.dims).toEqual([1, 1, cfg.vocabSize]);
+      expect(relErr(r.logits, want)).toBeLessThanOrEqual(1e-4);
+      cache = r.cache;
+      pos += chunk.length;
+    }
+  });
+
+  it('fused variants (GroupQueryAttention, [Skip]SimplifiedLayerNormalization, ONNX Gelu) give the same logits', async () => {
+    const { session, info } = await build('float-fused', 'all', { fusedNorm: true, onnxGelu: true, attention: 'gqa' });
+    const ref = await Gemma4Reference.load(cfg, randomWeightSource(cfg, 7));
+    const prompt = [2, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50];
+    const r = await runChunk(session, info.cache, emptyCache(info.cache), prompt, 0, ref.pleRows(prompt));
+    expect(relErr(r.logits, ref.prefill(prompt))).toBeLessThanOrEqual(1e-4);
+  });
+});

@@ -1,0 +1,79 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import onnxProto from 'onnx-proto';
+import * as ort from 'onnxruntime-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { tinyConfig } from '../src/model/gemma4/config.js';
+import { writeDecoderModel } from '../src/model/gemma4/decoder-graph.js';
+import { type QuantPolicy, dequantisedWeightSource, uniformPolicy } from '../src/model/gemma4/quantize.js';
+import { Gemma4Reference } from '../src/model/gemma4/reference.js';
+import { randomWeightSource } from '../src/model/gemma4/weights.js';
+import { argmax, emptyCache, relErr, runChunk } from './gemma4-helpers.js';
+
+const cfg = tinyConfig();
+let dir: string;
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gemma4-quant-'));
+});
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+/** 2-bit linears (block 32, incl. K=8 and K=96/192 rows that need block padding), 4-bit tied embedding. */
+function policy(accuracyLevel: 0 | 4): QuantPolicy {
+  return uniformPolicy({ bits: 2, blockSize: 32, accuracyLevel }, { bits: 4, blockSize: 32, accuracyLevel });
+}
+
+/** Prefill 10 + 20 decode steps; returns the max error over all logits vectors. */
+async function maxError(p: QuantPolicy, name: string, int8ActivationBlock?: number, fused = false): Promise<{ err: number; modelPath: string; agree: number }> {
+  const src = randomWeightSource(cfg, 11);
+  const variant = fused ? { attention: 'gqa' as const, fusedNorm: true, onnxGelu: true } : {};
+  const out = await writeDecoderModel(path.join(dir, name), cfg, src, { quant: p, ...variant });
+  const session = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
+  const ref = await Gemma4Reference.load(cfg, dequantisedWeightSource(src, cfg, p), { int8ActivationBlock });
+  const prompt = [2, 9, 250, 33, 470, 12, 12, 88, 301, 5];
+  const want = ref.prefill(prompt);
+  let r = await runChunk(session, out.info.cache, emptyCache(out.info.cache), prompt, 0, ref.pleRows(prompt));
+  let err = relErr(r.logits, want);
+  let agree = 0;
+  let next = argmax(want.subarray((prompt.length - 1) * cfg.vocabSize));
+  for (let step = 0; step < 20; step++) {
+    const w = ref.step(next);
+    r = await runChunk(session, out.info.cache, r.cache, [next], prompt.length + step, ref.pleRows([next]));
+    err = Math.max(err, relErr(r.logits, w));
+    if (argmax(r.logits) === argmax(w)) agree++;
+    next = step % 3 === 0 ? (step * 53 + 7) % cfg.vocabSize : argmax(w);
+  }
+  await session.release();
+  return { err, modelPath: out.modelPath, agree };
+}
+
+describe('gemma4 quantised decoder graph vs reference on the dequantised weights', () => {
+  it.each([false, true])('accuracy_level 0 (float activations) matches tightly (fused ops: %s)', async (fused) => {
+    const { err } = await maxError(policy(0), `q-acc0-${fused}`, undefined, fused);
+    console.log(`quantised parity, accuracy_level 0${fused ? ', fused ops' : ''}: max rel err ${err.toExponential(2)}`);
+    expect(err).toBeLessThanOrEqual(1e-4);
+  });
+
+  it('accuracy_level 4 (int8 activations) matches a reference that rounds activations to int8 per block', async () => {
+    const plain = await maxError(policy(4), 'q-acc4-plain');
+    const emulated = await maxError(policy(4), 'q-acc4', 32);
+    console.log(`quantised parity, accuracy_level 4: max rel err ${emulated.err.toExponential(2)} vs int8-emulating reference, ${plain.err.toExponential(2)} vs float-activation reference (argmax agreement ${plain.agree}/20)`);
+    expect(emulated.err).toBeLessThanOrEqual(BOUND_ACC4);
+  });
+
+  it('the LM head reads the embedding table bytes (no second copy in the data file)', async () => {
+    const { modelPath } = await maxError(policy(0), 'q-shared');
+    const model = onnxProto.onnx.ModelProto.decode(fs.readFileSync(modelPath));
+    const loc = (name: string): string => {
+      const t = model.graph?.initializer?.find((i) => i.name === name);
+      if (!t) throw new Error(`no initializer ${name}`);
+      return (t.externalData ?? []).map((e) => `${e.key}=${e.value}`).join(';');
+    };
+    expect(loc('lm_head.qweight')).toBe(loc('embed_tokens.qweight'));
+    expect(loc('lm_head.scales')).toBe(loc('embed_tokens.scales'));
+  });
+});
+
+// The emulating reference rounds each 32-wide activation block to symmetric int8 (scale max|x|/127, ties to even),
+// which reproduced ORT 1.30 x86-64 results to ~3e-7, so only float summation order differs: 1e-4 as for float.
+const BOUND_ACC4 = 1e-4;
