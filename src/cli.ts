@@ -5,6 +5,7 @@
  */
 import { Command } from 'commander';
 import { EXIT_CONFIG, loadOrReport, register as registerConfig } from './config/command.js';
+import { registerHaCommands } from './mqtt/ha-command.js';
 import { perchVersion } from './version.js';
 
 type Register = (program: Command) => void;
@@ -28,7 +29,7 @@ function registerRun(program: Command): void {
 }
 
 /** Every area's subcommands; new areas add their register function here. */
-const areas: Register[] = [registerRun, registerConfig];
+const areas: Register[] = [registerRun, registerConfig, registerHaCommands];
 
 const program = new Command('perch').description('Offline AI on small boards: microphone and camera in, MQTT out').version(perchVersion());
 for (const register of areas) register(program);

@@ -4,7 +4,10 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import mqtt from 'mqtt';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { stringify } from 'yaml';
 import { DaemonProcess, REPO, SAMPLES } from './daemon-helpers.js';
 import { Collector, Mosquitto, freePort, tempDir } from './mqtt-helpers.js';
 
@@ -200,5 +203,25 @@ describe('npm start with the shipped dev config', () => {
     await watcher!.waitFor((m) => ['perch/perch-dev/status', 'perch/perch-dev/stats', 'homeassistant/device/perch_perch-dev/config'].every((t) => m.some((x) => x.topic === t)));
     expect(daemon.log()).toMatch(/no model engine yet/);
     expect(daemon.log()).toMatch(/mosquitto_sub -h 127\.0\.0\.1 -p \d+/);
+  });
+});
+
+describe('perch ha remove', () => {
+  it('clears the retained discovery the daemon published', async () => {
+    const { id, daemon, config, watcher } = await startDaemon();
+    await watcher.waitFor((m) => m.some((x) => x.topic === `ha-${id}/device/perch_${id}/config` && x.payload.length > 0));
+    await daemon.kill('SIGTERM');
+    const dir = tempDir('perch-ha-');
+    cleanups.push(() => dir.cleanup());
+    const file = path.join(dir.dir, 'config.yaml');
+    writeFileSync(file, stringify(config));
+    const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'src', 'cli.ts'), 'ha', 'remove', '--config', file], { cwd: REPO, encoding: 'utf8', timeout: 20_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`ha-${id}/device/perch_${id}/config`);
+    // A fresh subscriber finds no retained discovery for the device any more.
+    const late = await Collector.connect(broker.url, [`ha-${id}/#`]);
+    cleanups.push(() => late.close());
+    await new Promise((r) => setTimeout(r, 500));
+    expect(late.messages.filter((m) => m.payload.length > 0)).toEqual([]);
   });
 });
