@@ -147,6 +147,21 @@ describe('perch run against Mosquitto', () => {
     await watcher.waitFor((m) => m.filter((x) => x.topic === `${root}/camera/yard/snapshot`).length > before + 1);
   });
 
+  it('detects motion in the camera frames: retained motion ON, a camera event, and its end when watching stops', async () => {
+    const { root, watcher } = await startDaemon();
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/camera/yard/event` && json(x.payload).type === 'new'));
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/camera/yard/motion` && x.payload.toString() === 'ON'));
+    const started = json(watcher.on(`${root}/camera/yard/event`)[0]!.payload);
+    expect(started).toMatchObject({ camera: 'yard', type: 'new' });
+    expect((started.box as { w: number }).w).toBeGreaterThan(0);
+    // Watching OFF ends the running event at once: `end` with the same id, then motion OFF.
+    const c = await mqtt.connectAsync(broker.url);
+    cleanups.push(() => c.endAsync(true).then(() => undefined));
+    await c.publishAsync(`${root}/watching/set`, 'OFF', { qos: 1 });
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/camera/yard/event` && json(x.payload).type === 'end' && json(x.payload).id === started.id));
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/camera/yard/motion` && x.payload.toString() === 'OFF'));
+  });
+
   it('reconnects after the broker is stopped and restarted, says online again and keeps serving', async () => {
     const { root, watcher } = await startDaemon();
     await broker.pause();

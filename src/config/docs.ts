@@ -37,7 +37,8 @@ function wrap(text: string, width: number): string[] {
 
 /** A scalar as it appears after `key: ` in YAML. */
 function yamlScalar(v: unknown): string {
-  return stringify(v, { lineWidth: 0 }).trimEnd();
+  // Arrays in flow style (JSON is valid YAML) so that a value always fits on its key's line.
+  return Array.isArray(v) ? JSON.stringify(v) : stringify(v, { lineWidth: 0 }).trimEnd();
 }
 
 function described(key: string, f: Field): string {
@@ -134,15 +135,18 @@ class YamlWriter {
   private list(key: string, f: Field, indent: number, hash: Hash): void {
     const el = unwrap((f.schema as z.ZodArray<z.ZodType>).element).schema;
     this.comment(indent, hash, 'A list: not settable from the environment.');
-    this.line(indent, hash, `${key}: ${yamlScalar(f.default ?? [])}`);
+    // Inside a commented example (a camera's motion zones) only the example is shown: a default line
+    // beside it would repeat the key once the block is uncommented.
+    const nestedExample = hash !== undefined && isObject(el);
+    if (!nestedExample) this.line(indent, hash, `${key}: ${yamlScalar(f.default ?? exampleOf(f) ?? [])}`);
     if (!isObject(el)) return;
     const shape = shapeOf(el);
     const union = Object.values(shape).map((c) => unwrap(c).schema).find(isTaggedUnion);
     const variants = union ? unionOptions(union).length : 1;
-    this.comment(indent, hash, `Example${variants > 1 ? 's, one per source type' : ''} (replace the line above with it):`);
+    if (!nestedExample) this.comment(indent, hash, `Example${variants > 1 ? 's, one per source type' : ''} (replace the line above with it):`);
     const h = hash ?? indent;
     this.line(indent, h, `${key}:`);
-    this.seen.clear();
+    if (!nestedExample) this.seen.clear();
     const itemIndent = indent + 4;
     const itemPrefix = this.prefix(itemIndent, h);
     for (let i = 0; i < variants; i++) {

@@ -6,6 +6,7 @@
  * Every key carries a description: the generator refuses keys without one.
  */
 import { z } from 'zod';
+import { motionSettingsSchema } from '../vision/motion-settings.js';
 
 const id = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'lowercase letters, digits, "_" or "-", at most 63, starting with a letter or digit');
 const topicRoot = z.string().min(1).refine((t) => !/[#+]/.test(t) && !t.startsWith('/') && !t.endsWith('/'), 'a topic without wildcards and without leading or trailing "/"');
@@ -136,6 +137,7 @@ export const cameraSettings = z.object({
   enabled: z.boolean().default(true).describe('Watch this camera.'),
   source: cameraSourceSettings.describe('Where frames come from.'),
   prompt: z.string().max(4096).optional().describe('Caption prompt for this camera (default: a short description of what changed).'),
+  motion: motionSettingsSchema.prefault({}).describe('Motion detection: starts camera events (and, with the model, captions).'),
   snapshot_interval_s: z.number().min(0).max(86400).default(10).describe('Publish the newest frame as the retained snapshot at most this often, in seconds (0: every frame).'),
   image_tokens: z.union([z.literal(70), z.literal(140), z.literal(280), z.literal(560), z.literal(1120)]).default(280).describe('Image token budget: more tokens, more detail, slower.'),
 });

@@ -12,6 +12,7 @@ import { MqttConnection } from '../mqtt/connection.js';
 import { DiscoveryPublisher, discoveryOptionsFromConfig } from '../mqtt/discovery.js';
 import { encode, isoNow, type StatsMessage } from '../mqtt/messages.js';
 import { AskPipeline } from '../pipelines/ask.js';
+import { MotionPipeline } from '../pipelines/motion.js';
 import { AudioMeter, SnapshotPublisher, SourceGroup } from '../pipelines/sources.js';
 import { Scheduler } from '../scheduler/scheduler.js';
 import { createAudioSource, createFrameSource } from '../sources/index.js';
@@ -45,6 +46,7 @@ export class Controller {
   private readonly listening: SourceGroup;
   private readonly watching: SourceGroup;
   private readonly snapshots: SnapshotPublisher;
+  private readonly motion: MotionPipeline;
   private readonly meter: AudioMeter | undefined;
   private readonly startedAt = Date.now();
   private statsTimer: NodeJS.Timeout | undefined;
@@ -68,7 +70,11 @@ export class Controller {
     const frameSources: FrameSource[] = cameras.map((c) => createFrameSource(c.name, c.source, this.log));
     this.watching = new SourceGroup('watching', frameSources, this.log);
     this.snapshots = new SnapshotPublisher(this.conn, cameras);
-    for (const s of frameSources) this.snapshots.attach(s);
+    this.motion = new MotionPipeline(this.conn, this.log);
+    cameras.forEach((c, i) => {
+      this.snapshots.attach(frameSources[i]!);
+      this.motion.attach(c, frameSources[i]!);
+    });
 
     if (config.homeassistant.enabled) {
       this.discovery = new DiscoveryPublisher({
@@ -99,6 +105,7 @@ export class Controller {
     this.ask.start();
     await this.conn.start();
     await Promise.all([this.listening.start(), this.watching.start()]);
+    this.motion.start();
     this.statsTimer = setInterval(() => void this.publishStats(), config.daemon.stats_interval_s * 1000);
     this.statsTimer.unref();
     this.log.info({ root: this.conn.topics.root, broker: config.mqtt.url }, `Perch is running; watch it with: mosquitto_sub -h ${hostOf(config.mqtt.url)} -p ${portOf(config.mqtt.url)} -v -t '${this.conn.topics.root}/#' -t '${config.homeassistant.discovery_prefix}/#'`);
@@ -130,11 +137,18 @@ export class Controller {
       queues: this.scheduler.stats().depth_by_kind,
       mqtt: { connected: m.connected, protocol: m.protocol, reconnects: m.reconnects, published: m.published, received: m.received, rejected: m.rejected, outbox: { depth: m.outbox.depth, bytes: m.outbox.bytes, dropped: m.outbox.dropped, expired: m.outbox.expired } },
       sources,
+      motion: Object.fromEntries(
+        Object.entries(this.motion.stats()).map(([name, st]) => [
+          name,
+          { on: st.motionOn, events: st.events, frames: st.frames, dropped: st.dropped, decode_errors: st.decodeErrors, avg_frame_ms: Math.round(st.avgFrameMs * 100) / 100 },
+        ]),
+      ),
     };
   }
 
   private readonly onConnected = (): void => {
     void this.publishSwitchStates();
+    void this.motion.republishStates();
     void this.discovery?.start().catch((err: unknown) => this.log.error({ err }, 'discovery publish failed'));
     void this.publishStats();
   };
@@ -146,6 +160,7 @@ export class Controller {
       return;
     }
     await group.setPaused(value === 'OFF');
+    if (group === this.watching && value === 'OFF') await this.motion.pause();
     await this.publishSwitchStates();
     await this.publishStats();
   }
@@ -169,6 +184,7 @@ export class Controller {
     this.log.info(drained, 'job queue drained');
     this.ask.stop();
     this.snapshots.detach();
+    await this.motion.stop();
     this.meter?.detach();
     await Promise.all([this.listening.stop(), this.watching.stop()]);
     this.conn.removeOwner(OWNER);

@@ -85,6 +85,8 @@ export const captionSchema = z.strictObject({
   latency_ms: latencySchema,
 });
 
+const unit = z.number().min(0).max(1);
+
 export const cameraEventSchema = z.strictObject({
   v: version,
   /** One id for the new, update and end messages of one event. */
@@ -99,6 +101,10 @@ export const cameraEventSchema = z.strictObject({
   /** Share of the frame that changed, 0..1. */
   motion: z.number().min(0).max(1).optional(),
   frames: z.number().int().nonnegative().optional(),
+  /** Union of the moving areas in the latest moving frame, normalised 0..1 from the top left. */
+  box: z.strictObject({ x: unit, y: unit, w: unit, h: unit }).optional(),
+  /** Zones (from the camera's motion settings) that saw motion during the event. */
+  zones: z.array(z.string().min(1).max(64)).max(64).optional(),
 });
 
 /** Fields of an ask request (before limits that depend on settings are applied). */
@@ -186,6 +192,10 @@ export const statsSchema = z.strictObject({
     outbox: z.strictObject({ depth: count, bytes: count, dropped: count, expired: count }),
   }),
   sources: z.record(z.string(), z.object({ status: z.string(), restarts: count, last_error: z.string().optional() })),
+  /** Motion detection per camera. */
+  motion: z
+    .record(z.string(), z.strictObject({ on: z.boolean(), events: count, frames: count, dropped: count, decode_errors: count, avg_frame_ms: z.number().nonnegative() }))
+    .optional(),
 });
 
 export type Latency = z.infer<typeof latencySchema>;

@@ -13,7 +13,7 @@ const polygon = z
   .meta({ examples: [[[0, 0], [1, 0], [1, 0.2], [0, 0.2]]] });
 
 export const motionZoneSchema = z.object({
-  name: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'lowercase letters, digits, "_" or "-"').describe('Zone name, reported in motion events.'),
+  name: z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'lowercase letters, digits, "_" or "-"').meta({ examples: ['doorstep'] }).describe('Zone name, reported in motion events.'),
   points: polygon.describe('Polygon corners as [x, y] pairs, 0..1 of the frame width and height from the top left.'),
 });
 

@@ -1,0 +1,121 @@
+/**
+ * Motion for each camera: frames into a MotionDetector; events (new / update / end, one id) published as
+ * final results on `camera/<name>/event`, and the retained `camera/<name>/motion` ON/OFF. Runs whether or
+ * not the model can caption, so automations get motion from the first start.
+ */
+import type { CameraSettings } from '../config/schema.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { MqttConnection } from '../mqtt/connection.js';
+import { encode, isoNow, type CameraEventMessage } from '../mqtt/messages.js';
+import type { Frame, FrameSource } from '../sources/types.js';
+import { MotionDetector, type MotionStats, type MotionUpdate } from '../vision/motion.js';
+
+/** Ends events by wall time when frames stop coming (a camera that died mid-event). */
+const TICK_MS = 2000;
+
+export function cameraEventMessage(u: MotionUpdate): CameraEventMessage {
+  const r = (v: number) => Math.round(Math.min(1, Math.max(0, v)) * 10_000) / 10_000;
+  return {
+    v: 1,
+    id: u.id,
+    ts: isoNow(),
+    camera: u.camera,
+    type: u.type,
+    started_at: u.startedAt.toISOString(),
+    ...(u.type === 'end' ? { ended_at: u.at.toISOString() } : {}),
+    motion: r(u.type === 'end' ? u.peakFraction : u.changedFraction),
+    frames: u.motionFrames,
+    box: { x: r(u.box.x), y: r(u.box.y), w: r(u.box.w), h: r(u.box.h) },
+    zones: u.zonesSeen,
+  };
+}
+
+class CameraMotion {
+  readonly detector: MotionDetector;
+  private published: boolean | undefined;
+  private readonly listener = (frame: Frame): void => {
+    this.detector.push(frame).then(
+      (updates) => this.publish(updates),
+      (err: unknown) => this.log.warn({ err: String(err) }, 'motion detection failed on a frame'),
+    );
+  };
+
+  constructor(
+    readonly camera: CameraSettings,
+    private readonly source: FrameSource,
+    private readonly conn: MqttConnection,
+    private readonly log: Logger,
+  ) {
+    this.detector = new MotionDetector(camera.name, camera.motion);
+    source.on('frame', this.listener);
+  }
+
+  tick(): void {
+    void this.publish(this.detector.tick());
+  }
+
+  /** Ends a running event now (watching switched off, shutdown). */
+  close(): Promise<void> {
+    return this.publish(this.detector.close());
+  }
+
+  detach(): void {
+    this.source.off('frame', this.listener);
+  }
+
+  /** Retained ON/OFF now, e.g. after a reconnect. */
+  republishState(): Promise<unknown> {
+    this.published = this.detector.motionOn;
+    return this.conn.publish(this.conn.topics.camera(this.camera.name).motion, this.detector.motionOn ? 'ON' : 'OFF', { qos: 1, retain: true });
+  }
+
+  private async publish(updates: MotionUpdate[]): Promise<void> {
+    const t = this.conn.topics.camera(this.camera.name);
+    for (const u of updates) {
+      this.log.info({ camera: u.camera, id: u.id, type: u.type, motion: u.changedFraction, zones: u.zonesSeen }, 'motion event');
+      await this.conn.publish(t.event, encode(cameraEventMessage(u)), { final: true, qos: 1, priority: 'event', contentType: 'application/json' });
+    }
+    if (this.published !== this.detector.motionOn) await this.republishState();
+  }
+}
+
+export class MotionPipeline {
+  private readonly cameras: CameraMotion[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private readonly log: Logger;
+
+  constructor(
+    private readonly conn: MqttConnection,
+    logger: Logger = silentLogger,
+  ) {
+    this.log = logger.child({ module: 'motion' });
+  }
+
+  attach(camera: CameraSettings, source: FrameSource): void {
+    if (camera.motion.enabled) this.cameras.push(new CameraMotion(camera, source, this.conn, this.log));
+  }
+
+  start(): void {
+    this.timer = setInterval(() => this.cameras.forEach((c) => c.tick()), TICK_MS);
+    this.timer.unref();
+  }
+
+  republishStates(): Promise<unknown> {
+    return Promise.all(this.cameras.map((c) => c.republishState()));
+  }
+
+  /** Watching off: end running events (their `end` and motion OFF go out). */
+  async pause(): Promise<void> {
+    await Promise.all(this.cameras.map((c) => c.close()));
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    for (const c of this.cameras) c.detach();
+    await this.pause();
+  }
+
+  stats(): Record<string, MotionStats> {
+    return Object.fromEntries(this.cameras.map((c) => [c.camera.name, c.detector.stats]));
+  }
+}
