@@ -1,0 +1,133 @@
+/**
+ * `perch model verify|synth|convert|pull`. Registered on the main program by registerModelCommands();
+ * errors go to stderr with exit status 1, progress bars to stderr (only drawn on a terminal).
+ */
+import { InvalidArgumentError, type Command } from 'commander';
+import cliProgress from 'cli-progress';
+import { convertCheckpoint } from './convert.js';
+import type { BuildPhase, BuildProgress } from './package/build.js';
+import { profiles, type Manifest, type Profile } from './package/manifest.js';
+import { formatProblems, verifyPackage } from './package/verify.js';
+import { DEFAULT_REPO, pullModel } from './pull.js';
+import { synthPackage, type SynthPreset } from './synth.js';
+
+const PHASE_LABEL: Record<BuildPhase, string> = { decoder: 'decoder tensors', ple: 'PLE rows', files: 'tokenizer files' };
+
+function choice<T extends string>(allowed: readonly T[]): (v: string) => T {
+  return (v) => {
+    if (!(allowed as readonly string[]).includes(v)) throw new InvalidArgumentError(`expected one of ${allowed.join(', ')}`);
+    return v as T;
+  };
+}
+
+function nonNegativeInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new InvalidArgumentError('expected an integer from 0 to 4294967295');
+  return n;
+}
+
+/** One cli-progress bar, restarted per build phase. */
+function progressBar(): { update: (p: BuildProgress) => void; stop: () => void } {
+  const bar = new cliProgress.SingleBar({ format: '{phase} [{bar}] {percentage}% {value}/{total}', stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic);
+  let phase: BuildPhase | null = null;
+  return {
+    update(p) {
+      if (p.phase !== phase) {
+        if (phase) bar.stop();
+        phase = p.phase;
+        bar.start(p.total, 0, { phase: PHASE_LABEL[p.phase].padEnd(16) });
+      }
+      bar.update(p.done);
+    },
+    stop: () => {
+      if (phase) bar.stop();
+    },
+  };
+}
+
+function summary(dir: string, m: Manifest): string {
+  const bytes = m.files.reduce((a, f) => a + f.bytes, 0);
+  return `${dir}: package written (${m.files.length} files, ${(bytes / 1e6).toFixed(1)} MB, profile ${m.quantisation.profile})\n`;
+}
+
+async function withBar(dir: string, build: (onProgress: (p: BuildProgress) => void) => Promise<Manifest>): Promise<void> {
+  const bar = progressBar();
+  try {
+    const m = await build(bar.update);
+    bar.stop();
+    process.stdout.write(summary(dir, m));
+  } catch (e) {
+    bar.stop();
+    throw e;
+  }
+}
+
+export function registerModelCommands(program: Command): void {
+  const model = program.command('model').description('Model packages: verify, build from a checkpoint, download, or synthesise for tests');
+
+  model
+    .command('verify')
+    .description('Check a model package: every file present, sizes, sha256, headers and config consistency (exit 1 listing every problem)')
+    .argument('<dir>', 'package directory')
+    .option('--quick', 'skip the sha256 checks (what the daemon does at load)')
+    .action(async (dir: string, opts: { quick?: boolean }) => {
+      const r = await verifyPackage(dir, { full: !opts.quick });
+      if (r.ok) {
+        process.stdout.write(`${dir}: OK (${r.manifest!.files.length} files${opts.quick ? ', checksums not checked' : ', checksums match'})\n`);
+        return;
+      }
+      process.stderr.write(`${formatProblems(dir, r.problems)}\n${dir}: ${r.problems.length} problem(s)\n`);
+      process.exitCode = 1;
+    });
+
+  model
+    .command('synth')
+    .description('Write a package with random weights and the exact shapes of a preset (tests, benchmarks)')
+    .requiredOption('--preset <preset>', 'tiny | e2b', choice<SynthPreset>(['tiny', 'e2b']))
+    .requiredOption('--out <dir>', 'output directory (must be empty or absent)')
+    .option('--profile <profile>', `quantisation profile: ${profiles.join(' | ')}`, choice<Profile>(profiles), 'pi5')
+    .option('--seed <n>', 'random seed', nonNegativeInt, 1)
+    .option('--logits <mode>', 'graph logits: last | all', choice(['last', 'all'] as const), 'last')
+    .action(async (opts: { preset: SynthPreset; out: string; profile: Profile; seed: number; logits: 'last' | 'all' }) => {
+      await withBar(opts.out, (onProgress) => synthPackage({ preset: opts.preset, outDir: opts.out, profile: opts.profile, seed: opts.seed, logits: opts.logits, onProgress }));
+    });
+
+  model
+    .command('convert')
+    .description('Convert an official Gemma 4 checkpoint directory (config.json, safetensors, tokenizer) into a package')
+    .requiredOption('--from <dir>', 'checkpoint directory')
+    .requiredOption('--out <dir>', 'output directory (must be empty or absent)')
+    .option('--profile <profile>', `quantisation profile: ${profiles.join(' | ')}`, choice<Profile>(profiles), 'pi5')
+    .option('--logits <mode>', 'graph logits: last | all', choice(['last', 'all'] as const), 'last')
+    .action(async (opts: { from: string; out: string; profile: Profile; logits: 'last' | 'all' }) => {
+      await withBar(opts.out, (onProgress) => convertCheckpoint({ from: opts.from, outDir: opts.out, profile: opts.profile, logits: opts.logits, onProgress }));
+    });
+
+  model
+    .command('pull')
+    .description(`Download the official checkpoint from Hugging Face (resumable, sha256-checked) and convert it (gated: set HF_TOKEN)`)
+    .requiredOption('--out <dir>', 'output package directory (must be empty or absent)')
+    .option('--repo <id>', 'Hugging Face repository', DEFAULT_REPO)
+    .option('--revision <rev>', 'branch, tag or commit', 'main')
+    .option('--cache <dir>', 'where the checkpoint is downloaded (default: <out>.download)')
+    .option('--profile <profile>', `quantisation profile: ${profiles.join(' | ')}`, choice<Profile>(profiles), 'pi5')
+    .action(async (opts: { out: string; repo: string; revision: string; cache?: string; profile: Profile }) => {
+      const cacheDir = opts.cache ?? `${opts.out}.download`;
+      let last = '';
+      await withBar(opts.out, (onProgress) =>
+        pullModel({
+          repo: opts.repo,
+          revision: opts.revision,
+          cacheDir,
+          outDir: opts.out,
+          profile: opts.profile,
+          onDownload: (file, done, total) => {
+            const line = `${file}: ${Math.floor((100 * done) / Math.max(1, total))}%`;
+            if (line !== last && process.stderr.isTTY) process.stderr.write(`\r${line}   `);
+            last = line;
+          },
+          onProgress,
+        }),
+      );
+    });
+}

@@ -1,0 +1,113 @@
+/**
+ * THE package writer that both `perch model synth` and `perch model convert` go through: a WeightSource
+ * (official tensor names) -> decoder graph + external data (H7's writer), a PLE row producer -> the PLE file,
+ * tokenizer/template files -> the package, then the manifest. Memory stays bounded tensor by tensor (the
+ * graph writer streams weights to disk; the PLE table goes through in chunks).
+ */
+import { copyFile, rm } from 'node:fs/promises';
+import { parseGemma4TextConfig, type Gemma4TextConfig } from '../gemma4/config.js';
+import { writeDecoderModel } from '../gemma4/decoder-graph.js';
+import { uniformPolicy, type QuantPolicy as GraphQuantPolicy } from '../gemma4/quantize.js';
+import { textTensorTable, type WeightSource } from '../gemma4/weights.js';
+import type { RowProducer } from '../ple/writer.js';
+import { PACKAGE_FILES, type FileRole, type Manifest, type QuantPolicy } from './manifest.js';
+import { PackageWriter } from './writer.js';
+
+export type BuildPhase = 'decoder' | 'ple' | 'files';
+
+export interface BuildProgress {
+  phase: BuildPhase;
+  done: number;
+  total: number;
+}
+
+export type PackageExtraFile = { name: string; role: FileRole } & ({ content: string | Uint8Array } | { copyFrom: string });
+
+export interface PackageSpec {
+  outDir: string;
+  /** The model's config.json content (a Gemma 4 config, text part nested or not). */
+  configJson: Record<string, unknown>;
+  /** config.json exactly as shipped (convert); default: configJson pretty-printed. */
+  configText?: string;
+  weights: WeightSource;
+  /** Checkpoint name prefix of the text decoder (model.language_model. or model.). */
+  prefix: string;
+  /** Rows of embed_tokens_per_layer, float32. */
+  pleRows: RowProducer;
+  /** tokenizer.json, tokenizer_config.json, chat template. */
+  files: PackageExtraFile[];
+  policy: QuantPolicy;
+  source: Manifest['source'];
+  /** Graph logits: 'last' (engine default: prefill never materialises [seq, vocab]) or 'all'. */
+  logits?: 'all' | 'last';
+  onProgress?: (p: BuildProgress) => void;
+}
+
+/** Maps the manifest's policy to the decoder-graph writer's. */
+export function graphPolicy(p: QuantPolicy): GraphQuantPolicy | null {
+  if (!p.linear && !p.embedding) return null;
+  const linear = p.linear
+    ? { bits: p.linear.bits, blockSize: p.linear.block_size, accuracyLevel: p.linear.accuracy_level as 0 | 1 | 2 | 3 | 4, method: p.linear.method }
+    : null;
+  const embedding = p.embedding
+    ? { bits: p.embedding.bits, blockSize: p.embedding.block_size, accuracyLevel: (p.linear?.accuracy_level ?? 0) as 0 | 1 | 2 | 3 | 4, method: p.linear?.method ?? 'rtn' }
+    : null;
+  return uniformPolicy(linear, embedding);
+}
+
+export function pleLayoutFor(cfg: Gemma4TextConfig, p: QuantPolicy) {
+  return {
+    rows: cfg.vocabSizePerLayerInput,
+    cols: cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput,
+    bits: p.ple.bits,
+    blockSize: p.ple.block_size,
+    numLayers: cfg.numHiddenLayers,
+    layerDim: cfg.hiddenSizePerLayerInput,
+  };
+}
+
+export async function buildPackage(spec: PackageSpec): Promise<Manifest> {
+  const cfg = parseGemma4TextConfig(spec.configJson);
+  const w = await PackageWriter.create(spec.outDir);
+  try {
+    await w.addFile(PACKAGE_FILES.config, 'config', spec.configText ?? JSON.stringify(spec.configJson, null, 2) + '\n');
+
+    // Decoder: count tensors as the graph writer pulls them, for progress.
+    const total = textTensorTable(cfg, spec.prefix).filter((t) => t.role !== 'ple_table').length;
+    let done = 0;
+    const counted: typeof spec.weights = {
+      shape: (name) => spec.weights.shape(name),
+      get: async (name) => {
+        const t = await spec.weights.get(name);
+        spec.onProgress?.({ phase: 'decoder', done: Math.min(total, ++done), total });
+        return t;
+      },
+    };
+    await writeDecoderModel(spec.outDir, cfg, counted, {
+      quant: graphPolicy(spec.policy),
+      prefix: spec.prefix,
+      logits: spec.logits ?? 'last',
+      onnxFile: PACKAGE_FILES.decoderGraph,
+      dataFile: PACKAGE_FILES.decoderWeights,
+    });
+    await w.addExisting(PACKAGE_FILES.decoderGraph, 'decoder-graph');
+    await w.addExisting(PACKAGE_FILES.decoderWeights, 'decoder-weights');
+
+    const layout = pleLayoutFor(cfg, spec.policy);
+    await w.addPle(layout, spec.pleRows, { onProgress: (d, t) => spec.onProgress?.({ phase: 'ple', done: d, total: t }) });
+
+    for (const [i, f] of spec.files.entries()) {
+      if ('content' in f) await w.addFile(f.name, f.role, f.content);
+      else {
+        await copyFile(f.copyFrom, w.path(f.name));
+        await w.addExisting(f.name, f.role);
+      }
+      spec.onProgress?.({ phase: 'files', done: i + 1, total: spec.files.length });
+    }
+    return await w.finish({ source: spec.source, config: spec.configJson, quantisation: spec.policy });
+  } catch (e) {
+    // The directory was empty when we started (PackageWriter.create insists), so nothing else is lost.
+    await rm(spec.outDir, { recursive: true, force: true });
+    throw e;
+  }
+}

@@ -1,0 +1,113 @@
+/**
+ * The model package manifest (manifest.json): what the package holds, where it came from, how it was
+ * quantised, and every file's size and sha256. Written last by the package writer, so a directory without it
+ * is an unfinished package. models/README.md documents the format.
+ */
+import { z } from 'zod';
+
+export const PACKAGE_FORMAT_VERSION = 1;
+export const MANIFEST_FILE = 'manifest.json';
+
+/** Conventional file names inside a package. */
+export const PACKAGE_FILES = {
+  config: 'config.json',
+  decoderGraph: 'decoder.onnx',
+  decoderWeights: 'decoder.onnx.data',
+  ple: 'ple.bin',
+  tokenizer: 'tokenizer.json',
+  tokenizerConfig: 'tokenizer_config.json',
+  chatTemplate: 'chat_template.jinja',
+} as const;
+
+export const fileRoles = ['config', 'decoder-graph', 'decoder-weights', 'ple', 'tokenizer', 'tokenizer-config', 'chat-template', 'other'] as const;
+export type FileRole = (typeof fileRoles)[number];
+/** Roles a loadable package must have (the chat template may live in tokenizer_config.json instead). */
+export const REQUIRED_ROLES: readonly FileRole[] = ['config', 'decoder-graph', 'decoder-weights', 'ple', 'tokenizer'];
+
+/** A relative path that stays inside the package directory. */
+const packagePath = z
+  .string()
+  .min(1)
+  .max(255)
+  .refine((p) => !p.startsWith('/') && !p.includes('\\') && p.split('/').every((s) => s !== '' && s !== '.' && s !== '..'), 'a relative path inside the package');
+
+export const fileEntrySchema = z.object({
+  path: packagePath,
+  role: z.enum(fileRoles),
+  bytes: z.number().int().min(0),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+});
+export type FileEntry = z.output<typeof fileEntrySchema>;
+
+/** pi5 / pi4: board profiles; float: unquantised decoder (tests and debugging, E2B would be ~8 GB). */
+export const profiles = ['pi5', 'pi4', 'float'] as const;
+export type Profile = (typeof profiles)[number];
+
+const bitsSchema = z.union([z.literal(2), z.literal(4), z.literal(8)]);
+
+export const quantPolicySchema = z.object({
+  profile: z.enum(profiles),
+  linear: z
+    .object({
+      bits: bitsSchema,
+      block_size: z.number().int().min(16),
+      accuracy_level: z.number().int().min(0).max(4),
+      method: z.enum(['search', 'rtn']),
+    })
+    .nullable(),
+  embedding: z.object({ bits: z.union([z.literal(4), z.literal(8)]), block_size: z.number().int().min(16) }).nullable(),
+  ple: z.object({ bits: bitsSchema, block_size: z.number().int().min(8), scale_type: z.literal('f16-scale-u8-zero-point') }),
+});
+export type QuantPolicy = z.output<typeof quantPolicySchema>;
+
+export const manifestSchema = z.object({
+  format_version: z.number().int(),
+  created_by: z.string().min(1),
+  created_at: z.string().optional(),
+  source: z.object({
+    kind: z.enum(['convert', 'synth', 'pull']),
+    model: z.string().min(1),
+    revision: z.string().optional(),
+    checkpoint_sha256: z.string().optional(),
+    preset: z.string().optional(),
+    seed: z.number().int().optional(),
+  }),
+  config: z.record(z.string(), z.unknown()),
+  quantisation: quantPolicySchema,
+  files: z.array(fileEntrySchema).min(1),
+});
+export type Manifest = z.output<typeof manifestSchema>;
+
+/**
+ * Linear layers: pi5 uses 2-bit with accuracy_level 4 (int8 activations: the fast dot-product path on the
+ * Cortex-A76); pi4's Cortex-A72 has no fast 2-bit path, so 4-bit (accuracy_level 4 is harmless there). The PLE table is 4-bit, block 32 on both:
+ * 2-bit loses ~40% RMS on it (models/README.md has the measurements).
+ */
+export function quantPolicyFor(profile: Profile): QuantPolicy {
+  const ple = { bits: 4, block_size: 32, scale_type: 'f16-scale-u8-zero-point' } as const;
+  // Block 64 with an f32 scale costs 0.5 bit per weight: 2.5 bpw on pi5 (llama.cpp Q2_K: 2.625), 4.5 on pi4 (Q4_K: 4.5).
+  const embedding = { bits: 4, block_size: 64 } as const;
+  if (profile === 'float') return { profile, linear: null, embedding: null, ple };
+  if (profile === 'pi5') return { profile, linear: { bits: 2, block_size: 64, accuracy_level: 4, method: 'search' }, embedding, ple };
+  return { profile, linear: { bits: 4, block_size: 64, accuracy_level: 4, method: 'search' }, embedding, ple };
+}
+
+/** Parses manifest text; returns the problem (not a throw) so verify can list it with the rest. */
+export function parseManifest(text: string): { manifest: Manifest } | { error: string } {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    return { error: `not valid JSON (${(e as Error).message})` };
+  }
+  const version = (json as { format_version?: unknown } | null)?.format_version;
+  if (typeof version === 'number' && version !== PACKAGE_FORMAT_VERSION) {
+    return { error: `unknown format_version ${version} (this Perch reads ${PACKAGE_FORMAT_VERSION})` };
+  }
+  const r = manifestSchema.safeParse(json);
+  if (!r.success) {
+    const first = r.error.issues[0]!;
+    return { error: `invalid manifest at ${first.path.join('.') || '(root)'}: ${first.message}` };
+  }
+  return { manifest: r.data };
+}

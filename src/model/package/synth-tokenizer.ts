@@ -1,0 +1,112 @@
+/**
+ * A small but valid tokenizer for synthetic packages: a byte-fallback BPE in the layout Gemma ships
+ * (tokenizer.json + tokenizer_config.json + chat_template.jinja), sized to the config's vocabulary so every
+ * id the decoder can emit decodes. Real packages copy the checkpoint's own files instead.
+ */
+
+export interface SynthTokenizerFiles {
+  tokenizerJson: string;
+  tokenizerConfigJson: string;
+  chatTemplate: string;
+}
+
+/** Gemma's fixed ids (bos 2, eos 1, pad 0), turn and thinking markers at low ids. */
+const LOW_SPECIALS = ['<pad>', '<eos>', '<bos>', '<unk>', '<|turn>', '<turn|>', '<|think|>', '<|channel>', '<channel|>'];
+/** Media markers at E2B's real ids; only placed when the vocabulary reaches them. */
+const MEDIA_SPECIALS: Array<[number, string]> = [
+  [255999, '<|image>'],
+  [256000, '<|audio>'],
+  [258880, '<|image|>'],
+  [258881, '<|audio|>'],
+  [258882, '<image|>'],
+  [258883, '<audio|>'],
+  [258884, '<|video|>'],
+];
+const BYTE_BASE = 16;
+const SPACE = '\u2581';
+const BIGRAMS = ['th', 'he', 'in', 'er', 'an', 're', 'on', 'at', 'en', 'nd', 'ti', 'es', 'or', 'te', 'of', 'ed', 'is', 'it', 'al', 'ar', 'st', 'to', 'nt', 'ng', 'se', 'ha', 'as', 'ou', 'io', 'le', 've', 'co', 'me', 'de', 'hi', 'ri', 'ro', 'ic', 'ne', 'ea'];
+
+/** Gemma 4's turn format (see design notes): `<bos><|turn>user\n...<turn|>\n<|turn>model\n`. */
+export const SYNTH_CHAT_TEMPLATE = [
+  '{{- bos_token -}}',
+  '{%- for message in messages -%}',
+  "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}",
+  "{{- '<|turn>' + role + '\\n' + (message['content'] | trim) + '<turn|>\\n' -}}",
+  '{%- endfor -%}',
+  "{%- if add_generation_prompt -%}{{- '<|turn>model\\n' -}}{%- endif -%}",
+  '',
+].join('\n');
+
+export function synthTokenizerFiles(vocabSize: number): SynthTokenizerFiles {
+  const minimum = BYTE_BASE + 256 + 1;
+  if (vocabSize < minimum) throw new Error(`synthetic tokenizer needs a vocabulary of at least ${minimum}, got ${vocabSize}`);
+  const vocab: string[] = new Array<string>(vocabSize);
+  const special = new Map<number, string>();
+  LOW_SPECIALS.forEach((t, i) => special.set(i, t));
+  for (const [id, t] of MEDIA_SPECIALS) if (id < vocabSize) special.set(id, t);
+  for (const [id, t] of special) vocab[id] = t;
+  for (let b = 0; b < 256; b++) vocab[BYTE_BASE + b] = `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`;
+
+  // Single characters, then merges, in id order after the byte tokens; the rest are unused placeholders.
+  const pieces: string[] = [SPACE];
+  for (let c = 33; c < 127; c++) pieces.push(String.fromCharCode(c));
+  const merges: string[] = [];
+  const addMerge = (a: string, b: string) => {
+    merges.push(`${a} ${b}`);
+    pieces.push(a + b);
+  };
+  for (const bg of BIGRAMS) addMerge(bg[0]!, bg[1]!);
+  for (let c = 97; c < 123; c++) addMerge(SPACE, String.fromCharCode(c));
+  let next = BYTE_BASE + 256;
+  let used = 0;
+  for (const piece of pieces) {
+    while (next < vocabSize && vocab[next] !== undefined) next++;
+    if (next >= vocabSize) break;
+    vocab[next++] = piece;
+    used++;
+  }
+  // Keep only merges whose result made it into the vocabulary (BPE requires that).
+  const inVocab = new Set(vocab);
+  const keptMerges = merges.filter((m) => inVocab.has(m.replace(' ', '')) && used > 0);
+  let unused = 0;
+  for (let i = 0; i < vocabSize; i++) if (vocab[i] === undefined) vocab[i] = `<unused${unused++}>`;
+
+  const vocabObj: Record<string, number> = {};
+  vocab.forEach((t, i) => (vocabObj[t] = i));
+  const tokenizer = {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: [...special].sort((a, b) => a[0] - b[0]).map(([id, content]) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
+    normalizer: { type: 'Replace', pattern: { String: ' ' }, content: SPACE },
+    pre_tokenizer: null,
+    post_processor: null,
+    decoder: {
+      type: 'Sequence',
+      decoders: [{ type: 'Replace', pattern: { String: SPACE }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }],
+    },
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: '<unk>',
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: true,
+      byte_fallback: true,
+      ignore_merges: false,
+      vocab: vocabObj,
+      merges: keptMerges,
+    },
+  };
+  const tokenizerConfig = {
+    bos_token: '<bos>',
+    eos_token: '<eos>',
+    pad_token: '<pad>',
+    unk_token: '<unk>',
+    add_bos_token: false,
+    add_eos_token: false,
+    model_max_length: 131072,
+    tokenizer_class: 'GemmaTokenizer',
+  };
+  return { tokenizerJson: JSON.stringify(tokenizer), tokenizerConfigJson: JSON.stringify(tokenizerConfig, null, 2) + '\n', chatTemplate: SYNTH_CHAT_TEMPLATE };
+}

@@ -1,0 +1,111 @@
+/**
+ * `perch model synth`: a package with the exact shapes of a preset (tiny for tests, e2b for benchmarks and
+ * memory checks) and seeded random weights, built by the same writer as a real conversion. Weights are
+ * generated per tensor on demand (nothing cached), and PLE rows per row, so an E2B synth needs about as
+ * much memory as an E2B conversion.
+ */
+import { e2bConfig, tinyConfig, toTextConfigJson, type Gemma4TextConfig } from './gemma4/config.js';
+import { MULTIMODAL_TEXT_PREFIX, seededRandom, textTensorTable, type TensorSpec, type WeightSource } from './gemma4/weights.js';
+import { buildPackage, type BuildProgress } from './package/build.js';
+import { PACKAGE_FILES, quantPolicyFor, type Manifest, type Profile, type QuantPolicy } from './package/manifest.js';
+import { synthTokenizerFiles } from './package/synth-tokenizer.js';
+import type { RowProducer } from './ple/writer.js';
+
+export type SynthPreset = 'tiny' | 'e2b';
+
+export interface SynthOptions {
+  preset: SynthPreset;
+  outDir: string;
+  profile?: Profile;
+  seed?: number;
+  logits?: 'all' | 'last';
+  onProgress?: (p: BuildProgress) => void;
+}
+
+export function presetConfig(preset: SynthPreset): Gemma4TextConfig {
+  return preset === 'tiny' ? tinyConfig() : e2bConfig();
+}
+
+/** config.json as a multimodal Gemma 4 checkpoint ships it (text part under text_config). */
+export function synthConfigJson(cfg: Gemma4TextConfig): Record<string, unknown> {
+  return { architectures: ['Gemma4ForConditionalGeneration'], model_type: 'gemma4', tie_word_embeddings: true, text_config: toTextConfigJson(cfg) };
+}
+
+/** FNV-1a of the name mixed with the seed: each tensor's values are independent of generation order. */
+function tensorSeed(seed: number, name: string): number {
+  let h = 0x811c9dc5 ^ seed;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+function fillRandom(spec: TensorSpec, out: Float32Array, rand: () => number): void {
+  const n = out.length;
+  if (spec.kind === 'norm') for (let i = 0; i < n; i++) out[i] = 1 + 0.2 * (rand() * 2 - 1);
+  else if (spec.kind === 'scalar') for (let i = 0; i < n; i++) out[i] = 0.6 + 0.4 * rand();
+  else if (spec.kind === 'embedding') for (let i = 0; i < n; i++) out[i] = 0.06 * (rand() * 2 - 1);
+  else {
+    // Uniform with variance 1/fan_in keeps activations O(1) through the stack.
+    const bound = Math.sqrt(3 / spec.shape[1]!);
+    for (let i = 0; i < n; i++) out[i] = bound * (rand() * 2 - 1);
+  }
+}
+
+/** Random weights, generated when asked for and not kept. */
+export function syntheticWeightSource(cfg: Gemma4TextConfig, seed: number, prefix = MULTIMODAL_TEXT_PREFIX): WeightSource {
+  const specs = new Map(textTensorTable(cfg, prefix).map((s) => [s.name, s]));
+  const spec = (name: string): TensorSpec => {
+    const s = specs.get(name);
+    if (!s) throw new Error(`synthetic model has no tensor ${name}`);
+    return s;
+  };
+  return {
+    shape: (name) => [...spec(name).shape],
+    async get(name) {
+      const s = spec(name);
+      const out = new Float32Array(s.shape.reduce((a, b) => a * b, 1));
+      fillRandom(s, out, seededRandom(tensorSeed(seed, name)));
+      return out;
+    },
+  };
+}
+
+/** PLE rows seeded per row, so any chunking gives the same table. */
+export function syntheticPleRows(cols: number, seed: number): RowProducer {
+  return async (start, count) => {
+    const out = new Float32Array(count * cols);
+    for (let r = 0; r < count; r++) {
+      const rand = seededRandom(tensorSeed(seed, `ple-row-${start + r}`));
+      const base = r * cols;
+      for (let c = 0; c < cols; c++) out[base + c] = 0.06 * (rand() * 2 - 1);
+    }
+    return out;
+  };
+}
+
+/** Synth skips the slow error-searching quantiser: random weights have nothing for it to find. */
+export function synthPolicy(profile: Profile): QuantPolicy {
+  const p = quantPolicyFor(profile);
+  return p.linear ? { ...p, linear: { ...p.linear, method: 'rtn' } } : p;
+}
+
+export async function synthPackage(opts: SynthOptions): Promise<Manifest> {
+  const cfg = presetConfig(opts.preset);
+  const seed = opts.seed ?? 1;
+  const tok = synthTokenizerFiles(cfg.vocabSize);
+  return buildPackage({
+    outDir: opts.outDir,
+    configJson: synthConfigJson(cfg),
+    weights: syntheticWeightSource(cfg, seed),
+    prefix: MULTIMODAL_TEXT_PREFIX,
+    pleRows: syntheticPleRows(cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput, seed),
+    files: [
+      { name: PACKAGE_FILES.tokenizer, role: 'tokenizer', content: tok.tokenizerJson },
+      { name: PACKAGE_FILES.tokenizerConfig, role: 'tokenizer-config', content: tok.tokenizerConfigJson },
+      { name: PACKAGE_FILES.chatTemplate, role: 'chat-template', content: tok.chatTemplate },
+    ],
+    policy: synthPolicy(opts.profile ?? 'pi5'),
+    source: { kind: 'synth', model: `synthetic-gemma4-${opts.preset}`, preset: opts.preset, seed },
+    logits: opts.logits,
+    onProgress: opts.onProgress,
+  });
+}
