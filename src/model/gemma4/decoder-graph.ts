@@ -50,6 +50,13 @@ export interface DecoderGraphOptions {
   onnxGelu?: boolean;
   /** 'gqa': com.microsoft.GroupQueryAttention (RoPE and norms stay outside it); default 'plain' ops. */
   attention?: 'plain' | 'gqa';
+  /**
+   * Adds inputs media_embeds float32 [batch, seq, hidden] and media_mask bool [batch, seq]: where the mask is
+   * true, the row of media_embeds replaces the scaled token embedding (image/audio encoder output). As in
+   * transformers' Gemma4Model, the per-layer context projection then sees the merged embeddings, while the
+   * token-identity PLE rows (per_layer_rows) and input_ids at those positions are the pad id's.
+   */
+  media?: boolean;
 }
 
 /**
@@ -74,7 +81,7 @@ export interface CacheSlot {
 }
 
 export interface DecoderGraphInfo {
-  inputs: { inputIds: string; perLayerRows: string; positionIds: string };
+  inputs: { inputIds: string; perLayerRows: string; positionIds: string; mediaEmbeds: string | null; mediaMask: string | null };
   logits: string;
   logitsMode: 'all' | 'last';
   cache: CacheSlot[];
@@ -124,6 +131,8 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
   const inputIds = b.input('input_ids', 'int64', ['batch', 'seq']);
   const perLayerRows = b.input('per_layer_rows', 'float32', ['batch', 'seq', L * P]);
   const positionIds = b.input('position_ids', 'int64', ['batch', 'seq']);
+  const mediaEmbeds = opts.media ? b.input('media_embeds', 'float32', ['batch', 'seq', H]) : null;
+  const mediaMask = opts.media ? b.input('media_mask', 'bool', ['batch', 'seq']) : null;
   const slots = cacheSlots(cfg);
   for (const s of slots) {
     const past = s.type === 'sliding_attention' ? 'past_sliding' : 'past_full';
@@ -147,7 +156,8 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
     embedTable = b.initializer('embed_tokens.weight', 'float32', [cfg.vocabSize, H], embedW);
     embedded = ops.op('Gather', [embedTable, inputIds], { axis: 0 });
   }
-  const x0 = ops.op('Mul', [embedded, ops.f32(Math.sqrt(H))]);
+  let x0 = ops.op('Mul', [embedded, ops.f32(Math.sqrt(H))]);
+  if (mediaEmbeds && mediaMask) x0 = ops.op('Where', [ops.op('Unsqueeze', [mediaMask, ops.i64([2])]), mediaEmbeds, x0]);
 
   // ---- per-layer inputs [batch, seq, L, P]
   let ctx = await linear(x0, gName('ple_model_proj'));
@@ -194,7 +204,7 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
     b.output(s.presentKey, 'float32', ['batch', s.kvHeads, present, s.headDim]);
     b.output(s.presentValue, 'float32', ['batch', s.kvHeads, present, s.headDim]);
   }
-  return { inputs: { inputIds, perLayerRows, positionIds }, logits: 'logits', logitsMode, cache: slots };
+  return { inputs: { inputIds, perLayerRows, positionIds, mediaEmbeds, mediaMask }, logits: 'logits', logitsMode, cache: slots };
 
   async function decoderLayer(info: LayerInfo): Promise<string> {
     const l = info.index;

@@ -144,8 +144,12 @@ export class Gemma4Reference {
     return out;
   }
 
-  /** Runs one token at the current position; returns its logits [vocab]. */
-  step(id: number): Float32Array {
+  /**
+   * Runs one token at the current position; returns its logits [vocab]. `embedding` (hidden values) replaces
+   * the scaled token embedding, as a media soft token does; callers pass the pad id as `id` there (transformers
+   * looks up the pad id's PLE row at media positions and projects the merged embedding).
+   */
+  step(id: number, embedding?: ArrayLike<number>): Float32Array {
     const c = this.cfg;
     if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new Error(`token id ${id} out of range`);
     const H = c.hiddenSize;
@@ -156,7 +160,12 @@ export class Gemma4Reference {
     const embed = this.g('embed');
     const h = new Float64Array(H);
     const embedScale = Math.sqrt(H);
-    for (let i = 0; i < H; i++) h[i] = embed[id * H + i]! * embedScale;
+    if (embedding) {
+      if (embedding.length !== H) throw new Error(`embedding override has ${embedding.length} values, hidden size is ${H}`);
+      for (let i = 0; i < H; i++) h[i] = Math.fround(embedding[i]!);
+    } else {
+      for (let i = 0; i < H; i++) h[i] = embed[id * H + i]! * embedScale;
+    }
 
     // Per-layer inputs: context projection (from the scaled embedding) + token-identity rows.
     const proj = this.linear(this.g('ple_model_proj'), h, L * P, H);

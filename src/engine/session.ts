@@ -1,0 +1,97 @@
+/**
+ * ONNX Runtime session for a package's decoder graph. Every option that changes speed or memory is a named
+ * field here (not buried in a literal), so the benchmark can compare them one by one.
+ */
+import * as ort from 'onnxruntime-node';
+import type { Gemma4TextConfig } from '../model/gemma4/config.js';
+import { type CacheSlot, cacheSlots } from '../model/gemma4/decoder-graph.js';
+
+export type GraphOptimizationLevel = 'disabled' | 'basic' | 'extended' | 'all';
+
+export interface SessionTuning {
+  /** Intra-op threads (model.threads). */
+  threads: number;
+  graphOptimizationLevel: GraphOptimizationLevel;
+  /** ORT's arena allocator: faster reuse, but it keeps peak activation memory reserved. */
+  enableCpuMemArena: boolean;
+  /** Pre-plans activation buffers per input shape; shapes change every step here (growing caches). */
+  enableMemPattern: boolean;
+  /**
+   * Pre-packing copies MatMulNBits weights from the memory-mapped data file to the heap in a faster layout.
+   * Off: weights stay file-backed (less anonymous memory), possibly slower matmuls.
+   */
+  disablePrepacking: boolean;
+  /** Any further session config entries (onnxruntime_session_options_config_keys.h), e.g. session.x = '1'. */
+  configEntries?: Record<string, string>;
+}
+
+export const DEFAULT_TUNING: Omit<SessionTuning, 'threads'> = {
+  graphOptimizationLevel: 'all',
+  enableCpuMemArena: true,
+  enableMemPattern: false,
+  disablePrepacking: false,
+};
+
+/** Maps tuning to ORT's SessionOptions (sequential execution: one decoder, intra-op parallelism only). */
+export function sessionOptions(t: SessionTuning): ort.InferenceSession.SessionOptions {
+  const session: Record<string, string> = {};
+  const other: Record<string, Record<string, string>> = {};
+  const entries: Record<string, string> = { ...(t.configEntries ?? {}) };
+  if (t.disablePrepacking) entries['session.disable_prepacking'] = '1';
+  // `extra` takes nested objects that ORT flattens with dots ("session.disable_prepacking").
+  for (const [key, value] of Object.entries(entries)) {
+    const dot = key.indexOf('.');
+    if (dot <= 0) throw new Error(`session config key "${key}" must look like section.name`);
+    const section = key.slice(0, dot);
+    const name = key.slice(dot + 1);
+    if (section === 'session') session[name] = value;
+    else (other[section] ??= {})[name] = value;
+  }
+  return {
+    executionProviders: ['cpu'],
+    executionMode: 'sequential',
+    intraOpNumThreads: t.threads,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: t.graphOptimizationLevel,
+    enableCpuMemArena: t.enableCpuMemArena,
+    enableMemPattern: t.enableMemPattern,
+    extra: { session, ...other },
+  };
+}
+
+/** The loaded decoder: session plus what the engine needs to drive it. */
+export interface DecoderSession {
+  session: ort.InferenceSession;
+  slots: CacheSlot[];
+  vocabSize: number;
+  hiddenSize: number;
+  pleWidth: number;
+  /** The graph takes media_embeds / media_mask (built with the media option). */
+  acceptsMedia: boolean;
+  release(): Promise<void>;
+}
+
+export async function createDecoderSession(modelPath: string, cfg: Gemma4TextConfig, tuning: SessionTuning): Promise<DecoderSession> {
+  const session = await ort.InferenceSession.create(modelPath, sessionOptions(tuning));
+  const slots = cacheSlots(cfg);
+  const inputs = new Set(session.inputNames);
+  const missing = ['input_ids', 'per_layer_rows', 'position_ids', ...slots.flatMap((s) => [s.pastKey, s.pastValue])].filter((n) => !inputs.has(n));
+  if (missing.length) {
+    await session.release();
+    throw new Error(`${modelPath}: decoder graph lacks inputs ${missing.join(', ')} (does it match the package config?)`);
+  }
+  let released = false;
+  return {
+    session,
+    slots,
+    vocabSize: cfg.vocabSize,
+    hiddenSize: cfg.hiddenSize,
+    pleWidth: cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput,
+    acceptsMedia: inputs.has('media_embeds') && inputs.has('media_mask'),
+    async release() {
+      if (released) return;
+      released = true;
+      await session.release();
+    },
+  };
+}

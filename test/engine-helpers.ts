@@ -1,0 +1,85 @@
+/** Shared helpers for the engine tests: a tiny synthetic package and a reference on the same (dequantised) weights. */
+import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Gemma4TextConfig } from '../src/model/gemma4/config.js';
+import { dequantisedWeightSource } from '../src/model/gemma4/quantize.js';
+import { Gemma4Reference } from '../src/model/gemma4/reference.js';
+import { MULTIMODAL_TEXT_PREFIX, type WeightSource, globalName } from '../src/model/gemma4/weights.js';
+import { graphPolicy } from '../src/model/package/build.js';
+import { MANIFEST_FILE, PACKAGE_FILES, type Manifest } from '../src/model/package/manifest.js';
+import { hashFile } from '../src/model/package/writer.js';
+import { type DecoderGraphOptions, writeDecoderModel } from '../src/model/gemma4/decoder-graph.js';
+import { PlePager } from '../src/model/ple/pager.js';
+import { presetConfig, synthPackage, syntheticWeightSource } from '../src/model/synth.js';
+
+export const SEED = 5;
+
+export async function makeTinyPackage(root: string, name = 'tiny'): Promise<{ dir: string; manifest: Manifest; cfg: Gemma4TextConfig }> {
+  const dir = join(root, name);
+  const manifest = await synthPackage({ preset: 'tiny', outDir: dir, profile: 'pi5', seed: SEED });
+  return { dir, manifest, cfg: presetConfig('tiny') };
+}
+
+export function tempRoot(tag: string): string {
+  return mkdtempSync(join(tmpdir(), `perch-${tag}-`));
+}
+
+export function copyPackage(src: string, dst: string): string {
+  cpSync(src, dst, { recursive: true });
+  return dst;
+}
+
+/**
+ * The reference on exactly what the package computes with: dequantised linears and embedding, the PLE table
+ * as the pager dequantises it, int8 activation blocks when the linears run at accuracy_level 4.
+ */
+export async function referenceFor(dir: string, manifest: Manifest, cfg: Gemma4TextConfig, opts: { int8Activations?: boolean } = {}): Promise<Gemma4Reference> {
+  const policy = graphPolicy(manifest.quantisation);
+  const base = syntheticWeightSource(cfg, SEED);
+  const deq = policy ? dequantisedWeightSource(base, cfg, policy) : base;
+  const pager = await PlePager.open(join(dir, 'ple.bin'), { cacheBytes: 0 });
+  const ple = await pager.rowsFor(Array.from({ length: cfg.vocabSize }, (_, i) => i));
+  await pager.close();
+  const pleName = globalName('ple_table', MULTIMODAL_TEXT_PREFIX);
+  const src: WeightSource = { shape: (n) => deq.shape(n), get: async (n) => (n === pleName ? ple : deq.get(n)) };
+  const lin = manifest.quantisation.linear;
+  const int8ActivationBlock = lin && lin.accuracy_level === 4 && opts.int8Activations !== false ? lin.block_size : undefined;
+  return Gemma4Reference.load(cfg, src, { int8ActivationBlock });
+}
+
+/** max |a - b| / max |b|. */
+export function relErr(a: Float32Array, b: Float32Array): number {
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    scale = Math.max(scale, Math.abs(b[i]!));
+  }
+  return diff / scale;
+}
+
+export function argmax(a: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < a.length; i++) if (a[i]! > a[best]!) best = i;
+  return best;
+}
+
+/**
+ * A copy of a tiny synth package whose decoder is rebuilt with other graph options (media inputs, fused ops),
+ * same weights and quantisation; the manifest's sizes and hashes are updated so it still verifies.
+ */
+export async function rebuildDecoder(base: string, manifest: Manifest, cfg: Gemma4TextConfig, dst: string, opts: DecoderGraphOptions): Promise<string> {
+  const dir = copyPackage(base, dst);
+  await writeDecoderModel(dir, cfg, syntheticWeightSource(cfg, SEED), {
+    quant: graphPolicy(manifest.quantisation),
+    logits: 'last',
+    ...opts,
+    onnxFile: PACKAGE_FILES.decoderGraph,
+    dataFile: PACKAGE_FILES.decoderWeights,
+  });
+  const m = JSON.parse(readFileSync(join(dir, MANIFEST_FILE), 'utf8')) as Manifest;
+  for (const f of m.files) if (f.role === 'decoder-graph' || f.role === 'decoder-weights') Object.assign(f, await hashFile(join(dir, f.path)));
+  writeFileSync(join(dir, MANIFEST_FILE), JSON.stringify(m, null, 2));
+  return dir;
+}
