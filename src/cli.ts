@@ -5,6 +5,8 @@
  */
 import { Command } from 'commander';
 import { EXIT_CONFIG, loadOrReport, register as registerConfig } from './config/command.js';
+import { registerAskCommand } from './engine/ask-command.js';
+import { registerModelCommands } from './model/commands.js';
 import { registerHaCommands } from './mqtt/ha-command.js';
 import { perchVersion } from './version.js';
 
@@ -29,7 +31,7 @@ function registerRun(program: Command): void {
 }
 
 /** Every area's subcommands; new areas add their register function here. */
-const areas: Register[] = [registerRun, registerConfig, registerHaCommands];
+const areas: Register[] = [registerRun, registerConfig, registerModelCommands, registerAskCommand, registerHaCommands];
 
 const program = new Command('perch').description('Offline AI on small boards: microphone and camera in, MQTT out').version(perchVersion());
 for (const register of areas) register(program);

@@ -9,6 +9,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { DaemonProcess, REPO, SAMPLES } from './daemon-helpers.js';
+import { synthPackage } from '../src/model/synth.js';
 import { Collector, Mosquitto, freePort, tempDir } from './mqtt-helpers.js';
 
 let broker: Mosquitto;
@@ -198,11 +199,72 @@ describe('perch run against Mosquitto', () => {
   });
 });
 
+describe('answers from a model package', () => {
+  let pkg: { dir: string; cleanup(): void };
+  beforeAll(async () => {
+    pkg = tempDir('perch-pkg-');
+    await synthPackage({ preset: 'tiny', outDir: path.join(pkg.dir, 'tiny'), seed: 7 });
+  }, 120_000);
+  afterAll(() => pkg.cleanup());
+
+  it('streams an MQTT 5 answer on answer/stream and replies with the same correlation data', async () => {
+    const { root, watcher } = await startDaemon({ model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 256, max_answer_tokens: 12 } });
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && (json(x.payload).engine as { state: string }).state === 'ready'), 60_000);
+    const c = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
+    cleanups.push(() => c.endAsync(true).then(() => undefined));
+    const replies: Array<{ body: Record<string, unknown>; corr?: Buffer }> = [];
+    c.on('message', (_t, payload, packet) => replies.push({ body: json(payload), corr: packet.properties?.correlationData as Buffer | undefined }));
+    await c.subscribeAsync('client/answers', { qos: 1 });
+    await c.publishAsync(`${root}/ask`, JSON.stringify({ id: 'tiny-1', text: 'Say something.', max_tokens: 6, seed: 3 }), { qos: 1, properties: { responseTopic: 'client/answers', correlationData: Buffer.from('c-7') } });
+
+    const deadline = Date.now() + 60_000;
+    while (replies.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+    expect(replies[0]?.corr?.toString()).toBe('c-7');
+    const answer = replies[0]!.body;
+    expect(answer).toMatchObject({ id: 'tiny-1', tokens: { completion: 6 } });
+    expect(['stop', 'length']).toContain(answer.finish_reason);
+    // The stream carries the same text, in order, and ends with done.
+    const chunks = watcher.on(`${root}/answer/stream`).map((x) => json(x.payload)).filter((c) => c.id === 'tiny-1');
+    expect(chunks.at(-1)).toMatchObject({ done: true });
+    expect(chunks.map((c) => c.delta).join('')).toBe(answer.text);
+    expect(chunks.map((c) => c.seq)).toEqual(chunks.map((_, i) => i));
+  });
+});
+
+describe('cancelling an answer over MQTT', () => {
+  let pkg: { dir: string; cleanup(): void };
+  beforeAll(async () => {
+    pkg = tempDir('perch-pkg-');
+    await synthPackage({ preset: 'tiny', outDir: path.join(pkg.dir, 'tiny'), seed: 9 });
+  }, 120_000);
+  afterAll(() => pkg.cleanup());
+
+  it('stops a running answer (partial text, finish_reason cancelled) and a waiting one (cancelled error)', async () => {
+    const { root, watcher } = await startDaemon({ model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 8192 } });
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && (json(x.payload).engine as { state: string }).state === 'ready'), 60_000);
+    const c = await mqtt.connectAsync(broker.url);
+    cleanups.push(() => c.endAsync(true).then(() => undefined));
+    // `long` runs (thousands of tokens), `queued` waits behind it; both are cancelled once `long` streams.
+    await c.publishAsync(`${root}/ask`, JSON.stringify({ id: 'long', text: 'Tell a long story.', max_tokens: 8000, seed: 1 }), { qos: 1 });
+    await c.publishAsync(`${root}/ask`, JSON.stringify({ id: 'queued', text: 'And another.', max_tokens: 8 }), { qos: 1 });
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/answer/stream` && json(x.payload).id === 'long'), 30_000);
+    await c.publishAsync(`${root}/ask/cancel`, JSON.stringify({ id: 'queued' }), { qos: 1 });
+    await c.publishAsync(`${root}/ask/cancel`, JSON.stringify({ id: 'long' }), { qos: 1 });
+    await watcher.waitFor((m) => ['long', 'queued'].every((id) => m.some((x) => x.topic === `${root}/answer` && json(x.payload).id === id)), 30_000);
+    const answers = watcher.on(`${root}/answer`).map((x) => json(x.payload));
+    const long = answers.find((a) => a.id === 'long')!;
+    expect(long.finish_reason).toBe('cancelled');
+    expect((long.tokens as { completion: number }).completion).toBeGreaterThan(0);
+    expect((long.tokens as { completion: number }).completion).toBeLessThan(8000);
+    expect(answers.find((a) => a.id === 'queued')!.error).toMatchObject({ code: 'cancelled' });
+  });
+});
+
 describe('npm start with the shipped dev config', () => {
   it('runs its embedded broker and file sources and publishes status and discovery', async () => {
     const tmp = tempDir('perch-dev-');
     const port = await freePort();
-    const daemon = DaemonProcess.start(tmp.dir, undefined, { PERCH_EMBEDDED_BROKER_PORT: String(port), PERCH_MQTT_URL: `mqtt://127.0.0.1:${port}`, PERCH_DAEMON_STATE_DIR: tmp.dir }, path.join(REPO, 'config', 'perch.dev.yaml'));
+    const daemon = DaemonProcess.start(tmp.dir, undefined, { PERCH_EMBEDDED_BROKER_PORT: String(port), PERCH_MQTT_URL: `mqtt://127.0.0.1:${port}`, PERCH_DAEMON_STATE_DIR: tmp.dir, PERCH_MODEL_DIR: path.join(tmp.dir, 'tiny') }, path.join(REPO, 'config', 'perch.dev.yaml'));
     cleanups.push(async () => {
       await daemon.kill();
       tmp.cleanup();
@@ -216,8 +278,12 @@ describe('npm start with the shipped dev config', () => {
     expect(watcher, daemon.log()).toBeDefined();
     cleanups.push(() => watcher!.close());
     await watcher!.waitFor((m) => ['perch/perch-dev/status', 'perch/perch-dev/stats', 'homeassistant/device/perch_perch-dev/config'].every((t) => m.some((x) => x.topic === t)));
-    expect(daemon.log()).toMatch(/no model engine yet/);
     expect(daemon.log()).toMatch(/mosquitto_sub -h 127\.0\.0\.1 -p \d+/);
+    // No package at model.dir: the tiny synthetic one is built, and the daemon says loudly that it is random.
+    await watcher!.waitFor((m) => m.some((x) => x.topic === 'perch/perch-dev/stats' && (json(x.payload).engine as { state: string }).state === 'ready'), 60_000);
+    expect(daemon.log()).toMatch(/RANDOM/);
+    const ready = json(watcher!.on('perch/perch-dev/stats').at(-1)!.payload);
+    expect(ready.engine).toMatchObject({ state: 'ready', random_weights: true });
   });
 });
 

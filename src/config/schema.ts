@@ -63,6 +63,7 @@ export const modelSettings = z.object({
   ple_cache_mb: z.number().int().min(1).default(64).describe('Memory budget of the per-layer-embedding row cache, in MiB.'),
   memory_budget_mb: z.number().int().min(64).optional().describe('Refuse to load a package whose resident need exceeds this many MiB.'),
   system_prompt: z.string().max(16384).default('You are Perch, a helpful assistant running offline on a small board. Answer briefly.').describe('System prompt of every conversation.'),
+  synthetic_if_missing: z.boolean().default(false).describe('When no package is at dir, build the tiny synthetic one there (random weights: its answers are meaningless). For trying Perch without the real model; npm start turns it on.'),
   max_answer_tokens: z.number().int().min(1).max(8192).default(256).describe('Default largest number of tokens in an answer.'),
 }).describe('The on-device model.');
 

@@ -5,7 +5,9 @@
  * `offline` and closes, in reverse order. Every listener a module adds is removed by owner on stop.
  */
 import { existsSync } from 'node:fs';
+import path from 'node:path';
 import type { PerchConfig } from '../config/schema.js';
+import { GemmaAnswerEngine } from '../engine/gemma-engine.js';
 import { UnavailableEngine, type AnswerEngine } from '../engine/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { MqttConnection } from '../mqtt/connection.js';
@@ -17,6 +19,8 @@ import { AudioMeter, SnapshotPublisher, SourceGroup } from '../pipelines/sources
 import { Scheduler } from '../scheduler/scheduler.js';
 import { createAudioSource, createFrameSource } from '../sources/index.js';
 import type { FrameSource } from '../sources/types.js';
+import { MANIFEST_FILE } from '../model/package/manifest.js';
+import { synthPackage } from '../model/synth.js';
 import { EmbeddedBroker } from './embedded-broker.js';
 
 const OWNER = 'controller';
@@ -29,20 +33,21 @@ export interface ControllerOptions {
   engine?: AnswerEngine;
 }
 
-/** What the daemon cannot do in this build, said plainly at start and in stats. */
-export function engineGap(config: PerchConfig): string {
-  const model = existsSync(config.model.dir) ? `a model package is at ${config.model.dir}, but` : `no model package at ${config.model.dir}, and`;
-  return `${model} this build has no model engine yet: questions are answered with an "unavailable" error, and no transcripts or captions are made. Sources, snapshots, status, stats and Home Assistant discovery work.`;
+/** What this build cannot do yet, said plainly at start whatever the model. */
+export const ENCODER_GAP = 'this build has no audio or vision encoder yet: no transcripts or captions are made, and questions about images are refused; motion, snapshots and text questions work';
+
+function hasPackage(dir: string): boolean {
+  return existsSync(path.join(dir, MANIFEST_FILE));
 }
 
 export class Controller {
   readonly scheduler: Scheduler;
   readonly conn: MqttConnection;
   private readonly log: Logger;
-  private readonly engine: AnswerEngine;
+  private engine: AnswerEngine;
   private readonly broker: EmbeddedBroker | undefined;
   private readonly discovery: DiscoveryPublisher | undefined;
-  private readonly ask: AskPipeline;
+  private ask: AskPipeline | undefined;
   private readonly listening: SourceGroup;
   private readonly watching: SourceGroup;
   private readonly snapshots: SnapshotPublisher;
@@ -55,14 +60,13 @@ export class Controller {
   constructor(private readonly o: ControllerOptions) {
     const { config } = o;
     this.log = o.logger ?? silentLogger;
-    this.engine = o.engine ?? new UnavailableEngine(engineGap(config));
+    this.engine = o.engine ?? new UnavailableEngine('the model is not loaded yet');
     if (config.embedded_broker.enabled) {
       this.broker = new EmbeddedBroker({ settings: config.embedded_broker, maxPayloadBytes: config.mqtt.max_payload_bytes, logger: this.log });
     }
     this.conn = new MqttConnection({ settings: config.mqtt, deviceId: config.device.id, stateDir: config.daemon.state_dir, logger: this.log });
     this.scheduler = new Scheduler(config.scheduler, this.log);
     const cameras = config.cameras.filter((c) => c.enabled);
-    this.ask = new AskPipeline({ conn: this.conn, scheduler: this.scheduler, engine: this.engine, maxPayloadBytes: config.mqtt.max_payload_bytes, cameras: cameras.map((c) => c.name), logger: this.log });
 
     const audio = config.audio.enabled && config.audio.source ? createAudioSource(config.audio.source, this.log) : undefined;
     this.meter = audio ? new AudioMeter(audio) : undefined;
@@ -89,7 +93,9 @@ export class Controller {
 
   async start(): Promise<void> {
     const { config } = this.o;
-    this.log.warn(this.engine.status().detail);
+    this.engine = await this.prepareEngine();
+    this.log.warn(ENCODER_GAP);
+    this.ask = new AskPipeline({ conn: this.conn, scheduler: this.scheduler, engine: this.engine, maxPayloadBytes: config.mqtt.max_payload_bytes, cameras: config.cameras.filter((c) => c.enabled).map((c) => c.name), logger: this.log });
     if (this.broker) {
       const at = await this.broker.start();
       this.log.info(`embedded MQTT broker listening on ${at.host}:${at.port}`);
@@ -133,7 +139,7 @@ export class Controller {
       uptime_s: Math.round((Date.now() - this.startedAt) / 1000),
       version: this.o.version,
       memory: { rss: mem.rss, heap_used: mem.heapUsed, heap_total: mem.heapTotal },
-      engine: { state: engine.state, detail: engine.detail.slice(0, 500), ...(this.meter ? { audio_seconds: Math.round(this.meter.samples / 16000) } : {}) },
+      engine: { state: engine.state, detail: engine.detail.slice(0, 500), ...(engine.random_weights ? { random_weights: true } : {}), ...(this.meter ? { audio_seconds: Math.round(this.meter.samples / 16000) } : {}) },
       queues: this.scheduler.stats().depth_by_kind,
       mqtt: { connected: m.connected, protocol: m.protocol, reconnects: m.reconnects, published: m.published, received: m.received, rejected: m.rejected, outbox: { depth: m.outbox.depth, bytes: m.outbox.bytes, dropped: m.outbox.dropped, expired: m.outbox.expired } },
       sources,
@@ -144,6 +150,32 @@ export class Controller {
         ]),
       ),
     };
+  }
+
+  /**
+   * The engine for model.dir: the Gemma engine when a package is there (it loads in the background, status
+   * says loading), else one that answers every question with `unavailable`, saying how to get a model.
+   * With model.synthetic_if_missing the tiny random package is built first, and that is said loudly.
+   */
+  private async prepareEngine(): Promise<AnswerEngine> {
+    if (this.o.engine) return this.o.engine;
+    const { model } = this.o.config;
+    if (!hasPackage(model.dir) && model.synthetic_if_missing) {
+      this.log.warn({ dir: model.dir }, 'NO MODEL PACKAGE: building the tiny synthetic package (random weights). Its answers are meaningless; get the real model with `perch model pull` and point model.dir at it');
+      await synthPackage({ preset: 'tiny', outDir: model.dir });
+    }
+    if (!hasPackage(model.dir)) {
+      const reason = `no model package at ${model.dir}: questions are answered with an "unavailable" error until there is one; get it with \`perch model pull\`, or build one with \`perch model convert\``;
+      this.log.warn(reason);
+      return new UnavailableEngine(reason);
+    }
+    const engine = new GemmaAnswerEngine(model, { logger: this.log });
+    void engine.start().then(() => {
+      const st = engine.status();
+      if (st.random_weights) this.log.warn(`MODEL OUTPUTS ARE RANDOM: ${st.detail}`);
+      void this.publishStats();
+    });
+    return engine;
   }
 
   private readonly onConnected = (): void => {
@@ -182,7 +214,7 @@ export class Controller {
     if (this.statsTimer) clearInterval(this.statsTimer);
     const drained = await this.scheduler.drain(this.o.config.daemon.drain_timeout_ms);
     this.log.info(drained, 'job queue drained');
-    this.ask.stop();
+    this.ask?.stop();
     this.snapshots.detach();
     await this.motion.stop();
     this.meter?.detach();

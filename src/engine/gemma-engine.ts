@@ -22,6 +22,23 @@ export interface GemmaEngineOptions {
   load?: Partial<Pick<EngineLoadOptions, 'tuning' | 'prefillChunk' | 'prefixSnapshots'>>;
 }
 
+/**
+ * Text of the model's control tokens (`<|turn>`, `<turn|>`, `<|image|>`, `<bos>` ...). The tokenizer maps
+ * such text to the tokens themselves, so a question over MQTT could otherwise close its turn and forge
+ * another. Questions are untrusted: the markers are removed before the prompt is rendered.
+ */
+const CONTROL_TOKEN_TEXT = /<\|[^<>|\s]{1,40}\|?>|<[^<>|\s]{1,40}\|>|<(?:bos|eos|pad|unk|mask)>/g;
+
+export function stripControlTokens(text: string): string {
+  let out = text;
+  // Repeat: removing one marker can join the pieces of another (`<|tu<bos>rn>`).
+  for (let prev = ''; prev !== out; ) {
+    prev = out;
+    out = out.replace(CONTROL_TOKEN_TEXT, '');
+  }
+  return out;
+}
+
 export class GemmaAnswerEngine implements AnswerEngine {
   private engine: Engine | null = null;
   private state: EngineStatus = { state: 'loading', detail: 'loading the model package' };
@@ -61,7 +78,9 @@ export class GemmaAnswerEngine implements AnswerEngine {
       const random = engine.randomWeights;
       this.state = {
         state: 'ready',
-        detail: random ? `synthetic package ${engine.manifest.source.model} loaded: random weights, answers are meaningless` : `model ${engine.manifest.source.model} ready`,
+        detail: random
+          ? `synthetic package ${engine.manifest.source.model} loaded: RANDOM WEIGHTS, answers are meaningless; get the real model with \`perch model pull\` (or \`perch model convert\`) and point model.dir at it`
+          : `model ${engine.manifest.source.model} ready`,
         ...(random ? { random_weights: true } : {}),
       };
       if (random) this.log.warn({ dir: s.dir }, 'the model package is synthetic (random weights): answers are meaningless');
@@ -85,7 +104,7 @@ export class GemmaAnswerEngine implements AnswerEngine {
     const messages: ChatMessage[] = [];
     const system = this.settings.system_prompt.trim();
     if (system) messages.push({ role: 'system', content: system });
-    messages.push({ role: 'user', content: request.text });
+    messages.push({ role: 'user', content: stripControlTokens(request.text) });
     const thinking = request.thinking ?? false;
     const prompt = engine.preparePrompt(messages, { thinking });
     // Without an explicit max_tokens the default shrinks to what the context has left.

@@ -3,7 +3,8 @@
  * through the scheduler to the answer engine, streamed on `<root>/answer/stream` and answered on the
  * request's reply address. Every request gets an answer or an error.
  */
-import type { AnswerEngine } from '../engine/types.js';
+import type { AnswerEngine, AnswerResult } from '../engine/types.js';
+import { ContextLimitError } from '../engine/engine.js';
 import { EngineUnavailableError } from '../engine/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { AskEndpoint, type AskContext } from '../mqtt/ask-endpoint.js';
@@ -24,6 +25,7 @@ export interface AskPipelineOptions {
 /** How a failed job is reported: scheduler refusals keep their code, a missing engine is `unavailable`. */
 export function errorCodeFor(err: unknown): ErrorCode {
   if (err instanceof EngineUnavailableError) return 'unavailable';
+  if (err instanceof ContextLimitError) return 'invalid_request';
   if (isSchedulerError(err)) {
     switch (err.code) {
       case 'busy':
@@ -66,16 +68,24 @@ export class AskPipeline {
   private async handle(ctx: AskContext): Promise<void> {
     const { request, route } = ctx;
     let seq = 0;
+    // A running answer that is cancelled still ends with what it generated (finish_reason cancelled);
+    // the scheduler reports the cancellation, the engine's partial result is kept here.
+    let partial: AnswerResult | undefined;
     try {
-      const result = await this.o.scheduler.submit({
-        kind: 'answer',
-        id: request.id,
-        run: (signal) =>
-          this.o.engine.answer(request, {
-            signal,
-            onToken: (delta) => void this.endpoint.streamChunk(route, seq++, delta, false),
-          }),
-      });
+      const result = await this.o.scheduler
+        .submit({
+          kind: 'answer',
+          id: request.id,
+          run: async (signal) =>
+            (partial = await this.o.engine.answer(request, {
+              signal,
+              onToken: (delta) => void this.endpoint.streamChunk(route, seq++, delta, false),
+            })),
+        })
+        .catch((err: unknown) => {
+          if (isSchedulerError(err, 'cancelled') && partial) return partial;
+          throw err;
+        });
       await this.endpoint.streamChunk(route, seq++, '', true);
       await this.endpoint.answer(route, {
         text: result.text,
