@@ -13,7 +13,7 @@ interface Run {
 
 function perch(...args: string[]): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', 'test/fixtures/ask-cli-entry.ts', 'ask', ...args], { timeout: 60_000, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+    execFile(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'ask', ...args], { timeout: 60_000, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });

@@ -1,4 +1,4 @@
-/** `perch model ...` as a real child process (through test/model-cli-entry.ts until src/cli.ts registers it). */
+/** `perch model ...` as a real child process (through the real src/cli.ts). */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,7 +13,7 @@ interface Run {
 
 function perch(...args: string[]): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', 'test/model-cli-entry.ts', 'model', ...args], { timeout: 60_000, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+    execFile(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'model', ...args], { timeout: 60_000, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
     });
   });
