@@ -163,6 +163,19 @@ describe('perch run against Mosquitto', () => {
     await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/camera/yard/motion` && x.payload.toString() === 'OFF'));
   });
 
+  it('hears the speech sample: speech ON then OFF, a sound level, an utterance counted in stats', async () => {
+    const { root, watcher } = await startDaemon();
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/audio/speech` && x.payload.toString() === 'ON'), 20_000);
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && ((json(x.payload).audio as { utterances: number } | undefined)?.utterances ?? 0) >= 1), 20_000);
+    const speech = watcher.on(`${root}/audio/speech`).map((x) => x.payload.toString());
+    expect(speech.indexOf('OFF', speech.indexOf('ON'))).toBeGreaterThan(0); // OFF after ON: the utterance ended
+    const levels = watcher.on(`${root}/audio/level`).map((x) => Number(x.payload.toString()));
+    expect(levels.length).toBeGreaterThan(0);
+    // The sample has silence and speech: the level moves, within dBFS bounds.
+    expect(Math.max(...levels)).toBeLessThanOrEqual(0);
+    expect(Math.max(...levels) - Math.min(...levels)).toBeGreaterThan(10);
+  });
+
   it('reconnects after the broker is stopped and restarted, says online again and keeps serving', async () => {
     const { root, watcher } = await startDaemon();
     await broker.pause();
@@ -223,7 +236,8 @@ describe('answers from a model package', () => {
     const answer = replies[0]!.body;
     expect(answer).toMatchObject({ id: 'tiny-1', tokens: { completion: 6 } });
     expect(['stop', 'length']).toContain(answer.finish_reason);
-    // The stream carries the same text, in order, and ends with done.
+    // The stream carries the same text, in order, and ends with done (QoS 0: it may reach the watcher after the reply).
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/answer/stream` && json(x.payload).id === 'tiny-1' && json(x.payload).done === true));
     const chunks = watcher.on(`${root}/answer/stream`).map((x) => json(x.payload)).filter((c) => c.id === 'tiny-1');
     expect(chunks.at(-1)).toMatchObject({ done: true });
     expect(chunks.map((c) => c.delta).join('')).toBe(answer.text);

@@ -103,8 +103,10 @@ describe('buildDiscovery', () => {
     const c = payload.cmps;
     expect(Object.keys(c).sort()).toEqual([
       'answer', 'ask', 'cam_door_caption', 'cam_door_event', 'cam_door_motion', 'cam_door_snapshot',
-      'last_answer', 'last_transcript', 'listening', 'queue', 'status', 'transcript', 'watching',
+      'last_answer', 'last_transcript', 'listening', 'queue', 'sound_level', 'speech', 'status', 'transcript', 'watching',
     ]);
+    expect(c.speech).toMatchObject({ p: 'binary_sensor', state_topic: 'perch/kitchen/audio/speech', device_class: 'sound' });
+    expect(c.sound_level).toMatchObject({ p: 'sensor', state_topic: 'perch/kitchen/audio/level', unit_of_measurement: 'dBFS' });
     for (const [cid, comp] of Object.entries(c)) {
       expect(comp.unique_id).toBe(`perch_kitchen_${cid}`);
       expect(comp.default_entity_id).toBe(`${comp.p}.perch_kitchen_${cid}`);

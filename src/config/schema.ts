@@ -6,6 +6,7 @@
  * Every key carries a description: the generator refuses keys without one.
  */
 import { z } from 'zod';
+import { segmenterSettingsSchema } from '../audio/settings.js';
 import { motionSettingsSchema } from '../vision/motion-settings.js';
 
 const id = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'lowercase letters, digits, "_" or "-", at most 63, starting with a letter or digit');
@@ -98,6 +99,7 @@ export const audioSourceSettings = z.discriminatedUnion('type', [
 export const audioSettings = z.object({
   enabled: z.boolean().default(false).describe('Listen to an audio source.'),
   source: audioSourceSettings.optional().describe('Where audio comes from.'),
+  segmenter: segmenterSettingsSchema.prefault({}).describe('Voice activity detection and utterance cutting.'),
 }).describe('Hearing: microphone or file to transcripts and spoken questions.');
 
 export const cameraSourceSettings = z.discriminatedUnion('type', [

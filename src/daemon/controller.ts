@@ -14,6 +14,7 @@ import { MqttConnection } from '../mqtt/connection.js';
 import { DiscoveryPublisher, discoveryOptionsFromConfig } from '../mqtt/discovery.js';
 import { encode, isoNow, type StatsMessage } from '../mqtt/messages.js';
 import { AskPipeline } from '../pipelines/ask.js';
+import { HearingPipeline } from '../pipelines/hearing.js';
 import { MotionPipeline } from '../pipelines/motion.js';
 import { AudioMeter, SnapshotPublisher, SourceGroup } from '../pipelines/sources.js';
 import { Scheduler } from '../scheduler/scheduler.js';
@@ -53,6 +54,7 @@ export class Controller {
   private readonly snapshots: SnapshotPublisher;
   private readonly motion: MotionPipeline;
   private readonly meter: AudioMeter | undefined;
+  private readonly hearing: HearingPipeline | undefined;
   private readonly startedAt = Date.now();
   private statsTimer: NodeJS.Timeout | undefined;
   private stopped: Promise<void> | undefined;
@@ -70,6 +72,7 @@ export class Controller {
 
     const audio = config.audio.enabled && config.audio.source ? createAudioSource(config.audio.source, this.log) : undefined;
     this.meter = audio ? new AudioMeter(audio) : undefined;
+    this.hearing = audio ? new HearingPipeline(this.conn, audio, config.audio.segmenter, this.log) : undefined;
     this.listening = new SourceGroup('listening', audio ? [audio] : [], this.log);
     const frameSources: FrameSource[] = cameras.map((c) => createFrameSource(c.name, c.source, this.log));
     this.watching = new SourceGroup('watching', frameSources, this.log);
@@ -110,6 +113,7 @@ export class Controller {
     this.conn.subscribe(this.conn.topics.watchingSet, (msg) => void this.onSwitch(this.watching, msg.payload), { qos: 1, owner: OWNER });
     this.ask.start();
     await this.conn.start();
+    await this.hearing?.start();
     await Promise.all([this.listening.start(), this.watching.start()]);
     this.motion.start();
     this.statsTimer = setInterval(() => void this.publishStats(), config.daemon.stats_interval_s * 1000);
@@ -139,7 +143,8 @@ export class Controller {
       uptime_s: Math.round((Date.now() - this.startedAt) / 1000),
       version: this.o.version,
       memory: { rss: mem.rss, heap_used: mem.heapUsed, heap_total: mem.heapTotal },
-      engine: { state: engine.state, detail: engine.detail.slice(0, 500), ...(engine.random_weights ? { random_weights: true } : {}), ...(this.meter ? { audio_seconds: Math.round(this.meter.samples / 16000) } : {}) },
+      engine: { state: engine.state, detail: engine.detail.slice(0, 500), ...(engine.random_weights ? { random_weights: true } : {}) },
+      ...(this.hearing && this.meter ? { audio: { ...this.hearing.stats(), seconds: Math.round(this.meter.samples / 16000) } } : {}),
       queues: this.scheduler.stats().depth_by_kind,
       mqtt: { connected: m.connected, protocol: m.protocol, reconnects: m.reconnects, published: m.published, received: m.received, rejected: m.rejected, outbox: { depth: m.outbox.depth, bytes: m.outbox.bytes, dropped: m.outbox.dropped, expired: m.outbox.expired } },
       sources,
@@ -181,6 +186,7 @@ export class Controller {
   private readonly onConnected = (): void => {
     void this.publishSwitchStates();
     void this.motion.republishStates();
+    void this.hearing?.republishState();
     void this.discovery?.start().catch((err: unknown) => this.log.error({ err }, 'discovery publish failed'));
     void this.publishStats();
   };
@@ -193,6 +199,7 @@ export class Controller {
     }
     await group.setPaused(value === 'OFF');
     if (group === this.watching && value === 'OFF') await this.motion.pause();
+    if (group === this.listening && value === 'OFF') await this.hearing?.pause();
     await this.publishSwitchStates();
     await this.publishStats();
   }
@@ -219,6 +226,7 @@ export class Controller {
     await this.motion.stop();
     this.meter?.detach();
     await Promise.all([this.listening.stop(), this.watching.stop()]);
+    await this.hearing?.stop();
     this.conn.removeOwner(OWNER);
     this.conn.off('connected', this.onConnected);
     await this.conn.stop({ offline: true, drainMs: 2000 });

@@ -132,6 +132,12 @@ export function buildDiscovery(opts: DiscoveryOptions): DiscoveryMessage {
     add('last_transcript', 'sensor', 'Last transcript', {
       state_topic: t.transcript, value_template: truncated('text'), json_attributes_topic: t.transcript, icon: 'mdi:text-box-outline',
     });
+    add('speech', 'binary_sensor', 'Speech', {
+      state_topic: t.speech, payload_on: 'ON', payload_off: 'OFF', device_class: 'sound', icon: 'mdi:account-voice',
+    });
+    add('sound_level', 'sensor', 'Sound level', {
+      state_topic: t.soundLevel, unit_of_measurement: 'dBFS', state_class: 'measurement', icon: 'mdi:volume-high',
+    });
     add('listening', 'switch', 'Listening', {
       command_topic: t.listeningSet, state_topic: t.listening, payload_on: 'ON', payload_off: 'OFF', icon: 'mdi:microphone',
     });

@@ -192,6 +192,8 @@ export const statsSchema = z.strictObject({
     outbox: z.strictObject({ depth: count, bytes: count, dropped: count, expired: count }),
   }),
   sources: z.record(z.string(), z.object({ status: z.string(), restarts: count, last_error: z.string().optional() })),
+  /** Hearing: voice activity and what the audio source delivered. */
+  audio: z.strictObject({ speaking: z.boolean(), utterances: count, dropped_short: count, dropped_backlog_ms: count, seconds: count }).optional(),
   /** Motion detection per camera. */
   motion: z
     .record(z.string(), z.strictObject({ on: z.boolean(), events: count, frames: count, dropped: count, decode_errors: count, avg_frame_ms: z.number().nonnegative() }))

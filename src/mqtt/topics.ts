@@ -27,6 +27,10 @@ export interface PerchTopics {
   transcript: string;
   /** JSON partial transcript, QoS 0. */
   transcriptPartial: string;
+  /** Retained ON/OFF: someone is speaking (voice activity). */
+  speech: string;
+  /** Retained sound level in dBFS, throttled. */
+  soundLevel: string;
   /** Incoming question. */
   ask: string;
   /** Incoming cancel of a question. */
@@ -69,6 +73,8 @@ export function topicsFor(root: string): PerchTopics {
     stats: t('stats'),
     transcript: t('audio/transcript'),
     transcriptPartial: t('audio/transcript/partial'),
+    speech: t('audio/speech'),
+    soundLevel: t('audio/level'),
     ask: t('ask'),
     askCancel: t('ask/cancel'),
     askText: t('ask/text'),
