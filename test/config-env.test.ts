@@ -68,7 +68,13 @@ describe('environment overrides', () => {
       const s = sample(v);
       // Source keys need a source of the type that has them.
       const isSourceKey = v.path[0] === 'audio' && v.path[1] === 'source' && v.path[2] !== 'type';
-      const base = isSourceKey ? (['path', 'realtime', 'loop'].includes(v.path[2]!) ? 'audio: { source: { type: wav, path: a.wav } }\n' : 'audio: { source: { type: microphone } }\n') : '';
+      let base = isSourceKey ? (['path', 'realtime', 'loop'].includes(v.path[2]!) ? 'audio: { source: { type: wav, path: a.wav } }\n' : 'audio: { source: { type: microphone } }\n') : '';
+      // Segmenter keys are tied by cross-field rules: hold the other side of each rule at its most lenient.
+      if (v.path[1] === 'segmenter') {
+        const lenient: Record<string, number> = { end_threshold: 0, split_overlap_ms: 0, pre_roll_ms: 0, min_utterance_ms: 0, start_threshold: 1, max_utterance_ms: 30000 };
+        delete lenient[v.path[2]!];
+        base = `audio: { segmenter: ${JSON.stringify(lenient)} }\n`;
+      }
       const { config, applied } = parseConfig(base, { file, env: { [v.name]: s.text }, cwd: dir });
       expect(get(config, v.path), v.name).toEqual(s.value);
       expect(applied).toEqual([{ name: v.name, path: v.path }]);

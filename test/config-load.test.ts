@@ -131,6 +131,10 @@ describe('loadConfig', () => {
     expect(config.cameras[1]!.source).toMatchObject({ input: 'rtsp/stream' });
   });
 
+  it('names the default when a rule across keys trips on a key left at it', () => {
+    expect(problemsOf(() => parseConfig('audio: { segmenter: { start_threshold: 0.2 } }\n', { file: 'x.yaml', env: {} }))).toEqual([expect.stringMatching(/^audio\.segmenter\.end_threshold: the default 0\.35 — expected end_threshold must not exceed start_threshold/)]);
+  });
+
   it('loads the dev config with its paths under config/', () => {
     const devFile = resolve('config/perch.dev.yaml');
     const { config } = loadConfigDetailed(devFile, {});

@@ -240,12 +240,14 @@ type Issue = z.core.$ZodIssue;
 function describeIssue(root: z.ZodType, issue: Issue, data: unknown): string {
   const field = schemaAt(root, issue.path, data);
   const value = valueAt(data, issue.path);
-  const got = value === undefined ? 'missing' : `got ${render(value, isSecretPath(issue.path))}`;
+  // A rule across keys (custom) can trip on a key left at its default: say so rather than "missing".
+  const atDefault = value === undefined && issue.code === 'custom' && field?.hasDefault;
+  const got = atDefault ? `the default ${render(field.default, false)}` : value === undefined ? 'missing' : `got ${render(value, isSecretPath(issue.path))}`;
   let expected: string;
   if (issue.code === 'custom' || (issue.code === 'invalid_format' && issue.format === 'regex')) expected = issue.message;
   else if (field) expected = expectation(field.schema);
   else expected = issue.message;
-  const about = value === undefined && field?.description ? ` (${field.description.replace(/\.$/, '')})` : '';
+  const about = value === undefined && !atDefault && field?.description ? ` (${field.description.replace(/\.$/, '')})` : '';
   return `${got} — expected ${expected}${about}`;
 }
 
