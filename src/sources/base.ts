@@ -1,6 +1,7 @@
 /** State bookkeeping shared by every source: one place decides when a 'state' event is worth emitting. */
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../log.js';
+import type { ProcessSupervisor, SupervisorState } from './supervisor.js';
 import type { Frame, SourceState } from './types.js';
 
 export abstract class SourceBase extends EventEmitter {
@@ -35,6 +36,30 @@ export abstract class SourceBase extends EventEmitter {
     }
   }
 
+  private supervisor?: ProcessSupervisor;
+
+  /** Whether a supervised child process is running (or restarting) for this source. */
+  protected get supervising(): boolean {
+    return this.supervisor !== undefined;
+  }
+
+  /** Runs the source's child process under `sup`, mirroring its state; stopProcess() ends it. */
+  protected superviseProcess(sup: ProcessSupervisor): void {
+    sup.on('state', (s: SupervisorState) => this.setState({ status: s.status, restarts: s.restarts, lastError: s.lastError }));
+    this.supervisor = sup;
+    sup.start();
+  }
+
+  protected async stopProcess(): Promise<void> {
+    const sup = this.supervisor;
+    this.supervisor = undefined;
+    if (sup) {
+      await sup.stop();
+      sup.removeAllListeners();
+    }
+    this.setState({ status: 'stopped' });
+  }
+
   protected markData(): void {
     this.current.lastDataAt = new Date().toISOString();
   }
@@ -57,4 +82,30 @@ export abstract class FrameSourceBase extends SourceBase {
   protected resetSeq(): void {
     this.seq = 0;
   }
+}
+
+/** A frame source that runs one loop until stopped (polling a URL, walking a directory). */
+export abstract class PollingFrameSource extends FrameSourceBase {
+  private abort?: AbortController;
+  private loop?: Promise<void>;
+
+  async start(): Promise<void> {
+    if (this.abort) return;
+    this.resetSeq();
+    this.abort = new AbortController();
+    this.setState({ status: 'starting', restarts: 0, lastError: undefined });
+    this.loop = this.run(this.abort.signal);
+  }
+
+  async stop(): Promise<void> {
+    this.abort?.abort();
+    this.abort = undefined;
+    await this.loop;
+    this.loop = undefined;
+    // A source that reached its end (a non-looping directory) says so rather than 'stopped'.
+    if (this.state().status !== 'ended') this.setState({ status: 'stopped' });
+  }
+
+  /** The loop: returns when `signal` aborts (or the source has ended). */
+  protected abstract run(signal: AbortSignal): Promise<void>;
 }

@@ -9,7 +9,7 @@ import sharp from 'sharp';
 import type { Logger } from '../log.js';
 import type { CameraSourceSettings } from '../config/schema.js';
 import { Backoff, sleep } from './backoff.js';
-import { FrameSourceBase } from './base.js';
+import { PollingFrameSource } from './base.js';
 import type { FrameSource } from './types.js';
 
 export type DirectorySettings = Extract<CameraSourceSettings, { type: 'directory' }>;
@@ -17,9 +17,7 @@ export type DirectorySettings = Extract<CameraSourceSettings, { type: 'directory
 export const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif', '.tiff', '.avif'];
 export const MAX_IMAGE_BYTES = 32 * 1024 * 1024;
 
-export class DirectorySource extends FrameSourceBase implements FrameSource {
-  private abort?: AbortController;
-  private loop?: Promise<void>;
+export class DirectorySource extends PollingFrameSource implements FrameSource {
 
   constructor(
     camera: string,
@@ -29,23 +27,7 @@ export class DirectorySource extends FrameSourceBase implements FrameSource {
     super(camera, 'directory', logger);
   }
 
-  async start(): Promise<void> {
-    if (this.abort) return;
-    this.resetSeq();
-    this.abort = new AbortController();
-    this.setState({ status: 'starting', restarts: 0, lastError: undefined });
-    this.loop = this.run(this.abort.signal);
-  }
-
-  async stop(): Promise<void> {
-    this.abort?.abort();
-    this.abort = undefined;
-    await this.loop;
-    this.loop = undefined;
-    if (this.state().status !== 'ended') this.setState({ status: 'stopped' });
-  }
-
-  private async run(signal: AbortSignal): Promise<void> {
+  protected async run(signal: AbortSignal): Promise<void> {
     const { restart_min_ms: min, restart_max_ms: max } = this.settings;
     const backoff = new Backoff(min, Math.max(min, max));
     let first = true;

@@ -2,16 +2,14 @@
 import type { Logger } from '../log.js';
 import type { CameraSourceSettings } from '../config/schema.js';
 import { Backoff, redactCredentials, sleep } from './backoff.js';
-import { FrameSourceBase } from './base.js';
+import { PollingFrameSource } from './base.js';
 import type { FrameSource } from './types.js';
 
 export type HttpSettings = Extract<CameraSourceSettings, { type: 'http' }>;
 
 export const MAX_SNAPSHOT_BYTES = 16 * 1024 * 1024;
 
-export class HttpSnapshotSource extends FrameSourceBase implements FrameSource {
-  private abort?: AbortController;
-  private loop?: Promise<void>;
+export class HttpSnapshotSource extends PollingFrameSource implements FrameSource {
   private readonly url: string;
   private readonly headers: Record<string, string> = { accept: 'image/jpeg' };
 
@@ -34,23 +32,7 @@ export class HttpSnapshotSource extends FrameSourceBase implements FrameSource {
     this.url = url.toString();
   }
 
-  async start(): Promise<void> {
-    if (this.abort) return;
-    this.resetSeq();
-    this.abort = new AbortController();
-    this.setState({ status: 'starting', restarts: 0, lastError: undefined });
-    this.loop = this.run(this.abort.signal);
-  }
-
-  async stop(): Promise<void> {
-    this.abort?.abort();
-    this.abort = undefined;
-    await this.loop;
-    this.loop = undefined;
-    this.setState({ status: 'stopped' });
-  }
-
-  private async run(signal: AbortSignal): Promise<void> {
+  protected async run(signal: AbortSignal): Promise<void> {
     const backoff = new Backoff(this.settings.restart_min_ms, Math.max(this.settings.restart_min_ms, this.settings.restart_max_ms));
     while (!signal.aborted) {
       const began = Date.now();

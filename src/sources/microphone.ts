@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import type { Logger } from '../log.js';
 import type { AudioSourceSettings } from '../config/schema.js';
 import { SourceBase } from './base.js';
-import { ProcessSupervisor, type SupervisorState } from './supervisor.js';
+import { ProcessSupervisor } from './supervisor.js';
 import type { AudioChunk, AudioSource } from './types.js';
 import { CHUNK_SAMPLES } from './wav.js';
 
@@ -51,7 +51,6 @@ export function recorderCommand(settings: MicrophoneSettings): { command: string
 }
 
 export class MicrophoneSource extends SourceBase implements AudioSource {
-  private supervisor?: ProcessSupervisor;
   private pending = Buffer.alloc(0);
   private deliveredSamples = 0;
 
@@ -64,7 +63,7 @@ export class MicrophoneSource extends SourceBase implements AudioSource {
   }
 
   async start(): Promise<void> {
-    if (this.supervisor) return;
+    if (this.supervising) return;
     const { command, args, env } = recorderCommand(this.settings);
     this.pending = Buffer.alloc(0);
     this.deliveredSamples = 0;
@@ -82,19 +81,11 @@ export class MicrophoneSource extends SourceBase implements AudioSource {
     sup.on('spawn', () => {
       this.pending = Buffer.alloc(0); // a restarted recorder starts on a sample boundary
     });
-    sup.on('state', (s: SupervisorState) => this.setState({ status: s.status, restarts: s.restarts, lastError: s.lastError }));
-    this.supervisor = sup;
-    sup.start();
+    this.superviseProcess(sup);
   }
 
-  async stop(): Promise<void> {
-    const sup = this.supervisor;
-    this.supervisor = undefined;
-    if (sup) {
-      await sup.stop();
-      sup.removeAllListeners();
-    }
-    this.setState({ status: 'stopped' });
+  stop(): Promise<void> {
+    return this.stopProcess();
   }
 
   private onData(data: Buffer): void {

@@ -2,7 +2,7 @@
 import type { Logger } from '../log.js';
 import { FrameSourceBase } from './base.js';
 import { JpegSplitter } from './jpeg-splitter.js';
-import { ProcessSupervisor, type SupervisorState } from './supervisor.js';
+import { ProcessSupervisor } from './supervisor.js';
 import type { FrameSource } from './types.js';
 
 /** Bigger frames are dropped: a 4608x2592 MJPEG frame at high quality stays well below this. */
@@ -21,7 +21,6 @@ export interface ProcessFrameOptions {
 }
 
 export class ProcessFrameSource extends FrameSourceBase implements FrameSource {
-  private supervisor?: ProcessSupervisor;
   private lastEmitAt = 0;
 
   constructor(name: string, kind: string, logger: Logger, private readonly opts: ProcessFrameOptions) {
@@ -34,7 +33,7 @@ export class ProcessFrameSource extends FrameSourceBase implements FrameSource {
   }
 
   async start(): Promise<void> {
-    if (this.supervisor) return;
+    if (this.supervising) return;
     const { command, args, restartMinMs, restartMaxMs, fps } = this.opts;
     this.resetSeq();
     this.lastEmitAt = 0;
@@ -59,23 +58,15 @@ export class ProcessFrameSource extends FrameSourceBase implements FrameSource {
     });
     sup.on('stdout', (data: Buffer) => splitter.push(data));
     sup.on('spawn', () => splitter.reset());
-    sup.on('state', (s: SupervisorState) => this.setState({ status: s.status, restarts: s.restarts, lastError: s.lastError }));
-    this.supervisor = sup;
-    sup.start();
+    this.superviseProcess(sup);
   }
 
-  async stop(): Promise<void> {
-    const sup = this.supervisor;
-    this.supervisor = undefined;
-    if (sup) {
-      await sup.stop();
-      sup.removeAllListeners();
-    }
-    this.setState({ status: 'stopped' });
+  stop(): Promise<void> {
+    return this.stopProcess();
   }
 
   private onFrame(jpeg: Buffer, intervalMs: number): void {
-    if (!this.supervisor) return;
+    if (!this.supervising) return;
     if (this.opts.decimate) {
       const now = Date.now();
       // 10% slack so a producer running at exactly fps is not decimated by timer jitter.
