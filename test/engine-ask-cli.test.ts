@@ -1,23 +1,11 @@
 /** `perch ask` as a real child process on a tiny synthetic package. */
-import { execFile } from 'node:child_process';
 import { rmSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { perch as run } from './cli-helpers.js';
 import { copyPackage, makeTinyPackage, tempRoot } from './engine-helpers.js';
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function perch(...args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'ask', ...args], { timeout: 60_000, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
+const perch = (...args: string[]) => run('ask', ...args);
 
 let root: string;
 let pkg: string;

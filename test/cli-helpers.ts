@@ -1,0 +1,22 @@
+/** Runs Perch's TypeScript entry points as real child processes, as a user's shell would. */
+import { execFile } from 'node:child_process';
+
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** `node --import tsx <script> ...args`; resolves (never rejects) with the exit code and output. */
+export function runScript(script: string, args: readonly string[], timeoutMs = 60_000): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, ['--import', 'tsx', script, ...args], { timeout: timeoutMs, maxBuffer: 8 << 20 }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+/** The `perch` command from source. */
+export function perch(...args: string[]): Promise<Run> {
+  return runScript('src/cli.ts', args);
+}
