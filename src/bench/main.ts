@@ -1,0 +1,102 @@
+#!/usr/bin/env node
+/**
+ * `npm run bench -- --model DIR [--json] [--threads N] [--prompt-tokens 128,512] [--decode-tokens 64]
+ *   [--runs 3] [--profile-ort]`: the one place Perch's speed and memory are measured.
+ * From source: `node --import tsx src/bench/main.ts ...` (same options).
+ * Exit status: 0 ok, 1 the run failed, 2 bad arguments or no package.
+ */
+import { availableParallelism } from 'node:os';
+import { parseArgs } from 'node:util';
+import { DEFAULT_BANDWIDTH_BYTES } from './bandwidth.js';
+import { formatReport } from './report.js';
+import { runBench, type BenchOptions } from './run.js';
+
+const USAGE = `usage: npm run bench -- --model DIR [options]
+  --model DIR               model package (make a synthetic E2B one with
+                            \`perch model synth --preset e2b --out models/e2b-synth\`)
+  --json                    print the result as JSON
+  --threads N               ONNX Runtime intra-op threads (default: all cores)
+  --prompt-tokens A,B       prompt lengths for prefill (default 128,512)
+  --decode-tokens N         tokens decoded per run (default 64)
+  --runs N                  runs per prompt length; medians are reported (default 3)
+  --ple-cache-mb N          PLE row cache budget (default 64)
+  --prefill-chunk N         prompt tokens per prefill run (default: the engine's)
+  --bandwidth-mb N          bandwidth buffer size (default 1024)
+  --bandwidth-reps N         timed repetitions per bandwidth figure, best kept (default 5)
+  --bandwidth-pages P       huge (default: transparent huge pages, the machine's limit) or 4k
+  --profile-ort             profile decode with ONNX Runtime's profiler and list the top ops
+  --profile-decode-tokens N decode steps profiled (default 16)
+`;
+
+class UsageError extends Error {}
+
+function int(name: string, v: string | undefined, def: number, min: number, max: number): number {
+  if (v === undefined) return def;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got ${v}`);
+  return n;
+}
+
+export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean } {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: {
+      model: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      threads: { type: 'string' },
+      'prompt-tokens': { type: 'string' },
+      'decode-tokens': { type: 'string' },
+      runs: { type: 'string' },
+      'ple-cache-mb': { type: 'string' },
+      'prefill-chunk': { type: 'string' },
+      'bandwidth-mb': { type: 'string' },
+      'bandwidth-reps': { type: 'string' },
+      'bandwidth-pages': { type: 'string' },
+      'profile-ort': { type: 'boolean', default: false },
+      'profile-decode-tokens': { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  if (values.help) throw new UsageError('');
+  if (!values.model) throw new UsageError('no model package given (--model DIR)');
+  const pages = values['bandwidth-pages'] ?? 'huge';
+  if (pages !== 'huge' && pages !== '4k') throw new UsageError(`--bandwidth-pages must be huge or 4k, got ${pages}`);
+  const promptTokens = (values['prompt-tokens'] ?? '128,512').split(',').map((s) => int('prompt-tokens', s.trim(), 0, 1, 32768));
+  return {
+    model: values.model,
+    json: values.json ?? false,
+    threads: int('threads', values.threads, availableParallelism(), 1, 256),
+    promptTokens,
+    decodeTokens: int('decode-tokens', values['decode-tokens'], 64, 1, 8192),
+    runs: int('runs', values.runs, 3, 1, 100),
+    pleCacheMb: int('ple-cache-mb', values['ple-cache-mb'], 64, 1, 65536),
+    prefillChunk: values['prefill-chunk'] === undefined ? undefined : int('prefill-chunk', values['prefill-chunk'], 128, 1, 32768),
+    bandwidthBytes: int('bandwidth-mb', values['bandwidth-mb'], DEFAULT_BANDWIDTH_BYTES / 2 ** 20, 1, 65536) * 2 ** 20,
+    bandwidthPages: pages,
+    bandwidthReps: int('bandwidth-reps', values['bandwidth-reps'], 5, 1, 100),
+    profileOrt: values['profile-ort'] ?? false,
+    profileDecodeTokens: int('profile-decode-tokens', values['profile-decode-tokens'], 16, 1, 1024),
+  };
+}
+
+async function main(): Promise<void> {
+  let opts: ReturnType<typeof parseBenchArgs>;
+  try {
+    opts = parseBenchArgs(process.argv.slice(2));
+  } catch (e) {
+    const msg = (e as Error).message;
+    process.stderr.write(msg ? `bench: ${msg}\n${USAGE}` : USAGE);
+    process.exitCode = 2;
+    return;
+  }
+  const result = await runBench({ ...opts, onProgress: (line) => process.stderr.write(`bench: ${line}\n`) });
+  process.stdout.write(opts.json ? JSON.stringify(result, null, 2) + '\n' : formatReport(result));
+}
+
+try {
+  await main();
+} catch (e) {
+  process.stderr.write(`bench: ${(e as Error).message}\n`);
+  process.exitCode = 1;
+}

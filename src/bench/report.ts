@@ -1,0 +1,66 @@
+/** The human-readable form of a BenchResult (the --json form is the object itself). */
+import type { BenchResult } from './run.js';
+
+const MiB = 2 ** 20;
+const mib = (b: number): string => `${(b / MiB).toFixed(0)} MiB`;
+const mb = (b: number): string => (b >= 1e6 ? `${(b / 1e6).toFixed(1)} MB` : `${(b / 1e3).toFixed(1)} kB`);
+const pct = (x: number): string => `${(x * 100).toFixed(0)}%`;
+const f1 = (x: number): string => x.toFixed(1);
+
+/** Node labels without the checkpoint prefix, cut to fit the table. */
+const shortNode = (name: string): string => name.replace('model.language_model.', '').replace('.weight', '').slice(0, 60);
+
+function table(rows: Array<[string, string]>): string {
+  const w = Math.max(...rows.map(([k]) => k.length));
+  return rows.map(([k, v]) => `  ${k.padEnd(w)}  ${v}`).join('\n');
+}
+
+export function formatReport(r: BenchResult): string {
+  const m = r.machine;
+  const out: string[] = [];
+  out.push(`machine   ${m.cpu}, ${m.cores} cores, ${m.threads} thread(s), node ${m.node}, onnxruntime ${m.onnxruntime}`);
+  out.push(`          huge pages: kernel THP ${m.hugePages.thp ?? 'unknown'}, GLIBC_TUNABLES ${m.hugePages.glibcTunables ?? 'unset'}`);
+  out.push(`          load average ${m.loadAvgStart.map((x) => x.toFixed(2)).join(' ')} at start, ${m.loadAvgEnd.map((x) => x.toFixed(2)).join(' ')} at end`);
+  out.push(`model     ${r.model.dir} (${r.model.source}, profile ${r.model.profile}, ${r.model.linearBits ?? 32}-bit linears, ${mb(r.model.fileBytes)})`);
+  out.push(`settings  median of ${r.settings.runs} run(s), ${r.settings.decodeTokens} decoded tokens, greedy, PLE cache ${r.settings.pleCacheMb} MiB, load ${(r.loadMs / 1000).toFixed(1)} s`);
+  out.push('');
+  out.push('  prompt  prefill tok/s  first token ms  decode tok/s  (best run: prefill, decode)');
+  for (const p of r.prompts) {
+    out.push(
+      `  ${String(p.promptTokens).padStart(6)}  ${f1(p.prefillTokPerS).padStart(13)}  ${p.firstTokenMs.toFixed(0).padStart(14)}  ${f1(p.decodeTokPerS).padStart(12)}  (${f1(p.best.prefillTokPerS)}, ${f1(p.best.decodeTokPerS)})`,
+    );
+  }
+  out.push('');
+  const w = r.weights;
+  const b = r.bandwidth;
+  const l = r.limits;
+  out.push(
+    table([
+      ['weights read / token', `${mb(w.perToken)} (matmuls ${mb(w.matmulBytes)} + LM head ${mb(w.lmHeadBytes)} + PLE row ${w.pleRowBytes} B)`],
+      ['read bandwidth', `${f1(b.readGBps)} GB/s (ONNX Runtime ${f1(b.readByMethod.ort)}, WebAssembly on 4 KiB pages ${f1(b.readByMethod.wasm)}; ${b.threads} thread(s), ${mib(b.bytes)}, ${b.pages === '4k' ? '4 KiB' : 'huge'} pages)`],
+      ['copy bandwidth', `${f1(b.copyGBps)} GB/s (memcpy, each byte counted once)`],
+      ['bandwidth runs', r.bandwidthRuns.map((x) => `read ${f1(x.readGBps)} / copy ${f1(x.copyGBps)}`).join(', ') + ' GB/s (before load, after the runs; best used)'],
+      ['decode limit', `${f1(l.readLimitTokPerS)} tok/s at read bandwidth, ${f1(l.copyLimitTokPerS)} at copy`],
+      ['decode share', `${pct(l.decodeShareOfRead)} of the read limit, ${pct(l.decodeShareOfCopy)} of the copy limit (decode ${f1(r.decodeTokPerS)} tok/s after ${r.prompts[0]!.promptTokens}-token prompt)`],
+      ['peak RSS', `${mib(r.memory.peak.rss)} (anonymous ${mib(r.memory.peak.anon)}, file ${mib(r.memory.peak.file)}, shmem ${mib(r.memory.peak.shmem)}; sampled every ${r.memory.intervalMs} ms)`],
+      [
+        'current RSS',
+        `${mib(r.memory.current.rss)} (anonymous ${mib(r.memory.current.anon)}, of it on huge pages ${r.memory.currentAnonHugePages === null ? 'unknown' : mib(r.memory.currentAnonHugePages)}; file ${mib(r.memory.current.file)})`,
+      ],
+      [
+        'PLE cache',
+        `${r.ple.hits} hits, ${r.ple.misses} misses, ${mib(r.ple.residentBytes)} resident; row read p50 ${r.ple.readLatencyMs.p50.toFixed(3)} ms, p95 ${r.ple.readLatencyMs.p95.toFixed(3)} ms`,
+      ],
+    ]),
+  );
+  if (r.profile) {
+    const p = r.profile;
+    out.push('');
+    out.push(`ORT profile: ${p.decodeRuns} decode runs, ${p.runMs.toFixed(1)} ms each, ${pct(p.kernelShare)} of it inside kernels`);
+    out.push('  op type                          ms/token  calls/token  share');
+    for (const o of p.byOp) out.push(`  ${o.name.padEnd(32)} ${(o.totalUs / 1000 / p.decodeRuns).toFixed(2).padStart(8)}  ${(o.calls / p.decodeRuns).toFixed(0).padStart(11)}  ${pct(o.share).padStart(5)}`);
+    out.push('  top nodes');
+    for (const o of p.topNodes) out.push(`  ${shortNode(o.name).padEnd(60)} ${(o.totalUs / 1000 / p.decodeRuns).toFixed(2).padStart(8)} ms  ${pct(o.share).padStart(5)}`);
+  }
+  return out.join('\n') + '\n';
+}
