@@ -76,3 +76,23 @@ describe('gemma4 float decoder graph vs TypeScript reference (tiny config)', () 
     expect(relErr(r.logits, ref.prefill(prompt))).toBeLessThanOrEqual(1e-4);
   });
 });
+
+describe("gemma4 fused variant at E2B's head dims (256 sliding, 512 full with partial rotary)", () => {
+  it('GroupQueryAttention + fused norms match the reference across the window and the KV-shared layers', async () => {
+    const wide = { ...tinyConfig(), hiddenSize: 128, headDim: 256, globalHeadDim: 512 };
+    const out = await writeDecoderModel(path.join(dir, 'e2b-dims'), wide, randomWeightSource(wide, 11), { logits: 'all', fusedNorm: true, onnxGelu: true, attention: 'gqa' });
+    const session = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
+    const ref = await Gemma4Reference.load(wide, randomWeightSource(wide, 11));
+    const prompt = [2, 9, 310, 45, 88, 500, 1, 128, 99, 7];
+    let r = await runChunk(session, out.info.cache, emptyCache(out.info.cache), prompt, 0, ref.pleRows(prompt));
+    const errs = [relErr(r.logits, ref.prefill(prompt))];
+    for (let step = 0; step < 14; step++) {
+      const next = (step * 53 + 3) % wide.vocabSize;
+      const want = ref.step(next);
+      r = await runChunk(session, out.info.cache, r.cache, [next], prompt.length + step, ref.pleRows([next]));
+      errs.push(relErr(r.logits, want));
+    }
+    expect(prompt.length + 14).toBeGreaterThan(2 * wide.slidingWindow);
+    expect(Math.max(...errs)).toBeLessThanOrEqual(1e-4);
+  });
+});
