@@ -8,12 +8,14 @@ import { basename, join, resolve } from 'node:path';
 import { detectTextPrefix, globalName, type WeightSource } from './gemma4/weights.js';
 import { SafetensorsCheckpoint } from './safetensors.js';
 import { buildPackage, type BuildProgress, type PackageExtraFile } from './package/build.js';
-import { PACKAGE_FILES, quantPolicyFor, type Manifest, type Profile } from './package/manifest.js';
+import { PACKAGE_FILES, quantPolicyFor, type Manifest, type Profile, type QuantPolicy } from './package/manifest.js';
 
 export interface ConvertOptions {
   from: string;
   outDir: string;
   profile?: Profile;
+  /** Overrides the profile's policy (experiments, tests); the manifest records what was used. */
+  policy?: QuantPolicy;
   logits?: 'all' | 'last';
   /** Recorded in the manifest (pull knows them; a local directory usually does not). */
   model?: string;
@@ -30,9 +32,9 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
-/** WeightSource over a checkpoint: each get() reads (and converts to float32) one tensor. */
+/** WeightSource over a checkpoint: each get() reads (and converts to float32) one tensor, getRows() a row range. */
 export function checkpointWeightSource(ckpt: SafetensorsCheckpoint): WeightSource {
-  return { shape: (name) => [...ckpt.info(name).shape], get: (name) => ckpt.read(name) };
+  return { shape: (name) => [...ckpt.info(name).shape], get: (name) => ckpt.read(name), getRows: (name, start, count) => ckpt.readRows(name, start, count) };
 }
 
 export async function convertCheckpoint(opts: ConvertOptions): Promise<Manifest> {
@@ -69,7 +71,7 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<Manifest>
       prefix,
       pleRows: (start, count) => ckpt.readRows(pleName, start, count),
       files,
-      policy: quantPolicyFor(opts.profile ?? 'pi5'),
+      policy: opts.policy ?? quantPolicyFor(opts.profile ?? 'pi5'),
       source: {
         kind: opts.sourceKind ?? 'convert',
         model: opts.model ?? (typeof configJson._name_or_path === 'string' ? configJson._name_or_path : basename(from)),

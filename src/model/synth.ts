@@ -66,6 +66,18 @@ export function syntheticWeightSource(cfg: Gemma4TextConfig, seed: number, prefi
       fillRandom(s, out, seededRandom(tensorSeed(seed, name)));
       return out;
     },
+    // The same values as get(), row range only: the generator jumps to the range's first draw.
+    async getRows(name, start, count) {
+      const s = spec(name);
+      const rows = s.shape[0]!;
+      if (!Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count < 0 || start + count > rows) {
+        throw new Error(`rows [${start}, ${start + count}) out of range for ${name} with ${rows} rows`);
+      }
+      const rowElems = s.shape.slice(1).reduce((a, b) => a * b, 1);
+      const out = new Float32Array(count * rowElems);
+      fillRandom(s, out, seededRandom(tensorSeed(seed, name), start * rowElems));
+      return out;
+    },
   };
 }
 

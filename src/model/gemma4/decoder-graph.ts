@@ -22,7 +22,7 @@
  */
 import { GraphBuilder, type SaveResult } from '../../onnx/graph.js';
 import { type Gemma4TextConfig, type LayerInfo, type LayerType, layerInfos } from './config.js';
-import type { QuantizedMatrix } from '../quant.js';
+import { type QuantizedMatrix, concatQuantized } from '../quant.js';
 import { type LinearWeight, type QuantInits, Ops } from './graph-ops.js';
 import {
   type GlobalRole,
@@ -35,7 +35,7 @@ import {
   layerName,
   textTensorTable,
 } from './weights.js';
-import { type QuantPolicy, quantizeEmbedding, quantizeLinear } from './quantize.js';
+import { type EmbeddingQuant, type QuantPolicy, quantizeEmbedding, quantizeLinear } from './quantize.js';
 
 export interface DecoderGraphOptions {
   /** 'last': logits only for the last position (decode / end of prefill). Default 'all'. */
@@ -57,6 +57,8 @@ export interface DecoderGraphOptions {
    * token-identity PLE rows (per_layer_rows) and input_ids at those positions are the pad id's.
    */
   media?: boolean;
+  /** Rows per chunk when the embedding is quantised from a row-reading source (default 8192; tests use less). */
+  embedChunkRows?: number;
 }
 
 /**
@@ -141,18 +143,23 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
   }
 
   // ---- token embedding (tied with the LM head), scaled by sqrt(hidden)
-  // Released after quantising: the E2B table is 1.6 GB as float32.
-  let embedW: Float32Array | null = await get(gName('embed'));
+  // The E2B table is 1.6 GB as float32: quantised in row chunks when the source can read rows (and the
+  // graph streams its weights), else whole and released after quantising.
+  let embedW: Float32Array | null = null;
   let embedQ: { q: QuantizedMatrix; inits: QuantInits } | null = null;
   let embedded: string;
   let embedTable: string | null = null;
-  if (quant?.embedding) {
-    const q = quantizeEmbedding(embedW, cfg.vocabSize, H, quant.embedding);
+  if (quant?.embedding && src.getRows && streamsWeights(b)) {
+    const g = await chunkedQuantizedEmbedding(b, ops, src, gName('embed'), cfg.vocabSize, H, quant.embedding, inputIds, opts.embedChunkRows ?? EMBED_CHUNK_ROWS);
+    embedQ = { q: g.q, inits: g.inits };
+    embedded = g.out;
+  } else if (quant?.embedding) {
+    const q = quantizeEmbedding(await get(gName('embed')), cfg.vocabSize, H, quant.embedding);
     const g = ops.gatherQuantized(q, inputIds, 'embed_tokens');
     embedQ = { q, inits: g.inits };
     embedded = g.out;
-    embedW = null;
   } else {
+    embedW = await get(gName('embed'));
     embedTable = b.initializer('embed_tokens.weight', 'float32', [cfg.vocabSize, H], embedW);
     embedded = ops.op('Gather', [embedTable, inputIds], { axis: 0 });
   }
@@ -281,6 +288,60 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
     const scalar = b.initializer(`layers.${l}.layer_scalar`, 'float32', [1], await w('layer_scalar'), { external: false });
     return ops.op('Mul', [hs, scalar]);
   }
+}
+
+function streamsWeights(b: GraphBuilder): boolean {
+  try {
+    return !b.externalData.closed;
+  } catch {
+    return false; // deferred mode: no external-data file to write chunks into
+  }
+}
+
+/** Rows of the embedding table quantised per chunk (rows are independent: the bytes equal a whole-table quantisation); 50 MB of float32 at E2B's width. */
+const EMBED_CHUNK_ROWS = 8192;
+
+/**
+ * The quantised embedding lookup with the table read and quantised `chunkRows` rows at a time: packed
+ * codes go straight to the external-data file, scales and zero points (1/16 of the bytes or less) are
+ * gathered in memory. The returned matrix has no `data` (its bytes live only in the file, shared by ref).
+ */
+async function chunkedQuantizedEmbedding(
+  b: GraphBuilder,
+  ops: Ops,
+  src: WeightSource,
+  name: string,
+  vocab: number,
+  hidden: number,
+  eq: EmbeddingQuant,
+  ids: string,
+  chunkRows: number,
+): Promise<{ q: QuantizedMatrix; inits: QuantInits; out: string }> {
+  const rowBytes = (hidden * eq.bits) / 8;
+  const writer = b.beginExternal(vocab * rowBytes);
+  const parts: QuantizedMatrix[] = [];
+  try {
+    for (let start = 0; start < vocab; start += chunkRows) {
+      const count = Math.min(chunkRows, vocab - start);
+      const part = quantizeEmbedding(await src.getRows!(name, start, count), count, hidden, eq);
+      writer.write(part.data);
+      parts.push({ ...part, data: new Uint8Array(0) });
+    }
+  } catch (e) {
+    writer.finish(); // the builder must not be left mid-tensor
+    throw e;
+  }
+  const ref = writer.finish();
+  const joined = concatQuantized(parts);
+  const q: QuantizedMatrix = { ...joined, n: vocab, data: new Uint8Array(0) };
+  const nb = hidden / eq.blockSize;
+  const inits: QuantInits = {
+    data: b.initializerFromRef('embed_tokens.qweight', 'uint8', [vocab, rowBytes], ref),
+    scales: b.initializer('embed_tokens.scales', 'float32', [vocab, nb], q.scales),
+    zeroPoints: b.initializer('embed_tokens.zero_points', 'uint8', [vocab, Math.ceil((nb * eq.bits) / 8)], q.zeroPoints),
+  };
+  const out = ops.op('GatherBlockQuantized', [inits.data, ids, inits.scales, inits.zeroPoints!], { gather_axis: 0, quantize_axis: 1, block_size: eq.blockSize, bits: eq.bits }, 'com.microsoft');
+  return { q, inits, out };
 }
 
 async function linearWeight(spec: TensorSpec, w: Float32Array, quant: QuantPolicy | null): Promise<LinearWeight> {

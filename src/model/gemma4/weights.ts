@@ -35,6 +35,11 @@ import { type Gemma4TextConfig, type LayerInfo, layerInfos } from './config.js';
 export interface WeightSource {
   get(name: string): Promise<Float32Array>;
   shape(name: string): number[];
+  /**
+   * Rows [start, start+count) along the first axis, when the source can read part of a tensor: lets the
+   * writer quantise the 262144-row embedding table in chunks instead of holding 1.6 GB of float32.
+   */
+  getRows?(name: string, start: number, count: number): Promise<Float32Array>;
 }
 
 /** linear: a torch Linear [out, in] (quantisable as MatMulNBits); embedding: a lookup table; norm/scalar: small f32. */
@@ -185,9 +190,12 @@ export function checkWeightShapes(c: Gemma4TextConfig, src: Pick<WeightSource, '
   return problems;
 }
 
-/** Deterministic PRNG (mulberry32) so random weights are reproducible from a seed. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
+/**
+ * Deterministic PRNG (mulberry32) so random weights are reproducible from a seed. Its state advances by a
+ * constant per draw, so `skip` jumps straight to the stream after that many draws (row ranges of a tensor).
+ */
+export function seededRandom(seed: number, skip = 0): () => number {
+  let a = (seed + Math.imul(skip, 0x6d2b79f5)) >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
     let t = a;

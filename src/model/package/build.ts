@@ -7,10 +7,11 @@
 import { copyFile, rm } from 'node:fs/promises';
 import { parseGemma4TextConfig, type Gemma4TextConfig } from '../gemma4/config.js';
 import { writeDecoderModel } from '../gemma4/decoder-graph.js';
-import { uniformPolicy, type QuantPolicy as GraphQuantPolicy } from '../gemma4/quantize.js';
+import { uniformPolicy, type LinearQuant, type QuantPolicy as GraphQuantPolicy } from '../gemma4/quantize.js';
 import { textTensorTable, type WeightSource } from '../gemma4/weights.js';
 import type { RowProducer } from '../ple/writer.js';
 import { PACKAGE_FILES, type FileRole, type Manifest, type QuantPolicy } from './manifest.js';
+import { planMixedPolicy } from './mixed.js';
 import { PackageWriter } from './writer.js';
 
 export type BuildPhase = 'decoder' | 'ple' | 'files';
@@ -43,16 +44,29 @@ export interface PackageSpec {
   onProgress?: (p: BuildProgress) => void;
 }
 
-/** Maps the manifest's policy to the decoder-graph writer's. */
+/** Maps the manifest's policy (with a mixed policy's per-tensor bits) to the decoder-graph writer's. */
 export function graphPolicy(p: QuantPolicy): GraphQuantPolicy | null {
   if (!p.linear && !p.embedding) return null;
-  const linear = p.linear
-    ? { bits: p.linear.bits, blockSize: p.linear.block_size, accuracyLevel: p.linear.accuracy_level as 0 | 1 | 2 | 3 | 4, method: p.linear.method }
-    : null;
+  const lin = p.linear;
+  const linearAt = (bits: 2 | 4 | 8): LinearQuant => ({ bits, blockSize: lin!.block_size, accuracyLevel: lin!.accuracy_level as 0 | 1 | 2 | 3 | 4, method: lin!.method });
   const embedding = p.embedding
-    ? { bits: p.embedding.bits, blockSize: p.embedding.block_size, accuracyLevel: (p.linear?.accuracy_level ?? 0) as 0 | 1 | 2 | 3 | 4, method: p.linear?.method ?? 'rtn' }
+    ? { bits: p.embedding.bits, blockSize: p.embedding.block_size, accuracyLevel: (lin?.accuracy_level ?? 0) as 0 | 1 | 2 | 3 | 4, method: lin?.method ?? 'rtn' }
     : null;
-  return uniformPolicy(linear, embedding);
+  if (!lin || !p.tensors) return uniformPolicy(lin ? linearAt(lin.bits) : null, embedding);
+  const bits = new Map(p.tensors.map((t) => [t.name, t.bits]));
+  return { linear: (spec) => linearAt(bits.get(spec.name) ?? lin.bits), embedding };
+}
+
+/**
+ * The policy as applied to one config: GatherBlockQuantized needs the embedding block to divide the hidden
+ * size, so a small model (tiny: 64) gets the largest power-of-two block that does. The manifest records it.
+ */
+export function fitPolicy(p: QuantPolicy, cfg: Gemma4TextConfig): QuantPolicy {
+  if (!p.embedding) return p;
+  let bs = p.embedding.block_size;
+  while (bs > 16 && cfg.hiddenSize % bs !== 0) bs /= 2;
+  if (cfg.hiddenSize % bs !== 0) throw new Error(`hidden size ${cfg.hiddenSize} has no embedding block size (power of two >= 16) dividing it`);
+  return bs === p.embedding.block_size ? p : { ...p, embedding: { ...p.embedding, block_size: bs } };
 }
 
 export function pleLayoutFor(cfg: Gemma4TextConfig, p: QuantPolicy) {
@@ -72,19 +86,34 @@ export async function buildPackage(spec: PackageSpec): Promise<Manifest> {
   try {
     await w.addFile(PACKAGE_FILES.config, 'config', spec.configText ?? JSON.stringify(spec.configJson, null, 2) + '\n');
 
+    // A mixed policy measures every linear first (a row-sample pass) and records its decisions.
+    const policy = await planMixedPolicy(cfg, spec.weights, spec.prefix, fitPolicy(spec.policy, cfg));
+
     // Decoder: count tensors as the graph writer pulls them, for progress.
     const total = textTensorTable(cfg, spec.prefix).filter((t) => t.role !== 'ple_table').length;
     let done = 0;
-    const counted: typeof spec.weights = {
-      shape: (name) => spec.weights.shape(name),
+    const tick = (): void => spec.onProgress?.({ phase: 'decoder', done: Math.min(total, ++done), total });
+    const src = spec.weights;
+    const counted: WeightSource = {
+      shape: (name) => src.shape(name),
       get: async (name) => {
-        const t = await spec.weights.get(name);
-        spec.onProgress?.({ phase: 'decoder', done: Math.min(total, ++done), total });
+        const t = await src.get(name);
+        tick();
         return t;
       },
+      // A tensor read in row chunks counts once, at its last chunk.
+      ...(src.getRows
+        ? {
+            getRows: async (name: string, start: number, count: number) => {
+              const t = await src.getRows!(name, start, count);
+              if (start + count === src.shape(name)[0]) tick();
+              return t;
+            },
+          }
+        : {}),
     };
     await writeDecoderModel(spec.outDir, cfg, counted, {
-      quant: graphPolicy(spec.policy),
+      quant: graphPolicy(policy),
       prefix: spec.prefix,
       logits: spec.logits ?? 'last',
       onnxFile: PACKAGE_FILES.decoderGraph,
@@ -93,7 +122,7 @@ export async function buildPackage(spec: PackageSpec): Promise<Manifest> {
     await w.addExisting(PACKAGE_FILES.decoderGraph, 'decoder-graph');
     await w.addExisting(PACKAGE_FILES.decoderWeights, 'decoder-weights');
 
-    const layout = pleLayoutFor(cfg, spec.policy);
+    const layout = pleLayoutFor(cfg, policy);
     await w.addPle(layout, spec.pleRows, { onProgress: (d, t) => spec.onProgress?.({ phase: 'ple', done: d, total: t }) });
 
     for (const [i, f] of spec.files.entries()) {
@@ -104,7 +133,7 @@ export async function buildPackage(spec: PackageSpec): Promise<Manifest> {
       }
       spec.onProgress?.({ phase: 'files', done: i + 1, total: spec.files.length });
     }
-    return await w.finish({ source: spec.source, config: spec.configJson, quantisation: spec.policy });
+    return await w.finish({ source: spec.source, config: spec.configJson, quantisation: policy });
   } catch (e) {
     // The directory was empty when we started (PackageWriter.create insists), so nothing else is lost.
     await rm(spec.outDir, { recursive: true, force: true });

@@ -45,6 +45,21 @@ export type Profile = (typeof profiles)[number];
 
 const bitsSchema = z.union([z.literal(2), z.literal(4), z.literal(8)]);
 
+/**
+ * Mixed policy (src/model/package/mixed.ts): a Linear whose measured error at `bits` is at least
+ * `min_error_ratio` x the median over all linears is kept at `promote.bits`, worst first, while the
+ * promoted weights stay within `max_fraction` of all linear weights.
+ */
+const promoteSchema = z.object({
+  bits: bitsSchema,
+  min_error_ratio: z.number().min(1),
+  max_fraction: z.number().min(0).max(1),
+});
+
+/** One Linear's decision under a mixed policy: its bits and its measured relative error at linear.bits. */
+const tensorDecisionSchema = z.object({ name: z.string().min(1).max(300), bits: bitsSchema, base_error: z.number().min(0) });
+export type TensorDecision = z.output<typeof tensorDecisionSchema>;
+
 export const quantPolicySchema = z.object({
   profile: z.enum(profiles),
   linear: z
@@ -53,10 +68,13 @@ export const quantPolicySchema = z.object({
       block_size: z.number().int().min(16),
       accuracy_level: z.number().int().min(0).max(4),
       method: z.enum(['search', 'rtn']),
+      promote: promoteSchema.optional(),
     })
     .nullable(),
   embedding: z.object({ bits: z.union([z.literal(4), z.literal(8)]), block_size: z.number().int().min(16) }).nullable(),
   ple: z.object({ bits: bitsSchema, block_size: z.number().int().min(8), scale_type: z.literal('f16-scale-u8-zero-point') }),
+  /** Per-Linear decisions of a mixed policy (absent: every Linear at linear.bits). */
+  tensors: z.array(tensorDecisionSchema).max(10_000).optional(),
 });
 export type QuantPolicy = z.output<typeof quantPolicySchema>;
 
@@ -79,17 +97,25 @@ export const manifestSchema = z.object({
 export type Manifest = z.output<typeof manifestSchema>;
 
 /**
- * Linear layers: pi5 uses 2-bit with accuracy_level 4 (int8 activations: the fast dot-product path on the
- * Cortex-A76); pi4's Cortex-A72 has no fast 2-bit path, so 4-bit (accuracy_level 4 is harmless there). The PLE table is 4-bit, block 32 on both:
- * 2-bit loses ~40% RMS on it (models/README.md has the measurements).
+ * pi5 (the size bar: a decoder of at most 0.75 GB; models/README.md has the arithmetic and the measured
+ * errors): linears 2-bit, block 128 (2.27 bits/weight with the f32 scale and packed zero point), int8
+ * activations (accuracy_level 4: the Cortex-A76's fast dot-product path); the worst outliers by measured
+ * 2-bit error kept at 4 bits within 0.6% of the linear weights; the tied embedding / LM head 4-bit, block
+ * 256. pi4's Cortex-A72 has no fast 2-bit path: 4-bit everywhere, block 64 (no size bar there). The PLE
+ * table is 4-bit, block 32 on both: 2-bit loses ~40% RMS on it.
  */
 export function quantPolicyFor(profile: Profile): QuantPolicy {
   const ple = { bits: 4, block_size: 32, scale_type: 'f16-scale-u8-zero-point' } as const;
-  // Block 64 with an f32 scale costs 0.5 bit per weight: 2.5 bpw on pi5 (llama.cpp Q2_K: 2.625), 4.5 on pi4 (Q4_K: 4.5).
-  const embedding = { bits: 4, block_size: 64 } as const;
   if (profile === 'float') return { profile, linear: null, embedding: null, ple };
-  if (profile === 'pi5') return { profile, linear: { bits: 2, block_size: 64, accuracy_level: 4, method: 'search' }, embedding, ple };
-  return { profile, linear: { bits: 4, block_size: 64, accuracy_level: 4, method: 'search' }, embedding, ple };
+  if (profile === 'pi5') {
+    return {
+      profile,
+      linear: { bits: 2, block_size: 128, accuracy_level: 4, method: 'search', promote: { bits: 4, min_error_ratio: 1.2, max_fraction: 0.006 } },
+      embedding: { bits: 4, block_size: 256 },
+      ple,
+    };
+  }
+  return { profile, linear: { bits: 4, block_size: 64, accuracy_level: 4, method: 'search' }, embedding: { bits: 4, block_size: 64 }, ple };
 }
 
 /** Parses manifest text; returns the problem (not a throw) so verify can list it with the rest. */
