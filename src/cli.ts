@@ -8,6 +8,7 @@ import { EXIT_CONFIG, loadOrReport, register as registerConfig } from './config/
 import { registerAskCommand } from './engine/ask-command.js';
 import { registerModelCommands } from './model/commands.js';
 import { registerHaCommands } from './mqtt/ha-command.js';
+import { registerCaptionCommand } from './vision/caption-command.js';
 import { perchVersion } from './version.js';
 
 type Register = (program: Command) => void;
@@ -31,7 +32,7 @@ function registerRun(program: Command): void {
 }
 
 /** Every area's subcommands; new areas add their register function here. */
-const areas: Register[] = [registerRun, registerConfig, registerModelCommands, registerAskCommand, registerHaCommands];
+const areas: Register[] = [registerRun, registerConfig, registerModelCommands, registerAskCommand, registerCaptionCommand, registerHaCommands];
 
 const program = new Command('perch').description('Offline AI on small boards: microphone and camera in, MQTT out').version(perchVersion());
 for (const register of areas) register(program);

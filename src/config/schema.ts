@@ -9,6 +9,9 @@ import { z } from 'zod';
 import { segmenterSettingsSchema } from '../audio/settings.js';
 import { motionSettingsSchema } from '../vision/motion-settings.js';
 
+/** What a camera is asked when it has no prompt of its own. */
+export const DEFAULT_CAPTION_PROMPT = 'Describe briefly what is happening in this camera image: who or what is there and what they are doing. One or two sentences; only say what is visible.';
+
 const id = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'lowercase letters, digits, "_" or "-", at most 63, starting with a letter or digit');
 const topicRoot = z.string().min(1).refine((t) => !/[#+]/.test(t) && !t.startsWith('/') && !t.endsWith('/'), 'a topic without wildcards and without leading or trailing "/"');
 // meta.path: relative values resolve against the config file's directory (load.ts).
@@ -139,7 +142,9 @@ export const cameraSettings = z.object({
   name: id.meta({ examples: ['door', 'driveway', 'garden', 'frames'] }).describe('Camera name, used in topics and entity ids.'),
   enabled: z.boolean().default(true).describe('Watch this camera.'),
   source: cameraSourceSettings.describe('Where frames come from.'),
-  prompt: z.string().max(4096).optional().describe('Caption prompt for this camera (default: a short description of what changed).'),
+  captions: z.boolean().default(true).describe('Caption motion events with the model: an early caption when an event starts, a final one from its best frame when it ends.'),
+  prompt: z.string().trim().min(1).max(4096).default(DEFAULT_CAPTION_PROMPT).describe('Caption prompt for this camera: say what matters here (e.g. "Is anyone at the door? Describe them and any parcel.").'),
+  caption_max_tokens: z.number().int().min(8).max(512).default(64).describe('Longest caption, in tokens.'),
   motion: motionSettingsSchema.prefault({}).describe('Motion detection: starts camera events (and, with the model, captions).'),
   snapshot_interval_s: z.number().min(0).max(86400).default(10).describe('Publish the newest frame as the retained snapshot at most this often, in seconds (0: every frame).'),
   image_tokens: z.union([z.literal(70), z.literal(140), z.literal(280), z.literal(560), z.literal(1120)]).default(280).describe('Image token budget: more tokens, more detail, slower.'),

@@ -16,6 +16,7 @@ import { encode, isoNow, type StatsMessage } from '../mqtt/messages.js';
 import { AskPipeline } from '../pipelines/ask.js';
 import { HearingPipeline } from '../pipelines/hearing.js';
 import { MotionPipeline } from '../pipelines/motion.js';
+import { LatestFrames, SeeingPipeline } from '../pipelines/seeing.js';
 import { AudioMeter, SnapshotPublisher, SourceGroup } from '../pipelines/sources.js';
 import { Scheduler } from '../scheduler/scheduler.js';
 import { createAudioSource, createFrameSource } from '../sources/index.js';
@@ -35,7 +36,7 @@ export interface ControllerOptions {
 }
 
 /** What this build cannot do yet, said plainly at start whatever the model. */
-export const ENCODER_GAP = 'this build has no audio or vision encoder yet: no transcripts or captions are made, and questions about images are refused; motion, snapshots and text questions work';
+export const ENCODER_GAP = 'this build has no audio encoder yet: no transcripts are made; captions and questions about images need a package with a vision encoder (the engine status says whether this one has it)';
 
 function hasPackage(dir: string): boolean {
   return existsSync(path.join(dir, MANIFEST_FILE));
@@ -53,6 +54,8 @@ export class Controller {
   private readonly watching: SourceGroup;
   private readonly snapshots: SnapshotPublisher;
   private readonly motion: MotionPipeline;
+  private seeing: SeeingPipeline | undefined;
+  private readonly frames = new LatestFrames();
   private readonly meter: AudioMeter | undefined;
   private readonly hearing: HearingPipeline | undefined;
   private readonly startedAt = Date.now();
@@ -77,9 +80,11 @@ export class Controller {
     const frameSources: FrameSource[] = cameras.map((c) => createFrameSource(c.name, c.source, this.log));
     this.watching = new SourceGroup('watching', frameSources, this.log);
     this.snapshots = new SnapshotPublisher(this.conn, cameras);
-    this.motion = new MotionPipeline(this.conn, this.log);
+    // Events go out through the seeing pipeline (it adds captions); it exists once the engine does (start()).
+    this.motion = new MotionPipeline(this.conn, this.log, (u, msg) => this.seeing?.onMotion(u, msg));
     cameras.forEach((c, i) => {
       this.snapshots.attach(frameSources[i]!);
+      this.frames.attach(frameSources[i]!);
       this.motion.attach(c, frameSources[i]!);
     });
 
@@ -98,7 +103,18 @@ export class Controller {
     const { config } = this.o;
     this.engine = await this.prepareEngine();
     this.log.warn(ENCODER_GAP);
-    this.ask = new AskPipeline({ conn: this.conn, scheduler: this.scheduler, engine: this.engine, maxPayloadBytes: config.mqtt.max_payload_bytes, cameras: config.cameras.filter((c) => c.enabled).map((c) => c.name), logger: this.log });
+    const cameras = config.cameras.filter((c) => c.enabled);
+    this.ask = new AskPipeline({
+      conn: this.conn,
+      scheduler: this.scheduler,
+      engine: this.engine,
+      maxPayloadBytes: config.mqtt.max_payload_bytes,
+      cameras: cameras.map((c) => c.name),
+      latestFrame: (name) => this.frames.latest(name),
+      imageTokens: (name) => cameras.find((c) => c.name === name)?.image_tokens ?? 280,
+      logger: this.log,
+    });
+    this.seeing = new SeeingPipeline({ conn: this.conn, scheduler: this.scheduler, engine: this.engine, cameras, captionDeadlineMs: config.scheduler.caption_deadline_ms, logger: this.log });
     if (this.broker) {
       const at = await this.broker.start();
       this.log.info(`embedded MQTT broker listening on ${at.host}:${at.port}`);
@@ -154,6 +170,7 @@ export class Controller {
           { on: st.motionOn, events: st.events, frames: st.frames, dropped: st.dropped, decode_errors: st.decodeErrors, avg_frame_ms: Math.round(st.avgFrameMs * 100) / 100 },
         ]),
       ),
+      ...(this.seeing ? { captions: this.seeing.stats() } : {}),
     };
   }
 
@@ -223,7 +240,10 @@ export class Controller {
     this.log.info(drained, 'job queue drained');
     this.ask?.stop();
     this.snapshots.detach();
+    this.frames.detach();
     await this.motion.stop();
+    // Event ends held for their captions: the drained scheduler refuses new jobs, so they settle at once.
+    await this.seeing?.stop();
     this.meter?.detach();
     await Promise.all([this.listening.stop(), this.watching.stop()]);
     await this.hearing?.stop();

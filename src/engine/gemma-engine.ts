@@ -1,15 +1,19 @@
 /**
  * The daemon's AnswerEngine over the generation engine: loads the package in the background (status says
  * loading / ready / error), answers ask requests with the configured system prompt, and reports synthetic
- * packages as random_weights so nobody mistakes their output for answers.
+ * packages as random_weights so nobody mistakes their output for answers. With a vision encoder in the
+ * package it also answers about images (a request's JPEG or a camera frame the caller passes): the image's
+ * soft-token rows replace the placeholder run of the user turn.
  */
 import type { PerchConfig } from '../config/schema.js';
 import { type Logger, silentLogger } from '../log.js';
 import type { AskRequest } from '../mqtt/messages.js';
-import { Engine, type EngineLoadOptions } from './engine.js';
-import type { ChatMessage } from './prompt.js';
+import { ImagePreprocessError } from '../vision/preprocess.js';
+import { Engine, type EngineLoadOptions, type MediaInput } from './engine.js';
+import { type ChatMessage, expandMediaPlaceholders } from './prompt.js';
 import type { SamplerOptions } from './sampling.js';
-import { type AnswerEngine, type AnswerResult, type EngineStatus, EngineUnavailableError } from './types.js';
+import { type AnswerEngine, type AnswerOptions, type AnswerResult, type EngineStatus, EngineUnavailableError, InvalidInputError } from './types.js';
+import { VisionEncoder, visionEncoderPath } from './vision.js';
 
 export type ModelSettings = PerchConfig['model'];
 
@@ -39,8 +43,14 @@ export function stripControlTokens(text: string): string {
   return out;
 }
 
+/** The image placeholder as Gemma's template renders an image item (the tokenizer maps it to one id). */
+const IMAGE_PLACEHOLDER = '<|image|>';
+
 export class GemmaAnswerEngine implements AnswerEngine {
   private engine: Engine | null = null;
+  private vision: VisionEncoder | null = null;
+  /** Why images cannot be taken, when they cannot (said in status and in every refusal). */
+  private visionGap = 'the model is not loaded yet';
   private state: EngineStatus = { state: 'loading', detail: 'loading the model package' };
   private loading: Promise<void> | null = null;
   private closed = false;
@@ -70,18 +80,22 @@ export class GemmaAnswerEngine implements AnswerEngine {
         logger: this.log,
         ...this.opts.load,
       });
+      const vision = await this.loadVision(engine);
       if (this.closed) {
-        await engine.close();
+        await Promise.all([engine.close(), vision?.close()]);
         return;
       }
       this.engine = engine;
+      this.vision = vision;
       const random = engine.randomWeights;
+      const seeing = vision ? '; images: yes' : `; images: no (${this.visionGap})`;
       this.state = {
         state: 'ready',
-        detail: random
+        detail: (random
           ? `synthetic package ${engine.manifest.source.model} loaded: RANDOM WEIGHTS, answers are meaningless; get the real model with \`perch model pull\` (or \`perch model convert\`) and point model.dir at it`
-          : `model ${engine.manifest.source.model} ready`,
+          : `model ${engine.manifest.source.model} ready`) + seeing,
         ...(random ? { random_weights: true } : {}),
+        vision: vision !== null,
       };
       if (random) this.log.warn({ dir: s.dir }, 'the model package is synthetic (random weights): answers are meaningless');
     } catch (err) {
@@ -90,23 +104,66 @@ export class GemmaAnswerEngine implements AnswerEngine {
     }
   }
 
+  /** The package's vision encoder, when it has one and the decoder and tokenizer can take images. */
+  private async loadVision(engine: Engine): Promise<VisionEncoder | null> {
+    const dir = this.settings.dir;
+    if (!visionEncoderPath(dir)) {
+      this.visionGap = 'this model package has no vision encoder (vision_encoder.onnx): captions and questions about images are unavailable';
+      return null;
+    }
+    const m = engine.tokenizer.special.markers;
+    if (!engine.acceptsMedia) this.visionGap = 'this model package\'s decoder was built without media inputs: rebuild the package to use images';
+    else if (m.image === undefined || m.imageStart === undefined || m.imageEnd === undefined) this.visionGap = 'this model package\'s tokenizer lacks the image markers';
+    else {
+      try {
+        const vision = await VisionEncoder.load(dir, { threads: this.settings.threads });
+        if (vision.hidden === engine.config.hiddenSize) return vision;
+        await vision.close();
+        this.visionGap = `the vision encoder gives rows of ${vision.hidden} values, the decoder takes ${engine.config.hiddenSize}`;
+      } catch (err) {
+        this.visionGap = `the vision encoder could not be loaded: ${(err as Error).message}`;
+      }
+    }
+    this.log.warn({ dir }, `images unavailable: ${this.visionGap}`);
+    return null;
+  }
+
   status(): EngineStatus {
     return { ...this.state };
   }
 
-  async answer(request: AskRequest, opts: { signal: AbortSignal; onToken: (delta: string) => void }): Promise<AnswerResult> {
+  async answer(request: AskRequest, opts: AnswerOptions): Promise<AnswerResult> {
     const engine = this.engine;
     if (!engine || this.closed) throw new EngineUnavailableError(this.state.detail);
-    if (request.image !== undefined || request.camera !== undefined) {
-      throw new EngineUnavailableError('questions about images need the vision encoder, which this engine does not have yet');
-    }
+    const image = opts.image ?? (request.image !== undefined ? Buffer.from(request.image, 'base64') : undefined);
+    if (request.camera !== undefined && !image) throw new EngineUnavailableError(`no frame from camera ${request.camera} yet`);
     const t0 = performance.now();
     const messages: ChatMessage[] = [];
-    const system = this.settings.system_prompt.trim();
+    const system = (opts.systemPrompt ?? this.settings.system_prompt).trim();
     if (system) messages.push({ role: 'system', content: system });
-    messages.push({ role: 'user', content: stripControlTokens(request.text) });
+    const text = stripControlTokens(request.text);
     const thinking = request.thinking ?? false;
-    const prompt = engine.preparePrompt(messages, { thinking });
+    let prompt: { ids: number[]; prefixTokens: number };
+    let media: MediaInput[] | undefined;
+    let seen: { visionMs: number; width: number; height: number; tokens: number } | undefined;
+    if (image) {
+      const vision = this.vision;
+      if (!vision) throw new EngineUnavailableError(this.visionGap);
+      const encoded = await vision.encode(image, { tokenBudget: opts.imageTokens ?? 280 }).catch((err: unknown) => {
+        if (err instanceof ImagePreprocessError) throw new InvalidInputError(`image: ${err.message}`);
+        throw err;
+      });
+      if (opts.signal.aborted) return cancelled(t0);
+      const base = this.renderWithImage(engine, messages, text, thinking);
+      const expanded = expandMediaPlaceholders(base.ids, engine.tokenizer.special, { imageTokens: [encoded.numSoftTokens] });
+      prompt = { ids: expanded.ids, prefixTokens: base.prefixTokens };
+      media = [{ position: expanded.media[0]!.start, embeddings: encoded.embeddings }];
+      const t = encoded.timings;
+      seen = { visionMs: t.preprocessMs + t.encodeMs, width: encoded.width, height: encoded.height, tokens: encoded.numSoftTokens };
+    } else {
+      messages.push({ role: 'user', content: text });
+      prompt = engine.preparePrompt(messages, { thinking });
+    }
     // Without an explicit max_tokens the default shrinks to what the context has left.
     const room = engine.contextTokens - prompt.ids.length;
     const maxTokens = request.max_tokens ?? Math.max(1, Math.min(this.settings.max_answer_tokens, room));
@@ -115,12 +172,14 @@ export class GemmaAnswerEngine implements AnswerEngine {
       ...(request.temperature !== undefined ? { temperature: request.temperature } : {}),
       ...(request.seed !== undefined ? { seed: request.seed } : {}),
     };
+    const tGen = performance.now();
     const r = await engine.generate({
       promptIds: prompt.ids,
       prefixTokens: prompt.prefixTokens,
       maxTokens,
       sampling,
       signal: opts.signal,
+      ...(media ? { media } : {}),
       onToken: (delta) => {
         if (delta) opts.onToken(delta);
       },
@@ -130,16 +189,45 @@ export class GemmaAnswerEngine implements AnswerEngine {
       finish_reason: r.finishReason,
       ...(thinking && r.thinking ? { thinking: r.thinking } : {}),
       tokens: { prompt: r.promptTokens, completion: r.tokens.length },
-      latency_ms: { first_token: Math.round(r.timings.firstTokenMs), total: Math.round(performance.now() - t0) },
+      latency_ms: {
+        first_token: Math.round(tGen - t0 + r.timings.firstTokenMs),
+        total: Math.round(performance.now() - t0),
+        ...(seen ? { vision: Math.round(seen.visionMs) } : {}),
+        prefill: Math.round(r.timings.prefillMs),
+        decode: Math.round(r.timings.decodeMs),
+      },
+      ...(seen ? { image: { width: seen.width, height: seen.height, tokens: seen.tokens } } : {}),
     };
+  }
+
+  /**
+   * The prompt with one image before the question. Gemma's template renders an image item as its placeholder;
+   * templates that only take string content (the synthetic package's) get the placeholder text, which the
+   * tokenizer maps to the same id.
+   */
+  private renderWithImage(engine: Engine, messages: ChatMessage[], text: string, thinking: boolean): { ids: number[]; prefixTokens: number } {
+    const placeholder = engine.tokenizer.special.markers.image;
+    try {
+      const p = engine.preparePrompt([...messages, { role: 'user', content: [{ type: 'image' }, { type: 'text', text }] }], { thinking });
+      if (p.ids.filter((id) => id === placeholder).length === 1) return p;
+    } catch {
+      // falls through to the string form
+    }
+    return engine.preparePrompt([...messages, { role: 'user', content: `${IMAGE_PLACEHOLDER}\n\n${text}` }], { thinking });
   }
 
   async close(): Promise<void> {
     this.closed = true;
     await this.loading;
     const e = this.engine;
+    const v = this.vision;
     this.engine = null;
+    this.vision = null;
     this.state = { state: 'unavailable', detail: 'engine closed' };
-    await e?.close();
+    await Promise.all([e?.close(), v?.close()]);
   }
+}
+
+function cancelled(t0: number): AnswerResult {
+  return { text: '', finish_reason: 'cancelled', tokens: { prompt: 0, completion: 0 }, latency_ms: { first_token: 0, total: Math.round(performance.now() - t0) } };
 }

@@ -4,6 +4,7 @@
  * with a clear `unavailable` error: the daemon never invents output.
  */
 import type { AskRequest } from '../mqtt/messages.js';
+import type { TokenBudget } from '../vision/preprocess.js';
 
 export interface EngineStatus {
   /** Short state for stats and Home Assistant: ready | loading | unavailable | error. */
@@ -12,6 +13,8 @@ export interface EngineStatus {
   detail: string;
   /** True when outputs are not meaningful (e.g. a synthetic package with random weights). */
   random_weights?: boolean;
+  /** True when the engine can take images (a vision encoder is loaded): captions and image questions. */
+  vision?: boolean;
 }
 
 export interface AnswerResult {
@@ -19,18 +22,40 @@ export interface AnswerResult {
   finish_reason: 'stop' | 'length' | 'cancelled';
   thinking?: string;
   tokens: { prompt: number; completion: number };
-  latency_ms: { first_token: number; total: number };
+  /** vision (preprocess + encoder), prefill and decode are there when known. */
+  latency_ms: { first_token: number; total: number; vision?: number; prefill?: number; decode?: number };
+  /** The image the answer is about: its size after resizing and its soft tokens. */
+  image?: { width: number; height: number; tokens: number };
+}
+
+export interface AnswerOptions {
+  signal: AbortSignal;
+  onToken: (delta: string) => void;
+  /** The image to answer about (a camera's frame); else the request's base64 `image`, if any. */
+  image?: Buffer;
+  /** Soft-token budget of the image (the camera's image_tokens); default 280. */
+  imageTokens?: TokenBudget;
+  /** Replaces model.system_prompt for this request ('' for none). */
+  systemPrompt?: string;
 }
 
 export interface AnswerEngine {
   status(): EngineStatus;
-  /** Streams tokens through onToken; rejects with EngineUnavailableError when it cannot answer at all. */
-  answer(request: AskRequest, opts: { signal: AbortSignal; onToken: (delta: string) => void }): Promise<AnswerResult>;
+  /**
+   * Streams tokens through onToken; rejects with EngineUnavailableError when it cannot answer at all and with
+   * InvalidInputError when the request's content is unusable (an image that does not decode).
+   */
+  answer(request: AskRequest, opts: AnswerOptions): Promise<AnswerResult>;
   close(): Promise<void>;
 }
 
 export class EngineUnavailableError extends Error {
   override readonly name = 'EngineUnavailableError';
+}
+
+/** The request cannot be served as given (e.g. a corrupt image); reported as invalid_request. */
+export class InvalidInputError extends Error {
+  override readonly name = 'InvalidInputError';
 }
 
 export class UnavailableEngine implements AnswerEngine {

@@ -46,13 +46,31 @@ export const transcriptSchema = z.strictObject({
   id: messageId,
   ts: isoUtc,
   text: z.string().max(100_000),
-  /** Start of the speech segment. */
+  /** Start of the speech segment (wall clock of the stream time the VAD found speech begin). */
   started_at: isoUtc,
-  /** Length of the speech segment. */
+  /** End of the speech segment; first_token and total latencies count from here. */
+  ended_at: isoUtc,
+  /** Length of the audio transcribed (speech plus pre- and post-roll). */
   audio_ms: ms,
   /** Source name (the audio source type). */
   source: z.string().min(1).max(64),
   language: z.string().min(2).max(16).optional(),
+  /** Speech longer than audio.segmenter.max_utterance_ms comes in parts; all parts share `group`. */
+  part: z
+    .strictObject({
+      group: messageId,
+      part: z.number().int().positive(),
+      /** Number of parts, on the last part only. */
+      of: z.number().int().positive().optional(),
+      last: z.boolean(),
+      /** This part's first overlap_ms repeat the end of the previous part. */
+      overlap_ms: ms,
+    })
+    .optional(),
+  /** The wake phrase was heard (Home Assistant's `wake` event): the answer follows on `answer`, same id. */
+  wake: z.boolean().optional(),
+  /** Output of a synthetic package (random weights): not a real transcript. */
+  random_weights: z.boolean().optional(),
   latency_ms: latencySchema,
 });
 
@@ -75,8 +93,14 @@ export const captionSchema = z.strictObject({
   /** null when no caption was made; `reason` says why (e.g. deadline). */
   text: z.string().max(20_000).nullable(),
   reason: z.string().max(500).optional(),
+  /** With a null text: the error code of the failed attempt (deadline, busy, unavailable, ...). */
+  error_code: errorCodeSchema.optional(),
   /** When the frame was taken. */
   frame_ts: isoUtc,
+  /** Which point of the event the frame is from: new (early caption) or end (the event's best frame). */
+  stage: z.enum(['new', 'end']).optional(),
+  /** Retained topic where the described JPEG was published with this caption. */
+  snapshot_topic: z.string().min(1).max(1024).optional(),
   width: z.number().int().positive().optional(),
   height: z.number().int().positive().optional(),
   image_tokens: z.number().int().positive().optional(),
@@ -98,6 +122,8 @@ export const cameraEventSchema = z.strictObject({
   ended_at: isoUtc.optional(),
   /** Latest caption of the event, if any. */
   caption: z.string().max(20_000).optional(),
+  /** Why the latest caption of this event could not be made (model busy past the deadline, unavailable, ...). */
+  caption_error: errorBody.optional(),
   /** Share of the frame that changed, 0..1. */
   motion: z.number().min(0).max(1).optional(),
   frames: z.number().int().nonnegative().optional(),
@@ -193,11 +219,15 @@ export const statsSchema = z.strictObject({
   }),
   sources: z.record(z.string(), z.object({ status: z.string(), restarts: count, last_error: z.string().optional() })),
   /** Hearing: voice activity and what the audio source delivered. */
-  audio: z.strictObject({ speaking: z.boolean(), utterances: count, dropped_short: count, dropped_backlog_ms: count, seconds: count }).optional(),
+  audio: z
+    .strictObject({ speaking: z.boolean(), utterances: count, dropped_short: count, dropped_backlog_ms: count, seconds: count, transcripts: count.optional(), transcripts_failed: count.optional(), questions: count.optional() })
+    .optional(),
   /** Motion detection per camera. */
   motion: z
     .record(z.string(), z.strictObject({ on: z.boolean(), events: count, frames: count, dropped: count, decode_errors: count, avg_frame_ms: z.number().nonnegative() }))
     .optional(),
+  /** Captions per camera: made, failed (deadline, busy, unavailable, error), and the last failure. */
+  captions: z.record(z.string(), z.strictObject({ made: count, failed: count, last_error: z.string().max(500).optional() })).optional(),
 });
 
 export type Latency = z.infer<typeof latencySchema>;

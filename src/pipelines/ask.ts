@@ -5,13 +5,15 @@
  */
 import type { AnswerEngine, AnswerResult } from '../engine/types.js';
 import { ContextLimitError } from '../engine/engine.js';
-import { EngineUnavailableError } from '../engine/types.js';
+import { EngineUnavailableError, InvalidInputError } from '../engine/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { AskEndpoint, type AskContext } from '../mqtt/ask-endpoint.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import type { ErrorCode } from '../mqtt/messages.js';
 import { isSchedulerError } from '../scheduler/errors.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
+import type { Frame } from '../sources/types.js';
+import type { TokenBudget } from '../vision/preprocess.js';
 
 export interface AskPipelineOptions {
   conn: MqttConnection;
@@ -19,13 +21,17 @@ export interface AskPipelineOptions {
   engine: AnswerEngine;
   maxPayloadBytes: number;
   cameras: readonly string[];
+  /** A camera's newest frame, for questions about a camera (taken when the answer starts). */
+  latestFrame?: (camera: string) => Frame | undefined;
+  /** A camera's image_tokens setting; default 280. */
+  imageTokens?: (camera: string) => TokenBudget;
   logger?: Logger;
 }
 
 /** How a failed job is reported: scheduler refusals keep their code, a missing engine is `unavailable`. */
 export function errorCodeFor(err: unknown): ErrorCode {
   if (err instanceof EngineUnavailableError) return 'unavailable';
-  if (err instanceof ContextLimitError) return 'invalid_request';
+  if (err instanceof ContextLimitError || err instanceof InvalidInputError) return 'invalid_request';
   if (isSchedulerError(err)) {
     switch (err.code) {
       case 'busy':
@@ -71,16 +77,23 @@ export class AskPipeline {
     // A running answer that is cancelled still ends with what it generated (finish_reason cancelled);
     // the scheduler reports the cancellation, the engine's partial result is kept here.
     let partial: AnswerResult | undefined;
+    let startedAt = 0;
     try {
       const result = await this.o.scheduler
         .submit({
           kind: 'answer',
           id: request.id,
-          run: async (signal) =>
-            (partial = await this.o.engine.answer(request, {
+          run: async (signal) => {
+            startedAt = Date.now();
+            const camera = request.camera;
+            const image = camera !== undefined ? this.o.latestFrame?.(camera)?.jpeg : undefined;
+            return (partial = await this.o.engine.answer(request, {
               signal,
               onToken: (delta) => void this.endpoint.streamChunk(route, seq++, delta, false),
-            })),
+              ...(image ? { image } : {}),
+              ...(camera !== undefined && this.o.imageTokens ? { imageTokens: this.o.imageTokens(camera) } : {}),
+            }));
+          },
         })
         .catch((err: unknown) => {
           if (isSchedulerError(err, 'cancelled') && partial) return partial;
@@ -93,7 +106,7 @@ export class AskPipeline {
         ...(result.thinking !== undefined ? { thinking: result.thinking } : {}),
         ...(request.camera ? { camera: request.camera } : {}),
         tokens: result.tokens,
-        latency_ms: { queue: 0, ...result.latency_ms, total: Date.now() - ctx.receivedAt },
+        latency_ms: { queue: Math.max(0, startedAt - ctx.receivedAt), ...result.latency_ms, total: Date.now() - ctx.receivedAt },
       });
     } catch (err) {
       const code = errorCodeFor(err);

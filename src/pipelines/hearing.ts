@@ -1,63 +1,312 @@
 /**
- * Hearing, the part that needs no model: the audio source runs through the voice-activity segmenter, which
- * publishes speech ON/OFF and the sound level for automations, and cuts utterances. Transcripts of those
- * utterances need the audio encoder; until the engine has one, utterances are counted and logged only.
+ * Hearing: the audio source runs through the voice-activity segmenter, which publishes speech ON/OFF and the
+ * sound level for automations, and cuts utterances. With a transcriber (a package with an audio encoder),
+ * each utterance becomes a scheduler job of kind `transcript` (id = the utterance id): its tokens stream on
+ * audio/transcript/partial (QoS 0) and the transcript goes out on audio/transcript (QoS 1, through the
+ * outbox). Without one, utterances are counted and logged only.
+ *
+ * Spoken questions: with a wake phrase configured, a transcript that contains it (case and punctuation
+ * aside) turns its utterance into a question. The model answers from the audio itself (not from the
+ * transcript, which may have misheard), as an `answer` job with the utterance's id: tokens on answer/stream,
+ * the answer on answer, so transcript and answer share one id.
+ *
+ * Times: the segmenter works in stream time (ms since the source started). Each chunk's arrival re-anchors
+ * stream time to the wall clock, since a restarted source starts its stream clock again. Latencies count
+ * from the end of speech: `first_token` and `total` are what a listener waits.
  */
-import { Segmenter } from '../audio/segmenter.js';
+import { Segmenter, type Utterance } from '../audio/segmenter.js';
 import type { PerchConfig } from '../config/schema.js';
+import type { Transcriber } from '../engine/transcriber.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { MqttConnection } from '../mqtt/connection.js';
-import type { AudioSource } from '../sources/types.js';
+import { encode, isoNow, type AnswerMessage, type AnswerStreamMessage, type ErrorMessage, type TranscriptMessage, type TranscriptPartialMessage } from '../mqtt/messages.js';
+import { isSchedulerError } from '../scheduler/errors.js';
+import type { Scheduler } from '../scheduler/scheduler.js';
+import type { AudioChunk, AudioSource } from '../sources/types.js';
+import { errorCodeFor } from './ask.js';
+
+const MAX_TEXT = 100_000;
+const MAX_DELTA = 10_000;
+const JSON_TYPE = 'application/json';
+
+export interface HearingOptions {
+  /** The model's job queue; with a transcriber, every utterance becomes a `transcript` job. */
+  scheduler?: Scheduler;
+  /** The transcriber once the model can hear (asked per utterance: the model loads in the background). */
+  transcriber?: () => Transcriber | undefined;
+  /** Tokens per transcript (default 256). */
+  maxTokens?: number;
+  /** Spoken language for the instruction and the message, e.g. "en" or "English"; default: the model finds it. */
+  language?: string;
+  /** A transcript containing this phrase (e.g. "hey perch") is a question to answer; default: none. */
+  wakePhrase?: string;
+  /** Tokens per spoken answer (default 256). */
+  answerMaxTokens?: number;
+}
+
+/** Lower case, punctuation dropped, single spaces: how the wake phrase and transcripts are compared. */
+export function normalizeForMatch(text: string): string {
+  return text
+    .normalize('NFKC')
+    .toLowerCase()
+    .replace(/[\p{P}\p{S}]+/gu, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
+}
+
+/** Whether the transcript contains the wake phrase as whole words, whatever the case and punctuation. */
+export function containsWakePhrase(transcript: string, phrase: string): boolean {
+  const p = normalizeForMatch(phrase);
+  if (!p) return false;
+  return ` ${normalizeForMatch(transcript)} `.includes(` ${p} `);
+}
+
+/** The instruction for a spoken question: the audio follows it. */
+export function spokenQuestionPrompt(phrase: string): string {
+  return `The speaker addresses you as "${phrase}" and asks you something. Answer what they ask, briefly and helpfully.`;
+}
+
+interface Counts {
+  transcripts: number;
+  failed: number;
+  untranscribed: number;
+  questions: number;
+}
 
 export class HearingPipeline {
   private segmenter: Segmenter | undefined;
   private detach: (() => void) | undefined;
   private speaking = false;
   private readonly log: Logger;
+  /** Wall-clock ms of stream time 0, from the latest chunk. */
+  private anchor = Date.now();
+  private readonly pending = new Map<string, Promise<void>>();
+  private readonly counts: Counts = { transcripts: 0, failed: 0, untranscribed: 0, questions: 0 };
+  private stopping = false;
 
   constructor(
     private readonly conn: MqttConnection,
     private readonly source: AudioSource,
     private readonly settings: PerchConfig['audio']['segmenter'],
     logger: Logger = silentLogger,
+    private readonly opts: HearingOptions = {},
   ) {
     this.log = logger.child({ module: 'hearing' });
   }
 
   async start(): Promise<void> {
+    this.stopping = false;
     const seg = await Segmenter.create(this.settings, { logger: this.log });
     seg.on('activity', (a) => {
       this.speaking = a.speaking;
       void this.republishState();
     });
     seg.on('level', (l) => void this.conn.publish(this.conn.topics.soundLevel, l.dbfs.toFixed(1), { qos: 0, retain: true }));
-    seg.on('utterance', (u) => {
-      this.log.info({ id: u.id, start_ms: u.startMs, end_ms: u.endMs }, 'utterance (no transcript: this build has no audio encoder yet)');
-    });
+    seg.on('utterance', (u) => this.onUtterance(u));
     seg.on('error', (err: unknown) => this.log.error({ err: String(err) }, 'voice activity detection failed'));
     this.segmenter = seg;
-    this.detach = seg.attach(this.source);
+    const onChunk = (c: AudioChunk): void => {
+      this.anchor = Date.now() - (c.startMs + (c.samples.length * 1000) / c.sampleRate);
+    };
+    this.source.on('chunk', onChunk);
+    const detachSeg = seg.attach(this.source);
+    this.detach = () => {
+      detachSeg();
+      this.source.off('chunk', onChunk);
+    };
   }
 
   republishState(): Promise<unknown> {
     return this.conn.publish(this.conn.topics.speech, this.speaking ? 'ON' : 'OFF', { qos: 1, retain: true });
   }
 
-  /** Listening switched off: the utterance in progress ends, speech goes OFF. */
+  /** Listening switched off: the utterance in progress ends (and is still transcribed), speech goes OFF. */
   async pause(): Promise<void> {
     await this.segmenter?.flush();
     this.speaking = false;
     await this.republishState();
   }
 
+  /** Stops listening; transcripts still waiting or running are cancelled (the controller drains first). */
   async stop(): Promise<void> {
     this.detach?.();
+    this.detach = undefined;
     await this.pause();
+    this.stopping = true;
+    for (const id of this.pending.keys()) this.opts.scheduler?.cancel(id, 'hearing stopped');
+    await Promise.allSettled([...this.pending.values()]);
     await this.segmenter?.close();
   }
 
-  stats(): { speaking: boolean; utterances: number; dropped_short: number; dropped_backlog_ms: number } {
+  /** Resolves when every transcript started so far has been published (or has failed). */
+  async settled(): Promise<void> {
+    while (this.pending.size > 0) await Promise.allSettled([...this.pending.values()]);
+  }
+
+  stats(): { speaking: boolean; utterances: number; dropped_short: number; dropped_backlog_ms: number; transcripts: number; transcripts_failed: number; questions: number } {
     const s = this.segmenter?.stats();
-    return { speaking: this.speaking, utterances: s?.utterances ?? 0, dropped_short: s?.droppedShort ?? 0, dropped_backlog_ms: Math.round(s?.droppedBacklogMs ?? 0) };
+    return {
+      speaking: this.speaking,
+      utterances: s?.utterances ?? 0,
+      dropped_short: s?.droppedShort ?? 0,
+      dropped_backlog_ms: Math.round(s?.droppedBacklogMs ?? 0),
+      transcripts: this.counts.transcripts,
+      transcripts_failed: this.counts.failed,
+      questions: this.counts.questions,
+    };
+  }
+
+  private wall(streamMs: number): number {
+    return this.anchor + streamMs;
+  }
+
+  private onUtterance(u: Utterance): void {
+    const transcriber = this.opts.transcriber?.();
+    const scheduler = this.opts.scheduler;
+    if (!transcriber || !scheduler || this.stopping) {
+      this.counts.untranscribed++;
+      this.log.info({ id: u.id, start_ms: u.startMs, end_ms: u.endMs }, 'utterance (no transcript: the model package cannot transcribe, or is not loaded yet)');
+      return;
+    }
+    const job = this.transcribe(u, transcriber, scheduler).finally(() => this.pending.delete(u.id));
+    this.pending.set(u.id, job);
+  }
+
+  private async transcribe(u: Utterance, transcriber: Transcriber, scheduler: Scheduler): Promise<void> {
+    const cutAt = Date.now();
+    const speechStart = this.wall(u.speechStartMs);
+    // The segmenter hands an utterance on after its hang-over: speech ended before now, never after.
+    const speechEnd = Math.min(this.wall(u.speechEndMs), cutAt);
+    const topics = this.conn.topics;
+    let startedAt = 0;
+    let firstTokenAt = 0;
+    let seq = 0;
+    let text = '';
+    try {
+      const r = await scheduler.submit({
+        kind: 'transcript',
+        id: u.id,
+        run: (signal) => {
+          startedAt = Date.now();
+          return transcriber.transcribe(u.samples, {
+            signal,
+            maxTokens: this.opts.maxTokens,
+            language: this.opts.language,
+            onToken: (delta) => {
+              firstTokenAt ||= Date.now();
+              text = (text + delta).slice(-MAX_TEXT);
+              const partial: TranscriptPartialMessage = { v: 1, id: u.id, ts: isoNow(), seq: seq++, delta: delta.slice(0, MAX_DELTA), text };
+              void this.conn.publish(topics.transcriptPartial, encode(partial), { qos: 0, contentType: JSON_TYPE });
+            },
+          });
+        },
+      });
+      if (r.finishReason === 'cancelled') throw new Error('the transcript was cancelled');
+      const done = Date.now();
+      const since = (t: number): number => Math.max(0, Math.round(t - speechEnd));
+      const tm = r.timings;
+      const msg: TranscriptMessage = {
+        v: 1,
+        id: u.id,
+        ts: isoNow(done),
+        text: r.text.slice(0, MAX_TEXT),
+        started_at: isoNow(speechStart),
+        ended_at: isoNow(speechEnd),
+        audio_ms: Math.round(u.endMs - u.startMs),
+        source: this.source.kind,
+        ...(this.opts.language && this.opts.language.length >= 2 && this.opts.language.length <= 16 ? { language: this.opts.language } : {}),
+        ...(u.split ? { part: { group: u.split.group, part: u.split.part, ...(u.split.of !== undefined ? { of: u.split.of } : {}), last: u.split.last, overlap_ms: Math.round(u.split.overlapMs) } } : {}),
+        ...(transcriber.engine.randomWeights ? { random_weights: true } : {}),
+        latency_ms: {
+          total: since(done),
+          first_token: since(firstTokenAt || done),
+          // End of speech until the segmenter cut the utterance (its hang-over), then waiting for the model.
+          endpoint: since(cutAt),
+          queue: Math.max(0, startedAt - cutAt),
+          encode: Math.round(tm.featuresMs + tm.encodeMs),
+          prefill: Math.round(tm.prefillMs),
+          decode: Math.round(tm.decodeMs),
+        },
+      };
+      const phrase = this.opts.wakePhrase;
+      const question = phrase !== undefined && containsWakePhrase(msg.text, phrase);
+      if (question) msg.wake = true;
+      this.counts.transcripts++;
+      this.log.info({ id: u.id, chars: msg.text.length, question, latency_ms: msg.latency_ms }, 'transcript');
+      await this.conn.publish(topics.transcript, encode(msg), { final: true, qos: 1, priority: 'transcript', contentType: JSON_TYPE });
+      if (question) await this.answer(u, transcriber, scheduler, phrase!, speechEnd);
+    } catch (err) {
+      this.counts.failed++;
+      const code = errorCodeFor(err);
+      const message = (err as Error).message ?? String(err);
+      // Shutdown and cancellation are not failures anyone needs to hear about.
+      if (isSchedulerError(err, 'shutting_down') || isSchedulerError(err, 'cancelled') || this.stopping) {
+        this.log.info({ id: u.id, reason: message }, 'transcript dropped');
+        return;
+      }
+      if (code === 'internal') this.log.error({ err, id: u.id }, 'transcript failed');
+      else this.log.warn({ id: u.id, code, reason: message }, 'no transcript');
+      const e: ErrorMessage = { v: 1, ts: isoNow(), id: u.id, code, message: `no transcript: ${message}`.slice(0, 2000), topic: topics.transcript };
+      await this.conn.publish(topics.errors, encode(e), { final: true, qos: 1, priority: 'transcript', contentType: JSON_TYPE });
+    }
+  }
+  /** Answers a spoken question from its audio; the answer carries the utterance's id. */
+  private async answer(u: Utterance, transcriber: Transcriber, scheduler: Scheduler, phrase: string, speechEnd: number): Promise<void> {
+    const topics = this.conn.topics;
+    const submitted = Date.now();
+    let startedAt = 0;
+    let firstTokenAt = 0;
+    let seq = 0;
+    const chunk = (delta: string, done: boolean): void => {
+      const m: AnswerStreamMessage = { v: 1, id: u.id, ts: isoNow(), seq: seq++, delta: delta.slice(0, MAX_DELTA), done };
+      void this.conn.publish(topics.answerStream, encode(m), { qos: 0, contentType: JSON_TYPE });
+    };
+    try {
+      const r = await scheduler.submit({
+        kind: 'answer',
+        id: u.id,
+        run: (signal) => {
+          startedAt = Date.now();
+          return transcriber.answer(u.samples, {
+            signal,
+            prompt: spokenQuestionPrompt(phrase),
+            maxTokens: this.opts.answerMaxTokens,
+            onToken: (delta) => {
+              firstTokenAt ||= Date.now();
+              chunk(delta, false);
+            },
+          });
+        },
+      });
+      chunk('', true);
+      const done = Date.now();
+      const since = (t: number): number => Math.max(0, Math.round(t - speechEnd));
+      const msg: AnswerMessage = {
+        v: 1,
+        id: u.id,
+        ts: isoNow(done),
+        text: r.text.slice(0, MAX_TEXT),
+        finish_reason: r.finishReason,
+        tokens: { prompt: r.promptTokens, completion: r.tokens.length },
+        latency_ms: {
+          total: since(done),
+          first_token: since(firstTokenAt || done),
+          queue: Math.max(0, startedAt - submitted),
+          encode: Math.round(r.timings.featuresMs + r.timings.encodeMs),
+          prefill: Math.round(r.timings.prefillMs),
+          decode: Math.round(r.timings.decodeMs),
+        },
+      };
+      this.counts.questions++;
+      this.log.info({ id: u.id, chars: msg.text.length, latency_ms: msg.latency_ms }, 'spoken question answered');
+      await this.conn.publish(topics.answer, encode(msg), { final: true, qos: 1, priority: 'answer', contentType: JSON_TYPE });
+    } catch (err) {
+      if (this.stopping || isSchedulerError(err, 'shutting_down') || isSchedulerError(err, 'cancelled')) return;
+      const code = errorCodeFor(err);
+      const message = `no answer to the spoken question: ${(err as Error).message ?? String(err)}`.slice(0, 2000);
+      this.log.warn({ id: u.id, code, reason: message }, 'spoken question not answered');
+      const e: ErrorMessage = { v: 1, ts: isoNow(), id: u.id, code, message, topic: topics.answer };
+      await this.conn.publish(topics.errors, encode(e), { final: true, qos: 1, priority: 'answer', contentType: JSON_TYPE });
+    }
   }
 }

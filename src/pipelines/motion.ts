@@ -10,6 +10,12 @@ import { encode, isoNow, type CameraEventMessage } from '../mqtt/messages.js';
 import type { Frame, FrameSource } from '../sources/types.js';
 import { MotionDetector, type MotionStats, type MotionUpdate } from '../vision/motion.js';
 
+/**
+ * Takes over publishing of camera events (the seeing pipeline adds captions to them). Called in order, must
+ * return at once: motion ON/OFF must not wait for the model.
+ */
+export type CameraEventSink = (update: MotionUpdate, message: CameraEventMessage) => void;
+
 /** Ends events by wall time when frames stop coming (a camera that died mid-event). */
 const TICK_MS = 2000;
 
@@ -45,6 +51,7 @@ class CameraMotion {
     private readonly source: FrameSource,
     private readonly conn: MqttConnection,
     private readonly log: Logger,
+    private readonly sink: CameraEventSink | undefined,
   ) {
     this.detector = new MotionDetector(camera.name, camera.motion);
     source.on('frame', this.listener);
@@ -73,7 +80,8 @@ class CameraMotion {
     const t = this.conn.topics.camera(this.camera.name);
     for (const u of updates) {
       this.log.info({ camera: u.camera, id: u.id, type: u.type, motion: u.changedFraction, zones: u.zonesSeen }, 'motion event');
-      await this.conn.publish(t.event, encode(cameraEventMessage(u)), { final: true, qos: 1, priority: 'event', contentType: 'application/json' });
+      if (this.sink) this.sink(u, cameraEventMessage(u));
+      else await this.conn.publish(t.event, encode(cameraEventMessage(u)), { final: true, qos: 1, priority: 'event', contentType: 'application/json' });
     }
     if (this.published !== this.detector.motionOn) await this.republishState();
   }
@@ -87,12 +95,13 @@ export class MotionPipeline {
   constructor(
     private readonly conn: MqttConnection,
     logger: Logger = silentLogger,
+    private readonly sink?: CameraEventSink,
   ) {
     this.log = logger.child({ module: 'motion' });
   }
 
   attach(camera: CameraSettings, source: FrameSource): void {
-    if (camera.motion.enabled) this.cameras.push(new CameraMotion(camera, source, this.conn, this.log));
+    if (camera.motion.enabled) this.cameras.push(new CameraMotion(camera, source, this.conn, this.log, this.sink));
   }
 
   start(): void {

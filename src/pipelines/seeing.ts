@@ -1,0 +1,226 @@
+/**
+ * Seeing: what the model makes of camera frames.
+ *
+ * - Captions for motion events. On `new` an early caption of the event's best frame so far; on `end` a final
+ *   one of the event's best frame. Both are scheduler jobs of kind `caption` with key `camera:<name>`, so only
+ *   the newest frame of a camera waits, and a job not started within scheduler.caption_deadline_ms gives up.
+ *   Each attempt is published on `camera/<name>/caption` (QoS 1) with the JPEG it describes as the retained
+ *   snapshot; a failed attempt (deadline, busy, unavailable) publishes `text: null` with the reason.
+ * - Camera events go out through here (MotionPipeline's sink): `new` and `update` at once, carrying the
+ *   event's latest caption once there is one; `end` once its final caption is settled, with the caption or
+ *   `caption_error` saying why there is none. Motion ON/OFF never waits for the model.
+ * - LatestFrames keeps each camera's newest JPEG for questions about a camera.
+ */
+import { randomUUID } from 'node:crypto';
+import type { CameraSettings } from '../config/schema.js';
+import type { AnswerEngine } from '../engine/types.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { MqttConnection } from '../mqtt/connection.js';
+import { encode, isoNow, type CameraEventMessage, type CaptionMessage, type ErrorCode, type StatsMessage } from '../mqtt/messages.js';
+import { isSchedulerError } from '../scheduler/errors.js';
+import type { Scheduler } from '../scheduler/scheduler.js';
+import type { Frame, FrameSource } from '../sources/types.js';
+import type { MotionUpdate } from '../vision/motion.js';
+import { errorCodeFor } from './ask.js';
+
+/** Each camera's newest frame (one JPEG per camera: bounded). */
+export class LatestFrames {
+  private readonly frames = new Map<string, Frame>();
+  private readonly listeners: Array<[FrameSource, (f: Frame) => void]> = [];
+
+  attach(source: FrameSource): void {
+    const listener = (frame: Frame): void => void this.frames.set(source.name, frame);
+    source.on('frame', listener);
+    this.listeners.push([source, listener]);
+  }
+
+  latest(camera: string): Frame | undefined {
+    return this.frames.get(camera);
+  }
+
+  detach(): void {
+    for (const [source, listener] of this.listeners) source.off('frame', listener);
+    this.listeners.length = 0;
+  }
+}
+
+export interface SeeingPipelineOptions {
+  conn: MqttConnection;
+  scheduler: Scheduler;
+  engine: AnswerEngine;
+  cameras: readonly CameraSettings[];
+  /** scheduler.caption_deadline_ms */
+  captionDeadlineMs: number;
+  logger?: Logger;
+}
+
+type CaptionError = { code: ErrorCode; message: string };
+type Outcome = { text: string } | { error: CaptionError; superseded?: boolean };
+
+interface EventState {
+  caption?: string;
+  error?: CaptionError;
+}
+
+interface CameraCounts {
+  made: number;
+  failed: number;
+  lastError?: string;
+}
+
+export class SeeingPipeline {
+  private readonly log: Logger;
+  private readonly cameras: Map<string, CameraSettings>;
+  private readonly events = new Map<string, EventState>();
+  private readonly counts = new Map<string, CameraCounts>();
+  /** Per camera, the publishes in order (an `end` joins once its caption settled). */
+  private readonly chains = new Map<string, Promise<void>>();
+  /** Event ends waiting for their caption (stop() waits for them). */
+  private readonly pendingEnds = new Set<Promise<void>>();
+
+  constructor(private readonly o: SeeingPipelineOptions) {
+    this.log = (o.logger ?? silentLogger).child({ module: 'seeing' });
+    this.cameras = new Map(o.cameras.map((c) => [c.name, c]));
+  }
+
+  /** MotionPipeline's sink: publishes the event, with captions, in order per camera. Returns at once. */
+  readonly onMotion = (u: MotionUpdate, msg: CameraEventMessage): void => {
+    const cam = this.cameras.get(u.camera);
+    const captions = cam?.captions ?? false;
+    if (u.type === 'new' && captions) this.events.set(u.id, {});
+    const state = this.events.get(u.id);
+    if (u.type !== 'end') {
+      this.enqueue(u.camera, () => this.publishEvent(withCaption(msg, state)));
+      // Fire and forget: the result lands in `state` for later updates and the end.
+      if (u.type === 'new' && cam && state) void this.caption(cam, u, 'new', state);
+      return;
+    }
+    this.events.delete(u.id);
+    if (!cam || !captions || !state) {
+      this.enqueue(u.camera, () => this.publishEvent(msg));
+      return;
+    }
+    const done = this.caption(cam, u, 'end', state).then(() => {
+      // Enqueued only now: an end waits for its caption without holding back other cameras or motion OFF.
+      this.enqueue(u.camera, () => this.publishEvent(withCaption(msg, state)));
+    });
+    this.pendingEnds.add(done);
+    void done.finally(() => this.pendingEnds.delete(done));
+  };
+
+  /** Waits for held event ends (their caption jobs settle once the scheduler drains or refuses). */
+  async stop(): Promise<void> {
+    while (this.pendingEnds.size) await Promise.all([...this.pendingEnds]);
+    await Promise.all([...this.chains.values()]);
+  }
+
+  stats(): NonNullable<StatsMessage['captions']> {
+    const out: NonNullable<StatsMessage['captions']> = {};
+    for (const [name, c] of this.counts) out[name] = { made: c.made, failed: c.failed, ...(c.lastError ? { last_error: c.lastError.slice(0, 500) } : {}) };
+    return out;
+  }
+
+  private enqueue(camera: string, fn: () => Promise<void>): void {
+    const next = (this.chains.get(camera) ?? Promise.resolve()).then(fn).catch((err: unknown) => this.log.error({ err, camera }, 'camera event publish failed'));
+    this.chains.set(camera, next);
+  }
+
+  private async publishEvent(msg: CameraEventMessage): Promise<void> {
+    this.log.info({ camera: msg.camera, id: msg.id, type: msg.type, caption: msg.caption !== undefined, caption_error: msg.caption_error?.code }, 'camera event');
+    await this.o.conn.publish(this.o.conn.topics.camera(msg.camera).event, encode({ ...msg, ts: isoNow() }), { final: true, qos: 1, priority: 'event', contentType: 'application/json' });
+  }
+
+  /** One caption attempt for the event's best frame; records the outcome on the event and publishes it. */
+  private async caption(cam: CameraSettings, u: MotionUpdate, stage: 'new' | 'end', state: EventState): Promise<void> {
+    const outcome = await this.runCaption(cam, u, stage);
+    const counts = this.counts.get(cam.name) ?? { made: 0, failed: 0 };
+    this.counts.set(cam.name, counts);
+    if ('text' in outcome) {
+      counts.made++;
+      state.caption = outcome.text;
+      delete state.error;
+    } else {
+      // A superseded attempt is no failure: the newer frame's attempt reports for it.
+      if (!outcome.superseded) {
+        counts.failed++;
+        counts.lastError = `${outcome.error.code}: ${outcome.error.message}`;
+      }
+      state.error = outcome.error;
+    }
+  }
+
+  private async runCaption(cam: CameraSettings, u: MotionUpdate, stage: 'new' | 'end'): Promise<Outcome> {
+    const topics = this.o.conn.topics.camera(cam.name);
+    const frame = u.best;
+    const id = randomUUID();
+    const st = this.o.engine.status();
+    // No job for an engine that cannot see: the event says why, the caption topic stays quiet.
+    if (st.state !== 'ready' || !st.vision) return { error: { code: 'unavailable', message: `no caption: ${st.detail}`.slice(0, 2000) } };
+    const submitted = Date.now();
+    let started = 0;
+    const base = { v: 1 as const, id, camera: cam.name, frame_ts: frame.at.toISOString(), stage, event_id: u.id, snapshot_topic: topics.snapshot };
+    try {
+      const r = await this.o.scheduler.submit({
+        kind: 'caption',
+        id,
+        key: `camera:${cam.name}`,
+        deadlineMs: this.o.captionDeadlineMs,
+        run: (signal) => {
+          started = Date.now();
+          return this.o.engine.answer(
+            { id, text: cam.prompt, max_tokens: cam.caption_max_tokens },
+            { signal, onToken: () => undefined, image: frame.jpeg, imageTokens: cam.image_tokens },
+          );
+        },
+      });
+      if (r.finish_reason === 'cancelled') return { error: { code: 'cancelled', message: 'the caption was cancelled' } };
+      const text = r.text.trim();
+      const l = r.latency_ms;
+      const msg: CaptionMessage = {
+        ...base,
+        ts: isoNow(),
+        text,
+        ...(r.image ? { width: r.image.width, height: r.image.height, image_tokens: r.image.tokens } : {}),
+        latency_ms: {
+          queue: started - submitted,
+          ...(l.vision !== undefined ? { vision: l.vision } : {}),
+          ...(l.prefill !== undefined ? { prefill: l.prefill } : {}),
+          ...(l.decode !== undefined ? { decode: l.decode } : {}),
+          total: Date.now() - submitted,
+        },
+      };
+      await this.publishCaption(msg, frame.jpeg);
+      return { text };
+    } catch (err) {
+      // A newer frame of this camera took the job's place: that one will be captioned instead.
+      const superseded = isSchedulerError(err, 'superseded');
+      const code: ErrorCode = superseded ? 'cancelled' : errorCodeFor(err);
+      const message = superseded ? 'a newer frame of this camera replaced it in the queue' : err instanceof Error ? err.message : String(err);
+      if (code === 'internal') this.log.error({ err, camera: cam.name }, 'caption failed');
+      else this.log.info({ camera: cam.name, code, reason: message }, 'no caption');
+      if (!superseded) {
+        await this.publishCaption({ ...base, ts: isoNow(), text: null, reason: message.slice(0, 500), error_code: code, latency_ms: { total: Date.now() - submitted } }, null);
+      }
+      return { error: { code, message: message.slice(0, 2000) }, superseded };
+    }
+  }
+
+  private async publishCaption(msg: CaptionMessage, jpeg: Buffer | null): Promise<void> {
+    const t = this.o.conn.topics.camera(msg.camera);
+    const json = { final: true, qos: 1, priority: 'caption', contentType: 'application/json' } as const;
+    await Promise.all([
+      // The JPEG the caption describes becomes the retained snapshot, published together with it.
+      jpeg ? this.o.conn.publish(t.snapshot, jpeg, { final: true, qos: 1, retain: true, priority: 'caption', contentType: 'image/jpeg' }) : undefined,
+      this.o.conn.publish(t.caption, encode(msg), json),
+    ]);
+  }
+}
+
+function withCaption(msg: CameraEventMessage, state: EventState | undefined): CameraEventMessage {
+  if (!state) return msg;
+  return {
+    ...msg,
+    ...(state.caption !== undefined ? { caption: state.caption } : {}),
+    ...(state.error ? { caption_error: state.error } : {}),
+  };
+}

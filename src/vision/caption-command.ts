@@ -1,0 +1,118 @@
+/**
+ * `perch caption FILE --model DIR`: one caption of an image file from a model package, streamed to stdout (or
+ * one JSON object with --json). The same path the daemon's captions take (GemmaAnswerEngine with an image),
+ * so it is the quick way to try a prompt or a token budget. Errors go to stderr with exit status 1.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { InvalidArgumentError, type Command } from 'commander';
+import { DEFAULT_CAPTION_PROMPT, modelSettings } from '../config/schema.js';
+import { GemmaAnswerEngine } from '../engine/gemma-engine.js';
+import { SOFT_TOKEN_BUDGETS, type TokenBudget } from './preprocess.js';
+
+/** Largest image file read (camera frames are far smaller). */
+const MAX_FILE_BYTES = 32 * 1024 * 1024;
+
+interface CaptionOptions {
+  model: string;
+  json?: boolean;
+  prompt: string;
+  tokens: TokenBudget;
+  maxTokens: number;
+  seed?: number;
+  threads: number;
+  contextTokens: number;
+}
+
+function intIn(min: number, max: number): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n < min || n > max) throw new InvalidArgumentError(`expected an integer from ${min} to ${max}`);
+    return n;
+  };
+}
+
+function budget(v: string): TokenBudget {
+  const n = Number(v);
+  if (!(SOFT_TOKEN_BUDGETS as readonly number[]).includes(n)) throw new InvalidArgumentError(`expected one of ${SOFT_TOKEN_BUDGETS.join(', ')}`);
+  return n as TokenBudget;
+}
+
+export function registerCaptionCommand(program: Command): void {
+  program
+    .command('caption')
+    .description('Caption one image file with a model package (streams the caption to stdout)')
+    .argument('<file>', 'JPEG or PNG image')
+    .requiredOption('-m, --model <dir>', 'model package directory (with a vision encoder)')
+    .option('--json', 'print one JSON object {text, width, height, image_tokens, tokens, latency_ms, ...}')
+    .option('--prompt <text>', 'what to ask about the image', DEFAULT_CAPTION_PROMPT)
+    .option('--tokens <n>', `image token budget (${SOFT_TOKEN_BUDGETS.join(', ')})`, budget, 280)
+    .option('--max-tokens <n>', 'longest caption, in tokens', intIn(1, 2048), 64)
+    .option('--seed <n>', 'sampling seed (same seed, same caption)', intIn(0, 0xffffffff))
+    .option('--threads <n>', 'ONNX Runtime threads', intIn(1, 64), 4)
+    .option('--context-tokens <n>', 'largest context (prompt + caption)', intIn(128, 131072), 4096)
+    .action(async (file: string, opts: CaptionOptions) => {
+      process.exitCode = await caption(file, opts);
+    });
+}
+
+async function caption(file: string, opts: CaptionOptions): Promise<number> {
+  const fail = (message: string): number => {
+    process.stderr.write(`perch: ${message}\n`);
+    return 1;
+  };
+  if (opts.prompt.trim() === '' || opts.prompt.length > 4096) return fail('the prompt must have 1 to 4096 characters');
+  let image: Buffer;
+  try {
+    const info = await stat(file);
+    if (!info.isFile()) return fail(`${file} is not a file`);
+    if (info.size > MAX_FILE_BYTES) return fail(`${file} is larger than ${MAX_FILE_BYTES} bytes`);
+    image = await readFile(file);
+  } catch (err) {
+    return fail((err as Error).message);
+  }
+  const settings = modelSettings.parse({ dir: opts.model, threads: opts.threads, context_tokens: opts.contextTokens, max_answer_tokens: opts.maxTokens });
+  const engine = new GemmaAnswerEngine(settings);
+  await engine.start();
+  const ac = new AbortController();
+  const onSigint = (): void => ac.abort();
+  process.once('SIGINT', onSigint);
+  try {
+    const st = engine.status();
+    if (st.state !== 'ready') return fail(st.detail);
+    if (st.random_weights) process.stderr.write('perch: note: this package has random weights (synthetic); its captions are meaningless\n');
+    let streamed = false;
+    const r = await engine.answer(
+      { id: 'caption', text: opts.prompt, max_tokens: opts.maxTokens, ...(opts.seed !== undefined ? { seed: opts.seed } : {}) },
+      {
+        signal: ac.signal,
+        image,
+        imageTokens: opts.tokens,
+        onToken: (delta) => {
+          if (opts.json) return;
+          process.stdout.write(delta);
+          streamed = true;
+        },
+      },
+    );
+    if (opts.json) {
+      const out = {
+        text: r.text,
+        file,
+        ...(r.image ? { width: r.image.width, height: r.image.height, image_tokens: r.image.tokens } : {}),
+        finish_reason: r.finish_reason,
+        tokens: r.tokens,
+        latency_ms: r.latency_ms,
+        ...(st.random_weights ? { random_weights: true } : {}),
+      };
+      process.stdout.write(JSON.stringify(out) + '\n');
+    } else if (streamed) {
+      process.stdout.write('\n');
+    }
+    return 0;
+  } catch (err) {
+    return fail((err as Error).message);
+  } finally {
+    process.off('SIGINT', onSigint);
+    await engine.close();
+  }
+}

@@ -1,0 +1,116 @@
+/**
+ * Transcriber: a clip through the real log-mel features, the real audio encoder session and the real decoder
+ * session of a tiny package that can hear. Random weights, so the text means nothing; what is checked is that
+ * it is deterministic, that the audio reaches the decoder, and the refusals.
+ */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Engine } from '../src/engine/engine.js';
+import { AudioEncoderMissingError, ClipLengthError, Transcriber, asrInstruction } from '../src/engine/transcriber.js';
+import { makeTinyPackage, tempRoot } from './engine-helpers.js';
+import { makeHearingPackage, phraseSamples } from './transcribe-helpers.js';
+
+let root: string;
+let dir: string;
+let t: Transcriber;
+
+beforeAll(async () => {
+  root = tempRoot('transcribe');
+  dir = await makeHearingPackage(root);
+  t = await Transcriber.load(dir, { threads: 1, contextTokens: 1024, pleCacheMb: 1 });
+}, 180_000);
+afterAll(async () => {
+  await t?.close();
+  rmSync(root, { recursive: true, force: true });
+});
+
+describe('Transcriber', () => {
+  it('turns an utterance into the same transcript every time, streamed as it is made', async () => {
+    const clip = phraseSamples(1);
+    let streamed = '';
+    const a = await t.transcribe(clip, { maxTokens: 12, onToken: (d) => (streamed += d) });
+    const b = await t.transcribe(clip, { maxTokens: 12 });
+    expect(a.tokens.length).toBeGreaterThan(0);
+    expect(a.tokens).toEqual(b.tokens);
+    expect(a.text).toBe(b.text);
+    expect(streamed.replace(/\s*\n\s*/g, ' ').trim()).toBe(a.text);
+    // 25 soft tokens per second of audio.
+    expect(Math.abs(a.audioTokens - (clip.length / 16000) * 25)).toBeLessThanOrEqual(2);
+    // Prompt = template + instruction + begin marker + soft tokens + end marker.
+    expect(a.promptTokens).toBeGreaterThan(a.audioTokens + 2);
+    const tm = a.timings;
+    for (const v of Object.values(tm)) expect(v).toBeGreaterThanOrEqual(0);
+    expect(tm.totalMs).toBeGreaterThanOrEqual(tm.firstTokenMs);
+    expect(tm.firstTokenMs).toBeGreaterThanOrEqual(tm.featuresMs + tm.encodeMs);
+    // Int16 and float input are the same clip.
+    const f = Float32Array.from(clip, (s) => s / 32768);
+    expect((await t.transcribe(f, { maxTokens: 12 })).tokens).toEqual(a.tokens);
+  }, 60_000);
+
+  it('places the audio rows in the prompt: other audio gives other rows and other first logits', async () => {
+    const one = await t.encodeAudio(phraseSamples(1));
+    const two = await t.encodeAudio(phraseSamples(2));
+    expect(one.rows.length).toBe(one.count * t.engine.config.hiddenSize);
+    expect(two.count).toBeGreaterThan(0);
+    expect(Array.from(one.rows.slice(0, 64))).not.toEqual(Array.from(two.rows.slice(0, 64)));
+    const firstLogits = async (clip: Int16Array): Promise<Float32Array> => {
+      let first: Float32Array | undefined;
+      await t.transcribe(clip, { maxTokens: 1, onLogits: (l, step) => void (step === 0 ? (first = l.slice()) : undefined) });
+      return first!;
+    };
+    const a = await firstLogits(phraseSamples(1));
+    const a2 = await firstLogits(phraseSamples(1));
+    // The same clip with its first half silenced: same length (same prompt), other audio.
+    const quiet = phraseSamples(1).slice();
+    quiet.fill(0, 0, Math.floor(quiet.length / 2));
+    const b = await firstLogits(quiet);
+    expect(a2).toEqual(a);
+    let diff = 0;
+    for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    expect(diff).toBeGreaterThan(1e-4);
+  }, 60_000);
+
+  it('uses the documented ASR instruction, with the language when given, or a prompt of the caller', () => {
+    expect(asrInstruction()).toMatch(/^Transcribe the following speech segment in its original language\./);
+    expect(asrInstruction('English')).toMatch(/^Transcribe the following speech segment in English\./);
+    const decode = (ids: number[]): string => t.engine.tokenizer.decode(ids);
+    const p = t.promptFor(10, { language: 'German' });
+    const text = decode(p.ids);
+    expect(text).toContain('speech segment in German');
+    // Audio after the instruction; the run of 10 placeholders starts at `position`.
+    const m = t.engine.tokenizer.special.markers;
+    expect(p.ids[p.position - 1]).toBe(m.audioStart);
+    expect(p.ids.slice(p.position, p.position + 10).every((id) => id === m.audio)).toBe(true);
+    expect(p.ids[p.position + 10]).toBe(m.audioEnd);
+    expect(text.indexOf('German')).toBeLessThan(text.indexOf('<|audio>'));
+    expect(decode(t.promptFor(3, { prompt: 'Who is speaking?' }).ids)).toContain('Who is speaking?');
+  });
+
+  it('refuses clips over 30 s and empty ones', async () => {
+    await expect(t.transcribe(new Int16Array(30 * 16000 + 1))).rejects.toThrow(ClipLengthError);
+    await expect(t.transcribe(new Int16Array(30 * 16000 + 1))).rejects.toThrow(/at most 30 s/);
+    await expect(t.transcribe(new Int16Array(0))).rejects.toThrow(/empty/);
+  });
+
+  it('shares an engine it is given and leaves it open', async () => {
+    const engine = await Engine.load(dir, { threads: 1, contextTokens: 1024, pleCacheMb: 1 });
+    try {
+      const shared = await Transcriber.load(dir, { threads: 1, engine });
+      expect(shared.engine).toBe(engine);
+      const r = await shared.transcribe(phraseSamples(1), { maxTokens: 12 });
+      expect(r.tokens).toEqual((await t.transcribe(phraseSamples(1), { maxTokens: 12 })).tokens);
+      await shared.close();
+      // Still usable: the transcriber did not close what it did not open.
+      expect((await engine.generate({ messages: [{ role: 'user', content: 'hi' }], maxTokens: 2 })).tokens.length).toBeGreaterThan(0);
+    } finally {
+      await engine.close();
+    }
+  }, 60_000);
+
+  it('says clearly when a package has no audio encoder', async () => {
+    const { dir: plain } = await makeTinyPackage(root, 'plain');
+    await expect(Transcriber.load(plain, { threads: 1 })).rejects.toThrow(AudioEncoderMissingError);
+    await expect(Transcriber.load(join(root, 'nowhere'), { threads: 1 })).rejects.toThrow(/this package has no audio encoder/);
+  }, 60_000);
+});
