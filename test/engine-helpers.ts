@@ -17,7 +17,8 @@ export const SEED = 5;
 
 export async function makeTinyPackage(root: string, name = 'tiny'): Promise<{ dir: string; manifest: Manifest; cfg: Gemma4TextConfig }> {
   const dir = join(root, name);
-  const manifest = await synthPackage({ preset: 'tiny', outDir: dir, profile: 'pi5', seed: SEED });
+  // Text-only (no encoders): the tests of packages that cannot see or hear use it; seeing/transcribe helpers add them.
+  const manifest = await synthPackage({ preset: 'tiny', outDir: dir, profile: 'pi5', seed: SEED, encoders: false });
   return { dir, manifest, cfg: presetConfig('tiny') };
 }
 

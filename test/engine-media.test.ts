@@ -72,7 +72,9 @@ describe('decoder graph media inputs (float, logits all)', () => {
 describe('Engine with media', () => {
   it('places encoder rows at their positions (greedy equals the reference), never reuses a prefix across media', async () => {
     const { dir: base, manifest } = await makeTinyPackage(root, 'base');
-    const plain = await Engine.load(base, { threads: 1, contextTokens: 64, pleCacheMb: 1 });
+    // Packages always take media rows now: rebuild a decoder without the media inputs.
+    const plainDir = await rebuildDecoder(base, manifest, cfg, join(root, 'plain-pkg'), {});
+    const plain = await Engine.load(plainDir, { threads: 1, contextTokens: 64, pleCacheMb: 1 });
     const prompt = [2, 300, 41, 120, 77, 301, 302, 303, 304, 90, 91, 92, 200, 201];
     const media: MediaInput[] = [{ position: 5, embeddings: mediaRows(4, 3) }];
     await expect(plain.generate({ promptIds: prompt, maxTokens: 2, media })).rejects.toThrow(/built without media inputs/);

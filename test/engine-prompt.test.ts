@@ -143,8 +143,9 @@ describe('chat template rendering', () => {
     expect(() => expandMediaPlaceholders(ids, tok.special, { imageTokens: [1] })).toThrow(/more image placeholders/);
     expect(() => expandMediaPlaceholders(ids, tok.special, { imageTokens: [1, 2, 3] })).toThrow(/2 image placeholder/);
     expect(() => expandMediaPlaceholders(ids, tok.special, { imageTokens: [1, 0] })).toThrow(/invalid soft-token count/);
-    expect(() => expandMediaPlaceholders([2, 300], smallTok.special, { audioTokens: [5] })).toThrow(/lacks the audio markers/);
-    expect(expandMediaPlaceholders([2, 300], smallTok.special, {}).ids).toEqual([2, 300]);
+    const noAudio = { ...smallTok.special, markers: { ...smallTok.special.markers, audioStart: undefined, audio: undefined, audioEnd: undefined } };
+    expect(() => expandMediaPlaceholders([2, 300], noAudio, { audioTokens: [5] })).toThrow(/lacks the audio markers/);
+    expect(expandMediaPlaceholders([2, 300], noAudio, {}).ids).toEqual([2, 300]);
   });
 
   it('loads the template from a package directory, or from tokenizer_config.json', async () => {

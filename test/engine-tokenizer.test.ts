@@ -55,11 +55,13 @@ describe('PackageTokenizer on the synthetic Gemma-layout tokenizer', () => {
     expect(tok.isSpecial(tok.encode('a')[0]!)).toBe(false);
   });
 
-  it('leaves out markers a small vocabulary lacks', () => {
+  it('puts the media markers at the top ids of a small vocabulary', () => {
     expect(small.vocabSize).toBe(512);
     expect(small.special.markers.turnEnd).toBe(5);
-    expect(small.special.markers.image).toBeUndefined();
-    expect(small.special.markers.audioStart).toBeUndefined();
+    expect(small.special.markers.imageStart).toBe(505);
+    expect(small.special.markers.audioStart).toBe(506);
+    expect(small.special.markers.image).toBe(507);
+    expect(small.special.markers.audio).toBe(508);
   });
 
   it('round-trips text, using byte fallback for characters outside the vocabulary', () => {

@@ -18,9 +18,9 @@ it('synth builds a tiny package that verify passes; a flipped byte fails verify 
   const synth = await perch('synth', '--preset', 'tiny', '--out', pkg, '--seed', '5');
   expect(synth.stderr).toBe('');
   expect(synth.code).toBe(0);
-  expect(synth.stdout).toContain('package written (7 files');
+  expect(synth.stdout).toContain('package written (11 files');
   const ok = await perch('verify', pkg);
-  expect(ok).toMatchObject({ code: 0, stdout: `${pkg}: OK (7 files, checksums match)\n` });
+  expect(ok).toMatchObject({ code: 0, stdout: `${pkg}: OK (11 files, checksums match)\n` });
 
   const data = join(pkg, 'decoder.onnx.data');
   const bytes = readFileSync(data);

@@ -23,6 +23,7 @@ import { PlePager } from '../src/model/ple/pager.js';
 import { SafetensorsCheckpoint, writeShardedCheckpoint, type TensorToWrite } from '../src/model/safetensors.js';
 import { synthConfigJson, syntheticWeightSource } from '../src/model/synth.js';
 import { argmax, emptyCache, relErr, runChunk } from './gemma4-helpers.js';
+import { noMedia } from './package-helpers.js';
 
 const cfg = tinyConfig();
 const OUTLIER = layerName(1, 'down_proj', MULTIMODAL_TEXT_PREFIX);
@@ -108,12 +109,12 @@ describe('mixed 2/4-bit policy by measured error', () => {
     const slots = cacheSlots(cfg);
     const prompt = [2, 4, 77, 300, 511, 9];
     const want = ref.prefill(prompt);
-    let r = await runChunk(session, slots, emptyCache(slots), prompt, 0, await pager.rowsFor(prompt));
+    let r = await runChunk(session, slots, { ...emptyCache(slots), ...noMedia(cfg.hiddenSize, prompt.length) }, prompt, 0, await pager.rowsFor(prompt));
     const errors = [relErr(r.logits, want)];
     let next = argmax(want.subarray((prompt.length - 1) * cfg.vocabSize));
     for (let step = 0; step < 6; step++) {
       const w = ref.step(next);
-      r = await runChunk(session, slots, r.cache, [next], prompt.length + step, await pager.rowsFor([next]));
+      r = await runChunk(session, slots, { ...r.cache, ...noMedia(cfg.hiddenSize, 1) }, [next], prompt.length + step, await pager.rowsFor([next]));
       errors.push(relErr(r.logits, w));
       next = argmax(w);
     }

@@ -13,6 +13,11 @@ import { assertPackageLoadable, verifyPackage } from '../src/model/package/verif
 import { PlePager } from '../src/model/ple/pager.js';
 import { synthPackage } from '../src/model/synth.js';
 import { emptyCache, runChunk } from './gemma4-helpers.js';
+import { noMedia } from './package-helpers.js';
+import { parseGemma4AudioConfig } from '../src/model/gemma4/audio-config.js';
+import { parseGemma4VisionConfig, patchDim } from '../src/model/gemma4/vision-config.js';
+import { audioBatch, runAudio } from './gemma4-audio-helpers.js';
+import { gridInput, runVision } from './gemma4-vision-helpers.js';
 
 let root: string;
 let pkg: string;
@@ -44,6 +49,10 @@ describe('tiny synth package', () => {
       ['config.json', 'config'],
       ['decoder.onnx', 'decoder-graph'],
       ['decoder.onnx.data', 'decoder-weights'],
+      ['vision_encoder.onnx', 'vision-graph'],
+      ['vision_encoder.onnx.data', 'vision-weights'],
+      ['audio_encoder.onnx', 'audio-graph'],
+      ['audio_encoder.onnx.data', 'audio-weights'],
       ['ple.bin', 'ple'],
       ['tokenizer.json', 'tokenizer'],
       ['tokenizer_config.json', 'tokenizer-config'],
@@ -64,7 +73,7 @@ describe('tiny synth package', () => {
     const session = await ort.InferenceSession.create(join(pkg, 'decoder.onnx'), { intraOpNumThreads: 1 });
     const slots = cacheSlots(cfg);
     const ids = [2, 4, 100, 300];
-    const r = await runChunk(session, slots, emptyCache(slots), ids, 0, await pager.rowsFor(ids));
+    const r = await runChunk(session, slots, { ...emptyCache(slots), ...noMedia(cfg.hiddenSize, ids.length) }, ids, 0, await pager.rowsFor(ids));
     expect(r.dims).toEqual([1, 1, cfg.vocabSize]); // logits: last
     expect(r.logits.every((x) => Number.isFinite(x))).toBe(true);
     await session.release();
@@ -97,6 +106,54 @@ describe('tiny synth package', () => {
     expect(tok.decode([tinyConfig().vocabSize - 1], { skip_special_tokens: false }).length).toBeGreaterThan(0);
   });
 
+  it('places the media markers at the top ids of the small vocabulary; the template renders images, audio and thinking', () => {
+    const tok = new Tokenizer(JSON.parse(readFileSync(join(pkg, 'tokenizer.json'), 'utf8')), JSON.parse(readFileSync(join(pkg, 'tokenizer_config.json'), 'utf8')));
+    const v = tinyConfig().vocabSize;
+    const markers = ['<|image>', '<|audio>', '<|image|>', '<|audio|>', '<image|>', '<audio|>', '<|video|>'];
+    expect(markers.map((m) => tok.token_to_id(m))).toEqual(markers.map((_, i) => v - markers.length + i));
+    const template = new Template(readFileSync(join(pkg, 'chat_template.jinja'), 'utf8'));
+    const text = template.render({
+      messages: [{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'What is this?' }, { type: 'audio' }] }],
+      add_generation_prompt: true,
+      enable_thinking: true,
+      bos_token: '<bos>',
+    });
+    expect(text).toBe('<bos><|turn>system\n<|think|><turn|>\n<|turn>user\n\n\n<|image|>\n\nWhat is this?<|audio|><turn|>\n<|turn>model\n');
+    const ids = tok.encode(text, { add_special_tokens: false }).ids;
+    expect(ids).toContain(tok.token_to_id('<|image|>'));
+    expect(ids).toContain(tok.token_to_id('<|audio|>'));
+    expect(ids).toContain(tok.token_to_id('<|think|>'));
+  });
+
+  it('holds vision and audio encoders that run in ONNX Runtime and project to the text width', async () => {
+    const cfg = tinyConfig();
+    const vcfg = parseGemma4VisionConfig(manifest.config);
+    const vision = await ort.InferenceSession.create(join(pkg, 'vision_encoder.onnx'), { intraOpNumThreads: 1 });
+    const k = vcfg.poolingKernelSize;
+    const img = await runVision(vision, [gridInput(2 * k, 2 * k, patchDim(vcfg), 1)], patchDim(vcfg));
+    expect(img.dims).toEqual([1, 4, cfg.hiddenSize]);
+    expect(img.data.every(Number.isFinite)).toBe(true);
+    await vision.release();
+    const acfg = parseGemma4AudioConfig(manifest.config);
+    const audio = await ort.InferenceSession.create(join(pkg, 'audio_encoder.onnx'), { intraOpNumThreads: 1 });
+    const a = await runAudio(audio, audioBatch(acfg.inputFeatureSize, 48, [48], 2));
+    expect(a.dims[2]).toBe(cfg.hiddenSize);
+    expect(a.embeds.every(Number.isFinite)).toBe(true);
+    await audio.release();
+  });
+
+  it('encoders: false gives a text-only package (no vision/audio config or files), its decoder still taking media rows', async () => {
+    const dir = join(root, 'text-only');
+    const m = await synthPackage({ preset: 'tiny', outDir: dir, profile: 'pi5', seed: 3, encoders: false });
+    expect(m.files.map((f) => f.role)).toEqual(['config', 'decoder-graph', 'decoder-weights', 'ple', 'tokenizer', 'tokenizer-config', 'chat-template']);
+    expect(m.config.vision_config).toBeUndefined();
+    expect(m.config.audio_config).toBeUndefined();
+    expect((await verifyPackage(dir, { full: true })).ok).toBe(true);
+    const session = await ort.InferenceSession.create(join(dir, 'decoder.onnx'), { intraOpNumThreads: 1 });
+    expect(session.inputNames).toEqual(expect.arrayContaining(['media_embeds', 'media_mask']));
+    await session.release();
+  });
+
   it('refuses to overwrite a non-empty directory', async () => {
     await expect(synthPackage({ preset: 'tiny', outDir: pkg, profile: 'float' })).rejects.toThrow(/not empty/);
     expect(existsSync(join(pkg, MANIFEST_FILE))).toBe(true);
@@ -104,7 +161,19 @@ describe('tiny synth package', () => {
 });
 
 describe('verify finds damage and names the file', () => {
-  it.each(['config.json', 'decoder.onnx', 'decoder.onnx.data', 'ple.bin', 'tokenizer.json', 'tokenizer_config.json', 'chat_template.jinja'])(
+  it.each([
+    'config.json',
+    'decoder.onnx',
+    'decoder.onnx.data',
+    'vision_encoder.onnx',
+    'vision_encoder.onnx.data',
+    'audio_encoder.onnx',
+    'audio_encoder.onnx.data',
+    'ple.bin',
+    'tokenizer.json',
+    'tokenizer_config.json',
+    'chat_template.jinja',
+  ])(
     'one flipped byte in %s',
     async (file) => {
       const dir = copy(`flip-${file}`);

@@ -5,6 +5,8 @@
  */
 import { access, readFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
+import { AUDIO_TOWER_PREFIX } from './gemma4/audio-weights.js';
+import { VISION_TOWER_PREFIX } from './gemma4/vision-weights.js';
 import { detectTextPrefix, globalName, type WeightSource } from './gemma4/weights.js';
 import { SafetensorsCheckpoint } from './safetensors.js';
 import { buildPackage, type BuildProgress, type PackageExtraFile } from './package/build.js';
@@ -63,6 +65,10 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<Manifest>
   try {
     const prefix = detectTextPrefix(ckpt.names());
     const pleName = globalName('ple_table', prefix);
+    // An encoder is converted when the config describes it and its tower's tensors are in the checkpoint
+    // (a text-only export may keep the multimodal config); missing single tensors still fail loudly.
+    const names = ckpt.names();
+    const encoders = { vision: names.some((n) => n.startsWith(VISION_TOWER_PREFIX)), audio: names.some((n) => n.startsWith(AUDIO_TOWER_PREFIX)) };
     return await buildPackage({
       outDir: opts.outDir,
       configJson,
@@ -71,6 +77,7 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<Manifest>
       prefix,
       pleRows: (start, count) => ckpt.readRows(pleName, start, count),
       files,
+      encoders,
       policy: opts.policy ?? quantPolicyFor(opts.profile ?? 'pi5'),
       source: {
         kind: opts.sourceKind ?? 'convert',

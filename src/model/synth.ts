@@ -4,7 +4,11 @@
  * generated per tensor on demand (nothing cached), and PLE rows per row, so an E2B synth needs about as
  * much memory as an E2B conversion.
  */
+import { e2bAudioConfig, parseGemma4AudioConfig, tinyAudioConfig, toAudioConfigJson } from './gemma4/audio-config.js';
+import { AUDIO_TOWER_PREFIX, EMBED_AUDIO_PREFIX, syntheticAudioWeightSource } from './gemma4/audio-weights.js';
 import { e2bConfig, tinyConfig, toTextConfigJson, type Gemma4TextConfig } from './gemma4/config.js';
+import { e2bVisionConfig, parseGemma4VisionConfig, tinyVisionConfig, toVisionConfigJson } from './gemma4/vision-config.js';
+import { EMBED_VISION_PREFIX, VISION_TOWER_PREFIX, syntheticVisionWeightSource } from './gemma4/vision-weights.js';
 import { MULTIMODAL_TEXT_PREFIX, seededRandom, textTensorTable, type TensorSpec, type WeightSource } from './gemma4/weights.js';
 import { buildPackage, type BuildProgress } from './package/build.js';
 import { PACKAGE_FILES, quantPolicyFor, type Manifest, type Profile, type QuantPolicy } from './package/manifest.js';
@@ -19,6 +23,8 @@ export interface SynthOptions {
   profile?: Profile;
   seed?: number;
   logits?: 'all' | 'last';
+  /** Write the vision and audio encoders (default true); false: a text-only package (tests of "cannot see"). */
+  encoders?: boolean;
   onProgress?: (p: BuildProgress) => void;
 }
 
@@ -26,9 +32,18 @@ export function presetConfig(preset: SynthPreset): Gemma4TextConfig {
   return preset === 'tiny' ? tinyConfig() : e2bConfig();
 }
 
-/** config.json as a multimodal Gemma 4 checkpoint ships it (text part under text_config). */
-export function synthConfigJson(cfg: Gemma4TextConfig): Record<string, unknown> {
-  return { architectures: ['Gemma4ForConditionalGeneration'], model_type: 'gemma4', tie_word_embeddings: true, text_config: toTextConfigJson(cfg) };
+/**
+ * config.json as a multimodal Gemma 4 checkpoint ships it: text part under text_config, the encoders under
+ * vision_config / audio_config (E2B's for an E2B-sized text config, else the tiny ones; their projection
+ * to the text width is read from text_config.hidden_size). `encoders: false` leaves them out.
+ */
+export function synthConfigJson(cfg: Gemma4TextConfig, encoders = true): Record<string, unknown> {
+  const json: Record<string, unknown> = { architectures: ['Gemma4ForConditionalGeneration'], model_type: 'gemma4', tie_word_embeddings: true, text_config: toTextConfigJson(cfg) };
+  if (!encoders) return json;
+  const e2b = cfg.hiddenSize === e2bConfig().hiddenSize;
+  json.vision_config = toVisionConfigJson(e2b ? e2bVisionConfig() : tinyVisionConfig());
+  json.audio_config = toAudioConfigJson(e2b ? e2bAudioConfig() : tinyAudioConfig());
+  return json;
 }
 
 /** FNV-1a of the name mixed with the seed: each tensor's values are independent of generation order. */
@@ -50,8 +65,29 @@ function fillRandom(spec: TensorSpec, out: Float32Array, rand: () => number): vo
   }
 }
 
-/** Random weights, generated when asked for and not kept. */
-export function syntheticWeightSource(cfg: Gemma4TextConfig, seed: number, prefix = MULTIMODAL_TEXT_PREFIX): WeightSource {
+/**
+ * Random weights, generated when asked for and not kept. With `configJson` (a synthConfigJson), the
+ * vision and audio tower names are served too, routed by name prefix to their own synthetic sources.
+ */
+export function syntheticWeightSource(cfg: Gemma4TextConfig, seed: number, prefix = MULTIMODAL_TEXT_PREFIX, configJson?: Record<string, unknown>): WeightSource {
+  const text = syntheticTextWeightSource(cfg, seed, prefix);
+  const routes: Array<[string[], WeightSource]> = [];
+  if (configJson?.vision_config) routes.push([[VISION_TOWER_PREFIX, EMBED_VISION_PREFIX], syntheticVisionWeightSource(parseGemma4VisionConfig(configJson), seed)]);
+  if (configJson?.audio_config) routes.push([[AUDIO_TOWER_PREFIX, EMBED_AUDIO_PREFIX], syntheticAudioWeightSource(parseGemma4AudioConfig(configJson), seed)]);
+  if (!routes.length) return text;
+  const pick = (name: string): WeightSource => routes.find(([ps]) => ps.some((p) => name.startsWith(p)))?.[1] ?? text;
+  return {
+    shape: (name) => pick(name).shape(name),
+    get: (name) => pick(name).get(name),
+    getRows: (name, start, count) => {
+      const src = pick(name);
+      if (!src.getRows) throw new Error(`synthetic ${name}: row reads are for text tensors only`);
+      return src.getRows(name, start, count);
+    },
+  };
+}
+
+function syntheticTextWeightSource(cfg: Gemma4TextConfig, seed: number, prefix: string): WeightSource {
   const specs = new Map(textTensorTable(cfg, prefix).map((s) => [s.name, s]));
   const spec = (name: string): TensorSpec => {
     const s = specs.get(name);
@@ -104,10 +140,11 @@ export async function synthPackage(opts: SynthOptions): Promise<Manifest> {
   const cfg = presetConfig(opts.preset);
   const seed = opts.seed ?? 1;
   const tok = synthTokenizerFiles(cfg.vocabSize);
+  const configJson = synthConfigJson(cfg, opts.encoders ?? true);
   return buildPackage({
     outDir: opts.outDir,
-    configJson: synthConfigJson(cfg),
-    weights: syntheticWeightSource(cfg, seed),
+    configJson,
+    weights: syntheticWeightSource(cfg, seed, MULTIMODAL_TEXT_PREFIX, configJson),
     prefix: MULTIMODAL_TEXT_PREFIX,
     pleRows: syntheticPleRows(cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput, seed),
     files: [

@@ -6,7 +6,8 @@
  */
 import { copyFile, rm } from 'node:fs/promises';
 import { parseGemma4TextConfig, type Gemma4TextConfig } from '../gemma4/config.js';
-import { writeDecoderModel } from '../gemma4/decoder-graph.js';
+import { FAST_VARIANT, writeDecoderModel } from '../gemma4/decoder-graph.js';
+import { writeEncoders } from './encoders.js';
 import { uniformPolicy, type LinearQuant, type QuantPolicy as GraphQuantPolicy } from '../gemma4/quantize.js';
 import { textTensorTable, type WeightSource } from '../gemma4/weights.js';
 import type { RowProducer } from '../ple/writer.js';
@@ -39,6 +40,11 @@ export interface PackageSpec {
   files: PackageExtraFile[];
   policy: QuantPolicy;
   source: Manifest['source'];
+  /**
+   * Which encoders the weights hold (convert: what the checkpoint has). Default: every encoder the config
+   * describes (vision_config, audio_config) is written.
+   */
+  encoders?: { vision?: boolean; audio?: boolean };
   /** Graph logits: 'last' (engine default: prefill never materialises [seq, vocab]) or 'all'. */
   logits?: 'all' | 'last';
   onProgress?: (p: BuildProgress) => void;
@@ -116,11 +122,20 @@ export async function buildPackage(spec: PackageSpec): Promise<Manifest> {
       quant: graphPolicy(policy),
       prefix: spec.prefix,
       logits: spec.logits ?? 'last',
+      // Always the fused ops (verified against the reference at E2B head dims) and media inputs, so one
+      // decoder serves text, image and audio prompts.
+      ...FAST_VARIANT,
+      media: true,
       onnxFile: PACKAGE_FILES.decoderGraph,
       dataFile: PACKAGE_FILES.decoderWeights,
     });
     await w.addExisting(PACKAGE_FILES.decoderGraph, 'decoder-graph');
     await w.addExisting(PACKAGE_FILES.decoderWeights, 'decoder-weights');
+
+    // Encoders are small next to the decoder (E2B: ~0.3 B + ~0.3 B weights, 8-bit): no progress bar of their own.
+    for (const f of await writeEncoders(spec.outDir, spec.configJson, spec.weights, policy, spec.encoders)) {
+      await w.addExisting(f.name, f.role);
+    }
 
     const layout = pleLayoutFor(cfg, policy);
     await w.addPle(layout, spec.pleRows, { onProgress: (d, t) => spec.onProgress?.({ phase: 'ple', done: d, total: t }) });

@@ -17,11 +17,16 @@ export const PACKAGE_FILES = {
   tokenizer: 'tokenizer.json',
   tokenizerConfig: 'tokenizer_config.json',
   chatTemplate: 'chat_template.jinja',
+  /** Optional: present when the model has a vision / audio encoder (names the engine looks for). */
+  visionGraph: 'vision_encoder.onnx',
+  visionWeights: 'vision_encoder.onnx.data',
+  audioGraph: 'audio_encoder.onnx',
+  audioWeights: 'audio_encoder.onnx.data',
 } as const;
 
-export const fileRoles = ['config', 'decoder-graph', 'decoder-weights', 'ple', 'tokenizer', 'tokenizer-config', 'chat-template', 'other'] as const;
+export const fileRoles = ['config', 'decoder-graph', 'decoder-weights', 'ple', 'tokenizer', 'tokenizer-config', 'chat-template', 'vision-graph', 'vision-weights', 'audio-graph', 'audio-weights', 'other'] as const;
 export type FileRole = (typeof fileRoles)[number];
-/** Roles a loadable package must have (the chat template may live in tokenizer_config.json instead). */
+/** Roles a loadable package must have (the chat template may live in tokenizer_config.json instead; encoders are optional). */
 export const REQUIRED_ROLES: readonly FileRole[] = ['config', 'decoder-graph', 'decoder-weights', 'ple', 'tokenizer'];
 
 /** A relative path that stays inside the package directory. */

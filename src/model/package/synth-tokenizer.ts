@@ -12,7 +12,10 @@ export interface SynthTokenizerFiles {
 
 /** Gemma's fixed ids (bos 2, eos 1, pad 0), turn and thinking markers at low ids. */
 const LOW_SPECIALS = ['<pad>', '<eos>', '<bos>', '<unk>', '<|turn>', '<turn|>', '<|think|>', '<|channel>', '<channel|>'];
-/** Media markers at E2B's real ids; only placed when the vocabulary reaches them. */
+/**
+ * Media markers at E2B's real ids. A smaller vocabulary (tiny) gets them at its top ids instead, in this
+ * order, so tiny packages can see and hear too.
+ */
 const MEDIA_SPECIALS: Array<[number, string]> = [
   [255999, '<|image>'],
   [256000, '<|audio>'],
@@ -26,24 +29,40 @@ const BYTE_BASE = 16;
 const SPACE = '\u2581';
 const BIGRAMS = ['th', 'he', 'in', 'er', 'an', 're', 'on', 'at', 'en', 'nd', 'ti', 'es', 'or', 'te', 'of', 'ed', 'is', 'it', 'al', 'ar', 'st', 'to', 'nt', 'ng', 'se', 'ha', 'as', 'ou', 'io', 'le', 've', 'co', 'me', 'de', 'hi', 'ri', 'ro', 'ic', 'ne', 'ea'];
 
-/** Gemma 4's turn format (see design notes): `<bos><|turn>user\n...<turn|>\n<|turn>model\n`. */
+/**
+ * Gemma 4's turn format (see design notes): `<bos><|turn>user\n...<turn|>\n<|turn>model\n`. Content may be a
+ * string or a list of {type: 'text'|'image'|'audio'} items: an image renders as `\n\n<|image|>\n\n`, audio as
+ * `<|audio|>` (the engine expands each into the encoder's soft-token run). `enable_thinking` puts `<|think|>`
+ * at the top of the system turn (a system turn of its own when the conversation has none).
+ */
 export const SYNTH_CHAT_TEMPLATE = [
   '{{- bos_token -}}',
+  "{%- set has_system = messages | length > 0 and messages[0]['role'] == 'system' -%}",
+  "{%- if enable_thinking and not has_system -%}{{- '<|turn>system\n<|think|><turn|>\n' -}}{%- endif -%}",
   '{%- for message in messages -%}',
   "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}",
-  "{{- '<|turn>' + role + '\\n' + (message['content'] | trim) + '<turn|>\\n' -}}",
+  "{{- '<|turn>' + role + '\n' -}}",
+  "{%- if loop.first and role == 'system' and enable_thinking -%}{{- '<|think|>' -}}{%- endif -%}",
+  "{%- if message['content'] is string -%}{{- message['content'] | trim -}}",
+  '{%- else -%}{%- for item in message[\'content\'] -%}',
+  "{%- if item['type'] == 'image' -%}{{- '\n\n<|image|>\n\n' -}}",
+  "{%- elif item['type'] == 'audio' -%}{{- '<|audio|>' -}}",
+  "{%- elif item['type'] == 'text' -%}{{- item['text'] | trim -}}",
+  '{%- endif -%}{%- endfor -%}{%- endif -%}',
+  "{{- '<turn|>\n' -}}",
   '{%- endfor -%}',
-  "{%- if add_generation_prompt -%}{{- '<|turn>model\\n' -}}{%- endif -%}",
+  "{%- if add_generation_prompt -%}{{- '<|turn>model\n' -}}{%- endif -%}",
   '',
 ].join('\n');
 
 export function synthTokenizerFiles(vocabSize: number): SynthTokenizerFiles {
-  const minimum = BYTE_BASE + 256 + 1;
+  const minimum = BYTE_BASE + 256 + 1 + MEDIA_SPECIALS.length;
   if (vocabSize < minimum) throw new Error(`synthetic tokenizer needs a vocabulary of at least ${minimum}, got ${vocabSize}`);
   const vocab: string[] = new Array<string>(vocabSize);
   const special = new Map<number, string>();
   LOW_SPECIALS.forEach((t, i) => special.set(i, t));
-  for (const [id, t] of MEDIA_SPECIALS) if (id < vocabSize) special.set(id, t);
+  const reachesMarkers = MEDIA_SPECIALS.every(([id]) => id < vocabSize);
+  MEDIA_SPECIALS.forEach(([id, t], i) => special.set(reachesMarkers ? id : vocabSize - MEDIA_SPECIALS.length + i, t));
   for (const [id, t] of special) vocab[id] = t;
   for (let b = 0; b < 256; b++) vocab[BYTE_BASE + b] = `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`;
 
