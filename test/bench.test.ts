@@ -2,16 +2,17 @@
  * `npm run bench` end to end on a tiny synthetic package (a real child process, real ONNX Runtime), plus its
  * weight-bytes formula checked against the package's config and quantisation policy. No timing asserts.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { parseGemma4TextConfig } from '../src/model/gemma4/config.js';
 import { textTensorTable } from '../src/model/gemma4/weights.js';
-import type { Manifest } from '../src/model/package/manifest.js';
+import { MANIFEST_FILE, type Manifest } from '../src/model/package/manifest.js';
 import { rowStrideFor } from '../src/model/ple/format.js';
 import { synthPackage } from '../src/model/synth.js';
 import { withHugePageTunable, type BenchResult } from '../src/bench/run.js';
+import { PI5_TARGETS } from '../src/bench/media.js';
 import { runScript } from './cli-helpers.js';
 
 const bench = (...args: string[]) => runScript('src/bench/main.ts', args, 120_000);
@@ -27,6 +28,19 @@ beforeAll(async () => {
   manifest = await synthPackage({ preset: 'tiny', outDir: pkg, seed: 3 });
 }, 60_000);
 afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+/** A copy of the package without its encoder files (and without them in its manifest). */
+function withoutEncoders(src: string, dst: string): string {
+  cpSync(src, dst, { recursive: true });
+  const file = join(dst, MANIFEST_FILE);
+  const m = JSON.parse(readFileSync(file, 'utf8')) as Manifest;
+  const enc = m.files.filter((f) => /^(vision|audio)-/.test(f.role));
+  expect(enc.map((f) => f.path).sort()).toEqual(['audio_encoder.onnx', 'audio_encoder.onnx.data', 'vision_encoder.onnx', 'vision_encoder.onnx.data']);
+  for (const f of enc) rmSync(join(dst, f.path));
+  m.files = m.files.filter((f) => !enc.includes(f));
+  writeFileSync(file, JSON.stringify(m, null, 2));
+  return dst;
+}
 
 /**
  * The formula worked out from the config and the policy, independently of the graph: every quantised linear
@@ -116,17 +130,79 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
     expect(o.share).toBeLessThanOrEqual(1);
   }
   expect(prof.kernelShare).toBeLessThanOrEqual(1);
+
+  // The tiny package has both encoders: both sections are measured (values positive, not judged for speed).
+  const s = res.speech;
+  if (s.skipped) throw new Error(`speech skipped: ${s.reason}`);
+  expect(s.audioSeconds).toBe(5);
+  expect(s.audioTokens).toBeGreaterThan(0);
+  expect(s.runs).toHaveLength(1);
+  for (const v of [s.endToTranscriptMs, s.firstTokenMs, s.realTimeFactor, s.split.featuresMs, s.split.encodeMs, s.split.prefillMs]) expect(v).toBeGreaterThan(0);
+  expect(s.endToTranscriptMs).toBe(s.runs[0]!.totalMs);
+  expect(s.realTimeFactor).toBeCloseTo(s.endToTranscriptMs / 5000, 9);
+  expect(s.firstTokenMs).toBeLessThanOrEqual(s.endToTranscriptMs);
+  expect(s.decodedTokens).toBeLessThanOrEqual(32);
+  expect(s.targetPi5Ms).toBe(PI5_TARGETS.speechEndToTranscriptMs);
+
+  const c = res.caption;
+  if (c.skipped) throw new Error(`caption skipped: ${c.reason}`);
+  expect(c.imageTokens).toBeGreaterThan(0);
+  expect(c.imageTokens).toBeLessThanOrEqual(280);
+  expect(c.width * c.height).toBeGreaterThan(0);
+  expect(c.promptTokens).toBeGreaterThan(c.imageTokens);
+  // Stop ids masked: exactly the default 32 caption tokens.
+  expect(c.decodedTokens).toBe(32);
+  for (const v of [c.imageEncodeMs, c.frameToCaptionMs, c.firstTokenMs, c.split.preprocessMs, c.split.encodeMs, c.split.prefillMs, c.split.decodeMs]) expect(v).toBeGreaterThan(0);
+  expect(c.imageEncodeMs).toBeCloseTo(c.split.preprocessMs + c.split.encodeMs, 9);
+  expect(c.frameToCaptionMs).toBeGreaterThanOrEqual(c.imageEncodeMs + c.split.prefillMs + c.split.decodeMs);
+  expect(c.targetPi5Ms).toBe(PI5_TARGETS.frameToCaptionMs);
+}, 180_000);
+
+it('says skipped for speech and captions on a package without encoders', async () => {
+  const plain = withoutEncoders(pkg, join(root, 'plain'));
+  const r = await bench('--model', plain, '--json', ...SMALL);
+  expect(r.code, r.stderr).toBe(0);
+  const res = JSON.parse(r.stdout) as BenchResult;
+  expect(res.speech).toEqual({ skipped: true, reason: expect.stringMatching(/no audio encoder/) as unknown });
+  expect(res.caption).toEqual({ skipped: true, reason: expect.stringMatching(/no vision encoder/) as unknown });
+  expect(res.prompts).toHaveLength(2); // the rest of the bench still runs
 }, 120_000);
 
-it('prints a human table by default', async () => {
-  const r = await bench('--model', pkg, ...SMALL, '--bandwidth-pages', '4k');
+it('prints a human table by default, speech and caption beside their Pi 5 targets; --no-* turn them off', async () => {
+  const r = await bench('--model', pkg, ...SMALL, '--bandwidth-pages', '4k', '--no-caption', '--speech-seconds', '2');
+  expect(r.code, r.stderr).toBe(0);
+  expect(r.stdout).toMatch(/^speech +speech\.wav, 2\.0 s utterance/m);
+  expect(r.stdout).toMatch(/end of speech -> transcript +\d+ ms \(Pi 5 target: under 1500 ms; measured on \w+, /);
+  expect(r.stdout).toMatch(/real-time factor +[\d.]+ /);
+  expect(r.stdout).toContain('caption   skipped: turned off (--no-caption)');
+  const off = await bench('--model', pkg, '--json', ...SMALL, '--no-speech', '--no-caption');
+  expect(off.code, off.stderr).toBe(0);
+  const res = JSON.parse(off.stdout) as BenchResult;
+  expect(res.speech).toEqual({ skipped: true, reason: 'turned off (--no-speech)' });
+  expect(res.caption).toEqual({ skipped: true, reason: 'turned off (--no-caption)' });
   expect(r.code, r.stderr).toBe(0);
   expect(r.stdout).toContain('4 KiB pages)');
   for (const label of ['prefill tok/s', 'weights read / token', 'read bandwidth', 'copy bandwidth', 'decode share', 'peak RSS', 'PLE cache']) {
     expect(r.stdout).toContain(label);
   }
   expect(r.stdout).toMatch(/^\s+8\s+[\d.]+\s+\d+\s+[\d.]+\s+\([\d.]+, [\d.]+\)$/m);
+}, 180_000);
+
+it('prints the caption figures with the split and the Pi 5 target', async () => {
+  const r = await bench('--model', pkg, ...SMALL, '--no-speech', '--caption-tokens', '4');
+  expect(r.code, r.stderr).toBe(0);
+  expect(r.stdout).toMatch(/^caption +frame-01\.jpg at \d+x\d+, \d+ image tokens, 4 caption tokens greedy/m);
+  expect(r.stdout).toMatch(/image encode +\d+ ms \(preprocess \d+ ms \+ encoder \d+ ms\)/);
+  expect(r.stdout).toMatch(/frame -> caption +\d+ ms \(Pi 5 target: under 8000 ms; measured on \w+, /);
+  expect(r.stdout).toMatch(/split +preprocess \d+ ms, encode \d+ ms, prefill \d+ ms, decode \d+ ms \(4 tokens\)/);
+  expect(r.stdout).toContain('speech    skipped: turned off (--no-speech)');
 }, 120_000);
+
+it('refuses an image token budget the encoder does not take (exit 2)', async () => {
+  const r = await bench('--model', pkg, '--image-tokens', '300');
+  expect(r.code).toBe(2);
+  expect(r.stderr).toContain('--image-tokens must be one of 70, 140, 280, 560, 1120');
+}, 30_000);
 
 it('adds the huge-page tunable to GLIBC_TUNABLES without overriding a given one', () => {
   expect(withHugePageTunable(undefined)).toBe('glibc.malloc.hugetlb=1');

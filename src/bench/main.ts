@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 /**
  * `npm run bench -- --model DIR [--json] [--threads N] [--prompt-tokens 128,512] [--decode-tokens 64]
- *   [--runs 3] [--profile-ort]`: the one place Perch's speed and memory are measured.
+ *   [--runs 3] [--profile-ort] [--no-speech] [--no-caption]`: the one place Perch's speed and memory are measured.
  * From source: `node --import tsx src/bench/main.ts ...` (same options).
  * Exit status: 0 ok, 1 the run failed, 2 bad arguments or no package.
  */
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
+import { SOFT_TOKEN_BUDGETS, type TokenBudget } from '../vision/preprocess.js';
 import { DEFAULT_BANDWIDTH_BYTES } from './bandwidth.js';
+import { DEFAULT_FRAME, DEFAULT_SPEECH_WAV } from './media.js';
 import { formatReport } from './report.js';
 import { runBench, type BenchOptions } from './run.js';
 
@@ -26,6 +28,14 @@ const USAGE = `usage: npm run bench -- --model DIR [options]
   --bandwidth-pages P       huge (default: transparent huge pages, the machine's limit) or 4k
   --profile-ort             profile decode with ONNX Runtime's profiler and list the top ops
   --profile-decode-tokens N decode steps profiled (default 16)
+  --no-speech               skip end of speech -> transcript (needs audio_encoder.onnx)
+  --speech-wav FILE         utterance (default config/samples/speech.wav)
+  --speech-seconds S        seconds of it used from its start (default 5)
+  --speech-tokens N         transcript token bound (default 32; it stops at the transcript's end)
+  --no-caption              skip frame -> caption (needs vision_encoder.onnx)
+  --frame FILE              image captioned (default config/samples/frames/frame-01.jpg)
+  --image-tokens N          image token budget: ${SOFT_TOKEN_BUDGETS.join(', ')} (default 280)
+  --caption-tokens N        caption tokens decoded per run, greedy (default 32)
 `;
 
 class UsageError extends Error {}
@@ -55,6 +65,14 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
       'bandwidth-pages': { type: 'string' },
       'profile-ort': { type: 'boolean', default: false },
       'profile-decode-tokens': { type: 'string' },
+      'no-speech': { type: 'boolean', default: false },
+      'speech-wav': { type: 'string' },
+      'speech-seconds': { type: 'string' },
+      'speech-tokens': { type: 'string' },
+      'no-caption': { type: 'boolean', default: false },
+      frame: { type: 'string' },
+      'image-tokens': { type: 'string' },
+      'caption-tokens': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -62,6 +80,10 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
   if (!values.model) throw new UsageError('no model package given (--model DIR)');
   const pages = values['bandwidth-pages'] ?? 'huge';
   if (pages !== 'huge' && pages !== '4k') throw new UsageError(`--bandwidth-pages must be huge or 4k, got ${pages}`);
+  const imageTokens = int('image-tokens', values['image-tokens'], 280, 1, 1120);
+  if (!(SOFT_TOKEN_BUDGETS as readonly number[]).includes(imageTokens)) throw new UsageError(`--image-tokens must be one of ${SOFT_TOKEN_BUDGETS.join(', ')}, got ${imageTokens}`);
+  const seconds = Number(values['speech-seconds'] ?? 5);
+  if (!(seconds > 0 && seconds <= 30)) throw new UsageError(`--speech-seconds must be a number above 0 and at most 30, got ${values['speech-seconds']}`);
   const promptTokens = (values['prompt-tokens'] ?? '128,512').split(',').map((s) => int('prompt-tokens', s.trim(), 0, 1, 32768));
   return {
     model: values.model,
@@ -77,6 +99,10 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
     bandwidthReps: int('bandwidth-reps', values['bandwidth-reps'], 5, 1, 100),
     profileOrt: values['profile-ort'] ?? false,
     profileDecodeTokens: int('profile-decode-tokens', values['profile-decode-tokens'], 16, 1, 1024),
+    speech: values['no-speech'] ? null : { wav: values['speech-wav'] ?? DEFAULT_SPEECH_WAV, seconds, maxTokens: int('speech-tokens', values['speech-tokens'], 32, 1, 1024) },
+    caption: values['no-caption']
+      ? null
+      : { frame: values.frame ?? DEFAULT_FRAME, imageTokens: imageTokens as TokenBudget, captionTokens: int('caption-tokens', values['caption-tokens'], 32, 1, 1024) },
   };
 }
 

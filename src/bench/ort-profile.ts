@@ -97,16 +97,23 @@ export async function profileDecode(pkg: OpenedPackage, opts: ProfileOptions): P
     const cfg = pkg.config;
     const slots = cacheSlots(cfg);
     const width = cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput;
+    // A decoder built with media inputs takes them on every run: all-zero mask and rows, as the engine feeds text.
+    const media = session.inputNames.includes('media_embeds') && session.inputNames.includes('media_mask');
     let state = KvState.empty(slots);
     const run = async (ids: number[]): Promise<Float32Array> => {
       const n = ids.length;
       const start = state.length;
-      const out = await session.run({
+      const feeds: Record<string, ort.Tensor> = {
         ...state.tensors,
         input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, (i) => BigInt(i)), [1, n]),
         position_ids: new ort.Tensor('int64', BigInt64Array.from(ids, (_, i) => BigInt(start + i)), [1, n]),
         per_layer_rows: new ort.Tensor('float32', await pkg.pager.rowsFor(ids), [1, n, width]),
-      });
+      };
+      if (media) {
+        feeds.media_mask = new ort.Tensor('bool', new Uint8Array(n), [1, n]);
+        feeds.media_embeds = new ort.Tensor('float32', new Float32Array(n * cfg.hiddenSize), [1, n, cfg.hiddenSize]);
+      }
+      const out = await session.run(feeds);
       state = KvState.fromOutputs(slots, out, state, n);
       return out.logits!.data as Float32Array;
     };

@@ -1,4 +1,5 @@
 /** The human-readable form of a BenchResult (the --json form is the object itself). */
+import { basename } from 'node:path';
 import type { BenchResult } from './run.js';
 
 const MiB = 2 ** 20;
@@ -53,6 +54,8 @@ export function formatReport(r: BenchResult): string {
       ],
     ]),
   );
+  out.push('');
+  out.push(...mediaLines(r));
   if (r.profile) {
     const p = r.profile;
     out.push('');
@@ -63,4 +66,41 @@ export function formatReport(r: BenchResult): string {
     for (const o of p.topNodes) out.push(`  ${shortNode(o.name).padEnd(60)} ${(o.totalUs / 1000 / p.decodeRuns).toFixed(2).padStart(8)} ms  ${pct(o.share).padStart(5)}`);
   }
   return out.join('\n') + '\n';
+}
+
+const ms = (x: number): string => `${x.toFixed(0)} ms`;
+
+/** Speech and caption latency beside the issue's Pi 5 targets (with where this run actually was). */
+export function mediaLines(r: BenchResult): string[] {
+  const out: string[] = [];
+  const m = r.machine;
+  // The targets are the issue's, for a Pi 5 (arm64); a figure from another machine only compares loosely.
+  const vs = (target: number): string => `Pi 5 target: under ${ms(target)}; measured on ${m.arch}, ${m.cpu}${m.arch === 'arm64' ? '' : ', not a Pi'}`;
+  const s = r.speech;
+  if (s.skipped) out.push(`speech    skipped: ${s.reason}`);
+  else {
+    out.push(`speech    ${basename(s.file)}, ${s.audioSeconds.toFixed(1)} s utterance (${s.audioTokens} audio tokens), transcript up to ${s.maxTokens} tokens, median of ${s.runs.length} run(s)`);
+    out.push(
+      table([
+        ['end of speech -> transcript', `${ms(s.endToTranscriptMs)} (${vs(s.targetPi5Ms)})`],
+        ['first transcript token', ms(s.firstTokenMs)],
+        ['real-time factor', `${s.realTimeFactor.toFixed(3)} (processing / audio duration)`],
+        ['split', `features ${ms(s.split.featuresMs)}, audio encoder ${ms(s.split.encodeMs)}, prefill ${ms(s.split.prefillMs)}, decode ${ms(s.split.decodeMs)} (${s.decodedTokens} tokens)`],
+      ]),
+    );
+  }
+  const c = r.caption;
+  if (c.skipped) out.push(`caption   skipped: ${c.reason}`);
+  else {
+    out.push(`caption   ${basename(c.file)} at ${c.width}x${c.height}, ${c.imageTokens} image tokens, ${c.captionTokens} caption tokens greedy (${c.promptTokens}-token prompt), median of ${c.runs.length} run(s)`);
+    out.push(
+      table([
+        ['image encode', `${ms(c.imageEncodeMs)} (preprocess ${ms(c.split.preprocessMs)} + encoder ${ms(c.split.encodeMs)})`],
+        ['frame -> caption', `${ms(c.frameToCaptionMs)} (${vs(c.targetPi5Ms)})`],
+        ['first caption token', ms(c.firstTokenMs)],
+        ['split', `preprocess ${ms(c.split.preprocessMs)}, encode ${ms(c.split.encodeMs)}, prefill ${ms(c.split.prefillMs)}, decode ${ms(c.split.decodeMs)} (${c.decodedTokens} tokens)`],
+      ]),
+    );
+  }
+  return out;
 }

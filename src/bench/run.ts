@@ -17,6 +17,7 @@ import { DEFAULT_TUNING } from '../engine/session.js';
 import type { PlePagerStats } from '../model/ple/pager.js';
 import type { BandwidthOptions, BandwidthResult } from './bandwidth.js';
 import { MemorySampler, thpMode, type MemoryReport } from './memory.js';
+import { benchCaption, benchSpeech, type CaptionOptions, type CaptionResult, type Skipped, type SpeechOptions, type SpeechResult } from './media.js';
 import { profileDecode, type OrtProfileSummary } from './ort-profile.js';
 import { weightBytesPerToken, type WeightBytes } from './weight-bytes.js';
 
@@ -36,6 +37,10 @@ export interface BenchOptions {
   prefillChunk?: number;
   profileOrt: boolean;
   profileDecodeTokens: number;
+  /** End of speech -> transcript (null: --no-speech). */
+  speech: Omit<SpeechOptions, 'runs' | 'threads'> | null;
+  /** Frame -> caption (null: --no-caption). */
+  caption: Omit<CaptionOptions, 'runs' | 'threads'> | null;
   /** Progress lines (stderr in the CLI). */
   onProgress?: (line: string) => void;
 }
@@ -55,6 +60,8 @@ export interface PromptResult {
 export interface BenchResult {
   machine: {
     cpu: string;
+    /** process.arch: the Pi 5 targets are for arm64; a figure from x64 is not a Pi's. */
+    arch: string;
     cores: number;
     threads: number;
     node: string;
@@ -78,7 +85,13 @@ export interface BenchResult {
   memory: MemoryReport;
   ple: PlePagerStats;
   profile: OrtProfileSummary | null;
+  /** Measured after everything above (their encoders are not in `memory`); skipped with the reason otherwise. */
+  speech: SpeechResult | Skipped;
+  caption: CaptionResult | Skipped;
 }
+
+/** Context bound when speech or captions are measured: 1120 image tokens or 30 s of audio plus prompt and answer. */
+const MEDIA_CONTEXT_TOKENS = 2048;
 
 export function median(xs: readonly number[]): number {
   if (xs.length === 0) return 0;
@@ -160,7 +173,8 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     const t0 = performance.now();
     const engine = await Engine.load(o.model, {
       threads: o.threads,
-      contextTokens: Math.max(128, maxPrompt + o.decodeTokens + 8),
+      // contextTokens only bounds prompts (the KV cache grows as it fills): room for an image or a clip too.
+      contextTokens: Math.max(128, maxPrompt + o.decodeTokens + 8, o.speech || o.caption ? MEDIA_CONTEXT_TOKENS : 0),
       pleCacheMb: o.pleCacheMb,
       prefillChunk: o.prefillChunk,
       // Every run must compute its whole prompt: no prefix reuse.
@@ -212,11 +226,24 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         });
       }
 
+      let speech: SpeechResult | Skipped = { skipped: true, reason: 'turned off (--no-speech)' };
+      if (o.speech) {
+        say(`speech: ${o.speech.seconds} s utterance, ${o.runs} run(s)`);
+        speech = await benchSpeech(engine, o.model, { ...o.speech, runs: o.runs, threads: o.threads });
+        if (speech.skipped) say(`speech skipped: ${speech.reason}`);
+      }
+      let caption: CaptionResult | Skipped = { skipped: true, reason: 'turned off (--no-caption)' };
+      if (o.caption) {
+        say(`caption: ${o.caption.imageTokens} image tokens, ${o.caption.captionTokens} caption tokens, ${o.runs} run(s)`);
+        caption = await benchCaption(engine, o.model, { ...o.caption, runs: o.runs, threads: o.threads });
+        if (caption.skipped) say(`caption skipped: ${caption.reason}`);
+      }
+
       const decodeTokPerS = prompts[0]!.decodeTokPerS;
       const bytesPerS = decodeTokPerS * weights.perToken;
       const q = engine.manifest.quantisation;
       return {
-        machine: { cpu: cpuModel(), cores: cpus().length, threads: o.threads, node: process.version, onnxruntime: ortVersion(), loadAvgStart, loadAvgEnd: loadavg(), hugePages: { thp: thpMode(), glibcTunables: process.env.GLIBC_TUNABLES || null } },
+        machine: { cpu: cpuModel(), arch: process.arch, cores: cpus().length, threads: o.threads, node: process.version, onnxruntime: ortVersion(), loadAvgStart, loadAvgEnd: loadavg(), hugePages: { thp: thpMode(), glibcTunables: process.env.GLIBC_TUNABLES || null } },
         model: {
           dir: o.model,
           source: `${engine.manifest.source.kind}:${engine.manifest.source.model}`,
@@ -240,6 +267,8 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         memory,
         ple,
         profile,
+        speech,
+        caption,
       };
     } finally {
       await engine.close();

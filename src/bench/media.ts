@@ -1,0 +1,247 @@
+/**
+ * Speech and caption latency, on the bench's already loaded engine (so the decoder is not loaded twice).
+ *
+ *  - speech: the segmenter hands an utterance over at end of speech, so "end of speech -> final transcript"
+ *    is Transcriber.transcribe()'s total on the whole utterance (features, audio encoder, prefill, greedy
+ *    decode until the transcript ends or --speech-tokens). Real-time factor = that total / audio duration.
+ *  - caption: frame -> caption text the way the daemon does it (VisionEncoder.encode at the token budget,
+ *    the image's rows in the prompt, greedy decode). Stop ids are masked so every run decodes exactly
+ *    --caption-tokens tokens: a random-weight package would otherwise stop anywhere.
+ * Each is warmed up once (ORT's first run of a shape is the slow one), then timed --runs times; medians.
+ * A package without the encoder gives a `skipped` section with the reason instead of figures.
+ */
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { DEFAULT_CAPTION_PROMPT } from '../config/schema.js';
+import type { Engine } from '../engine/engine.js';
+import { expandMediaPlaceholders } from '../engine/prompt.js';
+import { AudioEncoderMissingError, SAMPLE_RATE, Transcriber, type TranscribeTimings } from '../engine/transcriber.js';
+import { VisionEncoder, VisionEncoderMissingError, visionEncoderPath } from '../engine/vision.js';
+import { wavTo16kMono } from '../sources/wav-decode.js';
+import type { TokenBudget } from '../vision/preprocess.js';
+
+/** The issue's targets, for a Raspberry Pi 5 (the bench usually runs elsewhere: it says so beside them). */
+export const PI5_TARGETS = { speechEndToTranscriptMs: 1500, frameToCaptionMs: 8000 } as const;
+
+const SAMPLES = fileURLToPath(new URL('../../config/samples/', import.meta.url));
+export const DEFAULT_SPEECH_WAV = `${SAMPLES}speech.wav`;
+export const DEFAULT_FRAME = `${SAMPLES}frames/frame-01.jpg`;
+
+/** Largest input file read (the samples are far smaller). */
+const MAX_FILE_BYTES = 32 * 1024 * 1024;
+/** Transcript kept in the result, for a look at what a real model heard. */
+const MAX_TEXT_CHARS = 300;
+
+export interface Skipped {
+  skipped: true;
+  reason: string;
+}
+
+export interface SpeechOptions {
+  wav: string;
+  /** Utterance length taken from the start of the file (shorter files are used whole). */
+  seconds: number;
+  /** Transcript token bound (transcribe()'s maxTokens). */
+  maxTokens: number;
+  runs: number;
+  threads: number;
+}
+
+export interface SpeechResult {
+  skipped: false;
+  file: string;
+  audioSeconds: number;
+  /** Soft tokens the utterance became (25 per second). */
+  audioTokens: number;
+  maxTokens: number;
+  /** Medians over the runs. */
+  endToTranscriptMs: number;
+  firstTokenMs: number;
+  realTimeFactor: number;
+  split: { featuresMs: number; encodeMs: number; prefillMs: number; decodeMs: number };
+  decodedTokens: number;
+  transcript: string;
+  targetPi5Ms: number;
+  runs: Array<TranscribeTimings & { decodedTokens: number }>;
+}
+
+export interface CaptionOptions {
+  frame: string;
+  imageTokens: TokenBudget;
+  /** Caption tokens decoded per run (stop ids masked). */
+  captionTokens: number;
+  runs: number;
+  threads: number;
+}
+
+export interface CaptionRun {
+  preprocessMs: number;
+  encodeMs: number;
+  prefillMs: number;
+  decodeMs: number;
+  /** Frame -> first caption token. */
+  firstTokenMs: number;
+  /** Frame -> whole caption. */
+  totalMs: number;
+  decodedTokens: number;
+}
+
+export interface CaptionResult {
+  skipped: false;
+  file: string;
+  width: number;
+  height: number;
+  imageTokens: number;
+  promptTokens: number;
+  captionTokens: number;
+  /** Medians over the runs: preprocess + encode, and frame -> caption. */
+  imageEncodeMs: number;
+  frameToCaptionMs: number;
+  firstTokenMs: number;
+  split: { preprocessMs: number; encodeMs: number; prefillMs: number; decodeMs: number };
+  decodedTokens: number;
+  targetPi5Ms: number;
+  runs: CaptionRun[];
+}
+
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length === 0 ? 0 : s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+async function readBounded(file: string): Promise<Buffer> {
+  const buf = await readFile(file);
+  if (buf.length > MAX_FILE_BYTES) throw new Error(`${file} is larger than ${MAX_FILE_BYTES} bytes`);
+  return buf;
+}
+
+export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions): Promise<SpeechResult | Skipped> {
+  let transcriber: Transcriber;
+  try {
+    transcriber = await Transcriber.load(dir, { threads: o.threads, engine });
+  } catch (err) {
+    if (err instanceof AudioEncoderMissingError) return { skipped: true, reason: err.message };
+    throw err;
+  }
+  try {
+    const all = wavTo16kMono(await readBounded(o.wav)).samples;
+    const samples = all.subarray(0, Math.min(all.length, Math.round(o.seconds * SAMPLE_RATE)));
+    const audioMs = (samples.length / SAMPLE_RATE) * 1000;
+    await transcriber.transcribe(samples, { maxTokens: Math.min(2, o.maxTokens) });
+    const runs: SpeechResult['runs'] = [];
+    let last = { text: '', audioTokens: 0 };
+    for (let r = 0; r < o.runs; r++) {
+      const res = await transcriber.transcribe(samples, { maxTokens: o.maxTokens });
+      runs.push({ ...res.timings, decodedTokens: res.tokens.length });
+      last = { text: res.text, audioTokens: res.audioTokens };
+    }
+    const med = (f: (t: SpeechResult['runs'][number]) => number): number => median(runs.map(f));
+    return {
+      skipped: false,
+      file: o.wav,
+      audioSeconds: audioMs / 1000,
+      audioTokens: last.audioTokens,
+      maxTokens: o.maxTokens,
+      endToTranscriptMs: med((t) => t.totalMs),
+      firstTokenMs: med((t) => t.firstTokenMs),
+      realTimeFactor: med((t) => t.totalMs / audioMs),
+      split: { featuresMs: med((t) => t.featuresMs), encodeMs: med((t) => t.encodeMs), prefillMs: med((t) => t.prefillMs), decodeMs: med((t) => t.decodeMs) },
+      decodedTokens: med((t) => t.decodedTokens),
+      transcript: last.text.slice(0, MAX_TEXT_CHARS),
+      targetPi5Ms: PI5_TARGETS.speechEndToTranscriptMs,
+      runs,
+    };
+  } finally {
+    await transcriber.close(); // the encoder only: the engine is the bench's
+  }
+}
+
+/** Why this engine cannot take images, or null when it can (the checks GemmaAnswerEngine makes). */
+function imageGap(engine: Engine): string | null {
+  const m = engine.tokenizer.special.markers;
+  if (!engine.acceptsMedia) return "this package's decoder was built without media inputs";
+  if (m.image === undefined || m.imageStart === undefined || m.imageEnd === undefined) return "this package's tokenizer lacks the image markers";
+  return null;
+}
+
+/** The caption prompt with one image placeholder before the text (string form for templates without items). */
+function captionPrompt(engine: Engine): number[] {
+  const placeholder = engine.tokenizer.special.markers.image;
+  try {
+    const p = engine.preparePrompt([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: DEFAULT_CAPTION_PROMPT }] }]);
+    if (p.ids.filter((id) => id === placeholder).length === 1) return p.ids;
+  } catch {
+    // falls through to the string form
+  }
+  return engine.preparePrompt([{ role: 'user', content: `<|image|>\n\n${DEFAULT_CAPTION_PROMPT}` }]).ids;
+}
+
+export async function benchCaption(engine: Engine, dir: string, o: CaptionOptions): Promise<CaptionResult | Skipped> {
+  if (!visionEncoderPath(dir)) return { skipped: true, reason: 'this package has no vision encoder (vision_encoder.onnx)' };
+  const gap = imageGap(engine);
+  if (gap) return { skipped: true, reason: gap };
+  let vision: VisionEncoder;
+  try {
+    vision = await VisionEncoder.load(dir, { threads: o.threads });
+  } catch (err) {
+    if (err instanceof VisionEncoderMissingError) return { skipped: true, reason: err.message };
+    throw err;
+  }
+  try {
+    if (vision.hidden !== engine.config.hiddenSize) return { skipped: true, reason: `the vision encoder gives rows of ${vision.hidden} values, the decoder takes ${engine.config.hiddenSize}` };
+    const jpeg = await readBounded(o.frame);
+    const base = captionPrompt(engine);
+    const once = async (maxTokens: number): Promise<CaptionRun & { width: number; height: number; imageTokens: number; promptTokens: number }> => {
+      const t0 = performance.now();
+      const enc = await vision.encode(jpeg, { tokenBudget: o.imageTokens });
+      const expanded = expandMediaPlaceholders(base, engine.tokenizer.special, { imageTokens: [enc.numSoftTokens] });
+      const tGen = performance.now();
+      const r = await engine.generate({
+        promptIds: expanded.ids,
+        media: [{ position: expanded.media[0]!.start, embeddings: enc.embeddings }],
+        maxTokens,
+        sampling: { temperature: 0 },
+        ignoreEos: true,
+      });
+      const totalMs = performance.now() - t0;
+      return {
+        preprocessMs: enc.timings.preprocessMs,
+        encodeMs: enc.timings.encodeMs,
+        prefillMs: r.timings.prefillMs,
+        decodeMs: r.timings.decodeMs,
+        firstTokenMs: tGen - t0 + r.timings.firstTokenMs,
+        totalMs,
+        decodedTokens: r.tokens.length,
+        width: enc.width,
+        height: enc.height,
+        imageTokens: enc.numSoftTokens,
+        promptTokens: r.promptTokens,
+      };
+    };
+    await once(Math.min(2, o.captionTokens));
+    const runs: CaptionRun[] = [];
+    let info = { width: 0, height: 0, imageTokens: 0, promptTokens: 0 };
+    for (let r = 0; r < o.runs; r++) {
+      const { width, height, imageTokens, promptTokens, ...run } = await once(o.captionTokens);
+      runs.push(run);
+      info = { width, height, imageTokens, promptTokens };
+    }
+    const med = (f: (t: CaptionRun) => number): number => median(runs.map(f));
+    return {
+      skipped: false,
+      file: o.frame,
+      ...info,
+      captionTokens: o.captionTokens,
+      imageEncodeMs: med((t) => t.preprocessMs + t.encodeMs),
+      frameToCaptionMs: med((t) => t.totalMs),
+      firstTokenMs: med((t) => t.firstTokenMs),
+      split: { preprocessMs: med((t) => t.preprocessMs), encodeMs: med((t) => t.encodeMs), prefillMs: med((t) => t.prefillMs), decodeMs: med((t) => t.decodeMs) },
+      decodedTokens: med((t) => t.decodedTokens),
+      targetPi5Ms: PI5_TARGETS.frameToCaptionMs,
+      runs,
+    };
+  } finally {
+    await vision.close();
+  }
+}
