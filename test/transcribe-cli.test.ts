@@ -14,7 +14,8 @@ import { makeTinyPackage, tempRoot } from './engine-helpers.js';
 import { encodeWav } from './fixtures/media.js';
 import { makeHearingPackage, phraseSamples } from './transcribe-helpers.js';
 
-const ENTRY = 'test/fixtures/transcribe-cli.ts';
+/** The real perch command. */
+const ENTRY = 'src/cli.ts';
 let root: string;
 let dir: string;
 let wav: string;

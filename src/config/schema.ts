@@ -103,6 +103,9 @@ export const audioSettings = z.object({
   enabled: z.boolean().default(false).describe('Listen to an audio source.'),
   source: audioSourceSettings.optional().describe('Where audio comes from.'),
   segmenter: segmenterSettingsSchema.prefault({}).describe('Voice activity detection and utterance cutting.'),
+  language: z.string().min(1).max(40).optional().describe('Spoken language, e.g. English; default: the model finds it. Goes into the transcription instruction and the transcript message.'),
+  wake_phrase: z.string().min(1).max(100).optional().describe('A transcript containing this phrase (case and punctuation ignored, whole words), e.g. "hey perch", is a question: the model answers from the audio itself; transcript and answer share one id. Default: none.'),
+  transcript_max_tokens: z.number().int().min(1).max(1024).default(256).describe('Most tokens in one transcript.'),
 }).describe('Hearing: microphone or file to transcripts and spoken questions.');
 
 export const cameraSourceSettings = z.discriminatedUnion('type', [

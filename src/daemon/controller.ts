@@ -36,7 +36,7 @@ export interface ControllerOptions {
 }
 
 /** What this build cannot do yet, said plainly at start whatever the model. */
-export const ENCODER_GAP = 'this build has no audio encoder yet: no transcripts are made; captions and questions about images need a package with a vision encoder (the engine status says whether this one has it)';
+export const ENCODER_GAP = 'transcripts need a package with an audio encoder, captions and questions about images one with a vision encoder; the engine status says what this one has';
 
 function hasPackage(dir: string): boolean {
   return existsSync(path.join(dir, MANIFEST_FILE));
@@ -75,7 +75,16 @@ export class Controller {
 
     const audio = config.audio.enabled && config.audio.source ? createAudioSource(config.audio.source, this.log) : undefined;
     this.meter = audio ? new AudioMeter(audio) : undefined;
-    this.hearing = audio ? new HearingPipeline(this.conn, audio, config.audio.segmenter, this.log) : undefined;
+    this.hearing = audio
+      ? new HearingPipeline(this.conn, audio, config.audio.segmenter, this.log, {
+          scheduler: this.scheduler,
+          // Asked per utterance: the model loads in the background after start.
+          transcriber: () => (this.engine instanceof GemmaAnswerEngine ? this.engine.transcriber() : undefined),
+          maxTokens: config.audio.transcript_max_tokens,
+          ...(config.audio.language ? { language: config.audio.language } : {}),
+          ...(config.audio.wake_phrase ? { wakePhrase: config.audio.wake_phrase } : {}),
+        })
+      : undefined;
     this.listening = new SourceGroup('listening', audio ? [audio] : [], this.log);
     const frameSources: FrameSource[] = cameras.map((c) => createFrameSource(c.name, c.source, this.log));
     this.watching = new SourceGroup('watching', frameSources, this.log);

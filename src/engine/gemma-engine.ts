@@ -12,6 +12,7 @@ import { ImagePreprocessError } from '../vision/preprocess.js';
 import { Engine, type EngineLoadOptions, type MediaInput } from './engine.js';
 import { type ChatMessage, expandMediaPlaceholders } from './prompt.js';
 import type { SamplerOptions } from './sampling.js';
+import { Transcriber } from './transcriber.js';
 import { type AnswerEngine, type AnswerOptions, type AnswerResult, type EngineStatus, EngineUnavailableError, InvalidInputError } from './types.js';
 import { VisionEncoder, visionEncoderPath } from './vision.js';
 
@@ -51,6 +52,8 @@ export class GemmaAnswerEngine implements AnswerEngine {
   private vision: VisionEncoder | null = null;
   /** Why images cannot be taken, when they cannot (said in status and in every refusal). */
   private visionGap = 'the model is not loaded yet';
+  private hearer: Transcriber | null = null;
+  private hearingGap = 'the model is not loaded yet';
   private state: EngineStatus = { state: 'loading', detail: 'loading the model package' };
   private loading: Promise<void> | null = null;
   private closed = false;
@@ -81,14 +84,16 @@ export class GemmaAnswerEngine implements AnswerEngine {
         ...this.opts.load,
       });
       const vision = await this.loadVision(engine);
+      const hearer = await this.loadHearing(engine);
       if (this.closed) {
-        await Promise.all([engine.close(), vision?.close()]);
+        await Promise.all([engine.close(), vision?.close(), hearer?.close()]);
         return;
       }
       this.engine = engine;
       this.vision = vision;
+      this.hearer = hearer;
       const random = engine.randomWeights;
-      const seeing = vision ? '; images: yes' : `; images: no (${this.visionGap})`;
+      const seeing = (vision ? '; images: yes' : `; images: no (${this.visionGap})`) + (hearer ? '; audio: yes' : `; audio: no (${this.hearingGap})`);
       this.state = {
         state: 'ready',
         detail: (random
@@ -101,6 +106,21 @@ export class GemmaAnswerEngine implements AnswerEngine {
     } catch (err) {
       this.state = { state: 'error', detail: `model package could not be loaded: ${(err as Error).message}` };
       this.log.error({ dir: s.dir, err: (err as Error).message }, 'model load failed');
+    }
+  }
+
+  /** The transcriber over the shared engine, when the package has an audio encoder the decoder can take. */
+  transcriber(): Transcriber | undefined {
+    return this.closed ? undefined : (this.hearer ?? undefined);
+  }
+
+  private async loadHearing(engine: Engine): Promise<Transcriber | null> {
+    try {
+      return await Transcriber.load(this.settings.dir, { engine, threads: this.settings.threads, logger: this.log });
+    } catch (err) {
+      this.hearingGap = (err as Error).message;
+      this.log.warn({ dir: this.settings.dir }, `transcripts unavailable: ${this.hearingGap}`);
+      return null;
     }
   }
 
@@ -221,10 +241,14 @@ export class GemmaAnswerEngine implements AnswerEngine {
     await this.loading;
     const e = this.engine;
     const v = this.vision;
+    const h = this.hearer;
     this.engine = null;
     this.vision = null;
+    this.hearer = null;
     this.state = { state: 'unavailable', detail: 'engine closed' };
-    await Promise.all([e?.close(), v?.close()]);
+    // The transcriber shares the engine and does not close it.
+    await Promise.all([h?.close(), v?.close()]);
+    await e?.close();
   }
 }
 
