@@ -10,6 +10,7 @@ import path from 'node:path';
 import { stringify } from 'yaml';
 import { DaemonProcess, REPO, SAMPLES } from './daemon-helpers.js';
 import { synthPackage } from '../src/model/synth.js';
+import { messageSchemas } from '../src/mqtt/messages.js';
 import { Collector, Mosquitto, freePort, tempDir } from './mqtt-helpers.js';
 
 let broker: Mosquitto;
@@ -219,6 +220,17 @@ describe('answers from a model package', () => {
     await synthPackage({ preset: 'tiny', outDir: path.join(pkg.dir, 'tiny'), seed: 7 });
   }, 120_000);
   afterAll(() => pkg.cleanup());
+
+  it('transcribes the WAV source: a schema-valid transcript with streamed partials', async () => {
+    const { root, watcher } = await startDaemon({ model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 1024 } });
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/audio/transcript`), 60_000);
+    const t = json(watcher.on(`${root}/audio/transcript`)[0]!.payload);
+    expect(messageSchemas.transcript.safeParse(t).success).toBe(true);
+    expect(t.random_weights).toBe(true);
+    // The partials of that transcript add up to its text (QoS 0: they may reach the watcher after the final).
+    const deltas = () => watcher.on(`${root}/audio/transcript/partial`).map((x) => json(x.payload)).filter((p) => p.id === t.id).map((p) => p.delta).join('');
+    await watcher.waitFor(() => deltas() === t.text, 10_000);
+  });
 
   it('streams an MQTT 5 answer on answer/stream and replies with the same correlation data', async () => {
     const { root, watcher } = await startDaemon({ model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 256, max_answer_tokens: 12 } });
