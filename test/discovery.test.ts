@@ -103,8 +103,9 @@ describe('buildDiscovery', () => {
     const c = payload.cmps;
     expect(Object.keys(c).sort()).toEqual([
       'answer', 'ask', 'cam_door_caption', 'cam_door_event', 'cam_door_motion', 'cam_door_snapshot',
-      'last_answer', 'last_transcript', 'listening', 'queue', 'sound_level', 'speech', 'status', 'transcript', 'watching',
+      'last_answer', 'last_transcript', 'listening', 'queue', 'sound_level', 'speech', 'status', 'talk', 'transcript', 'watching',
     ]);
+    expect(c.talk).toMatchObject({ p: 'button', command_topic: 'perch/kitchen/audio/talk' });
     expect(c.speech).toMatchObject({ p: 'binary_sensor', state_topic: 'perch/kitchen/audio/speech', device_class: 'sound' });
     expect(c.sound_level).toMatchObject({ p: 'sensor', state_topic: 'perch/kitchen/audio/level', unit_of_measurement: 'dBFS' });
     for (const [cid, comp] of Object.entries(c)) {

@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { segmenterSettingsSchema } from '../audio/settings.js';
 import { motionSettingsSchema } from '../vision/motion-settings.js';
+import { compileStructured } from '../vision/structured.js';
 
 /** What a camera is asked when it has no prompt of its own. */
 export const DEFAULT_CAPTION_PROMPT = 'Describe briefly what is happening in this camera image: who or what is there and what they are doing. One or two sentences; only say what is visible.';
@@ -106,6 +107,8 @@ export const audioSettings = z.object({
   language: z.string().min(1).max(40).optional().describe('Spoken language, e.g. English; default: the model finds it. Goes into the transcription instruction and the transcript message.'),
   wake_phrase: z.string().min(1).max(100).optional().describe('A transcript containing this phrase (case and punctuation ignored, whole words), e.g. "hey perch", is a question: the model answers from the audio itself; transcript and answer share one id. Default: none.'),
   transcript_max_tokens: z.number().int().min(1).max(1024).default(256).describe('Most tokens in one transcript.'),
+  follow_up_s: z.number().min(0).max(120).default(8).describe('After an answer to a spoken question, utterances starting within this many seconds are questions too, without the wake phrase, continuing the conversation. 0: off.'),
+  talk_window_s: z.number().min(1).max(120).default(10).describe('A push-to-talk message on <root>/audio/talk makes the next utterance starting within this many seconds a question.'),
 }).describe('Hearing: microphone or file to transcripts and spoken questions.');
 
 export const cameraSourceSettings = z.discriminatedUnion('type', [
@@ -148,6 +151,15 @@ export const cameraSettings = z.object({
   captions: z.boolean().default(true).describe('Caption motion events with the model: an early caption when an event starts, a final one from its best frame when it ends.'),
   prompt: z.string().trim().min(1).max(4096).default(DEFAULT_CAPTION_PROMPT).describe('Caption prompt for this camera: say what matters here (e.g. "Is anyone at the door? Describe them and any parcel.").'),
   caption_max_tokens: z.number().int().min(8).max(512).default(64).describe('Longest caption, in tokens.'),
+  structured: z.record(z.string(), z.unknown()).optional().superRefine((schema, ctx) => {
+    if (schema === undefined) return;
+    try {
+      compileStructured(schema);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: `not a usable JSON schema: ${(err as Error).message}` });
+    }
+  }).describe('Structured captions: a JSON schema of an object, e.g. {type: object, properties: {people: {type: integer}, summary: {type: string}, concern: {enum: [low, medium, high]}}, required: [people, summary]}. The model is asked for JSON matching it; the caption message carries the validated object as data, or error_code invalid_output after the retries. Default: plain text captions.'),
+  structured_retries: z.number().int().min(0).max(5).default(2).describe('With structured: how many times an invalid reply is asked again before the caption fails with invalid_output.'),
   motion: motionSettingsSchema.prefault({}).describe('Motion detection: starts camera events (and, with the model, captions).'),
   snapshot_interval_s: z.number().min(0).max(86400).default(10).describe('Publish the newest frame as the retained snapshot at most this often, in seconds (0: every frame).'),
   image_tokens: z.union([z.literal(70), z.literal(140), z.literal(280), z.literal(560), z.literal(1120)]).default(280).describe('Image token budget: more tokens, more detail, slower.'),

@@ -81,6 +81,8 @@ export class Controller {
           // Asked per utterance: the model loads in the background after start.
           transcriber: () => (this.engine instanceof GemmaAnswerEngine ? this.engine.transcriber() : undefined),
           maxTokens: config.audio.transcript_max_tokens,
+          followUpS: config.audio.follow_up_s,
+          talkWindowS: config.audio.talk_window_s,
           ...(config.audio.language ? { language: config.audio.language } : {}),
           ...(config.audio.wake_phrase ? { wakePhrase: config.audio.wake_phrase } : {}),
         })

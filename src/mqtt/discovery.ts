@@ -138,6 +138,7 @@ export function buildDiscovery(opts: DiscoveryOptions): DiscoveryMessage {
     add('sound_level', 'sensor', 'Sound level', {
       state_topic: t.soundLevel, unit_of_measurement: 'dBFS', state_class: 'measurement', icon: 'mdi:volume-high',
     });
+    add('talk', 'button', 'Talk', { command_topic: t.talk, payload_press: 'PRESS', icon: 'mdi:account-voice' });
     add('listening', 'switch', 'Listening', {
       command_topic: t.listeningSet, state_topic: t.listening, payload_on: 'ON', payload_off: 'OFF', icon: 'mdi:microphone',
     });

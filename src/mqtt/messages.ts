@@ -34,6 +34,7 @@ export const errorCodes = [
   'deadline', // the job did not start in time
   'cancelled', // cancelled by ask/cancel or shutdown
   'unavailable', // the model or a source is not available
+  'invalid_output', // a structured caption did not match the camera's schema after its retries
   'internal', // a bug or an unexpected failure
 ] as const;
 export const errorCodeSchema = z.enum(errorCodes);
@@ -69,6 +70,8 @@ export const transcriptSchema = z.strictObject({
     .optional(),
   /** The wake phrase was heard (Home Assistant's `wake` event): the answer follows on `answer`, same id. */
   wake: z.boolean().optional(),
+  /** Why the utterance is a question (wake phrase, push-to-talk, follow-up): the answer follows, same id. */
+  question: z.enum(['wake', 'talk', 'follow_up']).optional(),
   /** Output of a synthetic package (random weights): not a real transcript. */
   random_weights: z.boolean().optional(),
   latency_ms: latencySchema,
@@ -95,6 +98,10 @@ export const captionSchema = z.strictObject({
   reason: z.string().max(500).optional(),
   /** With a null text: the error code of the failed attempt (deadline, busy, unavailable, ...). */
   error_code: errorCodeSchema.optional(),
+  /** Structured captions (camera `structured`): the validated object; `text` is the JSON it was read from. */
+  data: z.record(z.string(), z.unknown()).optional(),
+  /** Structured captions: replies the model made for this caption (1 + retries at most). */
+  attempts: z.number().int().positive().optional(),
   /** When the frame was taken. */
   frame_ts: isoUtc,
   /** Which point of the event the frame is from: new (early caption) or end (the event's best frame). */
@@ -143,13 +150,15 @@ export const askRequestSchema = z.strictObject({
   camera: cameraName.optional(),
   /** Base64 JPEG to ask about (no data: prefix). */
   image: z.string().max(22_369_624).regex(/^[A-Za-z0-9+/]+={0,2}$/, 'base64').refine((s) => s.startsWith('/9j/'), 'a JPEG image (base64 of bytes FF D8 FF)').optional(),
+  /** Ask about the JPEG retained on this topic (e.g. another camera's snapshot); taken within 2 s. */
+  image_topic: z.string().min(1).max(1024).refine((t) => !/[#+\u0000]/.test(t), 'a topic without wildcards').optional(),
   max_tokens: z.number().int().min(1).max(8192).optional(),
   seed: z.number().int().min(0).max(0xffffffff).optional(),
   temperature: z.number().min(0).max(2).optional(),
   thinking: z.boolean().optional(),
   /** Reply topic for MQTT 3.1.1 clients (MQTT 5 clients use the responseTopic property). */
   reply_to: z.string().min(1).max(512).optional(),
-}).refine((r) => !(r.camera && r.image), { message: 'give camera or image, not both', path: ['image'] });
+}).refine((r) => [r.camera, r.image, r.image_topic].filter((x) => x !== undefined).length <= 1, { message: 'give one of camera, image or image_topic, not both', path: ['image'] });
 
 export const askCancelSchema = z.strictObject({
   v: version.optional(),

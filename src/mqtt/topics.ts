@@ -31,6 +31,8 @@ export interface PerchTopics {
   speech: string;
   /** Retained sound level in dBFS, throttled. */
   soundLevel: string;
+  /** Incoming push-to-talk: the next utterance is a question. */
+  talk: string;
   /** Incoming question. */
   ask: string;
   /** Incoming cancel of a question. */
@@ -75,6 +77,7 @@ export function topicsFor(root: string): PerchTopics {
     transcriptPartial: t('audio/transcript/partial'),
     speech: t('audio/speech'),
     soundLevel: t('audio/level'),
+    talk: t('audio/talk'),
     ask: t('ask'),
     askCancel: t('ask/cancel'),
     askText: t('ask/text'),

@@ -9,11 +9,13 @@ import { EngineUnavailableError, InvalidInputError } from '../engine/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { AskEndpoint, type AskContext } from '../mqtt/ask-endpoint.js';
 import type { MqttConnection } from '../mqtt/connection.js';
-import type { ErrorCode } from '../mqtt/messages.js';
+import { DEFAULT_MAX_IMAGE_BYTES, type ErrorCode } from '../mqtt/messages.js';
+import { RetainedImageError, takeRetainedJpeg } from '../mqtt/retained-image.js';
 import { isSchedulerError } from '../scheduler/errors.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { Frame } from '../sources/types.js';
 import type { TokenBudget } from '../vision/preprocess.js';
+import { InvalidOutputError } from '../vision/structured.js';
 
 export interface AskPipelineOptions {
   conn: MqttConnection;
@@ -31,6 +33,8 @@ export interface AskPipelineOptions {
 /** How a failed job is reported: scheduler refusals keep their code, a missing engine is `unavailable`. */
 export function errorCodeFor(err: unknown): ErrorCode {
   if (err instanceof EngineUnavailableError) return 'unavailable';
+  if (err instanceof InvalidOutputError) return 'invalid_output';
+  if (err instanceof RetainedImageError) return err.code;
   if (err instanceof ContextLimitError || err instanceof InvalidInputError) return 'invalid_request';
   if (isSchedulerError(err)) {
     switch (err.code) {
@@ -79,6 +83,11 @@ export class AskPipeline {
     let partial: AnswerResult | undefined;
     let startedAt = 0;
     try {
+      // Taken before queueing, so the up to 2 s wait for the topic never holds the model.
+      const topicImage =
+        request.image_topic !== undefined
+          ? await takeRetainedJpeg(this.o.conn, request.image_topic, { maxBytes: Math.min(DEFAULT_MAX_IMAGE_BYTES, this.o.maxPayloadBytes) })
+          : undefined;
       const result = await this.o.scheduler
         .submit({
           kind: 'answer',
@@ -86,7 +95,7 @@ export class AskPipeline {
           run: async (signal) => {
             startedAt = Date.now();
             const camera = request.camera;
-            const image = camera !== undefined ? this.o.latestFrame?.(camera)?.jpeg : undefined;
+            const image = topicImage ?? (camera !== undefined ? this.o.latestFrame?.(camera)?.jpeg : undefined);
             return (partial = await this.o.engine.answer(request, {
               signal,
               onToken: (delta) => void this.endpoint.streamChunk(route, seq++, delta, false),

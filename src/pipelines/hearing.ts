@@ -8,7 +8,10 @@
  * Spoken questions: with a wake phrase configured, a transcript that contains it (case and punctuation
  * aside) turns its utterance into a question. The model answers from the audio itself (not from the
  * transcript, which may have misheard), as an `answer` job with the utterance's id: tokens on answer/stream,
- * the answer on answer, so transcript and answer share one id.
+ * the answer on answer, so transcript and answer share one id. A message on audio/talk (push-to-talk) makes
+ * the next utterance a question too, and after an answer, utterances starting within the follow-up window
+ * continue the conversation without the phrase (the exchanges so far go into the instruction). Utterances
+ * are decided in order: each waits for the previous one's answer, which it may follow up.
  *
  * Times: the segmenter works in stream time (ms since the source started). Each chunk's arrival re-anchors
  * stream time to the wall clock, since a restarted source starts its stream clock again. Latencies count
@@ -24,6 +27,7 @@ import { isSchedulerError } from '../scheduler/errors.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { AudioChunk, AudioSource } from '../sources/types.js';
 import { errorCodeFor } from './ask.js';
+import { QUESTION_PROMPT, conversationPrompt, parseTalk, type Exchange, type QuestionKind } from './conversation.js';
 
 const MAX_TEXT = 100_000;
 const MAX_DELTA = 10_000;
@@ -42,7 +46,20 @@ export interface HearingOptions {
   wakePhrase?: string;
   /** Tokens per spoken answer (default 256). */
   answerMaxTokens?: number;
+  /** Seconds after an answer during which utterances are follow-up questions (default 8; 0: none). */
+  followUpS?: number;
+  /** Seconds after a push-to-talk message within which the next utterance must start (default 10). */
+  talkWindowS?: number;
 }
+
+/** The conversation as the last decided utterance left it. */
+interface Turn {
+  /** Wall-clock ms of the latest answer; undefined when nothing has been answered. */
+  answeredAt?: number;
+  history: Exchange[];
+}
+
+const OWNER = 'hearing';
 
 /** Lower case, punctuation dropped, single spaces: how the wake phrase and transcripts are compared. */
 export function normalizeForMatch(text: string): string {
@@ -83,6 +100,10 @@ export class HearingPipeline {
   private readonly pending = new Map<string, Promise<void>>();
   private readonly counts: Counts = { transcripts: 0, failed: 0, untranscribed: 0, questions: 0 };
   private stopping = false;
+  /** Resolves with the conversation once the previous utterance is decided (and answered, if a question). */
+  private lastTurn: Promise<Turn> = Promise.resolve({ history: [] });
+  /** Push-to-talk armed at this wall-clock ms, with the id the requester wants on the result. */
+  private talk: { at: number; id?: string } | undefined;
 
   constructor(
     private readonly conn: MqttConnection,
@@ -114,6 +135,25 @@ export class HearingPipeline {
       detachSeg();
       this.source.off('chunk', onChunk);
     };
+    this.conn.removeOwner(OWNER);
+    this.conn.subscribe(this.conn.topics.talk, (m) => this.onTalk(m.payload, m.oversized), { owner: OWNER });
+  }
+
+  /** Whether a push-to-talk message is waiting for its utterance. */
+  talkArmed(): boolean {
+    return this.talk !== undefined;
+  }
+
+  /** Push-to-talk: arms the next utterance as a question (a later press re-arms, with its own id). */
+  private onTalk(payload: Buffer, oversized: boolean): void {
+    const t = oversized ? { ok: false as const, message: 'payload too large' } : parseTalk(payload);
+    if (!t.ok) {
+      const e: ErrorMessage = { v: 1, ts: isoNow(), code: 'invalid_request', message: `push-to-talk ignored: ${t.message}`.slice(0, 2000), topic: this.conn.topics.talk };
+      void this.conn.publish(this.conn.topics.errors, encode(e), { final: true, qos: 1, priority: 'answer', contentType: JSON_TYPE });
+      return;
+    }
+    this.talk = { at: Date.now(), ...(t.id !== undefined ? { id: t.id } : {}) };
+    this.log.info({ id: t.id }, 'push-to-talk: the next utterance is a question');
   }
 
   republishState(): Promise<unknown> {
@@ -129,6 +169,8 @@ export class HearingPipeline {
 
   /** Stops listening; transcripts still waiting or running are cancelled (the controller drains first). */
   async stop(): Promise<void> {
+    this.conn.removeOwner(OWNER);
+    this.talk = undefined;
     this.detach?.();
     this.detach = undefined;
     await this.pause();
@@ -168,11 +210,29 @@ export class HearingPipeline {
       this.log.info({ id: u.id, start_ms: u.startMs, end_ms: u.endMs }, 'utterance (no transcript: the model package cannot transcribe, or is not loaded yet)');
       return;
     }
-    const job = this.transcribe(u, transcriber, scheduler).finally(() => this.pending.delete(u.id));
+    // Push-to-talk claims the first utterance whose speech starts within the window after the press
+    // (or was already under way when it came).
+    let talk: { id?: string } | undefined;
+    if (this.talk) {
+      if (this.wall(u.speechStartMs) <= this.talk.at + (this.opts.talkWindowS ?? 10) * 1000) talk = this.talk;
+      this.talk = undefined;
+    }
+    const prev = this.lastTurn;
+    let done!: (t: Turn) => void;
+    this.lastTurn = new Promise<Turn>((r) => (done = r));
+    const job = this.transcribe(u, transcriber, scheduler, prev, talk)
+      .then(done, (err: unknown) => {
+        this.log.error({ err, id: u.id }, 'hearing failed');
+        done({ history: [] });
+      })
+      .finally(() => this.pending.delete(u.id));
     this.pending.set(u.id, job);
   }
 
-  private async transcribe(u: Utterance, transcriber: Transcriber, scheduler: Scheduler): Promise<void> {
+  /** Transcribes, decides whether the utterance is a question, answers it; returns the conversation after it. */
+  private async transcribe(u: Utterance, transcriber: Transcriber, scheduler: Scheduler, prevTurn: Promise<Turn>, talk: { id?: string } | undefined): Promise<Turn> {
+    // Results carry the requester's id after push-to-talk with one; the job keeps the utterance id.
+    const id = talk?.id ?? u.id;
     const cutAt = Date.now();
     const speechStart = this.wall(u.speechStartMs);
     // The segmenter hands an utterance on after its hang-over: speech ended before now, never after.
@@ -195,7 +255,7 @@ export class HearingPipeline {
             onToken: (delta) => {
               firstTokenAt ||= Date.now();
               text = (text + delta).slice(-MAX_TEXT);
-              const partial: TranscriptPartialMessage = { v: 1, id: u.id, ts: isoNow(), seq: seq++, delta: delta.slice(0, MAX_DELTA), text };
+              const partial: TranscriptPartialMessage = { v: 1, id, ts: isoNow(), seq: seq++, delta: delta.slice(0, MAX_DELTA), text };
               void this.conn.publish(topics.transcriptPartial, encode(partial), { qos: 0, contentType: JSON_TYPE });
             },
           });
@@ -207,7 +267,7 @@ export class HearingPipeline {
       const tm = r.timings;
       const msg: TranscriptMessage = {
         v: 1,
-        id: u.id,
+        id,
         ts: isoNow(done),
         text: r.text.slice(0, MAX_TEXT),
         started_at: isoNow(speechStart),
@@ -229,12 +289,22 @@ export class HearingPipeline {
         },
       };
       const phrase = this.opts.wakePhrase;
-      const question = phrase !== undefined && containsWakePhrase(msg.text, phrase);
-      if (question) msg.wake = true;
+      const wake = phrase !== undefined && containsWakePhrase(msg.text, phrase);
+      // Waits for the previous utterance's answer: this one may follow it up.
+      const turn = await prevTurn;
+      const followUpMs = (this.opts.followUpS ?? 8) * 1000;
+      const inWindow = followUpMs > 0 && turn.answeredAt !== undefined && speechStart <= turn.answeredAt + followUpMs;
+      const kind: QuestionKind | undefined = wake ? 'wake' : talk ? 'talk' : inWindow ? 'follow_up' : undefined;
+      if (wake) msg.wake = true;
+      if (kind) msg.question = kind;
       this.counts.transcripts++;
-      this.log.info({ id: u.id, chars: msg.text.length, question, latency_ms: msg.latency_ms }, 'transcript');
+      this.log.info({ id, chars: msg.text.length, question: kind, latency_ms: msg.latency_ms }, 'transcript');
       await this.conn.publish(topics.transcript, encode(msg), { final: true, qos: 1, priority: 'transcript', contentType: JSON_TYPE });
-      if (question) await this.answer(u, transcriber, scheduler, phrase!, speechEnd);
+      if (!kind) return turn;
+      const history = inWindow ? turn.history : [];
+      const answer = await this.answer(u, id, transcriber, scheduler, conversationPrompt(wake ? spokenQuestionPrompt(phrase!) : QUESTION_PROMPT, history), speechEnd);
+      if (answer === undefined) return { history: [] };
+      return { answeredAt: Date.now(), history: [...history, { question: msg.text, answer }] };
     } catch (err) {
       this.counts.failed++;
       const code = errorCodeFor(err);
@@ -242,23 +312,24 @@ export class HearingPipeline {
       // Shutdown and cancellation are not failures anyone needs to hear about.
       if (isSchedulerError(err, 'shutting_down') || isSchedulerError(err, 'cancelled') || this.stopping) {
         this.log.info({ id: u.id, reason: message }, 'transcript dropped');
-        return;
+        return prevTurn;
       }
       if (code === 'internal') this.log.error({ err, id: u.id }, 'transcript failed');
       else this.log.warn({ id: u.id, code, reason: message }, 'no transcript');
-      const e: ErrorMessage = { v: 1, ts: isoNow(), id: u.id, code, message: `no transcript: ${message}`.slice(0, 2000), topic: topics.transcript };
+      const e: ErrorMessage = { v: 1, ts: isoNow(), id, code, message: `no transcript: ${message}`.slice(0, 2000), topic: topics.transcript };
       await this.conn.publish(topics.errors, encode(e), { final: true, qos: 1, priority: 'transcript', contentType: JSON_TYPE });
+      return prevTurn;
     }
   }
-  /** Answers a spoken question from its audio; the answer carries the utterance's id. */
-  private async answer(u: Utterance, transcriber: Transcriber, scheduler: Scheduler, phrase: string, speechEnd: number): Promise<void> {
+  /** Answers a spoken question from its audio under `id` (its transcript's); returns the answer text. */
+  private async answer(u: Utterance, id: string, transcriber: Transcriber, scheduler: Scheduler, prompt: string, speechEnd: number): Promise<string | undefined> {
     const topics = this.conn.topics;
     const submitted = Date.now();
     let startedAt = 0;
     let firstTokenAt = 0;
     let seq = 0;
     const chunk = (delta: string, done: boolean): void => {
-      const m: AnswerStreamMessage = { v: 1, id: u.id, ts: isoNow(), seq: seq++, delta: delta.slice(0, MAX_DELTA), done };
+      const m: AnswerStreamMessage = { v: 1, id, ts: isoNow(), seq: seq++, delta: delta.slice(0, MAX_DELTA), done };
       void this.conn.publish(topics.answerStream, encode(m), { qos: 0, contentType: JSON_TYPE });
     };
     try {
@@ -269,7 +340,7 @@ export class HearingPipeline {
           startedAt = Date.now();
           return transcriber.answer(u.samples, {
             signal,
-            prompt: spokenQuestionPrompt(phrase),
+            prompt,
             maxTokens: this.opts.answerMaxTokens,
             onToken: (delta) => {
               firstTokenAt ||= Date.now();
@@ -283,7 +354,7 @@ export class HearingPipeline {
       const since = (t: number): number => Math.max(0, Math.round(t - speechEnd));
       const msg: AnswerMessage = {
         v: 1,
-        id: u.id,
+        id,
         ts: isoNow(done),
         text: r.text.slice(0, MAX_TEXT),
         finish_reason: r.finishReason,
@@ -298,15 +369,17 @@ export class HearingPipeline {
         },
       };
       this.counts.questions++;
-      this.log.info({ id: u.id, chars: msg.text.length, latency_ms: msg.latency_ms }, 'spoken question answered');
+      this.log.info({ id, chars: msg.text.length, latency_ms: msg.latency_ms }, 'spoken question answered');
       await this.conn.publish(topics.answer, encode(msg), { final: true, qos: 1, priority: 'answer', contentType: JSON_TYPE });
+      return msg.text;
     } catch (err) {
-      if (this.stopping || isSchedulerError(err, 'shutting_down') || isSchedulerError(err, 'cancelled')) return;
+      if (this.stopping || isSchedulerError(err, 'shutting_down') || isSchedulerError(err, 'cancelled')) return undefined;
       const code = errorCodeFor(err);
       const message = `no answer to the spoken question: ${(err as Error).message ?? String(err)}`.slice(0, 2000);
-      this.log.warn({ id: u.id, code, reason: message }, 'spoken question not answered');
-      const e: ErrorMessage = { v: 1, ts: isoNow(), id: u.id, code, message, topic: topics.answer };
+      this.log.warn({ id, code, reason: message }, 'spoken question not answered');
+      const e: ErrorMessage = { v: 1, ts: isoNow(), id, code, message, topic: topics.answer };
       await this.conn.publish(topics.errors, encode(e), { final: true, qos: 1, priority: 'answer', contentType: JSON_TYPE });
+      return undefined;
     }
   }
 }

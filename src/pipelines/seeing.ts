@@ -13,7 +13,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { CameraSettings } from '../config/schema.js';
-import type { AnswerEngine } from '../engine/types.js';
+import type { AnswerEngine, AnswerResult } from '../engine/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import { encode, isoNow, type CameraEventMessage, type CaptionMessage, type ErrorCode, type StatsMessage } from '../mqtt/messages.js';
@@ -21,6 +21,7 @@ import { isSchedulerError } from '../scheduler/errors.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { Frame, FrameSource } from '../sources/types.js';
 import type { MotionUpdate } from '../vision/motion.js';
+import { compileStructured, generateStructured, InvalidOutputError, type StructuredResult } from '../vision/structured.js';
 import { errorCodeFor } from './ask.js';
 
 /** Each camera's newest frame (one JPEG per camera: bounded). */
@@ -71,6 +72,8 @@ interface CameraCounts {
 export class SeeingPipeline {
   private readonly log: Logger;
   private readonly cameras: Map<string, CameraSettings>;
+  /** Validators of cameras with structured captions (the config already checked that the schemas compile). */
+  private readonly validators = new Map<string, ReturnType<typeof compileStructured>>();
   private readonly events = new Map<string, EventState>();
   private readonly counts = new Map<string, CameraCounts>();
   /** Per camera, the publishes in order (an `end` joins once its caption settled). */
@@ -81,6 +84,7 @@ export class SeeingPipeline {
   constructor(private readonly o: SeeingPipelineOptions) {
     this.log = (o.logger ?? silentLogger).child({ module: 'seeing' });
     this.cameras = new Map(o.cameras.map((c) => [c.name, c]));
+    for (const c of o.cameras) if (c.structured) this.validators.set(c.name, compileStructured(c.structured));
   }
 
   /** MotionPipeline's sink: publishes the event, with captions, in order per camera. Returns at once. */
@@ -160,26 +164,44 @@ export class SeeingPipeline {
     let started = 0;
     const base = { v: 1 as const, id, camera: cam.name, frame_ts: frame.at.toISOString(), stage, event_id: u.id, snapshot_topic: topics.snapshot };
     try {
-      const r = await this.o.scheduler.submit({
+      const validator = this.validators.get(cam.name);
+      const { r, s } = await this.o.scheduler.submit({
         kind: 'caption',
         id,
         key: `camera:${cam.name}`,
         deadlineMs: this.o.captionDeadlineMs,
-        run: (signal) => {
+        run: async (signal): Promise<{ r: AnswerResult; s?: StructuredResult }> => {
           started = Date.now();
-          return this.o.engine.answer(
-            { id, text: cam.prompt, max_tokens: cam.caption_max_tokens },
-            { signal, onToken: () => undefined, image: frame.jpeg, imageTokens: cam.image_tokens },
+          const ask = (text: string) =>
+            this.o.engine.answer({ id, text, max_tokens: cam.caption_max_tokens }, { signal, onToken: () => undefined, image: frame.jpeg, imageTokens: cam.image_tokens });
+          if (!validator || !cam.structured) return { r: await ask(cam.prompt) };
+          // Every attempt runs inside this one job: retries keep the model instead of queueing again.
+          let last: AnswerResult | undefined;
+          const s = await generateStructured(
+            async (prompt) => {
+              last = await ask(prompt);
+              signal.throwIfAborted();
+              return last.text;
+            },
+            {
+              prompt: cam.prompt,
+              schema: cam.structured,
+              validator,
+              retries: cam.structured_retries,
+              onInvalid: (attempt, reason) => this.log.debug({ camera: cam.name, id, attempt, reason }, 'structured caption invalid'),
+            },
           );
+          return { r: last as AnswerResult, s };
         },
       });
       if (r.finish_reason === 'cancelled') return { error: { code: 'cancelled', message: 'the caption was cancelled' } };
-      const text = r.text.trim();
+      const text = s ? s.text : r.text.trim();
       const l = r.latency_ms;
       const msg: CaptionMessage = {
         ...base,
         ts: isoNow(),
         text,
+        ...(s ? { data: s.data, attempts: s.attempts } : {}),
         ...(r.image ? { width: r.image.width, height: r.image.height, image_tokens: r.image.tokens } : {}),
         latency_ms: {
           queue: started - submitted,
@@ -199,7 +221,8 @@ export class SeeingPipeline {
       if (code === 'internal') this.log.error({ err, camera: cam.name }, 'caption failed');
       else this.log.info({ camera: cam.name, code, reason: message }, 'no caption');
       if (!superseded) {
-        await this.publishCaption({ ...base, ts: isoNow(), text: null, reason: message.slice(0, 500), error_code: code, latency_ms: { total: Date.now() - submitted } }, null);
+        const attempts = err instanceof InvalidOutputError ? { attempts: err.attempts } : {};
+        await this.publishCaption({ ...base, ts: isoNow(), text: null, reason: message.slice(0, 500), error_code: code, ...attempts, latency_ms: { total: Date.now() - submitted } }, null);
       }
       return { error: { code, message: message.slice(0, 2000) }, superseded };
     }

@@ -1,0 +1,114 @@
+/**
+ * The daemon with a structured-caption camera and questions about a JPEG held on a topic: the real `perch run`
+ * process, a tiny package that can see (random weights: its replies are never valid JSON), a directory camera
+ * and the system Mosquitto. The caption is asked 1 + structured_retries times and then fails with
+ * invalid_output and its reason; image_topic questions take the retained JPEG, and refuse an empty topic or a
+ * payload that is not a JPEG.
+ */
+import { rmSync } from 'node:fs';
+import mqtt from 'mqtt';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { captionSchema, cameraEventSchema, type CaptionMessage } from '../src/mqtt/messages.js';
+import { DaemonProcess } from './daemon-helpers.js';
+import { tempRoot } from './engine-helpers.js';
+import { Collector, tempDir, uniqueRoot, type Received } from './mqtt-helpers.js';
+import { FRAMES, frame, makeSeeingPackage } from './seeing-helpers.js';
+
+const BROKER = 'mqtt://127.0.0.1:1883';
+let root: string;
+let pkg: string;
+const cleanups: Array<() => Promise<void> | void> = [];
+
+beforeAll(async () => {
+  root = tempRoot('seeing-structured');
+  pkg = await makeSeeingPackage(root);
+}, 120_000);
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const json = (m: Received): unknown => JSON.parse(m.payload.toString());
+
+describe('perch run with structured captions and image_topic questions', () => {
+  it('retries an invalid structured caption, then publishes invalid_output; answers about a retained JPEG', async () => {
+    const topicRoot = uniqueRoot();
+    const tmp = tempDir('perch-structured-');
+    const config = {
+      device: { id: `structured${process.pid}` },
+      log: { level: 'debug', format: 'json' },
+      daemon: { state_dir: tmp.dir, drain_timeout_ms: 2000, stats_interval_s: 1 },
+      mqtt: { url: BROKER, root_topic: topicRoot, protocol: '3.1.1', keepalive_s: 5 },
+      homeassistant: { enabled: false },
+      model: { dir: pkg, threads: 1, context_tokens: 1024, ple_cache_mb: 1, max_answer_tokens: 8 },
+      cameras: [
+        {
+          name: 'yard',
+          snapshot_interval_s: 3600,
+          image_tokens: 70,
+          caption_max_tokens: 8,
+          structured: { type: 'object', properties: { people: { type: 'integer' }, summary: { type: 'string' } }, required: ['people', 'summary'] },
+          structured_retries: 2,
+          source: { type: 'directory', path: FRAMES, interval_ms: 300, loop: false },
+          motion: { cooldown_s: 0.5 },
+        },
+      ],
+    };
+    const watcher = await Collector.connect(BROKER, [`${topicRoot}/#`]);
+    const daemon = DaemonProcess.start(tmp.dir, config);
+    cleanups.push(async () => {
+      await daemon.kill();
+      await watcher.close();
+      tmp.cleanup();
+    });
+    const t = `${topicRoot}/camera/yard`;
+    const events = () => watcher.on(`${t}/event`).map((m) => cameraEventSchema.parse(json(m)));
+    const captions = (): CaptionMessage[] => watcher.on(`${t}/caption`).map((m) => captionSchema.parse(json(m)));
+    await watcher.waitFor(() => events().some((e) => e.type === 'end'), 60_000).catch((err: Error) => {
+      throw new Error(`${err.message}\ndaemon log:\n${daemon.log().slice(-6000)}`);
+    });
+
+    const end = events().find((e) => e.type === 'end')!;
+    expect(end.caption_error).toMatchObject({ code: 'invalid_output', message: expect.stringMatching(/after 3 attempts/) });
+    const failed = captions().find((c) => c.stage === 'end')!;
+    expect(failed).toMatchObject({ text: null, error_code: 'invalid_output', attempts: 3, reason: expect.stringMatching(/no valid structured caption after 3 attempts: /) });
+    expect(failed.data).toBeUndefined();
+    // The model really was asked three times for that caption: one log line per invalid reply.
+    const invalid = daemon
+      .log()
+      .split('\n')
+      .filter((l) => l.includes('structured caption invalid') && l.includes(failed.id))
+      .map((l) => (JSON.parse(l) as { attempt: number }).attempt);
+    expect(invalid).toEqual([1, 2, 3]);
+
+    // Questions about the JPEG retained on another topic (like another camera's snapshot).
+    const held = `${topicRoot}-elsewhere/camera/gate/snapshot`;
+    const pub = await mqtt.connectAsync(BROKER, { protocolVersion: 4 });
+    cleanups.push(async () => {
+      // Clear the retained test payloads from the system broker.
+      await pub.publishAsync(held, Buffer.alloc(0), { qos: 1, retain: true });
+      await pub.publishAsync(`${held}-text`, Buffer.alloc(0), { qos: 1, retain: true });
+      await pub.endAsync();
+    });
+    await pub.publishAsync(held, frame(2), { qos: 1, retain: true });
+    await pub.publishAsync(`${held}-text`, Buffer.from('not a picture'), { qos: 1, retain: true });
+    const ask = async (body: Record<string, unknown>): Promise<Record<string, unknown>> => {
+      const reply = `${topicRoot}/answer/${String(body.id)}`;
+      await pub.publishAsync(`${topicRoot}/ask`, JSON.stringify({ ...body, reply_to: reply }), { qos: 1 });
+      await watcher.waitFor((m) => m.some((x) => x.topic === reply), 20_000);
+      return json(watcher.on(reply)[0]!) as Record<string, unknown>;
+    };
+    const ok = await ask({ id: 'q-held', text: 'Who is at the gate?', image_topic: held, seed: 1, max_tokens: 3 });
+    expect(ok).toMatchObject({ id: 'q-held', finish_reason: expect.any(String) });
+    // The image went into the prompt: its soft tokens (at least 66 for this frame) and the vision encoder's time.
+    expect((ok.tokens as { prompt: number }).prompt).toBeGreaterThan(66);
+    expect((ok.latency_ms as Record<string, number>).vision).toBeGreaterThanOrEqual(0);
+
+    const empty = await ask({ id: 'q-empty', text: 'Anything?', image_topic: `${topicRoot}-elsewhere/nothing/here` });
+    expect(empty).toMatchObject({ id: 'q-empty', error: { code: 'invalid_request', message: expect.stringMatching(/nothing arrived on .* within 2000 ms/) } });
+    const notJpeg = await ask({ id: 'q-text', text: 'Anything?', image_topic: `${held}-text` });
+    expect(notJpeg).toMatchObject({ id: 'q-text', error: { code: 'invalid_request', message: expect.stringMatching(/is not a JPEG/) } });
+    const wildcard = await ask({ id: 'q-wild', text: 'Anything?', image_topic: `${topicRoot}-elsewhere/#` });
+    expect(wildcard).toMatchObject({ id: 'q-wild', error: { code: 'invalid_request', message: expect.stringMatching(/image_topic/) } });
+  }, 120_000);
+});
