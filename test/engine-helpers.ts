@@ -49,22 +49,7 @@ export async function referenceFor(dir: string, manifest: Manifest, cfg: Gemma4T
   return Gemma4Reference.load(cfg, src, { int8ActivationBlock });
 }
 
-/** max |a - b| / max |b|. */
-export function relErr(a: Float32Array, b: Float32Array): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / scale;
-}
-
-export function argmax(a: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < a.length; i++) if (a[i]! > a[best]!) best = i;
-  return best;
-}
+export { argmax, relErr } from './gemma4-helpers.js';
 
 /**
  * A copy of a tiny synth package whose decoder is rebuilt with other graph options (media inputs, fused ops),

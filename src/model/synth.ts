@@ -9,7 +9,7 @@ import { AUDIO_TOWER_PREFIX, EMBED_AUDIO_PREFIX, syntheticAudioWeightSource } fr
 import { e2bConfig, tinyConfig, toTextConfigJson, type Gemma4TextConfig } from './gemma4/config.js';
 import { e2bVisionConfig, parseGemma4VisionConfig, tinyVisionConfig, toVisionConfigJson } from './gemma4/vision-config.js';
 import { EMBED_VISION_PREFIX, VISION_TOWER_PREFIX, syntheticVisionWeightSource } from './gemma4/vision-weights.js';
-import { MULTIMODAL_TEXT_PREFIX, seededRandom, textTensorTable, type TensorSpec, type WeightSource } from './gemma4/weights.js';
+import { MULTIMODAL_TEXT_PREFIX, seededRandom, tensorSeed, textTensorTable, type TensorSpec, type WeightSource } from './gemma4/weights.js';
 import { buildPackage, type BuildProgress } from './package/build.js';
 import { PACKAGE_FILES, quantPolicyFor, type Manifest, type Profile, type QuantPolicy } from './package/manifest.js';
 import { synthTokenizerFiles } from './package/synth-tokenizer.js';
@@ -46,12 +46,6 @@ export function synthConfigJson(cfg: Gemma4TextConfig, encoders = true): Record<
   return json;
 }
 
-/** FNV-1a of the name mixed with the seed: each tensor's values are independent of generation order. */
-function tensorSeed(seed: number, name: string): number {
-  let h = 0x811c9dc5 ^ seed;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
-  return h >>> 0;
-}
 
 function fillRandom(spec: TensorSpec, out: Float32Array, rand: () => number): void {
   const n = out.length;

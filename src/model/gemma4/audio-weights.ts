@@ -24,7 +24,7 @@
  * (the converter writes one bound pair per einsum; q/k/v share theirs).
  */
 import { type Gemma4AudioConfig, audioDerived } from './audio-config.js';
-import { seededRandom, type WeightSource } from './weights.js';
+import { seededTensorSource, type WeightSource } from './weights.js';
 
 export const AUDIO_TOWER_PREFIX = 'model.audio_tower.';
 export const EMBED_AUDIO_PREFIX = 'model.embed_audio.';
@@ -132,11 +132,6 @@ export function checkAudioWeightShapes(c: Gemma4AudioConfig, src: Pick<WeightSou
   return problems;
 }
 
-function tensorSeed(seed: number, name: string): number {
-  let h = 0x811c9dc5 ^ seed;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
-  return h >>> 0;
-}
 
 /**
  * Seeded random values per tensor. Clip bounds are finite and near the activations' range (|x| ~ 1.5-3) so
@@ -169,20 +164,5 @@ export function fillAudioTensor(spec: AudioTensorSpec, out: Float32Array, rand: 
 
 /** Random audio weights, generated per tensor when asked for (nothing kept): for synth and tests. */
 export function syntheticAudioWeightSource(c: Gemma4AudioConfig, seed: number): WeightSource & { names(): string[] } {
-  const specs = new Map(audioTensorTable(c).map((s) => [s.name, s]));
-  const spec = (name: string): AudioTensorSpec => {
-    const s = specs.get(name);
-    if (!s) throw new Error(`synthetic audio model has no tensor ${name}`);
-    return s;
-  };
-  return {
-    names: () => [...specs.keys()],
-    shape: (name) => [...spec(name).shape],
-    async get(name) {
-      const s = spec(name);
-      const out = new Float32Array(s.shape.reduce((a, b) => a * b, 1));
-      fillAudioTensor(s, out, seededRandom(tensorSeed(seed, name)));
-      return out;
-    },
-  };
+  return seededTensorSource(audioTensorTable(c), seed, fillAudioTensor, 'audio model');
 }

@@ -19,7 +19,7 @@
  * RMSNorm weights are used as is (x * rms^-1 * w), as in the text decoder.
  */
 import { type Gemma4VisionConfig, patchDim } from './vision-config.js';
-import { type WeightSource, seededRandom } from './weights.js';
+import { type WeightSource, seededTensorSource } from './weights.js';
 
 export const VISION_TOWER_PREFIX = 'model.vision_tower.';
 export const EMBED_VISION_PREFIX = 'model.embed_vision.';
@@ -134,11 +134,6 @@ export function checkVisionWeightShapes(c: Gemma4VisionConfig, src: Pick<WeightS
   return problems;
 }
 
-function tensorSeed(seed: number, name: string): number {
-  let h = 0x811c9dc5 ^ seed;
-  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
-  return h >>> 0;
-}
 
 function fillRandom(spec: VisionTensorSpec, out: Float32Array, rand: () => number): void {
   const u = (): number => rand() * 2 - 1;
@@ -162,20 +157,5 @@ function fillRandom(spec: VisionTensorSpec, out: Float32Array, rand: () => numbe
  * depend only on (seed, name); generated on demand and not kept (an E2B synth stays within memory).
  */
 export function syntheticVisionWeightSource(c: Gemma4VisionConfig, seed = 1): WeightSource & { names(): string[] } {
-  const specs = new Map(visionTensorTable(c).map((s) => [s.name, s]));
-  const spec = (name: string): VisionTensorSpec => {
-    const s = specs.get(name);
-    if (!s) throw new Error(`synthetic vision encoder has no tensor ${name}`);
-    return s;
-  };
-  return {
-    names: () => [...specs.keys()],
-    shape: (name) => [...spec(name).shape],
-    async get(name) {
-      const s = spec(name);
-      const out = new Float32Array(s.shape.reduce((a, b) => a * b, 1));
-      fillRandom(s, out, seededRandom(tensorSeed(seed, name)));
-      return out;
-    },
-  };
+  return seededTensorSource(visionTensorTable(c), seed, fillRandom, 'vision encoder');
 }

@@ -265,3 +265,38 @@ export function mapWeightSource(tensors: Map<string, { shape: number[]; data: Fl
     },
   };
 }
+
+/** FNV-1a of the name mixed with the seed: each tensor's values depend on (seed, name) only, not on order. */
+export function tensorSeed(seed: number, name: string): number {
+  let h = 0x811c9dc5 ^ seed;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+/**
+ * Seeded random tensors of a table, made when asked for and not kept (an E2B synth stays within memory):
+ * for synthetic packages and tests. `fill` gives each kind of tensor sensible values.
+ */
+export function seededTensorSource<S extends { name: string; shape: readonly number[] }>(
+  table: readonly S[],
+  seed: number,
+  fill: (spec: S, out: Float32Array, rand: () => number) => void,
+  what: string,
+): WeightSource & { names(): string[] } {
+  const specs = new Map(table.map((s) => [s.name, s]));
+  const spec = (name: string): S => {
+    const s = specs.get(name);
+    if (!s) throw new Error(`synthetic ${what} has no tensor ${name}`);
+    return s;
+  };
+  return {
+    names: () => [...specs.keys()],
+    shape: (name) => [...spec(name).shape],
+    async get(name) {
+      const s = spec(name);
+      const out = new Float32Array(s.shape.reduce((a, b) => a * b, 1));
+      fill(s, out, seededRandom(tensorSeed(seed, name)));
+      return out;
+    },
+  };
+}
