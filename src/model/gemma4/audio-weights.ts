@@ -24,7 +24,7 @@
  * (the converter writes one bound pair per einsum; q/k/v share theirs).
  */
 import { type Gemma4AudioConfig, audioDerived } from './audio-config.js';
-import { seededTensorSource, type WeightSource } from './weights.js';
+import { seededTensorSource, shapeProblems, type WeightSource } from './weights.js';
 
 export const AUDIO_TOWER_PREFIX = 'model.audio_tower.';
 export const EMBED_AUDIO_PREFIX = 'model.embed_audio.';
@@ -108,30 +108,10 @@ export function audioTensorTable(c: Gemma4AudioConfig): AudioTensorSpec[] {
   return out;
 }
 
-/** Checkpoints store the clip bounds as 0-d tensors; [1] is accepted too. */
-function sameShape(got: number[], want: number[]): boolean {
-  const norm = (s: number[]): number[] => (s.length === 1 && s[0] === 1 ? [] : s);
-  const a = norm(got);
-  const b = norm(want);
-  return a.length === b.length && a.every((x, i) => x === b[i]);
-}
-
-/** Readable problems with a source's audio tensors (missing, wrong shape); empty when all is well. */
+/** Readable problems with a source's audio tensors (missing, wrong shape); clip bounds may be 0-d or [1]. */
 export function checkAudioWeightShapes(c: Gemma4AudioConfig, src: Pick<WeightSource, 'shape'>): string[] {
-  const problems: string[] = [];
-  for (const t of audioTensorTable(c)) {
-    let got: number[];
-    try {
-      got = src.shape(t.name);
-    } catch {
-      problems.push(`missing ${t.name}`);
-      continue;
-    }
-    if (!sameShape(got, t.shape)) problems.push(`${t.name}: shape [${got.join(', ')}], expected [${t.shape.join(', ')}]`);
-  }
-  return problems;
+  return shapeProblems(audioTensorTable(c), src);
 }
-
 
 /**
  * Seeded random values per tensor. Clip bounds are finite and near the activations' range (|x| ~ 1.5-3) so

@@ -19,7 +19,7 @@
  * RMSNorm weights are used as is (x * rms^-1 * w), as in the text decoder.
  */
 import { type Gemma4VisionConfig, patchDim } from './vision-config.js';
-import { type WeightSource, seededTensorSource } from './weights.js';
+import { type WeightSource, seededTensorSource, shapeProblems } from './weights.js';
 
 export const VISION_TOWER_PREFIX = 'model.vision_tower.';
 export const EMBED_VISION_PREFIX = 'model.embed_vision.';
@@ -114,26 +114,8 @@ export function visionTensorTable(c: Gemma4VisionConfig): VisionTensorSpec[] {
 
 /** Shape problems (missing tensors, wrong shapes); empty when the source fits the config. Clip bounds may be [] or [1]. */
 export function checkVisionWeightShapes(c: Gemma4VisionConfig, src: Pick<WeightSource, 'shape'>): string[] {
-  const problems: string[] = [];
-  for (const t of visionTensorTable(c)) {
-    let got: number[];
-    try {
-      got = src.shape(t.name);
-    } catch {
-      problems.push(`missing ${t.name}`);
-      continue;
-    }
-    if (t.kind === 'clip') {
-      if (got.reduce((a, b) => a * b, 1) !== 1) problems.push(`${t.name}: shape [${got.join(', ')}], expected a scalar`);
-      continue;
-    }
-    if (got.length !== t.shape.length || got.some((d, i) => d !== t.shape[i])) {
-      problems.push(`${t.name}: shape [${got.join(', ')}], expected [${t.shape.join(', ')}]`);
-    }
-  }
-  return problems;
+  return shapeProblems(visionTensorTable(c), src);
 }
-
 
 function fillRandom(spec: VisionTensorSpec, out: Float32Array, rand: () => number): void {
   const u = (): number => rand() * 2 - 1;

@@ -174,8 +174,17 @@ export function detectTextPrefix(names: Iterable<string>): string {
 
 /** Checks that a source has every used tensor with the expected shape; returns readable problems. */
 export function checkWeightShapes(c: Gemma4TextConfig, src: Pick<WeightSource, 'shape'>, prefix = MULTIMODAL_TEXT_PREFIX): string[] {
+  return shapeProblems(textTensorTable(c, prefix), src);
+}
+
+/**
+ * Readable problems of a source against a tensor table: missing tensors and wrong shapes. A scalar
+ * ([] or [1] in the table) may be stored with any shape of one element: checkpoints write both.
+ */
+export function shapeProblems(table: readonly { name: string; shape: readonly number[] }[], src: Pick<WeightSource, 'shape'>): string[] {
+  const elements = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
   const problems: string[] = [];
-  for (const t of textTensorTable(c, prefix)) {
+  for (const t of table) {
     let got: number[];
     try {
       got = src.shape(t.name);
@@ -183,8 +192,9 @@ export function checkWeightShapes(c: Gemma4TextConfig, src: Pick<WeightSource, '
       problems.push(`missing ${t.name}`);
       continue;
     }
-    if (got.length !== t.shape.length || got.some((d, i) => d !== t.shape[i])) {
-      problems.push(`${t.name}: shape [${got.join(', ')}], expected [${t.shape.join(', ')}]`);
+    const scalar = t.shape.length <= 1 && elements(t.shape) === 1;
+    if (scalar ? elements(got) !== 1 : got.length !== t.shape.length || got.some((d, i) => d !== t.shape[i])) {
+      problems.push(`${t.name}: shape [${got.join(', ')}], expected ${scalar ? 'a scalar' : `[${t.shape.join(', ')}]`}`);
     }
   }
   return problems;
