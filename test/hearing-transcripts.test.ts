@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync, rmSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { segmenterSettingsSchema, type SegmenterSettingsInput } from '../src/audio/settings.js';
+import { stitchTranscripts } from '../src/audio/stitch.js';
 import { segment } from '../src/audio/transcribe-command.js';
 import { mqttSettings, schedulerSettings } from '../src/config/schema.js';
 import { Transcriber } from '../src/engine/transcriber.js';
@@ -132,13 +133,19 @@ describe('HearingPipeline with a transcriber', () => {
     expect(hearing.stats()).toMatchObject({ utterances: 1, transcripts: 1, transcripts_failed: 0 });
   }, 120_000);
 
-  it('marks the parts of speech longer than max_utterance_ms', async () => {
+  it('marks the parts of speech longer than max_utterance_ms, then publishes the group stitched', async () => {
     const { hearing, collector, topics, play } = await rig({ segmenter: { max_utterance_ms: 2000, split_overlap_ms: 500 } });
     await play();
     await hearing.settled();
     const done = hearing.stats().transcripts;
-    await collector.waitFor((m) => m.filter((x) => x.topic === topics.transcript).length === done);
-    const parts = collector.on(topics.transcript).map((m) => transcriptSchema.parse(json(m.payload)) as TranscriptMessage);
+    // One transcript per part, then the group's stitched one.
+    await collector.waitFor((m) => m.filter((x) => x.topic === topics.transcript).length === done + 1);
+    const all = collector.on(topics.transcript).map((m) => {
+      expect(m.packet.qos).toBe(1);
+      return transcriptSchema.parse(json(m.payload)) as TranscriptMessage;
+    });
+    const parts = all.filter((t) => t.part !== undefined);
+    expect(parts).toHaveLength(done);
     expect(parts.length).toBeGreaterThanOrEqual(2);
     const group = parts[0]!.part!.group;
     expect(parts.map((p) => p.part?.group)).toEqual(parts.map(() => group));
@@ -148,6 +155,37 @@ describe('HearingPipeline with a transcriber', () => {
     expect(parts[0]!.part!.overlap_ms).toBe(0);
     expect(parts[1]!.part!.overlap_ms).toBe(500);
     expect(new Set(parts.map((p) => p.id)).size).toBe(parts.length);
+
+    // The stitched transcript comes after the last part: the group's id, the parts' ids, their texts joined.
+    const whole = all.at(-1)!;
+    expect(whole.part).toBeUndefined();
+    expect(whole.id).toBe(group);
+    expect(whole.stitched_from).toEqual(parts.map((p) => p.id));
+    expect(whole.text).toBe(stitchTranscripts(parts.map((p) => p.text)));
+    expect(whole.text.length).toBeGreaterThan(0);
+    expect(whole.started_at).toBe(parts[0]!.started_at);
+    expect(whole.ended_at).toBe(parts.at(-1)!.ended_at);
+    expect(whole.audio_ms).toBe(parts.reduce((sum, p) => sum + p.audio_ms - p.part!.overlap_ms, 0));
+    expect(whole.source).toBe('wav');
+    expect(whole.random_weights).toBe(true);
+    expect(hearing.stats().transcripts).toBe(done); // the stitched transcript is no extra model job
+  }, 120_000);
+
+  it('publishes no stitched transcript for a group with a part missing', async () => {
+    // The model is not ready for the first part (it is only counted), so the group has a gap.
+    let calls = 0;
+    const { hearing, collector, topics, play, sync } = await rig({
+      segmenter: { max_utterance_ms: 2000, split_overlap_ms: 500 },
+      hearing: { transcriber: () => (calls++ === 0 ? undefined : transcriber) },
+    });
+    await play();
+    await hearing.settled();
+    await sync();
+    const all = collector.on(topics.transcript).map((m) => transcriptSchema.parse(json(m.payload)) as TranscriptMessage);
+    expect(all.length).toBeGreaterThanOrEqual(1);
+    expect(all.every((t) => t.part !== undefined && t.part.part > 1)).toBe(true);
+    expect(all.some((t) => t.part!.last)).toBe(true);
+    expect(all.filter((t) => t.stitched_from !== undefined)).toHaveLength(0);
   }, 120_000);
 
   it('publishes an error with the utterance id when the model stays busy past the transcript deadline', async () => {

@@ -68,6 +68,8 @@ export const transcriptSchema = z.strictObject({
       overlap_ms: ms,
     })
     .optional(),
+  /** A long utterance's whole transcript, stitched from its parts' (these ids, in order); id is the group. */
+  stitched_from: z.array(messageId).min(1).max(1000).optional(),
   /** The wake phrase was heard (Home Assistant's `wake` event): the answer follows on `answer`, same id. */
   wake: z.boolean().optional(),
   /** Why the utterance is a question (wake phrase, push-to-talk, follow-up): the answer follows, same id. */
