@@ -6,7 +6,8 @@
  * VAD found, in ms from the start of the file.
  */
 import { readFile, stat } from 'node:fs/promises';
-import { InvalidArgumentError, type Command } from 'commander';
+import type { Command } from 'commander';
+import { intIn } from '../cli-args.js';
 import { Transcriber } from '../engine/transcriber.js';
 import { MAX_WAV_BYTES } from '../sources/wav.js';
 import { wavTo16kMono } from '../sources/wav-decode.js';
@@ -15,14 +16,6 @@ import { segmenterSettingsSchema } from './settings.js';
 
 /** Samples fed to the segmenter between waits: well under its max_backlog_ms, so nothing is dropped. */
 const FEED_SAMPLES = 16000;
-
-function intIn(min: number, max: number): (v: string) => number {
-  return (v) => {
-    const n = Number(v);
-    if (!/^\d+$/.test(v) || !Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`expected an integer from ${min} to ${max}`);
-    return n;
-  };
-}
 
 interface TranscribeCommandOptions {
   model: string;

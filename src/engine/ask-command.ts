@@ -4,19 +4,12 @@
  * stderr with exit status 1; Ctrl-C stops generation and keeps the partial answer.
  */
 import { InvalidArgumentError, type Command } from 'commander';
+import { intIn } from '../cli-args.js';
 import { Engine, type GenerateResult } from './engine.js';
 import { DEFAULT_SAMPLING } from './gemma-engine.js';
 import type { ChatMessage } from './prompt.js';
 
 const MAX_QUESTION_CHARS = 32_768;
-
-function intIn(min: number, max: number): (v: string) => number {
-  return (v) => {
-    const n = Number(v);
-    if (!/^\d+$/.test(v) || !Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`expected an integer from ${min} to ${max}`);
-    return n;
-  };
-}
 
 function temperature(v: string): number {
   const n = Number(v);

@@ -5,6 +5,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { InvalidArgumentError, type Command } from 'commander';
+import { intIn } from '../cli-args.js';
 import { DEFAULT_CAPTION_PROMPT, modelSettings } from '../config/schema.js';
 import { GemmaAnswerEngine } from '../engine/gemma-engine.js';
 import { SOFT_TOKEN_BUDGETS, type TokenBudget } from './preprocess.js';
@@ -21,14 +22,6 @@ interface CaptionOptions {
   seed?: number;
   threads: number;
   contextTokens: number;
-}
-
-function intIn(min: number, max: number): (v: string) => number {
-  return (v) => {
-    const n = Number(v);
-    if (!/^\d+$/.test(v) || n < min || n > max) throw new InvalidArgumentError(`expected an integer from ${min} to ${max}`);
-    return n;
-  };
 }
 
 function budget(v: string): TokenBudget {

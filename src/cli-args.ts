@@ -1,0 +1,11 @@
+/** Option parsers shared by the `perch` subcommands (commander calls them with the raw text). */
+import { InvalidArgumentError } from 'commander';
+
+/** A whole number written in digits, from min to max. */
+export function intIn(min: number, max: number): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n < min || n > max) throw new InvalidArgumentError(`expected an integer from ${min} to ${max}`);
+    return n;
+  };
+}
