@@ -8,13 +8,10 @@
 import { rmSync } from 'node:fs';
 import mqtt from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { captionSchema, cameraEventSchema, type CaptionMessage } from '../src/mqtt/messages.js';
-import { DaemonProcess } from './daemon-helpers.js';
 import { tempRoot } from './engine-helpers.js';
-import { Collector, tempDir, uniqueRoot, type Received } from './mqtt-helpers.js';
-import { FRAMES, frame, makeSeeingPackage } from './seeing-helpers.js';
+import type { Received } from './mqtt-helpers.js';
+import { BROKER, frame, makeSeeingPackage, startSeeingDaemon } from './seeing-helpers.js';
 
-const BROKER = 'mqtt://127.0.0.1:1883';
 let root: string;
 let pkg: string;
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -32,41 +29,16 @@ const json = (m: Received): unknown => JSON.parse(m.payload.toString());
 
 describe('perch run with structured captions and image_topic questions', () => {
   it('retries an invalid structured caption, then publishes invalid_output; answers about a retained JPEG', async () => {
-    const topicRoot = uniqueRoot();
-    const tmp = tempDir('perch-structured-');
-    const config = {
-      device: { id: `structured${process.pid}` },
-      log: { level: 'debug', format: 'json' },
-      daemon: { state_dir: tmp.dir, drain_timeout_ms: 2000, stats_interval_s: 1 },
-      mqtt: { url: BROKER, root_topic: topicRoot, protocol: '3.1.1', keepalive_s: 5 },
-      homeassistant: { enabled: false },
-      model: { dir: pkg, threads: 1, context_tokens: 1024, ple_cache_mb: 1, max_answer_tokens: 8 },
-      cameras: [
-        {
-          name: 'yard',
-          snapshot_interval_s: 3600,
-          image_tokens: 70,
-          caption_max_tokens: 8,
-          structured: { type: 'object', properties: { people: { type: 'integer' }, summary: { type: 'string' } }, required: ['people', 'summary'] },
-          structured_retries: 2,
-          source: { type: 'directory', path: FRAMES, interval_ms: 300, loop: false },
-          motion: { cooldown_s: 0.5 },
-        },
-      ],
-    };
-    const watcher = await Collector.connect(BROKER, [`${topicRoot}/#`]);
-    const daemon = DaemonProcess.start(tmp.dir, config);
-    cleanups.push(async () => {
-      await daemon.kill();
-      await watcher.close();
-      tmp.cleanup();
+    const { topicRoot, daemon, watcher, events, captions, waitForEnd } = await startSeeingDaemon(cleanups, {
+      modelDir: pkg,
+      endTimeoutMs: 60_000,
+      camera: {
+        caption_max_tokens: 8,
+        structured: { type: 'object', properties: { people: { type: 'integer' }, summary: { type: 'string' } }, required: ['people', 'summary'] },
+        structured_retries: 2,
+      },
     });
-    const t = `${topicRoot}/camera/yard`;
-    const events = () => watcher.on(`${t}/event`).map((m) => cameraEventSchema.parse(json(m)));
-    const captions = (): CaptionMessage[] => watcher.on(`${t}/caption`).map((m) => captionSchema.parse(json(m)));
-    await watcher.waitFor(() => events().some((e) => e.type === 'end'), 60_000).catch((err: Error) => {
-      throw new Error(`${err.message}\ndaemon log:\n${daemon.log().slice(-6000)}`);
-    });
+    await waitForEnd();
 
     const end = events().find((e) => e.type === 'end')!;
     expect(end.caption_error).toMatchObject({ code: 'invalid_output', message: expect.stringMatching(/after 3 attempts/) });

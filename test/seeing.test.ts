@@ -5,19 +5,15 @@
  * error and the daemon keeps serving; when the model is busy past the caption deadline the event says why.
  */
 import { rmSync } from 'node:fs';
-import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { captionSchema, cameraEventSchema, statsSchema, type CameraEventMessage, type CaptionMessage } from '../src/mqtt/messages.js';
-import { DaemonProcess } from './daemon-helpers.js';
+import { statsSchema } from '../src/mqtt/messages.js';
 import { makeTinyPackage, tempRoot } from './engine-helpers.js';
-import { Collector, tempDir, uniqueRoot, type Received } from './mqtt-helpers.js';
-import { FRAMES, frame, makeSeeingPackage } from './seeing-helpers.js';
+import { Collector, type Received } from './mqtt-helpers.js';
+import { BROKER, frame, makeSeeingPackage, startSeeingDaemon } from './seeing-helpers.js';
 
-const BROKER = 'mqtt://127.0.0.1:1883';
 let root: string;
 let pkg: string;
-let seq = 0;
 const cleanups: Array<() => Promise<void> | void> = [];
 
 beforeAll(async () => {
@@ -29,46 +25,13 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-/** A daemon with one non-looping directory camera: six frames, one motion event that ends after 0.5 s still. */
-async function startDaemon(over: { scheduler?: Record<string, unknown>; imageTokens?: number; modelDir?: string } = {}) {
-  const topicRoot = uniqueRoot();
-  const id = `seeing${process.pid}-${seq++}`;
-  const tmp = tempDir('perch-seeing-');
-  const config = {
-    device: { id },
-    log: { level: 'debug', format: 'json' },
-    daemon: { state_dir: tmp.dir, drain_timeout_ms: 2000, stats_interval_s: 1 },
-    mqtt: { url: BROKER, root_topic: topicRoot, protocol: '3.1.1', keepalive_s: 5 },
-    homeassistant: { enabled: false },
-    model: { dir: over.modelDir ?? pkg, threads: 1, context_tokens: 1024, ple_cache_mb: 1, max_answer_tokens: 8 },
-    scheduler: over.scheduler ?? {},
-    cameras: [
-      {
-        name: 'yard',
-        snapshot_interval_s: 3600,
-        image_tokens: over.imageTokens ?? 70,
-        caption_max_tokens: 12,
-        source: { type: 'directory', path: FRAMES, interval_ms: 300, loop: false },
-        motion: { cooldown_s: 0.5 },
-      },
-    ],
-  };
-  const watcher = await Collector.connect(BROKER, [`${topicRoot}/#`]);
-  const daemon = DaemonProcess.start(tmp.dir, config);
-  cleanups.push(async () => {
-    await daemon.kill();
-    await watcher.close();
-    tmp.cleanup();
+/** The yard-camera daemon on this file's package (or `modelDir`). */
+function startDaemon(over: { scheduler?: Record<string, unknown>; imageTokens?: number; modelDir?: string } = {}) {
+  return startSeeingDaemon(cleanups, {
+    modelDir: over.modelDir ?? pkg,
+    ...(over.scheduler ? { scheduler: over.scheduler } : {}),
+    ...(over.imageTokens ? { camera: { image_tokens: over.imageTokens } } : {}),
   });
-  const t = `${topicRoot}/camera/yard`;
-  const events = (): CameraEventMessage[] => watcher.on(`${t}/event`).map((m) => cameraEventSchema.parse(json(m)));
-  const captions = (): CaptionMessage[] => watcher.on(`${t}/caption`).map((m) => captionSchema.parse(json(m)));
-  const waitForEnd = () =>
-    watcher.waitFor(() => events().some((e) => e.type === 'end'), 40_000).catch((err: Error) => {
-      throw new Error(`${err.message}\ndaemon log:\n${daemon.log().slice(-6000)}`);
-    });
-  await watcher.waitFor((m) => m.some((x) => x.topic === `${topicRoot}/status` && x.payload.toString() === 'online'), 20_000);
-  return { topicRoot, t, daemon, watcher, events, captions, waitForEnd };
 }
 
 const json = (m: Received): unknown => JSON.parse(m.payload.toString());
