@@ -1,3 +1,4 @@
+import { resolve } from 'node:path';
 import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
@@ -7,5 +8,7 @@ export default defineConfig({
     hookTimeout: 30_000,
     // Two cores: forks keep ONNX Runtime and child processes isolated per file.
     pool: 'forks',
+    // Commands the tests run keep their prepacked weight caches here, not in the user's ~/.cache.
+    env: { PERCH_CACHE_DIR: resolve('test/.tmp/perch-cache') },
   },
 });

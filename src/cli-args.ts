@@ -9,3 +9,7 @@ export function intIn(min: number, max: number): (v: string) => number {
     return n;
   };
 }
+
+/** `--no-prepacked-cache`, shared by the commands that load a model package. */
+export const NO_PREPACKED_CACHE_FLAG = '--no-prepacked-cache';
+export const NO_PREPACKED_CACHE_HELP = 'pack the weights in memory instead of using the per-machine file cache ($PERCH_CACHE_DIR, default ~/.cache/perch)';

@@ -5,7 +5,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import mqtt from 'mqtt';
 import { spawnSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { DaemonProcess, REPO, SAMPLES } from './daemon-helpers.js';
@@ -60,7 +60,7 @@ async function startDaemon(over: Record<string, unknown> = {}) {
   await watcher.waitFor((m) => m.some((x) => x.topic === `${t.root}/status` && x.payload.toString() === 'online'), 20_000).catch((err: Error) => {
     throw new Error(`${err.message}\ndaemon log:\n${daemon.log()}`);
   });
-  return { ...t, daemon, watcher };
+  return { ...t, daemon, watcher, stateDir: tmp.dir };
 }
 
 const json = (b: Buffer) => JSON.parse(b.toString()) as Record<string, unknown>;
@@ -233,8 +233,10 @@ describe('answers from a model package', () => {
   });
 
   it('streams an MQTT 5 answer on answer/stream and replies with the same correlation data', async () => {
-    const { root, watcher } = await startDaemon({ model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 256, max_answer_tokens: 12 } });
+    const { root, watcher, stateDir } = await startDaemon({ model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 256, max_answer_tokens: 12 } });
     await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && (json(x.payload).engine as { state: string }).state === 'ready'), 60_000);
+    // Its weights were prepacked into the cache under the state directory (model.cache_dir unset).
+    expect(readdirSync(path.join(stateDir, 'model-cache')).filter((n) => /^decoder-[0-9a-f]{20}$/.test(n))).toHaveLength(1);
     const c = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
     cleanups.push(() => c.endAsync(true).then(() => undefined));
     const replies: Array<{ body: Record<string, unknown>; corr?: Buffer }> = [];

@@ -7,7 +7,8 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { intIn } from '../cli-args.js';
+import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, intIn } from '../cli-args.js';
+import { defaultCacheDir } from '../engine/prepacked-cache.js';
 import { Transcriber } from '../engine/transcriber.js';
 import { MAX_WAV_BYTES } from '../sources/wav.js';
 import { wavTo16kMono } from '../sources/wav-decode.js';
@@ -25,6 +26,8 @@ interface TranscribeCommandOptions {
   threads: number;
   contextTokens: number;
   pleCacheMb: number;
+  /** False with --no-prepacked-cache. */
+  prepackedCache: boolean;
 }
 
 export interface TranscribedUtterance {
@@ -48,6 +51,7 @@ export function registerTranscribeCommand(program: Command): void {
     .option('--language <name>', 'spoken language, e.g. English (default: the model finds it)')
     .option('--threads <n>', 'ONNX Runtime threads', intIn(1, 64), 4)
     .option('--context-tokens <n>', 'largest context (prompt + transcript)', intIn(128, 131072), 2048)
+    .option(NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP)
     .option('--ple-cache-mb <n>', 'per-layer-embedding row cache, MiB', intIn(1, 65536), 64)
     .action(async (file: string, opts: TranscribeCommandOptions) => {
       process.exitCode = await transcribeFile(file, opts);
@@ -70,7 +74,12 @@ async function transcribeFile(file: string, opts: TranscribeCommandOptions): Pro
   }
   let transcriber: Transcriber;
   try {
-    transcriber = await Transcriber.load(opts.model, { threads: opts.threads, contextTokens: opts.contextTokens, pleCacheMb: opts.pleCacheMb });
+    transcriber = await Transcriber.load(opts.model, {
+      threads: opts.threads,
+      contextTokens: opts.contextTokens,
+      pleCacheMb: opts.pleCacheMb,
+      prepackedCache: opts.prepackedCache ? { dir: defaultCacheDir() } : undefined,
+    });
   } catch (err) {
     return fail((err as Error).message);
   }

@@ -7,6 +7,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
+import { defaultCacheDir } from '../engine/prepacked-cache.js';
 import { SOFT_TOKEN_BUDGETS, type TokenBudget } from '../vision/preprocess.js';
 import { DEFAULT_BANDWIDTH_BYTES } from './bandwidth.js';
 import { DEFAULT_FRAME, DEFAULT_SPEECH_WAV } from './media.js';
@@ -23,6 +24,8 @@ const USAGE = `usage: npm run bench -- --model DIR [options]
   --runs N                  runs per prompt length; medians are reported (default 3)
   --ple-cache-mb N          PLE row cache budget (default 64)
   --prefill-chunk N         prompt tokens per prefill run (default: the engine's)
+  --cache-dir DIR           prepacked weight cache (default $PERCH_CACHE_DIR or ~/.cache/perch)
+  --no-prepacked-cache      let ONNX Runtime pack the weights on the heap instead
   --bandwidth-mb N          bandwidth buffer size (default 1024)
   --bandwidth-reps N         timed repetitions per bandwidth figure, best kept (default 5)
   --bandwidth-pages P       huge (default: transparent huge pages, the machine's limit) or 4k
@@ -60,6 +63,8 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
       runs: { type: 'string' },
       'ple-cache-mb': { type: 'string' },
       'prefill-chunk': { type: 'string' },
+      'cache-dir': { type: 'string' },
+      'no-prepacked-cache': { type: 'boolean', default: false },
       'bandwidth-mb': { type: 'string' },
       'bandwidth-reps': { type: 'string' },
       'bandwidth-pages': { type: 'string' },
@@ -93,6 +98,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
     decodeTokens: int('decode-tokens', values['decode-tokens'], 64, 1, 8192),
     runs: int('runs', values.runs, 3, 1, 100),
     pleCacheMb: int('ple-cache-mb', values['ple-cache-mb'], 64, 1, 65536),
+    prepackedCacheDir: values['no-prepacked-cache'] ? null : (values['cache-dir'] ?? defaultCacheDir()),
     prefillChunk: values['prefill-chunk'] === undefined ? undefined : int('prefill-chunk', values['prefill-chunk'], 128, 1, 32768),
     bandwidthBytes: int('bandwidth-mb', values['bandwidth-mb'], DEFAULT_BANDWIDTH_BYTES / 2 ** 20, 1, 65536) * 2 ** 20,
     bandwidthPages: pages,

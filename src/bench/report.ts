@@ -3,6 +3,11 @@ import { basename } from 'node:path';
 import type { BenchResult } from './run.js';
 
 const MiB = 2 ** 20;
+const PACKED: Record<BenchResult['prepacked'], string> = {
+  cached: 'memory-mapped from the prepacked file cache',
+  built: 'memory-mapped from the prepacked file cache, built during this load (its time is in the load figure)',
+  heap: 'packed by ONNX Runtime on the heap (--no-prepacked-cache, or the cache was unavailable)',
+};
 const mib = (b: number): string => `${(b / MiB).toFixed(0)} MiB`;
 const mb = (b: number): string => (b >= 1e6 ? `${(b / 1e6).toFixed(1)} MB` : `${(b / 1e3).toFixed(1)} kB`);
 const pct = (x: number): string => `${(x * 100).toFixed(0)}%`;
@@ -24,6 +29,7 @@ export function formatReport(r: BenchResult): string {
   out.push(`          load average ${m.loadAvgStart.map((x) => x.toFixed(2)).join(' ')} at start, ${m.loadAvgEnd.map((x) => x.toFixed(2)).join(' ')} at end`);
   out.push(`model     ${r.model.dir} (${r.model.source}, profile ${r.model.profile}, ${r.model.linearBits ?? 32}-bit linears, ${mb(r.model.fileBytes)})`);
   out.push(`settings  median of ${r.settings.runs} run(s), ${r.settings.decodeTokens} decoded tokens, greedy, PLE cache ${r.settings.pleCacheMb} MiB, load ${(r.loadMs / 1000).toFixed(1)} s`);
+  out.push(`          packed weights: ${PACKED[r.prepacked]}`);
   out.push('');
   out.push('  prompt  prefill tok/s  first token ms  decode tok/s  (best run: prefill, decode)');
   for (const p of r.prompts) {

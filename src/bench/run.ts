@@ -33,6 +33,8 @@ export interface BenchOptions {
   /** Page size of the bandwidth buffers: 'huge' (default, the machine's limit) or '4k'. */
   bandwidthPages: 'huge' | '4k';
   pleCacheMb: number;
+  /** Prepacked weight cache directory (null: --no-prepacked-cache, ORT packs on the heap). */
+  prepackedCacheDir: string | null;
   /** Engine prefill chunk (undefined: the engine's default). */
   prefillChunk?: number;
   profileOrt: boolean;
@@ -73,6 +75,8 @@ export interface BenchResult {
   };
   model: { dir: string; source: string; profile: string; linearBits: number | null; fileBytes: number };
   settings: { promptTokens: number[]; decodeTokens: number; runs: number; pleCacheMb: number; prefillChunk: number | null; sampling: 'greedy' };
+  /** Where the packed weights lived: the file cache (found, or built during loadMs) or the heap. */
+  prepacked: Engine['prepacked'];
   loadMs: number;
   prompts: PromptResult[];
   /** Decode rate after the first prompt length (median), the headline figure. */
@@ -179,6 +183,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       prefillChunk: o.prefillChunk,
       // Every run must compute its whole prompt: no prefix reuse.
       prefixSnapshots: 0,
+      prepackedCache: o.prepackedCacheDir === null ? undefined : { dir: o.prepackedCacheDir },
     });
     const loadMs = performance.now() - t0;
     try {
@@ -252,6 +257,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
           fileBytes: engine.manifest.files.reduce((a, f) => a + f.bytes, 0),
         },
         settings: { promptTokens: o.promptTokens, decodeTokens: o.decodeTokens, runs: o.runs, pleCacheMb: o.pleCacheMb, prefillChunk: o.prefillChunk ?? null, sampling: 'greedy' },
+        prepacked: engine.prepacked,
         loadMs,
         prompts,
         decodeTokPerS,

@@ -202,7 +202,7 @@ export class Controller {
       this.log.warn(reason);
       return new UnavailableEngine(reason);
     }
-    const engine = new GemmaAnswerEngine(model, { logger: this.log });
+    const engine = new GemmaAnswerEngine(model, { logger: this.log, defaultCacheDir: path.join(this.o.config.daemon.state_dir, 'model-cache') });
     void engine.start().then(() => {
       const st = engine.status();
       if (st.random_weights) this.log.warn(`MODEL OUTPUTS ARE RANDOM: ${st.detail}`);

@@ -4,9 +4,10 @@
  * stderr with exit status 1; Ctrl-C stops generation and keeps the partial answer.
  */
 import { InvalidArgumentError, type Command } from 'commander';
-import { intIn } from '../cli-args.js';
+import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, intIn } from '../cli-args.js';
 import { Engine, type GenerateResult } from './engine.js';
 import { DEFAULT_SAMPLING } from './gemma-engine.js';
+import { defaultCacheDir } from './prepacked-cache.js';
 import type { ChatMessage } from './prompt.js';
 
 const MAX_QUESTION_CHARS = 32_768;
@@ -28,6 +29,8 @@ interface AskOptions {
   threads: number;
   contextTokens: number;
   pleCacheMb: number;
+  /** False with --no-prepacked-cache. */
+  prepackedCache: boolean;
 }
 
 export function registerAskCommand(program: Command): void {
@@ -44,6 +47,7 @@ export function registerAskCommand(program: Command): void {
     .option('--system <text>', 'system prompt')
     .option('--threads <n>', 'ONNX Runtime threads', intIn(1, 64), 4)
     .option('--context-tokens <n>', 'largest context (prompt + answer)', intIn(128, 131072), 4096)
+    .option(NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP)
     .option('--ple-cache-mb <n>', 'per-layer-embedding row cache, MiB', intIn(1, 65536), 64)
     .action(async (question: string, opts: AskOptions) => {
       process.exitCode = await ask(question, opts);
@@ -57,7 +61,12 @@ async function ask(question: string, opts: AskOptions): Promise<number> {
   }
   let engine: Engine;
   try {
-    engine = await Engine.load(opts.model, { threads: opts.threads, contextTokens: opts.contextTokens, pleCacheMb: opts.pleCacheMb });
+    engine = await Engine.load(opts.model, {
+      threads: opts.threads,
+      contextTokens: opts.contextTokens,
+      pleCacheMb: opts.pleCacheMb,
+      prepackedCache: opts.prepackedCache ? { dir: defaultCacheDir() } : undefined,
+    });
   } catch (err) {
     process.stderr.write(`perch: ${(err as Error).message}\n`);
     return 1;

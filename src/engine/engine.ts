@@ -14,6 +14,7 @@ import { type Logger, silentLogger } from '../log.js';
 import { KvState, PrefixStore, commonPrefix } from './kv-cache.js';
 import { ChatTemplate, type ChatMessage, OutputRouter } from './prompt.js';
 import { type SamplerOptions, createSampler } from './sampling.js';
+import { type PrepackedCacheOptions, discardPrepacked, prepackedModel } from './prepacked-cache.js';
 import { DEFAULT_TUNING, type DecoderSession, type SessionTuning, createDecoderSession } from './session.js';
 import { PackageTokenizer } from './tokenizer.js';
 import { StopMatcher } from './stop.js';
@@ -34,6 +35,11 @@ export interface EngineLoadOptions {
   prefillChunk?: number;
   /** Snapshots kept for prefix reuse (default 2; 0 disables reuse). */
   prefixSnapshots?: number;
+  /**
+   * Keep ORT's prepacked weights in a per-machine file cache (prepacked-cache.ts) so they are memory-mapped
+   * instead of copied to the heap. Omitted: packed on the heap at every load.
+   */
+  prepackedCache?: Omit<PrepackedCacheOptions, 'logger'>;
 }
 
 /** Encoder output rows placed at consecutive prompt positions (image / audio soft tokens). */
@@ -145,13 +151,18 @@ export class Engine {
       });
       const tuning: SessionTuning = { ...DEFAULT_TUNING, ...opts.tuning, threads: opts.threads };
       const t0 = performance.now();
-      const decoder = await createDecoderSession(pkg.path('decoder-graph')!, cfg, tuning);
-      log.info({ dir, ms: Math.round(performance.now() - t0), threads: opts.threads, media: decoder.acceptsMedia }, 'decoder session ready');
+      const { decoder, prepacked } = await openDecoder(pkg, tuning, opts.prepackedCache, log);
+      log.info({ dir, ms: Math.round(performance.now() - t0), threads: opts.threads, media: decoder.acceptsMedia, prepacked }, 'decoder session ready');
       return new Engine(pkg, decoder, tokenizer, template, opts.contextTokens, prefillChunk, log, opts.prefixSnapshots ?? 2);
     } catch (e) {
       await pkg.close();
       throw e;
     }
+  }
+
+  /** Whether the decoder's weights come prepacked from the file cache (file-backed) or were packed on the heap. */
+  get prepacked(): 'cached' | 'built' | 'heap' {
+    return this.decoder.prepacked;
   }
 
   get config(): Gemma4TextConfig {
@@ -407,4 +418,29 @@ async function estimateResidentMb(pkg: OpenedPackage, contextTokens: number, ple
   }
   const mib = 1024 * 1024;
   return Math.ceil((weights + kv) / mib + pleCacheMb + 64);
+}
+
+/**
+ * The decoder session, from the prepacked file cache when one is configured. A cached entry that ORT cannot
+ * open (damaged on disk) is dropped and the original loaded: the next start builds the entry again.
+ */
+async function openDecoder(pkg: OpenedPackage, tuning: SessionTuning, cache: EngineLoadOptions['prepackedCache'], log: Logger): Promise<{ decoder: DecoderSession; prepacked: DecoderSession['prepacked'] }> {
+  const graph = pkg.path('decoder-graph')!;
+  if (cache) {
+    const sums = pkg.manifest.files.filter((f) => f.role === 'decoder-graph' || f.role === 'decoder-weights').map((f) => f.sha256);
+    const entry = await prepackedModel({ modelPath: graph, checksum: sums.join('+') }, tuning, { ...cache, logger: log });
+    if (entry) {
+      try {
+        // The entry's graph is already optimised for this CPU: running the optimisers again would only cost time.
+        const decoder = await createDecoderSession(entry.path, pkg.config, { ...tuning, graphOptimizationLevel: 'disabled' });
+        decoder.prepacked = entry.built ? 'built' : 'cached';
+        return { decoder, prepacked: decoder.prepacked };
+      } catch (e) {
+        log.warn({ path: entry.path, err: (e as Error).message }, 'the prepacked weight cache entry did not load: dropped, loading the package itself');
+        await discardPrepacked(entry);
+      }
+    }
+  }
+  const decoder = await createDecoderSession(graph, pkg.config, tuning);
+  return { decoder, prepacked: decoder.prepacked };
 }

@@ -12,6 +12,7 @@ import { ImagePreprocessError } from '../vision/preprocess.js';
 import { Engine, type EngineLoadOptions, type MediaInput } from './engine.js';
 import { type ChatMessage, expandMediaPlaceholders } from './prompt.js';
 import type { SamplerOptions } from './sampling.js';
+import { defaultCacheDir } from './prepacked-cache.js';
 import { Transcriber } from './transcriber.js';
 import { type AnswerEngine, type AnswerOptions, type AnswerResult, type EngineStatus, EngineUnavailableError, InvalidInputError } from './types.js';
 import { VisionEncoder, visionEncoderPath } from './vision.js';
@@ -25,6 +26,8 @@ export interface GemmaEngineOptions {
   logger?: Logger;
   /** Passed to Engine.load (session tuning, prefill chunk). */
   load?: Partial<Pick<EngineLoadOptions, 'tuning' | 'prefillChunk' | 'prefixSnapshots'>>;
+  /** Cache directory when settings.cache_dir is unset (the daemon: under its state_dir; default defaultCacheDir()). */
+  defaultCacheDir?: string;
 }
 
 /**
@@ -80,6 +83,7 @@ export class GemmaAnswerEngine implements AnswerEngine {
         contextTokens: s.context_tokens,
         pleCacheMb: s.ple_cache_mb,
         memoryBudgetMb: s.memory_budget_mb,
+        prepackedCache: s.prepacked_cache ? { dir: s.cache_dir ?? this.opts.defaultCacheDir ?? defaultCacheDir() } : undefined,
         logger: this.log,
         ...this.opts.load,
       });

@@ -68,6 +68,8 @@ export interface DecoderSession {
   pleWidth: number;
   /** The graph takes media_embeds / media_mask (built with the media option). */
   acceptsMedia: boolean;
+  /** Where the packed weights live: mapped from the prepacked file cache (found or built now) or on the heap. */
+  prepacked: 'cached' | 'built' | 'heap';
   release(): Promise<void>;
 }
 
@@ -88,6 +90,7 @@ export async function createDecoderSession(modelPath: string, cfg: Gemma4TextCon
     hiddenSize: cfg.hiddenSize,
     pleWidth: cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput,
     acceptsMedia: inputs.has('media_embeds') && inputs.has('media_mask'),
+    prepacked: 'heap',
     async release() {
       if (released) return;
       released = true;

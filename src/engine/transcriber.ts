@@ -11,7 +11,7 @@ import path from 'node:path';
 import { LogMelExtractor, optionsFromProcessorConfig } from '../audio/features.js';
 import { type Logger, silentLogger } from '../log.js';
 import { AudioEncoderSession } from '../model/gemma4/audio-encoder.js';
-import { Engine, type FinishReason } from './engine.js';
+import { Engine, type EngineLoadOptions, type FinishReason } from './engine.js';
 import { type ChatMessage, expandMediaPlaceholders } from './prompt.js';
 
 export const AUDIO_ENCODER_FILE = 'audio_encoder.onnx';
@@ -49,6 +49,7 @@ export interface TranscriberLoadOptions {
   /** For an engine loaded here: context and PLE cache (defaults 2048 tokens, 64 MiB). */
   contextTokens?: number;
   pleCacheMb?: number;
+  prepackedCache?: EngineLoadOptions['prepackedCache'];
   logger?: Logger;
 }
 
@@ -111,7 +112,7 @@ export class Transcriber {
     const log = (opts.logger ?? silentLogger).child({ module: 'transcriber' });
     const file = path.join(packageDir, AUDIO_ENCODER_FILE);
     if (!existsSync(file)) throw new AudioEncoderMissingError(`this package has no audio encoder (${file} is missing): transcripts are unavailable`);
-    const engine = opts.engine ?? (await Engine.load(packageDir, { threads: opts.threads, contextTokens: opts.contextTokens ?? 2048, pleCacheMb: opts.pleCacheMb ?? 64, logger: opts.logger }));
+    const engine = opts.engine ?? (await Engine.load(packageDir, { threads: opts.threads, contextTokens: opts.contextTokens ?? 2048, pleCacheMb: opts.pleCacheMb ?? 64, prepackedCache: opts.prepackedCache, logger: opts.logger }));
     const owns = opts.engine === undefined;
     let encoder: AudioEncoderSession | undefined;
     try {

@@ -5,7 +5,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { InvalidArgumentError, type Command } from 'commander';
-import { intIn } from '../cli-args.js';
+import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, intIn } from '../cli-args.js';
 import { DEFAULT_CAPTION_PROMPT, modelSettings } from '../config/schema.js';
 import { GemmaAnswerEngine } from '../engine/gemma-engine.js';
 import { SOFT_TOKEN_BUDGETS, type TokenBudget } from './preprocess.js';
@@ -22,6 +22,8 @@ interface CaptionOptions {
   seed?: number;
   threads: number;
   contextTokens: number;
+  /** False with --no-prepacked-cache. */
+  prepackedCache: boolean;
 }
 
 function budget(v: string): TokenBudget {
@@ -43,6 +45,7 @@ export function registerCaptionCommand(program: Command): void {
     .option('--seed <n>', 'sampling seed (same seed, same caption)', intIn(0, 0xffffffff))
     .option('--threads <n>', 'ONNX Runtime threads', intIn(1, 64), 4)
     .option('--context-tokens <n>', 'largest context (prompt + caption)', intIn(128, 131072), 4096)
+    .option(NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP)
     .action(async (file: string, opts: CaptionOptions) => {
       process.exitCode = await caption(file, opts);
     });
@@ -63,7 +66,7 @@ async function caption(file: string, opts: CaptionOptions): Promise<number> {
   } catch (err) {
     return fail((err as Error).message);
   }
-  const settings = modelSettings.parse({ dir: opts.model, threads: opts.threads, context_tokens: opts.contextTokens, max_answer_tokens: opts.maxTokens });
+  const settings = modelSettings.parse({ dir: opts.model, threads: opts.threads, context_tokens: opts.contextTokens, max_answer_tokens: opts.maxTokens, prepacked_cache: opts.prepackedCache });
   const engine = new GemmaAnswerEngine(settings);
   await engine.start();
   const ac = new AbortController();
