@@ -231,15 +231,15 @@ describe('stops', () => {
   });
 });
 
-describe('Engine on the fused graph variant (GroupQueryAttention, fused norms, ONNX Gelu)', () => {
+describe('Engine on the GroupQueryAttention variant (the package graph with attention: gqa)', () => {
   it('greedy generation still equals the reference', async () => {
-    const fast = await Engine.load(await rebuildDecoder(dir, manifest, cfg, join(root, 'fast'), FAST_VARIANT), LOAD);
+    const fast = await Engine.load(await rebuildDecoder(dir, manifest, cfg, join(root, 'fast'), { ...FAST_VARIANT, attention: 'gqa' }), LOAD);
     try {
       const r = await greedy(fast, PROMPT, { prefillChunk: 7 });
       const want = referenceGreedy(PROMPT, 10, fast.tokenizer.stopIds());
       expect(r.tokens).toEqual(want.tokens);
       const err = Math.max(...r.logits.map((l, i) => relErr(l, want.logits[i]!)));
-      console.log(`fused variant vs reference: max logits rel err ${err.toExponential(2)}`);
+      console.log(`GroupQueryAttention variant vs reference: max logits rel err ${err.toExponential(2)}`);
       expect(err).toBeLessThanOrEqual(1e-4);
     } finally {
       await fast.close();

@@ -77,10 +77,10 @@ describe('gemma4 float decoder graph vs TypeScript reference (tiny config)', () 
   });
 });
 
-describe("gemma4 fused variant at E2B's head dims (256 sliding, 512 full with partial rotary)", () => {
-  it('GroupQueryAttention + fused norms match the reference across the window and the KV-shared layers', async () => {
+describe("gemma4 fused variants at E2B's head dims (256 sliding, 512 full with partial rotary)", () => {
+  it.each(['plain', 'gqa'] as const)('%s attention + fused norms match the reference across the window and the KV-shared layers', async (attention) => {
     const wide = { ...tinyConfig(), hiddenSize: 128, headDim: 256, globalHeadDim: 512 };
-    const out = await writeDecoderModel(path.join(dir, 'e2b-dims'), wide, randomWeightSource(wide, 11), { logits: 'all', fusedNorm: true, onnxGelu: true, attention: 'gqa' });
+    const out = await writeDecoderModel(path.join(dir, `e2b-dims-${attention}`), wide, randomWeightSource(wide, 11), { logits: 'all', fusedNorm: true, onnxGelu: true, attention });
     const session = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
     const ref = await Gemma4Reference.load(wide, randomWeightSource(wide, 11));
     const prompt = [2, 9, 310, 45, 88, 500, 1, 128, 99, 7];
