@@ -3,7 +3,7 @@
  * image (request JPEG or a frame handed in) with the encoder rows placed in the prompt. Real ORT sessions on
  * a tiny package that can see.
  */
-import { rmSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { perchConfigSchema } from '../src/config/schema.js';
@@ -50,6 +50,21 @@ describe('VisionEncoder', () => {
     } finally {
       await v.close();
     }
+  });
+
+  it('gives the same rows with its weights mapped from the prepacked cache', async () => {
+    const cache = { dir: join(root, 'prepacked') };
+    const plain = await VisionEncoder.load(dir, { threads: 1 });
+    const want = await plain.encode(frame(2), { tokenBudget: 70 }).finally(() => plain.close());
+    for (let i = 0; i < 2; i++) {
+      const v = await VisionEncoder.load(dir, { threads: 1, prepacked: { cache, checksum: 'tiny-vision' } });
+      try {
+        expect(Array.from((await v.encode(frame(2), { tokenBudget: 70 })).embeddings)).toEqual(Array.from(want.embeddings));
+      } finally {
+        await v.close();
+      }
+    }
+    expect(readdirSync(cache.dir).filter((n) => n.startsWith('vision_encoder-'))).toHaveLength(1);
   });
 
   it('says clearly when a package has no vision encoder', async () => {

@@ -14,8 +14,8 @@ import { type Logger, silentLogger } from '../log.js';
 import { KvState, PrefixStore, commonPrefix } from './kv-cache.js';
 import { ChatTemplate, type ChatMessage, OutputRouter } from './prompt.js';
 import { type SamplerOptions, createSampler } from './sampling.js';
-import { type PrepackedCacheOptions, discardPrepacked, prepackedModel } from './prepacked-cache.js';
-import { DEFAULT_TUNING, type DecoderSession, type SessionTuning, createDecoderSession } from './session.js';
+import { type PrepackedCacheOptions, createCachedSession, packageChecksum } from './prepacked-cache.js';
+import { DEFAULT_TUNING, type DecoderSession, type SessionTuning, decoderSession } from './session.js';
 import { PackageTokenizer } from './tokenizer.js';
 import { StopMatcher } from './stop.js';
 
@@ -420,27 +420,11 @@ async function estimateResidentMb(pkg: OpenedPackage, contextTokens: number, ple
   return Math.ceil((weights + kv) / mib + pleCacheMb + 64);
 }
 
-/**
- * The decoder session, from the prepacked file cache when one is configured. A cached entry that ORT cannot
- * open (damaged on disk) is dropped and the original loaded: the next start builds the entry again.
- */
+/** The decoder session, from the prepacked file cache when one is configured. */
 async function openDecoder(pkg: OpenedPackage, tuning: SessionTuning, cache: EngineLoadOptions['prepackedCache'], log: Logger): Promise<{ decoder: DecoderSession; prepacked: DecoderSession['prepacked'] }> {
   const graph = pkg.path('decoder-graph')!;
-  if (cache) {
-    const sums = pkg.manifest.files.filter((f) => f.role === 'decoder-graph' || f.role === 'decoder-weights').map((f) => f.sha256);
-    const entry = await prepackedModel({ modelPath: graph, checksum: sums.join('+') }, tuning, { ...cache, logger: log });
-    if (entry) {
-      try {
-        // The entry's graph is already optimised for this CPU: running the optimisers again would only cost time.
-        const decoder = await createDecoderSession(entry.path, pkg.config, { ...tuning, graphOptimizationLevel: 'disabled' });
-        decoder.prepacked = entry.built ? 'built' : 'cached';
-        return { decoder, prepacked: decoder.prepacked };
-      } catch (e) {
-        log.warn({ path: entry.path, err: (e as Error).message }, 'the prepacked weight cache entry did not load: dropped, loading the package itself');
-        await discardPrepacked(entry);
-      }
-    }
-  }
-  const decoder = await createDecoderSession(graph, pkg.config, tuning);
-  return { decoder, prepacked: decoder.prepacked };
+  const source = { modelPath: graph, checksum: packageChecksum(pkg.manifest, ['decoder-graph', 'decoder-weights']) };
+  const { session, prepacked } = await createCachedSession(source, tuning, cache ? { ...cache, logger: log } : undefined);
+  const decoder = await decoderSession(session, graph, pkg.config, prepacked);
+  return { decoder, prepacked };
 }

@@ -12,7 +12,7 @@ import { ImagePreprocessError } from '../vision/preprocess.js';
 import { Engine, type EngineLoadOptions, type MediaInput } from './engine.js';
 import { type ChatMessage, expandMediaPlaceholders } from './prompt.js';
 import type { SamplerOptions } from './sampling.js';
-import { defaultCacheDir } from './prepacked-cache.js';
+import { defaultCacheDir, packageChecksum } from './prepacked-cache.js';
 import { Transcriber } from './transcriber.js';
 import { type AnswerEngine, type AnswerOptions, type AnswerResult, type EngineStatus, EngineUnavailableError, InvalidInputError } from './types.js';
 import { VisionEncoder, visionEncoderPath } from './vision.js';
@@ -83,7 +83,7 @@ export class GemmaAnswerEngine implements AnswerEngine {
         contextTokens: s.context_tokens,
         pleCacheMb: s.ple_cache_mb,
         memoryBudgetMb: s.memory_budget_mb,
-        prepackedCache: s.prepacked_cache ? { dir: s.cache_dir ?? this.opts.defaultCacheDir ?? defaultCacheDir() } : undefined,
+        prepackedCache: this.cacheDir() === null ? undefined : { dir: this.cacheDir()! },
         logger: this.log,
         ...this.opts.load,
       });
@@ -129,6 +129,12 @@ export class GemmaAnswerEngine implements AnswerEngine {
   }
 
   /** The package's vision encoder, when it has one and the decoder and tokenizer can take images. */
+  /** The prepacked weight cache directory, or null when model.prepacked_cache is off. */
+  private cacheDir(): string | null {
+    const s = this.settings;
+    return s.prepacked_cache ? (s.cache_dir ?? this.opts.defaultCacheDir ?? defaultCacheDir()) : null;
+  }
+
   private async loadVision(engine: Engine): Promise<VisionEncoder | null> {
     const dir = this.settings.dir;
     if (!visionEncoderPath(dir)) {
@@ -140,7 +146,11 @@ export class GemmaAnswerEngine implements AnswerEngine {
     else if (m.image === undefined || m.imageStart === undefined || m.imageEnd === undefined) this.visionGap = 'this model package\'s tokenizer lacks the image markers';
     else {
       try {
-        const vision = await VisionEncoder.load(dir, { threads: this.settings.threads });
+        const cacheDir = this.cacheDir();
+        const vision = await VisionEncoder.load(dir, {
+          threads: this.settings.threads,
+          prepacked: cacheDir === null ? undefined : { cache: { dir: cacheDir, logger: this.log }, checksum: packageChecksum(engine.manifest, ['vision-graph', 'vision-weights']) },
+        });
         if (vision.hidden === engine.config.hiddenSize) return vision;
         await vision.close();
         this.visionGap = `the vision encoder gives rows of ${vision.hidden} values, the decoder takes ${engine.config.hiddenSize}`;

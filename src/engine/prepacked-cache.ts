@@ -21,7 +21,8 @@ import { basename, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
 import { type Logger, silentLogger } from '../log.js';
-import type { SessionTuning } from './session.js';
+import type { FileRole, Manifest } from '../model/package/manifest.js';
+import { type SessionTuning, sessionOptions } from './session.js';
 
 /** Bumped when the entry layout changes. */
 const FORMAT = 1;
@@ -142,6 +143,34 @@ export async function prepackedModel(source: PrepackedSource, tuning: SessionTun
     log.warn({ model: source.modelPath, dir: opts.dir, err: (e as Error).message }, 'prepacked weight cache unavailable: ONNX Runtime packs the weights in memory instead');
     return null;
   }
+}
+
+export type WeightsPacking = 'cached' | 'built' | 'heap';
+
+/** Identity of a package's files with these roles (their manifest sha256s), for PrepackedSource.checksum. */
+export function packageChecksum(manifest: Manifest, roles: readonly FileRole[]): string {
+  return manifest.files.filter((f) => roles.includes(f.role)).map((f) => `${f.role}:${f.sha256}`).join('+');
+}
+
+/**
+ * An ORT session for `source`: from the prepacked cache when `cache` is given (its graph is already optimised
+ * for this CPU, so the optimisers do not run again), else the model itself packed on the heap. An entry that ORT
+ * cannot open (damaged on disk) is dropped and the model itself loaded: the next load builds it again.
+ */
+export async function createCachedSession(source: PrepackedSource, tuning: SessionTuning, cache?: PrepackedCacheOptions): Promise<{ session: ort.InferenceSession; prepacked: WeightsPacking }> {
+  if (cache) {
+    const entry = await prepackedModel(source, tuning, cache);
+    if (entry) {
+      try {
+        const session = await ort.InferenceSession.create(entry.path, sessionOptions({ ...tuning, graphOptimizationLevel: 'disabled' }));
+        return { session, prepacked: entry.built ? 'built' : 'cached' };
+      } catch (e) {
+        (cache.logger ?? silentLogger).warn({ path: entry.path, err: (e as Error).message }, 'the prepacked weight cache entry did not load: dropped, loading the model itself');
+        await discardPrepacked(entry);
+      }
+    }
+  }
+  return { session: await ort.InferenceSession.create(source.modelPath, sessionOptions(tuning)), prepacked: 'heap' };
 }
 
 /** Drops an entry that failed to load (e.g. damaged on disk): the next load builds it again. */

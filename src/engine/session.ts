@@ -74,7 +74,11 @@ export interface DecoderSession {
 }
 
 export async function createDecoderSession(modelPath: string, cfg: Gemma4TextConfig, tuning: SessionTuning): Promise<DecoderSession> {
-  const session = await ort.InferenceSession.create(modelPath, sessionOptions(tuning));
+  return decoderSession(await ort.InferenceSession.create(modelPath, sessionOptions(tuning)), modelPath, cfg, 'heap');
+}
+
+/** Checks a decoder graph's inputs against the config and wraps it; releases the session when they do not match. */
+export async function decoderSession(session: ort.InferenceSession, modelPath: string, cfg: Gemma4TextConfig, prepacked: DecoderSession['prepacked']): Promise<DecoderSession> {
   const slots = cacheSlots(cfg);
   const inputs = new Set(session.inputNames);
   const missing = ['input_ids', 'per_layer_rows', 'position_ids', ...slots.flatMap((s) => [s.pastKey, s.pastValue])].filter((n) => !inputs.has(n));
@@ -90,7 +94,7 @@ export async function createDecoderSession(modelPath: string, cfg: Gemma4TextCon
     hiddenSize: cfg.hiddenSize,
     pleWidth: cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput,
     acceptsMedia: inputs.has('media_embeds') && inputs.has('media_mask'),
-    prepacked: 'heap',
+    prepacked,
     async release() {
       if (released) return;
       released = true;

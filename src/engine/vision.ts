@@ -11,7 +11,8 @@ import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { VISION_ONNX_FILE } from '../model/gemma4/vision-graph.js';
 import { type TokenBudget, preprocessImage } from '../vision/preprocess.js';
-import { DEFAULT_TUNING, type SessionTuning, sessionOptions } from './session.js';
+import { type PrepackedCacheOptions, createCachedSession } from './prepacked-cache.js';
+import { DEFAULT_TUNING, type SessionTuning } from './session.js';
 
 /** Gemma 4's pooling: 3x3 patches per soft token (the graph's metadata says so too). */
 const POOLING_KERNEL = 3;
@@ -24,6 +25,8 @@ export interface VisionLoadOptions {
   /** ORT intra-op threads (model.threads). */
   threads: number;
   tuning?: Partial<Omit<SessionTuning, 'threads'>>;
+  /** Map ORT's packed weights from this per-machine cache (checksum: the package's vision files, packageChecksum). */
+  prepacked?: { cache: PrepackedCacheOptions; checksum: string };
 }
 
 export interface VisionEncodeResult {
@@ -59,7 +62,8 @@ export class VisionEncoder {
   static async load(dirOrFile: string, opts: VisionLoadOptions): Promise<VisionEncoder> {
     const file = visionEncoderPath(dirOrFile);
     if (!file) throw new VisionEncoderMissingError(`this package has no vision encoder (${path.join(dirOrFile, VISION_ONNX_FILE)} is missing): questions about images and captions are unavailable`);
-    const session = await ort.InferenceSession.create(file, sessionOptions({ ...DEFAULT_TUNING, ...opts.tuning, threads: opts.threads }));
+    const tuning = { ...DEFAULT_TUNING, ...opts.tuning, threads: opts.threads };
+    const { session } = await createCachedSession({ modelPath: file, checksum: opts.prepacked?.checksum ?? '' }, tuning, opts.prepacked?.cache);
     try {
       const pv = tensorMeta(session.inputMetadata, 'pixel_values');
       const out = tensorMeta(session.outputMetadata, 'image_embeds');
