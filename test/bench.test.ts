@@ -131,6 +131,17 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   }
   expect(prof.kernelShare).toBeLessThanOrEqual(1);
 
+  // The kernels alone, at the package's quantisation; the ceiling is the formula over the measured speeds.
+  const k = res.kernels!;
+  expect(k.linear).toMatchObject({ bits: 2, blockSize: manifest.quantisation.linear!.block_size, accuracyLevel: 4 });
+  expect(k.lmHead).toMatchObject({ bits: 4, blockSize: manifest.quantisation.embedding!.block_size });
+  for (const x of [k.linear, k.lmHead!]) {
+    expect(x.gbps).toBeGreaterThan(0);
+    expect(x.gbps).toBeCloseTo(x.bytes / x.ms / 1e6, 9);
+  }
+  expect(k.ceilingTokPerS).toBeCloseTo(1 / (w.matmulBytes / (k.linear.gbps * 1e9) + w.lmHeadBytes / (k.lmHead!.gbps * 1e9)), 6);
+  expect(k.decodeShareOfCeiling).toBeCloseTo(res.decodeTokPerS / k.ceilingTokPerS, 9);
+
   // The tiny package has both encoders: both sections are measured (values positive, not judged for speed).
   const s = res.speech;
   if (s.skipped) throw new Error(`speech skipped: ${s.reason}`);
@@ -175,10 +186,13 @@ it('prints a human table by default, speech and caption beside their Pi 5 target
   expect(r.stdout).toMatch(/end of speech -> transcript +\d+ ms \(Pi 5 target: under 1500 ms; measured on \w+, /);
   expect(r.stdout).toMatch(/real-time factor +[\d.]+ /);
   expect(r.stdout).toContain('caption   skipped: turned off (--no-caption)');
-  const off = await bench('--model', pkg, '--json', ...SMALL, '--no-speech', '--no-caption');
+  expect(r.stdout).toMatch(/^ +MatMulNBits alone +linears \(2-bit, block \d+, accuracy_level 4\) read [\d.]+ GB\/s/m);
+  expect(r.stdout).toMatch(/^ +kernel ceiling +[\d.]+ tok\/s if decode were nothing but these kernels; decode reaches \d+% of it/m);
+  const off = await bench('--model', pkg, '--json', ...SMALL, '--no-speech', '--no-caption', '--no-kernels');
   expect(off.code, off.stderr).toBe(0);
   const res = JSON.parse(off.stdout) as BenchResult;
   expect(res.speech).toEqual({ skipped: true, reason: 'turned off (--no-speech)' });
+  expect(res.kernels).toBeNull();
   expect(res.caption).toEqual({ skipped: true, reason: 'turned off (--no-caption)' });
   expect(r.code, r.stderr).toBe(0);
   expect(r.stdout).toContain('4 KiB pages)');

@@ -31,6 +31,7 @@ const USAGE = `usage: npm run bench -- --model DIR [options]
   --bandwidth-pages P       huge (default: transparent huge pages, the machine's limit) or 4k
   --profile-ort             profile decode with ONNX Runtime's profiler and list the top ops
   --profile-decode-tokens N decode steps profiled (default 16)
+  --no-kernels              skip timing the MatMulNBits kernels alone (the decode ceiling they set)
   --no-speech               skip end of speech -> transcript (needs audio_encoder.onnx)
   --speech-wav FILE         utterance (default config/samples/speech.wav)
   --speech-seconds S        seconds of it used from its start (default 5)
@@ -70,6 +71,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
       'bandwidth-pages': { type: 'string' },
       'profile-ort': { type: 'boolean', default: false },
       'profile-decode-tokens': { type: 'string' },
+      'no-kernels': { type: 'boolean', default: false },
       'no-speech': { type: 'boolean', default: false },
       'speech-wav': { type: 'string' },
       'speech-seconds': { type: 'string' },
@@ -104,6 +106,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
     bandwidthPages: pages,
     bandwidthReps: int('bandwidth-reps', values['bandwidth-reps'], 5, 1, 100),
     profileOrt: values['profile-ort'] ?? false,
+    kernels: !values['no-kernels'],
     profileDecodeTokens: int('profile-decode-tokens', values['profile-decode-tokens'], 16, 1, 1024),
     speech: values['no-speech'] ? null : { wav: values['speech-wav'] ?? DEFAULT_SPEECH_WAV, seconds, maxTokens: int('speech-tokens', values['speech-tokens'], 32, 1, 1024) },
     caption: values['no-caption']

@@ -48,6 +48,7 @@ export function formatReport(r: BenchResult): string {
       ['copy bandwidth', `${f1(b.copyGBps)} GB/s (memcpy, each byte counted once)`],
       ['bandwidth runs', r.bandwidthRuns.map((x) => `read ${f1(x.readGBps)} / copy ${f1(x.copyGBps)}`).join(', ') + ' GB/s (before load, after the runs; best used)'],
       ['decode limit', `${f1(l.readLimitTokPerS)} tok/s at read bandwidth, ${f1(l.copyLimitTokPerS)} at copy`],
+      ...kernelRows(r),
       ['decode share', `${pct(l.decodeShareOfRead)} of the read limit, ${pct(l.decodeShareOfCopy)} of the copy limit (decode ${f1(r.decodeTokPerS)} tok/s after ${r.prompts[0]!.promptTokens}-token prompt)`],
       ['peak RSS', `${mib(r.memory.peak.rss)} (anonymous ${mib(r.memory.peak.anon)}, file ${mib(r.memory.peak.file)}, shmem ${mib(r.memory.peak.shmem)}; sampled every ${r.memory.intervalMs} ms)`],
       [
@@ -72,6 +73,18 @@ export function formatReport(r: BenchResult): string {
     for (const o of p.topNodes) out.push(`  ${shortNode(o.name).padEnd(60)} ${(o.totalUs / 1000 / p.decodeRuns).toFixed(2).padStart(8)} ms  ${pct(o.share).padStart(5)}`);
   }
   return out.join('\n') + '\n';
+}
+
+/** The kernels' own speed and the decode ceiling it sets, beside the bandwidth limit. */
+function kernelRows(r: BenchResult): Array<[string, string]> {
+  const k = r.kernels;
+  if (!k) return [];
+  const shape = (s: { bits: number; blockSize: number; accuracyLevel: number }): string => `${s.bits}-bit, block ${s.blockSize}, accuracy_level ${s.accuracyLevel}`;
+  const head = k.lmHead ? `; LM head (${shape(k.lmHead)}) ${f1(k.lmHead.gbps)} GB/s` : '';
+  return [
+    ['MatMulNBits alone', `linears (${shape(k.linear)}) read ${f1(k.linear.gbps)} GB/s at one token${head}; ${k.threads} thread(s)`],
+    ['kernel ceiling', `${f1(k.ceilingTokPerS)} tok/s if decode were nothing but these kernels; decode reaches ${pct(k.decodeShareOfCeiling)} of it`],
+  ];
 }
 
 const ms = (x: number): string => `${x.toFixed(0)} ms`;

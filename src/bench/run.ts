@@ -18,6 +18,7 @@ import type { PlePagerStats } from '../model/ple/pager.js';
 import type { BandwidthOptions, BandwidthResult } from './bandwidth.js';
 import { MemorySampler, thpMode, type MemoryReport } from './memory.js';
 import { benchCaption, benchSpeech, type CaptionOptions, type CaptionResult, type Skipped, type SpeechOptions, type SpeechResult } from './media.js';
+import { type KernelResult, kernelCeilingTokPerS, measureKernels } from './kernels.js';
 import { profileDecode, type OrtProfileSummary } from './ort-profile.js';
 import { weightBytesPerToken, type WeightBytes } from './weight-bytes.js';
 
@@ -38,6 +39,8 @@ export interface BenchOptions {
   /** Engine prefill chunk (undefined: the engine's default). */
   prefillChunk?: number;
   profileOrt: boolean;
+  /** Measure the MatMulNBits kernels alone (kernels.ts): the decode ceiling they set. */
+  kernels: boolean;
   profileDecodeTokens: number;
   /** End of speech -> transcript (null: --no-speech). */
   speech: Omit<SpeechOptions, 'runs' | 'threads'> | null;
@@ -89,6 +92,8 @@ export interface BenchResult {
   memory: MemoryReport;
   ple: PlePagerStats;
   profile: OrtProfileSummary | null;
+  /** The MatMulNBits kernels alone and the decode ceiling they set (null: --no-kernels or a float package). */
+  kernels: (KernelResult & { ceilingTokPerS: number; decodeShareOfCeiling: number }) | null;
   /** Measured after everything above (their encoders are not in `memory`); skipped with the reason otherwise. */
   speech: SpeechResult | Skipped;
   caption: CaptionResult | Skipped;
@@ -231,6 +236,24 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         });
       }
 
+      let kernels: BenchResult['kernels'] = null;
+      const q0 = engine.manifest.quantisation;
+      if (o.kernels && q0.linear) {
+        say('MatMulNBits kernels alone');
+        const lin = q0.linear;
+        const cfg = engine.config;
+        const k = await measureKernels({
+          threads: o.threads,
+          hidden: cfg.hiddenSize,
+          intermediate: cfg.intermediateSize,
+          vocab: cfg.vocabSize,
+          linear: { bits: lin.bits, blockSize: lin.block_size, accuracyLevel: lin.accuracy_level },
+          lmHead: q0.embedding ? { bits: q0.embedding.bits, blockSize: q0.embedding.block_size, accuracyLevel: lin.accuracy_level } : null,
+        });
+        const ceiling = kernelCeilingTokPerS(k, weights.matmulBytes, weights.lmHeadBytes);
+        kernels = { ...k, ceilingTokPerS: ceiling, decodeShareOfCeiling: prompts[0]!.decodeTokPerS / ceiling };
+      }
+
       let speech: SpeechResult | Skipped = { skipped: true, reason: 'turned off (--no-speech)' };
       if (o.speech) {
         say(`speech: ${o.speech.seconds} s utterance, ${o.runs} run(s)`);
@@ -273,6 +296,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         memory,
         ple,
         profile,
+        kernels,
         speech,
         caption,
       };
