@@ -139,6 +139,8 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
     expect(x.gbps).toBeGreaterThan(0);
     expect(x.gbps).toBeCloseTo(x.bytes / x.ms / 1e6, 9);
   }
+  // The chain holds at least the decoder's linear bytes, so it meets the caches as decode does.
+  expect(k.linear.bytes).toBeGreaterThanOrEqual(w.matmulBytes);
   expect(k.ceilingTokPerS).toBeCloseTo(1 / (w.matmulBytes / (k.linear.gbps * 1e9) + w.lmHeadBytes / (k.lmHead!.gbps * 1e9)), 6);
   expect(k.decodeShareOfCeiling).toBeCloseTo(res.decodeTokPerS / k.ceilingTokPerS, 9);
 

@@ -247,6 +247,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
           hidden: cfg.hiddenSize,
           intermediate: cfg.intermediateSize,
           vocab: cfg.vocabSize,
+          linearBytes: weights.matmulBytes,
           linear: { bits: lin.bits, blockSize: lin.block_size, accuracyLevel: lin.accuracy_level },
           lmHead: q0.embedding ? { bits: q0.embedding.bits, blockSize: q0.embedding.block_size, accuracyLevel: lin.accuracy_level } : null,
         });
