@@ -1,6 +1,7 @@
 /**
- * Spoken conversations: what a push-to-talk message may carry, and the instruction for a question that
- * continues earlier exchanges (the model has no memory between generations, so they go into the prompt).
+ * Spoken conversations: the wake phrase and how a transcript is matched against it, what a push-to-talk
+ * message may carry, and the instruction for a question that continues earlier exchanges (the model has no
+ * memory between generations, so they go into the prompt).
  */
 
 /** Why an utterance is a question: the wake phrase, a push-to-talk message, or a follow-up to an answer. */
@@ -51,4 +52,26 @@ export function parseTalk(payload: Buffer): TalkParse {
   if (id === undefined) return { ok: true };
   if (typeof id !== 'string' || !TALK_ID.test(id)) return { ok: false, message: 'id must be 1-128 printable ASCII characters without spaces' };
   return { ok: true, id };
+}
+
+/** Lower case, punctuation dropped, single spaces: how the wake phrase and transcripts are compared. */
+export function normalizeForMatch(text: string): string {
+  return text
+    .normalize('NFKC')
+    .toLowerCase()
+    .replace(/[\p{P}\p{S}]+/gu, ' ')
+    .replace(/\s+/g, ' ')
+    .trim();
+}
+
+/** Whether the transcript contains the wake phrase as whole words, whatever the case and punctuation. */
+export function containsWakePhrase(transcript: string, phrase: string): boolean {
+  const p = normalizeForMatch(phrase);
+  if (!p) return false;
+  return ` ${normalizeForMatch(transcript)} `.includes(` ${p} `);
+}
+
+/** The instruction for a spoken question: the audio follows it. */
+export function spokenQuestionPrompt(phrase: string): string {
+  return `The speaker addresses you as "${phrase}" and asks you something. Answer what they ask, briefly and helpfully.`;
 }

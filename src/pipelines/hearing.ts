@@ -14,16 +14,13 @@
  * are decided in order: each waits for the previous one's answer, which it may follow up.
  *
  * Long speech: the segmenter splits it into overlapping parts, each transcribed and published on its own.
- * Once the last part is transcribed, the whole group goes out too (id = the group id, `stitched_from` = the
- * parts' ids), its text the parts' texts with each overlap's repeated words kept once. A part that failed
- * leaves its group without a stitched transcript: a gap would be published as if it were all that was said.
+ * Once the last part is transcribed, the whole group goes out too, stitched (transcript-groups.ts).
  *
  * Times: the segmenter works in stream time (ms since the source started). Each chunk's arrival re-anchors
  * stream time to the wall clock, since a restarted source starts its stream clock again. Latencies count
  * from the end of speech: `first_token` and `total` are what a listener waits.
  */
-import { Segmenter, type Utterance, type UtteranceSplit } from '../audio/segmenter.js';
-import { stitchTranscripts } from '../audio/stitch.js';
+import { Segmenter, type Utterance } from '../audio/segmenter.js';
 import type { PerchConfig } from '../config/schema.js';
 import type { Transcriber } from '../engine/transcriber.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -33,7 +30,8 @@ import { isSchedulerError } from '../scheduler/errors.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { AudioChunk, AudioSource } from '../sources/types.js';
 import { errorCodeFor } from './ask.js';
-import { QUESTION_PROMPT, conversationPrompt, parseTalk, type Exchange, type QuestionKind } from './conversation.js';
+import { QUESTION_PROMPT, containsWakePhrase, conversationPrompt, parseTalk, spokenQuestionPrompt, type Exchange, type QuestionKind } from './conversation.js';
+import { type GroupOutcome, TranscriptGroups } from './transcript-groups.js';
 
 const MAX_TEXT = 100_000;
 const MAX_DELTA = 10_000;
@@ -66,43 +64,6 @@ interface Turn {
 }
 
 const OWNER = 'hearing';
-/** Groups of parts waiting for their last part; more means a last part was lost (the oldest is dropped). */
-const MAX_OPEN_GROUPS = 8;
-/** Parts stitched into one transcript at most (the schema's bound on stitched_from). */
-const MAX_GROUP_PARTS = 1000;
-
-/** The transcribed parts of one long utterance so far, in order. */
-interface PartGroup {
-  ids: string[];
-  texts: string[];
-  /** started_at of the first part. */
-  startedAt?: string;
-  audioMs: number;
-  /** A part failed (or there were too many): no stitched transcript for this group. */
-  broken: boolean;
-}
-
-/** Lower case, punctuation dropped, single spaces: how the wake phrase and transcripts are compared. */
-export function normalizeForMatch(text: string): string {
-  return text
-    .normalize('NFKC')
-    .toLowerCase()
-    .replace(/[\p{P}\p{S}]+/gu, ' ')
-    .replace(/\s+/g, ' ')
-    .trim();
-}
-
-/** Whether the transcript contains the wake phrase as whole words, whatever the case and punctuation. */
-export function containsWakePhrase(transcript: string, phrase: string): boolean {
-  const p = normalizeForMatch(phrase);
-  if (!p) return false;
-  return ` ${normalizeForMatch(transcript)} `.includes(` ${p} `);
-}
-
-/** The instruction for a spoken question: the audio follows it. */
-export function spokenQuestionPrompt(phrase: string): string {
-  return `The speaker addresses you as "${phrase}" and asks you something. Answer what they ask, briefly and helpfully.`;
-}
 
 interface Counts {
   transcripts: number;
@@ -126,7 +87,7 @@ export class HearingPipeline {
   /** Push-to-talk armed at this wall-clock ms, with the id the requester wants on the result. */
   private talk: { at: number; id?: string } | undefined;
   /** Long utterances whose last part has not been transcribed yet, by group id. */
-  private readonly groups = new Map<string, PartGroup>();
+  private readonly groups = new TranscriptGroups(MAX_TEXT);
 
   constructor(
     private readonly conn: MqttConnection,
@@ -324,14 +285,14 @@ export class HearingPipeline {
       this.counts.transcripts++;
       this.log.info({ id, chars: msg.text.length, question: kind, latency_ms: msg.latency_ms }, 'transcript');
       await this.conn.publish(topics.transcript, encode(msg), { final: true, qos: 1, priority: 'transcript', contentType: JSON_TYPE });
-      if (u.split) await this.addPart(u.split, msg, speechEnd);
+      if (u.split) await this.publishGroup(this.groups.add(u.split, msg, speechEnd));
       if (!kind) return turn;
       const history = inWindow ? turn.history : [];
       const answer = await this.answer(u, id, transcriber, scheduler, conversationPrompt(wake ? spokenQuestionPrompt(phrase!) : QUESTION_PROMPT, history), speechEnd);
       if (answer === undefined) return { history: [] };
       return { answeredAt: Date.now(), history: [...history, { question: msg.text, answer }] };
     } catch (err) {
-      if (u.split) this.failPart(u.split);
+      if (u.split) this.groups.fail(u.split);
       this.counts.failed++;
       const code = errorCodeFor(err);
       const message = (err as Error).message ?? String(err);
@@ -347,58 +308,15 @@ export class HearingPipeline {
       return prevTurn;
     }
   }
-  /** The group of a part, opened on its first part seen (parts are decided in order, failures may come early). */
-  private groupFor(split: UtteranceSplit): PartGroup {
-    let g = this.groups.get(split.group);
-    if (!g) {
-      if (this.groups.size >= MAX_OPEN_GROUPS) this.groups.delete(this.groups.keys().next().value!);
-      g = { ids: [], texts: [], audioMs: 0, broken: false };
-      this.groups.set(split.group, g);
-    }
-    return g;
-  }
-
-  private failPart(split: UtteranceSplit): void {
-    if (split.last) this.groups.delete(split.group);
-    else this.groupFor(split).broken = true;
-  }
-
-  /**
-   * Records a part's transcript (called in part order: each part publishes after the previous one is decided);
-   * after the last part, publishes the group's stitched transcript.
-   */
-  private async addPart(split: UtteranceSplit, part: TranscriptMessage, speechEnd: number): Promise<void> {
-    const g = this.groupFor(split);
-    // A group whose first part was not seen (listening started mid-speech, or it was dropped) is incomplete.
-    if (g.ids.length + 1 !== split.part || g.ids.length >= MAX_GROUP_PARTS) g.broken = true;
-    if (!g.broken) {
-      g.ids.push(part.id);
-      g.texts.push(part.text);
-      g.startedAt ??= part.started_at;
-      g.audioMs += part.audio_ms - (split.part > 1 ? Math.round(split.overlapMs) : 0);
-    }
-    if (!split.last) return;
-    this.groups.delete(split.group);
-    if (g.broken) {
-      this.log.warn({ group: split.group }, 'long utterance not stitched: a part is missing');
+  /** Publishes the stitched transcript of a finished group (or says why there is none). */
+  private async publishGroup(done: GroupOutcome): Promise<void> {
+    if (done === null) return;
+    if ('missing' in done) {
+      this.log.warn({ group: done.group }, 'long utterance not stitched: a part is missing');
       return;
     }
-    const done = Date.now();
-    const msg: TranscriptMessage = {
-      v: 1,
-      id: split.group,
-      ts: isoNow(done),
-      text: stitchTranscripts(g.texts).slice(0, MAX_TEXT),
-      started_at: g.startedAt ?? part.started_at,
-      ended_at: part.ended_at,
-      audio_ms: Math.max(0, g.audioMs),
-      source: part.source,
-      ...(part.language !== undefined ? { language: part.language } : {}),
-      stitched_from: g.ids,
-      ...(part.random_weights ? { random_weights: true } : {}),
-      latency_ms: { total: Math.max(0, Math.round(done - speechEnd)) },
-    };
-    this.log.info({ id: msg.id, parts: g.ids.length, chars: msg.text.length }, 'stitched transcript');
+    const msg = done.stitched;
+    this.log.info({ id: msg.id, parts: msg.stitched_from?.length, chars: msg.text.length }, 'stitched transcript');
     await this.conn.publish(this.conn.topics.transcript, encode(msg), { final: true, qos: 1, priority: 'transcript', contentType: JSON_TYPE });
   }
 
