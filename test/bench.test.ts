@@ -116,6 +116,9 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   expect(mem.peak.file).toBeGreaterThan(0); // node and the ORT library are mapped files
   expect(mem.peak.rss).toBeGreaterThanOrEqual(mem.current.rss);
   expect(mem.peak.anon).toBeGreaterThanOrEqual(mem.current.anon);
+  // The whole-run peak (speech and caption too) is at least the peak up to the decode runs.
+  expect(res.memoryWithMedia.peak.rss).toBeGreaterThanOrEqual(mem.peak.rss);
+  expect(res.memoryWithMedia.peak.anon).toBeGreaterThanOrEqual(mem.peak.anon);
 
   expect(res.ple.misses).toBeGreaterThan(0);
   expect(res.ple.readLatencyMs.samples).toBe(res.ple.reads);
@@ -189,6 +192,7 @@ it('prints a human table by default, speech and caption beside their Pi 5 target
   expect(r.stdout).toMatch(/real-time factor +[\d.]+ /);
   expect(r.stdout).toContain('caption   skipped: turned off (--no-caption)');
   expect(r.stdout).toMatch(/^ +MatMulNBits alone +linears \(2-bit, block \d+, accuracy_level 4\) read [\d.]+ GB\/s/m);
+  expect(r.stdout).toMatch(/^ +with speech, caption +peak RSS \d+ MiB \(anonymous \d+ MiB, file \d+ MiB\) over the whole run/m);
   expect(r.stdout).toMatch(/^ +kernel ceiling +[\d.]+ tok\/s if decode were nothing but these kernels; decode reaches \d+% of it/m);
   const off = await bench('--model', pkg, '--json', ...SMALL, '--no-speech', '--no-caption', '--no-kernels');
   expect(off.code, off.stderr).toBe(0);

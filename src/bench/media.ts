@@ -14,6 +14,7 @@ import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_CAPTION_PROMPT } from '../config/schema.js';
 import type { Engine } from '../engine/engine.js';
+import { packageChecksum } from '../engine/prepacked-cache.js';
 import { expandMediaPlaceholders } from '../engine/prompt.js';
 import { AudioEncoderMissingError, SAMPLE_RATE, Transcriber, type TranscribeTimings } from '../engine/transcriber.js';
 import { VisionEncoder, VisionEncoderMissingError, visionEncoderPath } from '../engine/vision.js';
@@ -72,6 +73,8 @@ export interface CaptionOptions {
   captionTokens: number;
   runs: number;
   threads: number;
+  /** The prepacked weight cache the engine used (null: none), so the encoder loads as the daemon's does. */
+  prepackedCacheDir: string | null;
 }
 
 export interface CaptionRun {
@@ -183,7 +186,10 @@ export async function benchCaption(engine: Engine, dir: string, o: CaptionOption
   if (gap) return { skipped: true, reason: gap };
   let vision: VisionEncoder;
   try {
-    vision = await VisionEncoder.load(dir, { threads: o.threads });
+    vision = await VisionEncoder.load(dir, {
+      threads: o.threads,
+      prepacked: o.prepackedCacheDir === null ? undefined : { cache: { dir: o.prepackedCacheDir }, checksum: packageChecksum(engine.manifest, ['vision-graph', 'vision-weights']) },
+    });
   } catch (err) {
     if (err instanceof VisionEncoderMissingError) return { skipped: true, reason: err.message };
     throw err;

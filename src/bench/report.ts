@@ -52,6 +52,10 @@ export function formatReport(r: BenchResult): string {
       ['decode share', `${pct(l.decodeShareOfRead)} of the read limit, ${pct(l.decodeShareOfCopy)} of the copy limit (decode ${f1(r.decodeTokPerS)} tok/s after ${r.prompts[0]!.promptTokens}-token prompt)`],
       ['peak RSS', `${mib(r.memory.peak.rss)} (anonymous ${mib(r.memory.peak.anon)}, file ${mib(r.memory.peak.file)}, shmem ${mib(r.memory.peak.shmem)}; sampled every ${r.memory.intervalMs} ms)`],
       [
+        'with speech, caption',
+        `peak RSS ${mib(r.memoryWithMedia.peak.rss)} (anonymous ${mib(r.memoryWithMedia.peak.anon)}, file ${mib(r.memoryWithMedia.peak.file)}) over the whole run, encoders loaded`,
+      ],
+      [
         'current RSS',
         `${mib(r.memory.current.rss)} (anonymous ${mib(r.memory.current.anon)}, of it on huge pages ${r.memory.currentAnonHugePages === null ? 'unknown' : mib(r.memory.currentAnonHugePages)}; file ${mib(r.memory.current.file)})`,
       ],
