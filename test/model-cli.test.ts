@@ -38,6 +38,10 @@ it('reports bad arguments and failures with exit 1', async () => {
   const badPreset = await perch('synth', '--preset', 'huge', '--out', join(root, 'x'));
   expect(badPreset.code).toBe(1);
   expect(badPreset.stderr).toContain('expected one of tiny, e2b');
+  // A seed is written in digits: 1e3 is refused, not read as 1000.
+  const badSeed = await perch('synth', '--preset', 'tiny', '--out', join(root, 'x'), '--seed', '1e3');
+  expect(badSeed.code).toBe(1);
+  expect(badSeed.stderr).toContain('expected an integer from 0 to 4294967295');
   const noPkg = await perch('verify', join(root, 'nothing'));
   expect(noPkg.code).toBe(1);
   expect(noPkg.stderr).toContain('manifest.json: missing');

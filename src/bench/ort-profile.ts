@@ -11,7 +11,8 @@ import * as ort from 'onnxruntime-node';
 import { cacheSlots } from '../model/gemma4/decoder-graph.js';
 import type { OpenedPackage } from '../model/package/load.js';
 import { KvState } from '../engine/kv-cache.js';
-import { sessionOptions, type SessionTuning } from '../engine/session.js';
+import { createCachedSession, packageChecksum } from '../engine/prepacked-cache.js';
+import type { SessionTuning } from '../engine/session.js';
 import { nodeWeightNames } from './weight-bytes.js';
 
 /** One event of ORT's Chrome-trace profile (the fields we use). */
@@ -83,16 +84,16 @@ export interface ProfileOptions {
   promptIds: readonly number[];
   decodeTokens: number;
   prefillChunk: number;
+  /** The prepacked weight cache the engine used (null: none): the profiled session loads the same way. */
+  prepackedCacheDir: string | null;
 }
 
 /** Runs prefill + greedy decode on a profiling session; returns the decode runs' summary. */
 export async function profileDecode(pkg: OpenedPackage, opts: ProfileOptions): Promise<OrtProfileSummary> {
   const dir = await mkdtemp(join(tmpdir(), 'perch-ort-profile-'));
-  const session = await ort.InferenceSession.create(pkg.path('decoder-graph')!, {
-    ...sessionOptions(opts.tuning),
-    enableProfiling: true,
-    profileFilePrefix: join(dir, 'decoder'),
-  });
+  const source = { modelPath: pkg.path('decoder-graph')!, checksum: packageChecksum(pkg.manifest, ['decoder-graph', 'decoder-weights']) };
+  const cache = opts.prepackedCacheDir === null ? undefined : { dir: opts.prepackedCacheDir };
+  const { session } = await createCachedSession(source, opts.tuning, cache, { enableProfiling: true, profileFilePrefix: join(dir, 'decoder') });
   try {
     const cfg = pkg.config;
     const slots = cacheSlots(cfg);

@@ -235,6 +235,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
           promptIds: syntheticPrompt(o.promptTokens[0]!, vocab, 7),
           decodeTokens: o.profileDecodeTokens,
           prefillChunk: o.prefillChunk ?? 128,
+          prepackedCacheDir: o.prepackedCacheDir,
         });
       }
 

@@ -157,12 +157,18 @@ export function packageChecksum(manifest: Manifest, roles: readonly FileRole[]):
  * for this CPU, so the optimisers do not run again), else the model itself packed on the heap. An entry that ORT
  * cannot open (damaged on disk) is dropped and the model itself loaded: the next load builds it again.
  */
-export async function createCachedSession(source: PrepackedSource, tuning: SessionTuning, cache?: PrepackedCacheOptions): Promise<{ session: ort.InferenceSession; prepacked: WeightsPacking }> {
+export async function createCachedSession(
+  source: PrepackedSource,
+  tuning: SessionTuning,
+  cache?: PrepackedCacheOptions,
+  /** More session options (the benchmark's profiler). */
+  extra: ort.InferenceSession.SessionOptions = {},
+): Promise<{ session: ort.InferenceSession; prepacked: WeightsPacking }> {
   if (cache) {
     const entry = await prepackedModel(source, tuning, cache);
     if (entry) {
       try {
-        const session = await ort.InferenceSession.create(entry.path, sessionOptions({ ...tuning, graphOptimizationLevel: 'disabled' }));
+        const session = await ort.InferenceSession.create(entry.path, { ...sessionOptions({ ...tuning, graphOptimizationLevel: 'disabled' }), ...extra });
         return { session, prepacked: entry.built ? 'built' : 'cached' };
       } catch (e) {
         (cache.logger ?? silentLogger).warn({ path: entry.path, err: (e as Error).message }, 'the prepacked weight cache entry did not load: dropped, loading the model itself');
@@ -170,7 +176,7 @@ export async function createCachedSession(source: PrepackedSource, tuning: Sessi
       }
     }
   }
-  return { session: await ort.InferenceSession.create(source.modelPath, sessionOptions(tuning)), prepacked: 'heap' };
+  return { session: await ort.InferenceSession.create(source.modelPath, { ...sessionOptions(tuning), ...extra }), prepacked: 'heap' };
 }
 
 /** Drops an entry that failed to load (e.g. damaged on disk): the next load builds it again. */

@@ -4,6 +4,7 @@
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import cliProgress from 'cli-progress';
+import { intIn } from '../cli-args.js';
 import { convertCheckpoint } from './convert.js';
 import type { BuildPhase, BuildProgress } from './package/build.js';
 import { profiles, type Manifest, type Profile } from './package/manifest.js';
@@ -18,12 +19,6 @@ function choice<T extends string>(allowed: readonly T[]): (v: string) => T {
     if (!(allowed as readonly string[]).includes(v)) throw new InvalidArgumentError(`expected one of ${allowed.join(', ')}`);
     return v as T;
   };
-}
-
-function nonNegativeInt(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) throw new InvalidArgumentError('expected an integer from 0 to 4294967295');
-  return n;
 }
 
 /** One cli-progress bar, restarted per build phase. */
@@ -86,7 +81,7 @@ export function registerModelCommands(program: Command): void {
     .requiredOption('--preset <preset>', 'tiny | e2b', choice<SynthPreset>(['tiny', 'e2b']))
     .requiredOption('--out <dir>', 'output directory (must be empty or absent)')
     .option('--profile <profile>', `quantisation profile: ${profiles.join(' | ')}`, choice<Profile>(profiles), 'pi5')
-    .option('--seed <n>', 'random seed', nonNegativeInt, 1)
+    .option('--seed <n>', 'random seed', intIn(0, 0xffffffff), 1)
     .option('--logits <mode>', 'graph logits: last | all', choice(['last', 'all'] as const), 'last')
     .action(async (opts: { preset: SynthPreset; out: string; profile: Profile; seed: number; logits: 'last' | 'all' }) => {
       await withBar(opts.out, (onProgress) => synthPackage({ preset: opts.preset, outDir: opts.out, profile: opts.profile, seed: opts.seed, logits: opts.logits, onProgress }));
