@@ -67,7 +67,7 @@ export const modelSettings = z.object({
   context_tokens: z.number().int().min(128).max(131072).default(4096).describe('Largest context (prompt and answer) the full-attention layers keep.'),
   ple_cache_mb: z.number().int().min(1).default(64).describe('Memory budget of the per-layer-embedding row cache, in MiB.'),
   memory_budget_mb: z.number().int().min(64).optional().describe('Refuse to load a package whose resident need exceeds this many MiB.'),
-  prepacked_cache: z.boolean().default(true).describe('Keep the weights ONNX Runtime repacks for this CPU in a file cache, memory-mapped instead of copied into memory (for E2B about 800 MiB less anonymous memory). The first start on a machine packs and writes them once.'),
+  prepacked_cache: z.boolean().default(true).describe('Keep the weights ONNX Runtime repacks for this CPU in a file cache, memory-mapped instead of copied into memory (for E2B about 700 MiB less anonymous memory, for about 5% slower decode on x86). The first start on a machine packs and writes them once.'),
   cache_dir: filePath.optional().describe('Where prepacked_cache keeps its files (about 2.3 times the decoder on disk). Default: model-cache under daemon.state_dir.'),
   system_prompt: z.string().max(16384).default('You are Perch, a helpful assistant running offline on a small board. Answer briefly.').describe('System prompt of every conversation.'),
   synthetic_if_missing: z.boolean().default(false).describe('When no package is at dir, build the tiny synthetic one there (random weights: its answers are meaningless). For trying Perch without the real model; npm start turns it on.'),
