@@ -8,7 +8,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, intIn } from '../cli-args.js';
-import { defaultCacheDir } from '../engine/prepacked-cache.js';
+import { commandCache } from '../engine/prepacked-cache.js';
 import { Transcriber } from '../engine/transcriber.js';
 import { MAX_WAV_BYTES } from '../sources/wav.js';
 import { wavTo16kMono } from '../sources/wav-decode.js';
@@ -78,7 +78,7 @@ async function transcribeFile(file: string, opts: TranscribeCommandOptions): Pro
       threads: opts.threads,
       contextTokens: opts.contextTokens,
       pleCacheMb: opts.pleCacheMb,
-      prepackedCache: opts.prepackedCache ? { dir: defaultCacheDir() } : undefined,
+      prepackedCache: commandCache(opts.prepackedCache),
     });
   } catch (err) {
     return fail((err as Error).message);

@@ -188,7 +188,7 @@ export async function benchCaption(engine: Engine, dir: string, o: CaptionOption
   try {
     vision = await VisionEncoder.load(dir, {
       threads: o.threads,
-      prepacked: o.prepackedCacheDir === null ? undefined : { cache: { dir: o.prepackedCacheDir }, checksum: packageChecksum(engine.manifest, ['vision-graph', 'vision-weights']) },
+      prepacked: o.prepackedCacheDir === null ? undefined : { cache: { dir: o.prepackedCacheDir }, checksum: packageChecksum(engine.manifest, 'vision') },
     });
   } catch (err) {
     if (err instanceof VisionEncoderMissingError) return { skipped: true, reason: err.message };

@@ -91,7 +91,7 @@ export interface ProfileOptions {
 /** Runs prefill + greedy decode on a profiling session; returns the decode runs' summary. */
 export async function profileDecode(pkg: OpenedPackage, opts: ProfileOptions): Promise<OrtProfileSummary> {
   const dir = await mkdtemp(join(tmpdir(), 'perch-ort-profile-'));
-  const source = { modelPath: pkg.path('decoder-graph')!, checksum: packageChecksum(pkg.manifest, ['decoder-graph', 'decoder-weights']) };
+  const source = { modelPath: pkg.path('decoder-graph')!, checksum: packageChecksum(pkg.manifest, 'decoder') };
   const cache = opts.prepackedCacheDir === null ? undefined : { dir: opts.prepackedCacheDir };
   const { session } = await createCachedSession(source, opts.tuning, cache, { enableProfiling: true, profileFilePrefix: join(dir, 'decoder') });
   try {

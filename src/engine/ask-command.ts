@@ -7,7 +7,7 @@ import { InvalidArgumentError, type Command } from 'commander';
 import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, intIn } from '../cli-args.js';
 import { Engine, type GenerateResult } from './engine.js';
 import { DEFAULT_SAMPLING } from './gemma-engine.js';
-import { defaultCacheDir } from './prepacked-cache.js';
+import { commandCache } from './prepacked-cache.js';
 import type { ChatMessage } from './prompt.js';
 
 const MAX_QUESTION_CHARS = 32_768;
@@ -65,7 +65,7 @@ async function ask(question: string, opts: AskOptions): Promise<number> {
       threads: opts.threads,
       contextTokens: opts.contextTokens,
       pleCacheMb: opts.pleCacheMb,
-      prepackedCache: opts.prepackedCache ? { dir: defaultCacheDir() } : undefined,
+      prepackedCache: commandCache(opts.prepackedCache),
     });
   } catch (err) {
     process.stderr.write(`perch: ${(err as Error).message}\n`);

@@ -423,7 +423,7 @@ async function estimateResidentMb(pkg: OpenedPackage, contextTokens: number, ple
 /** The decoder session, from the prepacked file cache when one is configured. */
 async function openDecoder(pkg: OpenedPackage, tuning: SessionTuning, cache: EngineLoadOptions['prepackedCache'], log: Logger): Promise<{ decoder: DecoderSession; prepacked: DecoderSession['prepacked'] }> {
   const graph = pkg.path('decoder-graph')!;
-  const source = { modelPath: graph, checksum: packageChecksum(pkg.manifest, ['decoder-graph', 'decoder-weights']) };
+  const source = { modelPath: graph, checksum: packageChecksum(pkg.manifest, 'decoder') };
   const { session, prepacked } = await createCachedSession(source, tuning, cache ? { ...cache, logger: log } : undefined);
   const decoder = await decoderSession(session, graph, pkg.config, prepacked);
   return { decoder, prepacked };

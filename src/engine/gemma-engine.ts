@@ -149,7 +149,7 @@ export class GemmaAnswerEngine implements AnswerEngine {
         const cacheDir = this.cacheDir();
         const vision = await VisionEncoder.load(dir, {
           threads: this.settings.threads,
-          prepacked: cacheDir === null ? undefined : { cache: { dir: cacheDir, logger: this.log }, checksum: packageChecksum(engine.manifest, ['vision-graph', 'vision-weights']) },
+          prepacked: cacheDir === null ? undefined : { cache: { dir: cacheDir, logger: this.log }, checksum: packageChecksum(engine.manifest, 'vision') },
         });
         if (vision.hidden === engine.config.hiddenSize) return vision;
         await vision.close();

@@ -147,9 +147,21 @@ export async function prepackedModel(source: PrepackedSource, tuning: SessionTun
 
 export type WeightsPacking = 'cached' | 'built' | 'heap';
 
-/** Identity of a package's files with these roles (their manifest sha256s), for PrepackedSource.checksum. */
-export function packageChecksum(manifest: Manifest, roles: readonly FileRole[]): string {
+/** The package files each cached model is built from. */
+const SOURCE_ROLES: Record<'decoder' | 'vision', readonly FileRole[]> = {
+  decoder: ['decoder-graph', 'decoder-weights'],
+  vision: ['vision-graph', 'vision-weights'],
+};
+
+/** Identity of a package model's files (their manifest sha256s), for PrepackedSource.checksum. */
+export function packageChecksum(manifest: Manifest, model: keyof typeof SOURCE_ROLES): string {
+  const roles = SOURCE_ROLES[model];
   return manifest.files.filter((f) => roles.includes(f.role)).map((f) => `${f.role}:${f.sha256}`).join('+');
+}
+
+/** The cache of the commands that load a package (`--no-prepacked-cache` gives enabled false). */
+export function commandCache(enabled: boolean): PrepackedCacheOptions | undefined {
+  return enabled ? { dir: defaultCacheDir() } : undefined;
 }
 
 /**
