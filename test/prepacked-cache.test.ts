@@ -4,7 +4,7 @@ import * as ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.js';
-import { PREPACKED_DATA_FILE, cacheKey, cpuSignature, defaultCacheDir } from '../src/engine/prepacked-cache.js';
+import { PREPACKED_DATA_FILE, PREPACKED_MODEL_FILE, cacheKey, cpuSignature, defaultCacheDir } from '../src/engine/prepacked-cache.js';
 import { DEFAULT_TUNING } from '../src/engine/session.js';
 import { GraphBuilder } from '../src/onnx/graph.js';
 import { realignExternalData } from '../src/onnx/realign.js';
@@ -55,13 +55,26 @@ describe('prepacked weight cache (2-bit and 4-bit MatMulNBits of the tiny pi5 pa
     expect(JSON.parse(readFileSync(join(cacheDir, names[0]!, 'ready.json'), 'utf8')).source).toBe(join(dir, 'decoder.onnx'));
   });
 
-  it('a damaged entry is dropped and the package loaded instead; the next load builds it again', async () => {
+  it('an entry cut short is rebuilt at the next load', async () => {
     const cacheDir = join(root, 'cache-b');
     const heap = await logitsOf(null);
     await logitsOf(cacheDir);
     const [name] = entries(cacheDir);
     const data = join(cacheDir, name!, PREPACKED_DATA_FILE);
     truncateSync(data, Math.floor(statSync(data).size / 3));
+    const rebuilt = await logitsOf(cacheDir);
+    expect(rebuilt.prepacked).toBe('built');
+    expect(rebuilt.tokens).toEqual(heap.tokens);
+    expect(entries(cacheDir)).toEqual([name]);
+  });
+
+  it('an entry ONNX Runtime cannot open is dropped and the package loaded instead; the next load builds it again', async () => {
+    const cacheDir = join(root, 'cache-d');
+    const heap = await logitsOf(null);
+    await logitsOf(cacheDir);
+    const [name] = entries(cacheDir);
+    const model = join(cacheDir, name!, PREPACKED_MODEL_FILE);
+    writeFileSync(model, Buffer.alloc(statSync(model).size, 0xff)); // same size, not a model
     const fallback = await logitsOf(cacheDir);
     expect(fallback.prepacked).toBe('heap');
     expect(fallback.tokens).toEqual(heap.tokens);

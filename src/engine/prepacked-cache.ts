@@ -58,6 +58,8 @@ interface ReadyRecord {
   checksum: string;
   ort: string;
   builtAt: string;
+  /** Sizes of the entry's files: a file cut short (a full disk, a copy interrupted) makes the entry stale. */
+  bytes: { model: number; data: number };
 }
 
 /** Where CLI commands keep the cache: $PERCH_CACHE_DIR, else $XDG_CACHE_HOME/perch, else ~/.cache/perch. */
@@ -126,7 +128,8 @@ export async function prepackedModel(source: PrepackedSource, tuning: SessionTun
     try {
       await buildInChild(source.modelPath, partial, tuning);
       await syncFiles(partial, [PREPACKED_MODEL_FILE, PREPACKED_DATA_FILE]);
-      const ready: ReadyRecord = { format: FORMAT, key, source: source.modelPath, checksum: source.checksum, ort: ortVersion(), builtAt: new Date().toISOString() };
+      const bytes = { model: (await stat(join(partial, PREPACKED_MODEL_FILE))).size, data: (await stat(join(partial, PREPACKED_DATA_FILE))).size };
+      const ready: ReadyRecord = { format: FORMAT, key, source: source.modelPath, checksum: source.checksum, ort: ortVersion(), builtAt: new Date().toISOString(), bytes };
       await writeFile(join(partial, READY_FILE), JSON.stringify(ready, null, 2) + '\n');
       await syncFiles(partial, [READY_FILE]);
       await rm(entry, { recursive: true, force: true });
@@ -200,9 +203,9 @@ async function isReady(entry: string, key: string): Promise<boolean> {
   try {
     const rec = JSON.parse(await readFile(join(entry, READY_FILE), 'utf8')) as ReadyRecord;
     if (rec.format !== FORMAT || rec.key !== key) return false;
-    await stat(join(entry, PREPACKED_MODEL_FILE));
-    await stat(join(entry, PREPACKED_DATA_FILE));
-    return true;
+    const model = await stat(join(entry, PREPACKED_MODEL_FILE));
+    const data = await stat(join(entry, PREPACKED_DATA_FILE));
+    return model.size === rec.bytes?.model && data.size === rec.bytes?.data;
   } catch {
     return false;
   }
