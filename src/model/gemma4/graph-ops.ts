@@ -191,16 +191,19 @@ export class Ops {
   }
 
   /**
-   * Plain attention core (scaling 1.0): q [B, nH, S, d], k/v [B, nKv, T, d] (past + new), additive mask
-   * [S, T]; GQA as 5-D batched matmuls q [B, nKv, g, S, d] x k^T [B, nKv, 1, d, T]. Returns [B, S, nH*d].
+   * Plain attention core (scaling 1.0): q [B, nH, S, d], k/v [B, nKv, T, d] (past + new). The g = nH/nKv query
+   * heads of a KV head are stacked as the rows of one matrix, q [B, nKv, g*S, d] x k^T [B, nKv, d, T]: one
+   * matrix product per KV head, not g vector products (at decode, S = 1). The additive mask is either per query
+   * row, [S, T] (tiled over the g heads here), or the same for every row, broadcastable to [B, 1, 1, T]
+   * (`maskRows: 'all'`). Returns [B, S, nH*d].
    */
-  attention(q: string, k: string, v: string, mask: string, nH: number, nKv: number, d: number): string {
-    const q5 = this.op('Reshape', [q, this.i64([0, nKv, nH / nKv, -1, d])]);
-    const k5 = this.op('Unsqueeze', [k, this.i64([2])]);
-    const v5 = this.op('Unsqueeze', [v, this.i64([2])]);
-    const scores = this.op('Add', [this.op('MatMul', [q5, this.op('Transpose', [k5], { perm: [0, 1, 2, 4, 3] })]), mask]);
+  attention(q: string, k: string, v: string, mask: string, nH: number, nKv: number, d: number, maskRows: 'per-query' | 'all' = 'per-query'): string {
+    const g = nH / nKv;
+    const rows = this.op('Reshape', [q, this.i64([0, nKv, -1, d])]);
+    const m = maskRows === 'per-query' && g > 1 ? this.op('Tile', [mask, this.i64([g, 1])]) : mask;
+    const scores = this.op('Add', [this.op('MatMul', [rows, this.op('Transpose', [k], { perm: [0, 1, 3, 2] })]), m]);
     const probs = this.op('Softmax', [scores], { axis: -1 });
-    const attn = this.op('Reshape', [this.op('MatMul', [probs, v5]), this.i64([0, nH, -1, d])]);
+    const attn = this.op('Reshape', [this.op('MatMul', [probs, v]), this.i64([0, nH, -1, d])]);
     return this.op('Reshape', [this.op('Transpose', [attn], { perm: [0, 2, 1, 3] }), this.i64([0, 0, nH * d])]);
   }
 

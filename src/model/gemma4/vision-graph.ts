@@ -116,8 +116,8 @@ export async function buildVisionGraph(b: GraphBuilder, cfg: Gemma4VisionConfig,
     return ops.op('Add', [ops.op('Mul', [t, cos]), ops.op('Mul', [rot, sin])]);
   };
 
-  // Additive key mask, shaped for Ops.attention's 5-D scores [B, nKv, group, S, T].
-  const keyMask = ops.op('Reshape', [ops.op('Mul', [isPad, ops.f32(NEG_MASK)]), ops.i64([0, 1, 1, 1, -1])]);
+  // Additive key mask [B, 1, 1, T]: the same for every query row of Ops.attention's scores [B, nKv, rows, T].
+  const keyMask = ops.op('Reshape', [ops.op('Mul', [isPad, ops.f32(NEG_MASK)]), ops.i64([0, 1, 1, -1])]);
 
   // ---- encoder layers
   const heads = (t: string, n: number): string => ops.op('Reshape', [t, ops.i64([0, 0, n, hd])]);
@@ -126,11 +126,11 @@ export async function buildVisionGraph(b: GraphBuilder, cfg: Gemma4VisionConfig,
   // for all 12 heads at the 280-token budget (2376 patches) and 4.9 GB at 1120. Run head by head, ORT frees each
   // head's scores before the next, so the peak is one head's.
   const attentionByKvHead = (q4: string, k4: string, v4: string): string => {
-    if (nkv === 1) return ops.attention(q4, k4, v4, keyMask, nh, nkv, hd);
+    if (nkv === 1) return ops.attention(q4, k4, v4, keyMask, nh, nkv, hd, 'all');
     const qs = b.node('Split', [q4, ops.i64(Array(nkv).fill(nh / nkv))], nkv, { axis: 1 });
     const ks = b.node('Split', [k4, ops.i64(Array(nkv).fill(1))], nkv, { axis: 1 });
     const vs = b.node('Split', [v4, ops.i64(Array(nkv).fill(1))], nkv, { axis: 1 });
-    const outs = qs.map((qi, i) => ops.attention(qi, ks[i]!, vs[i]!, keyMask, nh / nkv, 1, hd));
+    const outs = qs.map((qi, i) => ops.attention(qi, ks[i]!, vs[i]!, keyMask, nh / nkv, 1, hd, 'all'));
     return ops.op('Concat', outs, { axis: -1 });
   };
   let x = await norm(h, 0, 'input_norm');
