@@ -14,7 +14,7 @@ import { type Logger, silentLogger } from '../log.js';
 import { KvState, PrefixStore, commonPrefix } from './kv-cache.js';
 import { ChatTemplate, type ChatMessage, OutputRouter } from './prompt.js';
 import { type SamplerOptions, createSampler } from './sampling.js';
-import { type PrepackedCacheOptions, createCachedSession, packageChecksum } from './prepacked-cache.js';
+import { type PrepackedCacheOptions, type WeightsPacking, createCachedSession, packageChecksum } from './prepacked-cache.js';
 import { DEFAULT_TUNING, type DecoderSession, type SessionTuning, decoderSession } from './session.js';
 import { PackageTokenizer } from './tokenizer.js';
 import { StopMatcher } from './stop.js';
@@ -151,8 +151,8 @@ export class Engine {
       });
       const tuning: SessionTuning = { ...DEFAULT_TUNING, ...opts.tuning, threads: opts.threads };
       const t0 = performance.now();
-      const { decoder, prepacked } = await openDecoder(pkg, tuning, opts.prepackedCache, log);
-      log.info({ dir, ms: Math.round(performance.now() - t0), threads: opts.threads, media: decoder.acceptsMedia, prepacked }, 'decoder session ready');
+      const decoder = await openDecoder(pkg, tuning, opts.prepackedCache, log);
+      log.info({ dir, ms: Math.round(performance.now() - t0), threads: opts.threads, media: decoder.acceptsMedia, prepacked: decoder.prepacked }, 'decoder session ready');
       return new Engine(pkg, decoder, tokenizer, template, opts.contextTokens, prefillChunk, log, opts.prefixSnapshots ?? 2);
     } catch (e) {
       await pkg.close();
@@ -161,7 +161,7 @@ export class Engine {
   }
 
   /** Whether the decoder's weights come prepacked from the file cache (file-backed) or were packed on the heap. */
-  get prepacked(): 'cached' | 'built' | 'heap' {
+  get prepacked(): WeightsPacking {
     return this.decoder.prepacked;
   }
 
@@ -421,10 +421,9 @@ async function estimateResidentMb(pkg: OpenedPackage, contextTokens: number, ple
 }
 
 /** The decoder session, from the prepacked file cache when one is configured. */
-async function openDecoder(pkg: OpenedPackage, tuning: SessionTuning, cache: EngineLoadOptions['prepackedCache'], log: Logger): Promise<{ decoder: DecoderSession; prepacked: DecoderSession['prepacked'] }> {
+async function openDecoder(pkg: OpenedPackage, tuning: SessionTuning, cache: EngineLoadOptions['prepackedCache'], log: Logger): Promise<DecoderSession> {
   const graph = pkg.path('decoder-graph')!;
   const source = { modelPath: graph, checksum: packageChecksum(pkg.manifest, 'decoder') };
   const { session, prepacked } = await createCachedSession(source, tuning, cache ? { ...cache, logger: log } : undefined);
-  const decoder = await decoderSession(session, graph, pkg.config, prepacked);
-  return { decoder, prepacked };
+  return decoderSession(session, graph, pkg.config, prepacked);
 }

@@ -77,13 +77,14 @@ export class GemmaAnswerEngine implements AnswerEngine {
 
   private async load(): Promise<void> {
     const s = this.settings;
+    const cacheDir = this.cacheDir();
     try {
       const engine = await Engine.load(s.dir, {
         threads: s.threads,
         contextTokens: s.context_tokens,
         pleCacheMb: s.ple_cache_mb,
         memoryBudgetMb: s.memory_budget_mb,
-        prepackedCache: this.cacheDir() === null ? undefined : { dir: this.cacheDir()! },
+        prepackedCache: cacheDir === null ? undefined : { dir: cacheDir },
         logger: this.log,
         ...this.opts.load,
       });
@@ -128,13 +129,13 @@ export class GemmaAnswerEngine implements AnswerEngine {
     }
   }
 
-  /** The package's vision encoder, when it has one and the decoder and tokenizer can take images. */
   /** The prepacked weight cache directory, or null when model.prepacked_cache is off. */
   private cacheDir(): string | null {
     const s = this.settings;
     return s.prepacked_cache ? (s.cache_dir ?? this.opts.defaultCacheDir ?? defaultCacheDir()) : null;
   }
 
+  /** The package's vision encoder, when it has one and the decoder and tokenizer can take images. */
   private async loadVision(engine: Engine): Promise<VisionEncoder | null> {
     const dir = this.settings.dir;
     if (!visionEncoderPath(dir)) {

@@ -195,7 +195,7 @@ export async function createCachedSession(
 }
 
 /** Drops an entry that failed to load (e.g. damaged on disk): the next load builds it again. */
-export async function discardPrepacked(model: PrepackedModel): Promise<void> {
+async function discardPrepacked(model: PrepackedModel): Promise<void> {
   await rm(join(model.path, '..'), { recursive: true, force: true });
 }
 

@@ -5,6 +5,7 @@
 import * as ort from 'onnxruntime-node';
 import type { Gemma4TextConfig } from '../model/gemma4/config.js';
 import { type CacheSlot, cacheSlots } from '../model/gemma4/decoder-graph.js';
+import type { WeightsPacking } from './prepacked-cache.js';
 
 export type GraphOptimizationLevel = 'disabled' | 'basic' | 'extended' | 'all';
 
@@ -69,16 +70,12 @@ export interface DecoderSession {
   /** The graph takes media_embeds / media_mask (built with the media option). */
   acceptsMedia: boolean;
   /** Where the packed weights live: mapped from the prepacked file cache (found or built now) or on the heap. */
-  prepacked: 'cached' | 'built' | 'heap';
+  prepacked: WeightsPacking;
   release(): Promise<void>;
 }
 
-export async function createDecoderSession(modelPath: string, cfg: Gemma4TextConfig, tuning: SessionTuning): Promise<DecoderSession> {
-  return decoderSession(await ort.InferenceSession.create(modelPath, sessionOptions(tuning)), modelPath, cfg, 'heap');
-}
-
 /** Checks a decoder graph's inputs against the config and wraps it; releases the session when they do not match. */
-export async function decoderSession(session: ort.InferenceSession, modelPath: string, cfg: Gemma4TextConfig, prepacked: DecoderSession['prepacked']): Promise<DecoderSession> {
+export async function decoderSession(session: ort.InferenceSession, modelPath: string, cfg: Gemma4TextConfig, prepacked: WeightsPacking): Promise<DecoderSession> {
   const slots = cacheSlots(cfg);
   const inputs = new Set(session.inputNames);
   const missing = ['input_ids', 'per_layer_rows', 'position_ids', ...slots.flatMap((s) => [s.pastKey, s.pastValue])].filter((n) => !inputs.has(n));
