@@ -128,6 +128,45 @@ function parseRope(raw: unknown, type: LayerType): RopeParams {
 }
 
 /**
+ * Head dim of the full-attention layers. transformers (5.x) reads `global_head_dim` (default 512) when it builds
+ * a config, but save_pretrained writes it back as per-layer overrides: `per_layer_config: {"<layer>": {head_dim}}`
+ * on every full layer, and no `global_head_dim`. Both forms are read; overrides of anything else, or full
+ * layers that disagree, are refused rather than silently flattened.
+ */
+function globalHeadDim(t: Json, layerTypes: LayerType[]): number {
+  const perLayer = t.per_layer_config;
+  if (perLayer === undefined || perLayer === null) return int(t, 'global_head_dim', 512);
+  if (!isObject(perLayer)) throw new Gemma4ConfigError('text config: per_layer_config must be an object keyed by layer index');
+  const dims = new Set<number>();
+  const overridden = new Set<number>();
+  for (const [key, raw] of Object.entries(perLayer)) {
+    const layer = Number(key);
+    if (!Number.isInteger(layer) || layer < 0 || layer >= layerTypes.length) {
+      throw new Gemma4ConfigError(`text config: per_layer_config key "${key}" is not a layer index below ${layerTypes.length}`);
+    }
+    if (!isObject(raw)) throw new Gemma4ConfigError(`text config: per_layer_config.${key} must be an object`);
+    const keys = Object.keys(raw).filter((k) => raw[k] !== null && raw[k] !== undefined);
+    const other = keys.filter((k) => k !== 'head_dim');
+    if (other.length) throw new Gemma4ConfigError(`text config: per_layer_config.${key} overrides ${other.join(', ')}; only head_dim is supported`);
+    if (!keys.length) continue;
+    const dim = int(raw, 'head_dim');
+    if (layerTypes[layer] === 'full_attention') {
+      dims.add(dim);
+      overridden.add(layer);
+    }
+    else if (dim !== int(t, 'head_dim', 256)) {
+      throw new Gemma4ConfigError(`text config: per_layer_config.${key} gives sliding layer ${layer} head_dim ${dim}; only full layers may differ`);
+    }
+  }
+  const full = layerTypes.flatMap((type, i) => (type === 'full_attention' ? [i] : []));
+  if (overridden.size && overridden.size !== full.length) {
+    throw new Gemma4ConfigError(`text config: per_layer_config sets head_dim on some full layers only (${[...overridden].join(', ')} of ${full.join(', ')})`);
+  }
+  if (dims.size > 1) throw new Gemma4ConfigError(`text config: per_layer_config gives full layers different head dims (${[...dims].join(', ')})`);
+  return dims.size ? [...dims][0]! : int(t, 'head_dim', 256);
+}
+
+/**
  * Parses the text part of a Gemma 4 config.json: either a Gemma4TextConfig object or the multimodal
  * Gemma4Config holding it under "text_config". Throws Gemma4ConfigError with the offending key.
  */
@@ -173,7 +212,7 @@ export function parseGemma4TextConfig(json: unknown): Gemma4TextConfig {
     numAttentionHeads: int(t, 'num_attention_heads'),
     numKeyValueHeads: int(t, 'num_key_value_heads'),
     headDim: int(t, 'head_dim', 256),
-    globalHeadDim: int(t, 'global_head_dim', 512),
+    globalHeadDim: globalHeadDim(t, layerTypes),
     layerTypes,
     slidingWindow: int(t, 'sliding_window', 512),
     rope: {

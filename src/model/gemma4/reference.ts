@@ -95,6 +95,8 @@ export class Gemma4Reference {
   readonly layers: LayerInfo[];
   /** Number of tokens processed so far (= position of the next token). */
   position = 0;
+  /** Sees every decoder layer's output (the residual stream after the layer scalar), e.g. to hold it against transformers'. */
+  onLayerOutput?: (layer: number, hidden: Float64Array) => void;
   private caches: LayerCache[] = [];
 
   private constructor(
@@ -178,7 +180,10 @@ export class Gemma4Reference {
       for (let j = 0; j < P; j++) ple[l * P + j] = (proj[l * P + j]! + raw[l * P + j]! * Math.sqrt(P)) * Math.SQRT1_2;
     }
 
-    for (const info of this.layers) this.layer(info, h, ple.subarray(info.index * P, (info.index + 1) * P), pos);
+    for (const info of this.layers) {
+      this.layer(info, h, ple.subarray(info.index * P, (info.index + 1) * P), pos);
+      this.onLayerOutput?.(info.index, h);
+    }
 
     rmsNorm(h, 0, H, this.g('final_norm'), c.rmsNormEps);
     const logits = new Float32Array(c.vocabSize);
