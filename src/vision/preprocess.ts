@@ -21,7 +21,7 @@
  * processing_gemma4.py: the prompt gets boi + image_token * num_soft_tokens + eoi per image.
  */
 import sharp from 'sharp';
-import { resizeBicubicAA } from './resample.js';
+import { type ResizeFlavour, resizeBicubicAA } from './resample.js';
 
 export const SOFT_TOKEN_BUDGETS = [70, 140, 280, 560, 1120] as const;
 export type TokenBudget = (typeof SOFT_TOKEN_BUDGETS)[number];
@@ -39,6 +39,11 @@ export interface PreprocessOptions extends GridOptions {
   pad?: boolean;
   /** Refuse larger inputs (pixels) before decoding them. Default 40 MP. */
   maxInputPixels?: number;
+  /**
+   * Whose resize to reproduce: 'torch' (default; transformers' default Gemma4ImageProcessor, torchvision
+   * backend) or 'pillow' (Gemma4ImageProcessorPil). They differ by a level or two on some pixels.
+   */
+  resizeFlavour?: ResizeFlavour;
 }
 
 export interface PreprocessedImage {
@@ -114,7 +119,7 @@ export function preprocessRgb(rgb: Uint8Array, width: number, height: number, op
   const pool = opts.poolingKernelSize ?? 3;
   const maxPatches = budget * pool * pool;
   const size = targetSize(height, width, maxPatches, opts);
-  const img = resizeBicubicAA(rgb, width, height, 3, size.width, size.height);
+  const img = resizeBicubicAA(rgb, width, height, 3, size.width, size.height, opts.resizeFlavour ?? 'torch');
 
   const pRows = size.height / patch;
   const pCols = size.width / patch;

@@ -4,7 +4,7 @@
  * Facts (huggingface/transformers src/transformers/models/gemma4/):
  * - configuration_gemma4.py (Gemma4VisionConfig, nested as "vision_config"): hidden_size 768,
  *   intermediate_size 3072, num_hidden_layers 16, num_attention_heads 12, num_key_value_heads 12, head_dim 64,
- *   hidden_activation gelu_pytorch_tanh, rms_norm_eps 1e-6, rope_parameters {default, theta 100},
+ *   hidden_activation gelu_pytorch_tanh, rms_norm_eps 1e-6, rope_parameters {axial, theta 100},
  *   pooling_kernel_size 3, patch_size 16, position_embedding_size 10240, use_clipped_linears False,
  *   standardize False.
  * - convert_gemma4_weights.py: the on-device vision config (E2B, E4B) sets use_clipped_linears=True
@@ -79,8 +79,11 @@ export function parseGemma4VisionConfig(configJson: unknown): Gemma4VisionConfig
   if (act !== 'gelu_pytorch_tanh') throw new Gemma4VisionConfigError(`${w}.hidden_activation ${JSON.stringify(act)} is not supported (only gelu_pytorch_tanh)`);
   const rope = v.rope_parameters ?? { rope_type: 'default', rope_theta: 100 };
   if (!isObject(rope)) throw new Gemma4VisionConfigError(`${w}.rope_parameters must be an object`);
-  if ((rope.rope_type ?? 'default') !== 'default') {
-    throw new Gemma4VisionConfigError(`${w}.rope_parameters.rope_type ${JSON.stringify(rope.rope_type)} is not supported (only default)`);
+  // transformers >= 5 names the vision RoPE "axial" (and writes that into config.json); it reads an older
+  // config's "default" as "axial" too. Both mean the same 2-D RoPE.
+  const ropeType = rope.rope_type ?? 'axial';
+  if (ropeType !== 'axial' && ropeType !== 'default') {
+    throw new Gemma4VisionConfigError(`${w}.rope_parameters.rope_type ${JSON.stringify(rope.rope_type)} is not supported (only axial, or its older name default)`);
   }
   const hidden = num(v, 'hidden_size', 768, w);
   const heads = num(v, 'num_attention_heads', 12, w);
