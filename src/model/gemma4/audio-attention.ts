@@ -11,13 +11,13 @@
 import { type Gemma4AudioConfig, type AudioDerived, audioDerived } from './audio-config.js';
 import type { Ops } from './graph-ops.js';
 
-/** Gemma4AudioRelPositionalEncoding: sinusoid table [P, hidden] for relative positions maxPast .. 0: [sin(p * inv_i) ..., cos(p * inv_i) ...]. */
+/** Gemma4AudioRelPositionalEncoding: sinusoid table [P, hidden] for relative positions P - 1 .. 0: [sin(p * inv_i) ..., cos(p * inv_i) ...]. */
 export function relativePositionTable(c: Gemma4AudioConfig, d: AudioDerived): Float64Array {
   const half = c.hiddenSize / 2;
   const inc = Math.log(10000) / Math.max(half - 1, 1);
   const out = new Float64Array(d.numRelPositions * c.hiddenSize);
   for (let p = 0; p < d.numRelPositions; p++) {
-    const pos = d.maxPastHorizon - p;
+    const pos = d.numRelPositions - 1 - p;
     for (let i = 0; i < half; i++) {
       const t = pos * Math.exp(-i * inc);
       out[p * c.hiddenSize + i] = Math.sin(t);

@@ -44,7 +44,10 @@ export interface AudioDerived {
   /** left - 1: how far back a block's context starts. */
   maxPastHorizon: number;
   maxFutureHorizon: number;
-  /** Relative positions maxPast .. 0 (modeling: torch.arange(12, -1, -1)). */
+  /**
+   * Relative positions P - 1 .. 0 with P = contextSize // 2 + 1 (Gemma4AudioRelPositionalEncoding:
+   * torch.arange(context_size // 2, -1, -1)). That is maxPast + 1 only when chunk == left - 1 (E2B: 12, 13).
+   */
   numRelPositions: number;
   /** Mel bins after the two stride-2 convolutions. */
   subsampledFeatures: number;
@@ -55,6 +58,14 @@ export interface AudioDerived {
   /** ln(1 + e) / ln 2 */
   kScale: number;
 }
+
+/**
+ * The eps of the RMSNorms transformers builds without passing config.rms_norm_eps (Gemma4RMSNorm's default):
+ * feed_forward{1,2}.{pre,post}_layer_norm and norm_{pre_attn,post_attn,out}. rms_norm_eps itself feeds only the
+ * subsampling LayerNorms, lconv1d.{pre_layer_norm,conv_norm} and the embedder's norm. E2B's rms_norm_eps is
+ * 1e-6 too, so the split shows only in other configs.
+ */
+export const AUDIO_BLOCK_NORM_EPS = 1e-6;
 
 type Json = Record<string, unknown>;
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -90,7 +101,7 @@ export function audioDerived(c: Gemma4AudioConfig): AudioDerived {
     contextSize: c.attentionChunkSize + maxPast + c.attentionContextRight,
     maxPastHorizon: maxPast,
     maxFutureHorizon: c.attentionContextRight,
-    numRelPositions: maxPast + 1,
+    numRelPositions: Math.floor((c.attentionChunkSize + maxPast + c.attentionContextRight) / 2) + 1,
     subsampledFeatures: sub,
     projInputDim: sub * c.subsamplingConvChannels[1],
     qScale: headDim ** -0.5 / Math.log(2),

@@ -12,7 +12,7 @@
  */
 import * as path from 'node:path';
 import { GraphBuilder, attrFloat, type SaveResult } from '../../onnx/graph.js';
-import { type Gemma4AudioConfig, audioDerived } from './audio-config.js';
+import { type Gemma4AudioConfig, AUDIO_BLOCK_NORM_EPS, audioDerived } from './audio-config.js';
 import { blockContext, chunkedAttention, relativeKeys, type BlockContext } from './audio-attention.js';
 import { AUDIO_TOWER_PREFIX, EMBED_AUDIO_PREFIX, type AudioTensorSpec, type ClippedLinearPath, audioLayerName, audioTensorTable, checkAudioWeightShapes } from './audio-weights.js';
 import { type LinearWeight, Ops } from './graph-ops.js';
@@ -87,8 +87,9 @@ class AudioGraphWriter {
     return this.clip(y, bounds[2]!, bounds[3]!);
   }
 
-  private async norm(x: string, name: string): Promise<string> {
-    return this.o.rmsNorm(x, name.replace(/\.weight$/, ''), await this.src.get(name), this.cfg.rmsNormEps);
+  /** RMSNorm with scale; eps rms_norm_eps unless given (the block norms take AUDIO_BLOCK_NORM_EPS, see audio-config.ts). */
+  private async norm(x: string, name: string, eps = this.cfg.rmsNormEps): Promise<string> {
+    return this.o.rmsNorm(x, name.replace(/\.weight$/, ''), await this.src.get(name), eps);
   }
 
   private silu(x: string): string {
@@ -118,10 +119,10 @@ class AudioGraphWriter {
   }
 
   private async feedForward(h: string, layer: number, which: 'feed_forward1' | 'feed_forward2'): Promise<string> {
-    let x = await this.norm(this.gradClip(h), audioLayerName(layer, `${which}.pre_layer_norm.weight`));
+    let x = await this.norm(this.gradClip(h), audioLayerName(layer, `${which}.pre_layer_norm.weight`), AUDIO_BLOCK_NORM_EPS);
     x = this.silu(await this.clippedLinear(x, layer, `${which}.ffw_layer_1`));
     x = this.gradClip(await this.clippedLinear(x, layer, `${which}.ffw_layer_2`));
-    x = await this.norm(x, audioLayerName(layer, `${which}.post_layer_norm.weight`));
+    x = await this.norm(x, audioLayerName(layer, `${which}.post_layer_norm.weight`), AUDIO_BLOCK_NORM_EPS);
     return this.o.op('Add', [h, this.o.op('Mul', [x, this.o.f32(this.cfg.residualWeight)])]);
   }
 
@@ -159,13 +160,13 @@ class AudioGraphWriter {
 
   private async conformerLayer(h: string, layer: number, bc: BlockContext): Promise<string> {
     h = await this.feedForward(h, layer, 'feed_forward1');
-    let a = await this.norm(this.gradClip(h), audioLayerName(layer, 'norm_pre_attn.weight'));
+    let a = await this.norm(this.gradClip(h), audioLayerName(layer, 'norm_pre_attn.weight'), AUDIO_BLOCK_NORM_EPS);
     a = this.gradClip(await this.attention(a, layer, bc));
-    a = await this.norm(a, audioLayerName(layer, 'norm_post_attn.weight'));
+    a = await this.norm(a, audioLayerName(layer, 'norm_post_attn.weight'), AUDIO_BLOCK_NORM_EPS);
     h = this.o.op('Add', [h, a]);
     h = await this.lightConv(h, layer);
     h = await this.feedForward(h, layer, 'feed_forward2');
-    return this.norm(this.gradClip(h), audioLayerName(layer, 'norm_out.weight'));
+    return this.norm(this.gradClip(h), audioLayerName(layer, 'norm_out.weight'), AUDIO_BLOCK_NORM_EPS);
   }
 
   async build(): Promise<void> {

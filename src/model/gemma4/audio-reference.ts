@@ -12,13 +12,14 @@
  *     h = h + lin_end(silu(convNorm(clip(causalDepthwiseConv(glu(lin_start(preNorm(h))))))))
  *     h = normOut(clip(ff2(h)))
  *   output_proj (with bias) -> embed_audio: RMSNorm without scale, then embedding_projection -> [S, text hidden]
- * clip(x) clamps to +-gradient_clipping; each Gemma4ClippableLinear clamps its input and output to the
- * checkpoint's bounds. Attention (Gemma4AudioAttention): queries in blocks of `chunk`, each block sees a context
+ * RMSNorm eps: rms_norm_eps in lconv1d's two norms and the embedder, 1e-6 in the others (AUDIO_BLOCK_NORM_EPS);
+ * the subsampling LayerNorms take rms_norm_eps. clip(x) clamps to +-gradient_clipping; each
+ * Gemma4ClippableLinear clamps its input and output to the checkpoint's bounds. Attention (Gemma4AudioAttention): queries in blocks of `chunk`, each block sees a context
  * of chunk + left - 1 + right keys starting left - 1 before it; q *= head_dim^-0.5 / ln2 * softplus(per_dim_scale),
  * k *= ln(1 + e) / ln2; logits = q.k + q.relk[rel-shifted], soft-capped cap * tanh(x / cap); a key is visible when
  * it is a real, unmasked frame with 0 <= q - k < left - 1; others get attention_invalid_logits_value.
  */
-import { type Gemma4AudioConfig, type AudioDerived, audioDerived, halve } from './audio-config.js';
+import { type Gemma4AudioConfig, type AudioDerived, AUDIO_BLOCK_NORM_EPS, audioDerived, halve } from './audio-config.js';
 import { AUDIO_TOWER_PREFIX, CLIPPED_LINEARS, EMBED_AUDIO_PREFIX, type ClippedLinearPath, audioLayerName } from './audio-weights.js';
 import type { WeightSource } from './weights.js';
 import { relativePositionTable } from './audio-attention.js';
@@ -198,10 +199,10 @@ export class AudioReference {
   private feedForward(h: Float64Array, s: number, lw: LayerWeights, which: 'feed_forward1' | 'feed_forward2'): Float64Array {
     const c = this.cfg;
     const gc = c.gradientClipping;
-    let x = rmsNorm(clamp(h, -gc, gc), c.hiddenSize, lw.norms[`${which}.pre_layer_norm`]!, c.rmsNormEps);
+    let x = rmsNorm(clamp(h, -gc, gc), c.hiddenSize, lw.norms[`${which}.pre_layer_norm`]!, AUDIO_BLOCK_NORM_EPS);
     x = this.clipped(x, s, lw.lin[`${which}.ffw_layer_1`]).map(silu);
     x = clamp(this.clipped(x, s, lw.lin[`${which}.ffw_layer_2`]), -gc, gc);
-    x = rmsNorm(x, c.hiddenSize, lw.norms[`${which}.post_layer_norm`]!, c.rmsNormEps);
+    x = rmsNorm(x, c.hiddenSize, lw.norms[`${which}.post_layer_norm`]!, AUDIO_BLOCK_NORM_EPS);
     return h.map((v, i) => v + x[i]! * c.residualWeight);
   }
 
@@ -210,9 +211,9 @@ export class AudioReference {
     const gc = c.gradientClipping;
     const H = c.hiddenSize;
     h = this.feedForward(h, s, lw, 'feed_forward1');
-    let a = rmsNorm(clamp(h, -gc, gc), H, lw.norms.norm_pre_attn!, c.rmsNormEps);
+    let a = rmsNorm(clamp(h, -gc, gc), H, lw.norms.norm_pre_attn!, AUDIO_BLOCK_NORM_EPS);
     a = clamp(this.attention(a, s, mask, lw), -gc, gc);
-    a = rmsNorm(a, H, lw.norms.norm_post_attn!, c.rmsNormEps);
+    a = rmsNorm(a, H, lw.norms.norm_post_attn!, AUDIO_BLOCK_NORM_EPS);
     h = h.map((v, i) => v + a[i]!);
     // Light convolution module: GLU, causal depthwise conv over time (left pad kernel - 1), norm, SiLU.
     const x = this.clipped(rmsNorm(h, H, lw.norms['lconv1d.pre_layer_norm']!, c.rmsNormEps), s, lw.lin['lconv1d.linear_start']);
@@ -234,7 +235,7 @@ export class AudioReference {
     const end = this.clipped(conv, s, lw.lin['lconv1d.linear_end']);
     h = h.map((v, i) => v + end[i]!);
     h = this.feedForward(h, s, lw, 'feed_forward2');
-    return rmsNorm(clamp(h, -gc, gc), H, lw.norms.norm_out!, c.rmsNormEps);
+    return rmsNorm(clamp(h, -gc, gc), H, lw.norms.norm_out!, AUDIO_BLOCK_NORM_EPS);
   }
 
   /** Chunked local attention exactly as the blocked transformers code computes it, one query at a time. */
