@@ -1,5 +1,6 @@
 /** The bench's parts: /proc memory reader and sampler, bandwidth readers, ORT profile summary. */
 import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { expect, it } from 'vitest';
 import { measureBandwidth, wasmReadModule } from '../src/bench/bandwidth.js';
 import { MemorySampler, parseProcStatus, readAnonHugePages, readMemoryStatus, thpMode } from '../src/bench/memory.js';
@@ -21,6 +22,9 @@ it('parses status text in kB, missing fields as 0', () => {
   expect(parseProcStatus('Name:\tx\n')).toEqual({ rss: 0, hwm: 0, anon: 0, file: 0, shmem: 0 });
 });
 
+/** The size of one transparent huge page (PMD-mapped), bytes. */
+const hugePageBytes = (): number => Number(readFileSync('/sys/kernel/mm/transparent_hugepage/hpage_pmd_size', 'utf8'));
+
 it('sees heap blocks on transparent huge pages when glibc is asked for them', (ctx) => {
   const mode = thpMode();
   expect(['always', 'madvise', 'never']).toContain(mode);
@@ -34,7 +38,11 @@ it('sees heap blocks on transparent huge pages when glibc is asked for them', (c
     );
   expect(probe('glibc.malloc.hugetlb=1')).toBeGreaterThanOrEqual(32 << 20);
   if (mode === 'madvise') expect(probe(undefined)).toBeLessThan(32 << 20);
-  expect(readAnonHugePages()).toBeGreaterThanOrEqual(0);
+  // In this process too: a whole number of PMD-sized huge pages, within the anonymous resident set.
+  const here = readAnonHugePages();
+  expect(here).not.toBeNull();
+  expect(here! % hugePageBytes()).toBe(0);
+  expect(here!).toBeLessThanOrEqual(readMemoryStatus().anon);
 });
 
 it('the sampler keeps sampling while the main thread is blocked (as during session.run)', async () => {

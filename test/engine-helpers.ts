@@ -9,6 +9,7 @@ import { MULTIMODAL_TEXT_PREFIX, type WeightSource, globalName } from '../src/mo
 import { graphPolicy } from '../src/model/package/build.js';
 import { MANIFEST_FILE, PACKAGE_FILES, type Manifest } from '../src/model/package/manifest.js';
 import { hashFile } from '../src/model/package/writer.js';
+import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
 import { type DecoderGraphOptions, writeDecoderModel } from '../src/model/gemma4/decoder-graph.js';
 import { PlePager } from '../src/model/ple/pager.js';
 import { presetConfig, synthPackage, syntheticWeightSource } from '../src/model/synth.js';
@@ -33,7 +34,8 @@ export function copyPackage(src: string, dst: string): string {
 
 /**
  * The reference on exactly what the package computes with: dequantised linears and embedding, the PLE table
- * as the pager dequantises it, int8 activation blocks when the linears run at accuracy_level 4.
+ * as the pager dequantises it, int8 activation blocks when the linears run at accuracy_level 4 and this CPU's
+ * ORT really runs them so (int8Activations, default: ask ORT), float activations otherwise.
  */
 export async function referenceFor(dir: string, manifest: Manifest, cfg: Gemma4TextConfig, opts: { int8Activations?: boolean } = {}): Promise<Gemma4Reference> {
   const policy = graphPolicy(manifest.quantisation);
@@ -45,7 +47,8 @@ export async function referenceFor(dir: string, manifest: Manifest, cfg: Gemma4T
   const pleName = globalName('ple_table', MULTIMODAL_TEXT_PREFIX);
   const src: WeightSource = { shape: (n) => deq.shape(n), get: async (n) => (n === pleName ? ple : deq.get(n)) };
   const lin = manifest.quantisation.linear;
-  const int8ActivationBlock = lin && lin.accuracy_level === 4 && opts.int8Activations !== false ? lin.block_size : undefined;
+  const int8 = lin && lin.accuracy_level === 4 && (opts.int8Activations ?? (await ortRunsInt8Activations(lin.bits, lin.block_size)));
+  const int8ActivationBlock = int8 ? lin.block_size : undefined;
   return Gemma4Reference.load(cfg, src, { int8ActivationBlock });
 }
 

@@ -56,6 +56,8 @@ function referenceGreedy(ids: number[], maxTokens: number, stopIds: number[]): {
 }
 
 describe('Engine on a tiny synthetic pi5 package (2-bit linears, accuracy_level 4)', () => {
+  // `ref` rounds activations to int8 only where this CPU's ORT does (referenceFor asks ORT), so a graph that
+  // computes anything else still misses by far more than the bound.
   it('greedy generation equals the reference argmax sequence on the dequantised weights', async () => {
     const r = await greedy(engine, PROMPT, { prefillChunk: 7 });
     const want = referenceGreedy(PROMPT, 10, engine.tokenizer.stopIds());
@@ -277,7 +279,9 @@ describe('Engine.load', () => {
       const floatRef = await referenceFor(dir, manifest, cfg, { int8Activations: false });
       const want = floatRef.prefill(PROMPT).slice((PROMPT.length - 1) * cfg.vocabSize);
       const errFloat = relErr(r.logits[0]!, want);
-      const errInt8 = relErr(r.logits[0]!, referenceGreedy(PROMPT, 1, []).logits[0]!);
+      // Built explicitly: `ref` itself has float activations on CPUs where ORT has no int8 kernels.
+      const int8Ref = await referenceFor(dir, manifest, cfg, { int8Activations: true });
+      const errInt8 = relErr(r.logits[0]!, int8Ref.prefill(PROMPT).slice((PROMPT.length - 1) * cfg.vocabSize));
       console.log(`prepacking off: rel err ${errFloat.toExponential(2)} vs float-activation reference, ${errInt8.toExponential(2)} vs int8 reference`);
       expect(errFloat).toBeLessThanOrEqual(1e-4);
       expect(errInt8).toBeGreaterThan(errFloat);

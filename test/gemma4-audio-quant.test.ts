@@ -12,7 +12,9 @@ import { AUDIO_DEFAULT_POLICY, audioQuantErrors, dequantisedAudioWeightSource, u
 import { AudioReference } from '../src/model/gemma4/audio-reference.js';
 import { syntheticAudioWeightSource } from '../src/model/gemma4/audio-weights.js';
 import { audioBatch, runAudio } from './gemma4-audio-helpers.js';
+import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
 import { relErr } from './gemma4-helpers.js';
+import { type QuantBounds, boundFailures, impostors, quantErrors } from './quant-bounds.js';
 
 const cfg = tinyAudioConfig();
 const SEED = 17;
@@ -67,16 +69,28 @@ describe('gemma4 audio encoder, quantised (MatMulNBits)', () => {
     }
   });
 
-  it('accuracy level 0: the graph matches the reference run on the dequantised weights within 1e-4 (4 and 8 bits)', async () => {
-    for (const bits of [4, 8] as const) {
-      const r = await quantRun(`q${bits}-a0`, bits, 0);
-      for (const b of [0, 1]) expect(relErr(row(r.graph, b), r.deq[b]!)).toBeLessThan(1e-4);
+  // Measured on x86-64 (AVX2, ORT 1.30), relative to the reference on the dequantised weights / on the float
+  // weights, worst clip: 8-bit 6.1e-7 / 9.6e-3, 4-bit 5.5e-7 / 1.5e-1, 8-bit with int8 activations 2.6e-2 /
+  // 2.6e-2. Floors vs float at ~1/2 of the measured weight effect; ceilings vs dequantised 1e-4 for float
+  // activations (summation order only), 1.5x measured for int8 ones, whose floor 3e-3 is far above float rounding.
+  it.each([
+    { bits: 8 as const, accuracyLevel: 0 as const, minVsFloat: 5e-3 },
+    { bits: 4 as const, accuracyLevel: 0 as const, minVsFloat: 7e-2 },
+    { bits: 8 as const, accuracyLevel: 4 as const, minVsFloat: 5e-3 },
+  ])('$bits-bit, accuracy level $accuracyLevel: the graph computes with its quantised weights', async ({ bits, accuracyLevel, minVsFloat }) => {
+    const r = await quantRun(`q${bits}-a${accuracyLevel}`, bits, accuracyLevel);
+    // accuracy_level 4 rounds activations to int8 only where ORT has int8 kernels for this CPU.
+    const int8 = accuracyLevel === 4 && (await ortRunsInt8Activations(bits, 32));
+    const bounds: QuantBounds = int8 ? { maxVsDequantised: 4e-2, minVsDequantised: 3e-3, minVsFloat } : { maxVsDequantised: 1e-4, minVsFloat };
+    for (const b of [0, 1]) {
+      const e = quantErrors(row(r.graph, b), r.deq[b]!, r.float[b]!);
+      console.log(`audio ${bits}-bit acc${accuracyLevel} clip ${b} (int8 activations: ${int8}): vs dequantised reference ${e.vsDequantised.toExponential(2)}, vs float reference ${e.vsFloat.toExponential(2)}`);
+      expect(boundFailures(e, bounds)).toEqual([]);
+      // The bounds reject a graph that ignored its weights, and (int8 expected) one that ran float activations.
+      for (const bad of [...impostors(r.float[b]!), ...(int8 ? [{ name: 'float activations', out: r.deq[b]! }] : [])]) {
+        expect(boundFailures(quantErrors(bad.out, r.deq[b]!, r.float[b]!), bounds), bad.name).not.toEqual([]);
+      }
     }
-  });
-
-  it('accuracy level 4 (int8 activations): within 5e-2 of the dequantised reference', async () => {
-    const r = await quantRun('q8-a4', 8, 4);
-    for (const b of [0, 1]) expect(relErr(row(r.graph, b), r.deq[b]!)).toBeLessThan(5e-2);
   });
 
   it('end to end against the float model: the default 8-bit policy stays within 2 %, 4-bit is several times worse', async () => {

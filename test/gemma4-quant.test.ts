@@ -9,6 +9,7 @@ import { writeDecoderModel } from '../src/model/gemma4/decoder-graph.js';
 import { type QuantPolicy, dequantisedWeightSource, uniformPolicy } from '../src/model/gemma4/quantize.js';
 import { Gemma4Reference } from '../src/model/gemma4/reference.js';
 import { randomWeightSource } from '../src/model/gemma4/weights.js';
+import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
 import { argmax, emptyCache, relErr, runChunk } from './gemma4-helpers.js';
 
 const cfg = tinyConfig();
@@ -54,11 +55,19 @@ describe('gemma4 quantised decoder graph vs reference on the dequantised weights
     expect(err).toBeLessThanOrEqual(1e-4);
   });
 
-  it('accuracy_level 4 (int8 activations) matches a reference that rounds activations to int8 per block', async () => {
+  it('accuracy_level 4 matches the reference that does what this CPU does (int8 activations where MLAS has them)', async () => {
+    const int8 = await ortRunsInt8Activations(2, 32);
     const plain = await maxError(policy(4), 'q-acc4-plain');
     const emulated = await maxError(policy(4), 'q-acc4', 32);
-    console.log(`quantised parity, accuracy_level 4: max rel err ${emulated.err.toExponential(2)} vs int8-emulating reference, ${plain.err.toExponential(2)} vs float-activation reference (argmax agreement ${plain.agree}/20)`);
-    expect(emulated.err).toBeLessThanOrEqual(BOUND_ACC4);
+    console.log(`quantised parity, accuracy_level 4 (int8 activations on this CPU: ${int8}): max rel err ${emulated.err.toExponential(2)} vs int8-emulating reference, ${plain.err.toExponential(2)} vs float-activation reference (argmax agreement ${plain.agree}/20)`);
+    const [matching, other] = int8 ? [emulated, plain] : [plain, emulated];
+    expect(matching.err).toBeLessThanOrEqual(BOUND_ACC4);
+    // The other reference is far off (measured 0.27 either way round): int8 rounding of this tiny model's
+    // activations is a real perturbation, so the match above says which arithmetic ran. Ceiling 2x measured.
+    expect(other.err).toBeGreaterThan(0.1);
+    expect(other.err).toBeLessThan(0.6);
+    // ...yet it rarely changes the greedy token: measured 20/20 steps agree.
+    expect(other.agree).toBeGreaterThanOrEqual(18);
   });
 
   it('the LM head reads the embedding table bytes (no second copy in the data file)', async () => {

@@ -14,7 +14,9 @@ import {
 } from '../src/model/gemma4/vision-quant.js';
 import { VisionReference } from '../src/model/gemma4/vision-reference.js';
 import { syntheticVisionWeightSource, visionTensorTable } from '../src/model/gemma4/vision-weights.js';
+import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
 import { relErr } from './gemma4-helpers.js';
+import { type QuantBounds, boundFailures, impostors, quantErrors } from './quant-bounds.js';
 import { gridInput, runVision } from './gemma4-vision-helpers.js';
 
 const cfg = tinyVisionConfig();
@@ -61,22 +63,31 @@ describe('gemma4 vision encoder quantisation', () => {
     }
   });
 
+  // Measured on x86-64 (AVX2, ORT 1.30), relative to the reference on the dequantised weights / on the float
+  // weights: 8-bit 1.2e-6 / 2.2e-2, 4-bit 1.6e-6 / 2.8e-1, 8-bit with int8 activations 3.3e-2 / 4.6e-2.
+  // Floors vs float at ~1/2 of the measured weight effect; ceilings vs dequantised 1e-4 for float activations
+  // (summation order only), 1.5x measured for int8 ones, whose floor 3e-3 is far above float rounding.
   it.each([
-    { bits: 8 as const, accuracyLevel: 0 as const, bound: 1e-4 },
-    { bits: 4 as const, accuracyLevel: 0 as const, bound: 1e-4 },
-    // int8 activations (per 32-block, scale max/127) perturb every Linear input by ~0.4%, the same order as 8-bit
-    // weights, which alone move this tiny model's output by ~2% (last test): measured ~3%, bound 2x that.
-    { bits: 8 as const, accuracyLevel: 4 as const, bound: 6e-2 },
-  ])('$bits-bit linears, 8-bit position tables, accuracy_level $accuracyLevel: graph matches the reference on dequantised weights within $bound', async ({ bits, accuracyLevel, bound }) => {
+    { bits: 8 as const, accuracyLevel: 0 as const, minVsFloat: 1e-2 },
+    { bits: 4 as const, accuracyLevel: 0 as const, minVsFloat: 1e-1 },
+    { bits: 8 as const, accuracyLevel: 4 as const, minVsFloat: 1e-2 },
+  ])('$bits-bit linears, 8-bit position tables, accuracy_level $accuracyLevel: the graph computes with its quantised weights', async ({ bits, accuracyLevel, minVsFloat }) => {
     const policy = uniformVisionPolicy({ bits, blockSize: 32, accuracyLevel, method: 'rtn' }, { bits: 8, blockSize: 32 });
     const { got, model } = await quantRun(`q${bits}-a${accuracyLevel}`, policy);
     expect(model).toContain('MatMulNBits');
     expect(model).toContain('GatherBlockQuantized');
-    const want = await reference(policy);
-    const err = relErr(got, want);
-    const vsFloat = relErr(got, await reference(null));
-    console.log(`vision ${bits}-bit acc${accuracyLevel}: vs dequantised reference ${err.toExponential(2)}, vs float reference ${vsFloat.toExponential(2)}`);
-    expect(err).toBeLessThanOrEqual(bound);
+    const deq = await reference(policy);
+    const float = await reference(null);
+    // accuracy_level 4 rounds activations to int8 only where ORT has int8 kernels for this CPU.
+    const int8 = accuracyLevel === 4 && (await ortRunsInt8Activations(bits, 32));
+    const bounds: QuantBounds = int8 ? { maxVsDequantised: 5e-2, minVsDequantised: 3e-3, minVsFloat } : { maxVsDequantised: 1e-4, minVsFloat };
+    const e = quantErrors(got, deq, float);
+    console.log(`vision ${bits}-bit acc${accuracyLevel} (int8 activations: ${int8}): vs dequantised reference ${e.vsDequantised.toExponential(2)}, vs float reference ${e.vsFloat.toExponential(2)}`);
+    expect(boundFailures(e, bounds)).toEqual([]);
+    // The bounds reject a graph that ignored its weights, and (int8 expected) one that ran float activations.
+    for (const bad of [...impostors(float), ...(int8 ? [{ name: 'float activations', out: deq }] : [])]) {
+      expect(boundFailures(quantErrors(bad.out, deq, float), bounds), bad.name).not.toEqual([]);
+    }
   });
 
   it('end-to-end error against the float model shrinks with bits (2 > 4 > 8), 8-bit well under 2%', async () => {

@@ -22,6 +22,7 @@ import { verifyPackage } from '../src/model/package/verify.js';
 import { PlePager } from '../src/model/ple/pager.js';
 import { SafetensorsCheckpoint, writeShardedCheckpoint, type TensorToWrite } from '../src/model/safetensors.js';
 import { synthConfigJson, syntheticWeightSource } from '../src/model/synth.js';
+import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
 import { argmax, emptyCache, relErr, runChunk } from './gemma4-helpers.js';
 import { noMedia } from './package-helpers.js';
 
@@ -103,7 +104,10 @@ describe('mixed 2/4-bit policy by measured error', () => {
     const pleName = textTensorTable(cfg).find((t) => t.role === 'ple_table')!.name;
     const allRows = await pager.rowsFor(Array.from({ length: cfg.vocabSize }, (_, i) => i));
     const src: WeightSource = { shape: (n) => deq.shape(n), get: (n) => (n === pleName ? Promise.resolve(allRows) : deq.get(n)) };
-    const ref = await Gemma4Reference.load(cfg, src, { int8ActivationBlock: m.quantisation.linear!.block_size });
+    // Int8 activation blocks only where this CPU's ORT runs them (accuracy_level 4 falls back to float elsewhere).
+    const lin = m.quantisation.linear!;
+    const int8 = lin.accuracy_level === 4 && (await ortRunsInt8Activations(lin.bits, lin.block_size));
+    const ref = await Gemma4Reference.load(cfg, src, { int8ActivationBlock: int8 ? lin.block_size : undefined });
     await ckpt.close();
     const session = await ort.InferenceSession.create(join(out, 'decoder.onnx'), { intraOpNumThreads: 1 });
     const slots = cacheSlots(cfg);
