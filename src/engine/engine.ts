@@ -12,7 +12,7 @@ import { openPackage, type OpenedPackage } from '../model/package/load.js';
 import type { PlePagerStats } from '../model/ple/pager.js';
 import { type Logger, silentLogger } from '../log.js';
 import { KvState, PrefixStore, commonPrefix } from './kv-cache.js';
-import { ChatTemplate, type ChatMessage, OutputRouter } from './prompt.js';
+import { ChatTemplate, type ChatMessage, OutputRouter, type ToolDeclaration, encodeChat } from './prompt.js';
 import { type SamplerOptions, createSampler } from './sampling.js';
 import { type PrepackedCacheOptions, type WeightsPacking, createCachedSession, packageChecksum } from './prepacked-cache.js';
 import { DEFAULT_TUNING, type DecoderSession, type SessionTuning, decoderSession } from './session.js';
@@ -183,14 +183,13 @@ export class Engine {
   }
 
   /** Renders messages with the package template and tokenises them. */
-  encodeMessages(messages: ChatMessage[], opts: { thinking?: boolean; addGenerationPrompt?: boolean } = {}): number[] {
+  encodeMessages(messages: ChatMessage[], opts: { thinking?: boolean; addGenerationPrompt?: boolean; tools?: ToolDeclaration[] } = {}): number[] {
     if (!this.template) throw new Error(`model package ${this.pkg.dir} has no chat template`);
-    const text = this.template.render(messages, {
-      bosToken: this.tokenizer.special.bosText,
+    return encodeChat(this.template, this.tokenizer, messages, {
       addGenerationPrompt: opts.addGenerationPrompt ?? true,
       enableThinking: opts.thinking ?? false,
-    });
-    return this.tokenizer.encode(text);
+      ...(opts.tools ? { tools: opts.tools } : {}),
+    }).ids;
   }
 
   /** Queues a generation behind any running one. */
@@ -392,8 +391,9 @@ export class Engine {
       ...state.tensors,
       input_ids: new ort.Tensor('int64', BigInt64Array.from(feedIds, (i) => BigInt(i)), [1, n]),
       position_ids: new ort.Tensor('int64', BigInt64Array.from(feedIds, (_, i) => BigInt(start + i)), [1, n]),
-      per_layer_rows: new ort.Tensor('float32', rows, [1, n, this.decoder.pleWidth]),
     };
+    // Gemma 3 packages have no per-layer embeddings: no rows to feed.
+    if (this.decoder.pleWidth) feeds.per_layer_rows = new ort.Tensor('float32', rows, [1, n, this.decoder.pleWidth]);
     if (mask && embeds) {
       feeds.media_mask = new ort.Tensor('bool', mask, [1, n]);
       feeds.media_embeds = new ort.Tensor('float32', embeds, [1, n, H]);

@@ -20,13 +20,32 @@ const MAX_TEMPLATE_BYTES = 1024 * 1024;
 
 export type ContentItem = { type: 'text'; text: string } | { type: 'image' } | { type: 'audio' };
 
+/** A call the model made, in transformers' chat format (arguments as an object, keys in order). */
+export interface ToolCall {
+  type: 'function';
+  function: { name: string; arguments: Record<string, unknown> };
+}
+
+/** A tool the model may call, in transformers' chat format (JSON-schema parameters). */
+export interface ToolDeclaration {
+  type: 'function';
+  function: { name: string; description: string; parameters: Record<string, unknown> };
+}
+
 export interface ChatMessage {
-  role: 'system' | 'user' | 'assistant';
-  content: string | ContentItem[];
+  role: 'system' | 'user' | 'assistant' | 'tool';
+  /** Absent only for a model turn that just calls tools. */
+  content?: string | ContentItem[];
+  /** The model's tool calls (assistant turns). */
+  tool_calls?: ToolCall[];
+  /** The tool that answered (tool turns). */
+  name?: string;
 }
 
 export interface RenderOptions {
   bosToken: string;
+  /** Tools declared to the model. */
+  tools?: ToolDeclaration[];
   /** End with the model's turn opener, so generation continues as the model. Default true. */
   addGenerationPrompt?: boolean;
   /** Ask for a thinking channel before the answer. Default false. */
@@ -65,12 +84,19 @@ export class ChatTemplate {
 
   render(messages: ChatMessage[], opts: RenderOptions): string {
     // Text-only content goes in as a plain string, so templates that only know strings still render it.
-    const plain = messages.map((m) => ({ role: m.role, content: simplifyContent(m.content) }));
+    // Tool calls and the answering tool's name go through as transformers passes them.
+    const plain = messages.map((m) => ({
+      role: m.role,
+      ...(m.content !== undefined ? { content: simplifyContent(m.content) } : {}),
+      ...(m.tool_calls ? { tool_calls: m.tool_calls } : {}),
+      ...(m.name !== undefined ? { name: m.name } : {}),
+    }));
     const vars: Record<string, unknown> = {
       messages: plain,
       bos_token: opts.bosToken,
       add_generation_prompt: opts.addGenerationPrompt ?? true,
       enable_thinking: opts.enableThinking ?? false,
+      ...(opts.tools?.length ? { tools: opts.tools } : {}),
     };
     try {
       return this.template.render(vars);
@@ -84,6 +110,15 @@ function simplifyContent(content: string | ContentItem[]): string | ContentItem[
   if (typeof content === 'string') return content;
   if (content.every((c) => c.type === 'text')) return content.map((c) => (c as { text: string }).text).join('');
   return content;
+}
+
+/**
+ * Prompt ids for a conversation, before media expansion: the template rendered with the tokenizer's bos text,
+ * then tokenised without adding specials (the template writes bos itself). What Engine.encodeMessages runs.
+ */
+export function encodeChat(template: ChatTemplate, tokenizer: PackageTokenizer, messages: ChatMessage[], opts: Omit<RenderOptions, 'bosToken'> = {}): { text: string; ids: number[] } {
+  const text = template.render(messages, { ...opts, bosToken: tokenizer.special.bosText });
+  return { text, ids: tokenizer.encode(text) };
 }
 
 /** The configured system prompt first (unless the caller supplied one), then the conversation. */

@@ -11,7 +11,11 @@ export interface SynthTokenizerFiles {
 }
 
 /** Gemma's fixed ids (bos 2, eos 1, pad 0), turn and thinking markers at low ids. */
-const LOW_SPECIALS = ['<pad>', '<eos>', '<bos>', '<unk>', '<|turn>', '<turn|>', '<|think|>', '<|channel>', '<channel|>'];
+const LOW_SPECIALS = [
+  '<pad>', '<eos>', '<bos>', '<unk>', '<|turn>', '<turn|>', '<|think|>', '<|channel>', '<channel|>',
+  // Tool use: declarations, calls, responses, and the string delimiter inside their arguments.
+  '<|tool>', '<tool|>', '<|tool_call>', '<tool_call|>', '<|tool_response>', '<tool_response|>', '<|"|>',
+];
 /**
  * Media markers at E2B's real ids. A smaller vocabulary (tiny) gets them at its top ids instead, in this
  * order, so tiny packages can see and hear too.
@@ -30,28 +34,70 @@ const SPACE = '\u2581';
 const BIGRAMS = ['th', 'he', 'in', 'er', 'an', 're', 'on', 'at', 'en', 'nd', 'ti', 'es', 'or', 'te', 'of', 'ed', 'is', 'it', 'al', 'ar', 'st', 'to', 'nt', 'ng', 'se', 'ha', 'as', 'ou', 'io', 'le', 've', 'co', 'me', 'de', 'hi', 'ri', 'ro', 'ic', 'ne', 'ea'];
 
 /**
- * Gemma 4's turn format (see design notes): `<bos><|turn>user\n...<turn|>\n<|turn>model\n`. Content may be a
- * string or a list of {type: 'text'|'image'|'audio'} items: an image renders as `\n\n<|image|>\n\n`, audio as
- * `<|audio|>` (the engine expands each into the encoder's soft-token run). `enable_thinking` puts `<|think|>`
- * at the top of the system turn (a system turn of its own when the conversation has none).
+ * Gemma 4's prompt format (see design notes), written for Perch (Apache-2.0): `<bos><|turn>user\n...<turn|>\n
+ * <|turn>model\n`. Content may be a string or a list of {type: 'text'|'image'|'audio'} items: an image renders
+ * as `\n\n<|image|>\n\n`, audio as `<|audio|>` (the processor, and the engine, expand each into begin marker +
+ * soft tokens + end marker). `enable_thinking` puts `<|think|>` at the top of the system turn (a system turn of
+ * its own when the conversation has none); `tools` are declared in the system turn as
+ * `<|tool>declaration:NAME{description:...,parameters:...}<tool|>`. A model message's `tool_calls` render as
+ * `<|tool_call>call:NAME{arg:value,...}<tool_call|>` and leave the model turn open: each following `tool`
+ * message adds `<|tool_response>response:NAME{...}<tool_response|>` and the model goes on in the same turn.
+ * Values are written as Gemma writes them: keys bare, strings between `<|"|>` delimiters.
+ * test/fixtures/golden/template/chat_template.jinja is this text, rendered by transformers for the goldens.
  */
 export const SYNTH_CHAT_TEMPLATE = [
-  '{{- bos_token -}}',
-  "{%- set has_system = messages | length > 0 and messages[0]['role'] == 'system' -%}",
-  "{%- if enable_thinking and not has_system -%}{{- '<|turn>system\n<|think|><turn|>\n' -}}{%- endif -%}",
-  '{%- for message in messages -%}',
-  "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}",
-  "{{- '<|turn>' + role + '\n' -}}",
-  "{%- if loop.first and role == 'system' and enable_thinking -%}{{- '<|think|>' -}}{%- endif -%}",
-  "{%- if message['content'] is string -%}{{- message['content'] | trim -}}",
-  '{%- else -%}{%- for item in message[\'content\'] -%}',
+  "{%- macro value(v) -%}",
+  "{%- if v is string -%}{{- '<|\"|>' + v + '<|\"|>' -}}",
+  "{%- elif v is boolean -%}{{- 'true' if v else 'false' -}}",
+  "{%- elif v is none -%}{{- 'null' -}}",
+  "{%- elif v is mapping -%}{{- '{' -}}{%- for k, x in v.items() -%}{{- k + ':' -}}{{- value(x) -}}{%- if not loop.last -%}{{- ',' -}}{%- endif -%}{%- endfor -%}{{- '}' -}}",
+  "{%- elif v is iterable -%}{{- '[' -}}{%- for x in v -%}{{- value(x) -}}{%- if not loop.last -%}{{- ',' -}}{%- endif -%}{%- endfor -%}{{- ']' -}}",
+  "{%- else -%}{{- v -}}",
+  "{%- endif -%}",
+  "{%- endmacro -%}",
+  "{%- macro content(c) -%}",
+  "{%- if c is string -%}{{- c | trim -}}",
+  "{%- elif c is iterable -%}{%- for item in c -%}",
   "{%- if item['type'] == 'image' -%}{{- '\n\n<|image|>\n\n' -}}",
   "{%- elif item['type'] == 'audio' -%}{{- '<|audio|>' -}}",
   "{%- elif item['type'] == 'text' -%}{{- item['text'] | trim -}}",
-  '{%- endif -%}{%- endfor -%}{%- endif -%}',
-  "{{- '<turn|>\n' -}}",
+  "{%- endif -%}{%- endfor -%}",
+  "{%- endif -%}",
+  "{%- endmacro -%}",
+  '{{- bos_token -}}',
+  "{%- set has_system = messages | length > 0 and messages[0]['role'] == 'system' -%}",
+  "{%- if has_system or enable_thinking or tools -%}",
+  "{{- '<|turn>system\n' -}}",
+  "{%- if enable_thinking -%}{{- '<|think|>' -}}{%- endif -%}",
+  "{%- if has_system -%}{{- content(messages[0]['content']) -}}{%- endif -%}",
+  '{%- for tool in tools or [] -%}',
+  "{%- set f = tool['function'] if tool['function'] is defined else tool -%}",
+  "{{- '<|tool>declaration:' + f['name'] + '{description:' -}}{{- value(f['description']) -}}{{- ',parameters:' -}}{{- value(f['parameters']) -}}{{- '}<tool|>' -}}",
   '{%- endfor -%}',
-  "{%- if add_generation_prompt -%}{{- '<|turn>model\n' -}}{%- endif -%}",
+  "{{- '<turn|>\n' -}}",
+  '{%- endif -%}',
+  '{%- for message in messages -%}',
+  "{%- set prev = messages[loop.index0 - 1]['role'] if loop.index0 > 0 else '' -%}",
+  "{%- set next = messages[loop.index0 + 1]['role'] if not loop.last else '' -%}",
+  "{%- if loop.first and message['role'] == 'system' -%}",
+  "{%- elif message['role'] == 'tool' -%}",
+  "{{- '<|tool_response>response:' + message['name'] -}}",
+  "{{- '{value:' -}}{{- value(message['content']) -}}{{- '}' -}}",
+  "{{- '<tool_response|>' -}}",
+  "{%- if next != '' and next != 'assistant' and next != 'tool' -%}{{- '<turn|>\n' -}}{%- endif -%}",
+  '{%- else -%}',
+  "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}",
+  "{%- if not (role == 'model' and prev == 'tool') -%}{{- '<|turn>' + role + '\n' -}}{%- endif -%}",
+  "{%- if message['content'] -%}{{- content(message['content']) -}}{%- endif -%}",
+  "{%- set calls = message['tool_calls'] if message['tool_calls'] is defined and message['tool_calls'] else [] -%}",
+  '{%- for call in calls -%}',
+  "{%- set fn = call['function'] if call['function'] is defined else call -%}",
+  "{{- '<|tool_call>call:' + fn['name'] -}}{{- value(fn['arguments']) -}}{{- '<tool_call|>' -}}",
+  '{%- endfor -%}',
+  "{%- if not (calls and next == 'tool') -%}{{- '<turn|>\n' -}}{%- endif -%}",
+  '{%- endif -%}',
+  '{%- endfor -%}',
+  "{%- if add_generation_prompt and not (messages | length > 0 and (messages | last)['role'] == 'tool') -%}{{- '<|turn>model\n' -}}{%- endif -%}",
   '',
 ].join('\n');
 
