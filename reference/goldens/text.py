@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, Gemma4Config, Gemma4ForConditionalGeneration
 
 from .common import deterministic, out_dir, randomise, save_json, save_tensors
 
@@ -39,6 +39,15 @@ CONFIGS = {
         },
     ),
 }
+
+# Gemma 3's text decoder, which Perch builds with the same builder and reference behind config switches:
+# (1 + w) RMSNorm scales, query_pre_attn_scalar, no v norm, PLE, KV sharing or layer scalars.
+GEMMA3 = dict(
+    vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=6, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, layer_types=[S, S, F, S, S, F],
+    sliding_window=6, final_logit_softcapping=None, rms_norm_eps=1e-6,
+    rope_parameters={S: {"rope_type": "default", "rope_theta": 10_000.0}, F: {"rope_type": "linear", "rope_theta": 1_000_000.0, "factor": 8.0}},
+)
 
 PROMPT_LENGTHS = [3, 23, 40]
 GREEDY_TOKENS = 32
@@ -69,7 +78,7 @@ def round_to_bf16(model: torch.nn.Module) -> None:
 
 @torch.no_grad()
 def record(model: Gemma4ForConditionalGeneration, ids: list[int]) -> tuple[dict[str, torch.Tensor], dict]:
-    layers = model.model.language_model.layers
+    layers = (model.model.language_model if hasattr(model.model, "language_model") else model.model).layers
     outputs: dict[int, torch.Tensor] = {}
     hooks = [
         layer.register_forward_hook(lambda _m, _i, out, i=i: outputs.__setitem__(i, out[0] if isinstance(out, tuple) else out))
@@ -97,10 +106,17 @@ def record(model: Gemma4ForConditionalGeneration, ids: list[int]) -> tuple[dict[
     return tensors, {"ids": ids, "greedy": new, "min_greedy_margin": min(margins)}
 
 
+def build_gemma3(text: dict, seed: int) -> Gemma3ForCausalLM:
+    model = Gemma3ForCausalLM(Gemma3TextConfig(**text)).eval()
+    randomise(model, seed)
+    round_to_bf16(model)
+    return model
+
+
 def main() -> None:
-    for index, (name, text) in enumerate(CONFIGS.items()):
+    for index, (name, text) in enumerate([*CONFIGS.items(), ("gemma3", GEMMA3)]):
         deterministic(100 + index)
-        model = build(text, seed=1000 + index)
+        model = build_gemma3(text, seed=1000 + index) if name == "gemma3" else build(text, seed=1000 + index)
         root = out_dir("text", name)
         copy.deepcopy(model).to(torch.bfloat16).save_pretrained(root / "checkpoint")
         g = torch.Generator().manual_seed(7 + index)

@@ -26,6 +26,7 @@ interface AskOptions {
   temperature?: number;
   thinking?: boolean;
   system?: string;
+  raw?: boolean;
   threads: number;
   contextTokens: number;
   pleCacheMb: number;
@@ -45,6 +46,7 @@ export function registerAskCommand(program: Command): void {
     .option('--temperature <t>', 'sampling temperature, 0 = greedy', temperature)
     .option('--thinking', 'let the model think first (its thinking goes to stderr)')
     .option('--system <text>', 'system prompt')
+    .option('--raw', 'continue the text as written, without the chat template (base models, completion prompts)')
     .option('--threads <n>', 'ONNX Runtime threads', intIn(1, 64), 4)
     .option('--context-tokens <n>', 'largest context (prompt + answer)', intIn(128, 131072), 4096)
     .option(NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP)
@@ -81,7 +83,8 @@ async function ask(question: string, opts: AskOptions): Promise<number> {
     messages.push({ role: 'user', content: question });
     let streamed = false;
     const r: GenerateResult = await engine.generate({
-      messages,
+      // --raw: the tokenizer's own special tokens (bos) and the text, nothing else.
+      ...(opts.raw ? { promptIds: engine.tokenizer.encode(question, { addSpecialTokens: true }) } : { messages }),
       maxTokens: opts.maxTokens,
       thinking: opts.thinking ?? false,
       sampling: { ...DEFAULT_SAMPLING, ...(opts.temperature !== undefined ? { temperature: opts.temperature } : {}), ...(opts.seed !== undefined ? { seed: opts.seed } : {}) },

@@ -78,7 +78,8 @@ export interface DecoderSession {
 export async function decoderSession(session: ort.InferenceSession, modelPath: string, cfg: Gemma4TextConfig, prepacked: WeightsPacking): Promise<DecoderSession> {
   const slots = cacheSlots(cfg);
   const inputs = new Set(session.inputNames);
-  const missing = ['input_ids', 'per_layer_rows', 'position_ids', ...slots.flatMap((s) => [s.pastKey, s.pastValue])].filter((n) => !inputs.has(n));
+  const pleWidth = cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput;
+  const missing = ['input_ids', ...(pleWidth ? ['per_layer_rows'] : []), 'position_ids', ...slots.flatMap((s) => [s.pastKey, s.pastValue])].filter((n) => !inputs.has(n));
   if (missing.length) {
     await session.release();
     throw new Error(`${modelPath}: decoder graph lacks inputs ${missing.join(', ')} (does it match the package config?)`);
@@ -89,7 +90,7 @@ export async function decoderSession(session: ort.InferenceSession, modelPath: s
     slots,
     vocabSize: cfg.vocabSize,
     hiddenSize: cfg.hiddenSize,
-    pleWidth: cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput,
+    pleWidth,
     acceptsMedia: inputs.has('media_embeds') && inputs.has('media_mask'),
     prepacked,
     async release() {

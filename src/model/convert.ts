@@ -75,6 +75,7 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<Manifest>
       configText,
       weights: checkpointWeightSource(ckpt),
       prefix,
+      // A model without per-layer embeddings (Gemma 3) has no table: the builder never asks for rows.
       pleRows: (start, count) => ckpt.readRows(pleName, start, count),
       files,
       encoders,

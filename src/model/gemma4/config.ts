@@ -22,8 +22,11 @@
 export type LayerType = 'sliding_attention' | 'full_attention';
 
 export interface RopeParams {
-  /** 'default': all head dims rotate; 'proportional': only the first partialRotaryFactor share of frequencies. */
-  ropeType: 'default' | 'proportional';
+  /**
+   * 'default': all head dims rotate; 'proportional': only the first partialRotaryFactor share of frequencies;
+   * 'linear' (Gemma 3's long-context layers): default frequencies divided by `factor`.
+   */
+  ropeType: 'default' | 'proportional' | 'linear';
   theta: number;
   partialRotaryFactor: number;
   /** Linear scaling of the inverse frequencies (proportional only; 1 = none). */
@@ -49,6 +52,27 @@ export interface Gemma4TextConfig {
   finalLogitSoftcapping: number | null;
   rmsNormEps: number;
   tieWordEmbeddings: boolean;
+  /**
+   * Which Gemma the config describes. Gemma 3's text decoder is Gemma 4's without per-layer embeddings (width
+   * 0), KV sharing or layer scalars, and with the four switches below; one builder and one reference serve both.
+   */
+  family: 'gemma4' | 'gemma3';
+  /** RMSNorm scales by (offset + w): 0 in Gemma 4 (w as stored), 1 in Gemma 3 ((1 + w), weights stored around 0). */
+  normScaleOffset: 0 | 1;
+  /** Multiplies q.k: 1.0 in Gemma 4 (q and k are RMS-normed instead), query_pre_attn_scalar^-0.5 in Gemma 3. */
+  attentionScale: number;
+  /** v is RMS-normed without a scale (Gemma 4 only). */
+  valueNorm: boolean;
+  /** Each layer's output is multiplied by its stored layer_scalar (Gemma 4 only). */
+  layerScalar: boolean;
+}
+
+/** Gemma 4's switches; Gemma 3's come from parseGemma3TextConfig. */
+const GEMMA4_SWITCHES = { family: 'gemma4', normScaleOffset: 0, attentionScale: 1, valueNorm: true, layerScalar: true } as const;
+
+/** True when the model has per-layer embeddings (the PLE table, file and graph input). */
+export function hasPle(c: Gemma4TextConfig): boolean {
+  return c.hiddenSizePerLayerInput > 0;
 }
 
 /** Everything the forward pass needs to know about one layer, derived from the config. */
@@ -111,8 +135,8 @@ function parseRope(raw: unknown, type: LayerType): RopeParams {
   if (raw === undefined || raw === null) return { ...DEFAULT_ROPE[type] };
   if (!isObject(raw)) throw new Gemma4ConfigError(`text config: rope_parameters.${type} must be an object`);
   const ropeType = raw.rope_type ?? 'default';
-  if (ropeType !== 'default' && ropeType !== 'proportional') {
-    throw new Gemma4ConfigError(`text config: rope_parameters.${type}.rope_type "${String(ropeType)}" is not supported (default, proportional)`);
+  if (ropeType !== 'default' && ropeType !== 'proportional' && ropeType !== 'linear') {
+    throw new Gemma4ConfigError(`text config: rope_parameters.${type}.rope_type "${String(ropeType)}" is not supported (default, proportional, linear)`);
   }
   const p: RopeParams = {
     ropeType,
@@ -173,6 +197,7 @@ function globalHeadDim(t: Json, layerTypes: LayerType[]): number {
 export function parseGemma4TextConfig(json: unknown): Gemma4TextConfig {
   if (!isObject(json)) throw new Gemma4ConfigError('config.json must hold a JSON object');
   const t = isObject(json.text_config) ? json.text_config : json;
+  if (t.model_type === 'gemma3_text' || (t.model_type === undefined && json.model_type === 'gemma3')) return parseGemma3TextConfig(json, t);
   if (t.model_type !== undefined && t.model_type !== 'gemma4_text') {
     throw new Gemma4ConfigError(`text config: model_type "${String(t.model_type)}" is not gemma4_text`);
   }
@@ -226,6 +251,65 @@ export function parseGemma4TextConfig(json: unknown): Gemma4TextConfig {
     finalLogitSoftcapping: softcap === undefined || softcap === null ? null : num(t, 'final_logit_softcapping'),
     rmsNormEps: num(t, 'rms_norm_eps', 1e-6),
     tieWordEmbeddings: bool(isObject(json.text_config) ? json : t, 'tie_word_embeddings', true),
+    ...GEMMA4_SWITCHES,
+  };
+  validateGemma4TextConfig(cfg);
+  return cfg;
+}
+
+/**
+ * A Gemma 3 text config (Gemma3TextConfig, or Gemma3Config's text_config; transformers' configuration_gemma3.py):
+ * layer_types (default 5 sliding : 1 full), RoPE per layer type (rope_parameters, or the older rope_theta for
+ * full layers and rope_local_base_freq for sliding ones), attention scaled by query_pre_attn_scalar^-0.5, RMSNorm
+ * as (1 + w), no per-layer embeddings, no KV sharing, no layer scalars.
+ */
+function parseGemma3TextConfig(json: Json, t: Json): Gemma4TextConfig {
+  const act = t.hidden_activation ?? 'gelu_pytorch_tanh';
+  if (act !== 'gelu_pytorch_tanh') throw new Gemma4ConfigError(`text config: hidden_activation "${String(act)}" is not supported`);
+  if (t.attn_logit_softcapping !== undefined && t.attn_logit_softcapping !== null) {
+    throw new Gemma4ConfigError('text config: attn_logit_softcapping is not supported');
+  }
+  if (t.use_bidirectional_attention === true) throw new Gemma4ConfigError('text config: use_bidirectional_attention is not supported');
+  const numHiddenLayers = int(t, 'num_hidden_layers');
+  const pattern = int(t, 'sliding_window_pattern', int(t, '_sliding_window_pattern', 6));
+  const layerTypes: LayerType[] = Array.isArray(t.layer_types)
+    ? t.layer_types.map((x, i) => {
+        if (x !== 'sliding_attention' && x !== 'full_attention') throw new Gemma4ConfigError(`text config: layer_types[${i}] "${String(x)}" is not sliding_attention/full_attention`);
+        return x;
+      })
+    : Array.from({ length: numHiddenLayers }, (_, i) => ((i + 1) % pattern ? 'sliding_attention' : 'full_attention'));
+  const ropeRaw = isObject(t.rope_parameters) ? t.rope_parameters : {};
+  const legacy: Record<LayerType, Json> = {
+    sliding_attention: { rope_type: 'default', rope_theta: t.rope_local_base_freq ?? 10_000 },
+    full_attention: { rope_type: 'default', rope_theta: t.rope_theta ?? 1_000_000 },
+  };
+  const rope = (type: LayerType): RopeParams => parseRope(ropeRaw[type] ?? legacy[type], type);
+  const softcap = t.final_logit_softcapping;
+  const headDim = int(t, 'head_dim', 256);
+  const cfg: Gemma4TextConfig = {
+    vocabSize: int(t, 'vocab_size', 262_208),
+    hiddenSize: int(t, 'hidden_size'),
+    intermediateSize: int(t, 'intermediate_size'),
+    numHiddenLayers,
+    numAttentionHeads: int(t, 'num_attention_heads'),
+    numKeyValueHeads: int(t, 'num_key_value_heads'),
+    headDim,
+    globalHeadDim: headDim,
+    layerTypes,
+    slidingWindow: int(t, 'sliding_window', 4096),
+    rope: { sliding_attention: rope('sliding_attention'), full_attention: rope('full_attention') },
+    numKvSharedLayers: 0,
+    useDoubleWideMlp: false,
+    hiddenSizePerLayerInput: 0,
+    vocabSizePerLayerInput: 0,
+    finalLogitSoftcapping: softcap === undefined || softcap === null ? null : num(t, 'final_logit_softcapping'),
+    rmsNormEps: num(t, 'rms_norm_eps', 1e-6),
+    tieWordEmbeddings: bool(isObject(json.text_config) ? json : t, 'tie_word_embeddings', true),
+    family: 'gemma3',
+    normScaleOffset: 1,
+    attentionScale: Math.pow(num(t, 'query_pre_attn_scalar', 256), -0.5),
+    valueNorm: false,
+    layerScalar: false,
   };
   validateGemma4TextConfig(cfg);
   return cfg;
@@ -244,9 +328,9 @@ export function validateGemma4TextConfig(c: Gemma4TextConfig): void {
   if (c.headDim % 2 || c.globalHeadDim % 2) fail('head dims must be even (RoPE rotates pairs)');
   if (c.slidingWindow < 2) fail('sliding_window must be >= 2');
   if (c.numKvSharedLayers >= c.numHiddenLayers) fail('num_kv_shared_layers must be below num_hidden_layers');
-  if (!(c.hiddenSizePerLayerInput > 0)) fail('hidden_size_per_layer_input must be > 0 (models without per-layer embeddings are not supported)');
+  if (c.family === 'gemma4' && !(c.hiddenSizePerLayerInput > 0)) fail('hidden_size_per_layer_input must be > 0 (Gemma 4 without per-layer embeddings is not supported)');
   if (!c.tieWordEmbeddings) fail('untied LM heads are not supported (tie_word_embeddings must be true)');
-  if (c.vocabSizePerLayerInput !== c.vocabSize) {
+  if (c.hiddenSizePerLayerInput > 0 && c.vocabSizePerLayerInput !== c.vocabSize) {
     fail('vocab_size_per_layer_input must equal vocab_size (the PLE rows are looked up by token id)');
   }
   if (c.finalLogitSoftcapping !== null && !(c.finalLogitSoftcapping > 0)) fail('final_logit_softcapping must be > 0');
@@ -262,9 +346,11 @@ export function validateGemma4TextConfig(c: Gemma4TextConfig): void {
 export function ropeInvFreq(p: RopeParams, headDim: number): { invFreq: Float64Array; rotaryPairs: number } {
   const half = headDim / 2;
   const invFreq = new Float64Array(half);
-  if (p.ropeType === 'default') {
-    // default: 1 / theta^(2i / head_dim) over all pairs (partial_rotary_factor is not used by this type).
-    for (let i = 0; i < half; i++) invFreq[i] = 1 / Math.pow(p.theta, (2 * i) / headDim);
+  if (p.ropeType === 'default' || p.ropeType === 'linear') {
+    // default: 1 / theta^(2i / head_dim) over all pairs (partial_rotary_factor is not used by this type);
+    // linear: the same divided by factor.
+    const factor = p.ropeType === 'linear' ? p.factor : 1;
+    for (let i = 0; i < half; i++) invFreq[i] = 1 / Math.pow(p.theta, (2 * i) / headDim) / factor;
     return { invFreq, rotaryPairs: half };
   }
   // proportional (modeling_rope_utils._compute_proportional_rope_parameters): the first
@@ -336,6 +422,7 @@ export function tinyConfig(): Gemma4TextConfig {
     finalLogitSoftcapping: 30,
     rmsNormEps: 1e-6,
     tieWordEmbeddings: true,
+    ...GEMMA4_SWITCHES,
   };
   validateGemma4TextConfig(cfg);
   return cfg;
@@ -366,6 +453,7 @@ export function e2bConfig(): Gemma4TextConfig {
     finalLogitSoftcapping: 30,
     rmsNormEps: 1e-6,
     tieWordEmbeddings: true,
+    ...GEMMA4_SWITCHES,
   };
   validateGemma4TextConfig(cfg);
   return cfg;
@@ -374,9 +462,31 @@ export function e2bConfig(): Gemma4TextConfig {
 /** Back to the snake_case JSON form (a text_config object), e.g. for synth's config.json. */
 export function toTextConfigJson(c: Gemma4TextConfig): Record<string, unknown> {
   const rope = (p: RopeParams): Record<string, unknown> =>
-    p.ropeType === 'proportional'
+    p.ropeType === 'linear'
+      ? { rope_type: p.ropeType, rope_theta: p.theta, factor: p.factor }
+      : p.ropeType === 'proportional'
       ? { rope_type: p.ropeType, rope_theta: p.theta, partial_rotary_factor: p.partialRotaryFactor, ...(p.factor !== 1 ? { factor: p.factor } : {}) }
       : { rope_type: p.ropeType, rope_theta: p.theta };
+  if (c.family === 'gemma3') {
+    return {
+      model_type: 'gemma3_text',
+      vocab_size: c.vocabSize,
+      hidden_size: c.hiddenSize,
+      intermediate_size: c.intermediateSize,
+      num_hidden_layers: c.numHiddenLayers,
+      num_attention_heads: c.numAttentionHeads,
+      num_key_value_heads: c.numKeyValueHeads,
+      head_dim: c.headDim,
+      layer_types: [...c.layerTypes],
+      sliding_window: c.slidingWindow,
+      rope_parameters: { sliding_attention: rope(c.rope.sliding_attention), full_attention: rope(c.rope.full_attention) },
+      query_pre_attn_scalar: Math.round(Math.pow(c.attentionScale, -2)),
+      final_logit_softcapping: c.finalLogitSoftcapping,
+      rms_norm_eps: c.rmsNormEps,
+      hidden_activation: 'gelu_pytorch_tanh',
+      tie_word_embeddings: c.tieWordEmbeddings,
+    };
+  }
   return {
     model_type: 'gemma4_text',
     vocab_size: c.vocabSize,

@@ -19,9 +19,11 @@
  * from the tensor lengths (past = cache length), so the engine must keep each cache contiguous and
  * ending at the position just before position_ids[0]; a ring buffer would need a different mask.
  * KV-shared layers own no cache: inside the graph they attend with their source layer's (past + new) K/V.
+ * Gemma 3 configs (no per-layer embeddings) have no per_layer_rows input; their switches (RMSNorm as (1 + w),
+ * the query scale, no v norm or layer scalar) are applied where the formula has them.
  */
 import { GraphBuilder, type SaveResult } from '../../onnx/graph.js';
-import { type Gemma4TextConfig, type LayerInfo, type LayerType, layerInfos } from './config.js';
+import { type Gemma4TextConfig, type LayerInfo, type LayerType, hasPle, layerInfos } from './config.js';
 import { type QuantizedMatrix, concatQuantized } from '../quant.js';
 import { type LinearWeight, type QuantInits, Ops } from './graph-ops.js';
 import {
@@ -85,7 +87,7 @@ export interface CacheSlot {
 }
 
 export interface DecoderGraphInfo {
-  inputs: { inputIds: string; perLayerRows: string; positionIds: string; mediaEmbeds: string | null; mediaMask: string | null };
+  inputs: { inputIds: string; perLayerRows: string | null; positionIds: string; mediaEmbeds: string | null; mediaMask: string | null };
   logits: string;
   logitsMode: 'all' | 'last';
   cache: CacheSlot[];
@@ -124,6 +126,11 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
   const logitsMode = opts.logits ?? 'all';
 
   const get = (name: string): Promise<Float32Array> => src.get(name);
+  // RMSNorm scales as the formula uses them: Gemma 3 stores w for a scale of (1 + w).
+  const normScale = async (name: string): Promise<Float32Array> => {
+    const w = await get(name);
+    return cfg.normScaleOffset ? Float32Array.from(w, (v) => v + cfg.normScaleOffset) : w;
+  };
   const gName = (r: GlobalRole): string => globalName(r, prefix);
   const lName = (l: number, r: LayerRole): string => layerName(l, r, prefix);
   const linear = async (x: string, name: string): Promise<string> => {
@@ -133,7 +140,7 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
 
   // ---- inputs
   const inputIds = b.input('input_ids', 'int64', ['batch', 'seq']);
-  const perLayerRows = b.input('per_layer_rows', 'float32', ['batch', 'seq', L * P]);
+  const perLayerRows = hasPle(cfg) ? b.input('per_layer_rows', 'float32', ['batch', 'seq', L * P]) : null;
   const positionIds = b.input('position_ids', 'int64', ['batch', 'seq']);
   const mediaEmbeds = opts.media ? b.input('media_embeds', 'float32', ['batch', 'seq', H]) : null;
   const mediaMask = opts.media ? b.input('media_mask', 'bool', ['batch', 'seq']) : null;
@@ -168,13 +175,16 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
   let x0 = ops.op('Mul', [embedded, ops.f32(Math.sqrt(H))]);
   if (mediaEmbeds && mediaMask) x0 = ops.op('Where', [ops.op('Unsqueeze', [mediaMask, ops.i64([2])]), mediaEmbeds, x0]);
 
-  // ---- per-layer inputs [batch, seq, L, P]
-  let ctx = await linear(x0, gName('ple_model_proj'));
-  ctx = ops.op('Mul', [ctx, ops.f32(Math.pow(H, -0.5))]);
-  ctx = ops.op('Reshape', [ctx, ops.i64([0, 0, L, P])]);
-  ctx = ops.rmsNorm(ctx, 'per_layer_projection_norm', await get(gName('ple_proj_norm')), eps);
-  const rows = ops.op('Mul', [ops.op('Reshape', [perLayerRows, ops.i64([0, 0, L, P])]), ops.f32(Math.sqrt(P))]);
-  const pleAll = ops.op('Mul', [ops.op('Add', [ctx, rows]), ops.f32(Math.SQRT1_2)]);
+  // ---- per-layer inputs [batch, seq, L, P] (Gemma 4)
+  let pleAll: string | null = null;
+  if (perLayerRows) {
+    let ctx = await linear(x0, gName('ple_model_proj'));
+    ctx = ops.op('Mul', [ctx, ops.f32(Math.pow(H, -0.5))]);
+    ctx = ops.op('Reshape', [ctx, ops.i64([0, 0, L, P])]);
+    ctx = ops.rmsNorm(ctx, 'per_layer_projection_norm', await normScale(gName('ple_proj_norm')), eps);
+    const rows = ops.op('Mul', [ops.op('Reshape', [perLayerRows, ops.i64([0, 0, L, P])]), ops.f32(Math.sqrt(P))]);
+    pleAll = ops.op('Mul', [ops.op('Add', [ctx, rows]), ops.f32(Math.SQRT1_2)]);
+  }
 
   // ---- RoPE tables per layer type, from float positions [batch, seq, 1]
   const posF = ops.op('Cast', [ops.op('Unsqueeze', [positionIds, ops.i64([2])])], { to: 1 });
@@ -194,7 +204,7 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
 
   // ---- final norm, tied LM head, soft-cap
   if (logitsMode === 'last') h = ops.op('Slice', [h, ops.i64([-1]), ops.i64([Number.MAX_SAFE_INTEGER]), ops.i64([1])]);
-  h = ops.rmsNorm(h, 'norm', await get(gName('final_norm')), eps);
+  h = ops.rmsNorm(h, 'norm', await normScale(gName('final_norm')), eps);
   let logits: string;
   if (embedQ) {
     logits = ops.linearFromTable(h, 'lm_head', embedQ.q, embedQ.inits, quant!.embedding!.accuracyLevel);
@@ -222,16 +232,19 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
     const nKv = cfg.numKeyValueHeads;
     const rope = ropeTables.get(info.type)!;
     const w = (r: LayerRole): Promise<Float32Array> => get(lName(l, r));
+    const norm = (r: LayerRole): Promise<Float32Array> => normScale(lName(l, r));
 
     // attention block: projections, q/k RMSNorm, RoPE in [B, S, heads, d]; v RMSNorm without scale
-    const xa = ops.rmsNorm(h, `layers.${l}.input_layernorm`, await w('input_norm'), eps);
+    const xa = ops.rmsNorm(h, `layers.${l}.input_layernorm`, await norm('input_norm'), eps);
     let q = ops.op('Reshape', [await linear(xa, lName(l, 'q_proj')), ops.i64([0, 0, nH, d])]);
-    q = ops.applyRope(ops.rmsNorm(q, `layers.${l}.q_norm`, await w('q_norm'), eps), rope, d);
+    q = ops.applyRope(ops.rmsNorm(q, `layers.${l}.q_norm`, await norm('q_norm'), eps), rope, d);
+    // Scaling q scales every score q.k (Gemma 3's query_pre_attn_scalar^-0.5; Gemma 4's is 1).
+    if (cfg.attentionScale !== 1) q = ops.op('Mul', [q, ops.f32(cfg.attentionScale)]);
     if (info.ownsKv) {
       let k = ops.op('Reshape', [await linear(xa, lName(l, 'k_proj')), ops.i64([0, 0, nKv, d])]);
-      k = ops.applyRope(ops.rmsNorm(k, `layers.${l}.k_norm`, await w('k_norm'), eps), rope, d);
+      k = ops.applyRope(ops.rmsNorm(k, `layers.${l}.k_norm`, await norm('k_norm'), eps), rope, d);
       let v = ops.op('Reshape', [await linear(xa, lName(l, 'v_proj')), ops.i64([0, 0, nKv, d])]);
-      v = ops.rmsNormNoScale(v, `layers.${l}.v_norm`, d, eps);
+      if (cfg.valueNorm) v = ops.rmsNormNoScale(v, `layers.${l}.v_norm`, d, eps);
       const slot = slots.find((s) => s.layer === l)!;
       newKv.set(l, { k, v, pastK: slot.pastKey, pastV: slot.pastValue });
     }
@@ -271,22 +284,25 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
       }
     }
     let o = await linear(attn, lName(l, 'o_proj'));
-    o = ops.rmsNorm(o, `layers.${l}.post_attention_layernorm`, await w('post_attn_norm'), eps);
+    o = ops.rmsNorm(o, `layers.${l}.post_attention_layernorm`, await norm('post_attn_norm'), eps);
 
     // MLP block (the residual add and pre-FF norm fuse into one SkipSimplifiedLayerNormalization)
-    let [xf, hs] = ops.skipRmsNorm(o, h, `layers.${l}.pre_feedforward_layernorm`, await w('pre_ff_norm'), eps);
+    let [xf, hs] = ops.skipRmsNorm(o, h, `layers.${l}.pre_feedforward_layernorm`, await norm('pre_ff_norm'), eps);
     const gate = ops.geluTanh(await linear(xf, lName(l, 'gate_proj')));
     const up = await linear(xf, lName(l, 'up_proj'));
     let m = await linear(ops.op('Mul', [gate, up]), lName(l, 'down_proj'));
-    m = ops.rmsNorm(m, `layers.${l}.post_feedforward_layernorm`, await w('post_ff_norm'), eps);
+    m = ops.rmsNorm(m, `layers.${l}.post_feedforward_layernorm`, await norm('post_ff_norm'), eps);
     hs = ops.op('Add', [hs, m]);
 
-    // per-layer input block
-    const pleL = ops.op('Gather', [pleAll, ops.i64(l)], { axis: 2 });
-    const g = ops.op('Mul', [ops.geluTanh(await linear(hs, lName(l, 'ple_gate'))), pleL]);
-    let p = await linear(g, lName(l, 'ple_proj'));
-    p = ops.rmsNorm(p, `layers.${l}.post_per_layer_input_norm`, await w('ple_post_norm'), eps);
-    hs = ops.op('Add', [hs, p]);
+    // per-layer input block (Gemma 4)
+    if (pleAll) {
+      const pleL = ops.op('Gather', [pleAll, ops.i64(l)], { axis: 2 });
+      const g = ops.op('Mul', [ops.geluTanh(await linear(hs, lName(l, 'ple_gate'))), pleL]);
+      let p = await linear(g, lName(l, 'ple_proj'));
+      p = ops.rmsNorm(p, `layers.${l}.post_per_layer_input_norm`, await norm('ple_post_norm'), eps);
+      hs = ops.op('Add', [hs, p]);
+    }
+    if (!cfg.layerScalar) return hs;
     const scalar = b.initializer(`layers.${l}.layer_scalar`, 'float32', [1], await w('layer_scalar'), { external: false });
     return ops.op('Mul', [hs, scalar]);
   }

@@ -14,6 +14,8 @@
  *   logits = softcap(embed . finalNorm(h)),  softcap(z) = cap * tanh(z / cap)
  * Attention: q = rope(qNorm(q_proj x)), k = rope(kNorm(k_proj x)), v = vNorm(v_proj x) (no scale),
  * scores = q.k (scaling 1.0), GQA, causal; sliding layers see keys with p - t < window.
+ * Gemma 3 (config.family 'gemma3') is the same without the PLE block, v norm and layer scalar, with RMSNorm
+ * scales (1 + w) and scores = q.k * query_pre_attn_scalar^-0.5.
  */
 import { type Gemma4TextConfig, type LayerInfo, layerInfos } from './config.js';
 import { type GlobalRole, type LayerRole, type WeightSource, MULTIMODAL_TEXT_PREFIX, globalName, layerName, textTensorTable } from './weights.js';
@@ -34,12 +36,15 @@ function matvec(w: Float32Array, x: ArrayLike<number>, rows: number, cols: numbe
   return out;
 }
 
-/** In-place RMSNorm of v[off .. off+n): x * (mean(x^2) + eps)^-0.5 * w (w null: no scale). */
-function rmsNorm(v: Float64Array, off: number, n: number, w: Float32Array | null, eps: number): void {
+/**
+ * In-place RMSNorm of v[off .. off+n): x * (mean(x^2) + eps)^-0.5 * (offset + w) (w null: no scale). The offset
+ * is the config's normScaleOffset: 0 for Gemma 4, 1 for Gemma 3.
+ */
+function rmsNorm(v: Float64Array, off: number, n: number, w: Float32Array | null, eps: number, offset = 0): void {
   let ms = 0;
   for (let i = 0; i < n; i++) ms += v[off + i]! ** 2;
   const inv = Math.pow(ms / n + eps, -0.5);
-  for (let i = 0; i < n; i++) v[off + i] = v[off + i]! * inv * (w ? w[i]! : 1);
+  for (let i = 0; i < n; i++) v[off + i] = v[off + i]! * inv * (w ? offset + w[i]! : 1);
 }
 
 /** In-place RoPE (rotate_half convention: pairs (i, i + d/2)) of v[off .. off+d) at position pos. */
@@ -132,6 +137,7 @@ export class Gemma4Reference {
   /** Raw PLE rows for ids (embed_tokens_per_layer rows, before any scaling): the graph's per_layer_rows. */
   pleRows(ids: number[]): Float32Array {
     const width = this.cfg.numHiddenLayers * this.cfg.hiddenSizePerLayerInput;
+    if (width === 0) return new Float32Array(0);
     const table = this.g('ple_table');
     const out = new Float32Array(ids.length * width);
     ids.forEach((id, i) => out.set(table.subarray(id * width, (id + 1) * width), i * width));
@@ -170,14 +176,16 @@ export class Gemma4Reference {
     }
 
     // Per-layer inputs: context projection (from the scaled embedding) + token-identity rows.
-    const proj = this.linear(this.g('ple_model_proj'), h, L * P, H);
-    const pleNorm = this.g('ple_proj_norm');
-    const raw = this.g('ple_table').subarray(id * L * P, (id + 1) * L * P);
     const ple = new Float64Array(L * P);
-    for (let l = 0; l < L; l++) {
-      for (let j = 0; j < P; j++) proj[l * P + j] = proj[l * P + j]! * Math.pow(H, -0.5);
-      rmsNorm(proj, l * P, P, pleNorm, c.rmsNormEps);
-      for (let j = 0; j < P; j++) ple[l * P + j] = (proj[l * P + j]! + raw[l * P + j]! * Math.sqrt(P)) * Math.SQRT1_2;
+    if (P > 0) {
+      const proj = this.linear(this.g('ple_model_proj'), h, L * P, H);
+      const pleNorm = this.g('ple_proj_norm');
+      const raw = this.g('ple_table').subarray(id * L * P, (id + 1) * L * P);
+      for (let l = 0; l < L; l++) {
+        for (let j = 0; j < P; j++) proj[l * P + j] = proj[l * P + j]! * Math.pow(H, -0.5);
+        rmsNorm(proj, l * P, P, pleNorm, c.rmsNormEps);
+        for (let j = 0; j < P; j++) ple[l * P + j] = (proj[l * P + j]! + raw[l * P + j]! * Math.sqrt(P)) * Math.SQRT1_2;
+      }
     }
 
     for (const info of this.layers) {
@@ -185,7 +193,7 @@ export class Gemma4Reference {
       this.onLayerOutput?.(info.index, h);
     }
 
-    rmsNorm(h, 0, H, this.g('final_norm'), c.rmsNormEps);
+    rmsNorm(h, 0, H, this.g('final_norm'), c.rmsNormEps, c.normScaleOffset);
     const logits = new Float32Array(c.vocabSize);
     const cap = c.finalLogitSoftcapping;
     const head = this.linear(embed, h, c.vocabSize, H); // tied LM head
@@ -198,6 +206,7 @@ export class Gemma4Reference {
     const c = this.cfg;
     const H = c.hiddenSize;
     const eps = c.rmsNormEps;
+    const off = c.normScaleOffset;
     const l = info.index;
     const d = info.headDim;
     const nH = c.numAttentionHeads;
@@ -206,19 +215,19 @@ export class Gemma4Reference {
 
     // --- attention block
     const x = Float64Array.from(h);
-    rmsNorm(x, 0, H, lw('input_norm'), eps);
+    rmsNorm(x, 0, H, lw('input_norm'), eps, off);
     const q = this.linear(lw('q_proj'), x, nH * d, H);
     for (let hh = 0; hh < nH; hh++) {
-      rmsNorm(q, hh * d, d, lw('q_norm'), eps);
+      rmsNorm(q, hh * d, d, lw('q_norm'), eps, off);
       rope(q, hh * d, d, info.invFreq, pos);
     }
     if (info.ownsKv) {
       const k = this.linear(lw('k_proj'), x, nKv * d, H);
       const v = this.linear(lw('v_proj'), x, nKv * d, H);
       for (let kh = 0; kh < nKv; kh++) {
-        rmsNorm(k, kh * d, d, lw('k_norm'), eps);
+        rmsNorm(k, kh * d, d, lw('k_norm'), eps, off);
         rope(k, kh * d, d, info.invFreq, pos);
-        rmsNorm(v, kh * d, d, null, eps);
+        if (c.valueNorm) rmsNorm(v, kh * d, d, null, eps);
       }
       this.caches[l]!.keys.push(k);
       this.caches[l]!.values.push(v);
@@ -236,6 +245,7 @@ export class Gemma4Reference {
         const key = cache.keys[t]!;
         let s = 0;
         for (let i = 0; i < d; i++) s += q[hh * d + i]! * key[kh * d + i]!;
+        s *= c.attentionScale;
         scores.push(s);
         if (s > max) max = s;
       }
@@ -251,28 +261,33 @@ export class Gemma4Reference {
       }
     }
     const o = this.linear(lw('o_proj'), attn, H, nH * d);
-    rmsNorm(o, 0, H, lw('post_attn_norm'), eps);
+    rmsNorm(o, 0, H, lw('post_attn_norm'), eps, off);
     for (let i = 0; i < H; i++) h[i] = h[i]! + o[i]!;
 
     // --- MLP block
     const f = Float64Array.from(h);
-    rmsNorm(f, 0, H, lw('pre_ff_norm'), eps);
+    rmsNorm(f, 0, H, lw('pre_ff_norm'), eps, off);
     const W = info.mlpWidth;
     const gate = this.linear(lw('gate_proj'), f, W, H);
     const up = this.linear(lw('up_proj'), f, W, H);
     for (let i = 0; i < W; i++) gate[i] = geluTanh(gate[i]!) * up[i]!;
     const down = this.linear(lw('down_proj'), gate, H, W);
-    rmsNorm(down, 0, H, lw('post_ff_norm'), eps);
+    rmsNorm(down, 0, H, lw('post_ff_norm'), eps, off);
     for (let i = 0; i < H; i++) h[i] = h[i]! + down[i]!;
 
-    // --- per-layer input block
+    // --- per-layer input block (Gemma 4)
     const P = c.hiddenSizePerLayerInput;
-    const g = this.linear(lw('ple_gate'), h, P, H);
-    for (let i = 0; i < P; i++) g[i] = geluTanh(g[i]!) * ple[i]!;
-    const pp = this.linear(lw('ple_proj'), g, H, P);
-    rmsNorm(pp, 0, H, lw('ple_post_norm'), eps);
-    const scalar = lw('layer_scalar')[0]!;
-    for (let i = 0; i < H; i++) h[i] = (h[i]! + pp[i]!) * scalar;
+    if (P > 0) {
+      const g = this.linear(lw('ple_gate'), h, P, H);
+      for (let i = 0; i < P; i++) g[i] = geluTanh(g[i]!) * ple[i]!;
+      const pp = this.linear(lw('ple_proj'), g, H, P);
+      rmsNorm(pp, 0, H, lw('ple_post_norm'), eps, off);
+      for (let i = 0; i < H; i++) h[i] = h[i]! + pp[i]!;
+    }
+    if (c.layerScalar) {
+      const scalar = lw('layer_scalar')[0]!;
+      for (let i = 0; i < H; i++) h[i] = h[i]! * scalar;
+    }
   }
 
   private g(role: GlobalRole): Float32Array {

@@ -29,7 +29,7 @@
  * RMSNorm (Gemma4RMSNorm) is x * (mean(x^2) + eps)^-0.5 * w: the weight is used as is, NOT (1 + w) as in
  * Gemma 2/3; the converter copies the norm scales unchanged.
  */
-import { type Gemma4TextConfig, type LayerInfo, layerInfos } from './config.js';
+import { type Gemma4TextConfig, type LayerInfo, hasPle, layerInfos } from './config.js';
 
 /** Weights keyed by OFFICIAL checkpoint names; the converter backs it with safetensors, synth with random values. */
 export interface WeightSource {
@@ -84,6 +84,8 @@ interface GlobalRow {
   suffix: string;
   kind: TensorKind;
   shape: (c: Gemma4TextConfig) => number[];
+  /** Only in models with this feature (Gemma 3 has no per-layer embeddings and no layer scalars). */
+  when?: (c: Gemma4TextConfig) => boolean;
 }
 
 interface LayerRow {
@@ -93,13 +95,17 @@ interface LayerRow {
   shape: (c: Gemma4TextConfig, l: LayerInfo) => number[];
   /** Only read on layers that compute their own K/V. */
   kvOwnerOnly?: boolean;
+  when?: (c: Gemma4TextConfig) => boolean;
 }
+
+const withPle = (c: Gemma4TextConfig): boolean => hasPle(c);
+const withLayerScalar = (c: Gemma4TextConfig): boolean => c.layerScalar;
 
 const GLOBAL_ROWS: GlobalRow[] = [
   { role: 'embed', suffix: 'embed_tokens.weight', kind: 'embedding', shape: (c) => [c.vocabSize, c.hiddenSize] },
-  { role: 'ple_table', suffix: 'embed_tokens_per_layer.weight', kind: 'embedding', shape: (c) => [c.vocabSizePerLayerInput, c.numHiddenLayers * c.hiddenSizePerLayerInput] },
-  { role: 'ple_model_proj', suffix: 'per_layer_model_projection.weight', kind: 'linear', shape: (c) => [c.numHiddenLayers * c.hiddenSizePerLayerInput, c.hiddenSize] },
-  { role: 'ple_proj_norm', suffix: 'per_layer_projection_norm.weight', kind: 'norm', shape: (c) => [c.hiddenSizePerLayerInput] },
+  { role: 'ple_table', suffix: 'embed_tokens_per_layer.weight', kind: 'embedding', shape: (c) => [c.vocabSizePerLayerInput, c.numHiddenLayers * c.hiddenSizePerLayerInput], when: withPle },
+  { role: 'ple_model_proj', suffix: 'per_layer_model_projection.weight', kind: 'linear', shape: (c) => [c.numHiddenLayers * c.hiddenSizePerLayerInput, c.hiddenSize], when: withPle },
+  { role: 'ple_proj_norm', suffix: 'per_layer_projection_norm.weight', kind: 'norm', shape: (c) => [c.hiddenSizePerLayerInput], when: withPle },
   { role: 'final_norm', suffix: 'norm.weight', kind: 'norm', shape: (c) => [c.hiddenSize] },
 ];
 
@@ -120,10 +126,10 @@ const LAYER_ROWS: LayerRow[] = [
   { role: 'up_proj', suffix: 'mlp.up_proj.weight', kind: 'linear', shape: (c, l) => [l.mlpWidth, c.hiddenSize] },
   { role: 'down_proj', suffix: 'mlp.down_proj.weight', kind: 'linear', shape: (c, l) => [c.hiddenSize, l.mlpWidth] },
   { role: 'post_ff_norm', suffix: 'post_feedforward_layernorm.weight', kind: 'norm', shape: (c) => [c.hiddenSize] },
-  { role: 'ple_gate', suffix: 'per_layer_input_gate.weight', kind: 'linear', shape: (c) => [c.hiddenSizePerLayerInput, c.hiddenSize] },
-  { role: 'ple_proj', suffix: 'per_layer_projection.weight', kind: 'linear', shape: (c) => [c.hiddenSize, c.hiddenSizePerLayerInput] },
-  { role: 'ple_post_norm', suffix: 'post_per_layer_input_norm.weight', kind: 'norm', shape: (c) => [c.hiddenSize] },
-  { role: 'layer_scalar', suffix: 'layer_scalar', kind: 'scalar', shape: () => [1] },
+  { role: 'ple_gate', suffix: 'per_layer_input_gate.weight', kind: 'linear', shape: (c) => [c.hiddenSizePerLayerInput, c.hiddenSize], when: withPle },
+  { role: 'ple_proj', suffix: 'per_layer_projection.weight', kind: 'linear', shape: (c) => [c.hiddenSize, c.hiddenSizePerLayerInput], when: withPle },
+  { role: 'ple_post_norm', suffix: 'post_per_layer_input_norm.weight', kind: 'norm', shape: (c) => [c.hiddenSize], when: withPle },
+  { role: 'layer_scalar', suffix: 'layer_scalar', kind: 'scalar', shape: () => [1], when: withLayerScalar },
 ];
 
 /**
@@ -131,9 +137,10 @@ const LAYER_ROWS: LayerRow[] = [
  * layers (present in official checkpoints, ignored by the model); synth can leave them out.
  */
 export function textTensorTable(c: Gemma4TextConfig, prefix = MULTIMODAL_TEXT_PREFIX, includeUnused = false): TensorSpec[] {
-  const out: TensorSpec[] = GLOBAL_ROWS.map((r) => ({ name: prefix + r.suffix, role: r.role, layer: null, shape: r.shape(c), kind: r.kind, used: true }));
+  const present = (r: { when?: (c: Gemma4TextConfig) => boolean }): boolean => !r.when || r.when(c);
+  const out: TensorSpec[] = GLOBAL_ROWS.filter(present).map((r) => ({ name: prefix + r.suffix, role: r.role, layer: null, shape: r.shape(c), kind: r.kind, used: true }));
   for (const l of layerInfos(c)) {
-    for (const r of LAYER_ROWS) {
+    for (const r of LAYER_ROWS.filter(present)) {
       const used = !r.kvOwnerOnly || l.ownsKv;
       if (!used && !includeUnused) continue;
       out.push({ name: `${prefix}layers.${l.index}.${r.suffix}`, role: r.role, layer: l.index, shape: r.shape(c, l), kind: r.kind, used });

@@ -5,7 +5,7 @@
  * graph writer streams weights to disk; the PLE table goes through in chunks).
  */
 import { copyFile, rm } from 'node:fs/promises';
-import { parseGemma4TextConfig, type Gemma4TextConfig } from '../gemma4/config.js';
+import { hasPle, parseGemma4TextConfig, type Gemma4TextConfig } from '../gemma4/config.js';
 import { FAST_VARIANT, writeDecoderModel } from '../gemma4/decoder-graph.js';
 import { writeEncoders } from './encoders.js';
 import { uniformPolicy, type LinearQuant, type QuantPolicy as GraphQuantPolicy } from '../gemma4/quantize.js';
@@ -137,8 +137,10 @@ export async function buildPackage(spec: PackageSpec): Promise<Manifest> {
       await w.addExisting(f.name, f.role);
     }
 
-    const layout = pleLayoutFor(cfg, policy);
-    await w.addPle(layout, spec.pleRows, { onProgress: (d, t) => spec.onProgress?.({ phase: 'ple', done: d, total: t }) });
+    if (hasPle(cfg)) {
+      const layout = pleLayoutFor(cfg, policy);
+      await w.addPle(layout, spec.pleRows, { onProgress: (d, t) => spec.onProgress?.({ phase: 'ple', done: d, total: t }) });
+    }
 
     for (const [i, f] of spec.files.entries()) {
       if ('content' in f) await w.addFile(f.name, f.role, f.content);

@@ -27,7 +27,8 @@ export const PACKAGE_FILES = {
 export const fileRoles = ['config', 'decoder-graph', 'decoder-weights', 'ple', 'tokenizer', 'tokenizer-config', 'chat-template', 'vision-graph', 'vision-weights', 'audio-graph', 'audio-weights', 'other'] as const;
 export type FileRole = (typeof fileRoles)[number];
 /** Roles a loadable package must have (the chat template may live in tokenizer_config.json instead; encoders are optional). */
-export const REQUIRED_ROLES: readonly FileRole[] = ['config', 'decoder-graph', 'decoder-weights', 'ple', 'tokenizer'];
+/** Every package has these; 'ple' too when its model has per-layer embeddings (Gemma 4, not Gemma 3). */
+export const REQUIRED_ROLES: readonly FileRole[] = ['config', 'decoder-graph', 'decoder-weights', 'tokenizer'];
 
 /** A relative path that stays inside the package directory. */
 const packagePath = z

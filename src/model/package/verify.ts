@@ -8,7 +8,7 @@ import { open, readFile, stat } from 'node:fs/promises';
 import { isDeepStrictEqual } from 'node:util';
 import { join } from 'node:path';
 import onnxProto from 'onnx-proto';
-import { parseGemma4TextConfig, type Gemma4TextConfig } from '../gemma4/config.js';
+import { hasPle, parseGemma4TextConfig, type Gemma4TextConfig } from '../gemma4/config.js';
 import { decodeHeader, PLE_DATA_OFFSET } from '../ple/format.js';
 import { MANIFEST_FILE, REQUIRED_ROLES, parseManifest, type FileEntry, type Manifest } from './manifest.js';
 import { hashFile } from './writer.js';
@@ -73,6 +73,7 @@ export async function verifyPackage(dir: string, opts: VerifyOptions): Promise<V
   const cfgFile = byRole('config');
   if (cfgFile) await checkConfigFile(dir, cfgFile.path, m.config, fail);
   const ple = byRole('ple');
+  if (config && hasPle(config) && !m.files.some((f) => f.role === 'ple')) fail(MANIFEST_FILE, 'no file with role ple (the model has per-layer embeddings)');
   if (ple && config) await checkPle(dir, ple.path, config, fail);
   const graph = byRole('decoder-graph');
   const data = m.files.find((f) => f.role === 'decoder-weights');
@@ -163,7 +164,8 @@ async function checkGraph(dir: string, name: string, data: FileEntry | null, c: 
     return;
   }
   const inputs = new Map((g.input ?? []).map((i) => [i.name, i]));
-  for (const required of ['input_ids', 'per_layer_rows']) if (!inputs.has(required)) fail(name, `graph has no input ${required}`);
+  const required = ['input_ids', ...(c && !hasPle(c) ? [] : ['per_layer_rows'])];
+  for (const input of required) if (!inputs.has(input)) fail(name, `graph has no input ${input}`);
   const rowsDims = inputs.get('per_layer_rows')?.type?.tensorType?.shape?.dim;
   const last = rowsDims?.[rowsDims.length - 1]?.dimValue;
   if (c && last !== undefined && last !== null && Number(last) !== 0 && Number(last) !== c.numHiddenLayers * c.hiddenSizePerLayerInput) {
