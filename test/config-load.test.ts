@@ -88,7 +88,8 @@ describe('loadConfig', () => {
 
   it('names the path of a missing file, and finds the file through PERCH_CONFIG', () => {
     const missing = join(dir, 'nope.yaml');
-    expect(problemsOf(() => loadConfig(missing, {}))[0]).toBe(`config file ${missing} not found (give another with --config or PERCH_CONFIG)`);
+    expect(problemsOf(() => loadConfig(missing, {}))[0]).toBe(`config file ${missing} not found`);
+    expect(problemsOf(() => loadConfig(undefined, { PERCH_CONFIG: missing }))[0]).toBe(`config file ${missing} not found (the path in PERCH_CONFIG)`);
     expect(resolveConfigPath(undefined, {})).toBe(DEFAULT_CONFIG_PATH);
     const file = write('via-env.yaml', 'device: { id: from-env }\n');
     expect(resolveConfigPath(undefined, { PERCH_CONFIG: file })).toBe(file);

@@ -7,7 +7,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, intIn } from '../cli-args.js';
+import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, commandLogger, intIn, reportFailure } from '../cli-args.js';
 import { commandCache } from '../engine/prepacked-cache.js';
 import { Transcriber } from '../engine/transcriber.js';
 import { MAX_WAV_BYTES } from '../sources/wav.js';
@@ -59,10 +59,7 @@ export function registerTranscribeCommand(program: Command): void {
 }
 
 async function transcribeFile(file: string, opts: TranscribeCommandOptions): Promise<number> {
-  const fail = (message: string): number => {
-    process.stderr.write(`perch: ${message}\n`);
-    return 1;
-  };
+  const fail = (message: string): number => reportFailure(opts.json, message);
   let samples: Int16Array;
   try {
     const info = await stat(file);
@@ -79,6 +76,7 @@ async function transcribeFile(file: string, opts: TranscribeCommandOptions): Pro
       contextTokens: opts.contextTokens,
       pleCacheMb: opts.pleCacheMb,
       prepackedCache: commandCache(opts.prepackedCache),
+      logger: commandLogger(),
     });
   } catch (err) {
     return fail((err as Error).message);

@@ -58,6 +58,12 @@ export interface LoadedConfig {
   warnings: string[];
 }
 
+const NOT_FOUND_HINT = {
+  named: '',
+  PERCH_CONFIG: ' (the path in PERCH_CONFIG)',
+  default: ' (the default path: name a file, or set PERCH_CONFIG)',
+} as const;
+
 /** --config, else PERCH_CONFIG, else /etc/perch/config.yaml; made absolute. */
 export function resolveConfigPath(arg: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
   return resolve(arg || env.PERCH_CONFIG || DEFAULT_CONFIG_PATH);
@@ -69,10 +75,12 @@ export function loadConfig(path?: string, env: NodeJS.ProcessEnv = process.env):
 
 export function loadConfigDetailed(path?: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
   const file = resolveConfigPath(path, env);
-  return parseConfig(readConfigFile(file), { file, env });
+  // How the path was chosen decides the hint: a file the user named needs none; the default path tells how to name one.
+  const chosenBy = path ? 'named' : env.PERCH_CONFIG ? 'PERCH_CONFIG' : 'default';
+  return parseConfig(readConfigFile(file, chosenBy), { file, env });
 }
 
-function readConfigFile(file: string): string {
+function readConfigFile(file: string, chosenBy: 'named' | 'PERCH_CONFIG' | 'default'): string {
   const fail = (message: string) => new ConfigError(file, [{ path: '', message }]);
   try {
     const st = statSync(file);
@@ -82,7 +90,7 @@ function readConfigFile(file: string): string {
   } catch (err) {
     if (err instanceof ConfigError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw fail(`config file ${file} not found (give another with --config or PERCH_CONFIG)`);
+    if (code === 'ENOENT') throw fail(`config file ${file} not found${NOT_FOUND_HINT[chosenBy]}`);
     if (code === 'EACCES') throw fail(`config file ${file} is not readable (permission denied)`);
     throw fail(`cannot read config file ${file}: ${(err as Error).message}`);
   }

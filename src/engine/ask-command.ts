@@ -4,7 +4,7 @@
  * stderr with exit status 1; Ctrl-C stops generation and keeps the partial answer.
  */
 import { InvalidArgumentError, type Command } from 'commander';
-import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, intIn } from '../cli-args.js';
+import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, commandLogger, intIn, reportFailure } from '../cli-args.js';
 import { Engine, type GenerateResult } from './engine.js';
 import { DEFAULT_SAMPLING } from './gemma-engine.js';
 import { commandCache } from './prepacked-cache.js';
@@ -58,8 +58,7 @@ export function registerAskCommand(program: Command): void {
 
 async function ask(question: string, opts: AskOptions): Promise<number> {
   if (question.trim() === '' || question.length > MAX_QUESTION_CHARS) {
-    process.stderr.write(`perch: the question must have 1 to ${MAX_QUESTION_CHARS} characters\n`);
-    return 1;
+    return reportFailure(opts.json, `the question must have 1 to ${MAX_QUESTION_CHARS} characters`);
   }
   let engine: Engine;
   try {
@@ -68,10 +67,10 @@ async function ask(question: string, opts: AskOptions): Promise<number> {
       contextTokens: opts.contextTokens,
       pleCacheMb: opts.pleCacheMb,
       prepackedCache: commandCache(opts.prepackedCache),
+      logger: commandLogger(),
     });
   } catch (err) {
-    process.stderr.write(`perch: ${(err as Error).message}\n`);
-    return 1;
+    return reportFailure(opts.json, (err as Error).message);
   }
   const ac = new AbortController();
   const onSigint = (): void => ac.abort();
@@ -119,8 +118,7 @@ async function ask(question: string, opts: AskOptions): Promise<number> {
     }
     return 0;
   } catch (err) {
-    process.stderr.write(`perch: ${(err as Error).message}\n`);
-    return 1;
+    return reportFailure(opts.json, (err as Error).message);
   } finally {
     process.off('SIGINT', onSigint);
     await engine.close();

@@ -14,6 +14,7 @@ import { type Logger, silentLogger } from '../log.js';
 import { KvState, PrefixStore, commonPrefix } from './kv-cache.js';
 import { ChatTemplate, type ChatMessage, OutputRouter, type ToolDeclaration, encodeChat } from './prompt.js';
 import { type SamplerOptions, createSampler } from './sampling.js';
+import { profileMismatch } from './cpu-fit.js';
 import { type PrepackedCacheOptions, type WeightsPacking, createCachedSession, packageChecksum } from './prepacked-cache.js';
 import { DEFAULT_TUNING, type DecoderSession, type SessionTuning, decoderSession } from './session.js';
 import { PackageTokenizer } from './tokenizer.js';
@@ -153,6 +154,8 @@ export class Engine {
       const t0 = performance.now();
       const decoder = await openDecoder(pkg, tuning, opts.prepackedCache, log);
       log.info({ dir, ms: Math.round(performance.now() - t0), threads: opts.threads, media: decoder.acceptsMedia, prepacked: decoder.prepacked }, 'decoder session ready');
+      const mismatch = await profileMismatch(pkg.manifest.quantisation);
+      if (mismatch) log.warn({ dir, profile: pkg.manifest.quantisation.profile }, mismatch);
       return new Engine(pkg, decoder, tokenizer, template, opts.contextTokens, prefillChunk, log, opts.prefixSnapshots ?? 2);
     } catch (e) {
       await pkg.close();

@@ -9,6 +9,7 @@ import { convertCheckpoint } from './convert.js';
 import type { BuildPhase, BuildProgress } from './package/build.js';
 import { profiles, type Manifest, type Profile } from './package/manifest.js';
 import { formatProblems, verifyPackage } from './package/verify.js';
+import { profileMismatch } from '../engine/cpu-fit.js';
 import { DEFAULT_REPO, pullModel } from './pull.js';
 import { synthPackage, type SynthPreset } from './synth.js';
 
@@ -69,6 +70,8 @@ export function registerModelCommands(program: Command): void {
       const r = await verifyPackage(dir, { full: !opts.quick });
       if (r.ok) {
         process.stdout.write(`${dir}: OK (${r.manifest!.files.length} files${opts.quick ? ', checksums not checked' : ', checksums match'})\n`);
+        const mismatch = await profileMismatch(r.manifest!.quantisation);
+        if (mismatch) process.stderr.write(`perch: warning: ${mismatch}\n`);
         return;
       }
       process.stderr.write(`${formatProblems(dir, r.problems)}\n${dir}: ${r.problems.length} problem(s)\n`);

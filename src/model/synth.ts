@@ -25,6 +25,8 @@ export interface SynthOptions {
   logits?: 'all' | 'last';
   /** Write the vision and audio encoders (default true); false: a text-only package (tests of "cannot see"). */
   encoders?: boolean;
+  /** Overrides the profile's policy (tests of other quantisations); the manifest records what was used. */
+  policy?: QuantPolicy;
   onProgress?: (p: BuildProgress) => void;
 }
 
@@ -146,7 +148,7 @@ export async function synthPackage(opts: SynthOptions): Promise<Manifest> {
       { name: PACKAGE_FILES.tokenizerConfig, role: 'tokenizer-config', content: tok.tokenizerConfigJson },
       { name: PACKAGE_FILES.chatTemplate, role: 'chat-template', content: tok.chatTemplate },
     ],
-    policy: synthPolicy(opts.profile ?? 'pi5'),
+    policy: opts.policy ?? synthPolicy(opts.profile ?? 'pi5'),
     source: { kind: 'synth', model: `synthetic-gemma4-${opts.preset}`, preset: opts.preset, seed },
     logits: opts.logits,
     onProgress: opts.onProgress,

@@ -4,8 +4,9 @@
  * so it is the quick way to try a prompt or a token budget. Errors go to stderr with exit status 1.
  */
 import { readFile, stat } from 'node:fs/promises';
+import sharp from 'sharp';
 import { InvalidArgumentError, type Command } from 'commander';
-import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, intIn } from '../cli-args.js';
+import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, commandLogger, intIn, reportFailure } from '../cli-args.js';
 import { DEFAULT_CAPTION_PROMPT, modelSettings } from '../config/schema.js';
 import { GemmaAnswerEngine } from '../engine/gemma-engine.js';
 import { SOFT_TOKEN_BUDGETS, type TokenBudget } from './preprocess.js';
@@ -52,10 +53,7 @@ export function registerCaptionCommand(program: Command): void {
 }
 
 async function caption(file: string, opts: CaptionOptions): Promise<number> {
-  const fail = (message: string): number => {
-    process.stderr.write(`perch: ${message}\n`);
-    return 1;
-  };
+  const fail = (message: string): number => reportFailure(opts.json, message);
   if (opts.prompt.trim() === '' || opts.prompt.length > 4096) return fail('the prompt must have 1 to 4096 characters');
   let image: Buffer;
   try {
@@ -66,8 +64,14 @@ async function caption(file: string, opts: CaptionOptions): Promise<number> {
   } catch (err) {
     return fail((err as Error).message);
   }
+  // Decode before loading the model (seconds on a board): a file that is no image fails at once, by name.
+  try {
+    await sharp(image, { failOn: 'error' }).raw().toBuffer();
+  } catch (err) {
+    return fail(`${file}: not a decodable image (${(err as Error).message})`);
+  }
   const settings = modelSettings.parse({ dir: opts.model, threads: opts.threads, context_tokens: opts.contextTokens, max_answer_tokens: opts.maxTokens, prepacked_cache: opts.prepackedCache });
-  const engine = new GemmaAnswerEngine(settings);
+  const engine = new GemmaAnswerEngine(settings, { logger: commandLogger() });
   await engine.start();
   const ac = new AbortController();
   const onSigint = (): void => ac.abort();
