@@ -19,7 +19,8 @@ function registerRun(program: Command): void {
     .command('run')
     .description('Run the daemon (refuses to start, exit 2, when the config has problems)')
     .option('-c, --config <file>', 'config file (default: $PERCH_CONFIG, else /etc/perch/config.yaml)')
-    .action(async (opts: { config?: string }) => {
+    .option('--exit-with-parent', 'stop when the process that started Perch ends (npm start: npm does not pass SIGTERM on)')
+    .action(async (opts: { config?: string; exitWithParent?: boolean }) => {
       const loaded = loadOrReport(opts.config);
       if (!loaded) {
         process.stderr.write('perch: not starting until the configuration is fixed\n');
@@ -28,7 +29,7 @@ function registerRun(program: Command): void {
       }
       // Imported here so that `perch config …` and `perch model …` never load the daemon's modules.
       const { runDaemon } = await import('./daemon/run.js');
-      await runDaemon(loaded.config, { configPath: loaded.path });
+      await runDaemon(loaded.config, { configPath: loaded.path, exitWithParent: opts.exitWithParent ?? false });
     });
 }
 

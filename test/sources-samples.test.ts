@@ -31,7 +31,7 @@ describe('sample media', () => {
     expect(rms(mono.subarray(16000, mono.length - 16000))).toBeGreaterThan(0.03);
   });
 
-  it('frames are a handful of 640x360 JPEGs in which something moves, all media small', async () => {
+  it('frames are a handful of 640x360 JPEGs in which something moves, then holds still, all media small', async () => {
     const names = readdirSync(framesDir).filter((n) => n.endsWith('.jpg')).sort();
     expect(names.length).toBeGreaterThanOrEqual(4);
     let total = statSync(speech).size;
@@ -44,7 +44,12 @@ describe('sample media', () => {
       pixels.push(await sharp(file).greyscale().resize(64, 36).raw().toBuffer());
     }
     expect(total).toBeLessThan(600 * 1024);
-    for (let i = 1; i < pixels.length; i++) expect(pixels[i]!.equals(pixels[i - 1]!)).toBe(false);
+    // The flight: every frame differs from the one before; then the last one held still, so an event ends.
+    const moving = pixels.findIndex((p, i) => i > 0 && p.equals(pixels[i - 1]!));
+    expect(moving).toBeGreaterThanOrEqual(4);
+    for (let i = 1; i < moving; i++) expect(pixels[i]!.equals(pixels[i - 1]!)).toBe(false);
+    for (let i = moving; i < pixels.length; i++) expect(pixels[i]!.equals(pixels[moving - 1]!)).toBe(true);
+    expect(pixels.length - moving).toBeGreaterThanOrEqual(3);
   });
 
   it('play through the sources the dev config uses', async () => {

@@ -6,12 +6,15 @@ import { installShutdown } from './shutdown.js';
 import { SystemdNotifier } from './systemd.js';
 import { perchVersion } from '../version.js';
 
-export async function runDaemon(config: PerchConfig, opts: { configPath: string }): Promise<void> {
+/** How often --exit-with-parent looks at the parent process id (a second of overlap at most on a port). */
+const PARENT_CHECK_MS = 1000;
+
+export async function runDaemon(config: PerchConfig, opts: { configPath: string; exitWithParent?: boolean }): Promise<void> {
   const log = createLogger(config.log);
   log.info({ config: opts.configPath, version: perchVersion() }, 'Perch starting');
   const notifier = new SystemdNotifier({ logger: log });
   const controller = new Controller({ config, version: perchVersion(), logger: log });
-  installShutdown({
+  const shutdown = installShutdown({
     logger: log,
     drainTimeoutMs: config.daemon.drain_timeout_ms,
     stop: async (reason) => {
@@ -21,6 +24,13 @@ export async function runDaemon(config: PerchConfig, opts: { configPath: string 
       await notifier.close();
     },
   });
+  if (opts.exitWithParent) {
+    // A process whose parent died is handed to init (or a subreaper): its parent id changes.
+    const parent = process.ppid;
+    setInterval(() => {
+      if (process.ppid !== parent) void shutdown.shutdown(`parent process ${parent} ended`);
+    }, PARENT_CHECK_MS).unref();
+  }
   await controller.start();
   await notifier.ready('running');
   notifier.startWatchdog();
