@@ -51,6 +51,8 @@ export interface MosquittoOptions {
   tls?: { ca: string; cert: string; key: string };
   /** mosquitto_passwd file; without one, anonymous clients are allowed. */
   passwordFile?: string;
+  /** More mosquitto.conf lines, e.g. `max_packet_size 2048`. */
+  extraConfig?: string[];
 }
 
 /** A private Mosquitto with persistence, so sessions of clean:false clients survive its restarts. */
@@ -72,6 +74,7 @@ export class Mosquitto {
     ];
     if (opts.tls) lines.push(`cafile ${opts.tls.ca}`, `certfile ${opts.tls.cert}`, `keyfile ${opts.tls.key}`);
     lines.push(opts.passwordFile ? `password_file ${opts.passwordFile}` : 'allow_anonymous true');
+    lines.push(...(opts.extraConfig ?? []));
     writeFileSync(path.join(this.dir, 'mosquitto.conf'), lines.join('\n') + '\n');
   }
 

@@ -66,7 +66,7 @@ describe('request/reply', () => {
   it('MQTT 5: replies on responseTopic with the correlationData, stream chunks carry it too', async () => {
     const p = await perch(SYSTEM_BROKER, { protocol: '5' });
     expect(p.conn.protocolVersion).toBe('5');
-    const replyTopic = `${uniqueRoot()}/reply`;
+    const replyTopic = `replies-${uniqueRoot()}/reply`; // outside perch-test/, where Perch roots live
     const rx = await collect(SYSTEM_BROKER, [replyTopic, p.topics.answerStream]);
     const requester = await client(SYSTEM_BROKER, 5);
     const corr = Buffer.from([0, 1, 2, 254, 255]);
@@ -91,7 +91,7 @@ describe('request/reply', () => {
   it('MQTT 3.1.1: replies on reply_to with the request id; without either, on <root>/answer', async () => {
     const p = await perch(SYSTEM_BROKER, { protocol: '3.1.1' });
     expect(p.conn.protocolVersion).toBe('3.1.1');
-    const replyTopic = `${uniqueRoot()}/reply`;
+    const replyTopic = `replies-${uniqueRoot()}/reply`; // outside perch-test/, where Perch roots live
     const rx = await collect(SYSTEM_BROKER, [replyTopic, p.topics.answer], 4);
     const requester = await client(SYSTEM_BROKER, 4);
     await requester.publishAsync(p.topics.ask, JSON.stringify({ v: 1, id: 'q-311', text: 'one', reply_to: replyTopic }), { qos: 1 });
@@ -137,7 +137,7 @@ describe('request/reply', () => {
 describe('bad requests', () => {
   it('oversized, malformed, invalid and misdirected requests become errors; serving goes on', async () => {
     const p = await perch(SYSTEM_BROKER, { protocol: '5', max_payload_bytes: 1024 }, ['porch']);
-    const replyTopic = `${uniqueRoot()}/reply`;
+    const replyTopic = `replies-${uniqueRoot()}/reply`; // outside perch-test/, where Perch roots live
     const rx = await collect(SYSTEM_BROKER, [p.topics.errors, replyTopic]);
     const requester = await client(SYSTEM_BROKER, 5);
     const send = (topic: string, payload: string, props?: { responseTopic: string; correlationData: Buffer }) =>

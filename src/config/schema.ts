@@ -9,12 +9,15 @@ import { z } from 'zod';
 import { segmenterSettingsSchema } from '../audio/settings.js';
 import { motionSettingsSchema } from '../vision/motion-settings.js';
 import { compileStructured } from '../vision/structured.js';
+import { mqttStringProblem, topicFilterProblem } from '../mqtt/topics.js';
 
 /** What a camera is asked when it has no prompt of its own. */
 export const DEFAULT_CAPTION_PROMPT = 'Describe briefly what is happening in this camera image: who or what is there and what they are doing. One or two sentences; only say what is visible.';
 
 const id = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'lowercase letters, digits, "_" or "-", at most 63, starting with a letter or digit');
-const topicRoot = z.string().min(1).refine((t) => !/[#+]/.test(t) && !t.startsWith('/') && !t.endsWith('/'), 'a topic without wildcards and without leading or trailing "/"');
+// MQTT's string rules too (no control characters, noncharacters ...): the broker drops a client that sends them.
+const topicRoot = z.string().min(1).refine((t) => !/[#+]/.test(t) && !t.startsWith('/') && !t.endsWith('/') && !mqttStringProblem(t), 'a topic without wildcards, control characters or Unicode noncharacters, and without leading or trailing "/"');
+const topicFilter = z.string().refine((t) => !topicFilterProblem(t), 'a valid MQTT topic filter (no control characters or Unicode noncharacters; + and # as whole levels)');
 // meta.path: relative values resolve against the config file's directory (load.ts).
 const filePath = z.string().min(1).meta({ path: true });
 
@@ -58,7 +61,7 @@ export const embeddedBrokerSettings = z.object({
 export const homeAssistantSettings = z.object({
   enabled: z.boolean().default(true).describe('Publish Home Assistant MQTT discovery for one Perch device.'),
   discovery_prefix: topicRoot.default('homeassistant').describe('Home Assistant discovery prefix.'),
-  status_topic: z.string().default('homeassistant/status').describe('Topic where Home Assistant announces online; discovery is republished then.'),
+  status_topic: topicFilter.default('homeassistant/status').describe('Topic where Home Assistant announces online; discovery is republished then.'),
 }).describe('Home Assistant MQTT discovery.');
 
 export const modelSettings = z.object({

@@ -5,6 +5,10 @@
  * valid requests to the controller; anything wrong becomes a message on `<root>/errors` and, when the
  * request gave a reply address (responseTopic or reply_to), an error reply there. The controller answers
  * through answer(), streamChunk() and fail(), so the reply format lives here and nowhere else.
+ *
+ * A request is acted on at most once: the broker redelivers a QoS 1 request whose acknowledgement was
+ * lost in a disconnect, and a client may retry. A request naming an id is ignored when the same id,
+ * for the same reply address, was accepted within REQUEST_DEDUP_WINDOW_MS.
  */
 import { silentLogger, type Logger } from '../log.js';
 import type { IncomingMessage, MqttConnection, PublishResult } from './connection.js';
@@ -30,9 +34,35 @@ export type AnswerBody = Omit<AnswerMessage, 'v' | 'id' | 'ts'>;
 
 const OWNER = 'ask-endpoint';
 const JSON_TYPE = 'application/json';
+/** How long an accepted request id is remembered. */
+export const REQUEST_DEDUP_WINDOW_MS = 10 * 60_000;
+/** Most ids remembered; the oldest is forgotten first, so a flood cannot grow memory without bound. */
+export const REQUEST_DEDUP_MAX_IDS = 10_000;
+
+/** Keys seen within a window, oldest first (Map keeps insertion order). */
+class RecentKeys {
+  private readonly seen = new Map<string, number>();
+
+  constructor(
+    private readonly windowMs: number,
+    private readonly maxKeys: number,
+  ) {}
+
+  /** True when `key` was added within the window; otherwise remembers it and returns false. */
+  check(key: string, now = Date.now()): boolean {
+    for (const [k, at] of this.seen) {
+      if (now - at < this.windowMs && this.seen.size < this.maxKeys) break;
+      this.seen.delete(k);
+    }
+    if (this.seen.has(key)) return true;
+    this.seen.set(key, now);
+    return false;
+  }
+}
 
 export class AskEndpoint {
   private readonly log: Logger;
+  private readonly recent = new RecentKeys(REQUEST_DEDUP_WINDOW_MS, REQUEST_DEDUP_MAX_IDS);
 
   constructor(
     private readonly conn: MqttConnection,
@@ -84,13 +114,24 @@ export class AskEndpoint {
     await Promise.all(tasks);
   }
 
+  /**
+   * Whether this request was accepted already. Only requests that name an id count (a generated id is
+   * new every time); the reply address is part of the key, so two clients that both use id "1" do not
+   * silence each other. Text-topic requests carry no id.
+   */
+  private isRepeat(msg: IncomingMessage, route: ReplyRoute): boolean {
+    if (msg.topic !== this.conn.topics.ask || !hasExplicitId(msg.payload)) return false;
+    const key = JSON.stringify([route.id, route.topic, route.correlationData?.toString('base64') ?? null]);
+    return this.recent.check(key);
+  }
+
   private onRequest(msg: IncomingMessage): void {
     const receivedAt = Date.now();
     const parsed = parseRequest(msg.topic, msg.payload, { ...this.limits, topics: this.conn.topics });
     if (!parsed.ok) {
       this.log.info({ topic: msg.topic, code: parsed.error.code, err: parsed.error.message }, 'request refused');
       // Reply only to an explicit address: a broken request without one has no waiting requester to tell.
-      const r = replyRouteFor(parsed.id ?? '', parsed.replyTo, msg.properties, this.conn.topics);
+      const r = replyRouteFor(parsed.id ?? '', parsed.replyTo, msg.properties, this.conn.topics, this.conn.reserved);
       const route = r.ok && r.route.via !== 'default' ? { ...r.route } : undefined;
       void this.fail(route, parsed.error.code, parsed.error.message, { id: parsed.id, topic: msg.topic });
       return;
@@ -100,9 +141,13 @@ export class AskEndpoint {
       return;
     }
     const req = parsed.request;
-    const r = replyRouteFor(req.id, req.reply_to, msg.properties, this.conn.topics);
+    const r = replyRouteFor(req.id, req.reply_to, msg.properties, this.conn.topics, this.conn.reserved);
     if (!r.ok) {
       void this.fail(undefined, 'invalid_request', r.message, { id: req.id, topic: msg.topic });
+      return;
+    }
+    if (this.isRepeat(msg, r.route)) {
+      this.log.info({ id: req.id, topic: msg.topic }, 'request ignored: already accepted with this id');
       return;
     }
     try {
@@ -111,5 +156,14 @@ export class AskEndpoint {
       this.log.error({ err: String(err) }, 'ask handler failed');
       void this.fail(r.route, 'internal', 'the request could not be handled');
     }
+  }
+}
+
+/** The request JSON names its own id (parseRequest already validated it). */
+function hasExplicitId(payload: Buffer): boolean {
+  try {
+    return typeof (JSON.parse(payload.toString('utf8')) as { id?: unknown }).id === 'string';
+  } catch {
+    return false;
   }
 }

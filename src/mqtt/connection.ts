@@ -10,6 +10,10 @@
  * - Every (re)connect: retained `online` on status, subscriptions renewed, outbox delivery restarted.
  * - publish(final: true) goes through the persisted outbox (at-least-once, in order); other messages
  *   are sent only while connected and are dropped (and counted) otherwise.
+ * - No topic or filter the broker would refuse goes out: Mosquitto answers one by dropping the
+ *   connection, and the outbox would send it again first on every reconnect. A final message with such
+ *   a topic, or one the broker refuses anyway, becomes a dead letter under <state_dir>/dead-letter,
+ *   reported on `errors` (code undeliverable).
  */
 import { EventEmitter } from 'node:events';
 import path from 'node:path';
@@ -18,90 +22,23 @@ import type { MqttSettings } from '../config/schema.js';
 import { silentLogger, type Logger } from '../log.js';
 import { backoffDelay } from './backoff.js';
 import { clientOptions, loadTls, type ProtocolVersion, type TlsMaterial } from './client-options.js';
-import type { StatsMessage } from './messages.js';
-import { Outbox, PermanentSendError, type OutboxEntry, type OutboxPriority, type OutboxStats } from './outbox.js';
-import { defaultClientId, defaultRootTopic, topicMatches, topicsFor, type PerchTopics } from './topics.js';
+import { encode, isoNow, type ErrorMessage } from './messages.js';
+import { Outbox, PermanentSendError, type DeadLetter, type OutboxEntry } from './outbox.js';
+import { DEFAULT_RESERVED_TOPICS, type ReservedTopics } from './requests.js';
+import { defaultClientId, defaultRootTopic, topicFilterProblem, topicMatches, topicNameProblem, topicsFor, type PerchTopics } from './topics.js';
+import type { ConnectedInfo, IncomingMessage, MessageHandler, MqttConnectionOptions, MqttStats, PublishOptions, PublishResult, SubscribeOptions } from './connection-types.js';
+
+export type { ConnectedInfo, IncomingMessage, IncomingProperties, MessageHandler, MqttConnectionOptions, MqttStats, PublishOptions, PublishResult, SubscribeOptions } from './connection-types.js';
+export { statsSection } from './connection-types.js';
 
 /** A connection that lasted this long resets the backoff; shorter ones (flapping) keep it growing. */
 const STABLE_MS = 10_000;
 const CONNACK_REFUSED_VERSION = new Set([1, 0x84]);
-
-export interface MqttConnectionOptions {
-  settings: MqttSettings;
-  /** device.id: default client id perch-<id> and root perch/<id>. */
-  deviceId: string;
-  /** daemon.state_dir: the outbox lives in <stateDir>/outbox; absent: memory-only outbox. */
-  stateDir?: string;
-  logger?: Logger;
-  connectTimeoutMs?: number;
-}
-
-export interface PublishOptions {
-  /** Default 0; final messages are always QoS 1. */
-  qos?: 0 | 1 | 2;
-  retain?: boolean;
-  /** A result that must survive outages and restarts: persisted in the outbox, sent QoS 1. */
-  final?: boolean;
-  /** Outbox drop order when full (final messages only). Default 'other'. */
-  priority?: OutboxPriority;
-  /** MQTT 5 message expiry in seconds; default mqtt.message_expiry_s for final messages, none otherwise; 0: none. */
-  expiry?: number;
-  /** MQTT 5 content type, e.g. application/json or image/jpeg. */
-  contentType?: string;
-  /** MQTT 5 correlation data echoed on replies. */
-  correlationData?: Buffer;
-}
-
-/** queued: persisted in the outbox; sent: written (QoS 0) or acknowledged (QoS 1); dropped: not sent. */
-export type PublishResult = 'queued' | 'sent' | 'dropped';
-
-export interface IncomingProperties {
-  responseTopic?: string;
-  correlationData?: Buffer;
-  contentType?: string;
-}
-
-export interface IncomingMessage {
-  topic: string;
-  payload: Buffer;
-  qos: 0 | 1 | 2;
-  retain: boolean;
-  properties: IncomingProperties;
-  /** Payload exceeds mqtt.max_payload_bytes; only subscriptions with acceptOversized see it. */
-  oversized: boolean;
-}
-
-export type MessageHandler = (msg: IncomingMessage) => void | Promise<void>;
-
-export interface SubscribeOptions {
-  qos?: 0 | 1;
-  /** Who subscribes; removeOwner(owner) drops all of its handlers (e.g. when that module stops). */
-  owner?: string;
-  /** Also deliver payloads over max_payload_bytes (flagged `oversized`) so they can be answered with an error. */
-  acceptOversized?: boolean;
-}
-
-export interface MqttStats {
-  connected: boolean;
-  protocol: '5' | '3.1.1' | null;
-  /** Successful connects after the first. */
-  reconnects: number;
-  /** Messages sent (QoS 0) or acknowledged (QoS 1), outbox deliveries included. */
-  published: number;
-  received: number;
-  /** Incoming payloads refused for size. */
-  rejected: number;
-  /** Non-final messages dropped because the broker was unreachable. */
-  droppedOffline: number;
-  outbox: OutboxStats;
-}
-
-export interface ConnectedInfo {
-  protocol: '5' | '3.1.1';
-  sessionPresent: boolean;
-  /** False on the first connect of this run. */
-  reconnect: boolean;
-}
+/** Folder under state_dir for results the broker refused. */
+export const DEAD_LETTER_DIR = 'dead-letter';
+/** Bounds of the error message schema (messages.ts). */
+const MAX_ERROR_CHARS = 2000;
+const MAX_ERROR_TOPIC_CHARS = 1024;
 
 interface Handler {
   fn: MessageHandler;
@@ -115,6 +52,8 @@ export class MqttConnection extends EventEmitter<{
   message: [IncomingMessage];
 }> {
   readonly topics: PerchTopics;
+  /** Topics outside the root that replies must not reach (see replyTopicProblem). */
+  readonly reserved: ReservedTopics;
   readonly clientId: string;
   private readonly settings: MqttSettings;
   private readonly log: Logger;
@@ -141,6 +80,8 @@ export class MqttConnection extends EventEmitter<{
     this.connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
     this.clientId = opts.settings.client_id ?? defaultClientId(opts.deviceId);
     this.topics = topicsFor(opts.settings.root_topic ?? defaultRootTopic(opts.deviceId));
+    const ha = opts.homeAssistant;
+    this.reserved = ha ? { haDiscoveryPrefix: ha.discovery_prefix, haStatusTopic: ha.status_topic } : DEFAULT_RESERVED_TOPICS;
   }
 
   /** The protocol of the current connection, or null while disconnected. */
@@ -226,7 +167,7 @@ export class MqttConnection extends EventEmitter<{
   }
 
   stats(): MqttStats {
-    const outbox = this.outbox?.stats() ?? { depth: 0, bytes: 0, dropped: 0, droppedByPriority: { answer: 0, transcript: 0, caption: 0, event: 0, other: 0 }, expired: 0, superseded: 0, rejected: 0, delivered: 0, persistErrors: 0 };
+    const outbox = this.outbox?.stats() ?? { depth: 0, bytes: 0, dropped: 0, droppedByPriority: { answer: 0, transcript: 0, caption: 0, event: 0, other: 0 }, expired: 0, superseded: 0, rejected: 0, deadLettered: 0, delivered: 0, persistErrors: 0 };
     return { connected: this.live, protocol: this.protocolVersion, reconnects: Math.max(0, this.connects - 1), ...this.counters, outbox };
   }
 
@@ -249,6 +190,11 @@ export class MqttConnection extends EventEmitter<{
         correlationData: opts.correlationData,
       });
     }
+    const problem = topicNameProblem(topic);
+    if (problem) {
+      this.log.error({ topic, problem }, 'not published: invalid topic');
+      return 'dropped';
+    }
     const client = this.client;
     if (!client || !this.live) {
       this.counters.droppedOffline++;
@@ -259,8 +205,13 @@ export class MqttConnection extends EventEmitter<{
     return this.sendDirect(client, topic, body, pubOpts, 30_000);
   }
 
-  /** Subscribes `handler` to `filter`; returns a function that removes it. Survives reconnects. */
+  /**
+   * Subscribes `handler` to `filter`; returns a function that removes it. Survives reconnects. Throws on
+   * a filter the broker would refuse (it would drop the connection, again at every renewal).
+   */
   subscribe(filter: string, handler: MessageHandler, opts: SubscribeOptions = {}): () => void {
+    const problem = topicFilterProblem(filter);
+    if (problem) throw new Error(`invalid topic filter ${JSON.stringify(filter)}: ${problem}`);
     const entry: Handler = { fn: handler, owner: opts.owner ?? '', acceptOversized: opts.acceptOversized ?? false };
     let sub = this.subs.get(filter);
     if (!sub) {
@@ -281,11 +232,11 @@ export class MqttConnection extends EventEmitter<{
 
   /** The persisted outbox; memory-only (with an error in the log) when state_dir is not writable. */
   private async openOutbox(): Promise<Outbox> {
-    const caps = { maxMessages: this.settings.outbox.max_messages, maxBytes: this.settings.outbox.max_bytes, logger: this.log };
+    const caps = { maxMessages: this.settings.outbox.max_messages, maxBytes: this.settings.outbox.max_bytes, logger: this.log, onDeadLetter: (d: DeadLetter) => this.reportDeadLetter(d) };
     if (!this.stateDir) return Outbox.open(caps);
     const dir = path.join(this.stateDir, 'outbox');
     try {
-      return await Outbox.open({ ...caps, dir });
+      return await Outbox.open({ ...caps, dir, deadLetterDir: path.join(this.stateDir, DEAD_LETTER_DIR) });
     } catch (err) {
       this.log.error({ dir, err: (err as Error).message }, 'outbox directory unusable: results are kept in memory only and lost on restart');
       return Outbox.open(caps);
@@ -328,6 +279,8 @@ export class MqttConnection extends EventEmitter<{
       client.end(true);
       const wasLive = this.live;
       const lived = Date.now() - this.connectedAt;
+      // Before setDisconnected detaches it: the outbox counts the loss against the message in flight.
+      if (wasLive) this.outbox?.connectionLost();
       this.setDisconnected();
       if (wasLive) this.emit('disconnected', { error: lastError });
       if (!this.running) return;
@@ -375,6 +328,9 @@ export class MqttConnection extends EventEmitter<{
 
   /** Outbox sender: resolves on PUBACK. */
   private deliver(client: MqttClient, e: OutboxEntry): Promise<void> {
+    // Checked here, not only at publish(): messages persisted by an earlier run come back through here.
+    const problem = topicNameProblem(e.topic);
+    if (problem) return Promise.reject(new PermanentSendError(`invalid topic: ${problem}`));
     return new Promise((resolve, reject) => {
       const opts: IClientPublishOptions = { qos: 1, retain: e.retain };
       if (this.version === 5) {
@@ -447,16 +403,25 @@ export class MqttConnection extends EventEmitter<{
     }
   }
 
+  /** A dead letter goes to `errors`, unless it was itself an error report (no chain of refused reports). */
+  private reportDeadLetter(d: DeadLetter): void {
+    if (d.entry.topic === this.topics.errors) return;
+    const id = idOf(d.entry.payload);
+    const error: ErrorMessage = {
+      v: 1,
+      ts: isoNow(),
+      ...(id ? { id } : {}),
+      code: 'undeliverable',
+      message: `${d.reason}; set aside${d.file ? ` in ${d.file}` : ''}`.slice(0, MAX_ERROR_CHARS),
+      topic: d.entry.topic.slice(0, MAX_ERROR_TOPIC_CHARS) || '(empty topic)',
+    };
+    void this.publish(this.topics.errors, encode(error), { final: true, qos: 1, priority: 'other', contentType: 'application/json' });
+  }
+
   private setDisconnected(): void {
     if (this.live) this.outbox?.detach();
     this.live = false;
   }
-}
-
-/** The `mqtt` section of the stats message (docs/mqtt.md, statsSchema). */
-export function statsSection(s: MqttStats): StatsMessage['mqtt'] {
-  const { connected, protocol, reconnects, published, received, rejected, outbox } = s;
-  return { connected, protocol, reconnects, published, received, rejected, outbox: { depth: outbox.depth, bytes: outbox.bytes, dropped: outbox.dropped, expired: outbox.expired } };
 }
 
 function props5(expiry: number | undefined, contentType: string | undefined, correlationData: Buffer | undefined): IClientPublishOptions['properties'] {
@@ -470,4 +435,14 @@ function props5(expiry: number | undefined, contentType: string | undefined, cor
 /** The broker URL without credentials, for logs. */
 function redact(url: string): string {
   return url.replace(/\/\/[^@/]*@/, '//***@');
+}
+
+/** The `id` of a JSON result, so a dead letter's error names what was lost. */
+function idOf(payload: Buffer): string | undefined {
+  try {
+    const id = (JSON.parse(payload.toString('utf8')) as { id?: unknown }).id;
+    return typeof id === 'string' && /^[\x21-\x7e]{1,128}$/.test(id) ? id : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -5,7 +5,8 @@
  * Entities: transcripts and answers as `event` entities plus "last ..." sensors (state capped at 255 characters,
  * the full message as attributes), per camera a caption sensor, a snapshot `image`, a motion `binary_sensor` and
  * an event entity; a `text` entity "Ask" (Home Assistant publishes its raw text to `<root>/ask/text`), switches
- * Listening and Watching, and diagnostic sensors from the stats message. Availability follows `<root>/status`.
+ * Listening and Watching, diagnostic sensors from the stats message, and a Problem `binary_sensor` (device class
+ * problem) that is ON while a stage in the stats' `health` is failing or restarting. Availability follows `<root>/status`.
  *
  * Stale entities: the ids of the components last published are kept in a state file. A component that is no
  * longer configured (a camera taken out of the config) is published once more as `{ "p": <platform> }` only,
@@ -188,6 +189,17 @@ export function buildDiscovery(opts: DiscoveryOptions): DiscoveryMessage {
     unit_of_measurement: 'jobs',
     entity_category: 'diagnostic',
     icon: 'mdi:tray-full',
+  });
+  // ON while any stage of the stats' `health` is not ok (failing, or being restarted); the stages as attributes.
+  add('problem', 'binary_sensor', 'Problem', {
+    state_topic: t.stats,
+    value_template: `{{ 'ON' if ((value_json.get('health') or {}).values() | selectattr('state', 'ne', 'ok') | list | count) > 0 else 'OFF' }}`,
+    payload_on: 'ON',
+    payload_off: 'OFF',
+    json_attributes_topic: t.stats,
+    json_attributes_template: `{{ (value_json.get('health') or {}) | tojson }}`,
+    device_class: 'problem',
+    entity_category: 'diagnostic',
   });
 
   return {

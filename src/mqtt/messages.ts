@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
-import type { PerchTopics } from './topics.js';
+import { topicNameProblem, type PerchTopics } from './topics.js';
 
 export const SCHEMA_VERSION = 1 as const;
 
@@ -35,6 +35,7 @@ export const errorCodes = [
   'cancelled', // cancelled by ask/cancel or shutdown
   'unavailable', // the model or a source is not available
   'invalid_output', // a structured caption did not match the camera's schema after its retries
+  'undeliverable', // the broker refused a result; it was set aside in the dead-letter folder
   'internal', // a bug or an unexpected failure
 ] as const;
 export const errorCodeSchema = z.enum(errorCodes);
@@ -153,7 +154,11 @@ export const askRequestSchema = z.strictObject({
   /** Base64 JPEG to ask about (no data: prefix). */
   image: z.string().max(22_369_624).regex(/^[A-Za-z0-9+/]+={0,2}$/, 'base64').refine((s) => s.startsWith('/9j/'), 'a JPEG image (base64 of bytes FF D8 FF)').optional(),
   /** Ask about the JPEG retained on this topic (e.g. another camera's snapshot); taken within 2 s. */
-  image_topic: z.string().min(1).max(1024).refine((t) => !/[#+\u0000]/.test(t), 'a topic without wildcards').optional(),
+  image_topic: z.string().min(1).max(1024).superRefine((t, ctx) => {
+    // A topic the broker refuses would get Perch disconnected when it subscribes.
+    const problem = topicNameProblem(t) ?? (t.startsWith('$') ? 'topics starting with $ are reserved' : undefined);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  }).optional(),
   max_tokens: z.number().int().min(1).max(8192).optional(),
   seed: z.number().int().min(0).max(0xffffffff).optional(),
   temperature: z.number().min(0).max(2).optional(),
@@ -226,7 +231,8 @@ export const statsSchema = z.strictObject({
     published: count,
     received: count,
     rejected: count,
-    outbox: z.strictObject({ depth: count, bytes: count, dropped: count, expired: count }),
+    /** dead_letters: results the broker refused, set aside under <state_dir>/dead-letter. */
+    outbox: z.strictObject({ depth: count, bytes: count, dropped: count, expired: count, dead_letters: count.optional() }),
   }),
   sources: z.record(z.string(), z.object({ status: z.string(), restarts: count, last_error: z.string().optional() })),
   /** Hearing: voice activity and what the audio source delivered. */
@@ -239,6 +245,19 @@ export const statsSchema = z.strictObject({
     .optional(),
   /** Captions per camera: made, failed (deadline, busy, unavailable, error), and the last failure. */
   captions: z.record(z.string(), z.strictObject({ made: count, failed: count, last_error: z.string().max(500).optional() })).optional(),
+  /** Health per stage (audio/vad, model/..._encoder, camera/<name>/decoder): see src/daemon/health.ts. */
+  health: z
+    .record(
+      z.string(),
+      z.strictObject({
+        state: z.enum(['ok', 'failing', 'restarting']),
+        error_count: count,
+        restarts: count,
+        last_error: z.string().max(500).optional(),
+        last_error_at: isoUtc.optional(),
+      }),
+    )
+    .optional(),
 });
 
 export type Latency = z.infer<typeof latencySchema>;

@@ -21,14 +21,26 @@
  * Delivery: attach(sender) starts sending in sequence order with a window of in-flight messages;
  * detach() (the connection dropped) forgets what was in flight, and the next attach() starts again
  * from the oldest message. So delivery is at-least-once and in order.
+ *
+ * Dead letters: a message the broker refuses must not hold back everything behind it. One refused with a
+ * PUBACK reason code is set aside at once. One the broker answers by dropping the connection (Mosquitto
+ * does that for a malformed topic, or a packet over its size limit) is found by its strikes: the oldest
+ * unacknowledged message when a connection is lost soon after it was sent gets a strike, and from then on
+ * goes out alone, so the next losses can only be its fault. At MAX_STRIKES it is set aside: moved to
+ * the dead-letter folder, counted, and reported through onDeadLetter.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { silentLogger, type Logger } from '../log.js';
+import { MESSAGE_FILE, PRIORITIES, fileName, readMessage, writeMessage, type OutboxPriority } from './outbox-store.js';
 
-export type OutboxPriority = 'answer' | 'transcript' | 'caption' | 'event' | 'other';
+export type { OutboxPriority } from './outbox-store.js';
 const RANK: Record<OutboxPriority, number> = { answer: 3, transcript: 2, caption: 1, event: 1, other: 0 };
-const PRIORITIES = Object.keys(RANK) as OutboxPriority[];
+
+/** Connection losses attributed to one message before it is set aside. */
+export const MAX_STRIKES = 3;
+/** A loss counts against a message only this soon after it was sent (a broker refusing it acts at once). */
+export const STRIKE_WINDOW_MS = 5000;
 
 export interface OutboxInput {
   topic: string;
@@ -52,6 +64,18 @@ interface Slot extends OutboxEntry {
   sending: boolean;
   removed: boolean;
   persisted: Promise<void>;
+  /** Epoch ms of the latest send. */
+  sentAt: number;
+  /** Connection losses while it was the oldest message in flight (see MAX_STRIKES). */
+  strikes: number;
+}
+
+/** A message set aside, and why. */
+export interface DeadLetter {
+  entry: OutboxEntry;
+  reason: string;
+  /** Its file in the dead-letter folder, when there is one. */
+  file?: string;
 }
 
 /** Sends one message; resolves on PUBACK. Rejects with `permanent: true` when a retry cannot help. */
@@ -63,6 +87,10 @@ export class PermanentSendError extends Error {
 export interface OutboxOptions {
   /** Directory for the message files; absent: memory only (lost on restart). */
   dir?: string;
+  /** Directory for messages the broker refused; absent: they are only logged and counted. */
+  deadLetterDir?: string;
+  /** Told about every message set aside (after its dead-letter file is written). */
+  onDeadLetter?: (d: DeadLetter) => void;
   maxMessages: number;
   maxBytes: number;
   /** Messages sent before their PUBACK arrives. */
@@ -81,12 +109,11 @@ export interface OutboxStats {
   superseded: number;
   /** Refused by the broker with a reason code that retrying cannot fix. */
   rejected: number;
+  /** Set aside as dead letters: refused by reason code, or by dropping the connection MAX_STRIKES times. */
+  deadLettered: number;
   delivered: number;
   persistErrors: number;
 }
-
-const FILE = /^(\d{16})\.msg$/;
-const fileName = (seq: number) => `${String(seq).padStart(16, '0')}.msg`;
 
 export class Outbox {
   private readonly entries = new Map<number, Slot>();
@@ -101,7 +128,7 @@ export class Outbox {
   private inFlight = 0;
   private stalled = false;
   private emptyWaiters: Array<() => void> = [];
-  private readonly counters = { dropped: 0, expired: 0, superseded: 0, rejected: 0, delivered: 0, persistErrors: 0 };
+  private readonly counters = { dropped: 0, expired: 0, superseded: 0, rejected: 0, deadLettered: 0, delivered: 0, persistErrors: 0 };
   private readonly droppedByPriority = Object.fromEntries(PRIORITIES.map((p) => [p, 0])) as Record<OutboxPriority, number>;
 
   private constructor(private readonly opts: OutboxOptions) {
@@ -147,11 +174,13 @@ export class Outbox {
       this.log.warn({ topic: input.topic, priority: input.priority }, 'outbox full: new message dropped');
       return 'dropped';
     }
-    const slot: Slot = { ...input, seq: this.nextSeq++, createdAt: this.now(), bytes, sending: false, removed: false, persisted: Promise.resolve() };
+    const slot: Slot = { ...input, seq: this.nextSeq++, createdAt: this.now(), bytes, sending: false, removed: false, persisted: Promise.resolve(), sentAt: 0, strikes: 0 };
     this.add(slot);
     if (this.opts.dir) {
       const dir = this.opts.dir;
-      slot.persisted = this.writeChain = this.writeChain.then(() => (slot.removed ? undefined : this.write(dir, slot)));
+      slot.persisted = this.writeChain = this.writeChain.then(async () => {
+        if (!slot.removed) await this.write(dir, slot);
+      });
     }
     this.pump();
     await slot.persisted;
@@ -166,6 +195,20 @@ export class Outbox {
     this.stalled = false;
     for (const e of this.entries.values()) e.sending = false;
     this.pump();
+  }
+
+  /**
+   * The connection was lost (not closed by Perch): a strike for the oldest message in flight if it was
+   * sent within STRIKE_WINDOW_MS, and it is set aside at MAX_STRIKES. Then detaches.
+   */
+  connectionLost(): void {
+    const head = [...this.entries.values()].find((e) => e.sending);
+    if (head && this.now() - head.sentAt <= STRIKE_WINDOW_MS) {
+      head.strikes++;
+      this.log.warn({ topic: head.topic, seq: head.seq, strikes: head.strikes }, 'outbox: connection lost right after sending this message');
+      if (head.strikes >= MAX_STRIKES) this.deadLetter(head, `the broker dropped the connection each of the ${head.strikes} times this message was sent`);
+    }
+    this.detach();
   }
 
   /** Stops delivering; messages in flight are sent again after the next attach(). */
@@ -205,12 +248,18 @@ export class Outbox {
     const now = this.now();
     for (const e of this.entries.values()) {
       if (this.inFlight >= this.window) break;
-      if (e.sending) continue;
+      // A suspect (a message with strikes) travels alone, so a lost connection is its fault or no one's.
+      if (e.sending) {
+        if (e.strikes > 0) break;
+        continue;
+      }
       if (e.expiryS && now - e.createdAt >= e.expiryS * 1000) {
         this.remove(e, 'expired');
         continue;
       }
+      if (e.strikes > 0 && this.inFlight > 0) break;
       e.sending = true;
+      e.sentAt = now;
       this.inFlight++;
       const settle = (err?: unknown) => {
         if (gen !== this.generation) return; // from a connection that is gone
@@ -219,8 +268,8 @@ export class Outbox {
         if (err === undefined) {
           this.remove(e, 'delivered');
         } else if (err instanceof PermanentSendError) {
-          this.log.error({ topic: e.topic, err: err.message }, 'outbox: broker refused message; dropped');
-          this.remove(e, 'rejected');
+          this.counters.rejected++;
+          this.deadLetter(e, `the broker refused it: ${err.message}`);
         } else {
           // The connection is failing: wait for the next attach() rather than retry in a loop.
           this.stalled = true;
@@ -229,6 +278,7 @@ export class Outbox {
         this.pump();
       };
       sender(e).then(() => settle(), (err: unknown) => settle(err ?? new Error('send failed')));
+      if (e.strikes > 0) break;
     }
   }
 
@@ -237,7 +287,25 @@ export class Outbox {
     this.bytes += slot.bytes;
   }
 
-  private remove(e: Slot, why: 'delivered' | 'expired' | 'superseded' | 'rejected' | 'dropped'): void {
+  /** Sets `e` aside: out of the queue, into the dead-letter folder (when there is one), reported. */
+  private deadLetter(e: Slot, reason: string): void {
+    this.log.error({ topic: e.topic, seq: e.seq, reason }, 'outbox: message set aside as a dead letter');
+    const deadDir = this.opts.deadLetterDir;
+    const report = (file?: string) => this.opts.onDeadLetter?.({ entry: e, reason, ...(file ? { file } : {}) });
+    if (deadDir) {
+      // On the write chain before remove() queues the unlink: a crash in between leaves both copies, never none.
+      this.writeChain = this.writeChain.then(async () => {
+        await fsp.mkdir(deadDir, { recursive: true, mode: 0o700 }).catch(() => undefined);
+        const ok = await this.write(deadDir, e, { dead_letter: { reason, at: new Date(this.now()).toISOString() } });
+        report(ok ? path.join(deadDir, fileName(e.seq)) : undefined);
+      });
+    } else {
+      queueMicrotask(() => report());
+    }
+    this.remove(e, 'deadLettered');
+  }
+
+  private remove(e: Slot, why: 'delivered' | 'expired' | 'superseded' | 'deadLettered' | 'dropped'): void {
     if (e.removed) return;
     e.removed = true;
     this.entries.delete(e.seq);
@@ -282,34 +350,16 @@ export class Outbox {
     return best;
   }
 
-  private async write(dir: string, e: Slot): Promise<void> {
-    const header = JSON.stringify({
-      v: 1,
-      seq: e.seq,
-      topic: e.topic,
-      retain: e.retain,
-      priority: e.priority,
-      created_at: e.createdAt,
-      expiry_s: e.expiryS,
-      content_type: e.contentType,
-      correlation_data: e.correlationData?.toString('base64'),
-    });
-    const tmp = path.join(dir, `${String(e.seq).padStart(16, '0')}.tmp`);
+  /** Writes `e` to `dir`; on failure the message stays in memory and the error is counted. */
+  private async write(dir: string, e: Slot, extra: Record<string, unknown> = {}): Promise<boolean> {
     try {
-      const fh = await fsp.open(tmp, 'w', 0o600);
-      try {
-        await fh.writev([Buffer.from(header + '\n'), e.payload]);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      await fsp.rename(tmp, path.join(dir, fileName(e.seq)));
-      await syncDir(dir);
+      await writeMessage(dir, e, extra);
+      return true;
     } catch (err) {
       // Disk full or read-only: the message stays queued in memory; only a restart would lose it.
       this.counters.persistErrors++;
       this.log.error({ err: (err as Error).message, dir }, 'outbox: could not persist message');
-      await fsp.unlink(tmp).catch(() => undefined);
+      return false;
     }
   }
 
@@ -323,13 +373,16 @@ export class Outbox {
         await fsp.unlink(full).catch(() => undefined);
         continue;
       }
-      const m = FILE.exec(name);
+      const m = MESSAGE_FILE.exec(name);
       if (!m) continue;
-      const slot = await readMessage(full, Number(m[1])).catch((err: Error) => {
+      const stored = await readMessage(full, Number(m[1])).catch((err: Error) => {
         this.log.warn({ file: full, err: err.message }, 'outbox: unreadable message file removed');
         return undefined;
       });
-      if (slot) loaded.push(slot);
+      if (stored) {
+        const bytes = stored.payload.byteLength + Buffer.byteLength(stored.topic) + (stored.correlationData?.byteLength ?? 0);
+        loaded.push({ ...stored, bytes, sending: false, removed: false, persisted: Promise.resolve(), sentAt: 0, strikes: 0 });
+      }
       else await fsp.unlink(full).catch(() => undefined);
     }
     for (const slot of loaded) {
@@ -343,42 +396,5 @@ export class Outbox {
       this.add(slot);
     }
     if (loaded.length) this.log.info({ messages: this.entries.size, bytes: this.bytes }, 'outbox: loaded messages from an earlier run');
-  }
-}
-
-async function readMessage(file: string, seq: number): Promise<Slot> {
-  const buf = await fsp.readFile(file);
-  const nl = buf.indexOf(0x0a);
-  if (nl < 0) throw new Error('no header');
-  const h = JSON.parse(buf.subarray(0, nl).toString('utf8')) as Record<string, unknown>;
-  if (h.v !== 1 || h.seq !== seq || typeof h.topic !== 'string' || typeof h.retain !== 'boolean' || typeof h.created_at !== 'number') {
-    throw new Error('bad header');
-  }
-  const priority = PRIORITIES.includes(h.priority as OutboxPriority) ? (h.priority as OutboxPriority) : 'other';
-  const payload = Buffer.from(buf.subarray(nl + 1));
-  const correlationData = typeof h.correlation_data === 'string' ? Buffer.from(h.correlation_data, 'base64') : undefined;
-  return {
-    seq,
-    topic: h.topic,
-    payload,
-    retain: h.retain,
-    priority,
-    createdAt: h.created_at,
-    expiryS: typeof h.expiry_s === 'number' ? h.expiry_s : undefined,
-    contentType: typeof h.content_type === 'string' ? h.content_type : undefined,
-    correlationData,
-    bytes: payload.byteLength + Buffer.byteLength(h.topic) + (correlationData?.byteLength ?? 0),
-    sending: false,
-    removed: false,
-    persisted: Promise.resolve(),
-  };
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }

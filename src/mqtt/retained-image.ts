@@ -4,6 +4,7 @@
  */
 import type { ErrorCode } from './messages.js';
 import type { IncomingMessage, MqttConnection } from './connection.js';
+import { topicNameProblem } from './topics.js';
 
 /** How long a request waits for the retained message. */
 export const RETAINED_IMAGE_TIMEOUT_MS = 2000;
@@ -51,6 +52,9 @@ function firstMessage(conn: Conn, topic: string, timeoutMs: number): Promise<Inc
 
 /** The JPEG bytes on `topic`; throws RetainedImageError (invalid_request, payload_too_large) otherwise. */
 export async function takeRetainedJpeg(conn: Conn, topic: string, o: { maxBytes: number; timeoutMs?: number }): Promise<Buffer> {
+  // The request schema checks this too; a filter the broker refuses would cost the connection.
+  const problem = topicNameProblem(topic);
+  if (problem) throw new RetainedImageError('invalid_request', `image_topic: ${problem}`);
   const timeoutMs = o.timeoutMs ?? RETAINED_IMAGE_TIMEOUT_MS;
   const m = await firstMessage(conn, topic, timeoutMs);
   if (!m) throw new RetainedImageError('invalid_request', `image_topic: nothing arrived on ${topic} within ${timeoutMs} ms`);
