@@ -78,6 +78,21 @@ describe('MicrophoneSource', () => {
     chunks.forEach((c, i) => expect(c.startMs).toBe(i * 50));
   });
 
+  it('keeps one timeline across a stop and start (the switch OFF then ON): stream time goes on after a gap, never back to 0', async () => {
+    fake = installFakeBin(['arecord'], { mode: 'pcm', wav, chunkBytes: 1600 });
+    const src = mic('arecord');
+    const chunks = collect(src);
+    await src.start();
+    await waitFor(() => chunks.length >= 4, 'four chunks');
+    await src.stop();
+    const before = chunks.length;
+    const lastMs = chunks.at(-1)!.startMs;
+    await src.start();
+    await waitFor(() => chunks.length >= before + 4, 'four chunks after resume');
+    expect(chunks[before]!.startMs).toBeGreaterThanOrEqual(lastMs + 50 + 1000);
+    for (let i = 1; i < chunks.length; i++) expect(chunks[i]!.startMs).toBeGreaterThan(chunks[i - 1]!.startMs);
+  });
+
   it('hands sox the device through AUDIODEV and asks for raw output', async () => {
     fake = installFakeBin(['sox'], { mode: 'pcm', wav });
     const src = mic('sox');

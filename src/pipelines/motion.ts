@@ -39,11 +39,18 @@ export function cameraEventMessage(u: MotionUpdate): CameraEventMessage {
 class CameraMotion {
   readonly detector: MotionDetector;
   private published: boolean | undefined;
+  /** Watching is off: frames are not looked at (the source may still be stopping). */
+  private paused = false;
+  /** Frames being looked at, up to their updates being handed on. */
+  private readonly inFlight = new Set<Promise<void>>();
   private readonly listener = (frame: Frame): void => {
-    this.detector.push(frame).then(
+    if (this.paused) return;
+    const work = this.detector.push(frame).then(
       (updates) => this.publish(updates),
       (err: unknown) => this.log.warn({ err: String(err) }, 'motion detection failed on a frame'),
     );
+    this.inFlight.add(work);
+    void work.finally(() => this.inFlight.delete(work));
   };
 
   constructor(
@@ -58,10 +65,27 @@ class CameraMotion {
   }
 
   tick(): void {
+    if (this.paused) return;
     void this.publish(this.detector.tick());
   }
 
-  /** Ends a running event now (watching switched off, shutdown). */
+  /**
+   * Watching off: ends a running event now. The frame still being looked at is finished first, so its
+   * updates belong to the running event instead of opening a new one after the `end`.
+   */
+  async pause(): Promise<void> {
+    this.paused = true;
+    await Promise.all([...this.inFlight]);
+    await this.close();
+  }
+
+  /** Watching on: the background from before the pause says nothing about now; learn it afresh. */
+  resume(): void {
+    this.detector.forgetBackground();
+    this.paused = false;
+  }
+
+  /** Ends a running event now (shutdown). */
   close(): Promise<void> {
     return this.publish(this.detector.close());
   }
@@ -113,9 +137,14 @@ export class MotionPipeline {
     return Promise.all(this.cameras.map((c) => c.republishState()));
   }
 
-  /** Watching off: end running events (their `end` and motion OFF go out). */
+  /** Watching off (its sources already paused): end running events (their `end` and motion OFF go out). */
   async pause(): Promise<void> {
-    await Promise.all(this.cameras.map((c) => c.close()));
+    await Promise.all(this.cameras.map((c) => c.pause()));
+  }
+
+  /** Watching on, before the sources start again. */
+  resume(): void {
+    for (const c of this.cameras) c.resume();
   }
 
   async stop(): Promise<void> {

@@ -9,44 +9,104 @@ import { silentLogger, type Logger } from '../log.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import type { AudioSource, Frame, FrameSource, Source, SourceState } from '../sources/types.js';
 
-/** A set of sources switched on and off together. */
+/** What the group's consumers do when the switch turns it off or on. */
+export interface GroupHooks {
+  /** After the sources paused (nothing more comes): end what is in progress (an utterance, a motion event). */
+  paused?: () => Promise<void>;
+  /** Before the sources start again: forget what was seen before the pause. */
+  resuming?: () => void;
+}
+
+/** Where the group's sources were last brought: what the switch state and stats say. */
+type GroupState = 'stopped' | 'paused' | 'active';
+
+/**
+ * A set of sources switched on and off together. Switch messages, start and stop may overlap (a message
+ * arriving while the sources are still starting or stopping): they are applied one at a time, in order,
+ * each bringing the group to the latest wish, so the last one wins and `active` says what really is.
+ */
 export class SourceGroup {
+  /** The switch's latest wish. */
   private paused = false;
+  /** Between start() and stop(). */
   private running = false;
+  private applied: GroupState = 'stopped';
+  private queue: Promise<void> = Promise.resolve();
   private readonly log: Logger;
 
-  constructor(readonly name: string, readonly sources: readonly Source[], logger: Logger = silentLogger) {
+  constructor(
+    readonly name: string,
+    readonly sources: readonly Source[],
+    logger: Logger = silentLogger,
+    private readonly hooks: GroupHooks = {},
+  ) {
     this.log = logger.child({ module: name });
   }
 
+  /** Whether the sources are running (not paused, stopped, or still on their way there). */
   get active(): boolean {
-    return this.running && !this.paused;
+    return this.applied === 'active';
   }
 
-  async start(): Promise<void> {
+  start(): Promise<void> {
     this.running = true;
-    if (!this.paused) await this.startAll();
+    return this.request();
   }
 
-  async stop(): Promise<void> {
+  stop(): Promise<void> {
     this.running = false;
-    await Promise.all(this.sources.map((s) => s.stop()));
+    return this.request();
   }
 
   /** ON/OFF from the switch: a paused group's processes are stopped, so it costs nothing. */
-  async setPaused(paused: boolean): Promise<void> {
-    if (paused === this.paused) return;
+  setPaused(paused: boolean): Promise<void> {
     this.paused = paused;
-    this.log.info(paused ? 'paused' : 'resumed');
-    if (!this.running) return;
-    if (paused) await Promise.all(this.sources.map((s) => s.stop()));
-    else await this.startAll();
+    return this.request();
+  }
+
+  /**
+   * Restarts one source (a health check gave up on it) in turn with the switch messages: only while the
+   * group is active, so a restart can never undo a pause.
+   */
+  restart(source: Source): Promise<void> {
+    const step = this.queue.then(async () => {
+      if (this.applied !== 'active' || !this.sources.includes(source)) return;
+      await source.stop();
+      await source.start().catch((err: unknown) => this.log.error({ source: source.name, err: err instanceof Error ? err.message : String(err) }, 'source failed to restart'));
+    });
+    this.queue = step.catch(() => undefined);
+    return step;
   }
 
   states(): Record<string, SourceState> {
     const out: Record<string, SourceState> = {};
-    for (const s of this.sources) out[s.name] = this.paused ? { ...s.state(), status: 'paused' } : s.state();
+    for (const s of this.sources) out[s.name] = s.state();
     return out;
+  }
+
+  private request(): Promise<void> {
+    const step = this.queue.then(() => this.apply());
+    this.queue = step.catch(() => undefined);
+    return step;
+  }
+
+  private async apply(): Promise<void> {
+    const want: GroupState = !this.running ? 'stopped' : this.paused ? 'paused' : 'active';
+    const was = this.applied;
+    if (want === was) return;
+    if (want === 'active') {
+      this.log.info('resumed');
+      this.hooks.resuming?.();
+      await this.startAll();
+    } else {
+      await Promise.all(this.sources.map((s) => (want === 'paused' ? s.pause() : s.stop())));
+      if (want === 'paused') this.log.info('paused');
+      // Consumers finish what the sources fed them before the pause; a shutdown has its own order.
+      if (want === 'paused' && was === 'active') {
+        await this.hooks.paused?.().catch((err: unknown) => this.log.error({ err: err instanceof Error ? err.message : String(err) }, 'pausing the consumers failed'));
+      }
+    }
+    this.applied = want;
   }
 
   private async startAll(): Promise<void> {

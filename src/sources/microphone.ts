@@ -8,9 +8,9 @@
 import { createRequire } from 'node:module';
 import type { Logger } from '../log.js';
 import type { AudioSourceSettings } from '../config/schema.js';
-import { SourceBase } from './base.js';
+import { AudioSourceBase } from './base.js';
 import { ProcessSupervisor } from './supervisor.js';
-import type { AudioChunk, AudioSource } from './types.js';
+import type { AudioSource } from './types.js';
 import { CHUNK_SAMPLES } from './wav.js';
 
 export type MicrophoneSettings = Extract<AudioSourceSettings, { type: 'microphone' }>;
@@ -50,9 +50,8 @@ export function recorderCommand(settings: MicrophoneSettings): { command: string
   return { command: cmd, args: args.map(String), env };
 }
 
-export class MicrophoneSource extends SourceBase implements AudioSource {
+export class MicrophoneSource extends AudioSourceBase implements AudioSource {
   private pending = Buffer.alloc(0);
-  private deliveredSamples = 0;
 
   constructor(
     private readonly settings: MicrophoneSettings,
@@ -62,11 +61,9 @@ export class MicrophoneSource extends SourceBase implements AudioSource {
     super(name, 'microphone', logger);
   }
 
-  async start(): Promise<void> {
-    if (this.supervising) return;
+  protected async open(): Promise<void> {
     const { command, args, env } = recorderCommand(this.settings);
     this.pending = Buffer.alloc(0);
-    this.deliveredSamples = 0;
     const sup = new ProcessSupervisor({
       command,
       args,
@@ -84,7 +81,7 @@ export class MicrophoneSource extends SourceBase implements AudioSource {
     this.superviseProcess(sup);
   }
 
-  stop(): Promise<void> {
+  protected close(): Promise<void> {
     return this.stopProcess();
   }
 
@@ -95,11 +92,9 @@ export class MicrophoneSource extends SourceBase implements AudioSource {
       // Copy into an aligned Int16Array; node Buffers may start at odd offsets in their pool.
       const samples = new Int16Array(CHUNK_SAMPLES);
       for (let i = 0; i < CHUNK_SAMPLES; i++) samples[i] = buf.readInt16LE(i * 2);
-      const chunk: AudioChunk = { samples, sampleRate: 16000, startMs: (this.deliveredSamples / 16000) * 1000 };
-      this.deliveredSamples += CHUNK_SAMPLES;
       buf = buf.subarray(bytes);
-      this.markData();
-      this.emit('chunk', chunk);
+      // A restarted recorder goes on in stream time; a reopened source leaves a gap (AudioSourceBase).
+      this.emitAudio(samples);
     }
     this.pending = Buffer.from(buf);
   }

@@ -32,10 +32,8 @@ export class ProcessFrameSource extends FrameSourceBase implements FrameSource {
     return { command: this.opts.command, args: this.opts.args };
   }
 
-  async start(): Promise<void> {
-    if (this.supervising) return;
+  protected async open(): Promise<void> {
     const { command, args, restartMinMs, restartMaxMs, fps } = this.opts;
-    this.resetSeq();
     this.lastEmitAt = 0;
     const intervalMs = 1000 / fps;
     const splitter = new JpegSplitter({
@@ -61,7 +59,7 @@ export class ProcessFrameSource extends FrameSourceBase implements FrameSource {
     this.superviseProcess(sup);
   }
 
-  stop(): Promise<void> {
+  protected close(): Promise<void> {
     return this.stopProcess();
   }
 

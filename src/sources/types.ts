@@ -1,11 +1,12 @@
 /**
  * What the pipelines consume. Every source (microphone, WAV file, ffmpeg camera, rpicam, HTTP snapshot,
- * image directory) implements one of these two interfaces; the controller starts and stops them and puts
- * their `state` on the stats topic.
+ * image directory) implements one of these two interfaces; the controller starts, pauses and stops them
+ * and puts their `state` on the stats topic. Requests may overlap: they apply in order, the last one wins
+ * (base.ts).
  */
 import type { EventEmitter } from 'node:events';
 
-export type SourceStatus = 'stopped' | 'starting' | 'running' | 'restarting' | 'failed' | 'ended' | 'paused';
+export type SourceStatus = 'stopped' | 'starting' | 'running' | 'restarting' | 'failed' | 'ended' | 'stopping' | 'paused';
 
 export interface SourceState {
   status: SourceStatus;
@@ -20,7 +21,10 @@ export interface SourceState {
 export interface Source extends EventEmitter {
   readonly name: string;
   readonly kind: string;
+  /** Starts (or resumes) the source; rejects when it cannot start, with the reason in state. */
   start(): Promise<void>;
+  /** Stops the source for a while (the Listening and Watching switches): status `paused`. */
+  pause(): Promise<void>;
   /** Stops the source and any child process; resolves when it is gone. */
   stop(): Promise<void>;
   state(): SourceState;
@@ -30,7 +34,10 @@ export interface Source extends EventEmitter {
 export interface AudioChunk {
   samples: Int16Array;
   sampleRate: 16000;
-  /** Milliseconds of audio delivered before this chunk since start (stream time, not wall time). */
+  /**
+   * Stream time of the first sample, in ms: consecutive within a run, and running on (after a gap of at
+   * least the time the source was closed) across pauses and restarts, so it never goes backwards.
+   */
   startMs: number;
 }
 
@@ -48,7 +55,7 @@ export interface Frame {
   jpeg: Buffer;
   /** Capture time. */
   at: Date;
-  /** Sequence number since start. */
+  /** Sequence number over the source's life (not reset by pauses). */
   seq: number;
 }
 

@@ -2,8 +2,8 @@
 import { open } from 'node:fs/promises';
 import type { Logger } from '../log.js';
 import type { AudioSourceSettings } from '../config/schema.js';
-import { SourceBase } from './base.js';
-import type { AudioChunk, AudioSource } from './types.js';
+import { AudioSourceBase } from './base.js';
+import type { AudioSource } from './types.js';
 import { wavTo16kMono, WavFormatError } from './wav-decode.js';
 
 export type WavSourceSettings = Extract<AudioSourceSettings, { type: 'wav' }>;
@@ -13,11 +13,12 @@ const CHUNK_MS = (CHUNK_SAMPLES / 16000) * 1000;
 /** Larger files are refused rather than read into memory (about 40 min of 48 kHz stereo 16-bit). */
 export const MAX_WAV_BYTES = 512 * 1024 * 1024;
 
-export class WavSource extends SourceBase implements AudioSource {
+export class WavSource extends AudioSourceBase implements AudioSource {
   private samples?: Int16Array;
   private timer?: NodeJS.Timeout | NodeJS.Immediate;
   private running = false;
   private position = 0;
+  /** Samples sent in this run, for pacing. */
   private deliveredSamples = 0;
 
   constructor(
@@ -29,9 +30,7 @@ export class WavSource extends SourceBase implements AudioSource {
   }
 
   /** Rejects (and reports 'failed') when the file is missing, too big, or not a supported WAV. */
-  async start(): Promise<void> {
-    if (this.running) return;
-    this.setState({ status: 'starting', restarts: 0, lastError: undefined });
+  protected async open(): Promise<void> {
     try {
       const file = await readBounded(this.settings.path, MAX_WAV_BYTES);
       const { info, samples } = wavTo16kMono(file);
@@ -42,6 +41,7 @@ export class WavSource extends SourceBase implements AudioSource {
       this.setState({ status: 'failed', lastError: message });
       throw new WavFormatError(message);
     }
+    // Each run plays the file from its start; stream time runs on (AudioSourceBase).
     this.running = true;
     this.position = 0;
     this.deliveredSamples = 0;
@@ -49,10 +49,9 @@ export class WavSource extends SourceBase implements AudioSource {
     this.schedule(Date.now());
   }
 
-  async stop(): Promise<void> {
+  protected async close(): Promise<void> {
     this.running = false;
     this.clearTimer();
-    if (this.state().status !== 'ended' && this.state().status !== 'failed') this.setState({ status: 'stopped' });
   }
 
   private clearTimer(): void {
@@ -87,15 +86,10 @@ export class WavSource extends SourceBase implements AudioSource {
       this.position = 0;
     }
     const end = Math.min(samples.length, this.position + CHUNK_SAMPLES);
-    const chunk: AudioChunk = {
-      samples: samples.slice(this.position, end),
-      sampleRate: 16000,
-      startMs: (this.deliveredSamples / 16000) * 1000,
-    };
+    const chunk = samples.slice(this.position, end);
     this.position = end;
-    this.deliveredSamples += chunk.samples.length;
-    this.markData();
-    this.emit('chunk', chunk);
+    this.deliveredSamples += chunk.length;
+    this.emitAudio(chunk);
     this.schedule(t0);
   }
 }

@@ -165,6 +165,11 @@ export class MotionDetector {
     return [];
   }
 
+  /** The next frame becomes the background (after a pause, the old one is stale). Ends no event. */
+  forgetBackground(): void {
+    this.hasBackground = false;
+  }
+
   /** Ends any open event now (shutdown, camera disabled). */
   close(now: Date = new Date()): MotionUpdate[] {
     return this.event ? [this.end(now)] : [];
