@@ -142,6 +142,25 @@ describe('Segmenter with the Silero VAD', () => {
     expect(got.levels.every((l) => l.dbfs === -120)).toBe(true);
   });
 
+  it('survives stream time going backwards (a source whose timeline restarted): no errors, the next speech is found', async () => {
+    const placed = buildStream([{ silenceMs: 500 }, { speech: phrase(2) }, { silenceMs: 1000 }]);
+    const { seg } = await segmenter();
+    const first = await run(seg, placed.samples, 800, 60000);
+    expect(first.utterances).toHaveLength(1);
+    // The same audio again, its time back at 0: before, every speech window threw "offset is out of bounds".
+    const before = first.utterances.length;
+    for (let i = 0; i < placed.samples.length; i += 800) {
+      seg.push({ samples: placed.samples.slice(i, i + 800), sampleRate: 16000, startMs: i / 16 });
+      if ((i / 800) % 20 === 19) await seg.idle();
+    }
+    await seg.flush();
+    expect(first.errors).toEqual([]);
+    expect(first.utterances.length - before).toBe(1);
+    const again = first.utterances.at(-1)!;
+    expect(Math.abs(again.speechStartMs - placed.speech[0]!.startMs)).toBeLessThanOrEqual(100);
+    expect(again.samples.length).toBe(Math.round((again.endMs - again.startMs) * 16));
+  });
+
   it('ends an utterance at a gap in the stream and starts afresh', async () => {
     const placed = buildStream([{ silenceMs: 500 }, { speech: phrase(2) }]);
     const { seg } = await segmenter();

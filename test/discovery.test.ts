@@ -103,7 +103,7 @@ describe('buildDiscovery', () => {
     const c = payload.cmps;
     expect(Object.keys(c).sort()).toEqual([
       'answer', 'ask', 'cam_door_caption', 'cam_door_event', 'cam_door_motion', 'cam_door_snapshot',
-      'last_answer', 'last_transcript', 'listening', 'queue', 'sound_level', 'speech', 'status', 'talk', 'transcript', 'watching',
+      'last_answer', 'last_transcript', 'listening', 'problem', 'queue', 'sound_level', 'speech', 'status', 'talk', 'transcript', 'watching',
     ]);
     expect(c.talk).toMatchObject({ p: 'button', command_topic: 'perch/kitchen/audio/talk' });
     expect(c.speech).toMatchObject({ p: 'binary_sensor', state_topic: 'perch/kitchen/audio/speech', device_class: 'sound' });
@@ -124,11 +124,12 @@ describe('buildDiscovery', () => {
     expect(c.cam_door_event).toMatchObject({ p: 'event', state_topic: 'perch/kitchen/camera/door/event', event_types: ['new', 'update', 'end'] });
     expect(c.status).toMatchObject({ p: 'sensor', state_topic: 'perch/kitchen/stats', json_attributes_topic: 'perch/kitchen/stats' });
     expect(c.queue).toMatchObject({ p: 'sensor', state_topic: 'perch/kitchen/stats' });
+    expect(c.problem).toMatchObject({ p: 'binary_sensor', state_topic: 'perch/kitchen/stats', device_class: 'problem', entity_category: 'diagnostic' });
   });
 
   it('leaves out audio entities without audio and camera entities without cameras', () => {
     const { payload } = buildDiscovery({ ...opts, audio: false, cameras: [] });
-    expect(Object.keys(payload.cmps).sort()).toEqual(['answer', 'ask', 'last_answer', 'queue', 'status']);
+    expect(Object.keys(payload.cmps).sort()).toEqual(['answer', 'ask', 'last_answer', 'problem', 'queue', 'status']);
   });
 
   it('makes entity ids from camera names with dashes', () => {

@@ -103,6 +103,8 @@ export interface Segmenter {
   on(event: 'activity', listener: (a: SpeechActivity) => void): this;
   on(event: 'level', listener: (l: SoundLevel) => void): this;
   on(event: 'error', listener: (err: Error) => void): this;
+  /** A chunk went through voice activity detection without error (for health tracking). */
+  on(event: 'processed', listener: () => void): this;
 }
 
 export class Segmenter extends EventEmitter {
@@ -217,6 +219,7 @@ export class Segmenter extends EventEmitter {
       this.queuedSamples -= chunk.samples.length;
       try {
         await this.processChunk(chunk);
+        this.emit('processed');
       } catch (err) {
         const e = err instanceof Error ? err : new Error(String(err));
         this.log.warn({ err: e.message }, 'segmenter failed on a chunk');
@@ -237,6 +240,9 @@ export class Segmenter extends EventEmitter {
       this.windowFill = 0;
       this.ringLen = 0;
       this.ringEnd = at;
+      // Pre-roll never reaches back across the break; a stream whose time went backwards must not leave
+      // the last utterance's end ahead of every window (a negative pre-roll would throw on each one).
+      this.lastEmittedEnd = -Infinity;
       this.level.reset();
     }
     for (const l of this.level.push(chunk.samples, this.pos)) this.emit('level', l);

@@ -4,15 +4,12 @@
  * sources, stats); stop() drains in-flight work within daemon.drain_timeout_ms, stops sources, says
  * `offline` and closes, in reverse order. Every listener a module adds is removed by owner on stop.
  */
-import { existsSync } from 'node:fs';
-import path from 'node:path';
 import type { PerchConfig } from '../config/schema.js';
-import { GemmaAnswerEngine } from '../engine/gemma-engine.js';
-import { UnavailableEngine, type AnswerEngine } from '../engine/types.js';
+import type { AnswerEngine } from '../engine/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { MqttConnection } from '../mqtt/connection.js';
 import { DiscoveryPublisher, discoveryOptionsFromConfig } from '../mqtt/discovery.js';
-import { encode, isoNow, type StatsMessage } from '../mqtt/messages.js';
+import { encode, isoNow, type ErrorMessage, type StatsMessage } from '../mqtt/messages.js';
 import { AskPipeline } from '../pipelines/ask.js';
 import { HearingPipeline } from '../pipelines/hearing.js';
 import { MotionPipeline } from '../pipelines/motion.js';
@@ -21,9 +18,10 @@ import { AudioMeter, SnapshotPublisher, SourceGroup } from '../pipelines/sources
 import { Scheduler } from '../scheduler/scheduler.js';
 import { createAudioSource, createFrameSource } from '../sources/index.js';
 import type { FrameSource } from '../sources/types.js';
-import { MANIFEST_FILE } from '../model/package/manifest.js';
-import { synthPackage } from '../model/synth.js';
 import { EmbeddedBroker } from './embedded-broker.js';
+import { HealthTracker } from './health.js';
+import { ModelManager } from './model.js';
+import { VAD_STAGE, watchStages } from './stages.js';
 
 const OWNER = 'controller';
 
@@ -38,15 +36,16 @@ export interface ControllerOptions {
 /** What this build cannot do yet, said plainly at start whatever the model. */
 export const ENCODER_GAP = 'transcripts need a package with an audio encoder, captions and questions about images one with a vision encoder; the engine status says what this one has';
 
-function hasPackage(dir: string): boolean {
-  return existsSync(path.join(dir, MANIFEST_FILE));
-}
-
 export class Controller {
   readonly scheduler: Scheduler;
   readonly conn: MqttConnection;
+  /** Set once start() has brought the sources up: before that, the switch states would say OFF. */
+  private sourcesStarted = false;
   private readonly log: Logger;
-  private engine: AnswerEngine;
+  private readonly model: ModelManager;
+  private readonly health: HealthTracker;
+  private stopStages: (() => void) | undefined;
+  private readonly frameSources: FrameSource[];
   private readonly broker: EmbeddedBroker | undefined;
   private readonly discovery: DiscoveryPublisher | undefined;
   private ask: AskPipeline | undefined;
@@ -65,12 +64,21 @@ export class Controller {
   constructor(private readonly o: ControllerOptions) {
     const { config } = o;
     this.log = o.logger ?? silentLogger;
-    this.engine = o.engine ?? new UnavailableEngine('the model is not loaded yet');
     if (config.embedded_broker.enabled) {
       this.broker = new EmbeddedBroker({ settings: config.embedded_broker, maxPayloadBytes: config.mqtt.max_payload_bytes, logger: this.log });
     }
-    this.conn = new MqttConnection({ settings: config.mqtt, deviceId: config.device.id, stateDir: config.daemon.state_dir, logger: this.log });
+    this.conn = new MqttConnection({ settings: config.mqtt, deviceId: config.device.id, stateDir: config.daemon.state_dir, logger: this.log, homeAssistant: config.homeassistant });
     this.scheduler = new Scheduler(config.scheduler, this.log);
+    this.health = new HealthTracker({ logger: this.log, report: (_stage, topic, message) => this.reportError(topic, message), onChange: () => void this.publishStats() });
+    this.model = new ModelManager({
+      config,
+      scheduler: this.scheduler,
+      ...(o.engine ? { engine: o.engine } : {}),
+      health: this.health,
+      report: (message) => this.reportError(this.conn.topics.answer, message),
+      onChange: () => void this.publishStats(),
+      logger: this.log,
+    });
     const cameras = config.cameras.filter((c) => c.enabled);
 
     const audio = config.audio.enabled && config.audio.source ? createAudioSource(config.audio.source, this.log) : undefined;
@@ -79,17 +87,20 @@ export class Controller {
       ? new HearingPipeline(this.conn, audio, config.audio.segmenter, this.log, {
           scheduler: this.scheduler,
           // Asked per utterance: the model loads in the background after start.
-          transcriber: () => (this.engine instanceof GemmaAnswerEngine ? this.engine.transcriber() : undefined),
+          transcriber: () => this.model.transcriber(),
           maxTokens: config.audio.transcript_max_tokens,
           followUpS: config.audio.follow_up_s,
           talkWindowS: config.audio.talk_window_s,
           ...(config.audio.language ? { language: config.audio.language } : {}),
           ...(config.audio.wake_phrase ? { wakePhrase: config.audio.wake_phrase } : {}),
+          vadHealth: { error: (err) => this.health.error(VAD_STAGE, err), ok: () => this.health.ok(VAD_STAGE) },
         })
       : undefined;
-    this.listening = new SourceGroup('listening', audio ? [audio] : [], this.log);
+    // The switches pause the sources first, then the consumers end what was in progress.
+    this.listening = new SourceGroup('listening', audio ? [audio] : [], this.log, { paused: async () => void (await this.hearing?.pause()) });
     const frameSources: FrameSource[] = cameras.map((c) => createFrameSource(c.name, c.source, this.log));
-    this.watching = new SourceGroup('watching', frameSources, this.log);
+    this.frameSources = frameSources;
+    this.watching = new SourceGroup('watching', frameSources, this.log, { paused: () => this.motion.pause(), resuming: () => this.motion.resume() });
     this.snapshots = new SnapshotPublisher(this.conn, cameras);
     // Events go out through the seeing pipeline (it adds captions); it exists once the engine does (start()).
     this.motion = new MotionPipeline(this.conn, this.log, (u, msg) => this.seeing?.onMotion(u, msg));
@@ -112,20 +123,20 @@ export class Controller {
 
   async start(): Promise<void> {
     const { config } = this.o;
-    this.engine = await this.prepareEngine();
+    await this.model.start();
     this.log.warn(ENCODER_GAP);
     const cameras = config.cameras.filter((c) => c.enabled);
     this.ask = new AskPipeline({
       conn: this.conn,
       scheduler: this.scheduler,
-      engine: this.engine,
+      engine: this.model.engine,
       maxPayloadBytes: config.mqtt.max_payload_bytes,
       cameras: cameras.map((c) => c.name),
       latestFrame: (name) => this.frames.latest(name),
       imageTokens: (name) => cameras.find((c) => c.name === name)?.image_tokens ?? 280,
       logger: this.log,
     });
-    this.seeing = new SeeingPipeline({ conn: this.conn, scheduler: this.scheduler, engine: this.engine, cameras, captionDeadlineMs: config.scheduler.caption_deadline_ms, logger: this.log });
+    this.seeing = new SeeingPipeline({ conn: this.conn, scheduler: this.scheduler, engine: this.model.engine, cameras, captionDeadlineMs: config.scheduler.caption_deadline_ms, logger: this.log });
     if (this.broker) {
       const at = await this.broker.start();
       this.log.info(`embedded MQTT broker listening on ${at.host}:${at.port}`);
@@ -142,7 +153,11 @@ export class Controller {
     await this.conn.start();
     await this.hearing?.start();
     await Promise.all([this.listening.start(), this.watching.start()]);
+    // The switches say what is applied: only now that the sources have started (a connect before this skips them).
+    this.sourcesStarted = true;
+    await this.publishSwitchStates();
     this.motion.start();
+    this.stopStages = watchStages({ health: this.health, topics: this.conn.topics, model: this.model, hearing: this.hearing, motion: this.motion, watching: this.watching, frameSources: this.frameSources });
     this.statsTimer = setInterval(() => void this.publishStats(), config.daemon.stats_interval_s * 1000);
     this.statsTimer.unref();
     this.log.info({ root: this.conn.topics.root, broker: config.mqtt.url }, `Perch is running; watch it with: mosquitto_sub -h ${hostOf(config.mqtt.url)} -p ${portOf(config.mqtt.url)} -v -t '${this.conn.topics.root}/#' -t '${config.homeassistant.discovery_prefix}/#'`);
@@ -163,17 +178,17 @@ export class Controller {
         sources[prefix + name] = { status: st.status, restarts: st.restarts, ...(st.lastError ? { last_error: st.lastError.slice(0, 500) } : {}) };
       }
     }
-    const engine = this.engine.status();
+    const engine = this.model.engine.status();
     return {
       v: 1,
       ts: isoNow(),
       uptime_s: Math.round((Date.now() - this.startedAt) / 1000),
       version: this.o.version,
       memory: { rss: mem.rss, heap_used: mem.heapUsed, heap_total: mem.heapTotal },
-      engine: { state: engine.state, detail: engine.detail.slice(0, 500), ...(engine.random_weights ? { random_weights: true } : {}) },
+      engine: { state: engine.state, detail: engine.detail.slice(0, 500), ...(engine.random_weights ? { random_weights: true } : {}), ...this.model.stats() },
       ...(this.hearing && this.meter ? { audio: { ...this.hearing.stats(), seconds: Math.round(this.meter.samples / 16000) } } : {}),
       queues: this.scheduler.stats().depth_by_kind,
-      mqtt: { connected: m.connected, protocol: m.protocol, reconnects: m.reconnects, published: m.published, received: m.received, rejected: m.rejected, outbox: { depth: m.outbox.depth, bytes: m.outbox.bytes, dropped: m.outbox.dropped, expired: m.outbox.expired } },
+      mqtt: { connected: m.connected, protocol: m.protocol, reconnects: m.reconnects, published: m.published, received: m.received, rejected: m.rejected, outbox: { depth: m.outbox.depth, bytes: m.outbox.bytes, dropped: m.outbox.dropped, expired: m.outbox.expired, dead_letters: m.outbox.deadLettered } },
       sources,
       motion: Object.fromEntries(
         Object.entries(this.motion.stats()).map(([name, st]) => [
@@ -182,37 +197,18 @@ export class Controller {
         ]),
       ),
       ...(this.seeing ? { captions: this.seeing.stats() } : {}),
+      health: this.health.stats(),
     };
   }
 
-  /**
-   * The engine for model.dir: the Gemma engine when a package is there (it loads in the background, status
-   * says loading), else one that answers every question with `unavailable`, saying how to get a model.
-   * With model.synthetic_if_missing the tiny random package is built first, and that is said loudly.
-   */
-  private async prepareEngine(): Promise<AnswerEngine> {
-    if (this.o.engine) return this.o.engine;
-    const { model } = this.o.config;
-    if (!hasPackage(model.dir) && model.synthetic_if_missing) {
-      this.log.warn({ dir: model.dir }, 'NO MODEL PACKAGE: building the tiny synthetic package (random weights). Its answers are meaningless; get the real model with `perch model pull` and point model.dir at it');
-      await synthPackage({ preset: 'tiny', outDir: model.dir });
-    }
-    if (!hasPackage(model.dir)) {
-      const reason = `no model package at ${model.dir}: questions are answered with an "unavailable" error until there is one; get it with \`perch model pull\`, or build one with \`perch model convert\``;
-      this.log.warn(reason);
-      return new UnavailableEngine(reason);
-    }
-    const engine = new GemmaAnswerEngine(model, { logger: this.log, defaultCacheDir: path.join(this.o.config.daemon.state_dir, 'model-cache') });
-    void engine.start().then(() => {
-      const st = engine.status();
-      if (st.random_weights) this.log.warn(`MODEL OUTPUTS ARE RANDOM: ${st.detail}`);
-      void this.publishStats();
-    });
-    return engine;
+  /** A failure worth a consumer's attention (a failing stage, an unusable model package) on `<root>/errors`. */
+  private reportError(topic: string, message: string): void {
+    const e: ErrorMessage = { v: 1, ts: isoNow(), code: 'internal', message: message.slice(0, 2000), topic };
+    void this.conn.publish(this.conn.topics.errors, encode(e), { final: true, qos: 1, contentType: 'application/json' });
   }
 
   private readonly onConnected = (): void => {
-    void this.publishSwitchStates();
+    if (this.sourcesStarted) void this.publishSwitchStates();
     void this.motion.republishStates();
     void this.hearing?.republishState();
     void this.discovery?.start().catch((err: unknown) => this.log.error({ err }, 'discovery publish failed'));
@@ -226,8 +222,6 @@ export class Controller {
       return;
     }
     await group.setPaused(value === 'OFF');
-    if (group === this.watching && value === 'OFF') await this.motion.pause();
-    if (group === this.listening && value === 'OFF') await this.hearing?.pause();
     await this.publishSwitchStates();
     await this.publishStats();
   }
@@ -247,6 +241,8 @@ export class Controller {
   private async doStop(reason: string): Promise<void> {
     this.log.info({ reason }, 'stopping');
     if (this.statsTimer) clearInterval(this.statsTimer);
+    this.stopStages?.();
+    this.health.close();
     const drained = await this.scheduler.drain(this.o.config.daemon.drain_timeout_ms);
     this.log.info(drained, 'job queue drained');
     this.ask?.stop();
@@ -261,7 +257,7 @@ export class Controller {
     this.conn.removeOwner(OWNER);
     this.conn.off('connected', this.onConnected);
     await this.conn.stop({ offline: true, drainMs: 2000 });
-    await this.engine.close();
+    await this.model.stop();
     await this.broker?.stop();
     this.log.info('stopped');
   }

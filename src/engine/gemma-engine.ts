@@ -14,7 +14,7 @@ import { type ChatMessage, expandMediaPlaceholders } from './prompt.js';
 import type { SamplerOptions } from './sampling.js';
 import { defaultCacheDir, packageChecksum } from './prepacked-cache.js';
 import { Transcriber } from './transcriber.js';
-import { type AnswerEngine, type AnswerOptions, type AnswerResult, type EngineStatus, EngineUnavailableError, InvalidInputError } from './types.js';
+import { type AnswerEngine, type AnswerOptions, type AnswerResult, ENGINE_STAGES, type EngineStatus, EngineUnavailableError, InvalidInputError, type StageReporter } from './types.js';
 import { VisionEncoder, visionEncoderPath } from './vision.js';
 
 export type ModelSettings = PerchConfig['model'];
@@ -28,6 +28,8 @@ export interface GemmaEngineOptions {
   load?: Partial<Pick<EngineLoadOptions, 'tuning' | 'prefillChunk' | 'prefixSnapshots'>>;
   /** Cache directory when settings.cache_dir is unset (the daemon: under its state_dir; default defaultCacheDir()). */
   defaultCacheDir?: string;
+  /** Told of every encoder failure and success (ENGINE_STAGES), so one that keeps failing is restarted. */
+  health?: StageReporter;
 }
 
 /**
@@ -56,6 +58,8 @@ export class GemmaAnswerEngine implements AnswerEngine {
   /** Why images cannot be taken, when they cannot (said in status and in every refusal). */
   private visionGap = 'the model is not loaded yet';
   private hearer: Transcriber | null = null;
+  /** The hearer as handed out: it reports to opts.health. */
+  private hearerView: Transcriber | null = null;
   private hearingGap = 'the model is not loaded yet';
   private state: EngineStatus = { state: 'loading', detail: 'loading the model package' };
   private loading: Promise<void> | null = null;
@@ -116,7 +120,54 @@ export class GemmaAnswerEngine implements AnswerEngine {
 
   /** The transcriber over the shared engine, when the package has an audio encoder the decoder can take. */
   transcriber(): Transcriber | undefined {
-    return this.closed ? undefined : (this.hearer ?? undefined);
+    if (this.closed || !this.hearer) return undefined;
+    this.hearerView ??= this.reporting(this.hearer);
+    return this.hearerView;
+  }
+
+  /**
+   * Rebuilds a stage that keeps failing (the health tracker calls this): a fresh ONNX session for the vision
+   * encoder, or a fresh transcriber for the audio encoder. A stage that cannot be rebuilt stays off, said in
+   * status like at load.
+   */
+  async restartStage(stage: string): Promise<void> {
+    const engine = this.engine;
+    if (!engine || this.closed) return;
+    if (stage === ENGINE_STAGES.vision) {
+      const old = this.vision;
+      this.vision = null;
+      await old?.close();
+      this.vision = await this.loadVision(engine);
+    } else if (stage === ENGINE_STAGES.audio) {
+      const old = this.hearer;
+      this.hearer = null;
+      this.hearerView = null;
+      await old?.close();
+      this.hearer = await this.loadHearing(engine);
+    }
+  }
+
+  /** The transcriber with its transcribe() and answer() reporting failures and successes to opts.health. */
+  private reporting(t: Transcriber): Transcriber {
+    const health = this.opts.health;
+    if (!health) return t;
+    const stage = ENGINE_STAGES.audio;
+    return new Proxy(t, {
+      get(target, prop, receiver) {
+        if (prop !== 'transcribe' && prop !== 'answer') return Reflect.get(target, prop, receiver) as unknown;
+        const fn = (target[prop] as (...a: unknown[]) => Promise<unknown>).bind(target);
+        return async (...args: unknown[]) => {
+          try {
+            const r = await fn(...args);
+            health.ok(stage);
+            return r;
+          } catch (err) {
+            if ((err as Error).name !== 'AbortError') health.error(stage, err);
+            throw err;
+          }
+        };
+      },
+    });
   }
 
   private async loadHearing(engine: Engine): Promise<Transcriber | null> {
@@ -186,8 +237,11 @@ export class GemmaAnswerEngine implements AnswerEngine {
       if (!vision) throw new EngineUnavailableError(this.visionGap);
       const encoded = await vision.encode(image, { tokenBudget: opts.imageTokens ?? 280 }).catch((err: unknown) => {
         if (err instanceof ImagePreprocessError) throw new InvalidInputError(`image: ${err.message}`);
+        // A bad image is the request's fault; anything else is the encoder's.
+        this.opts.health?.error(ENGINE_STAGES.vision, err);
         throw err;
       });
+      this.opts.health?.ok(ENGINE_STAGES.vision);
       if (opts.signal.aborted) return cancelled(t0);
       const base = this.renderWithImage(engine, messages, text, thinking);
       const expanded = expandMediaPlaceholders(base.ids, engine.tokenizer.special, { imageTokens: [encoded.numSoftTokens] });
@@ -260,6 +314,7 @@ export class GemmaAnswerEngine implements AnswerEngine {
     this.engine = null;
     this.vision = null;
     this.hearer = null;
+    this.hearerView = null;
     this.state = { state: 'unavailable', detail: 'engine closed' };
     // The transcriber shares the engine and does not close it.
     await Promise.all([h?.close(), v?.close()]);

@@ -71,3 +71,35 @@ export class UnavailableEngine implements AnswerEngine {
 
   async close(): Promise<void> {}
 }
+
+/**
+ * Where the engine's stages (its encoders) report each failure and success: the daemon's health tracker,
+ * which restarts a stage that keeps failing.
+ */
+export interface StageReporter {
+  error(stage: string, err: unknown): void;
+  ok(stage: string): void;
+}
+
+/** Health stage names of the engine's encoders. */
+export const ENGINE_STAGES = { vision: 'model/vision_encoder', audio: 'model/audio_encoder' } as const;
+
+/**
+ * The engine the pipelines hold. Its `current` engine can be replaced while the daemon runs (a model package
+ * that arrived after start), so pipelines never keep a stale one.
+ */
+export class EngineSlot implements AnswerEngine {
+  constructor(public current: AnswerEngine) {}
+
+  status(): EngineStatus {
+    return this.current.status();
+  }
+
+  answer(request: AskRequest, opts: AnswerOptions): Promise<AnswerResult> {
+    return this.current.answer(request, opts);
+  }
+
+  close(): Promise<void> {
+    return this.current.close();
+  }
+}

@@ -16,8 +16,9 @@
  * Long speech: the segmenter splits it into overlapping parts, each transcribed and published on its own.
  * Once the last part is transcribed, the whole group goes out too, stitched (transcript-groups.ts).
  *
- * Times: the segmenter works in stream time (ms since the source started). Each chunk's arrival re-anchors
- * stream time to the wall clock, since a restarted source starts its stream clock again. Latencies count
+ * Times: the segmenter works in stream time (the source's one timeline, which runs on after a gap across
+ * pauses and restarts). Each chunk's arrival re-anchors stream time to the wall clock, so the gaps need not
+ * match the wall clock exactly. Latencies count
  * from the end of speech: `first_token` and `total` are what a listener waits.
  */
 import { Segmenter, type Utterance } from '../audio/segmenter.js';
@@ -54,6 +55,8 @@ export interface HearingOptions {
   followUpS?: number;
   /** Seconds after a push-to-talk message within which the next utterance must start (default 10). */
   talkWindowS?: number;
+  /** Told of each voice-activity failure (error) and of each processed stretch of audio (ok): the health tracker. */
+  vadHealth?: { error(err: unknown): void; ok(): void };
 }
 
 /** The conversation as the last decided utterance left it. */
@@ -107,8 +110,12 @@ export class HearingPipeline {
       void this.republishState();
     });
     seg.on('level', (l) => void this.conn.publish(this.conn.topics.soundLevel, l.dbfs.toFixed(1), { qos: 0, retain: true }));
+    seg.on('processed', () => this.opts.vadHealth?.ok());
     seg.on('utterance', (u) => this.onUtterance(u));
-    seg.on('error', (err: unknown) => this.log.error({ err: String(err) }, 'voice activity detection failed'));
+    seg.on('error', (err: unknown) => {
+      this.log.error({ err: String(err) }, 'voice activity detection failed');
+      this.opts.vadHealth?.error(err);
+    });
     this.segmenter = seg;
     const onChunk = (c: AudioChunk): void => {
       this.anchor = Date.now() - (c.startMs + (c.samples.length * 1000) / c.sampleRate);
@@ -121,6 +128,15 @@ export class HearingPipeline {
     };
     this.conn.removeOwner(OWNER);
     this.conn.subscribe(this.conn.topics.talk, (m) => this.onTalk(m.payload, m.oversized), { owner: OWNER });
+  }
+
+  /** Replaces the voice activity detector with a fresh one (a new ONNX session) after repeated failures. */
+  async restartVad(): Promise<void> {
+    const old = this.segmenter;
+    if (!old || this.stopping) return;
+    this.detach?.();
+    await this.start();
+    await old.close();
   }
 
   /** Whether a push-to-talk message is waiting for its utterance. */
