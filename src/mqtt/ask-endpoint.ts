@@ -20,6 +20,8 @@ export interface AskContext {
   route: ReplyRoute;
   /** Epoch ms the request arrived (start of latency_ms.total). */
   receivedAt: number;
+  /** The topic the request came on (ask or ask/text): errors name it. */
+  topic: string;
 }
 
 export interface AskHandlers {
@@ -32,6 +34,8 @@ export interface AskHandlers {
 /** Answer fields the controller supplies; v, id and ts are added here. */
 export type AnswerBody = Omit<AnswerMessage, 'v' | 'id' | 'ts'>;
 
+/** Most characters of a refusal's reason that reach the log (the reply carries up to 2000). */
+const LOGGED_CHARS = 500;
 const OWNER = 'ask-endpoint';
 const JSON_TYPE = 'application/json';
 /** How long an accepted request id is remembered. */
@@ -129,7 +133,7 @@ export class AskEndpoint {
     const receivedAt = Date.now();
     const parsed = parseRequest(msg.topic, msg.payload, { ...this.limits, topics: this.conn.topics });
     if (!parsed.ok) {
-      this.log.info({ topic: msg.topic, code: parsed.error.code, err: parsed.error.message }, 'request refused');
+      this.log.info({ topic: msg.topic, code: parsed.error.code, err: parsed.error.message.slice(0, LOGGED_CHARS) }, 'request refused');
       // Reply only to an explicit address: a broken request without one has no waiting requester to tell.
       const r = replyRouteFor(parsed.id ?? '', parsed.replyTo, msg.properties, this.conn.topics, this.conn.reserved);
       const route = r.ok && r.route.via !== 'default' ? { ...r.route } : undefined;
@@ -151,10 +155,10 @@ export class AskEndpoint {
       return;
     }
     try {
-      this.handlers.ask({ request: req, route: r.route, receivedAt });
+      this.handlers.ask({ request: req, route: r.route, receivedAt, topic: msg.topic });
     } catch (err) {
       this.log.error({ err: String(err) }, 'ask handler failed');
-      void this.fail(r.route, 'internal', 'the request could not be handled');
+      void this.fail(r.route, 'internal', 'the request could not be handled', { topic: msg.topic });
     }
   }
 }

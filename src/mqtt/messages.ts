@@ -105,6 +105,8 @@ export const captionSchema = z.strictObject({
   data: z.record(z.string(), z.unknown()).optional(),
   /** Structured captions: replies the model made for this caption (1 + retries at most). */
   attempts: z.number().int().positive().optional(),
+  /** The model package has random weights (synthetic): the caption is meaningless. */
+  random_weights: z.literal(true).optional(),
   /** When the frame was taken. */
   frame_ts: isoUtc,
   /** Which point of the event the frame is from: new (early caption) or end (the event's best frame). */
@@ -184,6 +186,8 @@ export const answerSchema = z.strictObject({
   camera: cameraName.optional(),
   tokens: z.strictObject({ prompt: z.number().int().nonnegative(), completion: z.number().int().nonnegative() }),
   latency_ms: latencySchema,
+  /** The model package has random weights (synthetic): the text is meaningless. */
+  random_weights: z.literal(true).optional(),
 });
 
 /** Reply to a request that failed; sent where the answer would have gone. */
@@ -222,8 +226,8 @@ export const statsSchema = z.strictObject({
   version: z.string().max(64).optional(),
   memory: z.strictObject({ rss: count, heap_used: count, heap_total: count }),
   engine: z.object({ state: z.string().min(1).max(64) }).catchall(z.union([z.string(), z.number(), z.boolean(), z.null()])),
-  /** Jobs waiting, per kind (ask, transcript, caption, ...). */
-  queues: z.record(z.string(), count),
+  /** Jobs waiting, per scheduler job kind: every kind, no other keys (docs examples must not drift). */
+  queues: z.strictObject({ answer: count, transcript: count, caption: count }),
   mqtt: z.strictObject({
     connected: z.boolean(),
     protocol: z.enum(['5', '3.1.1']).nullable(),
@@ -234,7 +238,11 @@ export const statsSchema = z.strictObject({
     /** dead_letters: results the broker refused, set aside under <state_dir>/dead-letter. */
     outbox: z.strictObject({ depth: count, bytes: count, dropped: count, expired: count, dead_letters: count.optional() }),
   }),
-  sources: z.record(z.string(), z.object({ status: z.string(), restarts: count, last_error: z.string().optional() })),
+  /** Per source, keyed `audio/<name>` or `camera/<name>`. */
+  sources: z.record(
+    z.string().regex(/^(audio|camera)\/[A-Za-z0-9_-]{1,64}$/, 'audio/<name> or camera/<name>'),
+    z.strictObject({ status: z.enum(['starting', 'running', 'restarting', 'paused', 'stopping', 'stopped', 'failed', 'ended']), restarts: count, last_error: z.string().optional() }),
+  ),
   /** Hearing: voice activity and what the audio source delivered. */
   audio: z
     .strictObject({ speaking: z.boolean(), utterances: count, dropped_short: count, dropped_backlog_ms: count, seconds: count, transcripts: count.optional(), transcripts_failed: count.optional(), questions: count.optional() })
@@ -343,7 +351,7 @@ export function parseRequest(topic: string, payload: Buffer, limits: RequestLimi
   try {
     json = JSON.parse(payload.toString('utf8'));
   } catch (err) {
-    return fail('invalid_json', `payload is not valid JSON: ${(err as Error).message}`);
+    return fail('invalid_json', `payload is not valid JSON: ${(err as Error).message.slice(0, 300)}`);
   }
   const hints = readHints(json);
   if (kind === 'cancel') {
@@ -378,12 +386,20 @@ function readHints(json: unknown): { id?: string; replyTo?: string } {
   return hints;
 }
 
+/** Most characters of a request's own text (a field name, a path) quoted in an error: the rest is its size. */
+const QUOTE_CHARS = 64;
+
+/** Quotes text from a request, cut short: a hostile field name of a megabyte must not become a megabyte log line. */
+function quoted(text: string): string {
+  return text.length <= QUOTE_CHARS ? JSON.stringify(text) : `${JSON.stringify(text.slice(0, QUOTE_CHARS))}… (${text.length} characters)`;
+}
+
 /** One line naming each bad field: `text: Too small ...; unknown field "foo"`. */
 export function describeIssues(error: z.ZodError): string {
   const parts = error.issues.slice(0, 5).map((issue) => {
-    if (issue.code === 'unrecognized_keys') return `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => JSON.stringify(k)).join(', ')}`;
+    if (issue.code === 'unrecognized_keys') return `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.slice(0, 5).map(quoted).join(', ')}`;
     const path = issue.path.map(String).join('.');
-    return path ? `${path}: ${issue.message}` : issue.message;
+    return path ? `${path.length > QUOTE_CHARS ? quoted(path) : path}: ${issue.message.slice(0, 300)}` : issue.message.slice(0, 300);
   });
   if (error.issues.length > 5) parts.push(`and ${error.issues.length - 5} more`);
   return parts.join('; ');

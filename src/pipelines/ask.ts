@@ -116,13 +116,14 @@ export class AskPipeline {
         ...(request.camera ? { camera: request.camera } : {}),
         tokens: result.tokens,
         latency_ms: { queue: Math.max(0, startedAt - ctx.receivedAt), ...result.latency_ms, total: Date.now() - ctx.receivedAt },
+        ...(this.o.engine.status().random_weights ? { random_weights: true as const } : {}),
       });
     } catch (err) {
       const code = errorCodeFor(err);
       const message = err instanceof Error ? err.message : String(err);
       if (code === 'internal') this.log.error({ err, id: request.id }, 'answer failed');
       else this.log.info({ id: request.id, code, reason: message }, 'request not answered');
-      await this.endpoint.fail(route, code, message);
+      await this.endpoint.fail(route, code, message, { topic: ctx.topic });
     }
   }
 }

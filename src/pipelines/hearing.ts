@@ -127,7 +127,8 @@ export class HearingPipeline {
       this.source.off('chunk', onChunk);
     };
     this.conn.removeOwner(OWNER);
-    this.conn.subscribe(this.conn.topics.talk, (m) => this.onTalk(m.payload, m.oversized), { owner: OWNER });
+    // acceptOversized: a press with a huge payload is answered with payload_too_large, not dropped in silence.
+    this.conn.subscribe(this.conn.topics.talk, (m) => this.onTalk(m.payload, m.oversized), { owner: OWNER, acceptOversized: true });
   }
 
   /** Replaces the voice activity detector with a fresh one (a new ONNX session) after repeated failures. */
@@ -146,9 +147,10 @@ export class HearingPipeline {
 
   /** Push-to-talk: arms the next utterance as a question (a later press re-arms, with its own id). */
   private onTalk(payload: Buffer, oversized: boolean): void {
-    const t = oversized ? { ok: false as const, message: 'payload too large' } : parseTalk(payload);
+    const t = oversized ? { ok: false as const, message: `payload of ${payload.byteLength} bytes is too large` } : parseTalk(payload);
     if (!t.ok) {
-      const e: ErrorMessage = { v: 1, ts: isoNow(), code: 'invalid_request', message: `push-to-talk ignored: ${t.message}`.slice(0, 2000), topic: this.conn.topics.talk };
+      const code = oversized ? 'payload_too_large' : 'invalid_request';
+      const e: ErrorMessage = { v: 1, ts: isoNow(), code, message: `push-to-talk ignored: ${t.message}`.slice(0, 2000), topic: this.conn.topics.talk };
       void this.conn.publish(this.conn.topics.errors, encode(e), { final: true, qos: 1, priority: 'answer', contentType: JSON_TYPE });
       return;
     }

@@ -202,6 +202,7 @@ export class SeeingPipeline {
         ts: isoNow(),
         text,
         ...(s ? { data: s.data, attempts: s.attempts } : {}),
+        ...(this.o.engine.status().random_weights ? { random_weights: true as const } : {}),
         ...(r.image ? { width: r.image.width, height: r.image.height, image_tokens: r.image.tokens } : {}),
         latency_ms: {
           queue: started - submitted,
