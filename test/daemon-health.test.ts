@@ -4,27 +4,17 @@
  *   rate-limited, turns Home Assistant's Problem entity on, is restarted with backoff, and recovers;
  * - a model package that appears in model.dir after start is picked up (a half-written one is refused).
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { DaemonProcess, SAMPLES } from './daemon-helpers.js';
 import { synthPackage } from '../src/model/synth.js';
 import { messageSchemas } from '../src/mqtt/messages.js';
-import { Collector, Mosquitto, tempDir, type Received } from './mqtt-helpers.js';
+import { Collector, privateBrokerForFile, type Received, tempDir } from './mqtt-helpers.js';
 
-let broker: Mosquitto;
+const shared = privateBrokerForFile();
+const cleanups = shared.cleanups;
 let seq = 0;
-const cleanups: Array<() => Promise<void> | void> = [];
-
-beforeAll(async () => {
-  broker = await Mosquitto.start();
-});
-afterAll(async () => {
-  await broker.close();
-});
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
 
 async function startDaemon(stateDir: string, over: Record<string, unknown>) {
   const id = `h${process.pid}-${seq++}`;
@@ -33,14 +23,14 @@ async function startDaemon(stateDir: string, over: Record<string, unknown>) {
     device: { id, name: `Perch health ${id}` },
     log: { level: 'debug', format: 'json' },
     daemon: { state_dir: stateDir, drain_timeout_ms: 3000, stats_interval_s: 1 },
-    mqtt: { url: broker.url, keepalive_s: 5, reconnect_min_ms: 200, reconnect_max_ms: 1000 },
+    mqtt: { url: shared.broker.url, keepalive_s: 5, reconnect_min_ms: 200, reconnect_max_ms: 1000 },
     homeassistant: { discovery_prefix: `ha-${id}` },
     model: { dir: path.join(stateDir, 'no-model') },
     audio: { enabled: false },
     cameras: [],
     ...over,
   };
-  const watcher = await Collector.connect(broker.url, [`${root}/#`, `ha-${id}/#`]);
+  const watcher = await Collector.connect(shared.broker.url, [`${root}/#`, `ha-${id}/#`]);
   const daemon = DaemonProcess.start(stateDir, config);
   cleanups.push(async () => {
     await daemon.kill();

@@ -6,25 +6,15 @@
 import mqtt from 'mqtt';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DaemonProcess, SAMPLES } from './daemon-helpers.js';
 import { tempRoot } from './engine-helpers.js';
-import { Collector, Mosquitto, tempDir, type Received } from './mqtt-helpers.js';
+import { Collector, privateBrokerForFile, type Received, tempDir } from './mqtt-helpers.js';
 import { makeSeeingPackage } from './seeing-helpers.js';
 
-let broker: Mosquitto;
+const shared = privateBrokerForFile();
+const cleanups = shared.cleanups;
 let seq = 0;
-const cleanups: Array<() => Promise<void> | void> = [];
-
-beforeAll(async () => {
-  broker = await Mosquitto.start();
-});
-afterAll(async () => {
-  await broker.close();
-});
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
 
 const json = (b: Buffer) => JSON.parse(b.toString()) as Record<string, unknown>;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -45,7 +35,7 @@ async function startDaemon(over: { model?: string; camera?: Record<string, unkno
     device: { id },
     log: { level: 'debug', format: 'json' },
     daemon: { state_dir: tmp.dir, drain_timeout_ms: 2000, stats_interval_s: 1 },
-    mqtt: { url: broker.url, keepalive_s: 5, reconnect_min_ms: 200, reconnect_max_ms: 1000 },
+    mqtt: { url: shared.broker.url, keepalive_s: 5, reconnect_min_ms: 200, reconnect_max_ms: 1000 },
     homeassistant: { enabled: false },
     model: over.model ? { dir: over.model, threads: 1, context_tokens: 1024, ple_cache_mb: 1, max_answer_tokens: 8 } : { dir: path.join(tmp.dir, 'no-model') },
     audio: {
@@ -63,9 +53,9 @@ async function startDaemon(over: { model?: string; camera?: Record<string, unkno
       },
     ],
   };
-  const watcher = await Collector.connect(broker.url, [`${root}/#`]);
+  const watcher = await Collector.connect(shared.broker.url, [`${root}/#`]);
   const daemon = DaemonProcess.start(tmp.dir, config);
-  const pub = await mqtt.connectAsync(broker.url);
+  const pub = await mqtt.connectAsync(shared.broker.url);
   cleanups.push(async () => {
     await pub.endAsync(true);
     await daemon.kill();

@@ -2,7 +2,7 @@
  * The daemon as users run it: the real `perch run` process, a real Mosquitto (private, so it can be
  * stopped and restarted), second clients watching what it publishes.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import mqtt from 'mqtt';
 import { spawnSync } from 'node:child_process';
 import { readdirSync, writeFileSync } from 'node:fs';
@@ -11,21 +11,11 @@ import { stringify } from 'yaml';
 import { DaemonProcess, REPO, SAMPLES } from './daemon-helpers.js';
 import { synthPackage } from '../src/model/synth.js';
 import { messageSchemas } from '../src/mqtt/messages.js';
-import { Collector, Mosquitto, freePort, tempDir } from './mqtt-helpers.js';
+import { Collector, freePort, privateBrokerForFile, tempDir } from './mqtt-helpers.js';
 
-let broker: Mosquitto;
+const shared = privateBrokerForFile();
+const cleanups = shared.cleanups;
 let seq = 0;
-const cleanups: Array<() => Promise<void> | void> = [];
-
-beforeAll(async () => {
-  broker = await Mosquitto.start();
-});
-afterAll(async () => {
-  await broker.close();
-});
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
 
 /** A config for one test: unique device id, temp state dir, a looping directory camera and a WAV source. */
 function testConfig(stateDir: string, over: Record<string, unknown> = {}) {
@@ -37,7 +27,7 @@ function testConfig(stateDir: string, over: Record<string, unknown> = {}) {
       device: { id, name: `Perch test ${id}` },
       log: { level: 'debug', format: 'json' },
       daemon: { state_dir: stateDir, drain_timeout_ms: 3000, stats_interval_s: 1 },
-      mqtt: { url: broker.url, keepalive_s: 5, reconnect_min_ms: 200, reconnect_max_ms: 1000, max_payload_bytes: 4096 },
+      mqtt: { url: shared.broker.url, keepalive_s: 5, reconnect_min_ms: 200, reconnect_max_ms: 1000, max_payload_bytes: 4096 },
       homeassistant: { discovery_prefix: `ha-${id}` },
       model: { dir: path.join(stateDir, 'no-model') },
       audio: { enabled: true, source: { type: 'wav', path: path.join(SAMPLES, 'speech.wav'), realtime: true, loop: true } },
@@ -50,7 +40,7 @@ function testConfig(stateDir: string, over: Record<string, unknown> = {}) {
 async function startDaemon(over: Record<string, unknown> = {}) {
   const tmp = tempDir('perch-daemon-');
   const t = testConfig(tmp.dir, over);
-  const watcher = await Collector.connect(broker.url, [`${t.root}/#`, `ha-${t.id}/#`]);
+  const watcher = await Collector.connect(shared.broker.url, [`${t.root}/#`, `ha-${t.id}/#`]);
   const daemon = DaemonProcess.start(tmp.dir, t.config);
   cleanups.push(async () => {
     await daemon.kill();
@@ -91,8 +81,8 @@ describe('perch run against Mosquitto', () => {
 
   it('answers an MQTT 5 request on its response topic with its correlation data, and a 3.1.1 request via reply_to', async () => {
     const { root } = await startDaemon();
-    const v5 = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
-    const v311 = await mqtt.connectAsync(broker.url, { protocolVersion: 4 });
+    const v5 = await mqtt.connectAsync(shared.broker.url, { protocolVersion: 5 });
+    const v311 = await mqtt.connectAsync(shared.broker.url, { protocolVersion: 4 });
     cleanups.push(async () => {
       await v5.endAsync(true);
       await v311.endAsync(true);
@@ -117,7 +107,7 @@ describe('perch run against Mosquitto', () => {
 
   it('answers malformed, oversized and unknown requests with errors and keeps serving', async () => {
     const { root, watcher } = await startDaemon();
-    const c = await mqtt.connectAsync(broker.url);
+    const c = await mqtt.connectAsync(shared.broker.url);
     cleanups.push(() => c.endAsync(true).then(() => undefined));
     await c.publishAsync(`${root}/ask`, '{"text": "unterminated', { qos: 1 });
     await c.publishAsync(`${root}/ask`, JSON.stringify({ text: 'x'.repeat(10_000) }), { qos: 1 }); // over max_payload_bytes 4096
@@ -136,7 +126,7 @@ describe('perch run against Mosquitto', () => {
 
   it('pauses and resumes the camera pipeline from the Watching switch', async () => {
     const { root, watcher } = await startDaemon();
-    const c = await mqtt.connectAsync(broker.url);
+    const c = await mqtt.connectAsync(shared.broker.url);
     cleanups.push(() => c.endAsync(true).then(() => undefined));
     await c.publishAsync(`${root}/watching/set`, 'OFF', { qos: 1 });
     await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/watching` && x.payload.toString() === 'OFF'));
@@ -157,7 +147,7 @@ describe('perch run against Mosquitto', () => {
     expect(started).toMatchObject({ camera: 'yard', type: 'new' });
     expect((started.box as { w: number }).w).toBeGreaterThan(0);
     // Watching OFF ends the running event at once: `end` with the same id, then motion OFF.
-    const c = await mqtt.connectAsync(broker.url);
+    const c = await mqtt.connectAsync(shared.broker.url);
     cleanups.push(() => c.endAsync(true).then(() => undefined));
     await c.publishAsync(`${root}/watching/set`, 'OFF', { qos: 1 });
     await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/camera/yard/event` && json(x.payload).type === 'end' && json(x.payload).id === started.id));
@@ -179,11 +169,11 @@ describe('perch run against Mosquitto', () => {
 
   it('reconnects after the broker is stopped and restarted, says online again and keeps serving', async () => {
     const { root, watcher } = await startDaemon();
-    await broker.pause();
+    await shared.broker.pause();
     await new Promise((r) => setTimeout(r, 1000));
-    await broker.resume();
+    await shared.broker.resume();
     const after = Date.now();
-    const c = await mqtt.connectAsync(broker.url);
+    const c = await mqtt.connectAsync(shared.broker.url);
     cleanups.push(() => c.endAsync(true).then(() => undefined));
     await c.subscribeAsync(`${root}/#`, { qos: 1 });
     const seen: string[] = [];
@@ -198,7 +188,7 @@ describe('perch run against Mosquitto', () => {
   it('leaves the retained last will "offline" when killed with SIGKILL', async () => {
     const { root, daemon } = await startDaemon();
     await daemon.kill('SIGKILL');
-    const late = await Collector.connect(broker.url, [`${root}/status`]);
+    const late = await Collector.connect(shared.broker.url, [`${root}/status`]);
     cleanups.push(() => late.close());
     await late.waitFor((m) => m.some((x) => x.payload.toString() === 'offline' && x.packet.retain));
   });
@@ -237,7 +227,7 @@ describe('answers from a model package', () => {
     await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && (json(x.payload).engine as { state: string }).state === 'ready'), 60_000);
     // Its weights were prepacked into the cache under the state directory (model.cache_dir unset).
     expect(readdirSync(path.join(stateDir, 'model-cache')).filter((n) => /^decoder-[0-9a-f]{20}$/.test(n))).toHaveLength(1);
-    const c = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
+    const c = await mqtt.connectAsync(shared.broker.url, { protocolVersion: 5 });
     cleanups.push(() => c.endAsync(true).then(() => undefined));
     const replies: Array<{ body: Record<string, unknown>; corr?: Buffer }> = [];
     c.on('message', (_t, payload, packet) => replies.push({ body: json(payload), corr: packet.properties?.correlationData as Buffer | undefined }));
@@ -270,7 +260,7 @@ describe('cancelling an answer over MQTT', () => {
   it('stops a running answer (partial text, finish_reason cancelled) and a waiting one (cancelled error)', async () => {
     const { root, watcher } = await startDaemon({ model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 8192 } });
     await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && (json(x.payload).engine as { state: string }).state === 'ready'), 60_000);
-    const c = await mqtt.connectAsync(broker.url);
+    const c = await mqtt.connectAsync(shared.broker.url);
     cleanups.push(() => c.endAsync(true).then(() => undefined));
     // `long` runs (thousands of tokens), `queued` waits behind it; both are cancelled once `long` streams.
     await c.publishAsync(`${root}/ask`, JSON.stringify({ id: 'long', text: 'Tell a long story.', max_tokens: 8000, seed: 1 }), { qos: 1 });
@@ -328,7 +318,7 @@ describe('perch ha remove', () => {
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toContain(`ha-${id}/device/perch_${id}/config`);
     // A fresh subscriber finds no retained discovery for the device any more.
-    const late = await Collector.connect(broker.url, [`ha-${id}/#`]);
+    const late = await Collector.connect(shared.broker.url, [`ha-${id}/#`]);
     cleanups.push(() => late.close());
     await new Promise((r) => setTimeout(r, 500));
     expect(late.messages.filter((m) => m.payload.length > 0)).toEqual([]);

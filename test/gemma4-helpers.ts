@@ -41,7 +41,7 @@ export async function runChunk(
 }
 
 /** max |a - b| / max |b|: error relative to the reference's scale (element-wise ratios explode near 0). */
-export function relErr(a: Float32Array, b: Float32Array): number {
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
   let diff = 0;
   let scale = 0;

@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { relErr } from './gemma4-helpers.js';
 import { logMelFeatures, softTokenCount } from '../src/audio/features.js';
 import { checkpointWeightSource, convertCheckpoint } from '../src/model/convert.js';
 import { parseGemma4AudioConfig, type Gemma4AudioConfig } from '../src/model/gemma4/audio-config.js';
@@ -56,17 +57,6 @@ interface Clip extends ClipFacts {
   tokenMask: Uint8Array;
 }
 
-/** max |a - b| / max |b|: the error relative to the scale of the reference values. */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / scale;
-}
 
 /** The rows of `x` ([mask.length, width]) whose mask is set, in order (what transformers keeps). */
 function validRows(x: Float32Array, mask: ArrayLike<number>, width: number): Float32Array {

@@ -4,26 +4,16 @@
  * results the broker refuses anyway become dead letters instead of blocking the outbox, replies cannot
  * be aimed at Home Assistant or other Perch roots, and a request is acted on once per id.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import mqtt, { type MqttClient } from 'mqtt';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { DaemonProcess } from './daemon-helpers.js';
-import { Collector, Mosquitto, tempDir } from './mqtt-helpers.js';
+import { Collector, Mosquitto, privateBrokerForFile, tempDir } from './mqtt-helpers.js';
 
-let broker: Mosquitto;
+const shared = privateBrokerForFile();
+const cleanups = shared.cleanups;
 let seq = 0;
-const cleanups: Array<() => Promise<void> | void> = [];
-
-beforeAll(async () => {
-  broker = await Mosquitto.start();
-});
-afterAll(async () => {
-  await broker.close();
-});
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
 
 const json = (b: Buffer) => JSON.parse(b.toString()) as Record<string, unknown>;
 /** Where test clients want their replies: outside perch/ and the discovery prefix. */
@@ -94,7 +84,7 @@ function plantOutboxMessage(stateDir: string, seqNo: number, topic: string, payl
 
 describe('topics from the network', () => {
   it('refuses reply_to and responseTopic values Mosquitto would drop Perch for, and keeps delivering', async () => {
-    const s = await startDaemon(broker);
+    const s = await startDaemon(shared.broker);
     // Control characters, DEL, C1, noncharacters, a lone surrogate: each one would cost the connection.
     const bad = ['my/\u0001x', 'my/\u007f', 'my/\u0085', 'my/\ufdd0', 'my/\uffff', 'my/\u{10ffff}', 'my/\ud800'];
     for (const [i, topic] of bad.entries()) {
@@ -106,7 +96,7 @@ describe('topics from the network', () => {
   });
 
   it('refuses an image_topic Mosquitto would drop Perch for (no subscribe, no reconnect loop)', async () => {
-    const s = await startDaemon(broker);
+    const s = await startDaemon(shared.broker);
     await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id: 'bad-img', text: 'What is on it?', image_topic: 'cam/\u0001x', reply_to: REPLIES }), { qos: 1 });
     await s.watcher.waitFor(() => repliesOf(s).some((r) => r.id === 'bad-img'));
     expect(repliesOf(s).find((r) => r.id === 'bad-img')).toMatchObject({ error: { code: 'invalid_request', message: expect.stringMatching(/^image_topic: /) } });
@@ -116,7 +106,7 @@ describe('topics from the network', () => {
   });
 
   it("refuses replies into Home Assistant's discovery prefix and status topic and into other Perch roots", async () => {
-    const s = await startDaemon(broker);
+    const s = await startDaemon(shared.broker);
     const targets = [`ha-${s.id}/device/x/config`, `ha-${s.id}/status`, 'perch/other/listening/set', 'perch/other/answer'];
     for (const [i, topic] of targets.entries()) {
       await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id: `aim-${i}`, text: 'Hi', reply_to: topic }), { qos: 1 });
@@ -131,7 +121,7 @@ describe('topics from the network', () => {
   });
 
   it('acts on a request once per id and reply address, however often it arrives', async () => {
-    const s = await startDaemon(broker);
+    const s = await startDaemon(shared.broker);
     const req = JSON.stringify({ id: 'twice', text: 'Hi', reply_to: REPLIES });
     for (let i = 0; i < 3; i++) await s.client.publishAsync(`${s.root}/ask`, req, { qos: 1 });
     // Another requester with the same id is a different request.
@@ -144,7 +134,7 @@ describe('topics from the network', () => {
 
 describe('results the broker refuses', () => {
   it('sets aside a persisted message with an invalid topic (dead letter, error, stats) and delivers the rest', async () => {
-    const s = await startDaemon(broker, (dir) => {
+    const s = await startDaemon(shared.broker, (dir) => {
       plantOutboxMessage(dir, 1, 'my/\u0001x', Buffer.from(JSON.stringify({ v: 1, id: 'dead-1', text: 'lost' })));
       plantOutboxMessage(dir, 2, REPLIES, Buffer.from(JSON.stringify({ v: 1, id: 'queued-2', text: 'kept' })));
     });

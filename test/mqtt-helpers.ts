@@ -1,3 +1,4 @@
+import { afterAll, afterEach, beforeAll } from 'vitest';
 /**
  * Test helpers for the MQTT tests: a private Mosquitto we can stop and restart, an in-process aedes
  * broker (MQTT 3.1.1 only), free ports and a collecting subscriber.
@@ -177,4 +178,29 @@ let counter = 0;
 /** A topic root no other test (or earlier run against the system broker) uses. */
 export function uniqueRoot(): string {
   return `perch-test/${process.pid}-${Date.now().toString(36)}-${counter++}`;
+}
+
+/**
+ * One private Mosquitto for all the tests of a file, and cleanups run (last first) after each test: registers
+ * the vitest hooks. Read `broker` inside tests and hooks (it is started in beforeAll).
+ */
+export function privateBrokerForFile(): { readonly broker: Mosquitto; cleanups: Array<() => Promise<void> | void> } {
+  let broker: Mosquitto | undefined;
+  const cleanups: Array<() => Promise<void> | void> = [];
+  beforeAll(async () => {
+    broker = await Mosquitto.start();
+  });
+  afterAll(async () => {
+    await broker?.close();
+  });
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+  return {
+    get broker(): Mosquitto {
+      if (!broker) throw new Error('the private broker starts in beforeAll');
+      return broker;
+    },
+    cleanups,
+  };
 }
