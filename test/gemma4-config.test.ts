@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { Gemma4ConfigError, e2bConfig, layerInfos, parseGemma4TextConfig, tinyConfig, toTextConfigJson } from '../src/model/gemma4/config.js';
+import { Gemma4ConfigError, e2bConfig, layerInfos, parseGemma4TextConfig, tinyConfig } from '../src/model/gemma4/config.js';
+import { toTextConfigJson } from '../src/model/gemma4/config-json.js';
 import { cacheSlots } from '../src/model/gemma4/decoder-graph.js';
 import { MULTIMODAL_TEXT_PREFIX, TEXT_ONLY_PREFIX, checkWeightShapes, detectTextPrefix, layerName, randomWeightSource, textTensorTable } from '../src/model/gemma4/weights.js';
 
@@ -95,5 +96,33 @@ describe('gemma4 weights table', () => {
     expect(detectTextPrefix(['x', 'model.language_model.embed_tokens.weight'])).toBe(MULTIMODAL_TEXT_PREFIX);
     expect(detectTextPrefix(['model.embed_tokens.weight'])).toBe(TEXT_ONLY_PREFIX);
     expect(() => detectTextPrefix(['lm_head.weight'])).toThrow(/no Gemma 4 text embedding/);
+  });
+});
+
+describe('per_layer_config (how transformers 5.x save_pretrained writes full layers\' head dim)', () => {
+  const base = (): Record<string, unknown> => {
+    const t = toTextConfigJson(tinyConfig());
+    delete t.global_head_dim;
+    return t;
+  };
+  it('reads the head dim of the full layers from it', () => {
+    const t = { ...base(), per_layer_config: { '2': { head_dim: 48 }, '5': { head_dim: 48 } } };
+    expect(parseGemma4TextConfig(t).globalHeadDim).toBe(48);
+    expect(layerInfos(parseGemma4TextConfig(t)).filter((l) => !l.sliding).map((l) => l.headDim)).toEqual([48, 48]);
+  });
+  it('refuses what it cannot build rather than flattening it', () => {
+    const bad = (plc: unknown): string => {
+      try {
+        parseGemma4TextConfig({ ...base(), per_layer_config: plc });
+        return 'accepted';
+      } catch (e) {
+        return (e as Error).message;
+      }
+    };
+    expect(bad({ '2': { head_dim: 48 } })).toMatch(/some full layers only/);
+    expect(bad({ '2': { head_dim: 48 }, '5': { head_dim: 64 } })).toMatch(/different head dims/);
+    expect(bad({ '0': { head_dim: 48 } })).toMatch(/sliding layer 0/);
+    expect(bad({ '2': { num_key_value_heads: 2 }, '5': { head_dim: 48 } })).toMatch(/only head_dim is supported/);
+    expect(bad({ '9': { head_dim: 48 } })).toMatch(/not a layer index/);
   });
 });

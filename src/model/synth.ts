@@ -6,7 +6,8 @@
  */
 import { e2bAudioConfig, parseGemma4AudioConfig, tinyAudioConfig, toAudioConfigJson } from './gemma4/audio-config.js';
 import { AUDIO_TOWER_PREFIX, EMBED_AUDIO_PREFIX, syntheticAudioWeightSource } from './gemma4/audio-weights.js';
-import { e2bConfig, tinyConfig, toTextConfigJson, type Gemma4TextConfig } from './gemma4/config.js';
+import { e2bConfig, tinyConfig, type Gemma4TextConfig } from './gemma4/config.js';
+import { toTextConfigJson } from './gemma4/config-json.js';
 import { e2bVisionConfig, parseGemma4VisionConfig, tinyVisionConfig, toVisionConfigJson } from './gemma4/vision-config.js';
 import { EMBED_VISION_PREFIX, VISION_TOWER_PREFIX, syntheticVisionWeightSource } from './gemma4/vision-weights.js';
 import { MULTIMODAL_TEXT_PREFIX, seededRandom, tensorSeed, textTensorTable, type TensorSpec, type WeightSource } from './gemma4/weights.js';
