@@ -190,6 +190,31 @@ function globalHeadDim(t: Json, layerTypes: LayerType[]): number {
   return dims.size ? [...dims][0]! : int(t, 'head_dim', 256);
 }
 
+/** The one activation both Gemmas use; anything else is refused by name. */
+function checkActivation(t: Json): void {
+  const act = t.hidden_activation ?? 'gelu_pytorch_tanh';
+  if (act !== 'gelu_pytorch_tanh') throw new Gemma4ConfigError(`text config: hidden_activation "${String(act)}" is not supported`);
+}
+
+/** layer_types as given, or the default pattern: every `pattern`-th layer full, the rest sliding. */
+function parseLayerTypes(t: Json, count: number, pattern: number): LayerType[] {
+  if (t.layer_types === undefined || t.layer_types === null) {
+    return Array.from({ length: count }, (_, i) => ((i + 1) % pattern ? 'sliding_attention' : 'full_attention'));
+  }
+  if (!Array.isArray(t.layer_types)) throw new Gemma4ConfigError('text config: layer_types must be an array');
+  return t.layer_types.map((x, i) => {
+    if (x !== 'sliding_attention' && x !== 'full_attention') {
+      throw new Gemma4ConfigError(`text config: layer_types[${i}] "${String(x)}" is not sliding_attention/full_attention`);
+    }
+    return x;
+  });
+}
+
+/** A number that may be absent or null (e.g. final_logit_softcapping): null then. */
+function numOrNull(obj: Json, key: string): number | null {
+  return obj[key] === undefined || obj[key] === null ? null : num(obj, key);
+}
+
 /**
  * Parses the text part of a Gemma 4 config.json: either a Gemma4TextConfig object or the multimodal
  * Gemma4Config holding it under "text_config". Throws Gemma4ConfigError with the offending key.
@@ -205,22 +230,10 @@ export function parseGemma4TextConfig(json: unknown): Gemma4TextConfig {
   if (t.attention_k_eq_v === true) throw new Gemma4ConfigError('text config: attention_k_eq_v is not supported');
   const bidi = t.use_bidirectional_attention;
   if (bidi === 'all') throw new Gemma4ConfigError('text config: use_bidirectional_attention "all" is not supported');
-  const act = t.hidden_activation ?? 'gelu_pytorch_tanh';
-  if (act !== 'gelu_pytorch_tanh') throw new Gemma4ConfigError(`text config: hidden_activation "${String(act)}" is not supported`);
+  checkActivation(t);
 
   const numHiddenLayers = int(t, 'num_hidden_layers');
-  let layerTypes: LayerType[];
-  if (t.layer_types === undefined || t.layer_types === null) {
-    layerTypes = Array.from({ length: numHiddenLayers }, (_, i) => ((i + 1) % 6 ? 'sliding_attention' : 'full_attention'));
-  } else {
-    if (!Array.isArray(t.layer_types)) throw new Gemma4ConfigError('text config: layer_types must be an array');
-    layerTypes = t.layer_types.map((x, i) => {
-      if (x !== 'sliding_attention' && x !== 'full_attention') {
-        throw new Gemma4ConfigError(`text config: layer_types[${i}] "${String(x)}" is not sliding_attention/full_attention`);
-      }
-      return x;
-    });
-  }
+  const layerTypes = parseLayerTypes(t, numHiddenLayers, 6);
   // transformers forces the last layer to full attention; do the same so both agree.
   if (layerTypes.length > 0) layerTypes[layerTypes.length - 1] = 'full_attention';
 
@@ -228,7 +241,6 @@ export function parseGemma4TextConfig(json: unknown): Gemma4TextConfig {
   if (ropeRaw !== undefined && ropeRaw !== null && !isObject(ropeRaw)) {
     throw new Gemma4ConfigError('text config: rope_parameters must be an object keyed by layer type');
   }
-  const softcap = t.final_logit_softcapping;
   const cfg: Gemma4TextConfig = {
     vocabSize: int(t, 'vocab_size', 262_144),
     hiddenSize: int(t, 'hidden_size'),
@@ -248,7 +260,7 @@ export function parseGemma4TextConfig(json: unknown): Gemma4TextConfig {
     useDoubleWideMlp: bool(t, 'use_double_wide_mlp', false),
     hiddenSizePerLayerInput: int(t, 'hidden_size_per_layer_input', 256),
     vocabSizePerLayerInput: int(t, 'vocab_size_per_layer_input', 262_144),
-    finalLogitSoftcapping: softcap === undefined || softcap === null ? null : num(t, 'final_logit_softcapping'),
+    finalLogitSoftcapping: numOrNull(t, 'final_logit_softcapping'),
     rmsNormEps: num(t, 'rms_norm_eps', 1e-6),
     tieWordEmbeddings: bool(isObject(json.text_config) ? json : t, 'tie_word_embeddings', true),
     ...GEMMA4_SWITCHES,
@@ -264,27 +276,19 @@ export function parseGemma4TextConfig(json: unknown): Gemma4TextConfig {
  * as (1 + w), no per-layer embeddings, no KV sharing, no layer scalars.
  */
 function parseGemma3TextConfig(json: Json, t: Json): Gemma4TextConfig {
-  const act = t.hidden_activation ?? 'gelu_pytorch_tanh';
-  if (act !== 'gelu_pytorch_tanh') throw new Gemma4ConfigError(`text config: hidden_activation "${String(act)}" is not supported`);
+  checkActivation(t);
   if (t.attn_logit_softcapping !== undefined && t.attn_logit_softcapping !== null) {
     throw new Gemma4ConfigError('text config: attn_logit_softcapping is not supported');
   }
   if (t.use_bidirectional_attention === true) throw new Gemma4ConfigError('text config: use_bidirectional_attention is not supported');
   const numHiddenLayers = int(t, 'num_hidden_layers');
-  const pattern = int(t, 'sliding_window_pattern', int(t, '_sliding_window_pattern', 6));
-  const layerTypes: LayerType[] = Array.isArray(t.layer_types)
-    ? t.layer_types.map((x, i) => {
-        if (x !== 'sliding_attention' && x !== 'full_attention') throw new Gemma4ConfigError(`text config: layer_types[${i}] "${String(x)}" is not sliding_attention/full_attention`);
-        return x;
-      })
-    : Array.from({ length: numHiddenLayers }, (_, i) => ((i + 1) % pattern ? 'sliding_attention' : 'full_attention'));
+  const layerTypes = parseLayerTypes(t, numHiddenLayers, int(t, 'sliding_window_pattern', int(t, '_sliding_window_pattern', 6)));
   const ropeRaw = isObject(t.rope_parameters) ? t.rope_parameters : {};
   const legacy: Record<LayerType, Json> = {
     sliding_attention: { rope_type: 'default', rope_theta: t.rope_local_base_freq ?? 10_000 },
     full_attention: { rope_type: 'default', rope_theta: t.rope_theta ?? 1_000_000 },
   };
   const rope = (type: LayerType): RopeParams => parseRope(ropeRaw[type] ?? legacy[type], type);
-  const softcap = t.final_logit_softcapping;
   const headDim = int(t, 'head_dim', 256);
   const cfg: Gemma4TextConfig = {
     vocabSize: int(t, 'vocab_size', 262_208),
@@ -302,7 +306,7 @@ function parseGemma3TextConfig(json: Json, t: Json): Gemma4TextConfig {
     useDoubleWideMlp: false,
     hiddenSizePerLayerInput: 0,
     vocabSizePerLayerInput: 0,
-    finalLogitSoftcapping: softcap === undefined || softcap === null ? null : num(t, 'final_logit_softcapping'),
+    finalLogitSoftcapping: numOrNull(t, 'final_logit_softcapping'),
     rmsNormEps: num(t, 'rms_norm_eps', 1e-6),
     tieWordEmbeddings: bool(isObject(json.text_config) ? json : t, 'tie_word_embeddings', true),
     family: 'gemma3',
