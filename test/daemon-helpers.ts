@@ -4,7 +4,6 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
-import { Collector } from './mqtt-helpers.js';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const SAMPLES = path.join(REPO, 'config', 'samples');
@@ -46,26 +45,4 @@ export class DaemonProcess {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
     await this.exited().catch(() => undefined);
   }
-}
-
-/**
- * `perch run` on `config` (written into `dir`), watched by a client subscribed to `<topicRoot>/#` that connects
- * first, so it sees everything; resolves once the daemon says online. Its cleanup (kill, close, remove `dir`)
- * goes onto `cleanups`.
- */
-export async function startWatchedDaemon(
-  cleanups: Array<() => Promise<void> | void>,
-  o: { brokerUrl: string; topicRoot: string; dir: { dir: string; cleanup(): void }; config: unknown },
-): Promise<{ daemon: DaemonProcess; watcher: Collector }> {
-  const watcher = await Collector.connect(o.brokerUrl, [`${o.topicRoot}/#`]);
-  const daemon = DaemonProcess.start(o.dir.dir, o.config);
-  cleanups.push(async () => {
-    await daemon.kill();
-    await watcher.close();
-    o.dir.cleanup();
-  });
-  await watcher.waitFor((m) => m.some((x) => x.topic === `${o.topicRoot}/status` && x.payload.toString() === 'online'), 20_000).catch((err: Error) => {
-    throw new Error(`${err.message}\ndaemon log:\n${daemon.log().slice(-6000)}`);
-  });
-  return { daemon, watcher };
 }

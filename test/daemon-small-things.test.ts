@@ -5,8 +5,8 @@
  */
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { SAMPLES, startWatchedDaemon } from './daemon-helpers.js';
-import { tempDir, uniqueRoot } from './mqtt-helpers.js';
+import { DaemonProcess, SAMPLES } from './daemon-helpers.js';
+import { Collector, tempDir, uniqueRoot } from './mqtt-helpers.js';
 import { BROKER, makeSeeingPackage, startSeeingDaemon } from './seeing-helpers.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -36,7 +36,14 @@ async function startPlainDaemon() {
     model: { dir: path.join(tmp.dir, 'no-model') },
     audio: { enabled: true, source: { type: 'wav', path: path.join(SAMPLES, 'speech.wav'), realtime: true, loop: true } },
   };
-  const { daemon, watcher } = await startWatchedDaemon(cleanups, { brokerUrl: BROKER, topicRoot, dir: tmp, config });
+  const watcher = await Collector.connect(BROKER, [`${topicRoot}/#`]);
+  const daemon = DaemonProcess.start(tmp.dir, config);
+  cleanups.push(async () => {
+    await daemon.kill();
+    await watcher.close();
+    tmp.cleanup();
+  });
+  await watcher.waitFor((m) => m.some((x) => x.topic === `${topicRoot}/status` && x.payload.toString() === 'online'), 20_000);
   return { topicRoot, daemon, watcher };
 }
 

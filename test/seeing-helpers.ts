@@ -8,8 +8,8 @@ import { PACKAGE_FILES } from '../src/model/package/manifest.js';
 import { synthPackage } from '../src/model/synth.js';
 import { captionSchema, cameraEventSchema, type CameraEventMessage, type CaptionMessage } from '../src/mqtt/messages.js';
 import { SEED } from './engine-helpers.js';
-import { REPO, startWatchedDaemon } from './daemon-helpers.js';
-import { tempDir, uniqueRoot } from './mqtt-helpers.js';
+import { DaemonProcess, REPO } from './daemon-helpers.js';
+import { Collector, tempDir, uniqueRoot } from './mqtt-helpers.js';
 
 export const FRAMES = join(REPO, 'config', 'samples', 'frames');
 export const frame = (n: number): Buffer => readFileSync(join(FRAMES, `frame-0${n}.jpg`));
@@ -62,7 +62,13 @@ export async function startSeeingDaemon(cleanups: Array<() => Promise<void> | vo
       },
     ],
   };
-  const { daemon, watcher } = await startWatchedDaemon(cleanups, { brokerUrl: BROKER, topicRoot, dir: tmp, config });
+  const watcher = await Collector.connect(BROKER, [`${topicRoot}/#`]);
+  const daemon = DaemonProcess.start(tmp.dir, config);
+  cleanups.push(async () => {
+    await daemon.kill();
+    await watcher.close();
+    tmp.cleanup();
+  });
   const json = (payload: Buffer): unknown => JSON.parse(payload.toString());
   const t = `${topicRoot}/camera/yard`;
   const events = (): CameraEventMessage[] => watcher.on(`${t}/event`).map((m) => cameraEventSchema.parse(json(m.payload)));
@@ -71,5 +77,6 @@ export async function startSeeingDaemon(cleanups: Array<() => Promise<void> | vo
     watcher.waitFor(() => events().some((e) => e.type === 'end'), over.endTimeoutMs ?? 40_000).catch((err: Error) => {
       throw new Error(`${err.message}\ndaemon log:\n${daemon.log().slice(-6000)}`);
     });
+  await watcher.waitFor((m) => m.some((x) => x.topic === `${topicRoot}/status` && x.payload.toString() === 'online'), 20_000);
   return { topicRoot, t, daemon, watcher, events, captions, waitForEnd };
 }
