@@ -10,7 +10,7 @@ import { quantPolicyFor } from '../src/model/package/manifest.js';
 import { synthPackage } from '../src/model/synth.js';
 import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
 import { perch } from './cli-helpers.js';
-import { makeTinyPackage, tempRoot } from './engine-helpers.js';
+import { makeTinyPackage, tempRoot, writeTinyCheckpoint } from './engine-helpers.js';
 
 let root: string;
 let pkg: string;
@@ -45,6 +45,25 @@ describe('perch commands report what happened', () => {
     // A package that suits the CPU says nothing of the kind.
     const fine = await perch('model', 'verify', '--quick', pkg);
     expect(fine.stderr).not.toMatch(/int8/);
+  });
+
+  it('a pi4 package on a CPU with int8 dot products is announced, naming pi5', async () => {
+    expect(await ortRunsInt8Activations(2, 128)).toBe(true); // the premise: this x86-64 build machine has the int8 path
+    const pi4 = join(root, 'pi4');
+    await synthPackage({ preset: 'tiny', outDir: pi4, seed: 3, encoders: false, profile: 'pi4' });
+    const verify = await perch('model', 'verify', '--quick', pi4);
+    expect(verify.code).toBe(0);
+    expect(verify.stderr).toMatch(/warning: this package's int8-channel linears .* 'pi5' profile/);
+  });
+
+  it('convert without --profile picks the profile this CPU runs best and says why', async () => {
+    const ckpt = join(root, 'ckpt');
+    await writeTinyCheckpoint(ckpt);
+    const out = join(root, 'converted');
+    const r = await perch('model', 'convert', '--from', ckpt, '--out', out);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/profile pi5: this CPU runs 2-bit linears with int8 activations \(avx2 present\)/);
+    expect(r.stdout).toContain('profile pi5');
   });
 
   it('--json failures are one JSON object on stdout', async () => {

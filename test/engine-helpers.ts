@@ -1,18 +1,21 @@
 /** Shared helpers for the engine tests: a tiny synthetic package and a reference on the same (dequantised) weights. */
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Gemma4TextConfig } from '../src/model/gemma4/config.js';
 import { dequantisedWeightSource } from '../src/model/gemma4/quantize.js';
 import { Gemma4Reference } from '../src/model/gemma4/reference.js';
-import { MULTIMODAL_TEXT_PREFIX, type WeightSource, globalName } from '../src/model/gemma4/weights.js';
+import { MULTIMODAL_TEXT_PREFIX, type WeightSource, globalName, textTensorTable } from '../src/model/gemma4/weights.js';
 import { graphPolicy } from '../src/model/package/build.js';
 import { MANIFEST_FILE, PACKAGE_FILES, type Manifest } from '../src/model/package/manifest.js';
 import { hashFile } from '../src/model/package/writer.js';
 import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
 import { type DecoderGraphOptions, writeDecoderModel } from '../src/model/gemma4/decoder-graph.js';
 import { PlePager } from '../src/model/ple/pager.js';
-import { presetConfig, synthPackage, syntheticWeightSource } from '../src/model/synth.js';
+import { dequantizeInt8Channels, quantizeInt8Channels } from '../src/model/quant.js';
+import { synthTokenizerFiles } from '../src/model/package/synth-tokenizer.js';
+import { type TensorToWrite, writeShardedCheckpoint } from '../src/model/safetensors.js';
+import { presetConfig, synthConfigJson, synthPackage, syntheticWeightSource } from '../src/model/synth.js';
 
 export const SEED = 5;
 
@@ -47,6 +50,13 @@ export async function referenceFor(dir: string, manifest: Manifest, cfg: Gemma4T
   const pleName = globalName('ple_table', MULTIMODAL_TEXT_PREFIX);
   const src: WeightSource = { shape: (n) => deq.shape(n), get: async (n) => (n === pleName ? ple : deq.get(n)) };
   const lin = manifest.quantisation.linear;
+  if (lin?.kernel === 'int8-channels') {
+    // pi4: per-row int8 activations in every Linear, and the LM head its own int8 matrix when the manifest says so.
+    const untied = manifest.quantisation.embedding?.lm_head === 'int8-channels';
+    const embed = untied ? await base.get(globalName('embed', MULTIMODAL_TEXT_PREFIX)) : null;
+    const lmHead = embed ? dequantizeInt8Channels(quantizeInt8Channels(embed, cfg.vocabSize, cfg.hiddenSize)) : undefined;
+    return Gemma4Reference.load(cfg, src, { int8RowActivations: true, lmHead });
+  }
   const int8 = lin && lin.accuracy_level === 4 && (opts.int8Activations ?? (await ortRunsInt8Activations(lin.bits, lin.block_size)));
   const int8ActivationBlock = int8 ? lin.block_size : undefined;
   return Gemma4Reference.load(cfg, src, { int8ActivationBlock });
@@ -71,4 +81,16 @@ export async function rebuildDecoder(base: string, manifest: Manifest, cfg: Gemm
   for (const f of m.files) if (f.role === 'decoder-graph' || f.role === 'decoder-weights') Object.assign(f, await hashFile(join(dir, f.path)));
   writeFileSync(join(dir, MANIFEST_FILE), JSON.stringify(m, null, 2));
   return dir;
+}
+
+/** An official-layout checkpoint of the tiny text model (synthetic weights, bf16, no encoders) for `perch model convert`. */
+export async function writeTinyCheckpoint(dir: string): Promise<void> {
+  const cfg = presetConfig('tiny');
+  const src = syntheticWeightSource(cfg, SEED);
+  const tensors: TensorToWrite[] = [];
+  for (const t of textTensorTable(cfg, MULTIMODAL_TEXT_PREFIX)) tensors.push({ name: t.name, dtype: 'BF16', shape: t.shape, data: await src.get(t.name) });
+  mkdirSync(dir, { recursive: true });
+  writeShardedCheckpoint(dir, tensors, 1 << 20);
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(synthConfigJson(cfg, false), null, 2));
+  writeFileSync(join(dir, 'tokenizer.json'), synthTokenizerFiles(cfg.vocabSize).tokenizerJson);
 }

@@ -135,14 +135,16 @@ describe('mixed 2/4-bit policy by measured error', () => {
     expect(m.quantisation.embedding).toEqual({ bits: 4, block_size: 64 });
   });
 
-  it('--profile pi4 keeps every linear at 4 bits (no measurement pass, no decisions)', async () => {
+  it('--profile pi4 puts every linear and the LM head on int8 channels (no measurement pass, no decisions)', async () => {
     const out = join(root, 'pkg-pi4');
     const m = await convertCheckpoint({ from: ckptDir, outDir: out, profile: 'pi4' });
     expect(m.quantisation.tensors).toBeUndefined();
+    expect(m.quantisation.linear).toMatchObject({ bits: 8, kernel: 'int8-channels' });
+    expect(m.quantisation.embedding).toMatchObject({ bits: 4, lm_head: 'int8-channels' });
     const nodes = graphNodes(out);
-    const bits = nodes.filter((n) => n.opType === 'MatMulNBits').map((n) => Number(n.attribute?.find((a) => a.name === 'bits')?.i));
-    expect(bits.length).toBe(textTensorTable(cfg).filter((t) => t.kind === 'linear').length + 1); // + LM head
-    expect(new Set(bits)).toEqual(new Set([4]));
+    expect(nodes.filter((n) => n.opType === 'MatMulNBits')).toEqual([]);
+    const int8 = nodes.filter((n) => n.opType === 'MatMulInteger');
+    expect(int8.length).toBe(textTensorTable(cfg).filter((t) => t.kind === 'linear').length + 1); // + LM head
   });
 
   it('decidePromotions: worst first above the error ratio, skipping what does not fit the budget', () => {

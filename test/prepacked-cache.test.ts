@@ -8,20 +8,24 @@ import { PREPACKED_DATA_FILE, PREPACKED_MODEL_FILE, cacheKey, cpuSignature, defa
 import { DEFAULT_TUNING } from '../src/engine/session.js';
 import { GraphBuilder } from '../src/onnx/graph.js';
 import { realignExternalData } from '../src/onnx/realign.js';
-import { makeTinyPackage, tempRoot } from './engine-helpers.js';
+import { SEED, makeTinyPackage, tempRoot } from './engine-helpers.js';
+import { synthPackage } from '../src/model/synth.js';
 
 let root: string;
 let dir: string;
+let pi4Dir: string;
 const PROMPT = [2, 300, 41, 120, 77, 301, 302, 90, 91, 92, 200, 201];
 
 beforeAll(async () => {
   root = tempRoot('prepacked');
   ({ dir } = await makeTinyPackage(root));
-});
+  pi4Dir = join(root, 'pi4');
+  await synthPackage({ preset: 'tiny', outDir: pi4Dir, seed: SEED, encoders: false, profile: 'pi4' });
+}, 60_000);
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-async function logitsOf(cacheDir: string | null): Promise<{ logits: Float32Array[]; tokens: number[]; prepacked: string }> {
-  const engine = await Engine.load(dir, { threads: 1, contextTokens: 64, pleCacheMb: 1, prepackedCache: cacheDir ? { dir: cacheDir } : undefined });
+async function logitsOf(cacheDir: string | null, pkg = dir): Promise<{ logits: Float32Array[]; tokens: number[]; prepacked: string }> {
+  const engine = await Engine.load(pkg, { threads: 1, contextTokens: 64, pleCacheMb: 1, prepackedCache: cacheDir ? { dir: cacheDir } : undefined });
   try {
     const logits: Float32Array[] = [];
     const r = await engine.generate({ promptIds: PROMPT, maxTokens: 6, sampling: { temperature: 0 }, ignoreEos: true, onLogits: (l) => logits.push(l.slice()) });
@@ -53,6 +57,18 @@ describe('prepacked weight cache (2-bit and 4-bit MatMulNBits of the tiny pi5 pa
     expect(names).toHaveLength(1);
     expect(names[0]).toMatch(/^decoder-[0-9a-f]{20}$/);
     expect(JSON.parse(readFileSync(join(cacheDir, names[0]!, 'ready.json'), 'utf8')).source).toBe(join(dir, 'decoder.onnx'));
+  });
+
+  it('serves the pi4 package too (MatMulInteger int8 weights): built, reused, the same logits as the heap', async () => {
+    const cacheDir = join(root, 'cache-pi4');
+    const heap = await logitsOf(null, pi4Dir);
+    const first = await logitsOf(cacheDir, pi4Dir);
+    const again = await logitsOf(cacheDir, pi4Dir);
+    expect([heap.prepacked, first.prepacked, again.prepacked]).toEqual(['heap', 'built', 'cached']);
+    for (const [i, l] of heap.logits.entries()) {
+      expect(Array.from(first.logits[i]!)).toEqual(Array.from(l));
+      expect(Array.from(again.logits[i]!)).toEqual(Array.from(l));
+    }
   });
 
   it('an entry cut short is rebuilt at the next load', async () => {

@@ -11,7 +11,7 @@
  *   KL       mean over positions of KL(float || model) of the next-token distributions, nats
  *   top-1    share of positions whose most likely next token agrees with the float package's
  *   bpw      bits per weight over the linear + embedding weights: the bytes of every decoder initializer that
- *            a MatMulNBits / MatMul / Gemm / Gather(BlockQuantized) node consumes (packed weights, scales,
+ *            a MatMulNBits / MatMulInteger / MatMul / Gemm / Gather(BlockQuantized) node consumes (packed weights, scales,
  *            zero points; the tied embedding / LM head once) x 8 / the element count of the checkpoint's 2-D
  *            tensors (the seven linears of every layer and the embedding). Norms are not counted.
  * The float package's log-probs are streamed to <out>/float-logprobs.f32 (float32 little-endian
@@ -42,7 +42,7 @@ const USAGE = `usage: npm run quality -- --checkpoint DIR [options]
   --passage FILE       text (default test/fixtures/quality/passage.txt)
   --chunk N            tokens per chunk, bos included (default 512: the sliding window)
   --threads N          ONNX Runtime / llama.cpp threads (default 2)
-  --variants a,b       Perch variants (default all: ${'float,s8,r8,s4,r4,s2,r2,mixed'})
+  --variants a,b       Perch variants (default all: ${'float,s8,r8,pi4,s4,r4,s2,r2,mixed,...'})
   --gguf FILE          llama.cpp GGUF (Q4_K_M); Q2_K is requantised from it into --out
   --llama-python PATH  python with llama-cpp-python: runs reference/quality_llamacpp.py
 `;
@@ -66,8 +66,9 @@ export function qualityVariants(): Variant[] {
     { name: 'float', label: 'Perch float (reference)', policy: quantPolicyFor('float') },
     { name: 's8', label: 'Perch 8-bit, searched (linear b64, embedding 8-bit b64)', policy: { profile: 'pi4', linear: lin(8, 64, 'search'), embedding: { bits: 8, block_size: 64 }, ple: PLE } },
     { name: 'r8', label: 'Perch 8-bit, round-to-nearest (same layout)', policy: { profile: 'pi4', linear: lin(8, 64, 'rtn'), embedding: { bits: 8, block_size: 64 }, ple: PLE } },
-    { name: 's4', label: 'Perch 4-bit, searched (pi4: linear b64, embedding 4-bit b64)', policy: quantPolicyFor('pi4') },
-    { name: 'r4', label: 'Perch 4-bit, round-to-nearest (same layout)', policy: { ...quantPolicyFor('pi4'), linear: lin(4, 64, 'rtn') } },
+    { name: 'pi4', label: 'Perch pi4 (linears and LM head int8 channels, 7-bit codes; embedding 4-bit b64)', policy: quantPolicyFor('pi4') },
+    { name: 's4', label: 'Perch 4-bit, searched (linear b64, embedding 4-bit b64)', policy: { profile: 'pi4', linear: lin(4, 64, 'search'), embedding: { bits: 4, block_size: 64 }, ple: PLE } },
+    { name: 'r4', label: 'Perch 4-bit, round-to-nearest (same layout)', policy: { profile: 'pi4', linear: lin(4, 64, 'rtn'), embedding: { bits: 4, block_size: 64 }, ple: PLE } },
     { name: 's2', label: 'Perch 2-bit, searched (linear b128, embedding 4-bit b256)', policy: { profile: 'pi5', linear: lin(2, 128, 'search'), embedding: { bits: 4, block_size: 256 }, ple: PLE } },
     { name: 'r2', label: 'Perch 2-bit, round-to-nearest (same layout)', policy: { profile: 'pi5', linear: lin(2, 128, 'rtn'), embedding: { bits: 4, block_size: 256 }, ple: PLE } },
     { name: 'mixed', label: 'Perch mixed (pi5: 2-bit b128 searched, worst linears 4-bit, embedding 4-bit b256)', policy: quantPolicyFor('pi5') },
@@ -129,7 +130,7 @@ function graphFacts(onnxPath: string): GraphFacts {
       inits.set(t.name ?? '', { bytes: t.rawData?.length ?? 0, key: `embedded:${t.name}` });
     }
   }
-  const WEIGHT_OPS = new Set(['MatMulNBits', 'MatMul', 'Gemm', 'Gather', 'GatherBlockQuantized']);
+  const WEIGHT_OPS = new Set(['MatMulNBits', 'MatMulInteger', 'MatMul', 'Gemm', 'Gather', 'GatherBlockQuantized']);
   const counted = new Set<string>();
   let weightBytes = 0;
   for (const n of graph.node ?? []) {

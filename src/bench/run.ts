@@ -256,7 +256,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       // Last: its chain of weights is packed on the heap, outside what the figures above measure.
       let kernels: BenchResult['kernels'] = null;
       const q0 = engine.manifest.quantisation;
-      if (o.kernels && q0.linear) {
+      if (o.kernels && q0.linear && (q0.linear.kernel ?? 'matmul-nbits') === 'matmul-nbits') {
         say('MatMulNBits kernels alone');
         const lin = q0.linear;
         const cfg = engine.config;

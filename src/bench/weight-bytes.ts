@@ -2,7 +2,7 @@
  * Weight bytes read per decoded token, from a package's decoder graph and PLE file (not from a guess):
  *
  *   bytes/token = matmul + lmHead + pleRow
- *     matmul  = every initializer consumed by a MatMulNBits / MatMul / Gemm node of the decoder (packed
+ *     matmul  = every initializer consumed by a MatMulNBits / MatMulInteger / MatMul / Gemm node (packed
  *               weights, scales, zero points; float weights in a float package), the LM head excepted
  *     lmHead  = the LM head's initializers (names starting `lm_head`; tied: the same bytes as the embedding
  *               table, which the embedding Gather only touches one row of)
@@ -30,7 +30,7 @@ export interface WeightBytes {
   matmulNodes: number;
 }
 
-const MATMUL_OPS = new Set(['MatMulNBits', 'MatMul', 'Gemm']);
+const MATMUL_OPS = new Set(['MatMulNBits', 'MatMulInteger', 'MatMul', 'Gemm']);
 const GATHER_OPS = new Set(['Gather', 'GatherBlockQuantized']);
 
 /** Bytes per element by ONNX data type (float, uint8, int8, uint16, int16, int32, int64, bool, f16, double, ...). */

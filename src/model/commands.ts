@@ -9,7 +9,7 @@ import { convertCheckpoint } from './convert.js';
 import type { BuildPhase, BuildProgress } from './package/build.js';
 import { profiles, type Manifest, type Profile } from './package/manifest.js';
 import { formatProblems, verifyPackage } from './package/verify.js';
-import { profileMismatch } from '../engine/cpu-fit.js';
+import { profileForThisCpu, profileMismatch } from '../engine/cpu-fit.js';
 import { DEFAULT_REPO, pullModel } from './pull.js';
 import { synthPackage, type SynthPreset } from './synth.js';
 
@@ -58,6 +58,16 @@ async function withBar(dir: string, build: (onProgress: (p: BuildProgress) => vo
   }
 }
 
+const PROFILE_HELP = `quantisation profile: ${profiles.join(' | ')} (default: the one this CPU runs best, pi5 with int8 dot-product instructions, else pi4)`;
+
+/** The profile asked for, or the one this CPU suits, said on stderr so the choice is never silent. */
+async function chosenProfile(asked: Profile | undefined): Promise<Profile> {
+  if (asked) return asked;
+  const c = await profileForThisCpu();
+  process.stderr.write(`perch: profile ${c.profile}: ${c.reason} (--profile chooses another)\n`);
+  return c.profile;
+}
+
 export function registerModelCommands(program: Command): void {
   const model = program.command('model').description('Model packages: verify, build from a checkpoint, download, or synthesise for tests');
 
@@ -95,10 +105,11 @@ export function registerModelCommands(program: Command): void {
     .description('Convert an official Gemma 4 checkpoint directory (config.json, safetensors, tokenizer) into a package')
     .requiredOption('--from <dir>', 'checkpoint directory')
     .requiredOption('--out <dir>', 'output directory (must be empty or absent)')
-    .option('--profile <profile>', `quantisation profile: ${profiles.join(' | ')}`, choice<Profile>(profiles), 'pi5')
+    .option('--profile <profile>', PROFILE_HELP, choice<Profile>(profiles))
     .option('--logits <mode>', 'graph logits: last | all', choice(['last', 'all'] as const), 'last')
-    .action(async (opts: { from: string; out: string; profile: Profile; logits: 'last' | 'all' }) => {
-      await withBar(opts.out, (onProgress) => convertCheckpoint({ from: opts.from, outDir: opts.out, profile: opts.profile, logits: opts.logits, onProgress }));
+    .action(async (opts: { from: string; out: string; profile?: Profile; logits: 'last' | 'all' }) => {
+      const profile = await chosenProfile(opts.profile);
+      await withBar(opts.out, (onProgress) => convertCheckpoint({ from: opts.from, outDir: opts.out, profile, logits: opts.logits, onProgress }));
     });
 
   model
@@ -108,8 +119,9 @@ export function registerModelCommands(program: Command): void {
     .option('--repo <id>', 'Hugging Face repository', DEFAULT_REPO)
     .option('--revision <rev>', 'branch, tag or commit', 'main')
     .option('--cache <dir>', 'where the checkpoint is downloaded (default: <out>.download)')
-    .option('--profile <profile>', `quantisation profile: ${profiles.join(' | ')}`, choice<Profile>(profiles), 'pi5')
-    .action(async (opts: { out: string; repo: string; revision: string; cache?: string; profile: Profile }) => {
+    .option('--profile <profile>', PROFILE_HELP, choice<Profile>(profiles))
+    .action(async (opts: { out: string; repo: string; revision: string; cache?: string; profile?: Profile }) => {
+      const profile = await chosenProfile(opts.profile);
       const cacheDir = opts.cache ?? `${opts.out}.download`;
       let last = '';
       await withBar(opts.out, (onProgress) =>
@@ -118,7 +130,7 @@ export function registerModelCommands(program: Command): void {
           revision: opts.revision,
           cacheDir,
           outDir: opts.out,
-          profile: opts.profile,
+          profile,
           onDownload: (file, done, total) => {
             const line = `${file}: ${Math.floor((100 * done) / Math.max(1, total))}%`;
             if (line !== last && process.stderr.isTTY) process.stderr.write(`\r${line}   `);

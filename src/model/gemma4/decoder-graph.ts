@@ -24,7 +24,7 @@
  */
 import { GraphBuilder, type SaveResult } from '../../onnx/graph.js';
 import { type Gemma4TextConfig, type LayerInfo, type LayerType, hasPle, layerInfos } from './config.js';
-import { type QuantizedMatrix, concatQuantized } from '../quant.js';
+import { type Int8ChannelMatrix, type QuantizedMatrix, concatQuantized, quantizeInt8Channels } from '../quant.js';
 import { type LinearWeight, type QuantInits, Ops } from './graph-ops.js';
 import {
   type GlobalRole,
@@ -37,7 +37,7 @@ import {
   layerName,
   textTensorTable,
 } from './weights.js';
-import { type EmbeddingQuant, type QuantPolicy, quantizeEmbedding, quantizeLinear } from './quantize.js';
+import { type EmbeddingQuant, type QuantPolicy, quantizeEmbedding, quantizeLinearFor } from './quantize.js';
 
 export interface DecoderGraphOptions {
   /** 'last': logits only for the last position (decode / end of prefill). Default 'all'. */
@@ -206,7 +206,9 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
   if (logitsMode === 'last') h = ops.op('Slice', [h, ops.i64([-1]), ops.i64([Number.MAX_SAFE_INTEGER]), ops.i64([1])]);
   h = ops.rmsNorm(h, 'norm', await normScale(gName('final_norm')), eps);
   let logits: string;
-  if (embedQ) {
+  if (embedQ && quant!.embedding!.lmHead === 'int8-channels') {
+    logits = ops.int8Linear(h, 'lm_head', await int8LmHead(src, gName('embed'), cfg.vocabSize, H, opts.embedChunkRows ?? EMBED_CHUNK_ROWS));
+  } else if (embedQ) {
     logits = ops.linearFromTable(h, 'lm_head', embedQ.q, embedQ.inits, quant!.embedding!.accuracyLevel);
   } else {
     // Float mode: share the table's bytes when streamed, transpose in-graph (ORT folds it at load).
@@ -316,6 +318,23 @@ function streamsWeights(b: GraphBuilder): boolean {
   }
 }
 
+/**
+ * The embedding table as an untied int8 LM head ([hidden, vocab] codes, one scale per vocabulary row), read
+ * in row chunks when the source can (E2B's table is 1.6 GB as float32; the codes are a quarter of that).
+ */
+async function int8LmHead(src: WeightSource, name: string, vocab: number, hidden: number, chunkRows: number): Promise<Int8ChannelMatrix> {
+  if (!src.getRows) return quantizeInt8Channels(await src.get(name), vocab, hidden);
+  const codes = new Int8Array(hidden * vocab);
+  const scales = new Float32Array(vocab);
+  for (let start = 0; start < vocab; start += chunkRows) {
+    const count = Math.min(chunkRows, vocab - start);
+    const part = quantizeInt8Channels(await src.getRows(name, start, count), count, hidden);
+    scales.set(part.scales, start);
+    for (let c = 0; c < hidden; c++) codes.set(part.codes.subarray(c * count, (c + 1) * count), c * vocab + start);
+  }
+  return { n: vocab, k: hidden, codes, scales };
+}
+
 /** Rows of the embedding table quantised per chunk (rows are independent: the bytes equal a whole-table quantisation); 50 MB of float32 at E2B's width. */
 const EMBED_CHUNK_ROWS = 8192;
 
@@ -366,7 +385,8 @@ async function linearWeight(spec: TensorSpec, w: Float32Array, quant: QuantPolic
   const [n, k] = spec.shape as [number, number];
   const lq = quant?.linear(spec) ?? null;
   if (!lq) return { kind: 'float', n, k, w };
-  return { kind: 'nbits', packed: quantizeLinear(w, n, k, lq), accuracyLevel: lq.accuracyLevel };
+  const r = quantizeLinearFor(w, n, k, lq);
+  return r.kind === 'int8' ? { kind: 'int8', matrix: r.q } : { kind: 'nbits', packed: r.q, accuracyLevel: lq.accuracyLevel };
 }
 
 /** Writes decoder.onnx + one external-data file into `dir` (streaming: weights go to disk as they are added). */

@@ -1,7 +1,15 @@
 /**
  * Quantisation policy for the decoder graph, over H6's MatMulNBits / GatherBlockQuantized quantisers.
  */
-import { type QuantizedMatrix, dequantizeMatMulNBits, quantizeGatherBlockQuantized, quantizeMatMulNBits } from '../quant.js';
+import {
+  type Int8ChannelMatrix,
+  type QuantizedMatrix,
+  dequantizeInt8Channels,
+  dequantizeMatMulNBits,
+  quantizeGatherBlockQuantized,
+  quantizeInt8Channels,
+  quantizeMatMulNBits,
+} from '../quant.js';
 import type { Gemma4TextConfig } from './config.js';
 import { type TensorSpec, type WeightSource, MULTIMODAL_TEXT_PREFIX, globalName, textTensorTable } from './weights.js';
 
@@ -11,6 +19,8 @@ export interface LinearQuant {
   /** MatMulNBits accuracy_level: 4 = int8 activations (fast 2-bit on ARMv8.2 dot-product cores), 0 = float. */
   accuracyLevel: 0 | 1 | 2 | 3 | 4;
   method?: 'search' | 'rtn';
+  /** 'int8-channels': int8 per output channel, per-row int8 activations, MatMulInteger (Ops.int8Linear; bits 8, block and accuracy unused). */
+  kernel?: 'matmul-nbits' | 'int8-channels';
 }
 
 export interface EmbeddingQuant {
@@ -19,6 +29,8 @@ export interface EmbeddingQuant {
   /** accuracy_level of the tied LM head's MatMulNBits. */
   accuracyLevel: 0 | 1 | 2 | 3 | 4;
   method?: 'search' | 'rtn';
+  /** 'int8-channels': the LM head is its own int8 per-channel matrix (Ops.int8Linear), not tied. */
+  lmHead?: 'tied' | 'int8-channels';
 }
 
 export interface QuantPolicy {
@@ -35,6 +47,17 @@ export function uniformPolicy(linear: LinearQuant | null, embedding: EmbeddingQu
 
 export function quantizeLinear(w: Float32Array, n: number, k: number, q: LinearQuant): QuantizedMatrix {
   return quantizeMatMulNBits(w, n, k, { bits: q.bits, blockSize: q.blockSize, method: q.method ?? 'search' });
+}
+
+/** One Linear as the graph stores it under `q`: MatMulNBits blocks or int8 channels. */
+export function quantizeLinearFor(w: Float32Array, n: number, k: number, q: LinearQuant): { kind: 'nbits'; q: QuantizedMatrix } | { kind: 'int8'; q: Int8ChannelMatrix } {
+  return q.kernel === 'int8-channels' ? { kind: 'int8', q: quantizeInt8Channels(w, n, k) } : { kind: 'nbits', q: quantizeLinear(w, n, k, q) };
+}
+
+/** dequantize(quantize(w)) under `q`: the weights the graph multiplies with. */
+export function requantizeLinear(w: Float32Array, n: number, k: number, q: LinearQuant): Float32Array {
+  const r = quantizeLinearFor(w, n, k, q);
+  return r.kind === 'int8' ? dequantizeInt8Channels(r.q) : dequantizeMatMulNBits(r.q);
 }
 
 /** The tied table in GatherBlockQuantized layout; the same bytes serve the LM head's MatMulNBits. */
@@ -60,7 +83,7 @@ export function dequantisedWeightSource(src: WeightSource, cfg: Gemma4TextConfig
         return dequantizeMatMulNBits(quantizeEmbedding(w, spec.shape[0]!, spec.shape[1]!, policy.embedding));
       }
       const lq = spec.kind === 'linear' ? policy.linear(spec) : null;
-      return lq ? dequantizeMatMulNBits(quantizeLinear(w, spec.shape[0]!, spec.shape[1]!, lq)) : w;
+      return lq ? requantizeLinear(w, spec.shape[0]!, spec.shape[1]!, lq) : w;
     },
   };
 }

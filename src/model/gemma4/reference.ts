@@ -79,6 +79,19 @@ function int8Blocks(x: ArrayLike<number>, bs: number): Float64Array {
   return out;
 }
 
+/**
+ * Emulates the int8-channels linears' activations (Ops.int8Linear): the vector rounded to int8 with scale
+ * max|x| / 127 (float32, as the graph divides), ties to even as QuantizeLinear.
+ */
+function int8Row(x: ArrayLike<number>): Float64Array {
+  let amax = 0;
+  for (let i = 0; i < x.length; i++) amax = Math.max(amax, Math.abs(Math.fround(x[i]!)));
+  const scale = Math.fround(Math.max(Math.fround(amax / 127), Math.fround(1e-30)));
+  const out = new Float64Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = Math.min(127, Math.max(-128, roundHalfEven(Math.fround(Math.fround(x[i]!) / scale)))) * scale;
+  return out;
+}
+
 function roundHalfEven(v: number): number {
   const r = Math.round(v);
   return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
@@ -89,6 +102,10 @@ export interface ReferenceOptions {
   prefix?: string;
   /** Emulate int8 activation quantisation (MatMulNBits accuracy_level 4) with this block size in every Linear and the LM head. */
   int8ActivationBlock?: number;
+  /** Emulate the int8-channels linears' per-row int8 activations in every Linear and the LM head. */
+  int8RowActivations?: boolean;
+  /** An untied LM head [vocab, hidden] (default: the embedding table). */
+  lmHead?: Float32Array;
 }
 
 interface LayerCache {
@@ -108,7 +125,8 @@ export class Gemma4Reference {
     readonly cfg: Gemma4TextConfig,
     private readonly w: Map<string, Float32Array>,
     private readonly prefix: string,
-    private readonly actBlock: number | null,
+    private readonly activations: ((x: ArrayLike<number>) => ArrayLike<number>) | null,
+    private readonly lmHead: Float32Array | null,
   ) {
     this.layers = layerInfos(cfg);
     this.reset();
@@ -121,12 +139,14 @@ export class Gemma4Reference {
     const prefix = opts.prefix ?? MULTIMODAL_TEXT_PREFIX;
     const w = new Map<string, Float32Array>();
     for (const t of textTensorTable(cfg, prefix)) w.set(t.name, await src.get(t.name));
-    return new Gemma4Reference(cfg, w, prefix, opts.int8ActivationBlock ?? null);
+    const block = opts.int8ActivationBlock;
+    const activations = block ? (x: ArrayLike<number>) => int8Blocks(x, block) : opts.int8RowActivations ? int8Row : null;
+    return new Gemma4Reference(cfg, w, prefix, activations, opts.lmHead ?? null);
   }
 
-  /** A Linear layer: W x, with the optional int8 activation emulation. */
+  /** A Linear layer: W x, with the optional activation rounding of the quantised graph's kernel. */
   private linear(w: Float32Array, x: ArrayLike<number>, rows: number, cols: number): Float64Array {
-    return matvec(w, this.actBlock ? int8Blocks(x, this.actBlock) : x, rows, cols);
+    return matvec(w, this.activations ? this.activations(x) : x, rows, cols);
   }
 
   reset(): void {
@@ -196,7 +216,7 @@ export class Gemma4Reference {
     rmsNorm(h, 0, H, this.g('final_norm'), c.rmsNormEps, c.normScaleOffset);
     const logits = new Float32Array(c.vocabSize);
     const cap = c.finalLogitSoftcapping;
-    const head = this.linear(embed, h, c.vocabSize, H); // tied LM head
+    const head = this.linear(this.lmHead ?? embed, h, c.vocabSize, H); // tied LM head unless given its own
     for (let v = 0; v < c.vocabSize; v++) logits[v] = cap === null ? head[v]! : cap * Math.tanh(head[v]! / cap);
     this.position++;
     return logits;

@@ -54,9 +54,21 @@ export interface PackageSpec {
 export function graphPolicy(p: QuantPolicy): GraphQuantPolicy | null {
   if (!p.linear && !p.embedding) return null;
   const lin = p.linear;
-  const linearAt = (bits: 2 | 4 | 8): LinearQuant => ({ bits, blockSize: lin!.block_size, accuracyLevel: lin!.accuracy_level as 0 | 1 | 2 | 3 | 4, method: lin!.method });
+  const linearAt = (bits: 2 | 4 | 8): LinearQuant => ({
+    bits,
+    blockSize: lin!.block_size,
+    accuracyLevel: lin!.accuracy_level as 0 | 1 | 2 | 3 | 4,
+    method: lin!.method,
+    kernel: lin!.kernel ?? 'matmul-nbits',
+  });
   const embedding = p.embedding
-    ? { bits: p.embedding.bits, blockSize: p.embedding.block_size, accuracyLevel: (lin?.accuracy_level ?? 0) as 0 | 1 | 2 | 3 | 4, method: lin?.method ?? 'rtn' }
+    ? {
+        bits: p.embedding.bits,
+        blockSize: p.embedding.block_size,
+        accuracyLevel: (lin?.accuracy_level ?? 0) as 0 | 1 | 2 | 3 | 4,
+        method: lin?.method ?? 'rtn',
+        lmHead: p.embedding.lm_head ?? 'tied',
+      }
     : null;
   if (!lin || !p.tensors) return uniformPolicy(lin ? linearAt(lin.bits) : null, embedding);
   const bits = new Map(p.tensors.map((t) => [t.name, t.bits]));

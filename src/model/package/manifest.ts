@@ -50,6 +50,9 @@ export const profiles = ['pi5', 'pi4', 'float'] as const;
 export type Profile = (typeof profiles)[number];
 
 const bitsSchema = z.union([z.literal(2), z.literal(4), z.literal(8)]);
+export const linearKernels = ['matmul-nbits', 'int8-channels'] as const;
+const linearKernelSchema = z.enum(linearKernels);
+export type LinearKernel = (typeof linearKernels)[number];
 
 /**
  * Mixed policy (src/model/package/mixed.ts): a Linear whose measured error at `bits` is at least
@@ -75,9 +78,24 @@ export const quantPolicySchema = z.object({
       accuracy_level: z.number().int().min(0).max(4),
       method: z.enum(['search', 'rtn']),
       promote: promoteSchema.optional(),
+      /**
+       * matmul-nbits (default): ORT's MatMulNBits with bits / block_size / accuracy_level. int8-channels:
+       * symmetric int8 per output channel, activations int8 per row, MatMulInteger (bits 8; block_size and
+       * accuracy_level do not apply, method only to the embedding): the integer path of CPUs without
+       * dot-product instructions.
+       */
+      kernel: linearKernelSchema.optional(),
+    })
+    .refine((l) => l.kernel !== 'int8-channels' || (l.bits === 8 && !l.promote), 'int8-channels linears are 8-bit and not mixed')
+    .nullable(),
+  embedding: z
+    .object({
+      bits: z.union([z.literal(4), z.literal(8)]),
+      block_size: z.number().int().min(16),
+      /** tied (default): the LM head reads the embedding's bytes; int8-channels: its own int8 copy (see kernel). */
+      lm_head: z.enum(['tied', 'int8-channels']).optional(),
     })
     .nullable(),
-  embedding: z.object({ bits: z.union([z.literal(4), z.literal(8)]), block_size: z.number().int().min(16) }).nullable(),
   ple: z.object({ bits: bitsSchema, block_size: z.number().int().min(8), scale_type: z.literal('f16-scale-u8-zero-point') }),
   /** Per-Linear decisions of a mixed policy (absent: every Linear at linear.bits). */
   tensors: z.array(tensorDecisionSchema).max(10_000).optional(),
@@ -107,8 +125,13 @@ export type Manifest = z.output<typeof manifestSchema>;
  * errors): linears 2-bit, block 128 (2.27 bits/weight with the f32 scale and packed zero point), int8
  * activations (accuracy_level 4: the Cortex-A76's fast dot-product path); the worst outliers by measured
  * 2-bit error kept at 4 bits within 0.6% of the linear weights; the tied embedding / LM head 4-bit, block
- * 256. pi4's Cortex-A72 has no fast 2-bit path: 4-bit everywhere, block 64 (no size bar there). The PLE
- * table is 4-bit, block 32 on both: 2-bit loses ~40% RMS on it.
+ * 256.
+ * pi4: the Cortex-A72 has no dot-product instructions, so every MatMulNBits runs a float path there (measured
+ * under emulation per weight at one token: 2.7 instructions at 4 bits, 17 at 8, 38 at 2; models/README.md):
+ * the linears and the LM head are int8 per output channel through MatMulInteger instead (0.38
+ * instructions per weight, integer multiply-accumulate without dot products), twice the bytes of 4-bit
+ * for a seventh of the work. The embedding lookup stays 4-bit, block 64: it reads one row per token.
+ * The PLE table is 4-bit, block 32 on both: 2-bit loses ~40% RMS on it.
  */
 export function quantPolicyFor(profile: Profile): QuantPolicy {
   const ple = { bits: 4, block_size: 32, scale_type: 'f16-scale-u8-zero-point' } as const;
@@ -121,7 +144,12 @@ export function quantPolicyFor(profile: Profile): QuantPolicy {
       ple,
     };
   }
-  return { profile, linear: { bits: 4, block_size: 64, accuracy_level: 4, method: 'search' }, embedding: { bits: 4, block_size: 64 }, ple };
+  return {
+    profile,
+    linear: { bits: 8, block_size: 64, accuracy_level: 0, method: 'search', kernel: 'int8-channels' },
+    embedding: { bits: 4, block_size: 64, lm_head: 'int8-channels' },
+    ple,
+  };
 }
 
 /** Parses manifest text; returns the problem (not a throw) so verify can list it with the rest. */
