@@ -10,6 +10,7 @@ expected side of Perch's float-graph parity test. Idempotent: a complete OUT_DIR
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import sys
 from pathlib import Path
@@ -26,6 +27,14 @@ PROMPTS = [
 
 def main() -> None:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "models" / "gemma3-270m"
+    out.mkdir(parents=True, exist_ok=True)
+    # Test files that need the model run this in parallel: one makes it, the others wait and find it made.
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        make(out)
+
+
+def make(out: Path) -> None:
     ckpt = out / "checkpoint"
     done = out / "reference.json"
     if done.exists():

@@ -246,7 +246,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(
       values.json
         ? `${JSON.stringify(work, null, 2)}\n`
-        : `MatMulNBits [${k} -> ${n}], one token, on ${cpu} (guest instructions per weight)\n` +
+        : `one [${k} -> ${n}] matrix, one token, on ${cpu} (guest instructions per weight)\n` +
             work.map((w) => `  ${kernelCaseLabel(w).padEnd(16)} ${w.instructionsPerWeight.toFixed(3)}  (SDOT/UDOT ${w.dotProductsPerWeight.toFixed(4)})`).join('\n') +
             '\n',
     );

@@ -119,7 +119,7 @@ export class Ops {
    * (no dot product needed; on x86-64 the weights' 7-bit range keeps it exact), then
    *   y = (int32 product) * row scale * channel scale.
    * Per row, not per call: one scale for a whole prompt chunk (DynamicQuantizeMatMul) let one token's large
-   * activations coarsen every other token's, which measured 3.5x the KL on Gemma 3 270M (models/README.md).
+   * activations coarsen every other token's, which measured 3x the KL on Gemma 3 270M (models/README.md).
    */
   int8Linear(x: string, name: string, m: Int8Linear): string {
     const B = this.b.initializer(`${name}.int8_weight`, 'int8', [m.k, m.n], m.codes);
