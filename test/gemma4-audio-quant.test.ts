@@ -6,7 +6,7 @@ import onnxProto from 'onnx-proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { logMelFeatures } from '../src/audio/features.js';
 import { audioTokenFrames, e2bAudioConfig, tinyAudioConfig } from '../src/model/gemma4/audio-config.js';
-import { AudioEncoderSession } from '../src/model/gemma4/audio-encoder.js';
+import { AudioEncoderSession } from '../src/engine/audio-encoder.js';
 import { writeAudioEncoderModel } from '../src/model/gemma4/audio-graph.js';
 import { AUDIO_DEFAULT_POLICY, audioQuantErrors, dequantisedAudioWeightSource, uniformAudioPolicy } from '../src/model/gemma4/audio-quant.js';
 import { AudioReference } from '../src/model/gemma4/audio-reference.js';

@@ -5,7 +5,7 @@ import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { logMelFeatures, softTokenCount } from '../src/audio/features.js';
 import { audioTokenFrames, e2bAudioConfig, parseGemma4AudioConfig, tinyAudioConfig, toAudioConfigJson } from '../src/model/gemma4/audio-config.js';
-import { AudioEncoderSession, MAX_AUDIO_FRAMES } from '../src/model/gemma4/audio-encoder.js';
+import { AudioEncoderSession, MAX_AUDIO_FRAMES } from '../src/engine/audio-encoder.js';
 import { writeAudioEncoderModel } from '../src/model/gemma4/audio-graph.js';
 import { AudioReference } from '../src/model/gemma4/audio-reference.js';
 import { audioTensorTable, syntheticAudioWeightSource } from '../src/model/gemma4/audio-weights.js';

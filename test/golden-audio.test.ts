@@ -19,7 +19,7 @@ import { relErr } from './gemma4-helpers.js';
 import { logMelFeatures, softTokenCount } from '../src/audio/features.js';
 import { checkpointWeightSource, convertCheckpoint } from '../src/model/convert.js';
 import { parseGemma4AudioConfig, type Gemma4AudioConfig } from '../src/model/gemma4/audio-config.js';
-import { AudioEncoderSession } from '../src/model/gemma4/audio-encoder.js';
+import { AudioEncoderSession } from '../src/engine/audio-encoder.js';
 import { writeAudioEncoderModel } from '../src/model/gemma4/audio-graph.js';
 import { AudioReference } from '../src/model/gemma4/audio-reference.js';
 import { synthTokenizerFiles } from '../src/model/package/synth-tokenizer.js';

@@ -8,7 +8,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { cacheSlots } from '../model/gemma4/decoder-graph.js';
+import { cacheSlots } from '../model/gemma4/contract.js';
 import type { OpenedPackage } from '../model/package/load.js';
 import { KvState } from '../engine/kv-cache.js';
 import { createCachedSession, packageChecksum } from '../engine/prepacked-cache.js';

@@ -30,7 +30,7 @@ import onnxProto from 'onnx-proto';
 import { PackageTokenizer } from '../engine/tokenizer.js';
 import { convertCheckpoint } from '../model/convert.js';
 import { parseGemma4TextConfig } from '../model/gemma4/config.js';
-import { cacheSlots } from '../model/gemma4/decoder-graph.js';
+import { cacheSlots } from '../model/gemma4/contract.js';
 import { quantPolicyFor, type QuantPolicy } from '../model/package/manifest.js';
 import { SafetensorsCheckpoint } from '../model/safetensors.js';
 

@@ -6,7 +6,7 @@
 import { stat } from 'node:fs/promises';
 import * as ort from 'onnxruntime-node';
 import type { Gemma4TextConfig } from '../model/gemma4/config.js';
-import { cacheSlots } from '../model/gemma4/decoder-graph.js';
+import { cacheSlots } from '../model/gemma4/contract.js';
 import type { Manifest } from '../model/package/manifest.js';
 import { openPackage, type OpenedPackage } from '../model/package/load.js';
 import type { PlePagerStats } from '../model/ple/pager.js';

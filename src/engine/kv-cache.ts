@@ -9,7 +9,7 @@
  * chunk exactly at the boundary it wants to keep, and stores the state from that run.
  */
 import * as ort from 'onnxruntime-node';
-import type { CacheSlot } from '../model/gemma4/decoder-graph.js';
+import type { CacheSlot } from '../model/gemma4/contract.js';
 
 export type Feeds = Record<string, ort.Tensor>;
 

@@ -4,7 +4,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import type { Gemma4TextConfig } from '../model/gemma4/config.js';
-import { type CacheSlot, cacheSlots } from '../model/gemma4/decoder-graph.js';
+import { type CacheSlot, DECODER_IO, cacheSlots } from '../model/gemma4/contract.js';
 import type { WeightsPacking } from './prepacked-cache.js';
 
 export type GraphOptimizationLevel = 'disabled' | 'basic' | 'extended' | 'all';
@@ -79,7 +79,7 @@ export async function decoderSession(session: ort.InferenceSession, modelPath: s
   const slots = cacheSlots(cfg);
   const inputs = new Set(session.inputNames);
   const pleWidth = cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput;
-  const missing = ['input_ids', ...(pleWidth ? ['per_layer_rows'] : []), 'position_ids', ...slots.flatMap((s) => [s.pastKey, s.pastValue])].filter((n) => !inputs.has(n));
+  const missing = [DECODER_IO.inputIds, ...(pleWidth ? [DECODER_IO.perLayerRows] : []), DECODER_IO.positionIds, ...slots.flatMap((s) => [s.pastKey, s.pastValue])].filter((n) => !inputs.has(n));
   if (missing.length) {
     await session.release();
     throw new Error(`${modelPath}: decoder graph lacks inputs ${missing.join(', ')} (does it match the package config?)`);
@@ -91,7 +91,7 @@ export async function decoderSession(session: ort.InferenceSession, modelPath: s
     vocabSize: cfg.vocabSize,
     hiddenSize: cfg.hiddenSize,
     pleWidth,
-    acceptsMedia: inputs.has('media_embeds') && inputs.has('media_mask'),
+    acceptsMedia: inputs.has(DECODER_IO.mediaEmbeds) && inputs.has(DECODER_IO.mediaMask),
     prepacked,
     async release() {
       if (released) return;

@@ -9,7 +9,7 @@
 import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { VISION_ONNX_FILE } from '../model/gemma4/vision-graph.js';
+import { PACKAGE_FILES } from '../model/package/manifest.js';
 import { type TokenBudget, preprocessImage } from '../vision/preprocess.js';
 import { type PrepackedCacheOptions, createCachedSession } from './prepacked-cache.js';
 import { DEFAULT_TUNING, type SessionTuning } from './session.js';
@@ -43,7 +43,7 @@ export interface VisionEncodeResult {
 /** The encoder file of a package directory (or the file itself), or null when there is none. */
 export function visionEncoderPath(dirOrFile: string): string | null {
   if (existsSync(dirOrFile) && statSync(dirOrFile).isFile()) return dirOrFile;
-  const file = path.join(dirOrFile, VISION_ONNX_FILE);
+  const file = path.join(dirOrFile, PACKAGE_FILES.visionGraph);
   return existsSync(file) ? file : null;
 }
 
@@ -61,7 +61,7 @@ export class VisionEncoder {
   /** Opens the encoder of a package directory (or a .onnx file); VisionEncoderMissingError when absent. */
   static async load(dirOrFile: string, opts: VisionLoadOptions): Promise<VisionEncoder> {
     const file = visionEncoderPath(dirOrFile);
-    if (!file) throw new VisionEncoderMissingError(`this package has no vision encoder (${path.join(dirOrFile, VISION_ONNX_FILE)} is missing): questions about images and captions are unavailable`);
+    if (!file) throw new VisionEncoderMissingError(`this package has no vision encoder (${path.join(dirOrFile, PACKAGE_FILES.visionGraph)} is missing): questions about images and captions are unavailable`);
     const tuning = { ...DEFAULT_TUNING, ...opts.tuning, threads: opts.threads };
     const { session } = await createCachedSession({ modelPath: file, checksum: opts.prepacked?.checksum ?? '' }, tuning, opts.prepacked?.cache);
     try {

@@ -18,6 +18,9 @@ import { AUDIO_TOWER_PREFIX, EMBED_AUDIO_PREFIX, type AudioTensorSpec, type Clip
 import { type LinearWeight, Ops } from './graph-ops.js';
 import { type LinearQuant, quantizeLinear } from './quantize.js';
 import type { WeightSource } from './weights.js';
+import { AUDIO_GRAPH_IO } from './contract.js';
+
+export { AUDIO_GRAPH_IO } from './contract.js';
 
 /** Quantisation of one audio Linear (kind 'linear'), or null to keep it float32. */
 export type AudioQuantPolicy = (spec: AudioTensorSpec) => LinearQuant | null;
@@ -29,12 +32,6 @@ export interface AudioGraphOptions {
   fusedNorm?: boolean;
 }
 
-export const AUDIO_GRAPH_IO = {
-  features: 'input_features',
-  mask: 'input_mask',
-  embeds: 'audio_embeds',
-  outMask: 'audio_mask',
-} as const;
 
 class AudioGraphWriter {
   private readonly o: Ops;

@@ -24,6 +24,7 @@
  */
 import { GraphBuilder, type SaveResult } from '../../onnx/graph.js';
 import { type Gemma4TextConfig, type LayerInfo, type LayerType, hasPle, layerInfos } from './config.js';
+import { type CacheSlot, DECODER_IO, cacheSlots } from './contract.js';
 import { type Int8ChannelMatrix, type QuantizedMatrix, concatQuantized, quantizeInt8Channels } from '../quant.js';
 import { type LinearWeight, type QuantInits, Ops } from './graph-ops.js';
 import {
@@ -70,44 +71,15 @@ export interface DecoderGraphOptions {
  * source's cache. On the synthetic E2B package (2-core x86-64, 2 threads) plain attention decodes at 17.1 tok/s
  * after 128 prompt tokens and 12.9 after 512, against 15.8 and 9.9 with GroupQueryAttention (prefill equal).
  */
-export const FAST_VARIANT: Pick<DecoderGraphOptions, 'attention' | 'fusedNorm' | 'onnxGelu'> = { attention: 'plain', fusedNorm: true, onnxGelu: true };
+export { type CacheSlot, cacheSlots } from './contract.js';
 
-export interface CacheSlot {
-  slot: number;
-  layer: number;
-  type: LayerType;
-  kvHeads: number;
-  headDim: number;
-  /** Most entries present.<slot> ever holds: window - 1 for sliding layers, null (unbounded) for full ones. */
-  maxLength: number | null;
-  pastKey: string;
-  pastValue: string;
-  presentKey: string;
-  presentValue: string;
-}
+export const FAST_VARIANT: Pick<DecoderGraphOptions, 'attention' | 'fusedNorm' | 'onnxGelu'> = { attention: 'plain', fusedNorm: true, onnxGelu: true };
 
 export interface DecoderGraphInfo {
   inputs: { inputIds: string; perLayerRows: string | null; positionIds: string; mediaEmbeds: string | null; mediaMask: string | null };
   logits: string;
   logitsMode: 'all' | 'last';
   cache: CacheSlot[];
-}
-
-export function cacheSlots(cfg: Gemma4TextConfig): CacheSlot[] {
-  return layerInfos(cfg)
-    .filter((l) => l.ownsKv)
-    .map((l) => ({
-      slot: l.cacheSlot,
-      layer: l.index,
-      type: l.type,
-      kvHeads: cfg.numKeyValueHeads,
-      headDim: l.headDim,
-      maxLength: l.window === null ? null : l.window - 1,
-      pastKey: `past_key_values.${l.cacheSlot}.key`,
-      pastValue: `past_key_values.${l.cacheSlot}.value`,
-      presentKey: `present.${l.cacheSlot}.key`,
-      presentValue: `present.${l.cacheSlot}.value`,
-    }));
 }
 
 /** Adds the whole decoder to `b`. Weights are read one at a time from `src` (official names). */
@@ -139,11 +111,11 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
   };
 
   // ---- inputs
-  const inputIds = b.input('input_ids', 'int64', ['batch', 'seq']);
-  const perLayerRows = hasPle(cfg) ? b.input('per_layer_rows', 'float32', ['batch', 'seq', L * P]) : null;
-  const positionIds = b.input('position_ids', 'int64', ['batch', 'seq']);
-  const mediaEmbeds = opts.media ? b.input('media_embeds', 'float32', ['batch', 'seq', H]) : null;
-  const mediaMask = opts.media ? b.input('media_mask', 'bool', ['batch', 'seq']) : null;
+  const inputIds = b.input(DECODER_IO.inputIds, 'int64', ['batch', 'seq']);
+  const perLayerRows = hasPle(cfg) ? b.input(DECODER_IO.perLayerRows, 'float32', ['batch', 'seq', L * P]) : null;
+  const positionIds = b.input(DECODER_IO.positionIds, 'int64', ['batch', 'seq']);
+  const mediaEmbeds = opts.media ? b.input(DECODER_IO.mediaEmbeds, 'float32', ['batch', 'seq', H]) : null;
+  const mediaMask = opts.media ? b.input(DECODER_IO.mediaMask, 'bool', ['batch', 'seq']) : null;
   const slots = cacheSlots(cfg);
   for (const s of slots) {
     const past = s.type === 'sliding_attention' ? 'past_sliding' : 'past_full';
@@ -218,14 +190,14 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
   }
   const cap = cfg.finalLogitSoftcapping;
   if (cap !== null) logits = ops.op('Mul', [ops.op('Tanh', [ops.op('Div', [logits, ops.f32(cap)])]), ops.f32(cap)]);
-  b.node('Identity', [logits], ['logits']);
-  b.output('logits', 'float32', ['batch', logitsMode === 'last' ? 1 : 'seq', cfg.vocabSize]);
+  b.node('Identity', [logits], [DECODER_IO.logits]);
+  b.output(DECODER_IO.logits, 'float32', ['batch', logitsMode === 'last' ? 1 : 'seq', cfg.vocabSize]);
   for (const s of slots) {
     const present = s.type === 'sliding_attention' ? 'present_sliding' : 'present_full';
     b.output(s.presentKey, 'float32', ['batch', s.kvHeads, present, s.headDim]);
     b.output(s.presentValue, 'float32', ['batch', s.kvHeads, present, s.headDim]);
   }
-  return { inputs: { inputIds, perLayerRows, positionIds, mediaEmbeds, mediaMask }, logits: 'logits', logitsMode, cache: slots };
+  return { inputs: { inputIds, perLayerRows, positionIds, mediaEmbeds, mediaMask }, logits: DECODER_IO.logits, logitsMode, cache: slots };
 
   async function decoderLayer(info: LayerInfo): Promise<string> {
     const l = info.index;

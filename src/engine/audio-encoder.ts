@@ -4,7 +4,7 @@
  * <|audio|> placeholder. Their count equals softTokenCount(mask) from src/audio/features.ts.
  */
 import * as ort from 'onnxruntime-node';
-import { AUDIO_GRAPH_IO } from './audio-graph.js';
+import { AUDIO_GRAPH_IO } from '../model/gemma4/contract.js';
 
 /** 30 s of 10 ms frames plus the extractor's padding (2999 for 480 000 samples); longer input is refused. */
 export const MAX_AUDIO_FRAMES = 3000;

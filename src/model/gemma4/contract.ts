@@ -1,0 +1,59 @@
+/**
+ * The package contract: what the graph builders write and the runtime reads, in one place, so that the engine
+ * never imports builder code. File names live with the manifest (PACKAGE_FILES); here are the graphs' input and
+ * output names and the decoder's cache layout.
+ */
+import { type Gemma4TextConfig, type LayerType, layerInfos } from './config.js';
+
+/** The decoder's inputs and output (per_layer_rows only with per-layer embeddings; media_* when the graph takes media). */
+export const DECODER_IO = {
+  inputIds: 'input_ids',
+  positionIds: 'position_ids',
+  perLayerRows: 'per_layer_rows',
+  mediaEmbeds: 'media_embeds',
+  mediaMask: 'media_mask',
+  logits: 'logits',
+} as const;
+
+/** The audio encoder's inputs (log-mel features, frame mask) and outputs (soft tokens, their mask). */
+export const AUDIO_GRAPH_IO = {
+  features: 'input_features',
+  mask: 'input_mask',
+  embeds: 'audio_embeds',
+  outMask: 'audio_mask',
+} as const;
+
+/**
+ * One KV cache slot of the decoder: layers that share another layer's KV own none. The graph takes
+ * past_key_values.<slot>.key/value and returns present.<slot>.key/value (past + this call's entries).
+ */
+export interface CacheSlot {
+  slot: number;
+  layer: number;
+  type: LayerType;
+  kvHeads: number;
+  headDim: number;
+  /** Most entries present.<slot> ever holds: window - 1 for sliding layers, null (unbounded) for full ones. */
+  maxLength: number | null;
+  pastKey: string;
+  pastValue: string;
+  presentKey: string;
+  presentValue: string;
+}
+
+export function cacheSlots(cfg: Gemma4TextConfig): CacheSlot[] {
+  return layerInfos(cfg)
+    .filter((l) => l.ownsKv)
+    .map((l) => ({
+      slot: l.cacheSlot,
+      layer: l.index,
+      type: l.type,
+      kvHeads: cfg.numKeyValueHeads,
+      headDim: l.headDim,
+      maxLength: l.window === null ? null : l.window - 1,
+      pastKey: `past_key_values.${l.cacheSlot}.key`,
+      pastValue: `past_key_values.${l.cacheSlot}.value`,
+      presentKey: `present.${l.cacheSlot}.key`,
+      presentValue: `present.${l.cacheSlot}.value`,
+    }));
+}
