@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { GraphBuilder } from '../src/onnx/graph.js';
-import { addGatherBlockQuantized, addMatMulNBits, addTiedEmbedding } from '../src/onnx/quant-nodes.js';
+import { Ops } from '../src/model/gemma4/graph-ops.js';
 import { dequantizeMatMulNBits, dequantizeRows, quantizeGatherBlockQuantized, quantizeMatMulNBits } from '../src/model/quant.js';
 import { gaussian } from './quant-helpers.js';
 
@@ -38,27 +38,29 @@ async function run(modelPath: string, feeds: Record<string, ort.Tensor>): Promis
 
 const ids64 = (ids: number[]) => new ort.Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [ids.length]);
 
-describe('quantised graph helpers', () => {
-  it('addMatMulNBits (with bias, 3-D input) and addGatherBlockQuantized match JS references', async () => {
+/** The decoder's emitters (src/model/gemma4/graph-ops.ts), the ones packages are written with. */
+const opsOf = (g: GraphBuilder) => new Ops(g, { fusedNorm: false, onnxGelu: false });
+
+describe('quantised node emitters', () => {
+  it('MatMulNBits (3-D input) and GatherBlockQuantized match JS references', async () => {
     const k = 128, n = 24;
     const w = gaussian(n * k, 1, 0.05);
-    const bias = gaussian(n, 2, 1);
     const q = quantizeMatMulNBits(w, n, k, { bits: 4, blockSize: 32, method: 'search' });
     const table = gaussian(10 * k, 3, 0.1);
     const tq = quantizeGatherBlockQuantized(table, 10, k, { bits: 2, blockSize: 64, method: 'search' });
     const g = new GraphBuilder({ externalData: { path: path.join(dir, 'h.data') } });
+    const ops = opsOf(g);
     g.input('x', 'float32', [1, 2, k]);
     g.input('ids', 'int64', ['n']);
-    const b = g.initializer('proj.bias', 'float32', [n], bias);
-    g.node('Identity', [addMatMulNBits(g, 'proj', 'x', q, { bias: b })], ['y']);
-    g.node('Identity', [addGatherBlockQuantized(g, 'embed', 'ids', tq)], ['e']);
+    g.node('Identity', [ops.linear('x', 'proj', { kind: 'nbits', packed: q, accuracyLevel: 0 })], ['y']);
+    g.node('Identity', [ops.gatherQuantized(tq, 'ids', 'embed').out], ['e']);
     g.output('y', 'float32', [1, 2, n]);
     g.output('e', 'float32', ['n', k]);
     const saved = await g.save(dir, 'h.onnx');
     const x = gaussian(2 * k, 4, 1);
     const out = await run(saved.modelPath, { x: new ort.Tensor('float32', x, [1, 2, k]), ids: ids64([9, 0]) });
     expect(out.y!.dims).toEqual([1, 2, n]);
-    const want = linearRef(x, dequantizeMatMulNBits(q), bias, 2, n, k);
+    const want = linearRef(x, dequantizeMatMulNBits(q), null, 2, n, k);
     const y = out.y!.data as Float32Array;
     for (let i = 0; i < want.length; i++) expect(Math.abs(y[i]! - want[i]!)).toBeLessThan(1e-4);
     const e = out.e!.data as Float32Array;
@@ -66,22 +68,22 @@ describe('quantised graph helpers', () => {
     expect(Array.from(e.subarray(k))).toEqual(Array.from(dequantizeRows(tq, 0, 1)));
   });
 
-  it('addTiedEmbedding stores the table once and both ops read it (2-bit, int8 activations on the head)', async () => {
+  it('a tied LM head stores the table once and reads the gather\'s bytes (2-bit, int8 activations on the head)', async () => {
     const vocab = 512, hidden = 256;
     const table = gaussian(vocab * hidden, 5, 0.05);
     const q = quantizeGatherBlockQuantized(table, vocab, hidden, { bits: 2, blockSize: 64, method: 'search' });
     const g = new GraphBuilder({ externalData: { path: path.join(dir, 't.data'), alignment: 4096 } });
+    const ops = opsOf(g);
     g.input('ids', 'int64', ['n']);
-    const tied = addTiedEmbedding(g, 'embed_tokens', q);
-    const emb = tied.gather('ids');
-    const logits = tied.lmHead(emb, { accuracyLevel: 4 });
-    g.node('Identity', [emb], ['emb']);
+    const gathered = ops.gatherQuantized(q, 'ids', 'embed_tokens');
+    const logits = ops.linearFromTable(gathered.out, 'lm_head', q, gathered.inits, 4);
+    g.node('Identity', [gathered.out], ['emb']);
     g.node('Identity', [logits], ['logits']);
     g.output('emb', 'float32', ['n', hidden]);
     g.output('logits', 'float32', ['n', vocab]);
     const saved = await g.save(dir, 't.onnx');
     const stored = q.data.byteLength + q.scales.byteLength + q.zeroPoints.byteLength;
-    expect(saved.dataBytes).toBeGreaterThanOrEqual(stored);
+    expect(saved.dataBytes).toBeGreaterThanOrEqual(q.data.byteLength); // the codes are external
     expect(saved.dataBytes).toBeLessThan(stored + 2 * 4096); // once, plus alignment padding
 
     const ids = [3, 500];
@@ -97,10 +99,5 @@ describe('quantised graph helpers', () => {
       maxDiff = Math.max(maxDiff, Math.abs(l[i]! - want[i]!));
     }
     expect(maxDiff).toBeLessThan(0.015 * maxRef); // int8 activations (accuracy_level 4)
-  });
-
-  it('addTiedEmbedding needs a streaming external-data file', () => {
-    const q = quantizeGatherBlockQuantized(new Float32Array(64), 2, 32, { bits: 4, blockSize: 32, method: 'rtn' });
-    expect(() => addTiedEmbedding(new GraphBuilder(), 'e', q)).toThrow(/streaming/);
   });
 });
