@@ -4,6 +4,7 @@
  * dBFS here is 20 log10(rms / 32768) of the 16-bit samples: a full-scale square wave is 0 dBFS, a sine of
  * peak amplitude A (as a fraction of full scale) reads 20 log10(A / sqrt 2), e.g. -3.01 dBFS at full scale.
  */
+import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
 
 /** Reported for digital silence instead of -Infinity (JSON cannot carry it). */
 export const LEVEL_FLOOR_DBFS = -120;
@@ -31,7 +32,7 @@ export class LevelMeter {
   constructor(
     private readonly opts: { windowMs: number; minChangeDb: number; maxIntervalMs: number; sampleRate?: number },
   ) {
-    this.windowSamples = Math.max(1, Math.round((opts.windowMs * (opts.sampleRate ?? 16000)) / 1000));
+    this.windowSamples = Math.max(1, Math.round((opts.windowMs * (opts.sampleRate ?? AUDIO_SAMPLE_RATE)) / 1000));
   }
 
   /**
@@ -40,7 +41,7 @@ export class LevelMeter {
    */
   push(samples: Int16Array, startSample: number): SoundLevel[] {
     const out: SoundLevel[] = [];
-    const rate = this.opts.sampleRate ?? 16000;
+    const rate = this.opts.sampleRate ?? AUDIO_SAMPLE_RATE;
     for (let i = 0; i < samples.length; i++) {
       const v = samples[i]! / 32768;
       this.sumSquares += v * v;

@@ -17,8 +17,9 @@ import { silentLogger, type Logger } from '../log.js';
 import { LevelMeter, type SoundLevel } from './level.js';
 import type { SegmenterSettings } from './settings.js';
 import { SileroVad, VAD_WINDOW, type SpeechDetector } from './vad.js';
+import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
 
-const RATE = 16000;
+const RATE = AUDIO_SAMPLE_RATE;
 const msToSamples = (ms: number): number => Math.round((ms * RATE) / 1000);
 const samplesToMs = (s: number): number => (s * 1000) / RATE;
 /** A chunk whose startMs is further than this from where the stream should be is a discontinuity. */

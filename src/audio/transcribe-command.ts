@@ -14,9 +14,10 @@ import { MAX_WAV_BYTES } from '../sources/wav.js';
 import { wavTo16kMono } from '../sources/wav-decode.js';
 import { Segmenter, type Utterance } from './segmenter.js';
 import { segmenterSettingsSchema } from './settings.js';
+import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
 
 /** Samples fed to the segmenter between waits: well under its max_backlog_ms, so nothing is dropped. */
-const FEED_SAMPLES = 16000;
+const FEED_SAMPLES = AUDIO_SAMPLE_RATE; // one second per push
 
 interface TranscribeCommandOptions {
   model: string;
@@ -123,7 +124,7 @@ export async function segment(samples: Int16Array): Promise<Utterance[]> {
   seg.on('error', (err) => (failure ??= err));
   try {
     for (let at = 0; at < samples.length; at += FEED_SAMPLES) {
-      seg.push({ samples: samples.subarray(at, at + FEED_SAMPLES), sampleRate: 16000, startMs: (at * 1000) / 16000 });
+      seg.push({ samples: samples.subarray(at, at + FEED_SAMPLES), sampleRate: AUDIO_SAMPLE_RATE, startMs: (at * 1000) / AUDIO_SAMPLE_RATE });
       await seg.idle();
     }
     await seg.flush();

@@ -14,8 +14,9 @@
 import { dirname, join } from 'node:path';
 import { createRequire } from 'node:module';
 import * as ort from 'onnxruntime-node';
+import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
 
-export const VAD_SAMPLE_RATE = 16000;
+export const VAD_SAMPLE_RATE = AUDIO_SAMPLE_RATE;
 /** Samples per window (32 ms at 16 kHz); the model supports only this size at 16 kHz. */
 export const VAD_WINDOW = 512;
 export const VAD_WINDOW_MS = (VAD_WINDOW * 1000) / VAD_SAMPLE_RATE;

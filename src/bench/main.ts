@@ -8,7 +8,7 @@
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { defaultCacheDir } from '../engine/prepacked-cache.js';
-import { SOFT_TOKEN_BUDGETS, type TokenBudget } from '../vision/preprocess.js';
+import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from '../vision/preprocess.js';
 import { DEFAULT_BANDWIDTH_BYTES } from './bandwidth.js';
 import { DEFAULT_FRAME, DEFAULT_SPEECH_WAV } from './media.js';
 import { formatReport } from './report.js';
@@ -38,7 +38,7 @@ const USAGE = `usage: npm run bench -- --model DIR [options]
   --speech-tokens N         transcript token bound (default 32; it stops at the transcript's end)
   --no-caption              skip frame -> caption (needs vision_encoder.onnx)
   --frame FILE              image captioned (default config/samples/frames/frame-01.jpg)
-  --image-tokens N          image token budget: ${SOFT_TOKEN_BUDGETS.join(', ')} (default 280)
+  --image-tokens N          image token budget: ${SOFT_TOKEN_BUDGETS.join(', ')} (default ${DEFAULT_IMAGE_TOKENS})
   --caption-tokens N        caption tokens decoded per run, greedy (default 32)
 `;
 
@@ -87,7 +87,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
   if (!values.model) throw new UsageError('no model package given (--model DIR)');
   const pages = values['bandwidth-pages'] ?? 'huge';
   if (pages !== 'huge' && pages !== '4k') throw new UsageError(`--bandwidth-pages must be huge or 4k, got ${pages}`);
-  const imageTokens = int('image-tokens', values['image-tokens'], 280, 1, 1120);
+  const imageTokens = int('image-tokens', values['image-tokens'], DEFAULT_IMAGE_TOKENS, 1, 1120);
   if (!(SOFT_TOKEN_BUDGETS as readonly number[]).includes(imageTokens)) throw new UsageError(`--image-tokens must be one of ${SOFT_TOKEN_BUDGETS.join(', ')}, got ${imageTokens}`);
   const seconds = Number(values['speech-seconds'] ?? 5);
   if (!(seconds > 0 && seconds <= 30)) throw new UsageError(`--speech-seconds must be a number above 0 and at most 30, got ${values['speech-seconds']}`);

@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { segmenterSettingsSchema } from '../audio/settings.js';
 import { motionSettingsSchema } from '../vision/motion-settings.js';
 import { compileStructured } from '../vision/structured.js';
+import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from '../vision/budgets.js';
 import { mqttStringProblem, topicFilterProblem } from '../mqtt/topics.js';
 
 /** What a camera is asked when it has no prompt of its own. */
@@ -167,7 +168,7 @@ export const cameraSettings = z.object({
   structured_retries: z.number().int().min(0).max(5).default(2).describe('With structured: how many times an invalid reply is asked again before the caption fails with invalid_output.'),
   motion: motionSettingsSchema.prefault({}).describe('Motion detection: starts camera events (and, with the model, captions).'),
   snapshot_interval_s: z.number().min(0).max(86400).default(10).describe('Publish the newest frame as the retained snapshot at most this often, in seconds (0: every frame).'),
-  image_tokens: z.union([z.literal(70), z.literal(140), z.literal(280), z.literal(560), z.literal(1120)]).default(280).describe('Image token budget: more tokens, more detail, slower.'),
+  image_tokens: z.union(SOFT_TOKEN_BUDGETS.map((b) => z.literal(b)) as [z.ZodLiteral<TokenBudget>, z.ZodLiteral<TokenBudget>, ...z.ZodLiteral<TokenBudget>[]]).default(DEFAULT_IMAGE_TOKENS).describe('Image token budget: more tokens, more detail, slower.'),
 });
 
 export const daemonSettings = z.object({

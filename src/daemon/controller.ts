@@ -22,6 +22,8 @@ import { EmbeddedBroker } from './embedded-broker.js';
 import { HealthTracker } from './health.js';
 import { ModelManager } from './model.js';
 import { VAD_STAGE, watchStages } from './stages.js';
+import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
+import { DEFAULT_IMAGE_TOKENS } from '../vision/budgets.js';
 
 const OWNER = 'controller';
 
@@ -133,7 +135,7 @@ export class Controller {
       maxPayloadBytes: config.mqtt.max_payload_bytes,
       cameras: cameras.map((c) => c.name),
       latestFrame: (name) => this.frames.latest(name),
-      imageTokens: (name) => cameras.find((c) => c.name === name)?.image_tokens ?? 280,
+      imageTokens: (name) => cameras.find((c) => c.name === name)?.image_tokens ?? DEFAULT_IMAGE_TOKENS,
       logger: this.log,
     });
     this.seeing = new SeeingPipeline({ conn: this.conn, scheduler: this.scheduler, engine: this.model.engine, cameras, captionDeadlineMs: config.scheduler.caption_deadline_ms, logger: this.log });
@@ -186,7 +188,7 @@ export class Controller {
       version: this.o.version,
       memory: { rss: mem.rss, heap_used: mem.heapUsed, heap_total: mem.heapTotal },
       engine: { state: engine.state, detail: engine.detail.slice(0, 500), ...(engine.random_weights ? { random_weights: true } : {}), ...this.model.stats() },
-      ...(this.hearing && this.meter ? { audio: { ...this.hearing.stats(), seconds: Math.round(this.meter.samples / 16000) } } : {}),
+      ...(this.hearing && this.meter ? { audio: { ...this.hearing.stats(), seconds: Math.round(this.meter.samples / AUDIO_SAMPLE_RATE) } } : {}),
       queues: this.scheduler.stats().depth_by_kind,
       mqtt: { connected: m.connected, protocol: m.protocol, reconnects: m.reconnects, published: m.published, received: m.received, rejected: m.rejected, outbox: { depth: m.outbox.depth, bytes: m.outbox.bytes, dropped: m.outbox.dropped, expired: m.outbox.expired, dead_letters: m.outbox.deadLettered } },
       sources,

@@ -8,7 +8,7 @@
 import type { PerchConfig } from '../config/schema.js';
 import { type Logger, silentLogger } from '../log.js';
 import type { AskRequest } from '../mqtt/messages.js';
-import { ImagePreprocessError } from '../vision/preprocess.js';
+import { DEFAULT_IMAGE_TOKENS, ImagePreprocessError } from '../vision/preprocess.js';
 import { Engine, type EngineLoadOptions, type MediaInput } from './engine.js';
 import { type ChatMessage, expandMediaPlaceholders } from './prompt.js';
 import type { SamplerOptions } from './sampling.js';
@@ -235,7 +235,7 @@ export class GemmaAnswerEngine implements AnswerEngine {
     if (image) {
       const vision = this.vision;
       if (!vision) throw new EngineUnavailableError(this.visionGap);
-      const encoded = await vision.encode(image, { tokenBudget: opts.imageTokens ?? 280 }).catch((err: unknown) => {
+      const encoded = await vision.encode(image, { tokenBudget: opts.imageTokens ?? DEFAULT_IMAGE_TOKENS }).catch((err: unknown) => {
         if (err instanceof ImagePreprocessError) throw new InvalidInputError(`image: ${err.message}`);
         // A bad image is the request's fault; anything else is the encoder's.
         this.opts.health?.error(ENGINE_STAGES.vision, err);

@@ -13,9 +13,10 @@ import { type Logger, silentLogger } from '../log.js';
 import { AudioEncoderSession } from './audio-encoder.js';
 import { Engine, type EngineLoadOptions, type FinishReason } from './engine.js';
 import { type ChatMessage, expandMediaPlaceholders } from './prompt.js';
+import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
 
 export const AUDIO_ENCODER_FILE = 'audio_encoder.onnx';
-export const SAMPLE_RATE = 16000;
+export const SAMPLE_RATE = AUDIO_SAMPLE_RATE;
 /** The audio encoder takes at most 30 s. */
 export const MAX_CLIP_SAMPLES = 30 * SAMPLE_RATE;
 /** Default transcript length bound: fast speech is ~5 tokens/s, so 30 s fits well within this. */

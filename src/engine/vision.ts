@@ -10,7 +10,7 @@ import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { PACKAGE_FILES } from '../model/package/manifest.js';
-import { type TokenBudget, preprocessImage } from '../vision/preprocess.js';
+import { DEFAULT_IMAGE_TOKENS, type TokenBudget, preprocessImage } from '../vision/preprocess.js';
 import { type PrepackedCacheOptions, createCachedSession } from './prepacked-cache.js';
 import { DEFAULT_TUNING, type SessionTuning } from './session.js';
 
@@ -87,7 +87,7 @@ export class VisionEncoder {
    * ImagePreprocessError (from preprocess.ts). Calls run one at a time.
    */
   encode(image: Buffer, opts: { tokenBudget?: TokenBudget } = {}): Promise<VisionEncodeResult> {
-    const run = this.queue.then(() => this.run(image, opts.tokenBudget ?? 280));
+    const run = this.queue.then(() => this.run(image, opts.tokenBudget ?? DEFAULT_IMAGE_TOKENS));
     this.queue = run.catch(() => undefined);
     return run;
   }

@@ -13,6 +13,7 @@ import type { Logger } from '../log.js';
 import type { ProcessSupervisor, SupervisorState } from './supervisor.js';
 import { StreamClock } from './stream-clock.js';
 import type { AudioChunk, Frame, SourceState } from './types.js';
+import { AUDIO_SAMPLE_RATE } from './types.js';
 
 /** What the requests ask for. */
 export type SourceWish = 'running' | 'paused' | 'stopped';
@@ -186,7 +187,7 @@ export abstract class AudioSourceBase extends SourceBase {
   /** Sends 16 kHz samples on as the next chunk (dropped when the source is pausing or stopping). */
   protected emitAudio(samples: Int16Array): void {
     if (!this.flowing) return;
-    const chunk: AudioChunk = { samples, sampleRate: 16000, startMs: this.clock.take(samples.length) };
+    const chunk: AudioChunk = { samples, sampleRate: AUDIO_SAMPLE_RATE, startMs: this.clock.take(samples.length) };
     this.markData();
     this.emit('chunk', chunk);
   }

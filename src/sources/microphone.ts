@@ -12,6 +12,7 @@ import { AudioSourceBase } from './base.js';
 import { ProcessSupervisor } from './supervisor.js';
 import type { AudioSource } from './types.js';
 import { CHUNK_SAMPLES } from './wav.js';
+import { AUDIO_SAMPLE_RATE } from './types.js';
 
 export type MicrophoneSettings = Extract<AudioSourceSettings, { type: 'microphone' }>;
 
@@ -36,7 +37,7 @@ const require = createRequire(import.meta.url);
 export function recorderCommand(settings: MicrophoneSettings): { command: string; args: string[]; env: NodeJS.ProcessEnv } {
   const recorder = require(`node-record-lpcm16/recorders/${settings.recorder}.js`) as RecorderFn;
   const { cmd, args, spawnOptions } = recorder({
-    sampleRate: 16000,
+    sampleRate: AUDIO_SAMPLE_RATE,
     channels: 1,
     audioType: 'raw', // no WAV header in the stream
     device: settings.device,

@@ -5,8 +5,9 @@
  * and a consumer that checks continuity (the segmenter tolerates 100 ms of jitter) sees the break and
  * starts afresh instead of joining audio from before the pause to audio after it.
  */
+import { AUDIO_SAMPLE_RATE } from './types.js';
 
-const RATE = 16000;
+const RATE = AUDIO_SAMPLE_RATE;
 /** Clearly above any consumer's jitter tolerance. */
 export const MIN_GAP_MS = 1000;
 

@@ -30,10 +30,13 @@ export interface Source extends EventEmitter {
   state(): SourceState;
 }
 
+/** The one audio rate: what Gemma 4's audio feature extractor takes, so every source delivers it. */
+export const AUDIO_SAMPLE_RATE = 16000;
+
 /** 16 kHz mono signed 16-bit PCM. */
 export interface AudioChunk {
   samples: Int16Array;
-  sampleRate: 16000;
+  sampleRate: typeof AUDIO_SAMPLE_RATE;
   /**
    * Stream time of the first sample, in ms: consecutive within a run, and running on (after a gap of at
    * least the time the source was closed) across pauses and restarts, so it never goes backwards.

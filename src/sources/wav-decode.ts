@@ -2,6 +2,7 @@
  * WAV (RIFF) parsing and conversion to what the hearing pipeline wants: 16 kHz mono signed 16-bit.
  * Supports integer PCM of 8, 16, 24 and 32 bits and 32/64-bit float, plain or WAVE_FORMAT_EXTENSIBLE.
  */
+import { AUDIO_SAMPLE_RATE } from './types.js';
 
 export class WavFormatError extends Error {
   override name = 'WavFormatError';
@@ -175,7 +176,7 @@ export function floatToInt16(input: Float32Array): Int16Array {
 /** Whole-file conversion to 16 kHz mono S16. */
 export function wavTo16kMono(file: Buffer): { info: WavInfo; samples: Int16Array } {
   const { info, mono } = decodeWav(file);
-  return { info, samples: floatToInt16(resample(mono, info.sampleRate, 16000)) };
+  return { info, samples: floatToInt16(resample(mono, info.sampleRate, AUDIO_SAMPLE_RATE)) };
 }
 
 function printable(id: string): string {

@@ -5,11 +5,12 @@ import type { AudioSourceSettings } from '../config/schema.js';
 import { AudioSourceBase } from './base.js';
 import type { AudioSource } from './types.js';
 import { wavTo16kMono, WavFormatError } from './wav-decode.js';
+import { AUDIO_SAMPLE_RATE } from './types.js';
 
 export type WavSourceSettings = Extract<AudioSourceSettings, { type: 'wav' }>;
 
 export const CHUNK_SAMPLES = 800; // 50 ms at 16 kHz
-const CHUNK_MS = (CHUNK_SAMPLES / 16000) * 1000;
+const CHUNK_MS = (CHUNK_SAMPLES / AUDIO_SAMPLE_RATE) * 1000;
 /** Larger files are refused rather than read into memory (about 40 min of 48 kHz stereo 16-bit). */
 export const MAX_WAV_BYTES = 512 * 1024 * 1024;
 

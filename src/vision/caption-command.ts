@@ -9,7 +9,7 @@ import { InvalidArgumentError, type Command } from 'commander';
 import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, commandLogger, intIn, reportFailure } from '../cli-args.js';
 import { DEFAULT_CAPTION_PROMPT, modelSettings } from '../config/schema.js';
 import { GemmaAnswerEngine } from '../engine/gemma-engine.js';
-import { SOFT_TOKEN_BUDGETS, type TokenBudget } from './preprocess.js';
+import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from './preprocess.js';
 
 /** Largest image file read (camera frames are far smaller). */
 const MAX_FILE_BYTES = 32 * 1024 * 1024;
@@ -41,7 +41,7 @@ export function registerCaptionCommand(program: Command): void {
     .requiredOption('-m, --model <dir>', 'model package directory (with a vision encoder)')
     .option('--json', 'print one JSON object {text, width, height, image_tokens, tokens, latency_ms, ...}')
     .option('--prompt <text>', 'what to ask about the image', DEFAULT_CAPTION_PROMPT)
-    .option('--tokens <n>', `image token budget (${SOFT_TOKEN_BUDGETS.join(', ')})`, budget, 280)
+    .option('--tokens <n>', `image token budget (${SOFT_TOKEN_BUDGETS.join(', ')})`, budget, DEFAULT_IMAGE_TOKENS)
     .option('--max-tokens <n>', 'longest caption, in tokens', intIn(1, 2048), 64)
     .option('--seed <n>', 'sampling seed (same seed, same caption)', intIn(0, 0xffffffff))
     .option('--threads <n>', 'ONNX Runtime threads', intIn(1, 64), 4)

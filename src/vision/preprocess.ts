@@ -22,9 +22,9 @@
  */
 import sharp from 'sharp';
 import { type ResizeFlavour, resizeBicubicAA } from './resample.js';
+import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from './budgets.js';
 
-export const SOFT_TOKEN_BUDGETS = [70, 140, 280, 560, 1120] as const;
-export type TokenBudget = (typeof SOFT_TOKEN_BUDGETS)[number];
+export { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from './budgets.js';
 
 export interface GridOptions {
   /** Pixels per patch side (vision_config.patch_size). */
@@ -110,7 +110,7 @@ function checkBudget(budget: number): asserts budget is TokenBudget {
 
 /** Preprocesses decoded RGB (interleaved, 3 bytes per pixel). Synchronous; used by preprocessImage. */
 export function preprocessRgb(rgb: Uint8Array, width: number, height: number, opts: PreprocessOptions = {}): PreprocessedImage {
-  const budget = opts.tokenBudget ?? 280;
+  const budget = opts.tokenBudget ?? DEFAULT_IMAGE_TOKENS;
   checkBudget(budget);
   if (rgb.length !== width * height * 3) {
     throw new ImagePreprocessError(`expected ${width * height * 3} RGB bytes for ${width}x${height}, got ${rgb.length}`);
@@ -161,7 +161,7 @@ export function preprocessRgb(rgb: Uint8Array, width: number, height: number, op
 
 /** Decodes a JPEG/PNG (any format sharp reads) and preprocesses it for the Gemma 4 vision encoder. */
 export async function preprocessImage(image: Buffer, opts: PreprocessOptions = {}): Promise<PreprocessedImage> {
-  checkBudget(opts.tokenBudget ?? 280);
+  checkBudget(opts.tokenBudget ?? DEFAULT_IMAGE_TOKENS);
   if (!Buffer.isBuffer(image) || image.length === 0) throw new ImagePreprocessError('empty image');
   let decoded: { data: Buffer; info: { width: number; height: number; channels: number } };
   try {
