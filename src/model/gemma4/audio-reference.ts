@@ -23,6 +23,7 @@ import { type Gemma4AudioConfig, type AudioDerived, AUDIO_BLOCK_NORM_EPS, audioD
 import { AUDIO_TOWER_PREFIX, CLIPPED_LINEARS, EMBED_AUDIO_PREFIX, type ClippedLinearPath, audioLayerName } from './audio-weights.js';
 import type { WeightSource } from './weights.js';
 import { relativePositionTable } from './audio-attention.js';
+import { rmsNormRows } from './reference-math.js';
 
 interface Clipped {
   w: Float32Array;
@@ -69,16 +70,6 @@ function clamp(x: Float64Array, lo: number, hi: number): Float64Array {
   return x.map((v) => Math.min(Math.max(v, lo), hi));
 }
 
-function rmsNorm(x: Float64Array, width: number, w: Float32Array | null, eps: number): Float64Array {
-  const out = new Float64Array(x.length);
-  for (let r = 0; r < x.length / width; r++) {
-    let ms = 0;
-    for (let i = 0; i < width; i++) ms += x[r * width + i]! ** 2;
-    const inv = Math.pow(ms / width + eps, -0.5);
-    for (let i = 0; i < width; i++) out[r * width + i] = x[r * width + i]! * inv * (w ? w[i]! : 1);
-  }
-  return out;
-}
 
 const silu = (v: number): number => v / (1 + Math.exp(-v));
 const sigmoid = (v: number): number => 1 / (1 + Math.exp(-v));
@@ -136,7 +127,7 @@ export class AudioReference {
     let h = linear(x, tokens, this.g.get('input_proj_linear.weight')!, c.hiddenSize, this.d.projInputDim);
     for (const lw of this.layers) h = this.layer(h, tokens, mask, lw);
     const out = linear(h, tokens, this.g.get('output_proj.weight')!, c.outputProjDims, c.hiddenSize, this.g.get('output_proj.bias')!);
-    const normed = rmsNorm(out, c.outputProjDims, null, c.rmsNormEps);
+    const normed = rmsNormRows(out, c.outputProjDims, null, c.rmsNormEps);
     const emb = linear(normed, tokens, this.g.get('embed')!, c.textHiddenSize, c.outputProjDims);
     return { embeds: Float32Array.from(emb), towerOut: Float32Array.from(out), mask, tokens };
   }
@@ -199,10 +190,10 @@ export class AudioReference {
   private feedForward(h: Float64Array, s: number, lw: LayerWeights, which: 'feed_forward1' | 'feed_forward2'): Float64Array {
     const c = this.cfg;
     const gc = c.gradientClipping;
-    let x = rmsNorm(clamp(h, -gc, gc), c.hiddenSize, lw.norms[`${which}.pre_layer_norm`]!, AUDIO_BLOCK_NORM_EPS);
+    let x = rmsNormRows(clamp(h, -gc, gc), c.hiddenSize, lw.norms[`${which}.pre_layer_norm`]!, AUDIO_BLOCK_NORM_EPS);
     x = this.clipped(x, s, lw.lin[`${which}.ffw_layer_1`]).map(silu);
     x = clamp(this.clipped(x, s, lw.lin[`${which}.ffw_layer_2`]), -gc, gc);
-    x = rmsNorm(x, c.hiddenSize, lw.norms[`${which}.post_layer_norm`]!, AUDIO_BLOCK_NORM_EPS);
+    x = rmsNormRows(x, c.hiddenSize, lw.norms[`${which}.post_layer_norm`]!, AUDIO_BLOCK_NORM_EPS);
     return h.map((v, i) => v + x[i]! * c.residualWeight);
   }
 
@@ -211,12 +202,12 @@ export class AudioReference {
     const gc = c.gradientClipping;
     const H = c.hiddenSize;
     h = this.feedForward(h, s, lw, 'feed_forward1');
-    let a = rmsNorm(clamp(h, -gc, gc), H, lw.norms.norm_pre_attn!, AUDIO_BLOCK_NORM_EPS);
+    let a = rmsNormRows(clamp(h, -gc, gc), H, lw.norms.norm_pre_attn!, AUDIO_BLOCK_NORM_EPS);
     a = clamp(this.attention(a, s, mask, lw), -gc, gc);
-    a = rmsNorm(a, H, lw.norms.norm_post_attn!, AUDIO_BLOCK_NORM_EPS);
+    a = rmsNormRows(a, H, lw.norms.norm_post_attn!, AUDIO_BLOCK_NORM_EPS);
     h = h.map((v, i) => v + a[i]!);
     // Light convolution module: GLU, causal depthwise conv over time (left pad kernel - 1), norm, SiLU.
-    const x = this.clipped(rmsNorm(h, H, lw.norms['lconv1d.pre_layer_norm']!, c.rmsNormEps), s, lw.lin['lconv1d.linear_start']);
+    const x = this.clipped(rmsNormRows(h, H, lw.norms['lconv1d.pre_layer_norm']!, c.rmsNormEps), s, lw.lin['lconv1d.linear_start']);
     const glu = new Float64Array(s * H);
     for (let t = 0; t < s; t++) for (let i = 0; i < H; i++) glu[t * H + i] = x[t * 2 * H + i]! * sigmoid(x[t * 2 * H + H + i]!);
     const K = c.convKernelSize;
@@ -231,11 +222,11 @@ export class AudioReference {
         conv[t * H + i] = acc;
       }
     }
-    conv = rmsNorm(clamp(conv, -gc, gc), H, lw.norms['lconv1d.conv_norm']!, c.rmsNormEps).map(silu);
+    conv = rmsNormRows(clamp(conv, -gc, gc), H, lw.norms['lconv1d.conv_norm']!, c.rmsNormEps).map(silu);
     const end = this.clipped(conv, s, lw.lin['lconv1d.linear_end']);
     h = h.map((v, i) => v + end[i]!);
     h = this.feedForward(h, s, lw, 'feed_forward2');
-    return rmsNorm(clamp(h, -gc, gc), H, lw.norms.norm_out!, AUDIO_BLOCK_NORM_EPS);
+    return rmsNormRows(clamp(h, -gc, gc), H, lw.norms.norm_out!, AUDIO_BLOCK_NORM_EPS);
   }
 
   /** Chunked local attention exactly as the blocked transformers code computes it, one query at a time. */

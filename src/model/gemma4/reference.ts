@@ -18,11 +18,9 @@
  * scales (1 + w) and scores = q.k * query_pre_attn_scalar^-0.5.
  */
 import { type Gemma4TextConfig, type LayerInfo, layerInfos } from './config.js';
+import { geluTanh, rmsNormAt } from './reference-math.js';
 import { type GlobalRole, type LayerRole, type WeightSource, MULTIMODAL_TEXT_PREFIX, globalName, layerName, textTensorTable } from './weights.js';
 
-export function geluTanh(x: number): number {
-  return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
-}
 
 /** out = W x for a row-major [rows, cols] matrix. */
 function matvec(w: Float32Array, x: ArrayLike<number>, rows: number, cols: number): Float64Array {
@@ -36,16 +34,6 @@ function matvec(w: Float32Array, x: ArrayLike<number>, rows: number, cols: numbe
   return out;
 }
 
-/**
- * In-place RMSNorm of v[off .. off+n): x * (mean(x^2) + eps)^-0.5 * (offset + w) (w null: no scale). The offset
- * is the config's normScaleOffset: 0 for Gemma 4, 1 for Gemma 3.
- */
-function rmsNorm(v: Float64Array, off: number, n: number, w: Float32Array | null, eps: number, offset = 0): void {
-  let ms = 0;
-  for (let i = 0; i < n; i++) ms += v[off + i]! ** 2;
-  const inv = Math.pow(ms / n + eps, -0.5);
-  for (let i = 0; i < n; i++) v[off + i] = v[off + i]! * inv * (w ? offset + w[i]! : 1);
-}
 
 /** In-place RoPE (rotate_half convention: pairs (i, i + d/2)) of v[off .. off+d) at position pos. */
 function rope(v: Float64Array, off: number, d: number, invFreq: Float64Array, pos: number): void {
@@ -203,7 +191,7 @@ export class Gemma4Reference {
       const raw = this.g('ple_table').subarray(id * L * P, (id + 1) * L * P);
       for (let l = 0; l < L; l++) {
         for (let j = 0; j < P; j++) proj[l * P + j] = proj[l * P + j]! * Math.pow(H, -0.5);
-        rmsNorm(proj, l * P, P, pleNorm, c.rmsNormEps);
+        rmsNormAt(proj, l * P, P, pleNorm, c.rmsNormEps);
         for (let j = 0; j < P; j++) ple[l * P + j] = (proj[l * P + j]! + raw[l * P + j]! * Math.sqrt(P)) * Math.SQRT1_2;
       }
     }
@@ -213,7 +201,7 @@ export class Gemma4Reference {
       this.onLayerOutput?.(info.index, h);
     }
 
-    rmsNorm(h, 0, H, this.g('final_norm'), c.rmsNormEps, c.normScaleOffset);
+    rmsNormAt(h, 0, H, this.g('final_norm'), c.rmsNormEps, c.normScaleOffset);
     const logits = new Float32Array(c.vocabSize);
     const cap = c.finalLogitSoftcapping;
     const head = this.linear(this.lmHead ?? embed, h, c.vocabSize, H); // tied LM head unless given its own
@@ -235,19 +223,19 @@ export class Gemma4Reference {
 
     // --- attention block
     const x = Float64Array.from(h);
-    rmsNorm(x, 0, H, lw('input_norm'), eps, off);
+    rmsNormAt(x, 0, H, lw('input_norm'), eps, off);
     const q = this.linear(lw('q_proj'), x, nH * d, H);
     for (let hh = 0; hh < nH; hh++) {
-      rmsNorm(q, hh * d, d, lw('q_norm'), eps, off);
+      rmsNormAt(q, hh * d, d, lw('q_norm'), eps, off);
       rope(q, hh * d, d, info.invFreq, pos);
     }
     if (info.ownsKv) {
       const k = this.linear(lw('k_proj'), x, nKv * d, H);
       const v = this.linear(lw('v_proj'), x, nKv * d, H);
       for (let kh = 0; kh < nKv; kh++) {
-        rmsNorm(k, kh * d, d, lw('k_norm'), eps, off);
+        rmsNormAt(k, kh * d, d, lw('k_norm'), eps, off);
         rope(k, kh * d, d, info.invFreq, pos);
-        if (c.valueNorm) rmsNorm(v, kh * d, d, null, eps);
+        if (c.valueNorm) rmsNormAt(v, kh * d, d, null, eps);
       }
       this.caches[l]!.keys.push(k);
       this.caches[l]!.values.push(v);
@@ -281,18 +269,18 @@ export class Gemma4Reference {
       }
     }
     const o = this.linear(lw('o_proj'), attn, H, nH * d);
-    rmsNorm(o, 0, H, lw('post_attn_norm'), eps, off);
+    rmsNormAt(o, 0, H, lw('post_attn_norm'), eps, off);
     for (let i = 0; i < H; i++) h[i] = h[i]! + o[i]!;
 
     // --- MLP block
     const f = Float64Array.from(h);
-    rmsNorm(f, 0, H, lw('pre_ff_norm'), eps, off);
+    rmsNormAt(f, 0, H, lw('pre_ff_norm'), eps, off);
     const W = info.mlpWidth;
     const gate = this.linear(lw('gate_proj'), f, W, H);
     const up = this.linear(lw('up_proj'), f, W, H);
     for (let i = 0; i < W; i++) gate[i] = geluTanh(gate[i]!) * up[i]!;
     const down = this.linear(lw('down_proj'), gate, H, W);
-    rmsNorm(down, 0, H, lw('post_ff_norm'), eps, off);
+    rmsNormAt(down, 0, H, lw('post_ff_norm'), eps, off);
     for (let i = 0; i < H; i++) h[i] = h[i]! + down[i]!;
 
     // --- per-layer input block (Gemma 4)
@@ -301,7 +289,7 @@ export class Gemma4Reference {
       const g = this.linear(lw('ple_gate'), h, P, H);
       for (let i = 0; i < P; i++) g[i] = geluTanh(g[i]!) * ple[i]!;
       const pp = this.linear(lw('ple_proj'), g, H, P);
-      rmsNorm(pp, 0, H, lw('ple_post_norm'), eps, off);
+      rmsNormAt(pp, 0, H, lw('ple_post_norm'), eps, off);
       for (let i = 0; i < H; i++) h[i] = h[i]! + pp[i]!;
     }
     if (c.layerScalar) {

@@ -18,7 +18,7 @@
  *   standardize (optional): (h - std_bias) * std_scale
  *   embed_vision: RMSNorm without scale (vision rms_norm_eps), then embedding_projection -> text hidden
  */
-import { geluTanh } from './reference.js';
+import { geluTanh, rmsNormRows } from './reference-math.js';
 import { type Gemma4VisionConfig, patchDim, visionInvFreq } from './vision-config.js';
 import { CLIP_BOUNDS, VISION_LINEAR_ROLES, type VisionLayerNormRole, type VisionLinearRole, visionNames } from './vision-weights.js';
 import type { WeightSource } from './weights.js';
@@ -61,17 +61,6 @@ function linear(x: Float64Array, rows: number, lin: Linear): Float64Array {
   return out;
 }
 
-/** RMSNorm over consecutive groups of `n` values: x * (mean(x^2) + eps)^-0.5 [* w]. */
-function rmsNorm(x: Float64Array, n: number, w: Float32Array | null, eps: number): Float64Array {
-  const out = new Float64Array(x.length);
-  for (let off = 0; off < x.length; off += n) {
-    let ms = 0;
-    for (let i = 0; i < n; i++) ms += x[off + i]! ** 2;
-    const inv = Math.pow(ms / n + eps, -0.5);
-    for (let i = 0; i < n; i++) out[off + i] = x[off + i]! * inv * (w ? w[i]! : 1);
-  }
-  return out;
-}
 
 export class VisionReference {
   private constructor(
@@ -144,14 +133,14 @@ export class VisionReference {
 
     // ---- encoder
     for (const layer of this.layers) {
-      const a = this.attention(rmsNorm(h, H, layer.norms.input_norm, c.rmsNormEps), P, pad, positionIds, layer);
-      const an = rmsNorm(a, H, layer.norms.post_attn_norm, c.rmsNormEps);
+      const a = this.attention(rmsNormRows(h, H, layer.norms.input_norm, c.rmsNormEps), P, pad, positionIds, layer);
+      const an = rmsNormRows(a, H, layer.norms.post_attn_norm, c.rmsNormEps);
       for (let i = 0; i < h.length; i++) h[i] = h[i]! + an[i]!;
-      const xf = rmsNorm(h, H, layer.norms.pre_ff_norm, c.rmsNormEps);
+      const xf = rmsNormRows(h, H, layer.norms.pre_ff_norm, c.rmsNormEps);
       const g = linear(xf, P, layer.linears.gate_proj);
       const u = linear(xf, P, layer.linears.up_proj);
       for (let i = 0; i < g.length; i++) g[i] = geluTanh(g[i]!) * u[i]!;
-      const f = rmsNorm(linear(g, P, layer.linears.down_proj), H, layer.norms.post_ff_norm, c.rmsNormEps);
+      const f = rmsNormRows(linear(g, P, layer.linears.down_proj), H, layer.norms.post_ff_norm, c.rmsNormEps);
       for (let i = 0; i < h.length; i++) h[i] = h[i]! + f[i]!;
     }
 
@@ -180,7 +169,7 @@ export class VisionReference {
     while (softTokens < L && used[softTokens]) softTokens++;
 
     // ---- embed_vision
-    const out = linear(rmsNorm(pooled, H, null, c.rmsNormEps), L, this.projection);
+    const out = linear(rmsNormRows(pooled, H, null, c.rmsNormEps), L, this.projection);
     return { embeds: Float32Array.from(out), outputLength: L, softTokens };
   }
 
@@ -190,9 +179,9 @@ export class VisionReference {
     const nkv = c.numKeyValueHeads;
     const hd = c.headDim;
     const eps = c.rmsNormEps;
-    const q = rmsNorm(linear(x, P, layer.linears.q_proj), hd, layer.norms.q_norm, eps);
-    const k = rmsNorm(linear(x, P, layer.linears.k_proj), hd, layer.norms.k_norm, eps);
-    const v = rmsNorm(linear(x, P, layer.linears.v_proj), hd, null, eps);
+    const q = rmsNormRows(linear(x, P, layer.linears.q_proj), hd, layer.norms.q_norm, eps);
+    const k = rmsNormRows(linear(x, P, layer.linears.k_proj), hd, layer.norms.k_norm, eps);
+    const v = rmsNormRows(linear(x, P, layer.linears.v_proj), hd, null, eps);
     const inv = visionInvFreq(c);
     this.rope2d(q, P, nh, pos, inv);
     this.rope2d(k, P, nkv, pos, inv);
