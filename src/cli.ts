@@ -1,15 +1,15 @@
 #!/usr/bin/env node
 /**
- * The `perch` command. This file only composes: each area registers its own subcommands from its module
- * (`register(program)`), so adding a command never means growing this file beyond one import and one entry.
+ * The `perch` command. This file only composes: each area's subcommands live in src/cli/ (one file per area,
+ * `register(program)`), so adding a command never means growing this file beyond one import and one entry.
  */
 import { Command } from 'commander';
-import { EXIT_CONFIG, loadOrReport, register as registerConfig } from './config/command.js';
-import { registerTranscribeCommand } from './audio/transcribe-command.js';
-import { registerAskCommand } from './engine/ask-command.js';
-import { registerModelCommands } from './model/commands.js';
-import { registerHaCommands } from './mqtt/ha-command.js';
-import { registerCaptionCommand } from './vision/caption-command.js';
+import { EXIT_CONFIG, loadOrReport, register as registerConfig } from './cli/config.js';
+import { registerTranscribeCommand } from './cli/transcribe.js';
+import { registerAskCommand } from './cli/ask.js';
+import { registerModelCommands } from './cli/model.js';
+import { registerHaCommands } from './cli/ha.js';
+import { registerCaptionCommand } from './cli/caption.js';
 import { perchVersion } from './version.js';
 
 type Register = (program: Command) => void;

@@ -8,7 +8,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { segmenterSettingsSchema, type SegmenterSettingsInput } from '../src/audio/settings.js';
 import { stitchTranscripts } from '../src/audio/stitch.js';
-import { segment } from '../src/audio/transcribe-command.js';
+import { segment } from '../src/audio/segment-clip.js';
 import { mqttSettings, schedulerSettings } from '../src/config/schema.js';
 import { Transcriber } from '../src/engine/transcriber.js';
 import { silentLogger } from '../src/log.js';

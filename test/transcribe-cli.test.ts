@@ -6,7 +6,7 @@
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { segment } from '../src/audio/transcribe-command.js';
+import { segment } from '../src/audio/segment-clip.js';
 import { Transcriber } from '../src/engine/transcriber.js';
 import { wavTo16kMono } from '../src/sources/wav-decode.js';
 import { runScript } from './cli-helpers.js';

@@ -7,17 +7,14 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, commandLogger, intIn, reportFailure } from '../cli-args.js';
+import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, commandLogger, intIn, reportFailure } from './args.js';
 import { commandCache } from '../engine/prepacked-cache.js';
 import { Transcriber } from '../engine/transcriber.js';
 import { MAX_WAV_BYTES } from '../sources/wav.js';
 import { wavTo16kMono } from '../sources/wav-decode.js';
-import { Segmenter, type Utterance } from './segmenter.js';
-import { segmenterSettingsSchema } from './settings.js';
-import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
+import { segment } from '../audio/segment-clip.js';
 
 /** Samples fed to the segmenter between waits: well under its max_backlog_ms, so nothing is dropped. */
-const FEED_SAMPLES = AUDIO_SAMPLE_RATE; // one second per push
 
 interface TranscribeCommandOptions {
   model: string;
@@ -113,26 +110,6 @@ async function transcribeFile(file: string, opts: TranscribeCommandOptions): Pro
     process.off('SIGINT', onSigint);
     await transcriber.close();
   }
-}
-
-/** Runs the segmenter over a whole clip, waiting for the VAD after each second so its backlog never overflows. */
-export async function segment(samples: Int16Array): Promise<Utterance[]> {
-  const seg = await Segmenter.create(segmenterSettingsSchema.parse({}), { idPrefix: 'u' });
-  const found: Utterance[] = [];
-  seg.on('utterance', (u) => found.push(u));
-  let failure: Error | undefined;
-  seg.on('error', (err) => (failure ??= err));
-  try {
-    for (let at = 0; at < samples.length; at += FEED_SAMPLES) {
-      seg.push({ samples: samples.subarray(at, at + FEED_SAMPLES), sampleRate: AUDIO_SAMPLE_RATE, startMs: (at * 1000) / AUDIO_SAMPLE_RATE });
-      await seg.idle();
-    }
-    await seg.flush();
-  } finally {
-    await seg.close();
-  }
-  if (failure) throw failure;
-  return found;
 }
 
 function ms(v: number): number {

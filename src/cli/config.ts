@@ -2,9 +2,9 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { stringify } from 'yaml';
-import { ConfigError, loadConfigDetailed, maskSecrets, type LoadedConfig } from './load.js';
-import { DOCS_FILE, EXAMPLE_FILE, generateExampleYaml, generateMarkdown, writeDocs } from './docs.js';
-import { formatPath } from './introspect.js';
+import { ConfigError, loadConfigDetailed, maskSecrets, type LoadedConfig } from '../config/load.js';
+import { DOCS_FILE, EXAMPLE_FILE, generateExampleYaml, generateMarkdown, writeDocs } from '../config/docs.js';
+import { formatPath } from '../config/introspect.js';
 
 /** Exit status for a configuration that does not validate. */
 export const EXIT_CONFIG = 2;

@@ -4,11 +4,11 @@
  * stderr with exit status 1; Ctrl-C stops generation and keeps the partial answer.
  */
 import { InvalidArgumentError, type Command } from 'commander';
-import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, commandLogger, intIn, reportFailure } from '../cli-args.js';
-import { Engine, type GenerateResult } from './engine.js';
-import { DEFAULT_SAMPLING } from './gemma-engine.js';
-import { commandCache } from './prepacked-cache.js';
-import type { ChatMessage } from './prompt.js';
+import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, commandLogger, intIn, reportFailure } from './args.js';
+import { Engine, type GenerateResult } from '../engine/engine.js';
+import { DEFAULT_SAMPLING } from '../engine/gemma-engine.js';
+import { commandCache } from '../engine/prepacked-cache.js';
+import type { ChatMessage } from '../engine/prompt.js';
 
 const MAX_QUESTION_CHARS = 32_768;
 

@@ -6,10 +6,10 @@
 import { readFile, stat } from 'node:fs/promises';
 import sharp from 'sharp';
 import { InvalidArgumentError, type Command } from 'commander';
-import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, commandLogger, intIn, reportFailure } from '../cli-args.js';
+import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, commandLogger, intIn, reportFailure } from './args.js';
 import { DEFAULT_CAPTION_PROMPT, modelSettings } from '../config/schema.js';
 import { GemmaAnswerEngine } from '../engine/gemma-engine.js';
-import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from './preprocess.js';
+import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from '../vision/preprocess.js';
 
 /** Largest image file read (camera frames are far smaller). */
 const MAX_FILE_BYTES = 32 * 1024 * 1024;

@@ -4,14 +4,14 @@
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import cliProgress from 'cli-progress';
-import { intIn } from '../cli-args.js';
-import { convertCheckpoint } from './convert.js';
-import type { BuildPhase, BuildProgress } from './package/build.js';
-import { profiles, type Manifest, type Profile } from './package/manifest.js';
-import { formatProblems, verifyPackage } from './package/verify.js';
+import { intIn } from './args.js';
+import { convertCheckpoint } from '../model/convert.js';
+import type { BuildPhase, BuildProgress } from '../model/package/build.js';
+import { profiles, type Manifest, type Profile } from '../model/package/manifest.js';
+import { formatProblems, verifyPackage } from '../model/package/verify.js';
 import { profileForThisCpu, profileMismatch } from '../engine/cpu-fit.js';
-import { DEFAULT_REPO, pullModel } from './pull.js';
-import { synthPackage, type SynthPreset } from './synth.js';
+import { DEFAULT_REPO, pullModel } from '../model/pull.js';
+import { synthPackage, type SynthPreset } from '../model/synth.js';
 
 const PHASE_LABEL: Record<BuildPhase, string> = { decoder: 'decoder tensors', ple: 'PLE rows', files: 'tokenizer files' };
 

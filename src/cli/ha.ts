@@ -1,9 +1,9 @@
 /** `perch ha remove`: deletes Perch's device (every entity) from Home Assistant's MQTT discovery. */
 import type { Command } from 'commander';
 import mqtt from 'mqtt';
-import { EXIT_CONFIG, loadOrReport } from '../config/command.js';
-import { loadTls } from './client-options.js';
-import { haRemove } from './discovery.js';
+import { EXIT_CONFIG, loadOrReport } from './config.js';
+import { loadTls } from '../mqtt/client-options.js';
+import { haRemove } from '../mqtt/discovery.js';
 
 export function registerHaCommands(program: Command): void {
   const ha = program.command('ha').description('Home Assistant integration');
