@@ -11,12 +11,9 @@
  *
  * Memory: the old engine is closed only after the new one has loaded, so for a moment both are resident.
  */
-import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import type { PerchConfig } from '../config/schema.js';
 import { GemmaAnswerEngine } from '../engine/gemma-engine.js';
 import type { Transcriber } from '../engine/transcriber.js';
@@ -24,9 +21,8 @@ import { type AnswerEngine, EngineSlot, type StageReporter, UnavailableEngine } 
 import { type Logger, silentLogger } from '../log.js';
 import { MANIFEST_FILE } from '../model/package/manifest.js';
 import { formatProblems, verifyPackage } from '../model/package/verify.js';
+import { synthPackage } from '../model/synth.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
-
-const execFileAsync = promisify(execFile);
 
 export interface ModelManagerOptions {
   config: PerchConfig;
@@ -42,23 +38,6 @@ export interface ModelManagerOptions {
   /** Stat interval and the time a change must be stable before it is looked at (defaults 1 s and 2 s). */
   pollMs?: number;
   debounceMs?: number;
-}
-
-/**
- * Builds the tiny synthetic package with the model command (`perch model synth`), in a child process: the
- * daemon runs packages, it does not carry the builder. From source (tests, tsx) the command runs through tsx.
- */
-export async function synthesiseTinyPackage(dir: string): Promise<void> {
-  const here = fileURLToPath(import.meta.url);
-  const fromSource = path.extname(here) === '.ts';
-  const cli = path.join(path.dirname(here), '..', fromSource ? 'cli.ts' : 'cli.js');
-  const args = [...(fromSource ? ['--import', 'tsx'] : []), cli, 'model', 'synth', '--preset', 'tiny', '--out', dir];
-  try {
-    await execFileAsync(process.execPath, args, { maxBuffer: 1 << 20 });
-  } catch (e) {
-    const err = e as Error & { stderr?: string };
-    throw new Error(`could not build the synthetic package in ${dir}: ${(err.stderr || err.message).trim().slice(0, 500)}`);
-  }
 }
 
 export function hasPackage(dir: string): boolean {
@@ -110,7 +89,7 @@ export class ModelManager {
     const { model } = this.o.config;
     if (!hasPackage(model.dir) && model.synthetic_if_missing) {
       this.log.warn({ dir: model.dir }, 'NO MODEL PACKAGE: building the tiny synthetic package (random weights). Its answers are meaningless; get the real model with `perch model pull` and point model.dir at it');
-      await synthesiseTinyPackage(model.dir);
+      await synthPackage({ preset: 'tiny', outDir: model.dir });
     }
     this.applied = await manifestSignature(model.dir);
     if (this.applied === 'none') {
