@@ -42,6 +42,7 @@ async function startDaemon(stateDir: string, over: Record<string, unknown>) {
   return { id, root, daemon, watcher };
 }
 
+// biome-ignore lint/suspicious/noExplicitAny: the test reads arbitrary JSON
 const json = (b: Buffer) => JSON.parse(b.toString()) as Record<string, any>;
 const lastStats = (msgs: Received[], root: string) => {
   const s = msgs.filter((x) => x.topic === `${root}/stats`).at(-1);

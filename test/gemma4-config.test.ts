@@ -43,12 +43,12 @@ describe('gemma4 config', () => {
     expect(layers.map((l) => l.mlpWidth)).toEqual([...Array(15).fill(6144), ...Array(20).fill(12288)]);
     const full = layers[4]!;
     expect([full.headDim, full.rotaryPairs, full.invFreq.length]).toEqual([512, 64, 256]);
-    expect(full.invFreq[1]).toBeCloseTo(Math.pow(1e6, -2 / 512), 12);
+    expect(full.invFreq[1]).toBeCloseTo(1e6 ** (-2 / 512), 12);
     expect(full.invFreq[63]).toBeGreaterThan(0);
     expect(full.invFreq[64]).toBe(0);
     const sliding = layers[0]!;
     expect([sliding.headDim, sliding.rotaryPairs, sliding.window]).toEqual([256, 128, 512]);
-    expect(sliding.invFreq[127]).toBeCloseTo(Math.pow(1e4, -254 / 256), 12);
+    expect(sliding.invFreq[127]).toBeCloseTo(1e4 ** (-254 / 256), 12);
     const slots = cacheSlots(e2bConfig());
     expect(slots).toHaveLength(15);
     expect(slots[0]!.maxLength).toBe(511);

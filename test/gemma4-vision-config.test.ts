@@ -70,7 +70,7 @@ describe('gemma4 vision config', () => {
     const f = visionInvFreq(e2bVisionConfig());
     expect(f).toHaveLength(16);
     expect(f[0]).toBe(1);
-    expect(f[1]).toBeCloseTo(Math.pow(100, -2 / 32), 12);
+    expect(f[1]).toBeCloseTo(100 ** (-2 / 32), 12);
   });
 
   it('the E2B tensor table has the official names, shapes and ~150 M linear parameters', () => {

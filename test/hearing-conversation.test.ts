@@ -28,7 +28,7 @@ let root: string;
 let transcriber: Transcriber;
 /** speech.wav, 2 s of silence, phrase 1, 1 s of silence: two utterances, one right after the other. */
 let twoUtterances: string;
-const cleanups: Array<() => Promise<unknown> | void> = [];
+const cleanups: Array<() => unknown> = [];
 
 /** 16 kHz mono 16-bit PCM WAV. */
 function writeWav(path: string, samples: Int16Array): void {

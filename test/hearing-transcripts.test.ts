@@ -26,7 +26,7 @@ import { SPEECH_WAV, makeHearingPackage } from './transcribe-helpers.js';
 const BROKER = 'mqtt://127.0.0.1:1883';
 let root: string;
 let transcriber: Transcriber;
-const cleanups: Array<() => Promise<unknown> | void> = [];
+const cleanups: Array<() => unknown> = [];
 
 beforeAll(async () => {
   root = tempRoot('hearing');

@@ -148,7 +148,7 @@ export class Collector {
   static async connect(url: string, filters: string[], opts: IClientOptions = {}): Promise<Collector> {
     const client = await mqtt.connectAsync(url, { reconnectPeriod: 100, ...opts });
     const c = new Collector(client);
-    await client.subscribeAsync(filters.map((f) => ({ topic: f, qos: 1 as const })).reduce((m, s) => ({ ...m, [s.topic]: { qos: s.qos } }), {}));
+    await client.subscribeAsync(Object.fromEntries(filters.map((f) => [f, { qos: 1 as const }])));
     return c;
   }
 

@@ -42,7 +42,10 @@ describe('generateStructured', () => {
   it('returns the first valid reply and stops asking', async () => {
     const prompts: string[] = [];
     const replies = ['no json here', JSON.stringify(good), 'never asked'];
-    const r = await generateStructured(async (p, attempt) => (prompts.push(p), replies[attempt - 1]!), { prompt: 'What is there?', schema, validator, retries: 2 });
+    const r = await generateStructured(async (p, attempt) => {
+      prompts.push(p);
+      return replies[attempt - 1]!;
+    }, { prompt: 'What is there?', schema, validator, retries: 2 });
     expect(r).toEqual({ data: good, text: JSON.stringify(good), attempts: 2 });
     expect(prompts).toHaveLength(2);
     expect(prompts[0]).toBe(structuredPrompt('What is there?', schema));
@@ -54,7 +57,10 @@ describe('generateStructured', () => {
   it('after 1 + retries invalid replies throws InvalidOutputError with the last reason', async () => {
     let calls = 0;
     const invalid: Array<[number, string]> = [];
-    const err = await generateStructured(async () => (calls++, '{"people": -1, "summary": "x", "concern": "low"}'), {
+    const err = await generateStructured(async () => {
+      calls++;
+      return '{"people": -1, "summary": "x", "concern": "low"}';
+    }, {
       prompt: 'p',
       schema,
       validator,
@@ -69,7 +75,10 @@ describe('generateStructured', () => {
 
   it('retries 0 asks once; errors of generate pass through untouched', async () => {
     let calls = 0;
-    await expect(generateStructured(async () => (calls++, 'nope'), { prompt: 'p', schema, validator, retries: 0 })).rejects.toThrow(InvalidOutputError);
+    await expect(generateStructured(async () => {
+      calls++;
+      return 'nope';
+    }, { prompt: 'p', schema, validator, retries: 0 })).rejects.toThrow(InvalidOutputError);
     expect(calls).toBe(1);
     const boom = new Error('engine gone');
     await expect(generateStructured(async () => Promise.reject(boom), { prompt: 'p', schema, validator, retries: 2 })).rejects.toBe(boom);

@@ -108,6 +108,7 @@ export interface Segmenter {
   on(event: 'processed', listener: () => void): this;
 }
 
+// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: the interface above only types the events
 export class Segmenter extends EventEmitter {
   private readonly s: SegmenterSettings;
   private readonly log: Logger;

@@ -194,6 +194,7 @@ function int(name: string, v: string | undefined, def: number, min: number, max:
 }
 
 async function main(argv: string[]): Promise<number> {
+  // biome-ignore lint/suspicious/noImplicitAnyLet: TypeScript types it from the parseArgs assignment below
   let values;
   try {
     ({ values } = parseArgs({

@@ -327,6 +327,7 @@ export function formatTable(rows: QualityRow[]): string {
 }
 
 async function main(argv: string[]): Promise<number> {
+  // biome-ignore lint/suspicious/noImplicitAnyLet: TypeScript types it from the parseArgs assignment below
   let values;
   try {
     ({ values } = parseArgs({

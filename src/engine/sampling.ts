@@ -115,7 +115,7 @@ export function topIndices(values: ArrayLike<number>, count: number): Int32Array
   };
   for (let i = 0; i < n && k > 0; i++) {
     let v = values[i]!;
-    if (v !== v) v = -Infinity; // NaN ranks last
+    if (Number.isNaN(v)) v = -Infinity; // NaN ranks last
     if (size < k) {
       let pos = size++;
       heapIdx[pos] = i;
@@ -206,7 +206,7 @@ export function createSampler(opts: SamplerOptions = {}): Sampler {
       let mass = 0;
       for (let j = 0; j < candidates.length; j++) {
         const l = logits[candidates[j]!]!;
-        mass += w[j] = l === l ? Math.exp((l - maxLogit) * invT) : 0;
+        mass += w[j] = !Number.isNaN(l) ? Math.exp((l - maxLogit) * invT) : 0;
       }
       let cum = 0;
       let end = 0;

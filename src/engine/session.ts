@@ -2,7 +2,7 @@
  * ONNX Runtime session for a package's decoder graph. Every option that changes speed or memory is a named
  * field here (not buried in a literal), so the benchmark can compare them one by one.
  */
-import * as ort from 'onnxruntime-node';
+import type * as ort from 'onnxruntime-node';
 import type { Gemma4TextConfig } from '../model/gemma4/config.js';
 import { type CacheSlot, DECODER_IO, cacheSlots } from '../model/gemma4/contract.js';
 import type { WeightsPacking } from './prepacked-cache.js';

@@ -129,5 +129,5 @@ export class VisionEncoder {
 
 function tensorMeta(list: readonly ort.InferenceSession.ValueMetadata[], name: string): ort.InferenceSession.TensorValueMetadata | undefined {
   const m = list.find((x) => x.name === name);
-  return m && m.isTensor ? m : undefined;
+  return m?.isTensor ? m : undefined;
 }

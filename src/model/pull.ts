@@ -46,7 +46,7 @@ export async function pullModel(opts: PullOptions): Promise<Manifest> {
   const repo = opts.repo ?? DEFAULT_REPO;
   const revision = opts.revision ?? 'main';
   if (!/^[A-Za-z0-9][\w.-]*\/[A-Za-z0-9][\w.-]*$/.test(repo) || repo.includes('..')) throw new Error(`invalid repository name ${JSON.stringify(repo)}`);
-  if (!/^[\w.\/-]{1,128}$/.test(revision) || revision.split('/').includes('..')) throw new Error(`invalid revision ${JSON.stringify(revision)}`);
+  if (!/^[\w./-]{1,128}$/.test(revision) || revision.split('/').includes('..')) throw new Error(`invalid revision ${JSON.stringify(revision)}`);
   const token = opts.token ?? process.env.HF_TOKEN;
   const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
 

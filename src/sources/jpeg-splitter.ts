@@ -104,7 +104,10 @@ export class JpegSplitter {
       }
       if (this.phase === 'segments') {
         if (this.pos + 2 > this.len) return;
-        if (b[this.pos] !== 0xff) return this.corrupt('marker expected');
+        if (b[this.pos] !== 0xff) {
+          this.corrupt('marker expected');
+          return;
+        }
         const marker = b[this.pos + 1]!;
         if (marker === 0xff) {
           this.pos += 1; // fill byte
@@ -124,7 +127,10 @@ export class JpegSplitter {
         }
         if (this.pos + 4 > this.len) return;
         const segLen = b.readUInt16BE(this.pos + 2);
-        if (segLen < 2) return this.corrupt('bad segment length');
+        if (segLen < 2) {
+          this.corrupt('bad segment length');
+          return;
+        }
         this.pos += 2 + segLen;
         if (marker === 0xda) this.phase = 'entropy';
         if (this.pos > this.len) return; // the segment body is still arriving

@@ -27,7 +27,7 @@ export function toTextConfigJson(c: Gemma4TextConfig): Record<string, unknown> {
     tie_word_embeddings: c.tieWordEmbeddings,
   };
   if (c.family === 'gemma3') {
-    return { model_type: 'gemma3_text', ...common, query_pre_attn_scalar: Math.round(Math.pow(c.attentionScale, -2)) };
+    return { model_type: 'gemma3_text', ...common, query_pre_attn_scalar: Math.round(c.attentionScale ** -2) };
   }
   return {
     model_type: 'gemma4_text',

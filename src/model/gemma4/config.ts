@@ -311,7 +311,7 @@ function parseGemma3TextConfig(json: Json, t: Json): Gemma4TextConfig {
     tieWordEmbeddings: bool(isObject(json.text_config) ? json : t, 'tie_word_embeddings', true),
     family: 'gemma3',
     normScaleOffset: 1,
-    attentionScale: Math.pow(num(t, 'query_pre_attn_scalar', 256), -0.5),
+    attentionScale: num(t, 'query_pre_attn_scalar', 256) ** -0.5,
     valueNorm: false,
     layerScalar: false,
   };
@@ -354,14 +354,14 @@ export function ropeInvFreq(p: RopeParams, headDim: number): { invFreq: Float64A
     // default: 1 / theta^(2i / head_dim) over all pairs (partial_rotary_factor is not used by this type);
     // linear: the same divided by factor.
     const factor = p.ropeType === 'linear' ? p.factor : 1;
-    for (let i = 0; i < half; i++) invFreq[i] = 1 / Math.pow(p.theta, (2 * i) / headDim) / factor;
+    for (let i = 0; i < half; i++) invFreq[i] = 1 / p.theta ** ((2 * i) / headDim) / factor;
     return { invFreq, rotaryPairs: half };
   }
   // proportional (modeling_rope_utils._compute_proportional_rope_parameters): the first
   // floor(factor*head_dim/2) pairs get 1 / theta^(2i / head_dim) (exponent over the FULL head dim),
   // the rest get frequency 0 (cos 1, sin 0: not rotated); everything divided by `factor`.
   const pairs = Math.floor((p.partialRotaryFactor * headDim) / 2);
-  for (let i = 0; i < pairs; i++) invFreq[i] = 1 / Math.pow(p.theta, (2 * i) / headDim) / p.factor;
+  for (let i = 0; i < pairs; i++) invFreq[i] = 1 / p.theta ** ((2 * i) / headDim) / p.factor;
   return { invFreq, rotaryPairs: pairs };
 }
 

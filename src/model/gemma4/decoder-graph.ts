@@ -151,7 +151,7 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
   let pleAll: string | null = null;
   if (perLayerRows) {
     let ctx = await linear(x0, gName('ple_model_proj'));
-    ctx = ops.op('Mul', [ctx, ops.f32(Math.pow(H, -0.5))]);
+    ctx = ops.op('Mul', [ctx, ops.f32(H ** -0.5)]);
     ctx = ops.op('Reshape', [ctx, ops.i64([0, 0, L, P])]);
     ctx = ops.rmsNorm(ctx, 'per_layer_projection_norm', await normScale(gName('ple_proj_norm')), eps);
     const rows = ops.op('Mul', [ops.op('Reshape', [perLayerRows, ops.i64([0, 0, L, P])]), ops.f32(Math.sqrt(P))]);

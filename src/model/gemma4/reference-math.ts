@@ -14,7 +14,7 @@ export function geluTanh(x: number): number {
 export function rmsNormAt(v: Float64Array, off: number, n: number, w: Float32Array | null, eps: number, offset = 0): void {
   let ms = 0;
   for (let i = 0; i < n; i++) ms += v[off + i]! ** 2;
-  const inv = Math.pow(ms / n + eps, -0.5);
+  const inv = (ms / n + eps) ** -0.5;
   for (let i = 0; i < n; i++) v[off + i] = v[off + i]! * inv * (w ? offset + w[i]! : 1);
 }
 

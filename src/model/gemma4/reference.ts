@@ -190,7 +190,7 @@ export class Gemma4Reference {
       const pleNorm = this.g('ple_proj_norm');
       const raw = this.g('ple_table').subarray(id * L * P, (id + 1) * L * P);
       for (let l = 0; l < L; l++) {
-        for (let j = 0; j < P; j++) proj[l * P + j] = proj[l * P + j]! * Math.pow(H, -0.5);
+        for (let j = 0; j < P; j++) proj[l * P + j] = proj[l * P + j]! * H ** -0.5;
         rmsNormAt(proj, l * P, P, pleNorm, c.rmsNormEps);
         for (let j = 0; j < P; j++) ple[l * P + j] = (proj[l * P + j]! + raw[l * P + j]! * Math.sqrt(P)) * Math.SQRT1_2;
       }

@@ -139,7 +139,7 @@ export function visionInvFreq(c: Gemma4VisionConfig): Float64Array {
   const spatial = c.headDim / 2;
   const out = new Float64Array(spatial / 2);
   // torch computes base ** (arange / dim) in float32; the difference is far below the parity bound.
-  for (let i = 0; i < out.length; i++) out[i] = 1 / Math.pow(c.ropeTheta, (2 * i) / spatial);
+  for (let i = 0; i < out.length; i++) out[i] = 1 / c.ropeTheta ** ((2 * i) / spatial);
   return out;
 }
 

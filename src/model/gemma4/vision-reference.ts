@@ -119,7 +119,7 @@ export class VisionReference {
 
     // ---- patch embedder
     const x = Float64Array.from(pixelValues, (v) => 2 * (v - 0.5));
-    let h = linear(x, P, this.inputProj);
+    const h = linear(x, P, this.inputProj);
     const E = c.positionEmbeddingSize;
     for (let p = 0; p < P; p++) {
       if (pad[p]) continue;

@@ -159,7 +159,7 @@ async function checkGraph(dir: string, name: string, data: FileEntry | null, c: 
     return;
   }
   const g = model.graph;
-  if (!g || !g.node || g.node.length === 0) {
+  if (!g?.node || g.node.length === 0) {
     fail(name, 'ONNX model has no graph nodes');
     return;
   }
