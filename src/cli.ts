@@ -19,7 +19,10 @@ function registerRun(program: Command): void {
     .command('run')
     .description('Run the daemon (refuses to start, exit 2, when the config has problems)')
     .option('-c, --config <file>', 'config file (default: $PERCH_CONFIG, else /etc/perch/config.yaml)')
-    .option('--exit-with-parent', 'stop when the process that started Perch ends (npm start: npm does not pass SIGTERM on)')
+    .option(
+      '--exit-with-parent',
+      'stop when the process that started Perch ends (npm start: npm does not pass SIGTERM on)',
+    )
     .action(async (opts: { config?: string; exitWithParent?: boolean }) => {
       const loaded = loadOrReport(opts.config);
       if (!loaded) {
@@ -34,9 +37,19 @@ function registerRun(program: Command): void {
 }
 
 /** Every area's subcommands; new areas add their register function here. */
-const areas: Register[] = [registerRun, registerConfig, registerModelCommands, registerAskCommand, registerTranscribeCommand, registerCaptionCommand, registerHaCommands];
+const areas: Register[] = [
+  registerRun,
+  registerConfig,
+  registerModelCommands,
+  registerAskCommand,
+  registerTranscribeCommand,
+  registerCaptionCommand,
+  registerHaCommands,
+];
 
-const program = new Command('perch').description('Offline AI on small boards: microphone and camera in, MQTT out').version(perchVersion());
+const program = new Command('perch')
+  .description('Offline AI on small boards: microphone and camera in, MQTT out')
+  .version(perchVersion());
 for (const register of areas) register(program);
 
 try {

@@ -14,7 +14,9 @@ export function createLogger(opts: LogOptions, destination: NodeJS.WritableStrea
       const rec = JSON.parse(line) as Record<string, unknown>;
       const { time, level, msg, pid: _pid, hostname: _host, module, ...rest } = rec;
       const extra = Object.keys(rest).length ? ' ' + JSON.stringify(rest) : '';
-      destination.write(`${new Date(time as number).toISOString()} ${pino.levels.labels[level as number]?.toUpperCase() ?? level}${module ? ` [${module}]` : ''} ${msg ?? ''}${extra}\n`);
+      destination.write(
+        `${new Date(time as number).toISOString()} ${pino.levels.labels[level as number]?.toUpperCase() ?? level}${module ? ` [${module}]` : ''} ${msg ?? ''}${extra}\n`,
+      );
     };
     return pino({ level: opts.level }, { write });
   }

@@ -38,6 +38,7 @@ describe('bench:arm readings', () => {
     expect(parseKernelCase('q4-b64-acc1')).toEqual({ op: 'nbits', bits: 4, blockSize: 64, accuracyLevel: 1 });
     expect(parseKernelCase('dqmm-s8')).toEqual({ op: 'dqmm', weights: 's8' });
     expect(parseKernelCase('int8-rows')).toEqual({ op: 'int8-rows' });
-    for (const bad of ['q3-b64-acc1', 'q4-b48-acc1', 'q4-b8-acc1', 'q4-b64-acc5', 'dqmm-s4', 'q4-b64-acc1;rm']) expect(parseKernelCase(bad)).toBeNull();
+    for (const bad of ['q3-b64-acc1', 'q4-b48-acc1', 'q4-b8-acc1', 'q4-b64-acc5', 'dqmm-s4', 'q4-b64-acc1;rm'])
+      expect(parseKernelCase(bad)).toBeNull();
   });
 });

@@ -1,6 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { naiveRealDft, RealFft } from '../src/audio/fft.js';
-import { GEMMA4_LOG_MEL_DEFAULTS, LogMelExtractor, logMelFeatures, optionsFromProcessorConfig, softTokenCount } from '../src/audio/features.js';
+import {
+  GEMMA4_LOG_MEL_DEFAULTS,
+  LogMelExtractor,
+  logMelFeatures,
+  optionsFromProcessorConfig,
+  softTokenCount,
+} from '../src/audio/features.js';
 import { denseFilterbank, hzToMelHtk, melFilterbank, melToHzHtk } from '../src/audio/mel.js';
 import { rng } from './audio-helpers.js';
 
@@ -11,7 +17,14 @@ const random = (n: number, seed: number): Float64Array => {
 
 describe('RealFft', () => {
   it('matches a naive DFT for several sizes, including zero-padded input', () => {
-    for (const [size, len] of [[4, 4], [8, 8], [64, 64], [512, 512], [512, 320], [1024, 700]] as const) {
+    for (const [size, len] of [
+      [4, 4],
+      [8, 8],
+      [64, 64],
+      [512, 512],
+      [512, 320],
+      [1024, 700],
+    ] as const) {
       const x = random(len, size + len);
       const fft = new RealFft(size);
       const re = new Float64Array(fft.bins);
@@ -19,7 +32,8 @@ describe('RealFft', () => {
       fft.forward(x, re, im);
       const ref = naiveRealDft(x, size);
       let worst = 0;
-      for (let k = 0; k < fft.bins; k++) worst = Math.max(worst, Math.abs(re[k]! - ref.re[k]!), Math.abs(im[k]! - ref.im[k]!));
+      for (let k = 0; k < fft.bins; k++)
+        worst = Math.max(worst, Math.abs(re[k]! - ref.re[k]!), Math.abs(im[k]! - ref.im[k]!));
       expect(worst, `size ${size}, ${len} samples`).toBeLessThan(1e-9 * size);
     }
   });
@@ -37,7 +51,9 @@ describe('RealFft', () => {
 
   it('refuses sizes that are not a power of two and input longer than the size', () => {
     expect(() => new RealFft(320)).toThrow(/power of two/);
-    expect(() => new RealFft(8).forward(new Float64Array(9), new Float64Array(5), new Float64Array(5))).toThrow(/exceeds/);
+    expect(() => new RealFft(8).forward(new Float64Array(9), new Float64Array(5), new Float64Array(5))).toThrow(
+      /exceeds/,
+    );
   });
 });
 
@@ -58,7 +74,8 @@ describe('mel filterbank (HTK, no normalisation)', () => {
     expect(fb.edgesHz[0]).toBe(0);
     expect(fb.edgesHz[129]).toBeCloseTo(8000, 9);
     const step = hzToMelHtk(8000) / 129;
-    for (let i = 1; i < 130; i++) expect(hzToMelHtk(fb.edgesHz[i]!) - hzToMelHtk(fb.edgesHz[i - 1]!)).toBeCloseTo(step, 9);
+    for (let i = 1; i < 130; i++)
+      expect(hzToMelHtk(fb.edgesHz[i]!) - hzToMelHtk(fb.edgesHz[i - 1]!)).toBeCloseTo(step, 9);
   });
 
   it('has triangles: weights in [0, 1], zero outside their edges, and adjacent filters summing to 1 between centres', () => {
@@ -138,7 +155,10 @@ describe('logMelFeatures', () => {
       // Filter m spans (edge m, edge m+2) with its peak at edge m+1: the peak filter's span holds the tone.
       expect(fb.edgesHz[best]!, `${hz} Hz`).toBeLessThan(hz);
       expect(fb.edgesHz[best + 2]!, `${hz} Hz`).toBeGreaterThan(hz);
-      const nearest = Array.from(fb.edgesHz.subarray(1, 129)).reduce((b, c, i, a) => (Math.abs(c - hz) < Math.abs(a[b]! - hz) ? i : b), 0);
+      const nearest = Array.from(fb.edgesHz.subarray(1, 129)).reduce(
+        (b, c, i, a) => (Math.abs(c - hz) < Math.abs(a[b]! - hz) ? i : b),
+        0,
+      );
       expect(Math.abs(best - nearest)).toBeLessThanOrEqual(1);
     }
   });
@@ -177,7 +197,15 @@ describe('logMelFeatures', () => {
   });
 
   it('reads overrides from a processor_config.json and applies normalisation', () => {
-    const opts = optionsFromProcessorConfig({ audio_seq_length: 500, feature_extractor: { mel_floor: 1e-5, per_bin_mean: new Array(128).fill(1), per_bin_stddev: new Array(128).fill(2), bogus: 'x' } });
+    const opts = optionsFromProcessorConfig({
+      audio_seq_length: 500,
+      feature_extractor: {
+        mel_floor: 1e-5,
+        per_bin_mean: new Array(128).fill(1),
+        per_bin_stddev: new Array(128).fill(2),
+        bogus: 'x',
+      },
+    });
     expect(opts).toMatchObject({ melFloor: 1e-5, maxSoftTokens: 500 });
     const r = new LogMelExtractor(opts).extract(new Float32Array(4000));
     expect(r.features[5 * 128]).toBeCloseTo((Math.log(1e-5) - 1) / 2, 5);

@@ -31,7 +31,11 @@ export function rng(seed: number): () => number {
   };
 }
 
-export type Piece = { silenceMs: number } | { noiseDbfs: number; ms: number } | { speech: Int16Array } | { sine: { hz: number; amp: number; ms: number } };
+export type Piece =
+  | { silenceMs: number }
+  | { noiseDbfs: number; ms: number }
+  | { speech: Int16Array }
+  | { sine: { hz: number; amp: number; ms: number } };
 
 export interface Placed {
   samples: Int16Array;
@@ -55,7 +59,8 @@ export function buildStream(pieces: Piece[], seed = 1): Placed {
       for (let i = 0; i < s.length; i++) s[i] = Math.round((rand() * 2 - 1) * amp);
     } else if ('sine' in p) {
       s = new Int16Array(Math.round(p.sine.ms * 16));
-      for (let i = 0; i < s.length; i++) s[i] = Math.round(p.sine.amp * 32767 * Math.sin((2 * Math.PI * p.sine.hz * i) / 16000));
+      for (let i = 0; i < s.length; i++)
+        s[i] = Math.round(p.sine.amp * 32767 * Math.sin((2 * Math.PI * p.sine.hz * i) / 16000));
     } else {
       s = p.speech;
       const { first, last } = nonSilentExtent(s);

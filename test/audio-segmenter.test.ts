@@ -20,7 +20,8 @@ afterEach(async () => {
   await Promise.all(open.splice(0).map((s) => s.close()));
 });
 
-const slice = (x: Int16Array, fromMs: number, toMs: number): Int16Array => x.subarray(Math.round(fromMs * 16), Math.round(toMs * 16));
+const slice = (x: Int16Array, fromMs: number, toMs: number): Int16Array =>
+  x.subarray(Math.round(fromMs * 16), Math.round(toMs * 16));
 
 describe('Segmenter with the Silero VAD', () => {
   it('finds each placed utterance within 100 ms, with pre-roll and post-roll audio from the stream', async () => {
@@ -52,7 +53,14 @@ describe('Segmenter with the Silero VAD', () => {
     });
     // Speech activity: on at each start, off at each end, in order.
     expect(got.activity.map((a) => [a.speaking, a.utteranceId])).toEqual([
-      [true, 't-1'], [false, 't-1'], [true, 't-2'], [false, 't-2'], [true, 't-3'], [false, 't-3'], [true, 't-4'], [false, 't-4'],
+      [true, 't-1'],
+      [false, 't-1'],
+      [true, 't-2'],
+      [false, 't-2'],
+      [true, 't-3'],
+      [false, 't-3'],
+      [true, 't-4'],
+      [false, 't-4'],
     ]);
     got.activity.forEach((a, i) => {
       const u = got.utterances[i >> 1]!;
@@ -61,7 +69,7 @@ describe('Segmenter with the Silero VAD', () => {
     expect(seg.stats()).toMatchObject({ utterances: 4, droppedShort: 0, droppedBacklogMs: 0, discontinuities: 0 });
   });
 
-  it('keeps stream time: utterance times follow the chunks\' startMs', async () => {
+  it("keeps stream time: utterance times follow the chunks' startMs", async () => {
     const placed = buildStream([{ silenceMs: 800 }, { speech: phrase(3) }, { silenceMs: 1000 }]);
     const { seg } = await segmenter();
     const got = await run(seg, placed.samples, 1000, 60000);
@@ -77,7 +85,16 @@ describe('Segmenter with the Silero VAD', () => {
     expect(vad.getStats().modelRuns).toBe(0);
 
     const { seg: seg2, vad: vad2 } = await segmenter();
-    const noisy = await run(seg2, buildStream([{ noiseDbfs: -45, ms: 3000 }, { noiseDbfs: -35, ms: 3000 }], 5).samples);
+    const noisy = await run(
+      seg2,
+      buildStream(
+        [
+          { noiseDbfs: -45, ms: 3000 },
+          { noiseDbfs: -35, ms: 3000 },
+        ],
+        5,
+      ).samples,
+    );
     expect(noisy.utterances).toEqual([]);
     expect(noisy.activity).toEqual([]);
     expect(vad2.getStats().modelRuns).toBeGreaterThan(150); // noise above the floor does reach the model
@@ -119,13 +136,18 @@ describe('Segmenter with the Silero VAD', () => {
     expect(Math.abs(a.speechStartMs - placed.speech[0]!.startMs)).toBeLessThanOrEqual(100);
     expect(Math.abs(b.speechEndMs - placed.speech.at(-1)!.endMs)).toBeLessThanOrEqual(100);
     // One stretch of speech: one on, one off.
-    expect(got.activity.map((x) => [x.speaking, x.utteranceId])).toEqual([[true, 't-1'], [false, 't-1']]);
+    expect(got.activity.map((x) => [x.speaking, x.utteranceId])).toEqual([
+      [true, 't-1'],
+      [false, 't-1'],
+    ]);
   });
 
   it('reports the sound level of a known sine as 20 log10(A / sqrt 2) dBFS, throttled', async () => {
     const amp = 0.25;
     const placed = buildStream([{ sine: { hz: 1000, amp, ms: 5000 } }, { sine: { hz: 1000, amp: amp / 4, ms: 3000 } }]);
-    const { seg } = await segmenter(settings({ level_window_ms: 1000, level_min_change_db: 1, level_max_interval_ms: 60000 }));
+    const { seg } = await segmenter(
+      settings({ level_window_ms: 1000, level_min_change_db: 1, level_max_interval_ms: 60000 }),
+    );
     const got = await run(seg, placed.samples);
     const expected = 20 * Math.log10((amp * 32767) / 32768 / Math.SQRT2); // -15.05 dBFS
     // The first window is reported; the next four are within 1 dB and stay quiet; the 12 dB drop is reported.
@@ -167,7 +189,8 @@ describe('Segmenter with the Silero VAD', () => {
     const half = Math.round(placed.samples.length * 0.7);
     const got: string[] = [];
     seg.on('utterance', (u) => got.push(`${u.id}:${u.endMs}`));
-    for (let i = 0; i < half; i += 800) seg.push({ samples: placed.samples.slice(i, Math.min(i + 800, half)), sampleRate: 16000, startMs: i / 16 });
+    for (let i = 0; i < half; i += 800)
+      seg.push({ samples: placed.samples.slice(i, Math.min(i + 800, half)), sampleRate: 16000, startMs: i / 16 });
     // The source restarted: time jumps ahead by 10 s.
     seg.push({ samples: new Int16Array(16000), sampleRate: 16000, startMs: half / 16 + 10000 });
     await seg.flush();
@@ -182,7 +205,8 @@ describe('Segmenter backlog', () => {
     const { seg } = await segmenter(settings({ max_backlog_ms: 2000 }));
     const audio = buildStream([{ noiseDbfs: -40, ms: 6000 }]).samples;
     // Pushed all at once (faster than the VAD can run): only about the newest 2 s can be kept.
-    for (let i = 0; i < audio.length; i += 800) seg.push({ samples: audio.slice(i, i + 800), sampleRate: 16000, startMs: i / 16 });
+    for (let i = 0; i < audio.length; i += 800)
+      seg.push({ samples: audio.slice(i, i + 800), sampleRate: 16000, startMs: i / 16 });
     await seg.flush();
     const st = seg.stats();
     expect(st.droppedBacklogMs).toBeGreaterThanOrEqual(3500);
@@ -194,7 +218,10 @@ describe('Segmenter backlog', () => {
 describe('Segmenter attached to a WavSource', () => {
   it('finds the spoken question in config/samples/speech.wav', async () => {
     const path = fileURLToPath(new URL('../config/samples/speech.wav', import.meta.url));
-    const source = new WavSource({ type: 'wav', path, realtime: false, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 }, silentLogger);
+    const source = new WavSource(
+      { type: 'wav', path, realtime: false, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 },
+      silentLogger,
+    );
     const { seg } = await segmenter();
     const utterances: Utterance[] = [];
     seg.on('utterance', (u) => utterances.push(u));
@@ -217,8 +244,18 @@ describe('Segmenter attached to a WavSource', () => {
 describe('segmenterSettingsSchema', () => {
   it('has defaults, a description on every key, and rejects inconsistent thresholds', () => {
     const d = segmenterSettingsSchema.parse({});
-    expect(d).toMatchObject({ start_threshold: 0.5, end_threshold: 0.35, pre_roll_ms: 300, hang_over_ms: 500, min_utterance_ms: 250, max_utterance_ms: 30000, split_overlap_ms: 1000, level_window_ms: 1000 });
-    for (const [key, field] of Object.entries(segmenterSettingsSchema.shape)) expect(field.description, key).toBeTruthy();
+    expect(d).toMatchObject({
+      start_threshold: 0.5,
+      end_threshold: 0.35,
+      pre_roll_ms: 300,
+      hang_over_ms: 500,
+      min_utterance_ms: 250,
+      max_utterance_ms: 30000,
+      split_overlap_ms: 1000,
+      level_window_ms: 1000,
+    });
+    for (const [key, field] of Object.entries(segmenterSettingsSchema.shape))
+      expect(field.description, key).toBeTruthy();
     expect(segmenterSettingsSchema.description).toBeTruthy();
     expect(segmenterSettingsSchema.safeParse({ start_threshold: 0.3, end_threshold: 0.4 }).success).toBe(false);
     expect(segmenterSettingsSchema.safeParse({ max_utterance_ms: 31000 }).success).toBe(false);

@@ -4,7 +4,9 @@ import { stitchTranscripts } from '../src/audio/stitch.js';
 
 describe('stitchTranscripts', () => {
   it('drops an exact repeat at the start of the next part', () => {
-    expect(stitchTranscripts(['turn on the porch light', 'porch light when the courier arrives'])).toBe('turn on the porch light when the courier arrives');
+    expect(stitchTranscripts(['turn on the porch light', 'porch light when the courier arrives'])).toBe(
+      'turn on the porch light when the courier arrives',
+    );
     expect(stitchTranscripts(['one two three', 'three four five', 'five six'])).toBe('one two three four five six');
   });
 
@@ -14,7 +16,9 @@ describe('stitchTranscripts', () => {
   });
 
   it('compares without case and punctuation, keeping the earlier part’s spelling', () => {
-    expect(stitchTranscripts(['Turn on the Porch Light,', 'porch light. When the courier arrives.'])).toBe('Turn on the Porch Light, When the courier arrives.');
+    expect(stitchTranscripts(['Turn on the Porch Light,', 'porch light. When the courier arrives.'])).toBe(
+      'Turn on the Porch Light, When the courier arrives.',
+    );
     // Typographic and plain apostrophes are both punctuation: the words still match.
     expect(stitchTranscripts(['It’s raining', "IT'S RAINING again"])).toBe('It’s raining again');
     expect(stitchTranscripts(["it's raining", "It's raining again!"])).toBe("it's raining again!");

@@ -37,7 +37,10 @@ describe('SileroVad', () => {
   });
 
   it('also runs the v4 (h/c) model', async () => {
-    const v = await vad({ modelPath: join(dirname(defaultVadModelPath()), 'silero_vad_legacy.onnx'), energyFloorDbfs: -Infinity });
+    const v = await vad({
+      modelPath: join(dirname(defaultVadModelPath()), 'silero_vad_legacy.onnx'),
+      energyFloorDbfs: -Infinity,
+    });
     expect(v.version).toBe('v4');
     const p = await probabilities(v, buildStream([{ silenceMs: 300 }, { speech: phrase(2) }]).samples);
     expect(Math.max(...p)).toBeGreaterThan(0.9);

@@ -17,8 +17,15 @@ it('parses the real /proc/self/status: the parts add up to the resident set', ()
 });
 
 it('parses status text in kB, missing fields as 0', () => {
-  const text = 'Name:\tnode\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nRssAnon:\t   512 kB\nRssFile:\t   500 kB\nRssShmem:\t    12 kB\n';
-  expect(parseProcStatus(text)).toEqual({ rss: 1024 * 1024, hwm: 2048 * 1024, anon: 512 * 1024, file: 500 * 1024, shmem: 12 * 1024 });
+  const text =
+    'Name:\tnode\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nRssAnon:\t   512 kB\nRssFile:\t   500 kB\nRssShmem:\t    12 kB\n';
+  expect(parseProcStatus(text)).toEqual({
+    rss: 1024 * 1024,
+    hwm: 2048 * 1024,
+    anon: 512 * 1024,
+    file: 500 * 1024,
+    shmem: 12 * 1024,
+  });
   expect(parseProcStatus('Name:\tx\n')).toEqual({ rss: 0, hwm: 0, anon: 0, file: 0, shmem: 0 });
 });
 
@@ -31,10 +38,20 @@ it('sees heap blocks on transparent huge pages when glibc is asked for them', (c
   if (mode === 'never') ctx.skip();
   const probe = (tunables: string | undefined): number =>
     Number(
-      execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', "import { readAnonHugePages } from './src/bench/memory.ts'; const b = Buffer.alloc(64 << 20, 1); console.log(readAnonHugePages(), b.length)"], {
-        env: { ...process.env, GLIBC_TUNABLES: tunables },
-        encoding: 'utf8',
-      }).split(' ')[0],
+      execFileSync(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          '--input-type=module',
+          '-e',
+          "import { readAnonHugePages } from './src/bench/memory.ts'; const b = Buffer.alloc(64 << 20, 1); console.log(readAnonHugePages(), b.length)",
+        ],
+        {
+          env: { ...process.env, GLIBC_TUNABLES: tunables },
+          encoding: 'utf8',
+        },
+      ).split(' ')[0],
     );
   expect(probe('glibc.malloc.hugetlb=1')).toBeGreaterThanOrEqual(32 << 20);
   if (mode === 'madvise') expect(probe(undefined)).toBeLessThan(32 << 20);
@@ -76,7 +93,10 @@ it('the hand-assembled wasm reader is valid and reads every byte (XOR of all 16-
   const mem = new WebAssembly.Memory({ initial: 1 });
   const words = new Int32Array(mem.buffer);
   for (let i = 0; i < words.length; i++) words[i] = Math.imul(i + 1, 0x9e3779b1);
-  const f = new WebAssembly.Instance(new WebAssembly.Module(bytes), { e: { m: mem } }).exports.f as (p: number, end: number) => number;
+  const f = new WebAssembly.Instance(new WebAssembly.Module(bytes), { e: { m: mem } }).exports.f as (
+    p: number,
+    end: number,
+  ) => number;
   let want = 0;
   for (let i = 0; i < words.length; i += 4) want ^= words[i]!;
   expect(f(0, mem.buffer.byteLength)).toBe(want);
@@ -94,7 +114,13 @@ it('measures positive read and copy bandwidth on a small buffer', async () => {
 
 it('sums kernel time of the decode runs only, by op and by node', () => {
   const run = (ts: number, dur: number): OrtProfileEvent => ({ cat: 'Session', name: 'model_run', ts, dur });
-  const node = (name: string, op: string, ts: number, dur: number): OrtProfileEvent => ({ cat: 'Node', name: `${name}_kernel_time`, ts, dur, args: { op_name: op } });
+  const node = (name: string, op: string, ts: number, dur: number): OrtProfileEvent => ({
+    cat: 'Node',
+    name: `${name}_kernel_time`,
+    ts,
+    dur,
+    args: { op_name: op },
+  });
   const events: OrtProfileEvent[] = [
     run(0, 1000), // prefill: excluded
     node('mm_big', 'MatMulNBits', 10, 900),

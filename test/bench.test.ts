@@ -17,7 +17,20 @@ import { runScript } from './cli-helpers.js';
 
 const bench = (...args: string[]) => runScript('src/bench/main.ts', args, 120_000);
 
-const SMALL = ['--threads', '1', '--prompt-tokens', '8,16', '--decode-tokens', '4', '--runs', '1', '--bandwidth-mb', '8', '--bandwidth-reps', '2'];
+const SMALL = [
+  '--threads',
+  '1',
+  '--prompt-tokens',
+  '8,16',
+  '--decode-tokens',
+  '4',
+  '--runs',
+  '1',
+  '--bandwidth-mb',
+  '8',
+  '--bandwidth-reps',
+  '2',
+];
 
 let root: string;
 let pkg: string;
@@ -35,7 +48,12 @@ function withoutEncoders(src: string, dst: string): string {
   const file = join(dst, MANIFEST_FILE);
   const m = JSON.parse(readFileSync(file, 'utf8')) as Manifest;
   const enc = m.files.filter((f) => /^(vision|audio)-/.test(f.role));
-  expect(enc.map((f) => f.path).sort()).toEqual(['audio_encoder.onnx', 'audio_encoder.onnx.data', 'vision_encoder.onnx', 'vision_encoder.onnx.data']);
+  expect(enc.map((f) => f.path).sort()).toEqual([
+    'audio_encoder.onnx',
+    'audio_encoder.onnx.data',
+    'vision_encoder.onnx',
+    'vision_encoder.onnx.data',
+  ]);
   for (const f of enc) rmSync(join(dst, f.path));
   m.files = m.files.filter((f) => !enc.includes(f));
   writeFileSync(file, JSON.stringify(m, null, 2));
@@ -54,7 +72,8 @@ function expectedBytesPerToken(m: Manifest): number {
     return n * nb * ((bs * bits) / 8) + n * nb * 4 + n * Math.ceil((nb * bits) / 8);
   };
   let bytes = 0;
-  for (const t of textTensorTable(cfg)) if (t.kind === 'linear') bytes += nbits(t.shape[0]!, t.shape[1]!, q.linear!.bits, q.linear!.block_size);
+  for (const t of textTensorTable(cfg))
+    if (t.kind === 'linear') bytes += nbits(t.shape[0]!, t.shape[1]!, q.linear!.bits, q.linear!.block_size);
   bytes += nbits(cfg.vocabSize, cfg.hiddenSize, q.embedding!.bits, q.embedding!.block_size);
   return bytes + rowStrideFor(cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput, q.ple.bits, q.ple.block_size);
 }
@@ -149,7 +168,10 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   }
   // The chain holds at least the decoder's linear bytes, so it meets the caches as decode does.
   expect(k.linear.bytes).toBeGreaterThanOrEqual(w.matmulBytes);
-  expect(k.ceilingTokPerS).toBeCloseTo(1 / (w.matmulBytes / (k.linear.gbps * 1e9) + w.lmHeadBytes / (k.lmHead!.gbps * 1e9)), 6);
+  expect(k.ceilingTokPerS).toBeCloseTo(
+    1 / (w.matmulBytes / (k.linear.gbps * 1e9) + w.lmHeadBytes / (k.lmHead!.gbps * 1e9)),
+    6,
+  );
   expect(k.decodeShareOfCeiling).toBeCloseTo(res.decodeTokPerS / k.ceilingTokPerS, 9);
 
   // The tiny package has both encoders: both sections are measured (values positive, not judged for speed).
@@ -158,7 +180,15 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   expect(s.audioSeconds).toBe(5);
   expect(s.audioTokens).toBeGreaterThan(0);
   expect(s.runs).toHaveLength(1);
-  for (const v of [s.endToTranscriptMs, s.firstTokenMs, s.realTimeFactor, s.split.featuresMs, s.split.encodeMs, s.split.prefillMs]) expect(v).toBeGreaterThan(0);
+  for (const v of [
+    s.endToTranscriptMs,
+    s.firstTokenMs,
+    s.realTimeFactor,
+    s.split.featuresMs,
+    s.split.encodeMs,
+    s.split.prefillMs,
+  ])
+    expect(v).toBeGreaterThan(0);
   expect(s.endToTranscriptMs).toBe(s.runs[0]!.totalMs);
   expect(s.realTimeFactor).toBeCloseTo(s.endToTranscriptMs / 5000, 9);
   expect(s.firstTokenMs).toBeLessThanOrEqual(s.endToTranscriptMs);
@@ -173,7 +203,16 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   expect(c.promptTokens).toBeGreaterThan(c.imageTokens);
   // Stop ids masked: exactly the default 32 caption tokens.
   expect(c.decodedTokens).toBe(32);
-  for (const v of [c.imageEncodeMs, c.frameToCaptionMs, c.firstTokenMs, c.split.preprocessMs, c.split.encodeMs, c.split.prefillMs, c.split.decodeMs]) expect(v).toBeGreaterThan(0);
+  for (const v of [
+    c.imageEncodeMs,
+    c.frameToCaptionMs,
+    c.firstTokenMs,
+    c.split.preprocessMs,
+    c.split.encodeMs,
+    c.split.prefillMs,
+    c.split.decodeMs,
+  ])
+    expect(v).toBeGreaterThan(0);
   expect(c.imageEncodeMs).toBeCloseTo(c.split.preprocessMs + c.split.encodeMs, 9);
   expect(c.frameToCaptionMs).toBeGreaterThanOrEqual(c.imageEncodeMs + c.split.prefillMs + c.split.decodeMs);
   expect(c.targetPi5Ms).toBe(PI5_TARGETS.frameToCaptionMs);
@@ -197,8 +236,12 @@ it('prints a human table by default, speech and caption beside their Pi 5 target
   expect(r.stdout).toMatch(/real-time factor +[\d.]+ /);
   expect(r.stdout).toContain('caption   skipped: turned off (--no-caption)');
   expect(r.stdout).toMatch(/^ +MatMulNBits alone +linears \(2-bit, block \d+, accuracy_level 4\) read [\d.]+ GB\/s/m);
-  expect(r.stdout).toMatch(/^ +with speech, caption +peak RSS \d+ MiB \(anonymous \d+ MiB, file \d+ MiB\) over the whole run/m);
-  expect(r.stdout).toMatch(/^ +kernel ceiling +[\d.]+ tok\/s if decode were nothing but these kernels; decode reaches \d+% of it/m);
+  expect(r.stdout).toMatch(
+    /^ +with speech, caption +peak RSS \d+ MiB \(anonymous \d+ MiB, file \d+ MiB\) over the whole run/m,
+  );
+  expect(r.stdout).toMatch(
+    /^ +kernel ceiling +[\d.]+ tok\/s if decode were nothing but these kernels; decode reaches \d+% of it/m,
+  );
   const off = await bench('--model', pkg, '--json', ...SMALL, '--no-speech', '--no-caption', '--no-kernels');
   expect(off.code, off.stderr).toBe(0);
   const res = JSON.parse(off.stdout) as BenchResult;
@@ -207,7 +250,15 @@ it('prints a human table by default, speech and caption beside their Pi 5 target
   expect(res.caption).toEqual({ skipped: true, reason: 'turned off (--no-caption)' });
   expect(r.code, r.stderr).toBe(0);
   expect(r.stdout).toContain('4 KiB pages)');
-  for (const label of ['prefill tok/s', 'weights read / token', 'read bandwidth', 'copy bandwidth', 'decode share', 'peak RSS', 'PLE cache']) {
+  for (const label of [
+    'prefill tok/s',
+    'weights read / token',
+    'read bandwidth',
+    'copy bandwidth',
+    'decode share',
+    'peak RSS',
+    'PLE cache',
+  ]) {
     expect(r.stdout).toContain(label);
   }
   expect(r.stdout).toMatch(/^\s+8\s+[\d.]+\s+\d+\s+[\d.]+\s+\([\d.]+, [\d.]+\)$/m);

@@ -15,10 +15,15 @@ interface Result {
 function perch(args: string[], env: Record<string, string> = {}): Promise<Result> {
   const base = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('PERCH_')));
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', 'src/cli.ts', ...args], { env: { ...base, ...env }, timeout: 20_000, maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
-      resolve({ code, stdout, stderr });
-    });
+    execFile(
+      process.execPath,
+      ['--import', 'tsx', 'src/cli.ts', ...args],
+      { env: { ...base, ...env }, timeout: 20_000, maxBuffer: 1 << 20 },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
+        resolve({ code, stdout, stderr });
+      },
+    );
   });
 }
 
@@ -54,7 +59,10 @@ describe('perch config check / run', () => {
     writeFileSync(file, 'device: { id: kitchen }\nmqtt: { password: file-secret }\n');
     const secret = join(dir, 'pw');
     writeFileSync(secret, 'env-secret\n');
-    const r = await perch(['config', 'check', file], { PERCH_MQTT_PASSWORD_FILE: secret, PERCH_MQTT_URL: 'mqtt://user:urlpass@broker:1883' });
+    const r = await perch(['config', 'check', file], {
+      PERCH_MQTT_PASSWORD_FILE: secret,
+      PERCH_MQTT_URL: 'mqtt://user:urlpass@broker:1883',
+    });
     expect(r.code).toBe(0);
     const out = r.stdout.split('\n');
     expect(out[0]).toBe(`${file}: OK`);
@@ -70,7 +78,9 @@ describe('perch config check / run', () => {
     writeFileSync(file, '');
     const bad = await perch(['config', 'check', file], { PERCH_MQTT_KEEPALIVE_S: 'abc' });
     expect(bad.code).toBe(2);
-    expect(bad.stderr).toContain(`${file}: PERCH_MQTT_KEEPALIVE_S (sets mqtt.keepalive_s): got "abc" — expected an integer between 5 and 3600`);
+    expect(bad.stderr).toContain(
+      `${file}: PERCH_MQTT_KEEPALIVE_S (sets mqtt.keepalive_s): got "abc" — expected an integer between 5 and 3600`,
+    );
     const missing = join(dir, 'missing.yaml');
     const gone = await perch(['config', 'check'], { PERCH_CONFIG: missing });
     expect(gone.code).toBe(2);

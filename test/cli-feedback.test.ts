@@ -22,13 +22,21 @@ beforeAll(async () => {
   ({ dir: pkg } = await makeTinyPackage(root));
   unfit = join(root, 'unfit');
   const base = quantPolicyFor('pi5');
-  await synthPackage({ preset: 'tiny', outDir: unfit, seed: 3, encoders: false, policy: { ...base, linear: { ...base.linear!, block_size: 16, promote: undefined } } });
+  await synthPackage({
+    preset: 'tiny',
+    outDir: unfit,
+    seed: 3,
+    encoders: false,
+    policy: { ...base, linear: { ...base.linear!, block_size: 16, promote: undefined } },
+  });
 }, 120_000);
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 describe('perch commands report what happened', () => {
   it('a prepacked cache that cannot be made is a warning on stderr, and the answer still comes', async () => {
-    const r = await perch('ask', '--model', pkg, '--max-tokens', '2', '--threads', '1', 'hi', { env: { PERCH_CACHE_DIR: '/dev/null/x' } });
+    const r = await perch('ask', '--model', pkg, '--max-tokens', '2', '--threads', '1', 'hi', {
+      env: { PERCH_CACHE_DIR: '/dev/null/x' },
+    });
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/prepacked weight cache unavailable/);
     expect(r.stderr).toContain('/dev/null/x');
@@ -36,7 +44,17 @@ describe('perch commands report what happened', () => {
 
   it('a package whose 2-bit linears get no int8 kernel on this CPU is announced by ask and verify, naming pi4', async () => {
     expect(await ortRunsInt8Activations(2, 16)).toBe(false); // the premise: this block size has no int8 path
-    const ask = await perch('ask', '--model', unfit, '--max-tokens', '2', '--threads', '1', '--no-prepacked-cache', 'hi');
+    const ask = await perch(
+      'ask',
+      '--model',
+      unfit,
+      '--max-tokens',
+      '2',
+      '--threads',
+      '1',
+      '--no-prepacked-cache',
+      'hi',
+    );
     expect(ask.code).toBe(0);
     expect(ask.stderr).toMatch(/expect int8 dot-product instructions this CPU lacks.*'pi4' profile/);
     const verify = await perch('model', 'verify', '--quick', unfit);

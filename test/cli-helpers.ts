@@ -8,11 +8,21 @@ export interface Run {
 }
 
 /** `node --import tsx <script> ...args`; resolves (never rejects) with the exit code and output. */
-export function runScript(script: string, args: readonly string[], timeoutMs = 60_000, env?: NodeJS.ProcessEnv): Promise<Run> {
+export function runScript(
+  script: string,
+  args: readonly string[],
+  timeoutMs = 60_000,
+  env?: NodeJS.ProcessEnv,
+): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['--import', 'tsx', script, ...args], { timeout: timeoutMs, maxBuffer: 8 << 20, env: env ? { ...process.env, ...env } : process.env }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
+    execFile(
+      process.execPath,
+      ['--import', 'tsx', script, ...args],
+      { timeout: timeoutMs, maxBuffer: 8 << 20, env: env ? { ...process.env, ...env } : process.env },
+      (err, stdout, stderr) => {
+        resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+      },
+    );
   });
 }
 

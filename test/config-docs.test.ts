@@ -22,7 +22,9 @@ function keyPaths(schema: z.ZodType, prefix = ''): { path: string; mapping: bool
 
 /** Removes "# " at `column` from lines[from..to) — what a user does to uncomment an example block. */
 function uncomment(lines: string[], from: number, to: number, column: number): string[] {
-  return lines.map((l, i) => (i >= from && i < to && l.slice(column, column + 2) === '# ' ? l.slice(0, column) + l.slice(column + 2) : l));
+  return lines.map((l, i) =>
+    i >= from && i < to && l.slice(column, column + 2) === '# ' ? l.slice(0, column) + l.slice(column + 2) : l,
+  );
 }
 
 describe('generated configuration docs', () => {
@@ -87,7 +89,12 @@ describe('generated configuration docs', () => {
   });
 
   it('refuses a schema key without a description', () => {
-    const undocumented = z.object({ section: z.object({ key: z.number().default(1) }).prefault({}).describe('A section.') });
+    const undocumented = z.object({
+      section: z
+        .object({ key: z.number().default(1) })
+        .prefault({})
+        .describe('A section.'),
+    });
     expect(() => generateExampleYaml(undocumented)).toThrow(/schema key key has no description/);
     expect(() => generateMarkdown(undocumented)).toThrow(/schema key section.key has no description/);
   });

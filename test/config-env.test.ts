@@ -53,7 +53,15 @@ describe('environment overrides', () => {
   it('are derived from the schema: every scalar leaf outside lists, with _FILE for strings, names unique', () => {
     const vars = envVariables();
     const names = vars.map((v) => v.name);
-    for (const n of ['PERCH_MQTT_URL', 'PERCH_MQTT_PASSWORD', 'PERCH_LOG_LEVEL', 'PERCH_MODEL_DIR', 'PERCH_MQTT_TLS_CA', 'PERCH_MQTT_OUTBOX_MAX_BYTES', 'PERCH_AUDIO_SOURCE_PATH']) {
+    for (const n of [
+      'PERCH_MQTT_URL',
+      'PERCH_MQTT_PASSWORD',
+      'PERCH_LOG_LEVEL',
+      'PERCH_MODEL_DIR',
+      'PERCH_MQTT_TLS_CA',
+      'PERCH_MQTT_OUTBOX_MAX_BYTES',
+      'PERCH_AUDIO_SOURCE_PATH',
+    ]) {
       expect(names).toContain(n);
     }
     expect(names.some((n) => n.startsWith('PERCH_CAMERAS'))).toBe(false);
@@ -68,10 +76,21 @@ describe('environment overrides', () => {
       const s = sample(v);
       // Source keys need a source of the type that has them.
       const isSourceKey = v.path[0] === 'audio' && v.path[1] === 'source' && v.path[2] !== 'type';
-      let base = isSourceKey ? (['path', 'realtime', 'loop'].includes(v.path[2]!) ? 'audio: { source: { type: wav, path: a.wav } }\n' : 'audio: { source: { type: microphone } }\n') : '';
+      let base = isSourceKey
+        ? ['path', 'realtime', 'loop'].includes(v.path[2]!)
+          ? 'audio: { source: { type: wav, path: a.wav } }\n'
+          : 'audio: { source: { type: microphone } }\n'
+        : '';
       // Segmenter keys are tied by cross-field rules: hold the other side of each rule at its most lenient.
       if (v.path[1] === 'segmenter') {
-        const lenient: Record<string, number> = { end_threshold: 0, split_overlap_ms: 0, pre_roll_ms: 0, min_utterance_ms: 0, start_threshold: 1, max_utterance_ms: 30000 };
+        const lenient: Record<string, number> = {
+          end_threshold: 0,
+          split_overlap_ms: 0,
+          pre_roll_ms: 0,
+          min_utterance_ms: 0,
+          start_threshold: 1,
+          max_utterance_ms: 30000,
+        };
         delete lenient[v.path[2]!];
         base = `audio: { segmenter: ${JSON.stringify(lenient)} }\n`;
       }
@@ -91,7 +110,10 @@ describe('environment overrides', () => {
       PERCH_LOG_LEVEL: '',
       PERCH_MQTT_PROTOCOL: '3.1.1',
     };
-    const { config } = parseConfig('mqtt: { url: mqtt://file:1883, keepalive_s: 60 }\nlog: { level: warn }\n', { file, env });
+    const { config } = parseConfig('mqtt: { url: mqtt://file:1883, keepalive_s: 60 }\nlog: { level: warn }\n', {
+      file,
+      env,
+    });
     expect(config.mqtt.url).toBe('mqtts://broker.lan:8883');
     expect(config.mqtt.keepalive_s).toBe(45);
     expect(config.mqtt.tls.reject_unauthorized).toBe(false);
@@ -111,7 +133,15 @@ describe('environment overrides', () => {
   it('report unreadable _FILE variables and a variable set twice, naming the variables', () => {
     const missing = join(dir, 'missing');
     const problems = problemsOf(() =>
-      parseConfig('', { file, env: { PERCH_MQTT_PASSWORD_FILE: missing, PERCH_MQTT_USERNAME: 'a', PERCH_MQTT_USERNAME_FILE: missing, PERCH_MODEL_DIR_FILE: dir } }),
+      parseConfig('', {
+        file,
+        env: {
+          PERCH_MQTT_PASSWORD_FILE: missing,
+          PERCH_MQTT_USERNAME: 'a',
+          PERCH_MQTT_USERNAME_FILE: missing,
+          PERCH_MODEL_DIR_FILE: dir,
+        },
+      }),
     );
     expect(problems).toEqual([
       `PERCH_MQTT_USERNAME (sets mqtt.username): both PERCH_MQTT_USERNAME and PERCH_MQTT_USERNAME_FILE are set; set only one`,
@@ -124,7 +154,12 @@ describe('environment overrides', () => {
     const problems = problemsOf(() =>
       parseConfig('mqtt:\n  keepalive: 5\n', {
         file,
-        env: { PERCH_MQTT_KEEPALIVE_S: 'abc', PERCH_EMBEDDED_BROKER_ENABLED: 'maybe', PERCH_LOG_FORMAT: 'xml', PERCH_MQTT_PASSWORD: 'x'.repeat(3) },
+        env: {
+          PERCH_MQTT_KEEPALIVE_S: 'abc',
+          PERCH_EMBEDDED_BROKER_ENABLED: 'maybe',
+          PERCH_LOG_FORMAT: 'xml',
+          PERCH_MQTT_PASSWORD: 'x'.repeat(3),
+        },
       }),
     );
     expect(problems).toEqual([
@@ -138,6 +173,9 @@ describe('environment overrides', () => {
 
   it('warn about PERCH_ variables that set nothing, with the likely intended name', () => {
     const { warnings } = parseConfig('', { file, env: { PERCH_MQTT_URLL: 'x', PERCH_CONFIG: file, PERCH_ZZZ: '1' } });
-    expect(warnings).toEqual(['PERCH_MQTT_URLL is not a Perch setting and is ignored — did you mean PERCH_MQTT_URL?', 'PERCH_ZZZ is not a Perch setting and is ignored']);
+    expect(warnings).toEqual([
+      'PERCH_MQTT_URLL is not a Perch setting and is ignored — did you mean PERCH_MQTT_URL?',
+      'PERCH_ZZZ is not a Perch setting and is ignored',
+    ]);
   });
 });

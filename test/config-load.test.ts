@@ -2,7 +2,14 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ConfigError, DEFAULT_CONFIG_PATH, loadConfig, loadConfigDetailed, parseConfig, resolveConfigPath } from '../src/config/load.js';
+import {
+  ConfigError,
+  DEFAULT_CONFIG_PATH,
+  loadConfig,
+  loadConfigDetailed,
+  parseConfig,
+  resolveConfigPath,
+} from '../src/config/load.js';
 import { perchConfigSchema } from '../src/config/schema.js';
 
 let dir: string;
@@ -30,12 +37,17 @@ function problemsOf(fn: () => unknown): string[] {
 
 describe('loadConfig', () => {
   it('reports all three mistakes of a file at once, each with key path, value and expectation', () => {
-    const file = write('bad.yaml', ['mqtt:', '  keepalive_s: abc', '  pasword: x', 'log:', '  level: loud', ''].join('\n'));
+    const file = write(
+      'bad.yaml',
+      ['mqtt:', '  keepalive_s: abc', '  pasword: x', 'log:', '  level: loud', ''].join('\n'),
+    );
     const problems = problemsOf(() => loadConfig(file, {}));
     expect(problems).toHaveLength(3);
     expect(problems).toContain('mqtt.keepalive_s: got "abc" — expected an integer between 5 and 3600 (line 2)');
     expect(problems).toContain('mqtt.pasword: unknown key — did you mean "password"? (line 3)');
-    expect(problems).toContain('log.level: got "loud" — expected one of "trace", "debug", "info", "warn", "error", "fatal" (line 5)');
+    expect(problems).toContain(
+      'log.level: got "loud" — expected one of "trace", "debug", "info", "warn", "error", "fatal" (line 5)',
+    );
   });
 
   it('names paths inside lists and tagged unions, and keys that belong to another source type', () => {
@@ -65,13 +77,20 @@ describe('loadConfig', () => {
   });
 
   it('reports unknown keys at every level, also without a close match', () => {
-    const problems = problemsOf(() => parseConfig('devices:\n  id: x\nmodel:\n  zzzzzz: 1\n', { file: join(dir, 'c.yaml'), env: {} }));
+    const problems = problemsOf(() =>
+      parseConfig('devices:\n  id: x\nmodel:\n  zzzzzz: 1\n', { file: join(dir, 'c.yaml'), env: {} }),
+    );
     expect(problems[0]).toBe('devices: unknown key — did you mean "device"? (line 1)');
     expect(problems[1]).toMatch(/^model\.zzzzzz: unknown key — known keys here: dir, threads, /);
   });
 
   it('never shows secrets in messages', () => {
-    const problems = problemsOf(() => parseConfig('mqtt:\n  password: 123456789\n  url: "http://bob:hunter2@example.com"\n', { file: join(dir, 'c.yaml'), env: {} }));
+    const problems = problemsOf(() =>
+      parseConfig('mqtt:\n  password: 123456789\n  url: "http://bob:hunter2@example.com"\n', {
+        file: join(dir, 'c.yaml'),
+        env: {},
+      }),
+    );
     expect(problems.join('\n')).not.toMatch(/123456789|hunter2/);
     expect(problems).toContain('mqtt.password: got ******** (hidden) — expected a string (line 2)');
     expect(problems[1]).toMatch(/^mqtt\.url: got "http:\/\/bob:\*+@example\.com" — expected mqtt:\/\/host/);
@@ -82,14 +101,18 @@ describe('loadConfig', () => {
     const problems = problemsOf(() => loadConfig(file, {}));
     expect(problems.length).toBeGreaterThan(0);
     expect(problems[0]).toMatch(/^YAML syntax error at line \d+, column \d+: /);
-    const dup = problemsOf(() => parseConfig('log:\n  level: info\nlog:\n  format: json\n', { file: join(dir, 'd.yaml'), env: {} }));
+    const dup = problemsOf(() =>
+      parseConfig('log:\n  level: info\nlog:\n  format: json\n', { file: join(dir, 'd.yaml'), env: {} }),
+    );
     expect(dup[0]).toMatch(/YAML syntax error at line 3, column 1: Map keys must be unique/);
   });
 
   it('names the path of a missing file, and finds the file through PERCH_CONFIG', () => {
     const missing = join(dir, 'nope.yaml');
     expect(problemsOf(() => loadConfig(missing, {}))[0]).toBe(`config file ${missing} not found`);
-    expect(problemsOf(() => loadConfig(undefined, { PERCH_CONFIG: missing }))[0]).toBe(`config file ${missing} not found (the path in PERCH_CONFIG)`);
+    expect(problemsOf(() => loadConfig(undefined, { PERCH_CONFIG: missing }))[0]).toBe(
+      `config file ${missing} not found (the path in PERCH_CONFIG)`,
+    );
     expect(resolveConfigPath(undefined, {})).toBe(DEFAULT_CONFIG_PATH);
     const file = write('via-env.yaml', 'device: { id: from-env }\n');
     expect(resolveConfigPath(undefined, { PERCH_CONFIG: file })).toBe(file);
@@ -105,7 +128,9 @@ describe('loadConfig', () => {
     const sections = loadConfig(write('sections.yaml', 'mqtt:\nlog:\n  level:\n  format: pretty\n'), {});
     expect(sections.mqtt).toEqual(defaults.mqtt);
     expect(sections.log).toEqual({ level: 'info', format: 'pretty' });
-    expect(problemsOf(() => parseConfig('- a\n- b\n', { file: join(dir, 'l.yaml'), env: {} }))[0]).toMatch(/got a list — expected a mapping of sections/);
+    expect(problemsOf(() => parseConfig('- a\n- b\n', { file: join(dir, 'l.yaml'), env: {} }))[0]).toMatch(
+      /got a list — expected a mapping of sections/,
+    );
   });
 
   it('resolves relative paths against the config file directory and env paths against the working directory', () => {
@@ -133,7 +158,13 @@ describe('loadConfig', () => {
   });
 
   it('names the default when a rule across keys trips on a key left at it', () => {
-    expect(problemsOf(() => parseConfig('audio: { segmenter: { start_threshold: 0.2 } }\n', { file: 'x.yaml', env: {} }))).toEqual([expect.stringMatching(/^audio\.segmenter\.end_threshold: the default 0\.35 — expected end_threshold must not exceed start_threshold/)]);
+    expect(
+      problemsOf(() => parseConfig('audio: { segmenter: { start_threshold: 0.2 } }\n', { file: 'x.yaml', env: {} })),
+    ).toEqual([
+      expect.stringMatching(
+        /^audio\.segmenter\.end_threshold: the default 0\.35 — expected end_threshold must not exceed start_threshold/,
+      ),
+    ]);
   });
 
   it('loads the dev config with its paths under config/', () => {
@@ -147,8 +178,19 @@ describe('loadConfig', () => {
     expect(config.daemon.state_dir).toBe(join(configDir, 'state'));
     expect(config.model.dir).toBe(resolve('models/tiny'));
     expect(config.audio.enabled).toBe(true);
-    expect(config.audio.source).toEqual({ type: 'wav', path: join(configDir, 'samples/speech.wav'), realtime: true, loop: true, restart_min_ms: 1000, restart_max_ms: 60000 });
+    expect(config.audio.source).toEqual({
+      type: 'wav',
+      path: join(configDir, 'samples/speech.wav'),
+      realtime: true,
+      loop: true,
+      restart_min_ms: 1000,
+      restart_max_ms: 60000,
+    });
     expect(config.cameras).toHaveLength(1);
-    expect(config.cameras[0]).toMatchObject({ name: 'demo', enabled: true, source: { type: 'directory', path: join(configDir, 'samples/frames'), interval_ms: 2000, loop: true } });
+    expect(config.cameras[0]).toMatchObject({
+      name: 'demo',
+      enabled: true,
+      source: { type: 'directory', path: join(configDir, 'samples/frames'), interval_ms: 2000, loop: true },
+    });
   });
 });

@@ -14,7 +14,8 @@ function flags(): string[] {
   return m ? m[1]!.trim().split(/\s+/) : [];
 }
 
-const expected = process.arch === 'arm64' ? (flags().includes('asimddp') ? 'pi5' : 'pi4') : flags().includes('avx2') ? 'pi5' : 'pi4';
+const expected =
+  process.arch === 'arm64' ? (flags().includes('asimddp') ? 'pi5' : 'pi4') : flags().includes('avx2') ? 'pi5' : 'pi4';
 
 describe(`profile for this CPU (${process.arch}, expected ${expected})`, () => {
   it('is the one its feature flags call for, with the flag named', async () => {

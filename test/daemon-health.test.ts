@@ -36,9 +36,11 @@ async function startDaemon(stateDir: string, over: Record<string, unknown>) {
     await daemon.kill();
     await watcher.close();
   });
-  await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/status` && x.payload.toString() === 'online'), 20_000).catch((err: Error) => {
-    throw new Error(`${err.message.slice(0, 2000)}\ndaemon log:\n${daemon.log()}`);
-  });
+  await watcher
+    .waitFor((m) => m.some((x) => x.topic === `${root}/status` && x.payload.toString() === 'online'), 20_000)
+    .catch((err: Error) => {
+      throw new Error(`${err.message.slice(0, 2000)}\ndaemon log:\n${daemon.log()}`);
+    });
   return { id, root, daemon, watcher };
 }
 
@@ -60,27 +62,44 @@ describe('a stage that keeps failing', () => {
     const jpeg = readFileSync(good);
     writeFileSync(path.join(frames, 'broken.jpg'), jpeg.subarray(0, jpeg.length >> 1));
     const { root, id, watcher, daemon } = await startDaemon(tmp.dir, {
-      cameras: [{ name: 'yard', snapshot_interval_s: 0, source: { type: 'directory', path: frames, interval_ms: 100, loop: true } }],
+      cameras: [
+        {
+          name: 'yard',
+          snapshot_interval_s: 0,
+          source: { type: 'directory', path: frames, interval_ms: 100, loop: true },
+        },
+      ],
     });
     const stage = 'camera/yard/decoder';
 
     // Home Assistant gets a Problem entity reading the stats' health.
     await watcher.waitFor((m) => m.some((x) => x.topic === `ha-${id}/device/perch_${id}/config`));
     const disco = json(watcher.on(`ha-${id}/device/perch_${id}/config`)[0]!.payload);
-    expect(disco.cmps.problem).toMatchObject({ p: 'binary_sensor', device_class: 'problem', state_topic: `${root}/stats` });
+    expect(disco.cmps.problem).toMatchObject({
+      p: 'binary_sensor',
+      device_class: 'problem',
+      state_topic: `${root}/stats`,
+    });
 
     // Stats: failing (or being restarted), with the decoder's error, a growing count and restarts.
     const health = () => lastStats(watcher.messages, root)?.health?.[stage];
-    await watcher.waitFor(() => (health()?.restarts ?? 0) >= 2 && health()?.error_count >= 20, 30_000).catch((err: Error) => {
-      throw new Error(`${err.message.slice(0, 300)}\nhealth: ${JSON.stringify(health())}\nlog:\n${daemon.log().slice(-4000)}`);
-    });
+    await watcher
+      .waitFor(() => (health()?.restarts ?? 0) >= 2 && health()?.error_count >= 20, 30_000)
+      .catch((err: Error) => {
+        throw new Error(
+          `${err.message.slice(0, 300)}\nhealth: ${JSON.stringify(health())}\nlog:\n${daemon.log().slice(-4000)}`,
+        );
+      });
     const h = health();
     expect(['failing', 'restarting']).toContain(h.state);
     expect(h.last_error).toMatch(/cannot decode frame/);
     expect(messageSchemas.stats.safeParse(lastStats(watcher.messages, root)).success).toBe(true);
 
     // errors: said when it began failing, not once per frame.
-    const reports = watcher.on(`${root}/errors`).map((x) => json(x.payload)).filter((e) => String(e.message).includes(stage));
+    const reports = watcher
+      .on(`${root}/errors`)
+      .map((x) => json(x.payload))
+      .filter((e) => String(e.message).includes(stage));
     expect(reports.length).toBeGreaterThanOrEqual(1);
     expect(reports.length).toBeLessThanOrEqual(2);
     expect(reports[0]).toMatchObject({ code: 'internal', topic: `${root}/camera/yard/motion` });
@@ -114,7 +133,9 @@ describe('a model package that arrives after start', () => {
     const tmp = tempDir('perch-later-state-');
     cleanups.push(() => tmp.cleanup());
     const modelDir = path.join(tmp.dir, 'model');
-    const { root, watcher, daemon } = await startDaemon(tmp.dir, { model: { dir: modelDir, threads: 1, context_tokens: 256, max_answer_tokens: 8 } });
+    const { root, watcher, daemon } = await startDaemon(tmp.dir, {
+      model: { dir: modelDir, threads: 1, context_tokens: 256, max_answer_tokens: 8 },
+    });
     const answers = () => watcher.on(`${root}/answer`).map((x) => json(x.payload));
     const ask = async (text: string) => {
       const n = answers().length;
@@ -131,9 +152,14 @@ describe('a model package that arrives after start', () => {
     const decoder = readdirSync(half).find((f) => f.startsWith('decoder') && f.endsWith('.onnx'))!;
     rmSync(path.join(half, decoder));
     renameSync(half, modelDir);
-    await watcher.waitFor(() => watcher.on(`${root}/errors`).some((x) => String(json(x.payload).message).includes('failed verification')), 30_000).catch((err: Error) => {
-      throw new Error(`${err.message.slice(0, 300)}\nlog:\n${daemon.log().slice(-4000)}`);
-    });
+    await watcher
+      .waitFor(
+        () => watcher.on(`${root}/errors`).some((x) => String(json(x.payload).message).includes('failed verification')),
+        30_000,
+      )
+      .catch((err: Error) => {
+        throw new Error(`${err.message.slice(0, 300)}\nlog:\n${daemon.log().slice(-4000)}`);
+      });
     await watcher.waitFor(() => typeof lastStats(watcher.messages, root)?.engine?.reload_error === 'string');
     expect(lastStats(watcher.messages, root)!.engine.state).toBe('unavailable');
     expect((await ask('And now?')).error).toMatchObject({ code: 'unavailable' });
@@ -144,9 +170,11 @@ describe('a model package that arrives after start', () => {
     const full = path.join(tmp.dir, 'build-full');
     copyTree(path.join(pkgs.dir, 'good'), full);
     renameSync(full, modelDir);
-    await watcher.waitFor(() => lastStats(watcher.messages, root)?.engine?.state === 'ready', 60_000).catch((err: Error) => {
-      throw new Error(`${err.message.slice(0, 300)}\nlog:\n${daemon.log().slice(-4000)}`);
-    });
+    await watcher
+      .waitFor(() => lastStats(watcher.messages, root)?.engine?.state === 'ready', 60_000)
+      .catch((err: Error) => {
+        throw new Error(`${err.message.slice(0, 300)}\nlog:\n${daemon.log().slice(-4000)}`);
+      });
     const st = lastStats(watcher.messages, root)!;
     expect(st.engine).toMatchObject({ reloads: 1, random_weights: true });
     expect(st.engine.reload_error).toBeUndefined();

@@ -22,11 +22,15 @@ export class DaemonProcess {
   static start(dir: string, config: unknown, env: NodeJS.ProcessEnv = {}, configPath?: string): DaemonProcess {
     const file = configPath ?? path.join(dir, 'config.yaml');
     if (!configPath) writeFileSync(file, stringify(config));
-    const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'src', 'cli.ts'), 'run', '--config', file], {
-      cwd: REPO,
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', path.join(REPO, 'src', 'cli.ts'), 'run', '--config', file],
+      {
+        cwd: REPO,
+        env: { ...process.env, ...env },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     return new DaemonProcess(child);
   }
 
@@ -37,7 +41,12 @@ export class DaemonProcess {
   exited(timeoutMs = 20_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
     return Promise.race([
       this.exit,
-      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`daemon did not exit within ${timeoutMs} ms; log:\n${this.log()}`)), timeoutMs)),
+      new Promise<never>((_, reject) =>
+        setTimeout(
+          () => reject(new Error(`daemon did not exit within ${timeoutMs} ms; log:\n${this.log()}`)),
+          timeoutMs,
+        ),
+      ),
     ]);
   }
 

@@ -34,7 +34,10 @@ async function startPlainDaemon() {
     mqtt: { url: BROKER, root_topic: topicRoot, keepalive_s: 5, max_payload_bytes: MAX_PAYLOAD },
     homeassistant: { enabled: false },
     model: { dir: path.join(tmp.dir, 'no-model') },
-    audio: { enabled: true, source: { type: 'wav', path: path.join(SAMPLES, 'speech.wav'), realtime: true, loop: true } },
+    audio: {
+      enabled: true,
+      source: { type: 'wav', path: path.join(SAMPLES, 'speech.wav'), realtime: true, loop: true },
+    },
   };
   const watcher = await Collector.connect(BROKER, [`${topicRoot}/#`]);
   const daemon = DaemonProcess.start(tmp.dir, config);
@@ -43,7 +46,10 @@ async function startPlainDaemon() {
     await watcher.close();
     tmp.cleanup();
   });
-  await watcher.waitFor((m) => m.some((x) => x.topic === `${topicRoot}/status` && x.payload.toString() === 'online'), 20_000);
+  await watcher.waitFor(
+    (m) => m.some((x) => x.topic === `${topicRoot}/status` && x.payload.toString() === 'online'),
+    20_000,
+  );
   return { topicRoot, daemon, watcher };
 }
 
@@ -62,7 +68,10 @@ describe('small things a user hits', () => {
 
     // Hostile requests just under and over the limit, full of text that a careless log line would copy.
     const filler = 'x'.repeat(MAX_PAYLOAD - 200);
-    await watcher.client.publishAsync(`${topicRoot}/ask`, JSON.stringify({ id: 'big-1', text: 42, reply_to: filler.slice(0, 3000) }));
+    await watcher.client.publishAsync(
+      `${topicRoot}/ask`,
+      JSON.stringify({ id: 'big-1', text: 42, reply_to: filler.slice(0, 3000) }),
+    );
     await watcher.client.publishAsync(`${topicRoot}/ask`, JSON.stringify({ id: 'big-3', text: 'hi', [filler]: 1 })); // a field name of 250 KB
     await watcher.client.publishAsync(`${topicRoot}/ask`, `{"id":"big-2","text":"${filler}`);
     // Far over the limit: on MQTT 5 Perch announces its maximum packet size, so the broker drops this one.
@@ -70,7 +79,12 @@ describe('small things a user hits', () => {
     await watcher.client.publishAsync(`${topicRoot}/listening/set`, filler);
     await watcher.waitFor(() => errors().filter((e) => e.topic === `${topicRoot}/ask`).length >= 3);
     await new Promise((r) => setTimeout(r, 500));
-    const longest = Math.max(...daemon.log().split('\n').map((l) => l.length));
+    const longest = Math.max(
+      ...daemon
+        .log()
+        .split('\n')
+        .map((l) => l.length),
+    );
     expect(longest, 'longest log line').toBeLessThan(4096);
   }, 60_000);
 
@@ -82,7 +96,10 @@ describe('small things a user hits', () => {
     for (const c of captions().filter((x) => x.text !== null)) expect(c.random_weights).toBe(true);
 
     await watcher.client.publishAsync(`${topicRoot}/ask`, JSON.stringify({ id: 'rw', text: 'Hello?', max_tokens: 4 }));
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${topicRoot}/answer` && json(x.payload).id === 'rw'), 60_000);
+    await watcher.waitFor(
+      (m) => m.some((x) => x.topic === `${topicRoot}/answer` && json(x.payload).id === 'rw'),
+      60_000,
+    );
     const answer = json(watcher.on(`${topicRoot}/answer`).find((x) => json(x.payload).id === 'rw')!.payload);
     expect(answer.text).toEqual(expect.any(String));
     expect(answer.random_weights).toBe(true);

@@ -27,11 +27,26 @@ function testConfig(stateDir: string, over: Record<string, unknown> = {}) {
       device: { id, name: `Perch test ${id}` },
       log: { level: 'debug', format: 'json' },
       daemon: { state_dir: stateDir, drain_timeout_ms: 3000, stats_interval_s: 1 },
-      mqtt: { url: shared.broker.url, keepalive_s: 5, reconnect_min_ms: 200, reconnect_max_ms: 1000, max_payload_bytes: 4096 },
+      mqtt: {
+        url: shared.broker.url,
+        keepalive_s: 5,
+        reconnect_min_ms: 200,
+        reconnect_max_ms: 1000,
+        max_payload_bytes: 4096,
+      },
       homeassistant: { discovery_prefix: `ha-${id}` },
       model: { dir: path.join(stateDir, 'no-model') },
-      audio: { enabled: true, source: { type: 'wav', path: path.join(SAMPLES, 'speech.wav'), realtime: true, loop: true } },
-      cameras: [{ name: 'yard', snapshot_interval_s: 0, source: { type: 'directory', path: path.join(SAMPLES, 'frames'), interval_ms: 200, loop: true } }],
+      audio: {
+        enabled: true,
+        source: { type: 'wav', path: path.join(SAMPLES, 'speech.wav'), realtime: true, loop: true },
+      },
+      cameras: [
+        {
+          name: 'yard',
+          snapshot_interval_s: 0,
+          source: { type: 'directory', path: path.join(SAMPLES, 'frames'), interval_ms: 200, loop: true },
+        },
+      ],
       ...over,
     },
   };
@@ -47,9 +62,11 @@ async function startDaemon(over: Record<string, unknown> = {}) {
     await watcher.close();
     tmp.cleanup();
   });
-  await watcher.waitFor((m) => m.some((x) => x.topic === `${t.root}/status` && x.payload.toString() === 'online'), 20_000).catch((err: Error) => {
-    throw new Error(`${err.message}\ndaemon log:\n${daemon.log()}`);
-  });
+  await watcher
+    .waitFor((m) => m.some((x) => x.topic === `${t.root}/status` && x.payload.toString() === 'online'), 20_000)
+    .catch((err: Error) => {
+      throw new Error(`${err.message}\ndaemon log:\n${daemon.log()}`);
+    });
   return { ...t, daemon, watcher, stateDir: tmp.dir };
 }
 
@@ -59,7 +76,13 @@ describe('perch run against Mosquitto', () => {
   it('publishes status, stats, switch states, Home Assistant discovery and camera snapshots', async () => {
     const { root, id, watcher } = await startDaemon();
     await watcher.waitFor((m) =>
-      [`${root}/stats`, `${root}/listening`, `${root}/watching`, `ha-${id}/device/perch_${id}/config`, `${root}/camera/yard/snapshot`].every((t) => m.some((x) => x.topic === t)),
+      [
+        `${root}/stats`,
+        `${root}/listening`,
+        `${root}/watching`,
+        `ha-${id}/device/perch_${id}/config`,
+        `${root}/camera/yard/snapshot`,
+      ].every((t) => m.some((x) => x.topic === t)),
     );
     const discovery = json(watcher.on(`ha-${id}/device/perch_${id}/config`)[0]!.payload);
     const cmps = discovery.cmps as Record<string, { p: string; command_topic?: string; image_topic?: string }>;
@@ -72,7 +95,13 @@ describe('perch run against Mosquitto', () => {
     expect(snap.subarray(0, 3)).toEqual(Buffer.from([0xff, 0xd8, 0xff])); // a JPEG
     expect(watcher.on(`${root}/listening`)[0]!.payload.toString()).toBe('ON');
 
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && (json(x.payload).sources as Record<string, { status: string }>)['camera/yard']?.status === 'running'));
+    await watcher.waitFor((m) =>
+      m.some(
+        (x) =>
+          x.topic === `${root}/stats` &&
+          (json(x.payload).sources as Record<string, { status: string }>)['camera/yard']?.status === 'running',
+      ),
+    );
     const stats = json(watcher.on(`${root}/stats`).at(-1)!.payload);
     expect(stats.engine).toMatchObject({ state: 'unavailable' });
     expect((stats.mqtt as { connected: boolean }).connected).toBe(true);
@@ -88,12 +117,22 @@ describe('perch run against Mosquitto', () => {
       await v311.endAsync(true);
     });
     const got: Array<{ topic: string; body: Record<string, unknown>; corr?: Buffer }> = [];
-    for (const c of [v5, v311]) c.on('message', (topic, payload, packet) => got.push({ topic, body: json(payload), corr: packet.properties?.correlationData as Buffer | undefined }));
+    for (const c of [v5, v311])
+      c.on('message', (topic, payload, packet) =>
+        got.push({ topic, body: json(payload), corr: packet.properties?.correlationData as Buffer | undefined }),
+      );
     await v5.subscribeAsync('client5/replies', { qos: 1 });
     await v311.subscribeAsync('client311/replies', { qos: 1 });
 
-    await v5.publishAsync(`${root}/ask`, JSON.stringify({ text: 'What do you see?' }), { qos: 1, properties: { responseTopic: 'client5/replies', correlationData: Buffer.from('corr-42') } });
-    await v311.publishAsync(`${root}/ask`, JSON.stringify({ id: 'q-311', text: 'Hello?', reply_to: 'client311/replies' }), { qos: 1 });
+    await v5.publishAsync(`${root}/ask`, JSON.stringify({ text: 'What do you see?' }), {
+      qos: 1,
+      properties: { responseTopic: 'client5/replies', correlationData: Buffer.from('corr-42') },
+    });
+    await v311.publishAsync(
+      `${root}/ask`,
+      JSON.stringify({ id: 'q-311', text: 'Hello?', reply_to: 'client311/replies' }),
+      { qos: 1 },
+    );
 
     const deadline = Date.now() + 15_000;
     while (got.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
@@ -116,7 +155,15 @@ describe('perch run against Mosquitto', () => {
     await c.publishAsync(`${root}/ask`, JSON.stringify({ text: 'about the shed', camera: 'shed' }), { qos: 1 });
     await watcher.waitFor((m) => m.filter((x) => x.topic === `${root}/errors`).length >= 5);
     const codes = watcher.on(`${root}/errors`).map((x) => json(x.payload).code);
-    expect(codes).toEqual(expect.arrayContaining(['invalid_json', 'payload_too_large', 'unknown_topic', 'invalid_request', 'unknown_camera']));
+    expect(codes).toEqual(
+      expect.arrayContaining([
+        'invalid_json',
+        'payload_too_large',
+        'unknown_topic',
+        'invalid_request',
+        'unknown_camera',
+      ]),
+    );
 
     // Still serving: a valid plain-text question (Home Assistant's text entity) gets its reply on <root>/answer.
     await c.publishAsync(`${root}/ask/text`, 'Is anyone in the yard?', { qos: 1 });
@@ -130,7 +177,13 @@ describe('perch run against Mosquitto', () => {
     cleanups.push(() => c.endAsync(true).then(() => undefined));
     await c.publishAsync(`${root}/watching/set`, 'OFF', { qos: 1 });
     await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/watching` && x.payload.toString() === 'OFF'));
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && (json(x.payload).sources as Record<string, { status: string }>)['camera/yard']?.status === 'paused'));
+    await watcher.waitFor((m) =>
+      m.some(
+        (x) =>
+          x.topic === `${root}/stats` &&
+          (json(x.payload).sources as Record<string, { status: string }>)['camera/yard']?.status === 'paused',
+      ),
+    );
     // Paused means no frames: the snapshot count stops growing.
     const before = watcher.on(`${root}/camera/yard/snapshot`).length;
     await new Promise((r) => setTimeout(r, 800));
@@ -141,8 +194,12 @@ describe('perch run against Mosquitto', () => {
 
   it('detects motion in the camera frames: retained motion ON, a camera event, and its end when watching stops', async () => {
     const { root, watcher } = await startDaemon();
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/camera/yard/event` && json(x.payload).type === 'new'));
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/camera/yard/motion` && x.payload.toString() === 'ON'));
+    await watcher.waitFor((m) =>
+      m.some((x) => x.topic === `${root}/camera/yard/event` && json(x.payload).type === 'new'),
+    );
+    await watcher.waitFor((m) =>
+      m.some((x) => x.topic === `${root}/camera/yard/motion` && x.payload.toString() === 'ON'),
+    );
     const started = json(watcher.on(`${root}/camera/yard/event`)[0]!.payload);
     expect(started).toMatchObject({ camera: 'yard', type: 'new' });
     expect((started.box as { w: number }).w).toBeGreaterThan(0);
@@ -150,14 +207,34 @@ describe('perch run against Mosquitto', () => {
     const c = await mqtt.connectAsync(shared.broker.url);
     cleanups.push(() => c.endAsync(true).then(() => undefined));
     await c.publishAsync(`${root}/watching/set`, 'OFF', { qos: 1 });
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/camera/yard/event` && json(x.payload).type === 'end' && json(x.payload).id === started.id));
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/camera/yard/motion` && x.payload.toString() === 'OFF'));
+    await watcher.waitFor((m) =>
+      m.some(
+        (x) =>
+          x.topic === `${root}/camera/yard/event` &&
+          json(x.payload).type === 'end' &&
+          json(x.payload).id === started.id,
+      ),
+    );
+    await watcher.waitFor((m) =>
+      m.some((x) => x.topic === `${root}/camera/yard/motion` && x.payload.toString() === 'OFF'),
+    );
   });
 
   it('hears the speech sample: speech ON then OFF, a sound level, an utterance counted in stats', async () => {
     const { root, watcher } = await startDaemon();
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/audio/speech` && x.payload.toString() === 'ON'), 20_000);
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && ((json(x.payload).audio as { utterances: number } | undefined)?.utterances ?? 0) >= 1), 20_000);
+    await watcher.waitFor(
+      (m) => m.some((x) => x.topic === `${root}/audio/speech` && x.payload.toString() === 'ON'),
+      20_000,
+    );
+    await watcher.waitFor(
+      (m) =>
+        m.some(
+          (x) =>
+            x.topic === `${root}/stats` &&
+            ((json(x.payload).audio as { utterances: number } | undefined)?.utterances ?? 0) >= 1,
+        ),
+      20_000,
+    );
     const speech = watcher.on(`${root}/audio/speech`).map((x) => x.payload.toString());
     expect(speech.indexOf('OFF', speech.indexOf('ON'))).toBeGreaterThan(0); // OFF after ON: the utterance ended
     const levels = watcher.on(`${root}/audio/level`).map((x) => Number(x.payload.toString()));
@@ -177,11 +254,14 @@ describe('perch run against Mosquitto', () => {
     cleanups.push(() => c.endAsync(true).then(() => undefined));
     await c.subscribeAsync(`${root}/#`, { qos: 1 });
     const seen: string[] = [];
-    c.on('message', (topic, payload) => seen.push(`${topic}=${topic.endsWith('/snapshot') ? 'jpeg' : payload.toString()}`));
+    c.on('message', (topic, payload) =>
+      seen.push(`${topic}=${topic.endsWith('/snapshot') ? 'jpeg' : payload.toString()}`),
+    );
     await watcher.waitFor(() => seen.includes(`${root}/status=online`) && Date.now() > after);
     await c.publishAsync(`${root}/ask`, JSON.stringify({ id: 'after-restart', text: 'still there?' }), { qos: 1 });
     const deadline = Date.now() + 15_000;
-    while (!seen.some((s) => s.startsWith(`${root}/answer=`) && s.includes('after-restart')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+    while (!seen.some((s) => s.startsWith(`${root}/answer=`) && s.includes('after-restart')) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 25));
     expect(seen.some((s) => s.startsWith(`${root}/answer=`) && s.includes('after-restart'))).toBe(true);
   });
 
@@ -212,27 +292,49 @@ describe('answers from a model package', () => {
   afterAll(() => pkg.cleanup());
 
   it('transcribes the WAV source: a schema-valid transcript with streamed partials', async () => {
-    const { root, watcher } = await startDaemon({ model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 1024 } });
+    const { root, watcher } = await startDaemon({
+      model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 1024 },
+    });
     await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/audio/transcript`), 60_000);
     const t = json(watcher.on(`${root}/audio/transcript`)[0]!.payload);
     expect(messageSchemas.transcript.safeParse(t).success).toBe(true);
     expect(t.random_weights).toBe(true);
     // The partials of that transcript add up to its text (QoS 0: they may reach the watcher after the final).
-    const deltas = () => watcher.on(`${root}/audio/transcript/partial`).map((x) => json(x.payload)).filter((p) => p.id === t.id).map((p) => p.delta).join('');
+    const deltas = () =>
+      watcher
+        .on(`${root}/audio/transcript/partial`)
+        .map((x) => json(x.payload))
+        .filter((p) => p.id === t.id)
+        .map((p) => p.delta)
+        .join('');
     await watcher.waitFor(() => deltas() === t.text, 10_000);
   });
 
   it('streams an MQTT 5 answer on answer/stream and replies with the same correlation data', async () => {
-    const { root, watcher, stateDir } = await startDaemon({ model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 256, max_answer_tokens: 12 } });
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && (json(x.payload).engine as { state: string }).state === 'ready'), 60_000);
+    const { root, watcher, stateDir } = await startDaemon({
+      model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 256, max_answer_tokens: 12 },
+    });
+    await watcher.waitFor(
+      (m) =>
+        m.some((x) => x.topic === `${root}/stats` && (json(x.payload).engine as { state: string }).state === 'ready'),
+      60_000,
+    );
     // Its weights were prepacked into the cache under the state directory (model.cache_dir unset).
-    expect(readdirSync(path.join(stateDir, 'model-cache')).filter((n) => /^decoder-[0-9a-f]{20}$/.test(n))).toHaveLength(1);
+    expect(
+      readdirSync(path.join(stateDir, 'model-cache')).filter((n) => /^decoder-[0-9a-f]{20}$/.test(n)),
+    ).toHaveLength(1);
     const c = await mqtt.connectAsync(shared.broker.url, { protocolVersion: 5 });
     cleanups.push(() => c.endAsync(true).then(() => undefined));
     const replies: Array<{ body: Record<string, unknown>; corr?: Buffer }> = [];
-    c.on('message', (_t, payload, packet) => replies.push({ body: json(payload), corr: packet.properties?.correlationData as Buffer | undefined }));
+    c.on('message', (_t, payload, packet) =>
+      replies.push({ body: json(payload), corr: packet.properties?.correlationData as Buffer | undefined }),
+    );
     await c.subscribeAsync('client/answers', { qos: 1 });
-    await c.publishAsync(`${root}/ask`, JSON.stringify({ id: 'tiny-1', text: 'Say something.', max_tokens: 6, seed: 3 }), { qos: 1, properties: { responseTopic: 'client/answers', correlationData: Buffer.from('c-7') } });
+    await c.publishAsync(
+      `${root}/ask`,
+      JSON.stringify({ id: 'tiny-1', text: 'Say something.', max_tokens: 6, seed: 3 }),
+      { qos: 1, properties: { responseTopic: 'client/answers', correlationData: Buffer.from('c-7') } },
+    );
 
     const deadline = Date.now() + 60_000;
     while (replies.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
@@ -241,8 +343,15 @@ describe('answers from a model package', () => {
     expect(answer).toMatchObject({ id: 'tiny-1', tokens: { completion: 6 } });
     expect(['stop', 'length']).toContain(answer.finish_reason);
     // The stream carries the same text, in order, and ends with done (QoS 0: it may reach the watcher after the reply).
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/answer/stream` && json(x.payload).id === 'tiny-1' && json(x.payload).done === true));
-    const chunks = watcher.on(`${root}/answer/stream`).map((x) => json(x.payload)).filter((c) => c.id === 'tiny-1');
+    await watcher.waitFor((m) =>
+      m.some(
+        (x) => x.topic === `${root}/answer/stream` && json(x.payload).id === 'tiny-1' && json(x.payload).done === true,
+      ),
+    );
+    const chunks = watcher
+      .on(`${root}/answer/stream`)
+      .map((x) => json(x.payload))
+      .filter((c) => c.id === 'tiny-1');
     expect(chunks.at(-1)).toMatchObject({ done: true });
     expect(chunks.map((c) => c.delta).join('')).toBe(answer.text);
     expect(chunks.map((c) => c.seq)).toEqual(chunks.map((_, i) => i));
@@ -258,17 +367,35 @@ describe('cancelling an answer over MQTT', () => {
   afterAll(() => pkg.cleanup());
 
   it('stops a running answer (partial text, finish_reason cancelled) and a waiting one (cancelled error)', async () => {
-    const { root, watcher } = await startDaemon({ model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 8192 } });
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/stats` && (json(x.payload).engine as { state: string }).state === 'ready'), 60_000);
+    const { root, watcher } = await startDaemon({
+      model: { dir: path.join(pkg.dir, 'tiny'), threads: 1, context_tokens: 8192 },
+    });
+    await watcher.waitFor(
+      (m) =>
+        m.some((x) => x.topic === `${root}/stats` && (json(x.payload).engine as { state: string }).state === 'ready'),
+      60_000,
+    );
     const c = await mqtt.connectAsync(shared.broker.url);
     cleanups.push(() => c.endAsync(true).then(() => undefined));
     // `long` runs (thousands of tokens), `queued` waits behind it; both are cancelled once `long` streams.
-    await c.publishAsync(`${root}/ask`, JSON.stringify({ id: 'long', text: 'Tell a long story.', max_tokens: 8000, seed: 1 }), { qos: 1 });
-    await c.publishAsync(`${root}/ask`, JSON.stringify({ id: 'queued', text: 'And another.', max_tokens: 8 }), { qos: 1 });
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/answer/stream` && json(x.payload).id === 'long'), 30_000);
+    await c.publishAsync(
+      `${root}/ask`,
+      JSON.stringify({ id: 'long', text: 'Tell a long story.', max_tokens: 8000, seed: 1 }),
+      { qos: 1 },
+    );
+    await c.publishAsync(`${root}/ask`, JSON.stringify({ id: 'queued', text: 'And another.', max_tokens: 8 }), {
+      qos: 1,
+    });
+    await watcher.waitFor(
+      (m) => m.some((x) => x.topic === `${root}/answer/stream` && json(x.payload).id === 'long'),
+      30_000,
+    );
     await c.publishAsync(`${root}/ask/cancel`, JSON.stringify({ id: 'queued' }), { qos: 1 });
     await c.publishAsync(`${root}/ask/cancel`, JSON.stringify({ id: 'long' }), { qos: 1 });
-    await watcher.waitFor((m) => ['long', 'queued'].every((id) => m.some((x) => x.topic === `${root}/answer` && json(x.payload).id === id)), 30_000);
+    await watcher.waitFor(
+      (m) => ['long', 'queued'].every((id) => m.some((x) => x.topic === `${root}/answer` && json(x.payload).id === id)),
+      30_000,
+    );
     const answers = watcher.on(`${root}/answer`).map((x) => json(x.payload));
     const long = answers.find((a) => a.id === 'long')!;
     expect(long.finish_reason).toBe('cancelled');
@@ -282,7 +409,17 @@ describe('npm start with the shipped dev config', () => {
   it('runs its embedded broker and file sources and publishes status and discovery', async () => {
     const tmp = tempDir('perch-dev-');
     const port = await freePort();
-    const daemon = DaemonProcess.start(tmp.dir, undefined, { PERCH_EMBEDDED_BROKER_PORT: String(port), PERCH_MQTT_URL: `mqtt://127.0.0.1:${port}`, PERCH_DAEMON_STATE_DIR: tmp.dir, PERCH_MODEL_DIR: path.join(tmp.dir, 'tiny') }, path.join(REPO, 'config', 'perch.dev.yaml'));
+    const daemon = DaemonProcess.start(
+      tmp.dir,
+      undefined,
+      {
+        PERCH_EMBEDDED_BROKER_PORT: String(port),
+        PERCH_MQTT_URL: `mqtt://127.0.0.1:${port}`,
+        PERCH_DAEMON_STATE_DIR: tmp.dir,
+        PERCH_MODEL_DIR: path.join(tmp.dir, 'tiny'),
+      },
+      path.join(REPO, 'config', 'perch.dev.yaml'),
+    );
     cleanups.push(async () => {
       await daemon.kill();
       tmp.cleanup();
@@ -290,15 +427,29 @@ describe('npm start with the shipped dev config', () => {
     // The embedded broker comes up with the daemon; retry until it listens.
     let watcher: Collector | undefined;
     for (let i = 0; i < 100 && !watcher; i++) {
-      watcher = await Collector.connect(`mqtt://127.0.0.1:${port}`, ['perch/perch-dev/#', 'homeassistant/device/perch_perch-dev/config'], { reconnectPeriod: 0, connectTimeout: 500 }).catch(() => undefined);
+      watcher = await Collector.connect(
+        `mqtt://127.0.0.1:${port}`,
+        ['perch/perch-dev/#', 'homeassistant/device/perch_perch-dev/config'],
+        { reconnectPeriod: 0, connectTimeout: 500 },
+      ).catch(() => undefined);
       if (!watcher) await new Promise((r) => setTimeout(r, 100));
     }
     expect(watcher, daemon.log()).toBeDefined();
     cleanups.push(() => watcher!.close());
-    await watcher!.waitFor((m) => ['perch/perch-dev/status', 'perch/perch-dev/stats', 'homeassistant/device/perch_perch-dev/config'].every((t) => m.some((x) => x.topic === t)));
+    await watcher!.waitFor((m) =>
+      ['perch/perch-dev/status', 'perch/perch-dev/stats', 'homeassistant/device/perch_perch-dev/config'].every((t) =>
+        m.some((x) => x.topic === t),
+      ),
+    );
     expect(daemon.log()).toMatch(/mosquitto_sub -h 127\.0\.0\.1 -p \d+/);
     // No package at model.dir: the tiny synthetic one is built, and the daemon says loudly that it is random.
-    await watcher!.waitFor((m) => m.some((x) => x.topic === 'perch/perch-dev/stats' && (json(x.payload).engine as { state: string }).state === 'ready'), 60_000);
+    await watcher!.waitFor(
+      (m) =>
+        m.some(
+          (x) => x.topic === 'perch/perch-dev/stats' && (json(x.payload).engine as { state: string }).state === 'ready',
+        ),
+      60_000,
+    );
     expect(daemon.log()).toMatch(/RANDOM/);
     const ready = json(watcher!.on('perch/perch-dev/stats').at(-1)!.payload);
     expect(ready.engine).toMatchObject({ state: 'ready', random_weights: true });
@@ -308,13 +459,19 @@ describe('npm start with the shipped dev config', () => {
 describe('perch ha remove', () => {
   it('clears the retained discovery the daemon published', async () => {
     const { id, daemon, config, watcher } = await startDaemon();
-    await watcher.waitFor((m) => m.some((x) => x.topic === `ha-${id}/device/perch_${id}/config` && x.payload.length > 0));
+    await watcher.waitFor((m) =>
+      m.some((x) => x.topic === `ha-${id}/device/perch_${id}/config` && x.payload.length > 0),
+    );
     await daemon.kill('SIGTERM');
     const dir = tempDir('perch-ha-');
     cleanups.push(() => dir.cleanup());
     const file = path.join(dir.dir, 'config.yaml');
     writeFileSync(file, stringify(config));
-    const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'src', 'cli.ts'), 'ha', 'remove', '--config', file], { cwd: REPO, encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', path.join(REPO, 'src', 'cli.ts'), 'ha', 'remove', '--config', file],
+      { cwd: REPO, encoding: 'utf8', timeout: 20_000 },
+    );
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toContain(`ha-${id}/device/perch_${id}/config`);
     // A fresh subscriber finds no retained discovery for the device any more.

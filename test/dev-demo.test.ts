@@ -28,7 +28,13 @@ async function npmStart(): Promise<NpmStart> {
   const output: string[] = [];
   const npm = spawn('npm', ['start'], {
     cwd: REPO,
-    env: { ...process.env, PERCH_EMBEDDED_BROKER_PORT: String(port), PERCH_MQTT_URL: `mqtt://127.0.0.1:${port}`, PERCH_DAEMON_STATE_DIR: tmp.dir, PERCH_MODEL_DIR: path.join(tmp.dir, 'tiny') },
+    env: {
+      ...process.env,
+      PERCH_EMBEDDED_BROKER_PORT: String(port),
+      PERCH_MQTT_URL: `mqtt://127.0.0.1:${port}`,
+      PERCH_DAEMON_STATE_DIR: tmp.dir,
+      PERCH_MODEL_DIR: path.join(tmp.dir, 'tiny'),
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true, // its own process group: the cleanup can end whatever is left of it
   });
@@ -47,7 +53,10 @@ async function npmStart(): Promise<NpmStart> {
 
 async function connectWhenUp(port: number, topics: string[]): Promise<Collector> {
   for (let i = 0; i < 300; i++) {
-    const c = await Collector.connect(`mqtt://127.0.0.1:${port}`, topics, { reconnectPeriod: 0, connectTimeout: 500 }).catch(() => undefined);
+    const c = await Collector.connect(`mqtt://127.0.0.1:${port}`, topics, {
+      reconnectPeriod: 0,
+      connectTimeout: 500,
+    }).catch(() => undefined);
     if (c) {
       cleanups.push(() => c.close());
       return c;
@@ -73,11 +82,16 @@ const json = (b: Buffer): Record<string, unknown> => JSON.parse(b.toString()) as
 describe('npm start, as a newcomer runs it', () => {
   it('shows a whole motion event with a final caption, and keeps answers short', async () => {
     const { port, output } = await npmStart();
-    const watcher = await connectWhenUp(port, ['perch/perch-dev/camera/demo/event', 'perch/perch-dev/audio/transcript/partial']);
+    const watcher = await connectWhenUp(port, [
+      'perch/perch-dev/camera/demo/event',
+      'perch/perch-dev/audio/transcript/partial',
+    ]);
     // One loop of the sample frames is 22 s; the first may start while the model is still being built.
-    await watcher.waitFor((m) => m.some((x) => x.topic.endsWith('/event') && json(x.payload).type === 'end'), 90_000).catch(() => {
-      throw new Error(`no event ended; output:\n${output.join('')}`);
-    });
+    await watcher
+      .waitFor((m) => m.some((x) => x.topic.endsWith('/event') && json(x.payload).type === 'end'), 90_000)
+      .catch(() => {
+        throw new Error(`no event ended; output:\n${output.join('')}`);
+      });
     const events = watcher.on('perch/perch-dev/camera/demo/event').map((x) => json(x.payload));
     const end = events.find((e) => e.type === 'end')!;
     expect(events.some((e) => e.type === 'new' && e.id === end.id)).toBe(true);
@@ -85,7 +99,8 @@ describe('npm start, as a newcomer runs it', () => {
     expect(end.caption, JSON.stringify(end)).toEqual(expect.any(String));
     // Transcripts are capped by the dev config at 16 tokens (not 256): at most one partial per token.
     const partials = new Map<string, number>();
-    for (const p of watcher.on('perch/perch-dev/audio/transcript/partial').map((x) => json(x.payload))) partials.set(String(p.id), (partials.get(String(p.id)) ?? 0) + 1);
+    for (const p of watcher.on('perch/perch-dev/audio/transcript/partial').map((x) => json(x.payload)))
+      partials.set(String(p.id), (partials.get(String(p.id)) ?? 0) + 1);
     expect(partials.size).toBeGreaterThan(0);
     for (const n of partials.values()) expect(n).toBeLessThanOrEqual(16);
   }, 150_000);

@@ -25,7 +25,10 @@ afterEach(async () => {
 });
 
 async function client(): Promise<MqttClient> {
-  const c = await connectAsync(BROKER, { clientId: `perch-discovery-test-${randomBytes(6).toString('hex')}`, reconnectPeriod: 0 });
+  const c = await connectAsync(BROKER, {
+    clientId: `perch-discovery-test-${randomBytes(6).toString('hex')}`,
+    reconnectPeriod: 0,
+  });
   cleanups.push(() => c.endAsync());
   return c;
 }
@@ -53,7 +56,8 @@ async function world(cameras: string[] = ['porch', 'back-yard']) {
     await haRemove(publish, { discoveryPrefix: opts.discoveryPrefix, deviceId: opts.deviceId, stateDir });
     await rm(stateDir, { recursive: true, force: true });
   });
-  const publisher = (discovery: DiscoveryOptions = opts) => new DiscoveryPublisher({ discovery, haStatusTopic, stateDir, publish });
+  const publisher = (discovery: DiscoveryOptions = opts) =>
+    new DiscoveryPublisher({ discovery, haStatusTopic, stateDir, publish });
   return { run, base, stateDir, pub, publish, opts, haStatusTopic, topic, publisher };
 }
 
@@ -61,7 +65,9 @@ async function world(cameras: string[] = ['porch', 'back-yard']) {
 async function retained(topic: string): Promise<Buffer[]> {
   const c = await client();
   const got: Buffer[] = [];
-  c.on('message', (t, payload, packet) => { if (t === topic && packet.retain) got.push(payload); });
+  c.on('message', (t, payload, packet) => {
+    if (t === topic && packet.retain) got.push(payload);
+  });
   await c.subscribeAsync(topic, { qos: 1 });
   await new Promise((r) => setTimeout(r, 300));
   return got;
@@ -75,7 +81,10 @@ async function retainedDiscovery(topic: string): Promise<DiscoveryPayload> {
 
 function nextMessage(c: MqttClient, topic: string, timeoutMs = 5000): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { c.off('message', on); reject(new Error(`no message on ${topic}`)); }, timeoutMs);
+    const timer = setTimeout(() => {
+      c.off('message', on);
+      reject(new Error(`no message on ${topic}`));
+    }, timeoutMs);
     const on = (t: string, payload: Buffer) => {
       if (t !== topic) return;
       clearTimeout(timer);
@@ -86,45 +95,127 @@ function nextMessage(c: MqttClient, topic: string, timeoutMs = 5000): Promise<Bu
   });
 }
 
-const CAMERA_COMPONENTS = (cam: string) => [`cam_${cam}_caption`, `cam_${cam}_snapshot`, `cam_${cam}_motion`, `cam_${cam}_event`];
+const CAMERA_COMPONENTS = (cam: string) => [
+  `cam_${cam}_caption`,
+  `cam_${cam}_snapshot`,
+  `cam_${cam}_motion`,
+  `cam_${cam}_event`,
+];
 
 describe('buildDiscovery', () => {
   const opts: DiscoveryOptions = {
-    deviceId: 'kitchen', deviceName: 'Kitchen Perch', rootTopic: 'perch/kitchen', discoveryPrefix: 'homeassistant',
-    cameras: ['door'], audio: true, swVersion: '1.2.3', board: 'Raspberry Pi 5 Model B Rev 1.0',
+    deviceId: 'kitchen',
+    deviceName: 'Kitchen Perch',
+    rootTopic: 'perch/kitchen',
+    discoveryPrefix: 'homeassistant',
+    cameras: ['door'],
+    audio: true,
+    swVersion: '1.2.3',
+    board: 'Raspberry Pi 5 Model B Rev 1.0',
   };
 
   it('describes one device with origin, availability and every entity on the contract topics', () => {
     const { topic, payload } = buildDiscovery(opts);
     expect(topic).toBe('homeassistant/device/perch_kitchen/config');
-    expect(payload.dev).toEqual({ ids: ['perch_kitchen'], name: 'Kitchen Perch', mf: 'Perch', mdl: 'Gemma 4 E2B on Raspberry Pi 5 Model B Rev 1.0', sw: '1.2.3' });
+    expect(payload.dev).toEqual({
+      ids: ['perch_kitchen'],
+      name: 'Kitchen Perch',
+      mf: 'Perch',
+      mdl: 'Gemma 4 E2B on Raspberry Pi 5 Model B Rev 1.0',
+      sw: '1.2.3',
+    });
     expect(payload.o).toMatchObject({ name: 'Perch', sw: '1.2.3' });
-    expect(payload.availability).toEqual([{ topic: 'perch/kitchen/status', payload_available: 'online', payload_not_available: 'offline' }]);
+    expect(payload.availability).toEqual([
+      { topic: 'perch/kitchen/status', payload_available: 'online', payload_not_available: 'offline' },
+    ]);
     const c = payload.cmps;
     expect(Object.keys(c).sort()).toEqual([
-      'answer', 'ask', 'cam_door_caption', 'cam_door_event', 'cam_door_motion', 'cam_door_snapshot',
-      'last_answer', 'last_transcript', 'listening', 'problem', 'queue', 'sound_level', 'speech', 'status', 'talk', 'transcript', 'watching',
+      'answer',
+      'ask',
+      'cam_door_caption',
+      'cam_door_event',
+      'cam_door_motion',
+      'cam_door_snapshot',
+      'last_answer',
+      'last_transcript',
+      'listening',
+      'problem',
+      'queue',
+      'sound_level',
+      'speech',
+      'status',
+      'talk',
+      'transcript',
+      'watching',
     ]);
     expect(c.talk).toMatchObject({ p: 'button', command_topic: 'perch/kitchen/audio/talk' });
-    expect(c.speech).toMatchObject({ p: 'binary_sensor', state_topic: 'perch/kitchen/audio/speech', device_class: 'sound' });
-    expect(c.sound_level).toMatchObject({ p: 'sensor', state_topic: 'perch/kitchen/audio/level', unit_of_measurement: 'dBFS' });
+    expect(c.speech).toMatchObject({
+      p: 'binary_sensor',
+      state_topic: 'perch/kitchen/audio/speech',
+      device_class: 'sound',
+    });
+    expect(c.sound_level).toMatchObject({
+      p: 'sensor',
+      state_topic: 'perch/kitchen/audio/level',
+      unit_of_measurement: 'dBFS',
+    });
     for (const [cid, comp] of Object.entries(c)) {
       expect(comp.unique_id).toBe(`perch_kitchen_${cid}`);
       expect(comp.default_entity_id).toBe(`${comp.p}.perch_kitchen_${cid}`);
     }
-    expect(c.transcript).toMatchObject({ p: 'event', state_topic: 'perch/kitchen/audio/transcript', event_types: ['transcript', 'wake'] });
+    expect(c.transcript).toMatchObject({
+      p: 'event',
+      state_topic: 'perch/kitchen/audio/transcript',
+      event_types: ['transcript', 'wake'],
+    });
     expect(c.answer).toMatchObject({ p: 'event', state_topic: 'perch/kitchen/answer' });
     expect(c.ask).toMatchObject({ p: 'text', name: 'Ask', command_topic: 'perch/kitchen/ask/text', max: 255 });
-    expect(c.listening).toMatchObject({ p: 'switch', command_topic: 'perch/kitchen/listening/set', state_topic: 'perch/kitchen/listening' });
-    expect(c.watching).toMatchObject({ p: 'switch', command_topic: 'perch/kitchen/watching/set', state_topic: 'perch/kitchen/watching' });
-    expect(c.cam_door_caption).toMatchObject({ p: 'sensor', name: 'door caption', state_topic: 'perch/kitchen/camera/door/caption', json_attributes_topic: 'perch/kitchen/camera/door/caption' });
+    expect(c.listening).toMatchObject({
+      p: 'switch',
+      command_topic: 'perch/kitchen/listening/set',
+      state_topic: 'perch/kitchen/listening',
+    });
+    expect(c.watching).toMatchObject({
+      p: 'switch',
+      command_topic: 'perch/kitchen/watching/set',
+      state_topic: 'perch/kitchen/watching',
+    });
+    expect(c.cam_door_caption).toMatchObject({
+      p: 'sensor',
+      name: 'door caption',
+      state_topic: 'perch/kitchen/camera/door/caption',
+      json_attributes_topic: 'perch/kitchen/camera/door/caption',
+    });
     expect(String(c.cam_door_caption!.value_template)).toContain('[:255]');
-    expect(c.cam_door_snapshot).toMatchObject({ p: 'image', image_topic: 'perch/kitchen/camera/door/snapshot', content_type: 'image/jpeg' });
-    expect(c.cam_door_motion).toMatchObject({ p: 'binary_sensor', state_topic: 'perch/kitchen/camera/door/motion', payload_on: 'ON', payload_off: 'OFF', device_class: 'motion' });
-    expect(c.cam_door_event).toMatchObject({ p: 'event', state_topic: 'perch/kitchen/camera/door/event', event_types: ['new', 'update', 'end'] });
-    expect(c.status).toMatchObject({ p: 'sensor', state_topic: 'perch/kitchen/stats', json_attributes_topic: 'perch/kitchen/stats' });
+    expect(c.cam_door_snapshot).toMatchObject({
+      p: 'image',
+      image_topic: 'perch/kitchen/camera/door/snapshot',
+      content_type: 'image/jpeg',
+    });
+    expect(c.cam_door_motion).toMatchObject({
+      p: 'binary_sensor',
+      state_topic: 'perch/kitchen/camera/door/motion',
+      payload_on: 'ON',
+      payload_off: 'OFF',
+      device_class: 'motion',
+    });
+    expect(c.cam_door_event).toMatchObject({
+      p: 'event',
+      state_topic: 'perch/kitchen/camera/door/event',
+      event_types: ['new', 'update', 'end'],
+    });
+    expect(c.status).toMatchObject({
+      p: 'sensor',
+      state_topic: 'perch/kitchen/stats',
+      json_attributes_topic: 'perch/kitchen/stats',
+    });
     expect(c.queue).toMatchObject({ p: 'sensor', state_topic: 'perch/kitchen/stats' });
-    expect(c.problem).toMatchObject({ p: 'binary_sensor', state_topic: 'perch/kitchen/stats', device_class: 'problem', entity_category: 'diagnostic' });
+    expect(c.problem).toMatchObject({
+      p: 'binary_sensor',
+      state_topic: 'perch/kitchen/stats',
+      device_class: 'problem',
+      entity_category: 'diagnostic',
+    });
   });
 
   it('leaves out audio entities without audio and camera entities without cameras', () => {
@@ -147,7 +238,14 @@ describe('buildDiscovery', () => {
       ],
     });
     const o = discoveryOptionsFromConfig(config, { swVersion: '9', board: 'Pi' });
-    expect(o).toMatchObject({ deviceId: 'hall', deviceName: 'Hall', rootTopic: 'perch/hall', discoveryPrefix: 'homeassistant', cameras: ['a'], audio: false });
+    expect(o).toMatchObject({
+      deviceId: 'hall',
+      deviceName: 'Hall',
+      rootTopic: 'perch/hall',
+      discoveryPrefix: 'homeassistant',
+      cameras: ['a'],
+      audio: false,
+    });
   });
 
   it('reads the board name from the device tree file', async () => {
@@ -166,11 +264,24 @@ describe('DiscoveryPublisher with Mosquitto', () => {
     const payload = await retainedDiscovery(w.topic);
     expect(payload.dev.ids).toEqual([`perch_${w.opts.deviceId}`]);
     expect(payload.availability[0]!.topic).toBe(`${w.base}/perch/status`);
-    for (const cid of [...CAMERA_COMPONENTS('porch'), ...CAMERA_COMPONENTS('back-yard'), 'transcript', 'answer', 'ask', 'listening', 'watching', 'status', 'queue']) {
+    for (const cid of [
+      ...CAMERA_COMPONENTS('porch'),
+      ...CAMERA_COMPONENTS('back-yard'),
+      'transcript',
+      'answer',
+      'ask',
+      'listening',
+      'watching',
+      'status',
+      'queue',
+    ]) {
       expect(payload.cmps[cid], cid).toBeDefined();
       expect(payload.cmps[cid]!.unique_id).toBe(`perch_${w.opts.deviceId}_${cid}`);
     }
-    expect(payload.cmps.cam_porch_snapshot).toMatchObject({ p: 'image', image_topic: `${w.base}/perch/camera/porch/snapshot` });
+    expect(payload.cmps.cam_porch_snapshot).toMatchObject({
+      p: 'image',
+      image_topic: `${w.base}/perch/camera/porch/snapshot`,
+    });
     expect(payload.cmps.ask).toMatchObject({ command_topic: `${w.base}/perch/ask/text` });
   });
 
@@ -180,7 +291,14 @@ describe('DiscoveryPublisher with Mosquitto', () => {
     // The daemon's connection subscribes to the status topic and forwards messages.
     const handled: boolean[] = [];
     const forwards: Array<Promise<boolean>> = [];
-    w.pub.on('message', (topic, payload) => { forwards.push(publisher.handleMessage(topic, payload).then((h) => { handled.push(h); return h; })); });
+    w.pub.on('message', (topic, payload) => {
+      forwards.push(
+        publisher.handleMessage(topic, payload).then((h) => {
+          handled.push(h);
+          return h;
+        }),
+      );
+    });
     await w.pub.subscribeAsync(publisher.subscriptions, { qos: 1 });
     await publisher.start();
 
@@ -212,10 +330,24 @@ describe('DiscoveryPublisher with Mosquitto', () => {
 
     let payload = await retainedDiscovery(w.topic);
     for (const cid of CAMERA_COMPONENTS('garage')) {
-      expect(payload.cmps[cid], cid).toEqual({ p: cid.endsWith('snapshot') ? 'image' : cid.endsWith('motion') ? 'binary_sensor' : cid.endsWith('event') ? 'event' : 'sensor' });
+      expect(payload.cmps[cid], cid).toEqual({
+        p: cid.endsWith('snapshot')
+          ? 'image'
+          : cid.endsWith('motion')
+            ? 'binary_sensor'
+            : cid.endsWith('event')
+              ? 'event'
+              : 'sensor',
+      });
     }
-    expect(payload.cmps.cam_porch_caption).toMatchObject({ p: 'sensor', state_topic: `${w.base}/perch/camera/porch/caption` });
-    const state = JSON.parse(await readFile(join(w.stateDir, 'homeassistant-discovery.json'), 'utf8')) as { components: Record<string, string>; tombstones: Record<string, string> };
+    expect(payload.cmps.cam_porch_caption).toMatchObject({
+      p: 'sensor',
+      state_topic: `${w.base}/perch/camera/porch/caption`,
+    });
+    const state = JSON.parse(await readFile(join(w.stateDir, 'homeassistant-discovery.json'), 'utf8')) as {
+      components: Record<string, string>;
+      tombstones: Record<string, string>;
+    };
     expect(Object.keys(state.tombstones).sort()).toEqual(CAMERA_COMPONENTS('garage').sort());
     expect(state.components.cam_garage_caption).toBeUndefined();
 
@@ -251,7 +383,11 @@ describe('DiscoveryPublisher with Mosquitto', () => {
     expect(await retained(newTopic)).toHaveLength(1);
 
     // `perch ha remove` run with the old id still clears the device the state file names.
-    const cleared = await haRemove(w.publish, { discoveryPrefix: w.opts.discoveryPrefix, deviceId: w.opts.deviceId, stateDir: w.stateDir });
+    const cleared = await haRemove(w.publish, {
+      discoveryPrefix: w.opts.discoveryPrefix,
+      deviceId: w.opts.deviceId,
+      stateDir: w.stateDir,
+    });
     expect(cleared).toContain(newTopic);
     expect(await retained(newTopic)).toHaveLength(0);
   });

@@ -27,7 +27,10 @@ function captureLogger(): { logger: ReturnType<typeof createLogger>; lines: Arra
   return { logger: createLogger({ level: 'info', format: 'json' }, dest), lines };
 }
 
-async function startBroker(maxPayloadBytes?: number, logger?: ReturnType<typeof createLogger>): Promise<EmbeddedBroker> {
+async function startBroker(
+  maxPayloadBytes?: number,
+  logger?: ReturnType<typeof createLogger>,
+): Promise<EmbeddedBroker> {
   const broker = new EmbeddedBroker({ settings: { host: '127.0.0.1', port: 0 }, maxPayloadBytes, logger });
   brokers.push(broker);
   await broker.start();
@@ -41,7 +44,11 @@ async function client(url: string, protocolVersion: 4 | 5, clientId = `t-${rando
 }
 
 function nextMessage(c: MqttClient, topic: string): Promise<Buffer> {
-  return new Promise((resolve) => c.on('message', (t, payload) => { if (t === topic) resolve(payload); }));
+  return new Promise((resolve) =>
+    c.on('message', (t, payload) => {
+      if (t === topic) resolve(payload);
+    }),
+  );
 }
 
 describe('EmbeddedBroker', () => {
@@ -60,7 +67,10 @@ describe('EmbeddedBroker', () => {
 
   it('speaks MQTT 3.1.1 only: an MQTT 5 CONNECT is refused (mqtt.protocol auto must fall back)', async () => {
     const broker = await startBroker();
-    const err = await client(broker.url, 5).then(() => null, (e: unknown) => e);
+    const err = await client(broker.url, 5).then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect((err as Error).message).toMatch(/unacceptable protocol version/i);
   });
 
@@ -68,7 +78,10 @@ describe('EmbeddedBroker', () => {
     const first = await startBroker();
     const port = first.address!.port;
     const second = new EmbeddedBroker({ settings: { host: '127.0.0.1', port } });
-    const err = await second.start().then(() => null, (e: unknown) => e);
+    const err = await second.start().then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(BrokerPortInUseError);
     expect((err as Error).message).toContain(`port ${port} is already in use`);
     expect(second.address).toBeNull();
@@ -101,7 +114,12 @@ describe('EmbeddedBroker', () => {
     const len = 10 * 1024 * 1024;
     const varint: number[] = [];
     let x = len;
-    do { let b = x % 128; x = Math.floor(x / 128); if (x > 0) b |= 0x80; varint.push(b); } while (x > 0);
+    do {
+      let b = x % 128;
+      x = Math.floor(x / 128);
+      if (x > 0) b |= 0x80;
+      varint.push(b);
+    } while (x > 0);
     sock.write(Buffer.from([0x30, ...varint]));
     await new Promise<void>((r) => sock.once('close', () => r()));
     expect(sock.destroyed).toBe(true);

@@ -16,11 +16,29 @@ beforeAll(async () => {
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 it('--json prints text, token counts and timings; the same seed gives the same answer', async () => {
-  const args = ['--model', pkg, '--json', '--max-tokens', '6', '--seed', '9', '--threads', '1', '--system', 'Be brief.', 'what is up?'];
+  const args = [
+    '--model',
+    pkg,
+    '--json',
+    '--max-tokens',
+    '6',
+    '--seed',
+    '9',
+    '--threads',
+    '1',
+    '--system',
+    'Be brief.',
+    'what is up?',
+  ];
   const a = await perch(...args);
   expect(a.code).toBe(0);
   expect(a.stderr).toContain('random weights');
-  const out = JSON.parse(a.stdout) as { text: string; finish_reason: string; tokens: { prompt: number; completion: number }; timings: Record<string, number> };
+  const out = JSON.parse(a.stdout) as {
+    text: string;
+    finish_reason: string;
+    tokens: { prompt: number; completion: number };
+    timings: Record<string, number>;
+  };
   expect(out.tokens.prompt).toBeGreaterThan(5);
   expect(out.tokens.completion).toBeGreaterThan(0);
   expect(out.tokens.completion).toBeLessThanOrEqual(6);

@@ -14,7 +14,16 @@ let settings: ModelSettings;
 beforeAll(async () => {
   root = tempRoot('gemma-engine');
   ({ dir: pkg } = await makeTinyPackage(root));
-  settings = perchConfigSchema.parse({ model: { dir: pkg, threads: 1, context_tokens: 128, ple_cache_mb: 1, max_answer_tokens: 6, system_prompt: 'Be brief.' } }).model;
+  settings = perchConfigSchema.parse({
+    model: {
+      dir: pkg,
+      threads: 1,
+      context_tokens: 128,
+      ple_cache_mb: 1,
+      max_answer_tokens: 6,
+      system_prompt: 'Be brief.',
+    },
+  }).model;
 });
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
@@ -25,18 +34,29 @@ describe('GemmaAnswerEngine', () => {
     const e = new GemmaAnswerEngine(settings);
     try {
       expect(e.status().state).toBe('loading');
-      await expect(e.answer({ id: 'a', text: 'hi' }, { signal: new AbortController().signal, onToken: noop })).rejects.toThrow(EngineUnavailableError);
+      await expect(
+        e.answer({ id: 'a', text: 'hi' }, { signal: new AbortController().signal, onToken: noop }),
+      ).rejects.toThrow(EngineUnavailableError);
       await e.start();
       expect(e.status()).toMatchObject({ state: 'ready', random_weights: true });
       let streamed = '';
-      const a = await e.answer({ id: 'a', text: 'hello', seed: 3, temperature: 0.8 }, { signal: new AbortController().signal, onToken: (d) => (streamed += d) });
+      const a = await e.answer(
+        { id: 'a', text: 'hello', seed: 3, temperature: 0.8 },
+        { signal: new AbortController().signal, onToken: (d) => (streamed += d) },
+      );
       expect(a.tokens.completion).toBeGreaterThan(0);
       expect(a.tokens.completion).toBeLessThanOrEqual(6); // max_answer_tokens
       expect(streamed.trim()).toBe(a.text);
       expect(a.latency_ms.total).toBeGreaterThanOrEqual(a.latency_ms.first_token);
-      const b = await e.answer({ id: 'b', text: 'hello', seed: 3, temperature: 0.8 }, { signal: new AbortController().signal, onToken: noop });
+      const b = await e.answer(
+        { id: 'b', text: 'hello', seed: 3, temperature: 0.8 },
+        { signal: new AbortController().signal, onToken: noop },
+      );
       expect(b.text).toBe(a.text);
-      const long = await e.answer({ id: 'c', text: 'hello', max_tokens: 9, temperature: 0 }, { signal: new AbortController().signal, onToken: noop });
+      const long = await e.answer(
+        { id: 'c', text: 'hello', max_tokens: 9, temperature: 0 },
+        { signal: new AbortController().signal, onToken: noop },
+      );
       expect(long.tokens.completion).toBeLessThanOrEqual(9);
       expect(long.tokens.prompt).toBe(a.tokens.prompt);
     } finally {
@@ -51,7 +71,10 @@ describe('GemmaAnswerEngine', () => {
       await e.start();
       const ac = new AbortController();
       let n = 0;
-      const r = await e.answer({ id: 'x', text: 'hello', max_tokens: 50, temperature: 0 }, { signal: ac.signal, onToken: () => ++n === 2 && ac.abort() });
+      const r = await e.answer(
+        { id: 'x', text: 'hello', max_tokens: 50, temperature: 0 },
+        { signal: ac.signal, onToken: () => ++n === 2 && ac.abort() },
+      );
       expect(r.finish_reason).toBe('cancelled');
       expect(r.tokens.completion).toBeLessThan(50);
     } finally {
@@ -64,13 +87,20 @@ describe('GemmaAnswerEngine', () => {
     await broken.start();
     expect(broken.status().state).toBe('error');
     expect(broken.status().detail).toMatch(/could not be loaded/);
-    await expect(broken.answer({ id: 'a', text: 'hi' }, { signal: new AbortController().signal, onToken: noop })).rejects.toThrow(EngineUnavailableError);
+    await expect(
+      broken.answer({ id: 'a', text: 'hi' }, { signal: new AbortController().signal, onToken: noop }),
+    ).rejects.toThrow(EngineUnavailableError);
     await broken.close();
 
     const e = new GemmaAnswerEngine(settings);
     try {
       await e.start();
-      await expect(e.answer({ id: 'i', text: 'what is this?', image: '/9j/AAAA' }, { signal: new AbortController().signal, onToken: noop })).rejects.toThrow(/vision encoder/);
+      await expect(
+        e.answer(
+          { id: 'i', text: 'what is this?', image: '/9j/AAAA' },
+          { signal: new AbortController().signal, onToken: noop },
+        ),
+      ).rejects.toThrow(/vision encoder/);
     } finally {
       await e.close();
     }

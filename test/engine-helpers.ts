@@ -19,7 +19,10 @@ import { presetConfig, synthConfigJson, synthPackage, syntheticWeightSource } fr
 
 export const SEED = 5;
 
-export async function makeTinyPackage(root: string, name = 'tiny'): Promise<{ dir: string; manifest: Manifest; cfg: Gemma4TextConfig }> {
+export async function makeTinyPackage(
+  root: string,
+  name = 'tiny',
+): Promise<{ dir: string; manifest: Manifest; cfg: Gemma4TextConfig }> {
   const dir = join(root, name);
   // Text-only (no encoders): the tests of packages that cannot see or hear use it; seeing/transcribe helpers add them.
   const manifest = await synthPackage({ preset: 'tiny', outDir: dir, profile: 'pi5', seed: SEED, encoders: false });
@@ -40,7 +43,12 @@ export function copyPackage(src: string, dst: string): string {
  * as the pager dequantises it, int8 activation blocks when the linears run at accuracy_level 4 and this CPU's
  * ORT really runs them so (int8Activations, default: ask ORT), float activations otherwise.
  */
-export async function referenceFor(dir: string, manifest: Manifest, cfg: Gemma4TextConfig, opts: { int8Activations?: boolean } = {}): Promise<Gemma4Reference> {
+export async function referenceFor(
+  dir: string,
+  manifest: Manifest,
+  cfg: Gemma4TextConfig,
+  opts: { int8Activations?: boolean } = {},
+): Promise<Gemma4Reference> {
   const policy = graphPolicy(manifest.quantisation);
   const base = syntheticWeightSource(cfg, SEED);
   const deq = policy ? dequantisedWeightSource(base, cfg, policy) : base;
@@ -54,10 +62,15 @@ export async function referenceFor(dir: string, manifest: Manifest, cfg: Gemma4T
     // pi4: per-row int8 activations in every Linear, and the LM head its own int8 matrix when the manifest says so.
     const untied = manifest.quantisation.embedding?.lm_head === 'int8-channels';
     const embed = untied ? await base.get(globalName('embed', MULTIMODAL_TEXT_PREFIX)) : null;
-    const lmHead = embed ? dequantizeInt8Channels(quantizeInt8Channels(embed, cfg.vocabSize, cfg.hiddenSize)) : undefined;
+    const lmHead = embed
+      ? dequantizeInt8Channels(quantizeInt8Channels(embed, cfg.vocabSize, cfg.hiddenSize))
+      : undefined;
     return Gemma4Reference.load(cfg, src, { int8RowActivations: true, lmHead });
   }
-  const int8 = lin && lin.accuracy_level === 4 && (opts.int8Activations ?? (await ortRunsInt8Activations(lin.bits, lin.block_size)));
+  const int8 =
+    lin &&
+    lin.accuracy_level === 4 &&
+    (opts.int8Activations ?? (await ortRunsInt8Activations(lin.bits, lin.block_size)));
   const int8ActivationBlock = int8 ? lin.block_size : undefined;
   return Gemma4Reference.load(cfg, src, { int8ActivationBlock });
 }
@@ -68,7 +81,13 @@ export { argmax, relErr } from './gemma4-helpers.js';
  * A copy of a tiny synth package whose decoder is rebuilt with other graph options (media inputs, fused ops),
  * same weights and quantisation; the manifest's sizes and hashes are updated so it still verifies.
  */
-export async function rebuildDecoder(base: string, manifest: Manifest, cfg: Gemma4TextConfig, dst: string, opts: DecoderGraphOptions): Promise<string> {
+export async function rebuildDecoder(
+  base: string,
+  manifest: Manifest,
+  cfg: Gemma4TextConfig,
+  dst: string,
+  opts: DecoderGraphOptions,
+): Promise<string> {
   const dir = copyPackage(base, dst);
   await writeDecoderModel(dir, cfg, syntheticWeightSource(cfg, SEED), {
     quant: graphPolicy(manifest.quantisation),
@@ -78,7 +97,8 @@ export async function rebuildDecoder(base: string, manifest: Manifest, cfg: Gemm
     dataFile: PACKAGE_FILES.decoderWeights,
   });
   const m = JSON.parse(readFileSync(join(dir, MANIFEST_FILE), 'utf8')) as Manifest;
-  for (const f of m.files) if (f.role === 'decoder-graph' || f.role === 'decoder-weights') Object.assign(f, await hashFile(join(dir, f.path)));
+  for (const f of m.files)
+    if (f.role === 'decoder-graph' || f.role === 'decoder-weights') Object.assign(f, await hashFile(join(dir, f.path)));
   writeFileSync(join(dir, MANIFEST_FILE), JSON.stringify(m, null, 2));
   return dir;
 }
@@ -88,7 +108,8 @@ export async function writeTinyCheckpoint(dir: string): Promise<void> {
   const cfg = presetConfig('tiny');
   const src = syntheticWeightSource(cfg, SEED);
   const tensors: TensorToWrite[] = [];
-  for (const t of textTensorTable(cfg, MULTIMODAL_TEXT_PREFIX)) tensors.push({ name: t.name, dtype: 'BF16', shape: t.shape, data: await src.get(t.name) });
+  for (const t of textTensorTable(cfg, MULTIMODAL_TEXT_PREFIX))
+    tensors.push({ name: t.name, dtype: 'BF16', shape: t.shape, data: await src.get(t.name) });
   mkdirSync(dir, { recursive: true });
   writeShardedCheckpoint(dir, tensors, 1 << 20);
   writeFileSync(join(dir, 'config.json'), JSON.stringify(synthConfigJson(cfg, false), null, 2));

@@ -44,18 +44,36 @@ describe('decoder graph media inputs (float, logits all)', () => {
     const run = async (mask: boolean[]) => {
       const r = await session.run({
         ...emptyCache(out.info.cache),
-        input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, (i) => BigInt(i)), [1, ids.length]),
-        position_ids: new ort.Tensor('int64', BigInt64Array.from(ids, (_, i) => BigInt(i)), [1, ids.length]),
-        per_layer_rows: new ort.Tensor('float32', ref.pleRows(ids), [1, ids.length, cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput]),
+        input_ids: new ort.Tensor(
+          'int64',
+          BigInt64Array.from(ids, (i) => BigInt(i)),
+          [1, ids.length],
+        ),
+        position_ids: new ort.Tensor(
+          'int64',
+          BigInt64Array.from(ids, (_, i) => BigInt(i)),
+          [1, ids.length],
+        ),
+        per_layer_rows: new ort.Tensor('float32', ref.pleRows(ids), [
+          1,
+          ids.length,
+          cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput,
+        ]),
         media_embeds: new ort.Tensor('float32', embeds, [1, ids.length, H]),
-        media_mask: new ort.Tensor('bool', Uint8Array.from(mask, (m) => (m ? 1 : 0)), [1, ids.length]),
+        media_mask: new ort.Tensor(
+          'bool',
+          Uint8Array.from(mask, (m) => (m ? 1 : 0)),
+          [1, ids.length],
+        ),
       });
       return r.logits!.data as Float32Array;
     };
     const withMedia = await run(ids.map((_, i) => isMedia(i)));
     ref.reset();
     const want = new Float32Array(ids.length * cfg.vocabSize);
-    ids.forEach((id, i) => want.set(ref.step(id, isMedia(i) ? rows.subarray((i - 4) * H, (i - 3) * H) : undefined), i * cfg.vocabSize));
+    ids.forEach((id, i) =>
+      want.set(ref.step(id, isMedia(i) ? rows.subarray((i - 4) * H, (i - 3) * H) : undefined), i * cfg.vocabSize),
+    );
     const err = relErr(withMedia, want);
     console.log(`media graph vs reference override: max rel err ${err.toExponential(2)}`);
     expect(err).toBeLessThanOrEqual(1e-4);
@@ -77,7 +95,9 @@ describe('Engine with media', () => {
     const plain = await Engine.load(plainDir, { threads: 1, contextTokens: 64, pleCacheMb: 1 });
     const prompt = [2, 300, 41, 120, 77, 301, 302, 303, 304, 90, 91, 92, 200, 201];
     const media: MediaInput[] = [{ position: 5, embeddings: mediaRows(4, 3) }];
-    await expect(plain.generate({ promptIds: prompt, maxTokens: 2, media })).rejects.toThrow(/built without media inputs/);
+    await expect(plain.generate({ promptIds: prompt, maxTokens: 2, media })).rejects.toThrow(
+      /built without media inputs/,
+    );
     await plain.close();
 
     const dir = await rebuildDecoder(base, manifest, cfg, join(root, 'media-pkg'), { media: true });
@@ -85,7 +105,14 @@ describe('Engine with media', () => {
     try {
       expect(engine.acceptsMedia).toBe(true);
       const logits: Float32Array[] = [];
-      const r = await engine.generate({ promptIds: prompt, maxTokens: 8, media, sampling: { temperature: 0 }, prefillChunk: 3, onLogits: (l) => logits.push(l) });
+      const r = await engine.generate({
+        promptIds: prompt,
+        maxTokens: 8,
+        media,
+        sampling: { temperature: 0 },
+        prefillChunk: 3,
+        onLogits: (l) => logits.push(l),
+      });
 
       const ref = await referenceFor(dir, manifest, cfg);
       const rows = media[0]!.embeddings;

@@ -3,7 +3,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SYNTH_CHAT_TEMPLATE, synthTokenizerFiles } from '../src/model/package/synth-tokenizer.js';
-import { ChatTemplate, OutputRouter, expandMediaPlaceholders, splitChannels, withSystemPrompt, type ChatMessage } from '../src/engine/prompt.js';
+import {
+  ChatTemplate,
+  OutputRouter,
+  expandMediaPlaceholders,
+  splitChannels,
+  withSystemPrompt,
+  type ChatMessage,
+} from '../src/engine/prompt.js';
 import { PackageTokenizer } from '../src/engine/tokenizer.js';
 
 /**
@@ -79,18 +86,30 @@ describe('chat template rendering', () => {
     expect(ids.filter((id) => id === m.turnStart)).toHaveLength(3);
     expect(tok.decode(ids)).toBe(text);
     // Without the generation prompt the text stops after the last turn.
-    expect(tpl.render(messages, { bosToken: '<bos>', addGenerationPrompt: false }).endsWith('Hi there<turn|>\n')).toBe(true);
+    expect(tpl.render(messages, { bosToken: '<bos>', addGenerationPrompt: false }).endsWith('Hi there<turn|>\n')).toBe(
+      true,
+    );
   });
 
   it('keeps thinking off by default and switches it on per request (Gemma 4 style)', () => {
     const tpl = new ChatTemplate(GEMMA4_STYLE_TEMPLATE);
     const messages = withSystemPrompt('You are Perch.', [{ role: 'user', content: 'Why is the sky blue?' }]);
     const off = tpl.render(messages, { bosToken: '<bos>' });
-    expect(off).toBe('<bos><|turn>system\nYou are Perch.<turn|>\n<|turn>user\nWhy is the sky blue?<turn|>\n<|turn>model\n<|channel>thought\n<channel|>');
+    expect(off).toBe(
+      '<bos><|turn>system\nYou are Perch.<turn|>\n<|turn>user\nWhy is the sky blue?<turn|>\n<|turn>model\n<|channel>thought\n<channel|>',
+    );
     const on = tpl.render(messages, { bosToken: '<bos>', enableThinking: true });
-    expect(on).toBe('<bos><|turn>system\n<|think|>You are Perch.<turn|>\n<|turn>user\nWhy is the sky blue?<turn|>\n<|turn>model\n');
+    expect(on).toBe(
+      '<bos><|turn>system\n<|think|>You are Perch.<turn|>\n<|turn>user\nWhy is the sky blue?<turn|>\n<|turn>model\n',
+    );
     const ids = tok.encode(on);
-    const head = [tok.special.bos, tok.special.markers.turnStart, ...tok.encode('system'), BYTE_NL, tok.special.markers.think];
+    const head = [
+      tok.special.bos,
+      tok.special.markers.turnStart,
+      ...tok.encode('system'),
+      BYTE_NL,
+      tok.special.markers.think,
+    ];
     expect(ids.slice(0, head.length)).toEqual(head);
     expect(tok.encode(off)).not.toContain(tok.special.markers.think);
   });
@@ -109,9 +128,13 @@ describe('chat template rendering', () => {
 
   it('renders media items and expands them into soft-token runs', () => {
     const tpl = new ChatTemplate(GEMMA4_STYLE_TEMPLATE);
-    const messages: ChatMessage[] = [{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'What is this?' }, { type: 'audio' }] }];
+    const messages: ChatMessage[] = [
+      { role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'What is this?' }, { type: 'audio' }] },
+    ];
     const text = tpl.render(messages, { bosToken: '<bos>' });
-    expect(text).toBe('<bos><|turn>user\n\n\n<|image|>\n\nWhat is this?<|audio|><turn|>\n<|turn>model\n<|channel>thought\n<channel|>');
+    expect(text).toBe(
+      '<bos><|turn>user\n\n\n<|image|>\n\nWhat is this?<|audio|><turn|>\n<|turn>model\n<|channel>thought\n<channel|>',
+    );
     const ids = tok.encode(text);
     const m = tok.special.markers;
     expect(ids.filter((id) => id === m.image)).toHaveLength(1);
@@ -123,7 +146,13 @@ describe('chat template rendering', () => {
       { kind: 'audio', index: 0, start: expect.any(Number), length: 2 },
     ]);
     const img = media[0]!;
-    expect(out.slice(img.start - 1, img.start + img.length + 1)).toEqual([m.imageStart, m.image, m.image, m.image, m.imageEnd]);
+    expect(out.slice(img.start - 1, img.start + img.length + 1)).toEqual([
+      m.imageStart,
+      m.image,
+      m.image,
+      m.image,
+      m.imageEnd,
+    ]);
     const aud = media[1]!;
     expect(out.slice(aud.start - 1, aud.start + aud.length + 1)).toEqual([m.audioStart, m.audio, m.audio, m.audioEnd]);
     // Text around the media is untouched.
@@ -135,15 +164,32 @@ describe('chat template rendering', () => {
     const m = tok.special.markers;
     const ids = [2, m.image!, 300, m.image!];
     const { ids: out, media } = expandMediaPlaceholders(ids, tok.special, { imageTokens: [1, 4] });
-    expect(out).toEqual([2, m.imageStart, m.image, m.imageEnd, 300, m.imageStart, m.image, m.image, m.image, m.image, m.imageEnd]);
+    expect(out).toEqual([
+      2,
+      m.imageStart,
+      m.image,
+      m.imageEnd,
+      300,
+      m.imageStart,
+      m.image,
+      m.image,
+      m.image,
+      m.image,
+      m.imageEnd,
+    ]);
     expect(media.map((s) => [s.index, s.start, s.length])).toEqual([
       [0, 2, 1],
       [1, 6, 4],
     ]);
     expect(() => expandMediaPlaceholders(ids, tok.special, { imageTokens: [1] })).toThrow(/more image placeholders/);
     expect(() => expandMediaPlaceholders(ids, tok.special, { imageTokens: [1, 2, 3] })).toThrow(/2 image placeholder/);
-    expect(() => expandMediaPlaceholders(ids, tok.special, { imageTokens: [1, 0] })).toThrow(/invalid soft-token count/);
-    const noAudio = { ...smallTok.special, markers: { ...smallTok.special.markers, audioStart: undefined, audio: undefined, audioEnd: undefined } };
+    expect(() => expandMediaPlaceholders(ids, tok.special, { imageTokens: [1, 0] })).toThrow(
+      /invalid soft-token count/,
+    );
+    const noAudio = {
+      ...smallTok.special,
+      markers: { ...smallTok.special.markers, audioStart: undefined, audio: undefined, audioEnd: undefined },
+    };
     expect(() => expandMediaPlaceholders([2, 300], noAudio, { audioTokens: [5] })).toThrow(/lacks the audio markers/);
     expect(expandMediaPlaceholders([2, 300], noAudio, {}).ids).toEqual([2, 300]);
   });
@@ -177,18 +223,32 @@ describe('chat template rendering', () => {
 
 describe('output channels', () => {
   it('splits thinking from the answer in decoded text', () => {
-    expect(splitChannels('<|channel>thought\nstep one\nstep two<channel|>The answer.')).toEqual({ thinking: 'step one\nstep two', answer: 'The answer.' });
+    expect(splitChannels('<|channel>thought\nstep one\nstep two<channel|>The answer.')).toEqual({
+      thinking: 'step one\nstep two',
+      answer: 'The answer.',
+    });
     expect(splitChannels('Just an answer.')).toEqual({ thinking: '', answer: 'Just an answer.' });
     expect(splitChannels('<|channel>thought\n<channel|>\nPlain.')).toEqual({ thinking: '', answer: 'Plain.' });
-    expect(splitChannels('<|channel>thought\ncut off by the lim')).toEqual({ thinking: 'cut off by the lim', answer: '' });
-    expect(splitChannels('<|channel>thought\na<channel|>X<|channel>thought\nb<channel|>Y')).toEqual({ thinking: 'a\nb', answer: 'XY' });
+    expect(splitChannels('<|channel>thought\ncut off by the lim')).toEqual({
+      thinking: 'cut off by the lim',
+      answer: '',
+    });
+    expect(splitChannels('<|channel>thought\na<channel|>X<|channel>thought\nb<channel|>Y')).toEqual({
+      thinking: 'a\nb',
+      answer: 'XY',
+    });
   });
 
   it('routes streamed ids into thinking and answer, never splitting a character', () => {
     const f = synthTokenizerFiles(262144);
     const tok = PackageTokenizer.fromJson(f.tokenizerJson, f.tokenizerConfigJson);
     const m = tok.special.markers;
-    const ids = [m.channelStart!, ...tok.encode('thought\nLet me think: é ✓'), m.channelEnd!, ...tok.encode('\nThe answer 😀 is 42.')];
+    const ids = [
+      m.channelStart!,
+      ...tok.encode('thought\nLet me think: é ✓'),
+      m.channelEnd!,
+      ...tok.encode('\nThe answer 😀 is 42.'),
+    ];
     const router = new OutputRouter(tok);
     const answer: string[] = [];
     const thinking: string[] = [];

@@ -128,7 +128,10 @@ describe('sampler on a 262144-entry vocabulary', () => {
   });
 
   it('cuts the nucleus exactly as a sort-based reference does', () => {
-    for (const [seed, scale, p] of [[51, 3, 0.9], [54, 20, 0.5]] as const) {
+    for (const [seed, scale, p] of [
+      [51, 3, 0.9],
+      [54, 20, 0.5],
+    ] as const) {
       const logits = bigLogits(n, seed, scale);
       logits[100] = logits[200] = logits[300] = logits[argmax(logits)]!; // ties at the top
       const maxL = logits[argmax(logits)]!;

@@ -8,7 +8,13 @@ import { PackageTokenizer } from '../src/engine/tokenizer.js';
 /** Byte-fallback token id of a byte in the synthetic vocabulary (bytes start at 16). */
 const byteId = (b: number) => 16 + b;
 
-const SAMPLES = ['Hello the world', 'héllo wörld', 'emoji 😀 and ✓ check', '日本語のテキスト', 'tabs\tand\nnewlines  double'];
+const SAMPLES = [
+  'Hello the world',
+  'héllo wörld',
+  'emoji 😀 and ✓ check',
+  '日本語のテキスト',
+  'tabs\tand\nnewlines  double',
+];
 
 describe('PackageTokenizer on the synthetic Gemma-layout tokenizer', () => {
   let tok: PackageTokenizer;
@@ -117,7 +123,18 @@ describe('PackageTokenizer on the synthetic Gemma-layout tokenizer', () => {
     const cases = [
       [byteId(0xc3), tok.tokenId('a')!], // lead byte then ASCII
       [byteId(0xf0), byteId(0x9f)], // truncated at the end
-      [byteId(0x80), byteId(0x80), byteId(0x80), byteId(0x80), byteId(0x80), byteId(0x80), byteId(0x80), byteId(0x80), byteId(0x80), tok.tokenId('b')!],
+      [
+        byteId(0x80),
+        byteId(0x80),
+        byteId(0x80),
+        byteId(0x80),
+        byteId(0x80),
+        byteId(0x80),
+        byteId(0x80),
+        byteId(0x80),
+        byteId(0x80),
+        tok.tokenId('b')!,
+      ],
     ];
     for (const ids of cases) {
       const detok = tok.createDetokenizer();
@@ -150,10 +167,18 @@ describe('PackageTokenizer on the layout real Gemma checkpoints ship', () => {
     json.post_processor = {
       type: 'TemplateProcessing',
       single: [{ SpecialToken: { id: '<bos>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-      pair: [{ SpecialToken: { id: '<bos>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }, { Sequence: { id: 'B', type_id: 1 } }],
+      pair: [
+        { SpecialToken: { id: '<bos>', type_id: 0 } },
+        { Sequence: { id: 'A', type_id: 0 } },
+        { Sequence: { id: 'B', type_id: 1 } },
+      ],
       special_tokens: { '<bos>': { id: '<bos>', ids: [2], tokens: ['<bos>'] } },
     };
-    const cfg = { ...(JSON.parse(files.tokenizerConfigJson) as object), bos_token: { content: '<bos>' }, image_token: '<|image|>' };
+    const cfg = {
+      ...(JSON.parse(files.tokenizerConfigJson) as object),
+      bos_token: { content: '<bos>' },
+      image_token: '<|image|>',
+    };
     const real = PackageTokenizer.fromJson(JSON.stringify(json), JSON.stringify(cfg));
     for (const text of SAMPLES) {
       expect(real.encode(text)).toEqual(plain.encode(text));

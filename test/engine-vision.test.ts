@@ -24,7 +24,9 @@ beforeAll(async () => {
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 function settings(modelDir: string) {
-  return perchConfigSchema.parse({ model: { dir: modelDir, threads: 1, context_tokens: 512, ple_cache_mb: 1, max_answer_tokens: 16 } }).model;
+  return perchConfigSchema.parse({
+    model: { dir: modelDir, threads: 1, context_tokens: 512, ple_cache_mb: 1, max_answer_tokens: 16 },
+  }).model;
 }
 
 const noop = { signal: new AbortController().signal, onToken: () => undefined };
@@ -59,7 +61,9 @@ describe('VisionEncoder', () => {
     for (let i = 0; i < 2; i++) {
       const v = await VisionEncoder.load(dir, { threads: 1, prepacked: { cache, checksum: 'tiny-vision' } });
       try {
-        expect(Array.from((await v.encode(frame(2), { tokenBudget: 70 })).embeddings)).toEqual(Array.from(want.embeddings));
+        expect(Array.from((await v.encode(frame(2), { tokenBudget: 70 })).embeddings)).toEqual(
+          Array.from(want.embeddings),
+        );
       } finally {
         await v.close();
       }
@@ -69,7 +73,9 @@ describe('VisionEncoder', () => {
 
   it('says clearly when a package has no vision encoder', async () => {
     await expect(VisionEncoder.load(join(root, 'nowhere'), { threads: 1 })).rejects.toThrow(VisionEncoderMissingError);
-    await expect(VisionEncoder.load(join(root, 'nowhere'), { threads: 1 })).rejects.toThrow(/this package has no vision encoder/);
+    await expect(VisionEncoder.load(join(root, 'nowhere'), { threads: 1 })).rejects.toThrow(
+      /this package has no vision encoder/,
+    );
   });
 });
 
@@ -79,10 +85,21 @@ describe('GemmaAnswerEngine with images', () => {
     await engine.start();
     try {
       expect(engine.status()).toMatchObject({ state: 'ready', vision: true });
-      const ask = (img: Buffer, id: string): Promise<{ text: string; streamed: string; r: Awaited<ReturnType<GemmaAnswerEngine['answer']>> }> => {
+      const ask = (
+        img: Buffer,
+        id: string,
+      ): Promise<{ text: string; streamed: string; r: Awaited<ReturnType<GemmaAnswerEngine['answer']>> }> => {
         let streamed = '';
-        const req: AskRequest = { id, text: 'What is in this picture?', image: img.toString('base64'), seed: 11, max_tokens: 24 };
-        return engine.answer(req, { ...noop, onToken: (d) => (streamed += d), imageTokens: 70 }).then((r) => ({ text: r.text, streamed, r }));
+        const req: AskRequest = {
+          id,
+          text: 'What is in this picture?',
+          image: img.toString('base64'),
+          seed: 11,
+          max_tokens: 24,
+        };
+        return engine
+          .answer(req, { ...noop, onToken: (d) => (streamed += d), imageTokens: 70 })
+          .then((r) => ({ text: r.text, streamed, r }));
       };
       const a1 = await ask(frame(1), 'a1');
       const a2 = await ask(frame(1), 'a2');
@@ -92,7 +109,10 @@ describe('GemmaAnswerEngine with images', () => {
       expect(a2.text).toBe(a1.text);
       expect(b.text).not.toBe(a1.text);
       // The soft tokens are part of the prompt: 66 rows plus their two markers.
-      const textOnly = await engine.answer({ id: 't', text: 'What is in this picture?', seed: 11, max_tokens: 24 }, noop);
+      const textOnly = await engine.answer(
+        { id: 't', text: 'What is in this picture?', seed: 11, max_tokens: 24 },
+        noop,
+      );
       expect(a1.r.tokens.prompt - textOnly.tokens.prompt).toBeGreaterThanOrEqual(66 + 2);
       expect(a1.r.image).toEqual({ width: 528, height: 288, tokens: 66 });
       expect(a1.r.latency_ms.vision).toBeGreaterThanOrEqual(0);
@@ -100,7 +120,10 @@ describe('GemmaAnswerEngine with images', () => {
       expect(textOnly.latency_ms.vision).toBeUndefined();
 
       // A frame handed in (a camera question) is the same as the same JPEG in the request.
-      const cam = await engine.answer({ id: 'c', text: 'What is in this picture?', camera: 'yard', seed: 11, max_tokens: 24 }, { ...noop, image: frame(1), imageTokens: 70 });
+      const cam = await engine.answer(
+        { id: 'c', text: 'What is in this picture?', camera: 'yard', seed: 11, max_tokens: 24 },
+        { ...noop, image: frame(1), imageTokens: 70 },
+      );
       expect(cam.text).toBe(a1.text);
     } finally {
       await engine.close();
@@ -112,12 +135,19 @@ describe('GemmaAnswerEngine with images', () => {
     await engine.start();
     try {
       const corrupt = Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0]), Buffer.alloc(200, 7)]);
-      const err = await engine.answer({ id: 'x', text: 'What is this?', image: corrupt.toString('base64') }, noop).catch((e: unknown) => e);
+      const err = await engine
+        .answer({ id: 'x', text: 'What is this?', image: corrupt.toString('base64') }, noop)
+        .catch((e: unknown) => e);
       expect(err).toBeInstanceOf(InvalidInputError);
       expect((err as Error).message).toMatch(/^image: cannot decode image/);
       const truncated = frame(2).subarray(0, 600);
-      await expect(engine.answer({ id: 'y', text: 'What is this?' }, { ...noop, image: truncated })).rejects.toThrow(InvalidInputError);
-      const ok = await engine.answer({ id: 'z', text: 'And this?', max_tokens: 4, seed: 1 }, { ...noop, image: frame(3), imageTokens: 70 });
+      await expect(engine.answer({ id: 'y', text: 'What is this?' }, { ...noop, image: truncated })).rejects.toThrow(
+        InvalidInputError,
+      );
+      const ok = await engine.answer(
+        { id: 'z', text: 'And this?', max_tokens: 4, seed: 1 },
+        { ...noop, image: frame(3), imageTokens: 70 },
+      );
       expect(ok.tokens.completion).toBeGreaterThan(0);
     } finally {
       await engine.close();
@@ -131,10 +161,14 @@ describe('GemmaAnswerEngine with images', () => {
     try {
       expect(engine.status()).toMatchObject({ state: 'ready', vision: false });
       expect(engine.status().detail).toMatch(/images: no \(this model package has no vision encoder/);
-      const err = await engine.answer({ id: 'x', text: 'What is this?', image: frame(1).toString('base64') }, noop).catch((e: unknown) => e);
+      const err = await engine
+        .answer({ id: 'x', text: 'What is this?', image: frame(1).toString('base64') }, noop)
+        .catch((e: unknown) => e);
       expect(err).toBeInstanceOf(EngineUnavailableError);
       expect((err as Error).message).toMatch(/no vision encoder/);
-      await expect(engine.answer({ id: 'y', text: 'What is at the door?', camera: 'door' }, noop)).rejects.toThrow(/no frame from camera door yet/);
+      await expect(engine.answer({ id: 'y', text: 'What is at the door?', camera: 'door' }, noop)).rejects.toThrow(
+        /no frame from camera door yet/,
+      );
       // Text questions still work.
       const r = await engine.answer({ id: 'z', text: 'Hello', max_tokens: 3, seed: 1 }, noop);
       expect(r.tokens.completion).toBeGreaterThan(0);

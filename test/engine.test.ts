@@ -6,7 +6,15 @@ import type { Gemma4Reference } from '../src/model/gemma4/reference.js';
 import type { Manifest } from '../src/model/package/manifest.js';
 import { ContextLimitError, Engine, type GenerateRequest } from '../src/engine/engine.js';
 import { FAST_VARIANT } from '../src/model/gemma4/decoder-graph.js';
-import { argmax, copyPackage, makeTinyPackage, rebuildDecoder, referenceFor, relErr, tempRoot } from './engine-helpers.js';
+import {
+  argmax,
+  copyPackage,
+  makeTinyPackage,
+  rebuildDecoder,
+  referenceFor,
+  relErr,
+  tempRoot,
+} from './engine-helpers.js';
 
 let root: string;
 let dir: string;
@@ -33,12 +41,22 @@ afterAll(async () => {
 /** Runs a greedy generation and records the logits of every step. */
 async function greedy(e: Engine, ids: number[], extra: Partial<GenerateRequest> = {}) {
   const logits: Float32Array[] = [];
-  const r = await e.generate({ promptIds: ids, maxTokens: 10, sampling: { temperature: 0 }, onLogits: (l) => logits.push(l), ...extra });
+  const r = await e.generate({
+    promptIds: ids,
+    maxTokens: 10,
+    sampling: { temperature: 0 },
+    onLogits: (l) => logits.push(l),
+    ...extra,
+  });
   return { ...r, logits };
 }
 
 /** The reference's greedy sequence (same stop ids as the engine) and its logits per step. */
-function referenceGreedy(ids: number[], maxTokens: number, stopIds: number[]): { tokens: number[]; logits: Float32Array[] } {
+function referenceGreedy(
+  ids: number[],
+  maxTokens: number,
+  stopIds: number[],
+): { tokens: number[]; logits: Float32Array[] } {
   ref.reset();
   const all = ref.prefill(ids);
   let logits: Float32Array = all.slice((ids.length - 1) * cfg.vocabSize);
@@ -64,7 +82,9 @@ describe('Engine on a tiny synthetic pi5 package (2-bit linears, accuracy_level 
     expect(r.tokens).toEqual(want.tokens);
     expect(r.logits.length).toBe(want.logits.length);
     const err = Math.max(...r.logits.map((l, i) => relErr(l, want.logits[i]!)));
-    console.log(`engine vs reference: ${r.tokens.length} greedy tokens equal [${r.tokens.join(' ')}], max logits rel err ${err.toExponential(2)} (finish ${r.finishReason})`);
+    console.log(
+      `engine vs reference: ${r.tokens.length} greedy tokens equal [${r.tokens.join(' ')}], max logits rel err ${err.toExponential(2)} (finish ${r.finishReason})`,
+    );
     expect(err).toBeLessThanOrEqual(1e-4);
     expect(r.promptTokens).toBe(PROMPT.length);
     expect(r.timings.prefillMs).toBeGreaterThan(0);
@@ -126,7 +146,8 @@ describe('Engine on a tiny synthetic pi5 package (2-bit linears, accuracy_level 
   });
 
   it('seeded sampling is reproducible, and the seed matters', async () => {
-    const run = (seed: number) => engine.generate({ promptIds: PROMPT, maxTokens: 12, sampling: { temperature: 1, seed } });
+    const run = (seed: number) =>
+      engine.generate({ promptIds: PROMPT, maxTokens: 12, sampling: { temperature: 1, seed } });
     const a = await run(42);
     const b = await run(42);
     const c = await run(7);
@@ -168,28 +189,48 @@ describe('Engine on a tiny synthetic pi5 package (2-bit linears, accuracy_level 
     await expect(p).rejects.toThrow(ContextLimitError);
     await expect(p).rejects.toThrow('prompt of 60 tokens + max_tokens 10 exceeds model.context_tokens 64');
     // The engine still works afterwards.
-    await expect(engine.generate({ promptIds: long.slice(0, 10), maxTokens: 2 })).resolves.toMatchObject({ promptTokens: 10 });
+    await expect(engine.generate({ promptIds: long.slice(0, 10), maxTokens: 2 })).resolves.toMatchObject({
+      promptTokens: 10,
+    });
   });
 
   it('renders messages with the package template and streams the answer text', async () => {
     let streamed = '';
     const r = await engine.generate({
-      messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'hello there' }],
+      messages: [
+        { role: 'system', content: 'Be brief.' },
+        { role: 'user', content: 'hello there' },
+      ],
       maxTokens: 8,
       sampling: { temperature: 0 },
       onToken: (d) => (streamed += d),
     });
-    const ids = engine.encodeMessages([{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'hello there' }]);
+    const ids = engine.encodeMessages([
+      { role: 'system', content: 'Be brief.' },
+      { role: 'user', content: 'hello there' },
+    ]);
     expect(r.promptTokens).toBe(ids.length);
     expect(ids[0]).toBe(engine.tokenizer.special.bos);
     expect(streamed.trim()).toBe(r.text);
     // The system turn was kept as a prefix: the next question reuses it.
-    const again = await engine.generate({ messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'other words' }], maxTokens: 2 });
+    const again = await engine.generate({
+      messages: [
+        { role: 'system', content: 'Be brief.' },
+        { role: 'user', content: 'other words' },
+      ],
+      maxTokens: 2,
+    });
     const sys = engine.encodeMessages([{ role: 'system', content: 'Be brief.' }], { addGenerationPrompt: false });
     expect(again.timings.reusedTokens).toBe(sys.length);
     // The system turn stays pinned while other snapshots come and go.
     for (const q of ['what now', 'what then', 'zebra', 'what now again', 'quiet']) {
-      const r2 = await engine.generate({ messages: [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: q }], maxTokens: 2 });
+      const r2 = await engine.generate({
+        messages: [
+          { role: 'system', content: 'Be brief.' },
+          { role: 'user', content: q },
+        ],
+        maxTokens: 2,
+      });
       expect(r2.timings.reusedTokens).toBeGreaterThanOrEqual(sys.length);
     }
   });
@@ -209,7 +250,13 @@ describe('stops', () => {
     expect(free.text.length).toBeGreaterThan(8);
     const stop = free.text.slice(4, 7);
     let streamed = '';
-    const r = await engine.generate({ promptIds: PROMPT, maxTokens: 10, sampling: { temperature: 0 }, stop: [stop], onToken: (d) => (streamed += d) });
+    const r = await engine.generate({
+      promptIds: PROMPT,
+      maxTokens: 10,
+      sampling: { temperature: 0 },
+      stop: [stop],
+      onToken: (d) => (streamed += d),
+    });
     expect(r.finishReason).toBe('stop');
     expect(r.text).toBe(free.text.slice(0, free.text.indexOf(stop)).trimEnd());
     expect(streamed.trim()).toBe(r.text);
@@ -235,7 +282,10 @@ describe('stops', () => {
 
 describe('Engine on the GroupQueryAttention variant (the package graph with attention: gqa)', () => {
   it('greedy generation still equals the reference', async () => {
-    const fast = await Engine.load(await rebuildDecoder(dir, manifest, cfg, join(root, 'fast'), { ...FAST_VARIANT, attention: 'gqa' }), LOAD);
+    const fast = await Engine.load(
+      await rebuildDecoder(dir, manifest, cfg, join(root, 'fast'), { ...FAST_VARIANT, attention: 'gqa' }),
+      LOAD,
+    );
     try {
       const r = await greedy(fast, PROMPT, { prefillChunk: 7 });
       const want = referenceGreedy(PROMPT, 10, fast.tokenizer.stopIds());
@@ -261,7 +311,10 @@ describe('Engine.load', () => {
   });
 
   it('applies the session tuning knobs (no arena, basic optimisation) with the same results', async () => {
-    const tuned = await Engine.load(dir, { ...LOAD, tuning: { enableCpuMemArena: false, graphOptimizationLevel: 'basic', enableMemPattern: true } });
+    const tuned = await Engine.load(dir, {
+      ...LOAD,
+      tuning: { enableCpuMemArena: false, graphOptimizationLevel: 'basic', enableMemPattern: true },
+    });
     try {
       const a = await greedy(tuned, PROMPT);
       const b = await greedy(engine, PROMPT);
@@ -282,7 +335,9 @@ describe('Engine.load', () => {
       // Built explicitly: `ref` itself has float activations on CPUs where ORT has no int8 kernels.
       const int8Ref = await referenceFor(dir, manifest, cfg, { int8Activations: true });
       const errInt8 = relErr(r.logits[0]!, int8Ref.prefill(PROMPT).slice((PROMPT.length - 1) * cfg.vocabSize));
-      console.log(`prepacking off: rel err ${errFloat.toExponential(2)} vs float-activation reference, ${errInt8.toExponential(2)} vs int8 reference`);
+      console.log(
+        `prepacking off: rel err ${errFloat.toExponential(2)} vs float-activation reference, ${errInt8.toExponential(2)} vs int8 reference`,
+      );
       expect(errFloat).toBeLessThanOrEqual(1e-4);
       expect(errInt8).toBeGreaterThan(errFloat);
     } finally {

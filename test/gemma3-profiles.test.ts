@@ -44,7 +44,11 @@ let ids: number[];
 
 beforeAll(async () => {
   await run('bash', [join(REPO, 'reference', 'setup.sh')], { cwd: REPO, maxBuffer: 1 << 24 });
-  await run(join(REPO, 'reference', '.venv', 'bin', 'python'), [join(REPO, 'reference', 'gemma3_checkpoint.py'), MODEL], { cwd: REPO, maxBuffer: 1 << 24 });
+  await run(
+    join(REPO, 'reference', '.venv', 'bin', 'python'),
+    [join(REPO, 'reference', 'gemma3_checkpoint.py'), MODEL],
+    { cwd: REPO, maxBuffer: 1 << 24 },
+  );
   const tok = await PackageTokenizer.load(CHECKPOINT);
   const passage = readFileSync(join(REPO, 'test', 'fixtures', 'quality', 'passage.txt'), 'utf8');
   ids = [2, ...tok.encode(passage).slice(0, TOKENS)]; // <bos> = 2
@@ -77,7 +81,14 @@ async function logProbs(dir: string): Promise<{ lp: Float32Array; vocab: number 
   const slots = cacheSlots(cfg);
   const session = await ort.InferenceSession.create(join(dir, 'decoder.onnx'), { intraOpNumThreads: 2 });
   try {
-    const r = await runChunk(session, slots, { ...emptyCache(slots), ...noMedia(cfg.hiddenSize, ids.length) }, ids, 0, new Float32Array(0));
+    const r = await runChunk(
+      session,
+      slots,
+      { ...emptyCache(slots), ...noMedia(cfg.hiddenSize, ids.length) },
+      ids,
+      0,
+      new Float32Array(0),
+    );
     const V = cfg.vocabSize;
     const lp = new Float32Array(r.logits.length);
     for (let p = 0; p < ids.length; p++) {
@@ -102,7 +113,9 @@ async function agreement(ref: Float32Array, got: Float32Array, V: number): Promi
   let agree = 0;
   for (let p = 0; p < positions; p++) {
     await breathe();
-    let a = 0, b = 0, k = 0;
+    let a = 0,
+      b = 0,
+      k = 0;
     for (let i = 0; i < V; i++) {
       const f = ref[p * V + i]!;
       k += Math.exp(f) * (f - got[p * V + i]!);
@@ -122,13 +135,19 @@ describe(`Gemma 3 270M per profile against its float package (${process.arch})`,
     float = await logProbs(await packageFor('float'));
   }, 20 * 60_000);
 
-  it.each(['pi4', 'pi5'] as const)('%s: next-token distributions within the x86-64 measurement', async (profile) => {
-    const got = await logProbs(await packageFor(profile));
-    const { kl, top1 } = await agreement(float.lp, got.lp, float.vocab);
-    console.log(`[gemma3 ${profile} on ${process.arch}] mean KL ${kl.toFixed(4)}, top-1 ${top1.toFixed(3)} over ${ids.length} positions`);
-    const b = BOUNDS[profile];
-    expect(kl).toBeGreaterThan(b.kl[0]);
-    expect(kl).toBeLessThan(b.kl[1]);
-    expect(top1).toBeGreaterThanOrEqual(b.top1);
-  }, 30 * 60_000);
+  it.each(['pi4', 'pi5'] as const)(
+    '%s: next-token distributions within the x86-64 measurement',
+    async (profile) => {
+      const got = await logProbs(await packageFor(profile));
+      const { kl, top1 } = await agreement(float.lp, got.lp, float.vocab);
+      console.log(
+        `[gemma3 ${profile} on ${process.arch}] mean KL ${kl.toFixed(4)}, top-1 ${top1.toFixed(3)} over ${ids.length} positions`,
+      );
+      const b = BOUNDS[profile];
+      expect(kl).toBeGreaterThan(b.kl[0]);
+      expect(kl).toBeLessThan(b.kl[1]);
+      expect(top1).toBeGreaterThanOrEqual(b.top1);
+    },
+    30 * 60_000,
+  );
 });

@@ -50,5 +50,9 @@ export async function runAudio(
   });
   const e = out.audio_embeds!;
   const m = out.audio_mask!;
-  return { embeds: e.data as Float32Array, dims: e.dims, mask: Uint8Array.from(m.data as Uint8Array, (v) => (v ? 1 : 0)) };
+  return {
+    embeds: e.data as Float32Array,
+    dims: e.dims,
+    mask: Uint8Array.from(m.data as Uint8Array, (v) => (v ? 1 : 0)),
+  };
 }

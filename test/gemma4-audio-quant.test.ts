@@ -8,7 +8,12 @@ import { logMelFeatures } from '../src/audio/features.js';
 import { audioTokenFrames, e2bAudioConfig, tinyAudioConfig } from '../src/model/gemma4/audio-config.js';
 import { AudioEncoderSession } from '../src/engine/audio-encoder.js';
 import { writeAudioEncoderModel } from '../src/model/gemma4/audio-graph.js';
-import { AUDIO_DEFAULT_POLICY, audioQuantErrors, dequantisedAudioWeightSource, uniformAudioPolicy } from '../src/model/gemma4/audio-quant.js';
+import {
+  AUDIO_DEFAULT_POLICY,
+  audioQuantErrors,
+  dequantisedAudioWeightSource,
+  uniformAudioPolicy,
+} from '../src/model/gemma4/audio-quant.js';
 import { AudioReference } from '../src/model/gemma4/audio-reference.js';
 import { syntheticAudioWeightSource } from '../src/model/gemma4/audio-weights.js';
 import { audioBatch, runAudio } from './gemma4-audio-helpers.js';
@@ -27,7 +32,11 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 const batch = audioBatch(cfg.inputFeatureSize, 110, [110, 53], 23);
 
-async function quantRun(name: string, bits: 4 | 8, accuracyLevel: 0 | 4): Promise<{ graph: Float32Array; deq: Float32Array[]; float: Float32Array[] }> {
+async function quantRun(
+  name: string,
+  bits: 4 | 8,
+  accuracyLevel: 0 | 4,
+): Promise<{ graph: Float32Array; deq: Float32Array[]; float: Float32Array[] }> {
   const src = syntheticAudioWeightSource(cfg, SEED);
   const policy = uniformAudioPolicy({ bits, blockSize: 32, accuracyLevel });
   const out = await writeAudioEncoderModel(path.join(dir, name), cfg, src, { quant: policy });
@@ -77,21 +86,31 @@ describe('gemma4 audio encoder, quantised (MatMulNBits)', () => {
     { bits: 8 as const, accuracyLevel: 0 as const, minVsFloat: 5e-3 },
     { bits: 4 as const, accuracyLevel: 0 as const, minVsFloat: 7e-2 },
     { bits: 8 as const, accuracyLevel: 4 as const, minVsFloat: 5e-3 },
-  ])('$bits-bit, accuracy level $accuracyLevel: the graph computes with its quantised weights', async ({ bits, accuracyLevel, minVsFloat }) => {
-    const r = await quantRun(`q${bits}-a${accuracyLevel}`, bits, accuracyLevel);
-    // accuracy_level 4 rounds activations to int8 only where ORT has int8 kernels for this CPU.
-    const int8 = accuracyLevel === 4 && (await ortRunsInt8Activations(bits, 32));
-    const bounds: QuantBounds = int8 ? { maxVsDequantised: 4e-2, minVsDequantised: 3e-3, minVsFloat } : { maxVsDequantised: 1e-4, minVsFloat };
-    for (const b of [0, 1]) {
-      const e = quantErrors(row(r.graph, b), r.deq[b]!, r.float[b]!);
-      console.log(`audio ${bits}-bit acc${accuracyLevel} clip ${b} (int8 activations: ${int8}): vs dequantised reference ${e.vsDequantised.toExponential(2)}, vs float reference ${e.vsFloat.toExponential(2)}`);
-      expect(boundFailures(e, bounds)).toEqual([]);
-      // The bounds reject a graph that ignored its weights, and (int8 expected) one that ran float activations.
-      for (const bad of [...impostors(r.float[b]!), ...(int8 ? [{ name: 'float activations', out: r.deq[b]! }] : [])]) {
-        expect(boundFailures(quantErrors(bad.out, r.deq[b]!, r.float[b]!), bounds), bad.name).not.toEqual([]);
+  ])(
+    '$bits-bit, accuracy level $accuracyLevel: the graph computes with its quantised weights',
+    async ({ bits, accuracyLevel, minVsFloat }) => {
+      const r = await quantRun(`q${bits}-a${accuracyLevel}`, bits, accuracyLevel);
+      // accuracy_level 4 rounds activations to int8 only where ORT has int8 kernels for this CPU.
+      const int8 = accuracyLevel === 4 && (await ortRunsInt8Activations(bits, 32));
+      const bounds: QuantBounds = int8
+        ? { maxVsDequantised: 4e-2, minVsDequantised: 3e-3, minVsFloat }
+        : { maxVsDequantised: 1e-4, minVsFloat };
+      for (const b of [0, 1]) {
+        const e = quantErrors(row(r.graph, b), r.deq[b]!, r.float[b]!);
+        console.log(
+          `audio ${bits}-bit acc${accuracyLevel} clip ${b} (int8 activations: ${int8}): vs dequantised reference ${e.vsDequantised.toExponential(2)}, vs float reference ${e.vsFloat.toExponential(2)}`,
+        );
+        expect(boundFailures(e, bounds)).toEqual([]);
+        // The bounds reject a graph that ignored its weights, and (int8 expected) one that ran float activations.
+        for (const bad of [
+          ...impostors(r.float[b]!),
+          ...(int8 ? [{ name: 'float activations', out: r.deq[b]! }] : []),
+        ]) {
+          expect(boundFailures(quantErrors(bad.out, r.deq[b]!, r.float[b]!), bounds), bad.name).not.toEqual([]);
+        }
       }
-    }
-  });
+    },
+  );
 
   it('end to end against the float model: the default 8-bit policy stays within 2 %, 4-bit is several times worse', async () => {
     const e8 = await quantRun('e2e-8', 8, 0);
@@ -114,7 +133,10 @@ describe('gemma4 audio encoder, quantised (MatMulNBits)', () => {
     try {
       const got = await enc.encode(lm.features, lm.mask);
       expect(got.count).toBe(50); // 25 tokens a second
-      const want = (await AudioReference.load(e2b, dequantisedAudioWeightSource(src, e2b, policy))).encode(lm.features, lm.mask);
+      const want = (await AudioReference.load(e2b, dequantisedAudioWeightSource(src, e2b, policy))).encode(
+        lm.features,
+        lm.mask,
+      );
       expect(relErr(got.rows, want.embeds.subarray(0, got.count * e2b.textHiddenSize))).toBeLessThan(1e-4);
     } finally {
       await enc.close();

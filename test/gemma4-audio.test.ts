@@ -4,7 +4,13 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { logMelFeatures, softTokenCount } from '../src/audio/features.js';
-import { audioTokenFrames, e2bAudioConfig, parseGemma4AudioConfig, tinyAudioConfig, toAudioConfigJson } from '../src/model/gemma4/audio-config.js';
+import {
+  audioTokenFrames,
+  e2bAudioConfig,
+  parseGemma4AudioConfig,
+  tinyAudioConfig,
+  toAudioConfigJson,
+} from '../src/model/gemma4/audio-config.js';
 import { AudioEncoderSession, MAX_AUDIO_FRAMES } from '../src/engine/audio-encoder.js';
 import { writeAudioEncoderModel } from '../src/model/gemma4/audio-graph.js';
 import { AudioReference } from '../src/model/gemma4/audio-reference.js';
@@ -50,7 +56,10 @@ describe('gemma4 audio config', () => {
   });
 
   it('rejects configs it cannot run, naming the problem', () => {
-    const bad = (audio: unknown, text: unknown = { hidden_size: 64 }): (() => unknown) => () => parseGemma4AudioConfig({ audio_config: audio, text_config: text });
+    const bad =
+      (audio: unknown, text: unknown = { hidden_size: 64 }): (() => unknown) =>
+      () =>
+        parseGemma4AudioConfig({ audio_config: audio, text_config: text });
     expect(() => parseGemma4AudioConfig({ text_config: { hidden_size: 1 } })).toThrow(/no "audio_config"/);
     expect(bad({ subsampling_conv_channels: [64, 32] })).toThrow(/input_proj_linear/);
     expect(bad({ attention_context_right: 2 })).toThrow(/attention_context_right/);
@@ -91,7 +100,9 @@ describe('gemma4 audio encoder graph vs TypeScript reference (tiny config, float
   });
 
   it('fusedNorm (SimplifiedLayerNormalization) gives the same result', async () => {
-    const out = await writeAudioEncoderModel(path.join(dir, 'fused'), cfg, syntheticAudioWeightSource(cfg, 11), { fusedNorm: true });
+    const out = await writeAudioEncoderModel(path.join(dir, 'fused'), cfg, syntheticAudioWeightSource(cfg, 11), {
+      fusedNorm: true,
+    });
     const s2 = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
     try {
       const batch = audioBatch(cfg.inputFeatureSize, 90, [70], 6);
@@ -129,18 +140,24 @@ describe('gemma4 audio encoder graph vs TypeScript reference (tiny config, float
       get: async (n) => (n.endsWith('per_dim_scale') ? new Float32Array(base.shape(n)[0]!).fill(4) : base.get(n)),
     };
     const sub = path.join(dir, 'hot');
-    const s2 = await ort.InferenceSession.create((await writeAudioEncoderModel(sub, cfg, hot)).modelPath, { intraOpNumThreads: 1 });
+    const s2 = await ort.InferenceSession.create((await writeAudioEncoderModel(sub, cfg, hot)).modelPath, {
+      intraOpNumThreads: 1,
+    });
     try {
       const r2 = await AudioReference.load(cfg, hot);
       const batch = audioBatch(cfg.inputFeatureSize, 100, [100, 45], 13);
       const out = await runAudio(s2, batch);
       const width = audioTokenFrames(100) * cfg.textHiddenSize;
       for (let b = 0; b < 2; b++) {
-        expect(relErr(out.embeds.subarray(b * width, (b + 1) * width), r2.encode(batch.clip(b), batch.maskOf(b)).embeds)).toBeLessThan(1e-4);
+        expect(
+          relErr(out.embeds.subarray(b * width, (b + 1) * width), r2.encode(batch.clip(b), batch.maskOf(b)).embeds),
+        ).toBeLessThan(1e-4);
       }
       // Without the cap the reference would be far off: the logits really are beyond it.
       const uncapped = await AudioReference.load({ ...cfg, attentionLogitCap: 1e6 }, hot);
-      expect(relErr(out.embeds.subarray(0, width), uncapped.encode(batch.clip(0), batch.maskOf(0)).embeds)).toBeGreaterThan(1e-2);
+      expect(
+        relErr(out.embeds.subarray(0, width), uncapped.encode(batch.clip(0), batch.maskOf(0)).embeds),
+      ).toBeGreaterThan(1e-2);
     } finally {
       await s2.release();
     }
@@ -162,8 +179,10 @@ describe('gemma4 audio encoder graph vs TypeScript reference (tiny config, float
   });
 
   it('AudioEncoderSession returns only the real rows, in order, as many as softTokenCount says; refuses oversize clips', async () => {
-    const samples = Float32Array.from({ length: 16150 } // 100 real frames of 101: 25 real tokens of 26
-    , (_, i) => 0.4 * Math.sin((2 * Math.PI * 440 * i) / 16000));
+    const samples = Float32Array.from(
+      { length: 16150 }, // 100 real frames of 101: 25 real tokens of 26
+      (_, i) => 0.4 * Math.sin((2 * Math.PI * 440 * i) / 16000),
+    );
     const lm = logMelFeatures(samples);
     const enc = await AudioEncoderSession.open(modelPath, { intraOpNumThreads: 1 });
     try {
@@ -174,7 +193,9 @@ describe('gemma4 audio encoder graph vs TypeScript reference (tiny config, float
       expect(got.hidden).toBe(cfg.textHiddenSize);
       expect(relErr(got.rows, want.embeds.subarray(0, got.count * cfg.textHiddenSize))).toBeLessThan(1e-4);
       const big = MAX_AUDIO_FRAMES + 1;
-      await expect(enc.encode(new Float32Array(big * cfg.inputFeatureSize), new Uint8Array(big).fill(1))).rejects.toThrow(RangeError);
+      await expect(
+        enc.encode(new Float32Array(big * cfg.inputFeatureSize), new Uint8Array(big).fill(1)),
+      ).rejects.toThrow(RangeError);
     } finally {
       await enc.close();
     }

@@ -1,36 +1,103 @@
 import { describe, expect, it } from 'vitest';
-import { Gemma4ConfigError, e2bConfig, layerInfos, parseGemma4TextConfig, tinyConfig } from '../src/model/gemma4/config.js';
+import {
+  Gemma4ConfigError,
+  e2bConfig,
+  layerInfos,
+  parseGemma4TextConfig,
+  tinyConfig,
+} from '../src/model/gemma4/config.js';
 import { toTextConfigJson } from '../src/model/gemma4/config-json.js';
 import { cacheSlots } from '../src/model/gemma4/decoder-graph.js';
-import { MULTIMODAL_TEXT_PREFIX, TEXT_ONLY_PREFIX, checkWeightShapes, detectTextPrefix, layerName, randomWeightSource, textTensorTable } from '../src/model/gemma4/weights.js';
+import {
+  MULTIMODAL_TEXT_PREFIX,
+  TEXT_ONLY_PREFIX,
+  checkWeightShapes,
+  detectTextPrefix,
+  layerName,
+  randomWeightSource,
+  textTensorTable,
+} from '../src/model/gemma4/weights.js';
 
 describe('gemma4 config', () => {
   it('parses the multimodal config (text_config nested) and a bare text config to the same values', () => {
     const text = toTextConfigJson(e2bConfig());
-    expect(parseGemma4TextConfig({ model_type: 'gemma4', text_config: text, vision_config: {}, tie_word_embeddings: true })).toEqual(e2bConfig());
+    expect(
+      parseGemma4TextConfig({ model_type: 'gemma4', text_config: text, vision_config: {}, tie_word_embeddings: true }),
+    ).toEqual(e2bConfig());
     expect(parseGemma4TextConfig(text)).toEqual(e2bConfig());
     expect(parseGemma4TextConfig(toTextConfigJson(tinyConfig()))).toEqual(tinyConfig());
   });
 
   it('fills transformers defaults: 5:1 layer pattern with the last layer full, default RoPE per type', () => {
-    const c = parseGemma4TextConfig({ hidden_size: 64, intermediate_size: 128, num_hidden_layers: 8, num_attention_heads: 2, num_key_value_heads: 1 });
-    expect(c.layerTypes).toEqual(['sliding_attention', 'sliding_attention', 'sliding_attention', 'sliding_attention', 'sliding_attention', 'full_attention', 'sliding_attention', 'full_attention']);
-    expect(c.rope.full_attention).toEqual({ ropeType: 'proportional', theta: 1e6, partialRotaryFactor: 0.25, factor: 1 });
+    const c = parseGemma4TextConfig({
+      hidden_size: 64,
+      intermediate_size: 128,
+      num_hidden_layers: 8,
+      num_attention_heads: 2,
+      num_key_value_heads: 1,
+    });
+    expect(c.layerTypes).toEqual([
+      'sliding_attention',
+      'sliding_attention',
+      'sliding_attention',
+      'sliding_attention',
+      'sliding_attention',
+      'full_attention',
+      'sliding_attention',
+      'full_attention',
+    ]);
+    expect(c.rope.full_attention).toEqual({
+      ropeType: 'proportional',
+      theta: 1e6,
+      partialRotaryFactor: 0.25,
+      factor: 1,
+    });
     expect(c.rope.sliding_attention.theta).toBe(1e4);
-    expect([c.headDim, c.globalHeadDim, c.slidingWindow, c.rmsNormEps, c.finalLogitSoftcapping]).toEqual([256, 512, 512, 1e-6, null]);
+    expect([c.headDim, c.globalHeadDim, c.slidingWindow, c.rmsNormEps, c.finalLogitSoftcapping]).toEqual([
+      256,
+      512,
+      512,
+      1e-6,
+      null,
+    ]);
   });
 
   it('rejects bad or unsupported configs with errors that name the key', () => {
     const base = toTextConfigJson(tinyConfig());
-    const bad = (patch: Record<string, unknown>): (() => unknown) => () => parseGemma4TextConfig({ ...base, ...patch });
+    const bad =
+      (patch: Record<string, unknown>): (() => unknown) =>
+      () =>
+        parseGemma4TextConfig({ ...base, ...patch });
     expect(bad({ hidden_size: undefined })).toThrow(/hidden_size/);
     expect(bad({ hidden_size: 64.5 })).toThrow(/hidden_size/);
     expect(bad({ num_attention_heads: 3, num_key_value_heads: 2 })).toThrow(/multiple of num_key_value_heads/);
     expect(bad({ enable_moe_block: true })).toThrow(/MoE/);
     expect(bad({ attention_k_eq_v: true })).toThrow(/attention_k_eq_v/);
-    expect(bad({ layer_types: ['sliding_attention', 'chunked', 'full_attention', 'sliding_attention', 'sliding_attention', 'full_attention'] })).toThrow(/layer_types\[1\]/);
+    expect(
+      bad({
+        layer_types: [
+          'sliding_attention',
+          'chunked',
+          'full_attention',
+          'sliding_attention',
+          'sliding_attention',
+          'full_attention',
+        ],
+      }),
+    ).toThrow(/layer_types\[1\]/);
     expect(bad({ rope_parameters: { sliding_attention: { rope_type: 'yarn', rope_theta: 1 } } })).toThrow(/yarn/);
-    expect(bad({ layer_types: ['sliding_attention', 'sliding_attention', 'sliding_attention', 'sliding_attention', 'full_attention', 'full_attention'] })).toThrow(/no earlier non-shared layer/);
+    expect(
+      bad({
+        layer_types: [
+          'sliding_attention',
+          'sliding_attention',
+          'sliding_attention',
+          'sliding_attention',
+          'full_attention',
+          'full_attention',
+        ],
+      }),
+    ).toThrow(/no earlier non-shared layer/);
     expect(bad({ hidden_size_per_layer_input: 0 })).toThrow(/per-layer/);
     expect(() => parseGemma4TextConfig([])).toThrow(Gemma4ConfigError);
   });
@@ -81,7 +148,9 @@ describe('gemma4 weights table', () => {
     const all = textTensorTable(c, MULTIMODAL_TEXT_PREFIX, true).filter((s) => !s.used);
     expect(all).toHaveLength(20 * 3);
     // Decoder matrices: ~1.9 B parameters (linears only, tied head not counted).
-    const linear = textTensorTable(c).filter((s) => s.kind === 'linear').reduce((a, s) => a + s.shape[0]! * s.shape[1]!, 0);
+    const linear = textTensorTable(c)
+      .filter((s) => s.kind === 'linear')
+      .reduce((a, s) => a + s.shape[0]! * s.shape[1]!, 0);
     expect(linear).toBeGreaterThan(1.7e9);
     expect(linear).toBeLessThan(2.1e9);
   });
@@ -99,7 +168,7 @@ describe('gemma4 weights table', () => {
   });
 });
 
-describe('per_layer_config (how transformers 5.x save_pretrained writes full layers\' head dim)', () => {
+describe("per_layer_config (how transformers 5.x save_pretrained writes full layers' head dim)", () => {
   const base = (): Record<string, unknown> => {
     const t = toTextConfigJson(tinyConfig());
     delete t.global_head_dim;
@@ -108,7 +177,11 @@ describe('per_layer_config (how transformers 5.x save_pretrained writes full lay
   it('reads the head dim of the full layers from it', () => {
     const t = { ...base(), per_layer_config: { '2': { head_dim: 48 }, '5': { head_dim: 48 } } };
     expect(parseGemma4TextConfig(t).globalHeadDim).toBe(48);
-    expect(layerInfos(parseGemma4TextConfig(t)).filter((l) => !l.sliding).map((l) => l.headDim)).toEqual([48, 48]);
+    expect(
+      layerInfos(parseGemma4TextConfig(t))
+        .filter((l) => !l.sliding)
+        .map((l) => l.headDim),
+    ).toEqual([48, 48]);
   });
   it('refuses what it cannot build rather than flattening it', () => {
     const bad = (plc: unknown): string => {

@@ -17,7 +17,11 @@ beforeAll(() => {
 });
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-async function build(name: string, logits: 'all' | 'last', extra: { fusedNorm?: boolean; onnxGelu?: boolean; attention?: 'plain' | 'gqa' } = {}): Promise<{ session: ort.InferenceSession; info: DecoderGraphInfo }> {
+async function build(
+  name: string,
+  logits: 'all' | 'last',
+  extra: { fusedNorm?: boolean; onnxGelu?: boolean; attention?: 'plain' | 'gqa' } = {},
+): Promise<{ session: ort.InferenceSession; info: DecoderGraphInfo }> {
   const src = randomWeightSource(cfg, 7);
   const out = await writeDecoderModel(path.join(dir, name), cfg, src, { logits, ...extra });
   const session = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
@@ -25,48 +29,56 @@ async function build(name: string, logits: 'all' | 'last', extra: { fusedNorm?: 
 }
 
 describe('gemma4 float decoder graph vs TypeScript reference (tiny config)', () => {
-  it.each(['plain', 'gqa'] as const)('%s attention: matches on a 10-token prefill and 20 decode steps that cross the window and use KV-shared layers', async (attention) => {
-    const { session, info } = await build(`float-all-${attention}`, 'all', { attention });
-    const ref = await Gemma4Reference.load(cfg, randomWeightSource(cfg, 7));
-    const prompt = [2, 17, 300, 45, 45, 511, 0, 128, 99, 7];
-    const refLogits = ref.prefill(prompt);
-    let r = await runChunk(session, info.cache, emptyCache(info.cache), prompt, 0, ref.pleRows(prompt));
-    expect(r.dims).toEqual([1, prompt.length, cfg.vocabSize]);
-    const errs: number[] = [relErr(r.logits, refLogits)];
-    let next = argmax(refLogits.subarray((prompt.length - 1) * cfg.vocabSize));
-    for (let step = 0; step < 20; step++) {
-      const pos = prompt.length + step;
-      const want = ref.step(next);
-      r = await runChunk(session, info.cache, r.cache, [next], pos, ref.pleRows([next]));
-      errs.push(relErr(r.logits, want));
-      for (const s of info.cache) {
-        const len = r.cache[s.pastKey]!.dims[2];
-        expect(len).toBe(s.maxLength === null ? pos + 1 : Math.min(pos + 1, s.maxLength));
+  it.each(['plain', 'gqa'] as const)(
+    '%s attention: matches on a 10-token prefill and 20 decode steps that cross the window and use KV-shared layers',
+    async (attention) => {
+      const { session, info } = await build(`float-all-${attention}`, 'all', { attention });
+      const ref = await Gemma4Reference.load(cfg, randomWeightSource(cfg, 7));
+      const prompt = [2, 17, 300, 45, 45, 511, 0, 128, 99, 7];
+      const refLogits = ref.prefill(prompt);
+      let r = await runChunk(session, info.cache, emptyCache(info.cache), prompt, 0, ref.pleRows(prompt));
+      expect(r.dims).toEqual([1, prompt.length, cfg.vocabSize]);
+      const errs: number[] = [relErr(r.logits, refLogits)];
+      let next = argmax(refLogits.subarray((prompt.length - 1) * cfg.vocabSize));
+      for (let step = 0; step < 20; step++) {
+        const pos = prompt.length + step;
+        const want = ref.step(next);
+        r = await runChunk(session, info.cache, r.cache, [next], pos, ref.pleRows([next]));
+        errs.push(relErr(r.logits, want));
+        for (const s of info.cache) {
+          const len = r.cache[s.pastKey]!.dims[2];
+          expect(len).toBe(s.maxLength === null ? pos + 1 : Math.min(pos + 1, s.maxLength));
+        }
+        // Mix argmax and fixed ids so the walk does not collapse onto one token.
+        next = step % 3 === 0 ? (step * 37 + 11) % cfg.vocabSize : argmax(want);
       }
-      // Mix argmax and fixed ids so the walk does not collapse onto one token.
-      next = step % 3 === 0 ? (step * 37 + 11) % cfg.vocabSize : argmax(want);
-    }
-    expect(prompt.length + 20).toBeGreaterThan(2 * cfg.slidingWindow);
-    console.log(`float parity (${attention}): max rel err prefill ${errs[0]!.toExponential(2)}, decode ${Math.max(...errs.slice(1)).toExponential(2)}`);
-    expect(Math.max(...errs)).toBeLessThanOrEqual(1e-4);
-  });
+      expect(prompt.length + 20).toBeGreaterThan(2 * cfg.slidingWindow);
+      console.log(
+        `float parity (${attention}): max rel err prefill ${errs[0]!.toExponential(2)}, decode ${Math.max(...errs.slice(1)).toExponential(2)}`,
+      );
+      expect(Math.max(...errs)).toBeLessThanOrEqual(1e-4);
+    },
+  );
 
-  it.each(['plain', 'gqa'] as const)('%s attention: matches with multi-token chunks after the sliding cache was truncated, logits=last', async (attention) => {
-    const { session, info } = await build(`float-last-${attention}`, 'last', { attention });
-    const ref = await Gemma4Reference.load(cfg, randomWeightSource(cfg, 7));
-    const ids = Array.from({ length: 24 }, (_, i) => (i * 131 + 5) % cfg.vocabSize);
-    const chunks = [ids.slice(0, 6), ids.slice(6, 16), ids.slice(16, 17), ids.slice(17, 24)];
-    let cache = emptyCache(info.cache);
-    let pos = 0;
-    for (const chunk of chunks) {
-      const want = ref.prefill(chunk).subarray((chunk.length - 1) * cfg.vocabSize);
-      const r = await runChunk(session, info.cache, cache, chunk, pos, ref.pleRows(chunk));
-      expect(r.dims).toEqual([1, 1, cfg.vocabSize]);
-      expect(relErr(r.logits, want)).toBeLessThanOrEqual(1e-4);
-      cache = r.cache;
-      pos += chunk.length;
-    }
-  });
+  it.each(['plain', 'gqa'] as const)(
+    '%s attention: matches with multi-token chunks after the sliding cache was truncated, logits=last',
+    async (attention) => {
+      const { session, info } = await build(`float-last-${attention}`, 'last', { attention });
+      const ref = await Gemma4Reference.load(cfg, randomWeightSource(cfg, 7));
+      const ids = Array.from({ length: 24 }, (_, i) => (i * 131 + 5) % cfg.vocabSize);
+      const chunks = [ids.slice(0, 6), ids.slice(6, 16), ids.slice(16, 17), ids.slice(17, 24)];
+      let cache = emptyCache(info.cache);
+      let pos = 0;
+      for (const chunk of chunks) {
+        const want = ref.prefill(chunk).subarray((chunk.length - 1) * cfg.vocabSize);
+        const r = await runChunk(session, info.cache, cache, chunk, pos, ref.pleRows(chunk));
+        expect(r.dims).toEqual([1, 1, cfg.vocabSize]);
+        expect(relErr(r.logits, want)).toBeLessThanOrEqual(1e-4);
+        cache = r.cache;
+        pos += chunk.length;
+      }
+    },
+  );
 
   it('fused variants (GroupQueryAttention, [Skip]SimplifiedLayerNormalization, ONNX Gelu) give the same logits', async () => {
     const { session, info } = await build('float-fused', 'all', { fusedNorm: true, onnxGelu: true, attention: 'gqa' });
@@ -78,21 +90,29 @@ describe('gemma4 float decoder graph vs TypeScript reference (tiny config)', () 
 });
 
 describe("gemma4 fused variants at E2B's head dims (256 sliding, 512 full with partial rotary)", () => {
-  it.each(['plain', 'gqa'] as const)('%s attention + fused norms match the reference across the window and the KV-shared layers', async (attention) => {
-    const wide = { ...tinyConfig(), hiddenSize: 128, headDim: 256, globalHeadDim: 512 };
-    const out = await writeDecoderModel(path.join(dir, `e2b-dims-${attention}`), wide, randomWeightSource(wide, 11), { logits: 'all', fusedNorm: true, onnxGelu: true, attention });
-    const session = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
-    const ref = await Gemma4Reference.load(wide, randomWeightSource(wide, 11));
-    const prompt = [2, 9, 310, 45, 88, 500, 1, 128, 99, 7];
-    let r = await runChunk(session, out.info.cache, emptyCache(out.info.cache), prompt, 0, ref.pleRows(prompt));
-    const errs = [relErr(r.logits, ref.prefill(prompt))];
-    for (let step = 0; step < 14; step++) {
-      const next = (step * 53 + 3) % wide.vocabSize;
-      const want = ref.step(next);
-      r = await runChunk(session, out.info.cache, r.cache, [next], prompt.length + step, ref.pleRows([next]));
-      errs.push(relErr(r.logits, want));
-    }
-    expect(prompt.length + 14).toBeGreaterThan(2 * wide.slidingWindow);
-    expect(Math.max(...errs)).toBeLessThanOrEqual(1e-4);
-  });
+  it.each(['plain', 'gqa'] as const)(
+    '%s attention + fused norms match the reference across the window and the KV-shared layers',
+    async (attention) => {
+      const wide = { ...tinyConfig(), hiddenSize: 128, headDim: 256, globalHeadDim: 512 };
+      const out = await writeDecoderModel(path.join(dir, `e2b-dims-${attention}`), wide, randomWeightSource(wide, 11), {
+        logits: 'all',
+        fusedNorm: true,
+        onnxGelu: true,
+        attention,
+      });
+      const session = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
+      const ref = await Gemma4Reference.load(wide, randomWeightSource(wide, 11));
+      const prompt = [2, 9, 310, 45, 88, 500, 1, 128, 99, 7];
+      let r = await runChunk(session, out.info.cache, emptyCache(out.info.cache), prompt, 0, ref.pleRows(prompt));
+      const errs = [relErr(r.logits, ref.prefill(prompt))];
+      for (let step = 0; step < 14; step++) {
+        const next = (step * 53 + 3) % wide.vocabSize;
+        const want = ref.step(next);
+        r = await runChunk(session, out.info.cache, r.cache, [next], prompt.length + step, ref.pleRows([next]));
+        errs.push(relErr(r.logits, want));
+      }
+      expect(prompt.length + 14).toBeGreaterThan(2 * wide.slidingWindow);
+      expect(Math.max(...errs)).toBeLessThanOrEqual(1e-4);
+    },
+  );
 });

@@ -8,7 +8,12 @@ import { tinyConfig } from '../src/model/gemma4/config.js';
 import { writeDecoderModel } from '../src/model/gemma4/decoder-graph.js';
 import { type QuantPolicy, dequantisedWeightSource, uniformPolicy } from '../src/model/gemma4/quantize.js';
 import { Gemma4Reference } from '../src/model/gemma4/reference.js';
-import { MULTIMODAL_TEXT_PREFIX, globalName, randomWeightSource, textTensorTable } from '../src/model/gemma4/weights.js';
+import {
+  MULTIMODAL_TEXT_PREFIX,
+  globalName,
+  randomWeightSource,
+  textTensorTable,
+} from '../src/model/gemma4/weights.js';
 import { dequantizeInt8Channels, quantizeInt8Channels } from '../src/model/quant.js';
 import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
 import { argmax, emptyCache, relErr, runChunk } from './gemma4-helpers.js';
@@ -26,7 +31,12 @@ function policy(accuracyLevel: 0 | 4): QuantPolicy {
 }
 
 /** Prefill 10 + 20 decode steps; returns the max error over all logits vectors. */
-async function maxError(p: QuantPolicy, name: string, int8ActivationBlock?: number, fused = false): Promise<{ err: number; modelPath: string; agree: number }> {
+async function maxError(
+  p: QuantPolicy,
+  name: string,
+  int8ActivationBlock?: number,
+  fused = false,
+): Promise<{ err: number; modelPath: string; agree: number }> {
   const src = randomWeightSource(cfg, 11);
   const variant = fused ? { attention: 'gqa' as const, fusedNorm: true, onnxGelu: true } : {};
   const out = await writeDecoderModel(path.join(dir, name), cfg, src, { quant: p, ...variant });
@@ -60,7 +70,9 @@ describe('gemma4 quantised decoder graph vs reference on the dequantised weights
     const int8 = await ortRunsInt8Activations(2, 32);
     const plain = await maxError(policy(4), 'q-acc4-plain');
     const emulated = await maxError(policy(4), 'q-acc4', 32);
-    console.log(`quantised parity, accuracy_level 4 (int8 activations on this CPU: ${int8}): max rel err ${emulated.err.toExponential(2)} vs int8-emulating reference, ${plain.err.toExponential(2)} vs float-activation reference (argmax agreement ${plain.agree}/20)`);
+    console.log(
+      `quantised parity, accuracy_level 4 (int8 activations on this CPU: ${int8}): max rel err ${emulated.err.toExponential(2)} vs int8-emulating reference, ${plain.err.toExponential(2)} vs float-activation reference (argmax agreement ${plain.agree}/20)`,
+    );
     const [matching, other] = int8 ? [emulated, plain] : [plain, emulated];
     expect(matching.err).toBeLessThanOrEqual(BOUND_ACC4);
     // The other reference is far off (measured 0.27 either way round): int8 rounding of this tiny model's
@@ -95,12 +107,25 @@ describe('int8-channels linears (the pi4 profile: per-row int8 activations, MatM
   };
 
   /** A 12-token prefill in one call (each row rounded with its own scale) and 10 decode steps: the error of each position. */
-  async function parity(int8RowActivations: boolean, untiedHead: boolean): Promise<{ errs: number[]; agree: number; modelPath: string }> {
+  async function parity(
+    int8RowActivations: boolean,
+    untiedHead: boolean,
+  ): Promise<{ errs: number[]; agree: number; modelPath: string }> {
     const src = randomWeightSource(cfg, 11);
-    const out = await writeDecoderModel(path.join(dir, `int8-${int8RowActivations}-${untiedHead}`), cfg, src, { quant: int8Policy });
+    const out = await writeDecoderModel(path.join(dir, `int8-${int8RowActivations}-${untiedHead}`), cfg, src, {
+      quant: int8Policy,
+    });
     const session = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
     const deq = dequantisedWeightSource(src, cfg, int8Policy);
-    const lmHead = untiedHead ? dequantizeInt8Channels(quantizeInt8Channels(await src.get(globalName('embed', MULTIMODAL_TEXT_PREFIX)), cfg.vocabSize, cfg.hiddenSize)) : undefined;
+    const lmHead = untiedHead
+      ? dequantizeInt8Channels(
+          quantizeInt8Channels(
+            await src.get(globalName('embed', MULTIMODAL_TEXT_PREFIX)),
+            cfg.vocabSize,
+            cfg.hiddenSize,
+          ),
+        )
+      : undefined;
     const ref = await Gemma4Reference.load(cfg, deq, { int8RowActivations, lmHead });
     const prompt = [2, 9, 250, 33, 470, 12, 12, 88, 301, 5, 77, 140];
     const V = cfg.vocabSize;
@@ -125,7 +150,9 @@ describe('int8-channels linears (the pi4 profile: per-row int8 activations, MatM
     const floatActs = await parity(false, true);
     const tiedHead = await parity(true, false);
     const worst = (e: number[]) => Math.max(...e);
-    console.log(`int8-channels parity: per-position max rel err ${exact.errs.map((e) => e.toExponential(1)).join(' ')} (float-activation reference ${worst(floatActs.errs).toExponential(2)}, tied-head reference ${worst(tiedHead.errs).toExponential(2)})`);
+    console.log(
+      `int8-channels parity: per-position max rel err ${exact.errs.map((e) => e.toExponential(1)).join(' ')} (float-activation reference ${worst(floatActs.errs).toExponential(2)}, tied-head reference ${worst(tiedHead.errs).toExponential(2)})`,
+    );
     // Summation order differs by ~2e-7; now and then an activation sits on a rounding boundary and one code
     // moves by one step in one position (measured 1.2e-3 once in 22 positions): most positions are exact.
     expect(exact.errs.filter((e) => e <= BOUND_INT8).length).toBeGreaterThanOrEqual(exact.errs.length - 2);
@@ -144,7 +171,9 @@ describe('int8-channels linears (the pi4 profile: per-row int8 activations, MatM
     expect(ops.has('MatMulNBits')).toBe(false);
     expect(ops.has('GatherBlockQuantized')).toBe(true);
     // every Linear of the checkpoint plus the LM head
-    expect(nodes.filter((n) => n.opType === 'MatMulInteger').length).toBe(textTensorTable(cfg, MULTIMODAL_TEXT_PREFIX).filter((t) => t.kind === 'linear').length + 1);
+    expect(nodes.filter((n) => n.opType === 'MatMulInteger').length).toBe(
+      textTensorTable(cfg, MULTIMODAL_TEXT_PREFIX).filter((t) => t.kind === 'linear').length + 1,
+    );
     const head = model.graph!.initializer!.find((i) => i.name === 'lm_head.int8_weight')!;
     expect(head.dataType).toBe(onnxProto.onnx.TensorProto.DataType.INT8);
     expect(head.dims!.map(Number)).toEqual([cfg.hiddenSize, cfg.vocabSize]);

@@ -7,7 +7,12 @@ import {
   toVisionConfigJson,
   visionInvFreq,
 } from '../src/model/gemma4/vision-config.js';
-import { checkVisionWeightShapes, syntheticVisionWeightSource, visionNames, visionTensorTable } from '../src/model/gemma4/vision-weights.js';
+import {
+  checkVisionWeightShapes,
+  syntheticVisionWeightSource,
+  visionNames,
+  visionTensorTable,
+} from '../src/model/gemma4/vision-weights.js';
 
 /** vision_config as the E2B checkpoint's config.json spells it (transformers' to_dict of the on-device config). */
 const e2bJson = {
@@ -42,7 +47,12 @@ describe('gemma4 vision config', () => {
 
   it('round-trips tiny and E2B through toVisionConfigJson', () => {
     for (const c of [tinyVisionConfig(), e2bVisionConfig()]) {
-      expect(parseGemma4VisionConfig({ vision_config: toVisionConfigJson(c), text_config: { hidden_size: c.textHiddenSize } })).toEqual(c);
+      expect(
+        parseGemma4VisionConfig({
+          vision_config: toVisionConfigJson(c),
+          text_config: { hidden_size: c.textHiddenSize },
+        }),
+      ).toEqual(c);
     }
   });
 
@@ -54,8 +64,14 @@ describe('gemma4 vision config', () => {
   it.each([
     [{ text_config: { hidden_size: 1536 } }, /no vision_config/],
     [{ vision_config: {} }, /text_config.hidden_size/],
-    [{ vision_config: { hidden_size: '768' }, text_config: { hidden_size: 8 } }, /vision_config.hidden_size must be a number/],
-    [{ vision_config: { use_clipped_linears: 1 }, text_config: { hidden_size: 8 } }, /use_clipped_linears must be a boolean/],
+    [
+      { vision_config: { hidden_size: '768' }, text_config: { hidden_size: 8 } },
+      /vision_config.hidden_size must be a number/,
+    ],
+    [
+      { vision_config: { use_clipped_linears: 1 }, text_config: { hidden_size: 8 } },
+      /use_clipped_linears must be a boolean/,
+    ],
     [{ vision_config: { head_dim: 66 }, text_config: { hidden_size: 8 } }, /multiple of 4/],
     [{ vision_config: { hidden_activation: 'silu' }, text_config: { hidden_size: 8 } }, /not supported/],
     [{ vision_config: { rope_parameters: { rope_type: 'yarn' } }, text_config: { hidden_size: 8 } }, /rope_type/],
@@ -87,7 +103,12 @@ describe('gemma4 vision config', () => {
     expect(linear).toBe(16 * (4 * 768 * 768 + 3 * 768 * 3072) + 768 * 768 + 1536 * 768);
     expect(table.filter((t) => t.kind === 'clip')).toHaveLength(16 * 7 * 4);
     expect(checkVisionWeightShapes(c, syntheticVisionWeightSource(c))).toEqual([]);
-    const missing = { shape: (n: string) => { if (n === visionNames.embedProjection) throw new Error('no'); return byName.get(n)!.shape; } };
+    const missing = {
+      shape: (n: string) => {
+        if (n === visionNames.embedProjection) throw new Error('no');
+        return byName.get(n)!.shape;
+      },
+    };
     expect(checkVisionWeightShapes(c, missing)).toEqual([`missing ${visionNames.embedProjection}`]);
   });
 });

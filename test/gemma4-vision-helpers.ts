@@ -9,7 +9,13 @@ export interface PatchInput {
 }
 
 /** A patch grid (row-major, as preprocess.ts emits it) with random pixels, padded with (-1, -1) rows to `total`. */
-export function gridInput(patchRows: number, patchCols: number, dim: number, seed: number, total = patchRows * patchCols): PatchInput {
+export function gridInput(
+  patchRows: number,
+  patchCols: number,
+  dim: number,
+  seed: number,
+  total = patchRows * patchCols,
+): PatchInput {
   const valid = patchRows * patchCols;
   if (total < valid) throw new Error('total < valid patches');
   const rand = seededRandom(seed);
@@ -26,7 +32,11 @@ export function gridInput(patchRows: number, patchCols: number, dim: number, see
 }
 
 /** Runs the encoder graph on a batch of equally long inputs; returns image_embeds and its dims. */
-export async function runVision(session: ort.InferenceSession, batch: PatchInput[], dim: number): Promise<{ data: Float32Array; dims: readonly number[] }> {
+export async function runVision(
+  session: ort.InferenceSession,
+  batch: PatchInput[],
+  dim: number,
+): Promise<{ data: Float32Array; dims: readonly number[] }> {
   const rows = batch[0]!.rows;
   if (batch.some((b) => b.rows !== rows)) throw new Error('batch rows differ');
   const pv = new Float32Array(batch.length * rows * dim);

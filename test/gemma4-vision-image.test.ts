@@ -41,7 +41,11 @@ function drawn(width: number, height: number, sunX: number): Promise<Buffer> {
 }
 
 async function encodeImage(img: PreprocessedImage): Promise<{ got: Float32Array; dims: readonly number[] }> {
-  const r = await runVision(session, [{ pixelValues: img.pixelValues, positionIds: img.positionIds, rows: img.numPatches }], D);
+  const r = await runVision(
+    session,
+    [{ pixelValues: img.pixelValues, positionIds: img.positionIds, rows: img.numPatches }],
+    D,
+  );
   return { got: r.data, dims: r.dims };
 }
 
@@ -55,7 +59,9 @@ describe('gemma4 vision encoder end to end from a drawn image (tiny config)', ()
     const want = ref.encode(img.pixelValues, img.positionIds);
     expect(want.softTokens).toBe(img.numSoftTokens);
     const err = relErr(got, want.embeds);
-    console.log(`vision e2e ${img.width}x${img.height} (${img.patchCols}x${img.patchRows} patches, ${img.numSoftTokens} soft tokens): rel err ${err.toExponential(2)}`);
+    console.log(
+      `vision e2e ${img.width}x${img.height} (${img.patchCols}x${img.patchRows} patches, ${img.numSoftTokens} soft tokens): rel err ${err.toExponential(2)}`,
+    );
     expect(err).toBeLessThanOrEqual(1e-4);
     // A different picture gives different soft tokens.
     const other = await encodeImage(await preprocessImage(await drawn(300, 200, 60), { tokenBudget: 70 }));

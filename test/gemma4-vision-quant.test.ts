@@ -32,10 +32,15 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 const input = gridInput(6, 9, D, 77, 63); // 54 real patches + 9 padding rows
 
 async function quantRun(name: string, policy: VisionQuantPolicy): Promise<{ got: Float32Array; model: string }> {
-  const out = await writeVisionEncoderModel(path.join(dir, name), cfg, syntheticVisionWeightSource(cfg, SEED), { quant: policy });
+  const out = await writeVisionEncoderModel(path.join(dir, name), cfg, syntheticVisionWeightSource(cfg, SEED), {
+    quant: policy,
+  });
   const session = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
   try {
-    return { got: (await runVision(session, [input], D)).data, model: fs.readFileSync(out.modelPath).toString('latin1') };
+    return {
+      got: (await runVision(session, [input], D)).data,
+      model: fs.readFileSync(out.modelPath).toString('latin1'),
+    };
   } finally {
     await session.release();
   }
@@ -56,7 +61,9 @@ describe('gemma4 vision encoder quantisation', () => {
     expect(errs).toHaveLength(9);
     console.log('vision per-matrix relative RMS error (E2B shapes, synthetic weights, block 32):');
     for (const e of errs) {
-      console.log(`  ${e.name.replace('model.', '').padEnd(62)} [${e.shape.join('x')}]  2b ${e.relative[2].toFixed(4)}  4b ${e.relative[4].toFixed(4)}  8b ${e.relative[8].toFixed(5)}`);
+      console.log(
+        `  ${e.name.replace('model.', '').padEnd(62)} [${e.shape.join('x')}]  2b ${e.relative[2].toFixed(4)}  4b ${e.relative[4].toFixed(4)}  8b ${e.relative[8].toFixed(5)}`,
+      );
       expect(e.relative[8]).toBeLessThan(e.relative[4]);
       expect(e.relative[4]).toBeLessThan(e.relative[2]);
       expect(e.relative[8]).toBeLessThan(0.01);
@@ -71,32 +78,49 @@ describe('gemma4 vision encoder quantisation', () => {
     { bits: 8 as const, accuracyLevel: 0 as const, minVsFloat: 1e-2 },
     { bits: 4 as const, accuracyLevel: 0 as const, minVsFloat: 1e-1 },
     { bits: 8 as const, accuracyLevel: 4 as const, minVsFloat: 1e-2 },
-  ])('$bits-bit linears, 8-bit position tables, accuracy_level $accuracyLevel: the graph computes with its quantised weights', async ({ bits, accuracyLevel, minVsFloat }) => {
-    const policy = uniformVisionPolicy({ bits, blockSize: 32, accuracyLevel, method: 'rtn' }, { bits: 8, blockSize: 32 });
-    const { got, model } = await quantRun(`q${bits}-a${accuracyLevel}`, policy);
-    expect(model).toContain('MatMulNBits');
-    expect(model).toContain('GatherBlockQuantized');
-    const deq = await reference(policy);
-    const float = await reference(null);
-    // accuracy_level 4 rounds activations to int8 only where ORT has int8 kernels for this CPU.
-    const int8 = accuracyLevel === 4 && (await ortRunsInt8Activations(bits, 32));
-    const bounds: QuantBounds = int8 ? { maxVsDequantised: 5e-2, minVsDequantised: 3e-3, minVsFloat } : { maxVsDequantised: 1e-4, minVsFloat };
-    const e = quantErrors(got, deq, float);
-    console.log(`vision ${bits}-bit acc${accuracyLevel} (int8 activations: ${int8}): vs dequantised reference ${e.vsDequantised.toExponential(2)}, vs float reference ${e.vsFloat.toExponential(2)}`);
-    expect(boundFailures(e, bounds)).toEqual([]);
-    // The bounds reject a graph that ignored its weights, and (int8 expected) one that ran float activations.
-    for (const bad of [...impostors(float), ...(int8 ? [{ name: 'float activations', out: deq }] : [])]) {
-      expect(boundFailures(quantErrors(bad.out, deq, float), bounds), bad.name).not.toEqual([]);
-    }
-  });
+  ])(
+    '$bits-bit linears, 8-bit position tables, accuracy_level $accuracyLevel: the graph computes with its quantised weights',
+    async ({ bits, accuracyLevel, minVsFloat }) => {
+      const policy = uniformVisionPolicy(
+        { bits, blockSize: 32, accuracyLevel, method: 'rtn' },
+        { bits: 8, blockSize: 32 },
+      );
+      const { got, model } = await quantRun(`q${bits}-a${accuracyLevel}`, policy);
+      expect(model).toContain('MatMulNBits');
+      expect(model).toContain('GatherBlockQuantized');
+      const deq = await reference(policy);
+      const float = await reference(null);
+      // accuracy_level 4 rounds activations to int8 only where ORT has int8 kernels for this CPU.
+      const int8 = accuracyLevel === 4 && (await ortRunsInt8Activations(bits, 32));
+      const bounds: QuantBounds = int8
+        ? { maxVsDequantised: 5e-2, minVsDequantised: 3e-3, minVsFloat }
+        : { maxVsDequantised: 1e-4, minVsFloat };
+      const e = quantErrors(got, deq, float);
+      console.log(
+        `vision ${bits}-bit acc${accuracyLevel} (int8 activations: ${int8}): vs dequantised reference ${e.vsDequantised.toExponential(2)}, vs float reference ${e.vsFloat.toExponential(2)}`,
+      );
+      expect(boundFailures(e, bounds)).toEqual([]);
+      // The bounds reject a graph that ignored its weights, and (int8 expected) one that ran float activations.
+      for (const bad of [...impostors(float), ...(int8 ? [{ name: 'float activations', out: deq }] : [])]) {
+        expect(boundFailures(quantErrors(bad.out, deq, float), bounds), bad.name).not.toEqual([]);
+      }
+    },
+  );
 
   it('end-to-end error against the float model shrinks with bits (2 > 4 > 8), 8-bit well under 2%', async () => {
     const float = await reference(null);
     const errs: Record<number, number> = {};
     for (const bits of [2, 4, 8] as const) {
-      errs[bits] = relErr(await reference(uniformVisionPolicy({ bits, blockSize: 32, accuracyLevel: 0, method: 'search' }, { bits: 8, blockSize: 32 })), float);
+      errs[bits] = relErr(
+        await reference(
+          uniformVisionPolicy({ bits, blockSize: 32, accuracyLevel: 0, method: 'search' }, { bits: 8, blockSize: 32 }),
+        ),
+        float,
+      );
     }
-    console.log(`vision e2e rel err vs float (tiny, search): 2b ${errs[2]!.toExponential(2)} 4b ${errs[4]!.toExponential(2)} 8b ${errs[8]!.toExponential(2)}`);
+    console.log(
+      `vision e2e rel err vs float (tiny, search): 2b ${errs[2]!.toExponential(2)} 4b ${errs[4]!.toExponential(2)} 8b ${errs[8]!.toExponential(2)}`,
+    );
     expect(errs[8]!).toBeLessThan(errs[4]!);
     expect(errs[4]!).toBeLessThan(errs[2]!);
     expect(errs[8]!).toBeLessThan(0.02);
@@ -104,7 +128,12 @@ describe('gemma4 vision encoder quantisation', () => {
 
   it('the default policy is 8-bit block-32 accuracy_level 4 with 8-bit tables', () => {
     const p = defaultVisionPolicy();
-    expect(p.linear(visionTensorTable(cfg)[0]!)).toEqual({ bits: 8, blockSize: 32, accuracyLevel: 4, method: 'search' });
+    expect(p.linear(visionTensorTable(cfg)[0]!)).toEqual({
+      bits: 8,
+      blockSize: 32,
+      accuracyLevel: 4,
+      method: 'search',
+    });
     expect(p.table).toEqual({ bits: 8, blockSize: 32 });
   });
 });

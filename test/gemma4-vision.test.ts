@@ -53,7 +53,10 @@ describe('gemma4 vision encoder graph vs TypeScript reference (tiny config, floa
     const got = await runVision(session, [a, b], D);
     expect(got.dims).toEqual([2, 8, T]);
     const per = 8 * T;
-    for (const [i, input, soft] of [[0, a, 6], [1, b, 3]] as const) {
+    for (const [i, input, soft] of [
+      [0, a, 6],
+      [1, b, 3],
+    ] as const) {
       const want = ref.encode(input.pixelValues, input.positionIds);
       expect(want.outputLength).toBe(8);
       expect(want.softTokens).toBe(soft);
@@ -110,7 +113,10 @@ describe('gemma4 vision encoder graph vs TypeScript reference (tiny config, floa
   });
 
   it('the fused variant (SimplifiedLayerNormalization, Gelu tanh) matches too, on a padded input', async () => {
-    const out = await writeVisionEncoderModel(path.join(dir, 'fused'), cfg, syntheticVisionWeightSource(cfg, 11), { fusedNorm: true, onnxGelu: true });
+    const out = await writeVisionEncoderModel(path.join(dir, 'fused'), cfg, syntheticVisionWeightSource(cfg, 11), {
+      fusedNorm: true,
+      onnxGelu: true,
+    });
     const s2 = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
     try {
       const input = gridInput(6, 3, D, 4, 27);
@@ -124,7 +130,10 @@ describe('gemma4 vision encoder graph vs TypeScript reference (tiny config, floa
 
   it('refuses weights that do not fit the config', async () => {
     const base = syntheticVisionWeightSource(cfg, 1);
-    const bad = { shape: (n: string) => (n === visionNames.inputProj ? [cfg.hiddenSize, 12] : base.shape(n)), get: base.get };
+    const bad = {
+      shape: (n: string) => (n === visionNames.inputProj ? [cfg.hiddenSize, 12] : base.shape(n)),
+      get: base.get,
+    };
     await expect(writeVisionEncoderModel(path.join(dir, 'bad'), cfg, bad)).rejects.toThrow(/input_proj.*expected/);
   });
 });

@@ -57,7 +57,6 @@ interface Clip extends ClipFacts {
   tokenMask: Uint8Array;
 }
 
-
 /** The rows of `x` ([mask.length, width]) whose mask is set, in order (what transformers keeps). */
 function validRows(x: Float32Array, mask: ArrayLike<number>, width: number): Float32Array {
   const out: number[] = [];
@@ -190,7 +189,9 @@ describe('golden audio: tower + embedder on transformers’ features', () => {
       expect(r.dims).toEqual([n, tokens, cfg.textHiddenSize]);
       expect(Array.from(r.mask)).toEqual(Array.from(batchMask));
       // Only real tokens: transformers drops the padded ones before they reach the decoder.
-      expect(relErr(validRows(r.embeds, r.mask, cfg.textHiddenSize), validRows(batchEmbeds, batchMask, cfg.textHiddenSize))).toBeLessThanOrEqual(TOL);
+      expect(
+        relErr(validRows(r.embeds, r.mask, cfg.textHiddenSize), validRows(batchEmbeds, batchMask, cfg.textHiddenSize)),
+      ).toBeLessThanOrEqual(TOL);
     } finally {
       await session.release();
     }

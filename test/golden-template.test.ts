@@ -8,7 +8,13 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { LogMelExtractor } from '../src/audio/features.js';
-import { ChatTemplate, type ChatMessage, type ToolDeclaration, encodeChat, expandMediaPlaceholders } from '../src/engine/prompt.js';
+import {
+  ChatTemplate,
+  type ChatMessage,
+  type ToolDeclaration,
+  encodeChat,
+  expandMediaPlaceholders,
+} from '../src/engine/prompt.js';
 import { PackageTokenizer } from '../src/engine/tokenizer.js';
 import { SYNTH_CHAT_TEMPLATE, synthTokenizerFiles } from '../src/model/package/synth-tokenizer.js';
 import { wavTo16kMono } from '../src/sources/wav-decode.js';
@@ -27,7 +33,12 @@ interface Case {
   image_tokens?: number[];
   audio_tokens?: number[];
 }
-const golden = JSON.parse(readFileSync(join(dir, 'conversations.json'), 'utf8')) as { vocab_size: number; wav: string; image: string; cases: Case[] };
+const golden = JSON.parse(readFileSync(join(dir, 'conversations.json'), 'utf8')) as {
+  vocab_size: number;
+  wav: string;
+  image: string;
+  cases: Case[];
+};
 
 const files = synthTokenizerFiles(golden.vocab_size);
 const tokenizer = PackageTokenizer.fromJson(files.tokenizerJson, files.tokenizerConfigJson);
@@ -44,12 +55,22 @@ function audioTokens(): number {
 }
 
 describe('chat template goldens (transformers 5.25 Gemma4Processor)', () => {
-  it('the fixture template is the synthetic packages\' template', () => {
+  it("the fixture template is the synthetic packages' template", () => {
     expect(readFileSync(join(dir, 'chat_template.jinja'), 'utf8')).toBe(SYNTH_CHAT_TEMPLATE);
   });
 
   it('covers text, system, thinking on and off, an image, audio, tool declarations, calls and responses', () => {
-    expect(golden.cases.map((c) => c.name)).toEqual(['text', 'system', 'thinking-on', 'thinking-on-system', 'thinking-off', 'image', 'audio', 'tools', 'tools-answered']);
+    expect(golden.cases.map((c) => c.name)).toEqual([
+      'text',
+      'system',
+      'thinking-on',
+      'thinking-on-system',
+      'thinking-off',
+      'image',
+      'audio',
+      'tools',
+      'tools-answered',
+    ]);
   });
 
   for (const c of golden.cases) {

@@ -85,7 +85,9 @@ async function prepare(name: string): Promise<Subject> {
   const ref = await Gemma4Reference.load(cfg, checkpointWeightSource(ckpt), detectTextPrefix(ckpt.names()));
   await ckpt.close();
   const facts = JSON.parse(readFileSync(join(dir, 'cases.json'), 'utf8')) as { cases: GoldenCase[] };
-  const cases = await Promise.all(facts.cases.map(async (c) => ({ ...c, tensors: await SafetensorsCheckpoint.open(join(dir, c.file)) })));
+  const cases = await Promise.all(
+    facts.cases.map(async (c) => ({ ...c, tensors: await SafetensorsCheckpoint.open(join(dir, c.file)) })),
+  );
   return { cfg, cases, session, slots: cacheSlots(cfg), ref, pkgDir };
 }
 
@@ -106,7 +108,10 @@ afterAll(async () => {
 function worstPerPosition(got: Float32Array, want: Float32Array, vocab: number): number {
   let worst = 0;
   for (let p = 0; p < want.length / vocab; p++) {
-    worst = Math.max(worst, relErr(got.subarray(p * vocab, (p + 1) * vocab), want.subarray(p * vocab, (p + 1) * vocab)));
+    worst = Math.max(
+      worst,
+      relErr(got.subarray(p * vocab, (p + 1) * vocab), want.subarray(p * vocab, (p + 1) * vocab)),
+    );
   }
   return worst;
 }
@@ -137,17 +142,36 @@ function agreement(got: Float32Array, want: Float32Array, vocab: number): { mean
 }
 
 /** Greedy decoding through the graph with its KV cache: the prompt in one chunk, then one token a step. */
-async function greedyThroughGraph(s: Subject, ids: number[], rows: (ids: number[]) => Promise<Float32Array> | Float32Array, steps: number): Promise<number[]> {
+async function greedyThroughGraph(
+  s: Subject,
+  ids: number[],
+  rows: (ids: number[]) => Promise<Float32Array> | Float32Array,
+  steps: number,
+): Promise<number[]> {
   const V = s.cfg.vocabSize;
   const H = s.cfg.hiddenSize;
-  let r = await runChunk(s.session, s.slots, { ...emptyCache(s.slots), ...noMedia(H, ids.length) }, ids, 0, await rows(ids));
+  let r = await runChunk(
+    s.session,
+    s.slots,
+    { ...emptyCache(s.slots), ...noMedia(H, ids.length) },
+    ids,
+    0,
+    await rows(ids),
+  );
   const out: number[] = [];
   let cache: Feeds = r.cache;
   let next = argmax(r.logits.subarray(r.logits.length - V));
   for (let step = 0; step < steps; step++) {
     out.push(next);
     if (step === steps - 1) break;
-    r = await runChunk(s.session, s.slots, { ...cache, ...noMedia(H, 1) }, [next], ids.length + step, await rows([next]));
+    r = await runChunk(
+      s.session,
+      s.slots,
+      { ...cache, ...noMedia(H, 1) },
+      [next],
+      ids.length + step,
+      await rows([next]),
+    );
     cache = r.cache;
     next = argmax(r.logits);
   }
@@ -157,10 +181,21 @@ async function greedyThroughGraph(s: Subject, ids: number[], rows: (ids: number[
 describe.each(NAMES)('golden text decoder %s', (name) => {
   it('reads the config transformers wrote (per_layer_config head dims, RoPE per layer type)', () => {
     const s = subjects.get(name)!;
-    const json = JSON.parse(readFileSync(join(GOLDEN, name, 'checkpoint', 'config.json'), 'utf8')) as { text_config: Record<string, unknown> };
-    expect(json).toHaveProperty(name === 'gemma3' ? 'model_type' : 'text_config', name === 'gemma3' ? 'gemma3_text' : expect.anything());
+    const json = JSON.parse(readFileSync(join(GOLDEN, name, 'checkpoint', 'config.json'), 'utf8')) as {
+      text_config: Record<string, unknown>;
+    };
+    expect(json).toHaveProperty(
+      name === 'gemma3' ? 'model_type' : 'text_config',
+      name === 'gemma3' ? 'gemma3_text' : expect.anything(),
+    );
     if (name === 'gemma3') {
-      expect(s.cfg).toMatchObject({ family: 'gemma3', normScaleOffset: 1, attentionScale: 24 ** -0.5, hiddenSizePerLayerInput: 0, numKvSharedLayers: 0 });
+      expect(s.cfg).toMatchObject({
+        family: 'gemma3',
+        normScaleOffset: 1,
+        attentionScale: 24 ** -0.5,
+        hiddenSizePerLayerInput: 0,
+        numKvSharedLayers: 0,
+      });
       expect(s.cfg.rope.full_attention).toMatchObject({ ropeType: 'linear', factor: 8 });
       return;
     }
@@ -173,7 +208,14 @@ describe.each(NAMES)('golden text decoder %s', (name) => {
     const s = subjects.get(name)!;
     for (const c of s.cases) {
       const want = await c.tensors.read('logits');
-      const r = await runChunk(s.session, s.slots, { ...emptyCache(s.slots), ...noMedia(s.cfg.hiddenSize, c.ids.length) }, c.ids, 0, s.ref.pleRows(c.ids));
+      const r = await runChunk(
+        s.session,
+        s.slots,
+        { ...emptyCache(s.slots), ...noMedia(s.cfg.hiddenSize, c.ids.length) },
+        c.ids,
+        0,
+        s.ref.pleRows(c.ids),
+      );
       expect(r.dims).toEqual([1, c.ids.length, s.cfg.vocabSize]);
       expect(worstPerPosition(r.logits, want, s.cfg.vocabSize), `${c.file}`).toBeLessThanOrEqual(1e-4);
     }
@@ -219,11 +261,21 @@ describe.each(NAMES)('golden text decoder %s', (name) => {
     }
     const L = s.cfg.numHiddenLayers * s.cfg.hiddenSizePerLayerInput;
     const V = s.cfg.vocabSize;
-    const pager = await PlePager.open(join(s.pkgDir, 'ple.bin'), { cacheBytes: 1 << 16, expect: { rows: s.cfg.vocabSize, cols: L } });
+    const pager = await PlePager.open(join(s.pkgDir, 'ple.bin'), {
+      cacheBytes: 1 << 16,
+      expect: { rows: s.cfg.vocabSize, cols: L },
+    });
     try {
       const c = s.cases[s.cases.length - 1]!;
       const want = await c.tensors.read('logits');
-      const r = await runChunk(s.session, s.slots, { ...emptyCache(s.slots), ...noMedia(s.cfg.hiddenSize, c.ids.length) }, c.ids, 0, await pager.rowsFor(c.ids));
+      const r = await runChunk(
+        s.session,
+        s.slots,
+        { ...emptyCache(s.slots), ...noMedia(s.cfg.hiddenSize, c.ids.length) },
+        c.ids,
+        0,
+        await pager.rowsFor(c.ids),
+      );
       const { meanKl, top1 } = agreement(r.logits, want, V);
       console.log(`[golden ${name}] 4-bit PLE rows: mean KL ${meanKl.toExponential(2)}, top-1 ${top1.toFixed(3)}`);
       expect(meanKl).toBeLessThan(PLE_KL_CEILING[name]!);
@@ -235,7 +287,6 @@ describe.each(NAMES)('golden text decoder %s', (name) => {
   });
 });
 
-
 /**
  * Quantised packages of the same checkpoints, held to transformers' logits. The graph is fed the exact PLE rows,
  * so what is measured is the linears' and embedding's quantisation (with int8 activations where this CPU runs
@@ -243,22 +294,33 @@ describe.each(NAMES)('golden text decoder %s', (name) => {
  * far above what the float package gives (below 1e-8), so skipped quantisation fails too.
  */
 describe.each(['pi4', 'pi5'] as const)('golden text decoder, %s package', (profile) => {
-  it.each(NAMES)('%s: next-token distributions within the measured bound', async (name) => {
-    const s = subjects.get(name)!;
-    const out = join(root, name, `package-${profile}`);
-    await convertCheckpoint({ from: join(root, name, 'checkpoint'), outDir: out, profile, logits: 'all' });
-    const session = await ort.InferenceSession.create(join(out, 'decoder.onnx'), { intraOpNumThreads: 1 });
-    try {
-      const c = s.cases[s.cases.length - 1]!;
-      const r = await runChunk(session, s.slots, { ...emptyCache(s.slots), ...noMedia(s.cfg.hiddenSize, c.ids.length) }, c.ids, 0, s.ref.pleRows(c.ids));
-      const { meanKl, top1 } = agreement(r.logits, await c.tensors.read('logits'), s.cfg.vocabSize);
-      console.log(`[golden ${name} ${profile}] mean KL ${meanKl.toExponential(2)}, top-1 ${top1.toFixed(3)}`);
-      const bound = QUANT_BOUNDS[profile][name]!;
-      expect(meanKl).toBeGreaterThan(QUANT_KL_FLOOR);
-      expect(meanKl).toBeLessThan(bound.kl);
-      expect(top1).toBeGreaterThanOrEqual(bound.top1);
-    } finally {
-      await session.release();
-    }
-  }, 120_000);
+  it.each(NAMES)(
+    '%s: next-token distributions within the measured bound',
+    async (name) => {
+      const s = subjects.get(name)!;
+      const out = join(root, name, `package-${profile}`);
+      await convertCheckpoint({ from: join(root, name, 'checkpoint'), outDir: out, profile, logits: 'all' });
+      const session = await ort.InferenceSession.create(join(out, 'decoder.onnx'), { intraOpNumThreads: 1 });
+      try {
+        const c = s.cases[s.cases.length - 1]!;
+        const r = await runChunk(
+          session,
+          s.slots,
+          { ...emptyCache(s.slots), ...noMedia(s.cfg.hiddenSize, c.ids.length) },
+          c.ids,
+          0,
+          s.ref.pleRows(c.ids),
+        );
+        const { meanKl, top1 } = agreement(r.logits, await c.tensors.read('logits'), s.cfg.vocabSize);
+        console.log(`[golden ${name} ${profile}] mean KL ${meanKl.toExponential(2)}, top-1 ${top1.toFixed(3)}`);
+        const bound = QUANT_BOUNDS[profile][name]!;
+        expect(meanKl).toBeGreaterThan(QUANT_KL_FLOOR);
+        expect(meanKl).toBeLessThan(bound.kl);
+        expect(top1).toBeGreaterThanOrEqual(bound.top1);
+      } finally {
+        await session.release();
+      }
+    },
+    120_000,
+  );
 });

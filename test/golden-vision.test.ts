@@ -50,8 +50,14 @@ interface BudgetFacts {
   pil_vs_two_pass_max_code_diff: number;
   pil_vs_two_pass_differing_values: number;
 }
-const processor = JSON.parse(readFileSync(join(G, 'processor.json'), 'utf8')) as { processor: string; images: Record<string, Record<string, BudgetFacts>> };
-const decoded = JSON.parse(readFileSync(join(G, 'decoded.json'), 'utf8')) as Record<string, { width: number; height: number; sha256: string; row_sums: number[] }>;
+const processor = JSON.parse(readFileSync(join(G, 'processor.json'), 'utf8')) as {
+  processor: string;
+  images: Record<string, Record<string, BudgetFacts>>;
+};
+const decoded = JSON.parse(readFileSync(join(G, 'decoded.json'), 'utf8')) as Record<
+  string,
+  { width: number; height: number; sha256: string; row_sums: number[] }
+>;
 const positionsAll = (() => {
   const b = gunzipSync(readFileSync(join(G, 'positions.i32.gz')));
   return new Int32Array(b.buffer, b.byteOffset, b.length / 4);
@@ -101,7 +107,12 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 
 describe('golden vision: JPEG decoding', () => {
   it.each(IMAGES)('%s: sharp decodes the same RGB bytes as PIL', async (name) => {
-    const { data, info } = await sharp(jpeg(name)).rotate().toColourspace('srgb').removeAlpha().raw().toBuffer({ resolveWithObject: true });
+    const { data, info } = await sharp(jpeg(name))
+      .rotate()
+      .toColourspace('srgb')
+      .removeAlpha()
+      .raw()
+      .toBuffer({ resolveWithObject: true });
     const want = decoded[name]!;
     expect([info.width, info.height]).toEqual([want.width, want.height]);
     const rows: number[] = [];
@@ -122,7 +133,11 @@ describe('golden vision: preprocessing equals transformers at every budget', () 
     for (const flavour of ['pillow', 'torch'] as ResizeFlavour[]) {
       const got = await preprocessImage(jpeg(name), { tokenBudget: budget as TokenBudget, resizeFlavour: flavour });
       expect({ h: got.height, w: got.width, r: got.patchRows, c: got.patchCols, soft: got.numSoftTokens }).toEqual({
-        h: f.height, w: f.width, r: f.patch_rows, c: f.patch_cols, soft: f.num_soft_tokens,
+        h: f.height,
+        w: f.width,
+        r: f.patch_rows,
+        c: f.patch_cols,
+        soft: f.num_soft_tokens,
       });
       const valid = f.patch_rows * f.patch_cols;
       expect(got.validPatches).toBe(valid);
@@ -145,7 +160,11 @@ describe('golden vision: preprocessing equals transformers at every budget', () 
       }
     }
     // Padding as the processor pads: to max_patches with zero pixels and (-1, -1).
-    const padded = await preprocessImage(jpeg(name), { tokenBudget: budget as TokenBudget, resizeFlavour: 'pillow', pad: true });
+    const padded = await preprocessImage(jpeg(name), {
+      tokenBudget: budget as TokenBudget,
+      resizeFlavour: 'pillow',
+      pad: true,
+    });
     expect(padded.numPatches).toBe(f.max_patches);
     const valid = padded.validPatches;
     expect(padded.positionIds.subarray(2 * valid).every((v) => v === -1)).toBe(true);
@@ -174,7 +193,11 @@ interface TowerCase {
   budget: number;
   shape: [number, number];
 }
-const towerFacts = JSON.parse(readFileSync(join(G, 'tower.json'), 'utf8')) as { cases: TowerCase[]; batch: TowerCase[]; text_hidden_size: number };
+const towerFacts = JSON.parse(readFileSync(join(G, 'tower.json'), 'utf8')) as {
+  cases: TowerCase[];
+  batch: TowerCase[];
+  text_hidden_size: number;
+};
 let root: string;
 let cfg: Gemma4VisionConfig;
 let want: SafetensorsCheckpoint;
@@ -213,8 +236,12 @@ beforeAll(async () => {
   ref = await VisionReference.load(cfg, checkpointWeightSource(src));
   await src.close();
   want = await SafetensorsCheckpoint.open(join(G, 'tower.safetensors'));
-  floatSession = await ort.InferenceSession.create(join(root, 'float', PACKAGE_FILES.visionGraph), { intraOpNumThreads: 1 });
-  quantSession = await ort.InferenceSession.create(join(root, 'default', PACKAGE_FILES.visionGraph), { intraOpNumThreads: 1 });
+  floatSession = await ort.InferenceSession.create(join(root, 'float', PACKAGE_FILES.visionGraph), {
+    intraOpNumThreads: 1,
+  });
+  quantSession = await ort.InferenceSession.create(join(root, 'default', PACKAGE_FILES.visionGraph), {
+    intraOpNumThreads: 1,
+  });
 }, 120_000);
 afterAll(async () => {
   await floatSession?.release();
@@ -225,7 +252,13 @@ afterAll(async () => {
 
 describe('golden vision: tower + embedder equal transformers get_image_features', () => {
   it('the checkpoint parses as the tiny vision config it was written with', () => {
-    expect(cfg).toMatchObject({ hiddenSize: 64, headDim: 16, useClippedLinears: true, standardize: true, textHiddenSize: towerFacts.text_hidden_size });
+    expect(cfg).toMatchObject({
+      hiddenSize: 64,
+      headDim: 16,
+      useClippedLinears: true,
+      standardize: true,
+      textHiddenSize: towerFacts.text_hidden_size,
+    });
     expect(patchDim(cfg)).toBe(PATCH_DIM);
   });
 

@@ -9,7 +9,13 @@ describe('HealthTracker', () => {
     const reports: string[] = [];
     const restartsAt: number[] = [];
     const t0 = Date.now();
-    const h = new HealthTracker({ failAfter: 3, restartMinMs: 40, restartMaxMs: 1000, reportIntervalMs: 60_000, report: (_s, _t, m) => reports.push(m) });
+    const h = new HealthTracker({
+      failAfter: 3,
+      restartMinMs: 40,
+      restartMaxMs: 1000,
+      reportIntervalMs: 60_000,
+      report: (_s, _t, m) => reports.push(m),
+    });
     h.register('s', 'root/s', async () => void restartsAt.push(Date.now() - t0));
     h.error('s', new Error('one'));
     h.ok('s'); // a success breaks the run

@@ -71,15 +71,31 @@ afterEach(async () => {
 
 async function rig(wav: string, hearingOpts: Omit<HearingOptions, 'scheduler'> = {}) {
   const rootTopic = uniqueRoot();
-  const conn = new MqttConnection({ settings: mqttSettings.parse({ url: BROKER, root_topic: rootTopic, client_id: `perch-${randomUUID()}` }), deviceId: 'test' });
+  const conn = new MqttConnection({
+    settings: mqttSettings.parse({ url: BROKER, root_topic: rootTopic, client_id: `perch-${randomUUID()}` }),
+    deviceId: 'test',
+  });
   cleanups.push(() => conn.stop({ offline: false }));
   await conn.start();
   expect(await conn.waitConnected(5000)).toBe(true);
-  const collector = await Collector.connect(BROKER, [`${rootTopic}/audio/transcript`, `${rootTopic}/errors`, `${rootTopic}/answer`]);
+  const collector = await Collector.connect(BROKER, [
+    `${rootTopic}/audio/transcript`,
+    `${rootTopic}/errors`,
+    `${rootTopic}/answer`,
+  ]);
   cleanups.push(() => collector.close());
   const scheduler = new Scheduler(schedulerSettings.parse({}), silentLogger);
-  const source = new WavSource({ type: 'wav', path: wav, realtime: false, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 }, silentLogger);
-  const hearing = new HearingPipeline(conn, source, segmenterSettingsSchema.parse({}), silentLogger, { scheduler, transcriber: () => transcriber, maxTokens: 8, answerMaxTokens: 5, ...hearingOpts });
+  const source = new WavSource(
+    { type: 'wav', path: wav, realtime: false, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 },
+    silentLogger,
+  );
+  const hearing = new HearingPipeline(conn, source, segmenterSettingsSchema.parse({}), silentLogger, {
+    scheduler,
+    transcriber: () => transcriber,
+    maxTokens: 8,
+    answerMaxTokens: 5,
+    ...hearingOpts,
+  });
   await hearing.start();
   cleanups.push(() => hearing.stop());
   // Subscriptions go out in order on one connection: once this one delivers, the pipeline's is in place.
@@ -87,7 +103,8 @@ async function rig(wav: string, hearingOpts: Omit<HearingOptions, 'scheduler'> =
   const seen = new Promise<void>((resolve) => conn.subscribe(marker, () => resolve()));
   for (let i = 0; i < 50; i++) {
     await conn.publish(marker, 'x', { qos: 1 });
-    if (await Promise.race([seen.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 100))])) break;
+    if (await Promise.race([seen.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 100))]))
+      break;
   }
   const topics = conn.topics;
   const play = async (): Promise<void> => {
@@ -142,7 +159,9 @@ describe('push-to-talk and payloads', () => {
     await talk(JSON.stringify({ id: 'ptt-42' }));
     await waitArmed();
     await play();
-    await collector.waitFor((m) => m.some((x) => x.topic === topics.answer) && m.some((x) => x.topic === topics.transcript));
+    await collector.waitFor(
+      (m) => m.some((x) => x.topic === topics.answer) && m.some((x) => x.topic === topics.transcript),
+    );
     const t = transcriptSchema.parse(json(collector.on(topics.transcript)[0]!.payload));
     const a = answerSchema.parse(json(collector.on(topics.answer)[0]!.payload));
     expect(t).toMatchObject({ id: 'ptt-42', question: 'talk' });
@@ -158,7 +177,10 @@ describe('push-to-talk and payloads', () => {
     const { collector, topics, play, talk, sync } = await rig(SPEECH_WAV, { followUpS: 0 });
     await talk('{"id":"no spaces allowed"}');
     await collector.waitFor((m) => m.some((x) => x.topic === topics.errors));
-    expect(errorMessageSchema.parse(json(collector.on(topics.errors)[0]!.payload))).toMatchObject({ code: 'invalid_request', topic: topics.talk });
+    expect(errorMessageSchema.parse(json(collector.on(topics.errors)[0]!.payload))).toMatchObject({
+      code: 'invalid_request',
+      topic: topics.talk,
+    });
     await play();
     await sync();
     expect(collector.on(topics.transcript)).toHaveLength(1);
@@ -172,7 +194,11 @@ describe('follow-up window', () => {
     await talk('PRESS');
     await waitArmed();
     await play();
-    await collector.waitFor((m) => m.filter((x) => x.topic === topics.answer).length === 2 && m.filter((x) => x.topic === topics.transcript).length === 2);
+    await collector.waitFor(
+      (m) =>
+        m.filter((x) => x.topic === topics.answer).length === 2 &&
+        m.filter((x) => x.topic === topics.transcript).length === 2,
+    );
     const ts = collector.on(topics.transcript).map((m) => transcriptSchema.parse(json(m.payload)));
     const as = collector.on(topics.answer).map((m) => answerSchema.parse(json(m.payload)));
     expect(ts.map((t) => t.question)).toEqual(['talk', 'follow_up']);

@@ -13,7 +13,15 @@ import { mqttSettings, schedulerSettings } from '../src/config/schema.js';
 import { Transcriber } from '../src/engine/transcriber.js';
 import { silentLogger } from '../src/log.js';
 import { MqttConnection } from '../src/mqtt/connection.js';
-import { answerSchema, answerStreamSchema, errorMessageSchema, transcriptPartialSchema, transcriptSchema, type TranscriptMessage, type TranscriptPartialMessage } from '../src/mqtt/messages.js';
+import {
+  answerSchema,
+  answerStreamSchema,
+  errorMessageSchema,
+  transcriptPartialSchema,
+  transcriptSchema,
+  type TranscriptMessage,
+  type TranscriptPartialMessage,
+} from '../src/mqtt/messages.js';
 import { containsWakePhrase, normalizeForMatch, spokenQuestionPrompt } from '../src/pipelines/conversation.js';
 import { HearingPipeline, type HearingOptions } from '../src/pipelines/hearing.js';
 import { Scheduler } from '../src/scheduler/scheduler.js';
@@ -52,17 +60,43 @@ interface Rig {
   sync(): Promise<void>;
 }
 
-async function rig(opts: { segmenter?: SegmenterSettingsInput; hearing?: Omit<HearingOptions, 'scheduler'>; transcriptDeadlineMs?: number } = {}): Promise<Rig> {
+async function rig(
+  opts: {
+    segmenter?: SegmenterSettingsInput;
+    hearing?: Omit<HearingOptions, 'scheduler'>;
+    transcriptDeadlineMs?: number;
+  } = {},
+): Promise<Rig> {
   const rootTopic = uniqueRoot();
-  const conn = new MqttConnection({ settings: mqttSettings.parse({ url: BROKER, root_topic: rootTopic, client_id: `perch-${randomUUID()}` }), deviceId: 'test' });
+  const conn = new MqttConnection({
+    settings: mqttSettings.parse({ url: BROKER, root_topic: rootTopic, client_id: `perch-${randomUUID()}` }),
+    deviceId: 'test',
+  });
   cleanups.push(() => conn.stop({ offline: false }));
   await conn.start();
   expect(await conn.waitConnected(5000)).toBe(true);
-  const collector = await Collector.connect(BROKER, [`${rootTopic}/audio/transcript/#`, `${rootTopic}/audio/transcript`, `${rootTopic}/errors`, `${rootTopic}/answer`, `${rootTopic}/answer/stream`]);
+  const collector = await Collector.connect(BROKER, [
+    `${rootTopic}/audio/transcript/#`,
+    `${rootTopic}/audio/transcript`,
+    `${rootTopic}/errors`,
+    `${rootTopic}/answer`,
+    `${rootTopic}/answer/stream`,
+  ]);
   cleanups.push(() => collector.close());
-  const scheduler = new Scheduler(schedulerSettings.parse({ transcript_deadline_ms: opts.transcriptDeadlineMs ?? 60_000 }), silentLogger);
-  const source = new WavSource({ type: 'wav', path: SPEECH_WAV, realtime: false, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 }, silentLogger);
-  const hearing = new HearingPipeline(conn, source, segmenterSettingsSchema.parse(opts.segmenter ?? {}), silentLogger, { scheduler, transcriber: () => transcriber, maxTokens: 10, ...opts.hearing });
+  const scheduler = new Scheduler(
+    schedulerSettings.parse({ transcript_deadline_ms: opts.transcriptDeadlineMs ?? 60_000 }),
+    silentLogger,
+  );
+  const source = new WavSource(
+    { type: 'wav', path: SPEECH_WAV, realtime: false, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 },
+    silentLogger,
+  );
+  const hearing = new HearingPipeline(conn, source, segmenterSettingsSchema.parse(opts.segmenter ?? {}), silentLogger, {
+    scheduler,
+    transcriber: () => transcriber,
+    maxTokens: 10,
+    ...opts.hearing,
+  });
   await hearing.start();
   cleanups.push(() => hearing.stop());
   const play = async (): Promise<void> => {
@@ -111,12 +145,17 @@ describe('HearingPipeline with a transcriber', () => {
     expect(t.part).toBeUndefined();
     const l = t.latency_ms;
     expect(l.first_token).toBeLessThanOrEqual(l.total);
-    for (const k of ['first_token', 'endpoint', 'queue', 'encode', 'prefill', 'decode']) expect(l[k]).toBeGreaterThanOrEqual(0);
+    for (const k of ['first_token', 'endpoint', 'queue', 'encode', 'prefill', 'decode'])
+      expect(l[k]).toBeGreaterThanOrEqual(0);
 
     // Partials: QoS 0, same id, seq 0..n-1, text accumulating to the transcript.
     // (Fewer partials than tokens: a token that ends mid-character sends nothing until the character is whole.)
     const norm = (s: string): string => s.replace(/\s*\n\s*/g, ' ').trim();
-    await collector.waitFor((m) => m.some((x) => x.topic === topics.transcriptPartial && norm(json<TranscriptPartialMessage>(x.payload).text) === t.text));
+    await collector.waitFor((m) =>
+      m.some(
+        (x) => x.topic === topics.transcriptPartial && norm(json<TranscriptPartialMessage>(x.payload).text) === t.text,
+      ),
+    );
     const partials = collector.on(topics.transcriptPartial).map((p) => {
       expect(p.packet.qos).toBe(0);
       return transcriptPartialSchema.parse(json(p.payload)) as TranscriptPartialMessage;
@@ -135,7 +174,9 @@ describe('HearingPipeline with a transcriber', () => {
   }, 120_000);
 
   it('marks the parts of speech longer than max_utterance_ms, then publishes the group stitched', async () => {
-    const { hearing, collector, topics, play } = await rig({ segmenter: { max_utterance_ms: 2000, split_overlap_ms: 500 } });
+    const { hearing, collector, topics, play } = await rig({
+      segmenter: { max_utterance_ms: 2000, split_overlap_ms: 500 },
+    });
     await play();
     await hearing.settled();
     const done = hearing.stats().transcripts;
@@ -182,7 +223,9 @@ describe('HearingPipeline with a transcriber', () => {
     await play();
     await hearing.settled();
     await sync();
-    const all = collector.on(topics.transcript).map((m) => transcriptSchema.parse(json(m.payload)) as TranscriptMessage);
+    const all = collector
+      .on(topics.transcript)
+      .map((m) => transcriptSchema.parse(json(m.payload)) as TranscriptMessage);
     expect(all.length).toBeGreaterThanOrEqual(1);
     expect(all.every((t) => t.part !== undefined && t.part.part > 1)).toBe(true);
     expect(all.some((t) => t.part!.last)).toBe(true);
@@ -192,7 +235,11 @@ describe('HearingPipeline with a transcriber', () => {
   it('publishes an error with the utterance id when the model stays busy past the transcript deadline', async () => {
     const { hearing, collector, topics, scheduler, play } = await rig({ transcriptDeadlineMs: 100 });
     let release!: () => void;
-    const busy = scheduler.submit({ kind: 'answer', id: 'long-answer', run: () => new Promise<void>((r) => (release = r)) });
+    const busy = scheduler.submit({
+      kind: 'answer',
+      id: 'long-answer',
+      run: () => new Promise<void>((r) => (release = r)),
+    });
     await play();
     await collector.waitFor((m) => m.some((x) => x.topic === topics.errors));
     release();
@@ -235,23 +282,37 @@ describe('spoken questions', () => {
     const heard = (await transcriber.transcribe(u.samples, { maxTokens: 10 })).text;
     const phrase = normalizeForMatch(heard).split(' ')[0]!;
     expect(phrase.length).toBeGreaterThan(0);
-    const { hearing, collector, topics, play } = await rig({ hearing: { wakePhrase: phrase.toUpperCase(), answerMaxTokens: 6 } });
+    const { hearing, collector, topics, play } = await rig({
+      hearing: { wakePhrase: phrase.toUpperCase(), answerMaxTokens: 6 },
+    });
     await play();
     await hearing.settled();
-    await collector.waitFor((m) => m.some((x) => x.topic === topics.answer) && m.some((x) => x.topic === topics.transcript));
+    await collector.waitFor(
+      (m) => m.some((x) => x.topic === topics.answer) && m.some((x) => x.topic === topics.transcript),
+    );
     const t = transcriptSchema.parse(json(collector.on(topics.transcript)[0]!.payload));
     const a = answerSchema.parse(json(collector.on(topics.answer)[0]!.payload));
     expect(t.wake).toBe(true);
     expect(a.id).toBe(t.id);
     // The answer comes from the audio with the question instruction, not from the transcript.
-    const direct = await transcriber.answer(u.samples, { prompt: spokenQuestionPrompt(phrase.toUpperCase()), maxTokens: 6 });
+    const direct = await transcriber.answer(u.samples, {
+      prompt: spokenQuestionPrompt(phrase.toUpperCase()),
+      maxTokens: 6,
+    });
     expect(a.text).toBe(direct.text);
     expect(a.tokens.completion).toBe(direct.tokens.length);
-    await collector.waitFor((m) => m.some((x) => x.topic === topics.answerStream && json<{ done: boolean }>(x.payload).done));
+    await collector.waitFor((m) =>
+      m.some((x) => x.topic === topics.answerStream && json<{ done: boolean }>(x.payload).done),
+    );
     const stream = collector.on(topics.answerStream).map((m) => answerStreamSchema.parse(json(m.payload)));
     expect(stream.every((c) => c.id === t.id)).toBe(true);
     expect(stream.map((c) => c.seq)).toEqual(stream.map((_, i) => i));
-    expect(stream.map((c) => c.delta).join('').trim()).toBe(a.text);
+    expect(
+      stream
+        .map((c) => c.delta)
+        .join('')
+        .trim(),
+    ).toBe(a.text);
     expect(hearing.stats()).toMatchObject({ transcripts: 1, questions: 1 });
   }, 120_000);
 

@@ -7,7 +7,9 @@ describe('ortRunsInt8Activations', () => {
     const flags = new Set(cpuFeatureFlags());
     const int8 = await ortRunsInt8Activations(4, 32);
     const int8Two = await ortRunsInt8Activations(2, 32);
-    console.log(`int8 activations at 4-bit block 32: ${int8}, 2-bit block 32: ${int8Two} (${process.arch}, ${[...flags].filter((f) => /^(avx2|avx512|avx_vnni|asimddp|i8mm)/.test(f)).join(' ') || 'no dot-product flags'})`);
+    console.log(
+      `int8 activations at 4-bit block 32: ${int8}, 2-bit block 32: ${int8Two} (${process.arch}, ${[...flags].filter((f) => /^(avx2|avx512|avx_vnni|asimddp|i8mm)/.test(f)).join(' ') || 'no dot-product flags'})`,
+    );
     // MLAS's x86-64 CompInt8 kernels start at AVX2; arm64's need the dot-product (asimddp) or I8MM extension.
     if (process.arch === 'x64') expect(int8).toBe(flags.has('avx2'));
     if (process.arch === 'arm64' && !flags.has('asimddp') && !flags.has('i8mm')) {

@@ -8,10 +8,18 @@ const W = 320;
 const H = 240;
 const T0 = Date.UTC(2025, 0, 1, 12, 0, 0);
 
-interface Square { x: number; y: number; size: number; value?: number }
+interface Square {
+  x: number;
+  y: number;
+  size: number;
+  value?: number;
+}
 
 /** A static textured grey scene with optional bright squares, plus optional per-pixel noise and brightness offset. */
-async function scene(squares: Square[] = [], opts: { noise?: (x: number, y: number) => number; offset?: number } = {}): Promise<Buffer> {
+async function scene(
+  squares: Square[] = [],
+  opts: { noise?: (x: number, y: number) => number; offset?: number } = {},
+): Promise<Buffer> {
   const raw = Buffer.alloc(W * H * 3);
   for (let y = 0; y < H; y++) {
     for (let x = 0; x < W; x++) {
@@ -26,7 +34,9 @@ async function scene(squares: Square[] = [], opts: { noise?: (x: number, y: numb
       raw[(y * W + x) * 3 + 2] = c;
     }
   }
-  return sharp(raw, { raw: { width: W, height: H, channels: 3 } }).jpeg({ quality: 85 }).toBuffer();
+  return sharp(raw, { raw: { width: W, height: H, channels: 3 } })
+    .jpeg({ quality: 85 })
+    .toBuffer();
 }
 
 function frame(jpeg: Buffer, i: number): Frame {
@@ -42,8 +52,11 @@ async function run(det: MotionDetector, jpegs: Buffer[]): Promise<{ i: number; m
   return out;
 }
 
-const settings = (over: Partial<MotionSettings> = {}): MotionSettings =>
-  ({ ...motionSettingsSchema.parse({}), cooldown_s: 5, ...over });
+const settings = (over: Partial<MotionSettings> = {}): MotionSettings => ({
+  ...motionSettingsSchema.parse({}),
+  cooldown_s: 5,
+  ...over,
+});
 
 /**
  * Deterministic gaussian-ish noise (sum of four uniforms from an LCG), constant over 3x3 pixel blocks so
@@ -56,7 +69,10 @@ function blockNoise(sigma: number, seed: number): (x: number, y: number) => numb
     return s / 2 ** 32;
   };
   const bw = Math.ceil(W / 3);
-  const cells = Float32Array.from({ length: bw * Math.ceil(H / 3) }, () => (u() + u() + u() + u() - 2) * sigma * Math.sqrt(3));
+  const cells = Float32Array.from(
+    { length: bw * Math.ceil(H / 3) },
+    () => (u() + u() + u() + u() - 2) * sigma * Math.sqrt(3),
+  );
   return (x, y) => cells[Math.floor(y / 3) * bw + Math.floor(x / 3)]!;
 }
 
@@ -137,7 +153,14 @@ describe('MotionDetector', () => {
     const still = await scene();
     const moving: Buffer[] = [still];
     for (const x of [20, 40, 60, 80]) moving.push(await scene([{ x, y: 80, size: 40 }]));
-    const mask = [[[0, 0], [0.55, 0], [0.55, 1], [0, 1]]] as MotionSettings['mask'];
+    const mask = [
+      [
+        [0, 0],
+        [0.55, 0],
+        [0.55, 1],
+        [0, 1],
+      ],
+    ] as MotionSettings['mask'];
     const masked = new MotionDetector('yard', settings({ mask }));
     expect(await run(masked, moving)).toEqual([]);
     const open = new MotionDetector('yard', settings());
@@ -146,18 +169,42 @@ describe('MotionDetector', () => {
 
   it('names the zones that saw motion', async () => {
     const zones = [
-      { name: 'door', points: [[0.6, 0], [1, 0], [1, 0.5], [0.6, 0.5]] },
-      { name: 'path', points: [[0, 0.6], [0.4, 0.6], [0.4, 1], [0, 1]] },
+      {
+        name: 'door',
+        points: [
+          [0.6, 0],
+          [1, 0],
+          [1, 0.5],
+          [0.6, 0.5],
+        ],
+      },
+      {
+        name: 'path',
+        points: [
+          [0, 0.6],
+          [0.4, 0.6],
+          [0.4, 1],
+          [0, 1],
+        ],
+      },
     ] as MotionSettings['zones'];
     const still = await scene();
     const det = new MotionDetector('yard', settings({ zones }));
-    const msgs = await run(det, [still, await scene([{ x: 230, y: 20, size: 40 }]), await scene([{ x: 250, y: 30, size: 40 }])]);
+    const msgs = await run(det, [
+      still,
+      await scene([{ x: 230, y: 20, size: 40 }]),
+      await scene([{ x: 250, y: 30, size: 40 }]),
+    ]);
     expect(msgs[0]!.m.type).toBe('new');
     expect(msgs[0]!.m.zones).toEqual(['door']);
     expect(msgs[0]!.m.zonesSeen).toEqual(['door']);
 
     const det2 = new MotionDetector('yard', settings({ zones }));
-    const m2 = await run(det2, [still, await scene([{ x: 130, y: 90, size: 40 }]), await scene([{ x: 40, y: 190, size: 40 }])]);
+    const m2 = await run(det2, [
+      still,
+      await scene([{ x: 130, y: 90, size: 40 }]),
+      await scene([{ x: 40, y: 190, size: 40 }]),
+    ]);
     expect(m2[0]!.m.zones).toEqual([]);
     expect(m2[1]!.m.type).toBe('update'); // entering a zone is news
     expect(m2[1]!.m.zones).toEqual(['path']);
@@ -195,7 +242,29 @@ describe('motionSettingsSchema', () => {
     for (const [key, s] of Object.entries(motionSettingsSchema.shape)) expect(s.description, key).toBeTruthy();
     const d = motionSettingsSchema.parse({});
     expect([d.frame_height, d.threshold, d.cooldown_s, d.lightning_threshold]).toEqual([100, 30, 30, 0.8]);
-    expect(() => motionSettingsSchema.parse({ mask: [[[0, 0], [2, 0], [1, 1]]] })).toThrow();
-    expect(() => motionSettingsSchema.parse({ zones: [{ name: 'a', points: [[0, 0], [1, 0]] }] })).toThrow();
+    expect(() =>
+      motionSettingsSchema.parse({
+        mask: [
+          [
+            [0, 0],
+            [2, 0],
+            [1, 1],
+          ],
+        ],
+      }),
+    ).toThrow();
+    expect(() =>
+      motionSettingsSchema.parse({
+        zones: [
+          {
+            name: 'a',
+            points: [
+              [0, 0],
+              [1, 0],
+            ],
+          },
+        ],
+      }),
+    ).toThrow();
   });
 });

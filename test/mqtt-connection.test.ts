@@ -26,7 +26,14 @@ afterEach(async () => {
 });
 
 function settings(root: string, extra: Partial<MqttSettings> = {}): MqttSettings {
-  return mqttSettings.parse({ url: broker.url, root_topic: root, client_id: `perch-${root.replace(/\W/g, '-')}`, reconnect_min_ms: 100, reconnect_max_ms: 1000, ...extra });
+  return mqttSettings.parse({
+    url: broker.url,
+    root_topic: root,
+    client_id: `perch-${root.replace(/\W/g, '-')}`,
+    reconnect_min_ms: 100,
+    reconnect_max_ms: 1000,
+    ...extra,
+  });
 }
 
 function connection(root: string, stateDir?: string, extra: Partial<MqttSettings> = {}): MqttConnection {
@@ -70,7 +77,8 @@ describe('MqttConnection with a broker that goes away', () => {
     await broker.pause();
     await expect.poll(() => conn.connected, { timeout: 5000 }).toBe(false);
     const sent = Array.from({ length: 25 }, (_, i) => `during-${i}`);
-    for (const s of sent) expect(await conn.publish(t.transcript, s, { final: true, qos: 1, priority: 'transcript' })).toBe('queued');
+    for (const s of sent)
+      expect(await conn.publish(t.transcript, s, { final: true, qos: 1, priority: 'transcript' })).toBe('queued');
     expect(conn.stats().outbox.depth).toBe(25);
     // Non-final messages are not queued while offline.
     expect(await conn.publish(t.transcriptPartial, 'partial', { qos: 0 })).toBe('dropped');
@@ -201,10 +209,15 @@ describe('MqttConnection status and last will', () => {
     rmSync(path.join(broker.dir, 'mosquitto.db'), { force: true });
     await broker.resume();
     await expect.poll(() => conn.connected, { timeout: 5000 }).toBe(true);
-    await expect.poll(async () => {
-      await cmd.publishAsync(t.listeningSet, 'ON', { qos: 1 });
-      return got.includes('ON');
-    }, { timeout: 5000, interval: 200 }).toBe(true);
+    await expect
+      .poll(
+        async () => {
+          await cmd.publishAsync(t.listeningSet, 'ON', { qos: 1 });
+          return got.includes('ON');
+        },
+        { timeout: 5000, interval: 200 },
+      )
+      .toBe(true);
 
     conn.removeOwner('audio');
     await cmd.publishAsync(t.listeningSet, 'LATE', { qos: 1 });

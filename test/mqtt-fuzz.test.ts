@@ -21,29 +21,74 @@ const TIME_LIMIT_MS = 60_000;
 const REPLY_WAIT_MS = 15_000;
 
 /** Characters that have broken MQTT stacks: control, DEL, C1, noncharacters, lone surrogates, wildcards. */
-const HOSTILE = ['\u0000', '\u0001', '\t', '\n', '\u001f', '\u007f', '\u0085', '\u009f', '\ufdd0', '\ufffe', '\uffff', '\u{1fffe}', '\u{10ffff}', '\ud800', '\udfff', '\ufeff', '+', '#', '$', '/', ' ', 'é', '😀'];
-const topicish = fc.string({ unit: fc.oneof({ weight: 1, arbitrary: fc.constantFrom(...HOSTILE) }, { weight: 3, arbitrary: fc.constantFrom('a', 'b', 'x', '1', '/') }), maxLength: 12 });
+const HOSTILE = [
+  '\u0000',
+  '\u0001',
+  '\t',
+  '\n',
+  '\u001f',
+  '\u007f',
+  '\u0085',
+  '\u009f',
+  '\ufdd0',
+  '\ufffe',
+  '\uffff',
+  '\u{1fffe}',
+  '\u{10ffff}',
+  '\ud800',
+  '\udfff',
+  '\ufeff',
+  '+',
+  '#',
+  '$',
+  '/',
+  ' ',
+  'é',
+  '😀',
+];
+const topicish = fc.string({
+  unit: fc.oneof(
+    { weight: 1, arbitrary: fc.constantFrom(...HOSTILE) },
+    { weight: 3, arbitrary: fc.constantFrom('a', 'b', 'x', '1', '/') },
+  ),
+  maxLength: 12,
+});
 /** Prefixes that aim at places replies must not reach, or at ordinary ones. */
-const aimed = fc.tuple(fc.constantFrom('', 'fuzz/', 'perch/', 'perch/other/', 'homeassistant/', '$SYS/', 'PREFIX'), topicish).map(([p, t]) => p + t);
+const aimed = fc
+  .tuple(fc.constantFrom('', 'fuzz/', 'perch/', 'perch/other/', 'homeassistant/', '$SYS/', 'PREFIX'), topicish)
+  .map(([p, t]) => p + t);
 
-type Req = { kind: 'json'; body: Record<string, unknown>; responseTopic?: string } | { kind: 'garbage'; payload: Uint8Array };
+type Req =
+  | { kind: 'json'; body: Record<string, unknown>; responseTopic?: string }
+  | { kind: 'garbage'; payload: Uint8Array };
 
-const jsonReq: fc.Arbitrary<Req> = fc.record(
-  {
-    text: fc.oneof(fc.string({ maxLength: 30 }), fc.string({ unit: 'binary', maxLength: 10 }), fc.constant('')),
-    reply_to: aimed,
-    image_topic: aimed,
-    camera: fc.constantFrom('yard', 'NOPE', ''),
-    max_tokens: fc.oneof(fc.integer({ min: -5, max: 10_000 }), fc.constant('8')),
-    junk: fc.string({ maxLength: 5 }),
-  },
-  { requiredKeys: ['text'] },
-).chain((body) =>
-  // MQTT 5 responseTopic: only strings the client library can send (the broker drops the client otherwise).
-  fc.option(fc.constantFrom('fuzz/r', 'perch/other/answer', 'homeassistant/status', '$SYS/x', 'PREFIX/x'), { nil: undefined }).map((responseTopic) => ({ kind: 'json' as const, body, responseTopic })),
-);
-const garbage: fc.Arbitrary<Req> = fc.uint8Array({ minLength: 1, maxLength: 64 }).map((payload) => ({ kind: 'garbage' as const, payload }));
-const batch = fc.array(fc.oneof({ weight: 5, arbitrary: jsonReq }, { weight: 1, arbitrary: garbage }), { minLength: 1, maxLength: MAX_BATCH });
+const jsonReq: fc.Arbitrary<Req> = fc
+  .record(
+    {
+      text: fc.oneof(fc.string({ maxLength: 30 }), fc.string({ unit: 'binary', maxLength: 10 }), fc.constant('')),
+      reply_to: aimed,
+      image_topic: aimed,
+      camera: fc.constantFrom('yard', 'NOPE', ''),
+      max_tokens: fc.oneof(fc.integer({ min: -5, max: 10_000 }), fc.constant('8')),
+      junk: fc.string({ maxLength: 5 }),
+    },
+    { requiredKeys: ['text'] },
+  )
+  .chain((body) =>
+    // MQTT 5 responseTopic: only strings the client library can send (the broker drops the client otherwise).
+    fc
+      .option(fc.constantFrom('fuzz/r', 'perch/other/answer', 'homeassistant/status', '$SYS/x', 'PREFIX/x'), {
+        nil: undefined,
+      })
+      .map((responseTopic) => ({ kind: 'json' as const, body, responseTopic })),
+  );
+const garbage: fc.Arbitrary<Req> = fc
+  .uint8Array({ minLength: 1, maxLength: 64 })
+  .map((payload) => ({ kind: 'garbage' as const, payload }));
+const batch = fc.array(fc.oneof({ weight: 5, arbitrary: jsonReq }, { weight: 1, arbitrary: garbage }), {
+  minLength: 1,
+  maxLength: MAX_BATCH,
+});
 
 let broker: Mosquitto;
 let daemon: DaemonProcess;
@@ -68,7 +113,10 @@ beforeAll(async () => {
     cameras: [],
   });
   client = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
-  await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/status` && x.payload.toString() === 'online'), 20_000);
+  await watcher.waitFor(
+    (m) => m.some((x) => x.topic === `${root}/status` && x.payload.toString() === 'online'),
+    20_000,
+  );
 });
 afterAll(async () => {
   await client?.endAsync(true);
@@ -88,7 +136,10 @@ const json = (b: Buffer): Record<string, unknown> | undefined => {
 const errors = () => watcher.on(`${root}/errors`).map((x) => json(x.payload)!);
 /** Final replies (answers or error replies, not stream chunks or the errors topic) carrying `rid`. */
 const repliesTo = (rid: string) =>
-  watcher.messages.filter((m) => m.topic !== `${root}/errors` && m.topic !== `${root}/answer/stream`).map((m) => json(m.payload)).filter((b) => b?.id === rid && ('error' in b || 'finish_reason' in b));
+  watcher.messages
+    .filter((m) => m.topic !== `${root}/errors` && m.topic !== `${root}/answer/stream`)
+    .map((m) => json(m.payload))
+    .filter((b) => b?.id === rid && ('error' in b || 'finish_reason' in b));
 
 describe('fuzzing perch run over MQTT', () => {
   it('answers every generated request exactly once and stays connected', async () => {
@@ -111,11 +162,16 @@ describe('fuzzing perch run over MQTT', () => {
           const props = r.responseTopic ? { responseTopic: r.responseTopic.replace('PREFIX/', `${root}/`) } : undefined;
           await client.publishAsync(`${root}/ask`, body, { qos: 1, ...(props ? { properties: props } : {}) });
         }
-        const settled = () => ids.every((rid) => errors().some((e) => e.id === rid)) && errors().filter((e) => e.id === undefined).length >= garbageBefore + garbageSent;
+        const settled = () =>
+          ids.every((rid) => errors().some((e) => e.id === rid)) &&
+          errors().filter((e) => e.id === undefined).length >= garbageBefore + garbageSent;
         await watcher.waitFor(settled, REPLY_WAIT_MS);
         await new Promise((r) => setTimeout(r, 200)); // room for a duplicate to show up
         for (const rid of ids) {
-          expect(errors().filter((e) => e.id === rid), rid).toHaveLength(1);
+          expect(
+            errors().filter((e) => e.id === rid),
+            rid,
+          ).toHaveLength(1);
           expect(repliesTo(rid).length, rid).toBeLessThanOrEqual(1);
         }
         expect(errors().filter((e) => e.id === undefined)).toHaveLength(garbageBefore + garbageSent);
@@ -127,8 +183,15 @@ describe('fuzzing perch run over MQTT', () => {
     expect(daemon.child.exitCode).toBeNull();
     expect(daemon.log()).not.toMatch(/connection to broker lost/);
     // A normal request still works.
-    await client.publishAsync(`${root}/ask`, JSON.stringify({ id: 'fz-final', text: 'Hello?', reply_to: 'fuzz/final' }), { qos: 1 });
+    await client.publishAsync(
+      `${root}/ask`,
+      JSON.stringify({ id: 'fz-final', text: 'Hello?', reply_to: 'fuzz/final' }),
+      { qos: 1 },
+    );
     await watcher.waitFor(() => watcher.on('fuzz/final').length === 1, REPLY_WAIT_MS);
-    expect(json(watcher.on('fuzz/final')[0]!.payload)).toMatchObject({ id: 'fz-final', error: { code: 'unavailable' } });
+    expect(json(watcher.on('fuzz/final')[0]!.payload)).toMatchObject({
+      id: 'fz-final',
+      error: { code: 'unavailable' },
+    });
   }, 120_000);
 });

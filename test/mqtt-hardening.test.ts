@@ -56,9 +56,11 @@ async function startDaemon(b: Mosquitto, before?: (stateDir: string) => void): P
     await watcher.close();
     tmp.cleanup();
   });
-  await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/status` && x.payload.toString() === 'online'), 20_000).catch((err: Error) => {
-    throw new Error(`${err.message}\ndaemon log:\n${daemon.log()}`);
-  });
+  await watcher
+    .waitFor((m) => m.some((x) => x.topic === `${root}/status` && x.payload.toString() === 'online'), 20_000)
+    .catch((err: Error) => {
+      throw new Error(`${err.message}\ndaemon log:\n${daemon.log()}`);
+    });
   return { id, root, stateDir: tmp.dir, daemon, watcher, client };
 }
 
@@ -67,10 +69,14 @@ const repliesOf = (s: Started, topic = REPLIES) => s.watcher.on(topic).map((x) =
 
 /** A normal request still gets its reply (no model: an `unavailable` error reply), and Perch never went offline. */
 async function expectStillServing(s: Started, id: string): Promise<void> {
-  await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id, text: 'Still there?', reply_to: REPLIES }), { qos: 1 });
-  await s.watcher.waitFor(() => repliesOf(s).some((r) => r.id === id), 10_000).catch((err: Error) => {
-    throw new Error(`${err.message}\ndaemon log tail:\n${s.daemon.log().slice(-3000)}`);
+  await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id, text: 'Still there?', reply_to: REPLIES }), {
+    qos: 1,
   });
+  await s.watcher
+    .waitFor(() => repliesOf(s).some((r) => r.id === id), 10_000)
+    .catch((err: Error) => {
+      throw new Error(`${err.message}\ndaemon log tail:\n${s.daemon.log().slice(-3000)}`);
+    });
   expect(s.watcher.on(`${s.root}/status`).map((x) => x.payload.toString())).not.toContain('offline');
 }
 
@@ -78,8 +84,20 @@ async function expectStillServing(s: Started, id: string): Promise<void> {
 function plantOutboxMessage(stateDir: string, seqNo: number, topic: string, payload: Buffer): void {
   const dir = path.join(stateDir, 'outbox');
   mkdirSync(dir, { recursive: true });
-  const header = { v: 1, seq: seqNo, topic, retain: false, priority: 'answer', created_at: Date.now(), expiry_s: 3600, content_type: 'application/json' };
-  writeFileSync(path.join(dir, `${String(seqNo).padStart(16, '0')}.msg`), Buffer.concat([Buffer.from(JSON.stringify(header) + '\n'), payload]));
+  const header = {
+    v: 1,
+    seq: seqNo,
+    topic,
+    retain: false,
+    priority: 'answer',
+    created_at: Date.now(),
+    expiry_s: 3600,
+    content_type: 'application/json',
+  };
+  writeFileSync(
+    path.join(dir, `${String(seqNo).padStart(16, '0')}.msg`),
+    Buffer.concat([Buffer.from(JSON.stringify(header) + '\n'), payload]),
+  );
 }
 
 describe('topics from the network', () => {
@@ -88,18 +106,27 @@ describe('topics from the network', () => {
     // Control characters, DEL, C1, noncharacters, a lone surrogate: each one would cost the connection.
     const bad = ['my/\u0001x', 'my/\u007f', 'my/\u0085', 'my/\ufdd0', 'my/\uffff', 'my/\u{10ffff}', 'my/\ud800'];
     for (const [i, topic] of bad.entries()) {
-      await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id: `bad-${i}`, text: 'Hi', reply_to: topic }), { qos: 1 });
+      await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id: `bad-${i}`, text: 'Hi', reply_to: topic }), {
+        qos: 1,
+      });
     }
     await s.watcher.waitFor(() => errorsOf(s).filter((e) => String(e.id).startsWith('bad-')).length === bad.length);
-    for (const e of errorsOf(s)) expect(e).toMatchObject({ code: 'invalid_request', message: expect.stringMatching(/^reply_to: /) });
+    for (const e of errorsOf(s))
+      expect(e).toMatchObject({ code: 'invalid_request', message: expect.stringMatching(/^reply_to: /) });
     await expectStillServing(s, 'after-reply-to');
   });
 
   it('refuses an image_topic Mosquitto would drop Perch for (no subscribe, no reconnect loop)', async () => {
     const s = await startDaemon(shared.broker);
-    await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id: 'bad-img', text: 'What is on it?', image_topic: 'cam/\u0001x', reply_to: REPLIES }), { qos: 1 });
+    await s.client.publishAsync(
+      `${s.root}/ask`,
+      JSON.stringify({ id: 'bad-img', text: 'What is on it?', image_topic: 'cam/\u0001x', reply_to: REPLIES }),
+      { qos: 1 },
+    );
     await s.watcher.waitFor(() => repliesOf(s).some((r) => r.id === 'bad-img'));
-    expect(repliesOf(s).find((r) => r.id === 'bad-img')).toMatchObject({ error: { code: 'invalid_request', message: expect.stringMatching(/^image_topic: /) } });
+    expect(repliesOf(s).find((r) => r.id === 'bad-img')).toMatchObject({
+      error: { code: 'invalid_request', message: expect.stringMatching(/^image_topic: /) },
+    });
     await new Promise((r) => setTimeout(r, 1000)); // a refused subscription would drop the link within this
     await expectStillServing(s, 'after-image-topic');
     expect(s.daemon.log()).not.toMatch(/connection to broker lost/);
@@ -107,16 +134,32 @@ describe('topics from the network', () => {
 
   it("refuses replies into Home Assistant's discovery prefix and status topic and into other Perch roots", async () => {
     const s = await startDaemon(shared.broker);
-    const targets = [`ha-${s.id}/device/x/config`, `ha-${s.id}/status`, 'perch/other/listening/set', 'perch/other/answer'];
+    const targets = [
+      `ha-${s.id}/device/x/config`,
+      `ha-${s.id}/status`,
+      'perch/other/listening/set',
+      'perch/other/answer',
+    ];
     for (const [i, topic] of targets.entries()) {
-      await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id: `aim-${i}`, text: 'Hi', reply_to: topic }), { qos: 1 });
+      await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id: `aim-${i}`, text: 'Hi', reply_to: topic }), {
+        qos: 1,
+      });
     }
-    await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id: 'aim-v5', text: 'Hi' }), { qos: 1, properties: { responseTopic: `ha-${s.id}/status` } });
-    await s.watcher.waitFor(() => errorsOf(s).filter((e) => String(e.id).startsWith('aim-')).length === targets.length + 1);
+    await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id: 'aim-v5', text: 'Hi' }), {
+      qos: 1,
+      properties: { responseTopic: `ha-${s.id}/status` },
+    });
+    await s.watcher.waitFor(
+      () => errorsOf(s).filter((e) => String(e.id).startsWith('aim-')).length === targets.length + 1,
+    );
     for (const e of errorsOf(s)) expect(e.code).toBe('invalid_request');
     await expectStillServing(s, 'after-aim');
     // Nothing reached those topics (the watcher subscribes to all of them).
-    const hit = s.watcher.messages.filter((m) => m.topic.startsWith('perch/other/') || (m.topic.startsWith(`ha-${s.id}/`) && !m.topic.startsWith(`ha-${s.id}/device/perch_`)));
+    const hit = s.watcher.messages.filter(
+      (m) =>
+        m.topic.startsWith('perch/other/') ||
+        (m.topic.startsWith(`ha-${s.id}/`) && !m.topic.startsWith(`ha-${s.id}/device/perch_`)),
+    );
     expect(hit.map((m) => m.topic)).toEqual([]);
   });
 
@@ -125,7 +168,11 @@ describe('topics from the network', () => {
     const req = JSON.stringify({ id: 'twice', text: 'Hi', reply_to: REPLIES });
     for (let i = 0; i < 3; i++) await s.client.publishAsync(`${s.root}/ask`, req, { qos: 1 });
     // Another requester with the same id is a different request.
-    await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id: 'twice', text: 'Hi', reply_to: `${REPLIES}/other` }), { qos: 1 });
+    await s.client.publishAsync(
+      `${s.root}/ask`,
+      JSON.stringify({ id: 'twice', text: 'Hi', reply_to: `${REPLIES}/other` }),
+      { qos: 1 },
+    );
     await s.watcher.waitFor(() => repliesOf(s, `${REPLIES}/other`).length === 1);
     await expectStillServing(s, 'after-twice');
     expect(repliesOf(s).filter((r) => r.id === 'twice')).toHaveLength(1);
@@ -147,7 +194,11 @@ describe('results the broker refuses', () => {
     expect(existsSync(dead)).toBe(true);
     expect(readFileSync(dead).toString()).toContain('dead-1');
     expect(existsSync(path.join(s.stateDir, 'outbox', '0000000000000001.msg'))).toBe(false);
-    await s.watcher.waitFor(() => s.watcher.on(`${s.root}/stats`).some((x) => (json(x.payload).mqtt as { outbox: { dead_letters?: number } }).outbox.dead_letters === 1));
+    await s.watcher.waitFor(() =>
+      s.watcher
+        .on(`${s.root}/stats`)
+        .some((x) => (json(x.payload).mqtt as { outbox: { dead_letters?: number } }).outbox.dead_letters === 1),
+    );
   });
 
   it('sets aside a message the broker answers by dropping the connection (over its max_packet_size)', async () => {
@@ -155,14 +206,23 @@ describe('results the broker refuses', () => {
     const small = await Mosquitto.start({ extraConfig: ['max_packet_size 16384'] });
     cleanups.push(() => small.close());
     const s = await startDaemon(small, (dir) => {
-      plantOutboxMessage(dir, 1, `${REPLIES}/big`, Buffer.from(JSON.stringify({ v: 1, id: 'big-1', text: 'x'.repeat(20_000) })));
+      plantOutboxMessage(
+        dir,
+        1,
+        `${REPLIES}/big`,
+        Buffer.from(JSON.stringify({ v: 1, id: 'big-1', text: 'x'.repeat(20_000) })),
+      );
     });
-    await s.watcher.waitFor(() => errorsOf(s).some((e) => e.code === 'undeliverable'), 20_000).catch((err: Error) => {
-      throw new Error(`${err.message}\ndaemon log tail:\n${s.daemon.log().slice(-3000)}`);
-    });
+    await s.watcher
+      .waitFor(() => errorsOf(s).some((e) => e.code === 'undeliverable'), 20_000)
+      .catch((err: Error) => {
+        throw new Error(`${err.message}\ndaemon log tail:\n${s.daemon.log().slice(-3000)}`);
+      });
     expect(errorsOf(s).find((e) => e.code === 'undeliverable')).toMatchObject({ id: 'big-1', topic: `${REPLIES}/big` });
     expect(existsSync(path.join(s.stateDir, 'dead-letter', '0000000000000001.msg'))).toBe(true);
-    await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id: 'after-big', text: 'Hi', reply_to: REPLIES }), { qos: 1 });
+    await s.client.publishAsync(`${s.root}/ask`, JSON.stringify({ id: 'after-big', text: 'Hi', reply_to: REPLIES }), {
+      qos: 1,
+    });
     await s.watcher.waitFor(() => repliesOf(s).some((r) => r.id === 'after-big'), 10_000);
   });
 });

@@ -159,7 +159,10 @@ export class Collector {
   async waitFor(pred: (msgs: Received[]) => boolean, timeoutMs = 15_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (!pred(this.messages)) {
-      if (Date.now() > deadline) throw new Error(`timed out; received: ${this.messages.map((m) => `${m.topic}=${m.payload.toString().slice(0, 80)}`).join(' | ')}`);
+      if (Date.now() > deadline)
+        throw new Error(
+          `timed out; received: ${this.messages.map((m) => `${m.topic}=${m.payload.toString().slice(0, 80)}`).join(' | ')}`,
+        );
       await new Promise((r) => setTimeout(r, 25));
     }
   }

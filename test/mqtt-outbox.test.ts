@@ -1,7 +1,13 @@
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Outbox, PermanentSendError, type OutboxEntry, type OutboxInput, type OutboxPriority } from '../src/mqtt/outbox.js';
+import {
+  Outbox,
+  PermanentSendError,
+  type OutboxEntry,
+  type OutboxInput,
+  type OutboxPriority,
+} from '../src/mqtt/outbox.js';
 import { tempDir } from './mqtt-helpers.js';
 
 const cleanups: Array<() => void> = [];
@@ -25,8 +31,16 @@ describe('outbox caps and drop order', () => {
   it('drops the oldest message of the lowest priority first', async () => {
     const box = await Outbox.open({ maxMessages: 10, maxBytes: 1 << 20 });
     const order: Array<[string, OutboxPriority]> = [
-      ['a1', 'answer'], ['o1', 'other'], ['t1', 'transcript'], ['c1', 'caption'], ['e1', 'event'],
-      ['o2', 'other'], ['a2', 'answer'], ['t2', 'transcript'], ['c2', 'caption'], ['e2', 'event'],
+      ['a1', 'answer'],
+      ['o1', 'other'],
+      ['t1', 'transcript'],
+      ['c1', 'caption'],
+      ['e1', 'event'],
+      ['o2', 'other'],
+      ['a2', 'answer'],
+      ['t2', 'transcript'],
+      ['c2', 'caption'],
+      ['e2', 'event'],
     ];
     for (const [n, p] of order) expect(await box.enqueue(msg(n, p))).toBe('queued');
     // Full. Each newcomer (an answer) pushes out the oldest of the lowest priority still queued.
@@ -83,10 +97,13 @@ describe('outbox delivery', () => {
     for (let i = 0; i < 6; i++) await box.enqueue(msg(`m${i}`));
     const sent: string[] = [];
     const pending: Array<{ e: OutboxEntry; ack: () => void }> = [];
-    box.attach((e) => new Promise<void>((resolve) => {
-      sent.push(e.payload.toString());
-      pending.push({ e, ack: resolve });
-    }));
+    box.attach(
+      (e) =>
+        new Promise<void>((resolve) => {
+          sent.push(e.payload.toString());
+          pending.push({ e, ack: resolve });
+        }),
+    );
     expect(sent).toEqual(['m0', 'm1', 'm2', 'm3']); // window of 4
     pending[0].ack();
     pending[1].ack();
@@ -150,7 +167,13 @@ describe('outbox persistence', () => {
     const d = dir();
     const first = await Outbox.open({ dir: d, maxMessages: 100, maxBytes: 1 << 20, now: () => 5000 });
     for (let i = 0; i < 5; i++) {
-      await first.enqueue(msg(`m${i}`, i % 2 ? 'answer' : 'transcript', { expiryS: 60, contentType: 'application/json', correlationData: Buffer.from([i, 0xff]) }));
+      await first.enqueue(
+        msg(`m${i}`, i % 2 ? 'answer' : 'transcript', {
+          expiryS: 60,
+          contentType: 'application/json',
+          correlationData: Buffer.from([i, 0xff]),
+        }),
+      );
     }
     await first.close();
     expect(readdirSync(d).filter((f) => f.endsWith('.msg'))).toHaveLength(5);
@@ -161,7 +184,13 @@ describe('outbox persistence', () => {
     const second = await Outbox.open({ dir: d, maxMessages: 100, maxBytes: 1 << 20 });
     expect(names(second)).toEqual(['m0', 'm1', 'm2', 'm3', 'm4']);
     const e = second.list()[3];
-    expect(e).toMatchObject({ priority: 'answer', expiryS: 60, contentType: 'application/json', createdAt: 5000, topic: 't/m3' });
+    expect(e).toMatchObject({
+      priority: 'answer',
+      expiryS: 60,
+      contentType: 'application/json',
+      createdAt: 5000,
+      topic: 't/m3',
+    });
     expect(e.correlationData).toEqual(Buffer.from([3, 0xff]));
     expect(existsSync(path.join(d, '0000000000000099.tmp'))).toBe(false);
     expect(existsSync(path.join(d, '0000000000000098.msg'))).toBe(false);

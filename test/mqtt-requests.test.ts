@@ -21,23 +21,39 @@ afterEach(async () => {
 /** A Perch side: connection + ask endpoint that answers "echo: <text>" (streaming two chunks first). */
 async function perch(url: string, extra: Partial<MqttSettings> = {}, cameras?: string[]) {
   const root = uniqueRoot();
-  const settings = mqttSettings.parse({ url, root_topic: root, client_id: `perch-${randomUUID()}`, reconnect_min_ms: 100, reconnect_max_ms: 1000, ...extra });
+  const settings = mqttSettings.parse({
+    url,
+    root_topic: root,
+    client_id: `perch-${randomUUID()}`,
+    reconnect_min_ms: 100,
+    reconnect_max_ms: 1000,
+    ...extra,
+  });
   const conn = new MqttConnection({ settings, deviceId: 'test' });
   const asked: AskContext[] = [];
   const cancelled: string[] = [];
-  const endpoint: AskEndpoint = new AskEndpoint(conn, { maxPayloadBytes: settings.max_payload_bytes, cameras }, {
-    ask(ctx) {
-      asked.push(ctx);
-      void (async () => {
-        await endpoint.streamChunk(ctx.route, 0, 'echo: ', false);
-        await endpoint.streamChunk(ctx.route, 1, ctx.request.text, true);
-        await endpoint.answer(ctx.route, { text: `echo: ${ctx.request.text}`, finish_reason: 'stop', tokens: { prompt: 3, completion: 2 }, latency_ms: { total: Date.now() - ctx.receivedAt } });
-      })();
+  const endpoint: AskEndpoint = new AskEndpoint(
+    conn,
+    { maxPayloadBytes: settings.max_payload_bytes, cameras },
+    {
+      ask(ctx) {
+        asked.push(ctx);
+        void (async () => {
+          await endpoint.streamChunk(ctx.route, 0, 'echo: ', false);
+          await endpoint.streamChunk(ctx.route, 1, ctx.request.text, true);
+          await endpoint.answer(ctx.route, {
+            text: `echo: ${ctx.request.text}`,
+            finish_reason: 'stop',
+            tokens: { prompt: 3, completion: 2 },
+            latency_ms: { total: Date.now() - ctx.receivedAt },
+          });
+        })();
+      },
+      cancel(id) {
+        cancelled.push(id);
+      },
     },
-    cancel(id) {
-      cancelled.push(id);
-    },
-  });
+  );
   endpoint.start();
   await conn.start();
   cleanups.push(async () => {
@@ -70,7 +86,10 @@ describe('request/reply', () => {
     const rx = await collect(SYSTEM_BROKER, [replyTopic, p.topics.answerStream]);
     const requester = await client(SYSTEM_BROKER, 5);
     const corr = Buffer.from([0, 1, 2, 254, 255]);
-    await requester.publishAsync(p.topics.ask, JSON.stringify({ text: 'hello there' }), { qos: 1, properties: { responseTopic: replyTopic, correlationData: corr } });
+    await requester.publishAsync(p.topics.ask, JSON.stringify({ text: 'hello there' }), {
+      qos: 1,
+      properties: { responseTopic: replyTopic, correlationData: corr },
+    });
 
     await rx.waitFor(() => rx.on(replyTopic).length === 1);
     const reply = rx.on(replyTopic)[0];
@@ -94,11 +113,18 @@ describe('request/reply', () => {
     const replyTopic = `replies-${uniqueRoot()}/reply`; // outside perch-test/, where Perch roots live
     const rx = await collect(SYSTEM_BROKER, [replyTopic, p.topics.answer], 4);
     const requester = await client(SYSTEM_BROKER, 4);
-    await requester.publishAsync(p.topics.ask, JSON.stringify({ v: 1, id: 'q-311', text: 'one', reply_to: replyTopic }), { qos: 1 });
+    await requester.publishAsync(
+      p.topics.ask,
+      JSON.stringify({ v: 1, id: 'q-311', text: 'one', reply_to: replyTopic }),
+      { qos: 1 },
+    );
     await requester.publishAsync(p.topics.ask, JSON.stringify({ id: 'q-default', text: 'two' }), { qos: 1 });
     await rx.waitFor(() => rx.on(replyTopic).length === 1 && rx.on(p.topics.answer).length === 1);
     expect(answerSchema.parse(json(rx.on(replyTopic)[0].payload))).toMatchObject({ id: 'q-311', text: 'echo: one' });
-    expect(answerSchema.parse(json(rx.on(p.topics.answer)[0].payload))).toMatchObject({ id: 'q-default', text: 'echo: two' });
+    expect(answerSchema.parse(json(rx.on(p.topics.answer)[0].payload))).toMatchObject({
+      id: 'q-default',
+      text: 'echo: two',
+    });
 
     // Home Assistant's text entity: plain text on <root>/ask/text, answered on <root>/answer.
     await requester.publishAsync(p.topics.askText, 'three', { qos: 1 });
@@ -118,7 +144,9 @@ describe('request/reply', () => {
     const rx = await collect(aedes.url, [replyTopic, p.topics.status], 4);
     await rx.waitFor(() => rx.on(p.topics.status).some((m) => m.payload.toString() === 'online'));
     const requester = await client(aedes.url, 4);
-    await requester.publishAsync(p.topics.ask, JSON.stringify({ id: 'a1', text: 'fallback', reply_to: replyTopic }), { qos: 1 });
+    await requester.publishAsync(p.topics.ask, JSON.stringify({ id: 'a1', text: 'fallback', reply_to: replyTopic }), {
+      qos: 1,
+    });
     await rx.waitFor(() => rx.on(replyTopic).length === 1);
     expect(answerSchema.parse(json(rx.on(replyTopic)[0].payload))).toMatchObject({ id: 'a1', text: 'echo: fallback' });
   });
@@ -126,7 +154,13 @@ describe('request/reply', () => {
   it("protocol '5' does not fall back: it stays disconnected from a 3.1.1-only broker", async () => {
     const aedes = await startAedes();
     cleanups.push(() => aedes.close());
-    const settings = mqttSettings.parse({ url: aedes.url, protocol: '5', root_topic: uniqueRoot(), reconnect_min_ms: 100, reconnect_max_ms: 1000 });
+    const settings = mqttSettings.parse({
+      url: aedes.url,
+      protocol: '5',
+      root_topic: uniqueRoot(),
+      reconnect_min_ms: 100,
+      reconnect_max_ms: 1000,
+    });
     const conn = new MqttConnection({ settings, deviceId: 'test' });
     cleanups.push(() => conn.stop());
     await conn.start();
@@ -144,7 +178,10 @@ describe('bad requests', () => {
       requester.publishAsync(topic, payload, { qos: 1, ...(props ? { properties: props } : {}) });
 
     await send(p.topics.ask, '{"text": "unterminated');
-    await send(p.topics.ask, JSON.stringify({ id: 'big', text: 'x'.repeat(2000) }), { responseTopic: replyTopic, correlationData: Buffer.from('c-big') });
+    await send(p.topics.ask, JSON.stringify({ id: 'big', text: 'x'.repeat(2000) }), {
+      responseTopic: replyTopic,
+      correlationData: Buffer.from('c-big'),
+    });
     await send(p.topics.ask, JSON.stringify({ id: 'no-text', reply_to: replyTopic }));
     await send(p.topics.ask, JSON.stringify({ id: 'typo', text: 'hi', max_token: 5 }));
     await send(p.topics.ask, JSON.stringify({ id: 'cam', text: 'hi', camera: 'garage' }));
@@ -172,7 +209,9 @@ describe('bad requests', () => {
     const replies = rx.on(replyTopic);
     const big = answerErrorSchema.parse(json(replies.find((r) => r.packet.properties?.correlationData)!.payload));
     expect(big.error.code).toBe('payload_too_large');
-    expect(answerErrorSchema.parse(json(replies.find((r) => !r.packet.properties?.correlationData)!.payload))).toMatchObject({ id: 'no-text', error: { code: 'invalid_request' } });
+    expect(
+      answerErrorSchema.parse(json(replies.find((r) => !r.packet.properties?.correlationData)!.payload)),
+    ).toMatchObject({ id: 'no-text', error: { code: 'invalid_request' } });
     expect(p.conn.stats().rejected).toBe(1);
 
     // Still serving.

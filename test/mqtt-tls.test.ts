@@ -17,12 +17,45 @@ const file = (name: string) => path.join(certs.dir, name);
 beforeAll(async () => {
   certs = tempDir('perch-tls-');
   const ossl = (...args: string[]) => execFileSync('openssl', args, { cwd: certs.dir, stdio: 'ignore' });
-  ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=Perch Test CA', '-keyout', 'ca.key', '-out', 'ca.pem');
+  ossl(
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=Perch Test CA',
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.pem',
+  );
   ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', 'server.key', '-out', 'server.csr');
   execFileSync('sh', ['-c', 'printf "subjectAltName=IP:127.0.0.1,DNS:localhost\\n" > ext.cnf'], { cwd: certs.dir });
-  ossl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-extfile', 'ext.cnf', '-out', 'server.pem');
+  ossl(
+    'x509',
+    '-req',
+    '-in',
+    'server.csr',
+    '-CA',
+    'ca.pem',
+    '-CAkey',
+    'ca.key',
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-extfile',
+    'ext.cnf',
+    '-out',
+    'server.pem',
+  );
   execFileSync('mosquitto_passwd', ['-b', '-c', file('passwd'), 'perch', 's3cret']);
-  broker = await Mosquitto.start({ tls: { ca: file('ca.pem'), cert: file('server.pem'), key: file('server.key') }, passwordFile: file('passwd') });
+  broker = await Mosquitto.start({
+    tls: { ca: file('ca.pem'), cert: file('server.pem'), key: file('server.key') },
+    passwordFile: file('passwd'),
+  });
 }, 60_000);
 
 afterAll(async () => {
@@ -31,7 +64,13 @@ afterAll(async () => {
 });
 
 async function tryConnect(extra: MqttSettingsInput): Promise<{ conn: MqttConnection; ok: boolean }> {
-  const settings = mqttSettings.parse({ url: broker.url, root_topic: uniqueRoot(), reconnect_min_ms: 200, reconnect_max_ms: 1000, ...extra });
+  const settings = mqttSettings.parse({
+    url: broker.url,
+    root_topic: uniqueRoot(),
+    reconnect_min_ms: 200,
+    reconnect_max_ms: 1000,
+    ...extra,
+  });
   const conn = new MqttConnection({ settings, deviceId: 'tls' });
   await conn.start();
   const ok = await conn.waitConnected(1500);
@@ -43,7 +82,11 @@ describe('TLS and credentials', () => {
     const { conn, ok } = await tryConnect({ username: 'perch', password: 's3cret', tls: { ca: file('ca.pem') } });
     try {
       expect(ok).toBe(true);
-      const sub = await Collector.connect(broker.url, [conn.topics.transcript], { username: 'perch', password: 's3cret', ca: [readFileSync(file('ca.pem'))] });
+      const sub = await Collector.connect(broker.url, [conn.topics.transcript], {
+        username: 'perch',
+        password: 's3cret',
+        ca: [readFileSync(file('ca.pem'))],
+      });
       try {
         await conn.publish(conn.topics.transcript, 'over tls', { final: true, qos: 1, priority: 'transcript' });
         await sub.waitFor((m) => m.length === 1);
@@ -66,7 +109,11 @@ describe('TLS and credentials', () => {
       expect(ok).toBe(false);
     }
     // reject_unauthorized: false accepts it (testing only).
-    const { conn, ok } = await tryConnect({ username: 'perch', password: 's3cret', tls: { reject_unauthorized: false } });
+    const { conn, ok } = await tryConnect({
+      username: 'perch',
+      password: 's3cret',
+      tls: { reject_unauthorized: false },
+    });
     await conn.stop();
     expect(ok).toBe(true);
   });

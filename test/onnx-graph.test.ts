@@ -27,7 +27,15 @@ function seeded(n: number, seed: number): Float32Array {
 }
 
 /** y = alpha * x @ W + b in plain JS (x [m,k], W [k,n]). */
-function gemmRef(x: Float32Array, w: Float32Array, b: Float32Array, m: number, k: number, n: number, alpha: number): Float32Array {
+function gemmRef(
+  x: Float32Array,
+  w: Float32Array,
+  b: Float32Array,
+  m: number,
+  k: number,
+  n: number,
+  alpha: number,
+): Float32Array {
   const y = new Float32Array(m * n);
   for (let i = 0; i < m; i++)
     for (let j = 0; j < n; j++) {
@@ -48,10 +56,15 @@ function externalEntries(t: onnxProto.onnx.ITensorProto): Record<string, string>
 
 describe('GraphBuilder', () => {
   it('streams an external-data initializer to disk, aligned, and ORT runs the model', async () => {
-    const k = 64, n = 48, m = 3;
+    const k = 64,
+      n = 48,
+      m = 3;
     const w = seeded(k * n, 1); // 12 KiB: external
     const b = seeded(n, 2); // 192 B: embedded
-    const g = new GraphBuilder({ name: 'gemm', externalData: { path: path.join(dir, 'm.onnx.data'), alignment: 4096 } });
+    const g = new GraphBuilder({
+      name: 'gemm',
+      externalData: { path: path.join(dir, 'm.onnx.data'), alignment: 4096 },
+    });
     g.input('x', 'float32', ['batch', k]);
     const small = g.initializer('pad', 'float32', [5], new Float32Array(5), { external: true }); // unaligned start for the next one
     const wName = g.initializer('w', 'float32', [k, n], w);

@@ -58,7 +58,14 @@ function randomValues(kind: string, shape: number[], rand: () => number): Float3
   const out = new Float32Array(n);
   const u = () => rand() * 2 - 1;
   for (let i = 0; i < n; i++) {
-    out[i] = kind === 'norm' ? 1 + 0.2 * u() : kind === 'scalar' ? 0.6 + 0.4 * rand() : kind === 'embedding' ? 0.06 * u() : Math.sqrt(3 / shape[1]!) * u();
+    out[i] =
+      kind === 'norm'
+        ? 1 + 0.2 * u()
+        : kind === 'scalar'
+          ? 0.6 + 0.4 * rand()
+          : kind === 'embedding'
+            ? 0.06 * u()
+            : Math.sqrt(3 / shape[1]!) * u();
   }
   return out;
 }
@@ -70,11 +77,18 @@ async function writeCheckpoint(dir: string, tensors: TensorToWrite[]): Promise<v
   const tok = synthTokenizerFiles(cfg.vocabSize);
   writeFileSync(join(dir, 'tokenizer.json'), tok.tokenizerJson);
   // As Hugging Face ships older models: the template inside tokenizer_config.json, no .jinja file.
-  writeFileSync(join(dir, 'tokenizer_config.json'), JSON.stringify({ ...JSON.parse(tok.tokenizerConfigJson), chat_template: tok.chatTemplate }));
+  writeFileSync(
+    join(dir, 'tokenizer_config.json'),
+    JSON.stringify({ ...JSON.parse(tok.tokenizerConfigJson), chat_template: tok.chatTemplate }),
+  );
 }
 
 /** Every tensor of a synthetic source, as bf16 checkpoint tensors. */
-async function towerTensors(src: { names(): string[]; shape(n: string): number[]; get(n: string): Promise<Float32Array> }): Promise<TensorToWrite[]> {
+async function towerTensors(src: {
+  names(): string[];
+  shape(n: string): number[];
+  get(n: string): Promise<Float32Array>;
+}): Promise<TensorToWrite[]> {
   const out: TensorToWrite[] = [];
   for (const name of src.names()) out.push({ name, dtype: 'BF16', shape: src.shape(name), data: await src.get(name) });
   return out;
@@ -107,13 +121,23 @@ describe('perch model convert', () => {
     // A text-only export: the config describes encoders, the tensors are not there, so none is written.
     const m = await convertCheckpoint({ from: textOnlyDir, outDir: out, profile: 'float', logits: 'all' });
     expect(m.source).toMatchObject({ kind: 'convert', model: 'checkpoint-text' });
-    expect(m.files.map((f) => f.path)).toEqual(['config.json', 'decoder.onnx', 'decoder.onnx.data', 'ple.bin', 'tokenizer.json', 'tokenizer_config.json']);
+    expect(m.files.map((f) => f.path)).toEqual([
+      'config.json',
+      'decoder.onnx',
+      'decoder.onnx.data',
+      'ple.bin',
+      'tokenizer.json',
+      'tokenizer_config.json',
+    ]);
     expect((await verifyPackage(out, { full: true })).problems).toEqual([]);
 
     const ckpt = await SafetensorsCheckpoint.open(textOnlyDir);
     const ref = await Gemma4Reference.load(cfg, checkpointWeightSource(ckpt), MULTIMODAL_TEXT_PREFIX);
     await ckpt.close();
-    const pager = await PlePager.open(join(out, 'ple.bin'), { cacheBytes: 1 << 16, expect: { rows: cfg.vocabSize, cols: L } });
+    const pager = await PlePager.open(join(out, 'ple.bin'), {
+      cacheBytes: 1 << 16,
+      expect: { rows: cfg.vocabSize, cols: L },
+    });
     const session = await ort.InferenceSession.create(join(out, 'decoder.onnx'), { intraOpNumThreads: 1 });
     const slots = cacheSlots(cfg);
 
@@ -121,12 +145,26 @@ describe('perch model convert', () => {
     const rows = await pager.rowsFor(prompt);
     expect(rows).toEqual(ref.pleRows(prompt)); // exact: the PLE values are 4-bit representable
     const want = ref.prefill(prompt);
-    let r = await runChunk(session, slots, { ...emptyCache(slots), ...noMedia(cfg.hiddenSize, prompt.length) }, prompt, 0, rows);
+    let r = await runChunk(
+      session,
+      slots,
+      { ...emptyCache(slots), ...noMedia(cfg.hiddenSize, prompt.length) },
+      prompt,
+      0,
+      rows,
+    );
     const errs = [relErr(r.logits, want)];
     let next = argmax(want.subarray((prompt.length - 1) * cfg.vocabSize));
     for (let step = 0; step < 12; step++) {
       const w = ref.step(next);
-      r = await runChunk(session, slots, { ...r.cache, ...noMedia(cfg.hiddenSize, 1) }, [next], prompt.length + step, await pager.rowsFor([next]));
+      r = await runChunk(
+        session,
+        slots,
+        { ...r.cache, ...noMedia(cfg.hiddenSize, 1) },
+        [next],
+        prompt.length + step,
+        await pager.rowsFor([next]),
+      );
       errs.push(relErr(r.logits, w));
       next = step % 2 ? argmax(w) : (step * 53 + 3) % cfg.vocabSize;
     }
@@ -141,16 +179,31 @@ describe('perch model convert', () => {
 
   it('pi5 profile: a verified, runnable 2-bit package with the policy in its manifest', async () => {
     const out = join(root, 'pkg-pi5');
-    const m = await convertCheckpoint({ from: ckptDir, outDir: out, profile: 'pi5', model: 'google/gemma-4-E2B-it', revision: 'abc123' });
+    const m = await convertCheckpoint({
+      from: ckptDir,
+      outDir: out,
+      profile: 'pi5',
+      model: 'google/gemma-4-E2B-it',
+      revision: 'abc123',
+    });
     expect(m.source).toEqual({ kind: 'convert', model: 'google/gemma-4-E2B-it', revision: 'abc123' });
     expect(m.quantisation.linear).toMatchObject({ bits: 2, accuracy_level: 4 });
     expect((await verifyPackage(out, { full: true })).ok).toBe(true);
-    expect(m.files.map((f) => f.role)).toEqual(expect.arrayContaining(['vision-graph', 'vision-weights', 'audio-graph', 'audio-weights']));
+    expect(m.files.map((f) => f.role)).toEqual(
+      expect.arrayContaining(['vision-graph', 'vision-weights', 'audio-graph', 'audio-weights']),
+    );
     const pager = await PlePager.open(join(out, 'ple.bin'), { cacheBytes: 0 });
     const session = await ort.InferenceSession.create(join(out, 'decoder.onnx'), { intraOpNumThreads: 1 });
     const slots = cacheSlots(cfg);
     const ids = [2, 4, 77];
-    const r = await runChunk(session, slots, { ...emptyCache(slots), ...noMedia(cfg.hiddenSize, ids.length) }, ids, 0, await pager.rowsFor(ids));
+    const r = await runChunk(
+      session,
+      slots,
+      { ...emptyCache(slots), ...noMedia(cfg.hiddenSize, ids.length) },
+      ids,
+      0,
+      await pager.rowsFor(ids),
+    );
     expect(r.dims).toEqual([1, 1, cfg.vocabSize]);
     expect(r.logits.every(Number.isFinite)).toBe(true);
     await session.release();
@@ -159,7 +212,8 @@ describe('perch model convert', () => {
 
   it('converts the vision and audio towers: the 8-bit encoders in ORT match float encoders on the checkpoint', async () => {
     const out = join(root, 'pkg-pi5');
-    if (!existsSync(join(out, 'manifest.json'))) await convertCheckpoint({ from: ckptDir, outDir: out, profile: 'pi5' });
+    if (!existsSync(join(out, 'manifest.json')))
+      await convertCheckpoint({ from: ckptDir, outDir: out, profile: 'pi5' });
     const json = JSON.parse(readFileSync(join(ckptDir, 'config.json'), 'utf8')) as Record<string, unknown>;
     const vcfg = parseGemma4VisionConfig(json);
     const acfg = parseGemma4AudioConfig(json);
@@ -191,11 +245,15 @@ describe('perch model convert', () => {
   });
 
   it('refuses a directory without config.json or tokenizer.json, and leaves no package behind', async () => {
-    await expect(convertCheckpoint({ from: join(root, 'nowhere'), outDir: join(root, 'x') })).rejects.toThrow(/nowhere\/config\.json: missing/);
+    await expect(convertCheckpoint({ from: join(root, 'nowhere'), outDir: join(root, 'x') })).rejects.toThrow(
+      /nowhere\/config\.json: missing/,
+    );
     const broken = join(root, 'broken');
     mkdirSync(broken, { recursive: true });
     writeFileSync(join(broken, 'config.json'), JSON.stringify(synthConfigJson(cfg)));
-    await expect(convertCheckpoint({ from: broken, outDir: join(root, 'y') })).rejects.toThrow(/tokenizer\.json: missing/);
+    await expect(convertCheckpoint({ from: broken, outDir: join(root, 'y') })).rejects.toThrow(
+      /tokenizer\.json: missing/,
+    );
     writeFileSync(join(broken, 'tokenizer.json'), '{}');
     await expect(convertCheckpoint({ from: broken, outDir: join(root, 'z') })).rejects.toThrow(/model\.safetensors/);
     expect(existsSync(join(root, 'z'))).toBe(false);

@@ -12,7 +12,13 @@ import { e2bConfig, tinyConfig } from '../src/model/gemma4/config.js';
 import { cacheSlots, writeDecoderModel } from '../src/model/gemma4/decoder-graph.js';
 import { dequantisedWeightSource } from '../src/model/gemma4/quantize.js';
 import { Gemma4Reference } from '../src/model/gemma4/reference.js';
-import { MULTIMODAL_TEXT_PREFIX, layerName, seededRandom, textTensorTable, type WeightSource } from '../src/model/gemma4/weights.js';
+import {
+  MULTIMODAL_TEXT_PREFIX,
+  layerName,
+  seededRandom,
+  textTensorTable,
+  type WeightSource,
+} from '../src/model/gemma4/weights.js';
 import { checkpointWeightSource, convertCheckpoint } from '../src/model/convert.js';
 import { fitPolicy, graphPolicy } from '../src/model/package/build.js';
 import { quantPolicyFor, type QuantPolicy } from '../src/model/package/manifest.js';
@@ -43,7 +49,15 @@ function values(name: string, kind: string, shape: number[], rand: () => number)
   const s = Math.sqrt(1 / (shape[1] ?? 1));
   for (let i = 0; i < n; i++) {
     if (name === OUTLIER) out[i] = s * gauss(rand) * (rand() < 0.03 ? 12 : 1);
-    else out[i] = kind === 'norm' ? 1 + 0.2 * u() : kind === 'scalar' ? 0.6 + 0.4 * rand() : kind === 'embedding' ? 0.06 * u() : Math.sqrt(3) * s * u();
+    else
+      out[i] =
+        kind === 'norm'
+          ? 1 + 0.2 * u()
+          : kind === 'scalar'
+            ? 0.6 + 0.4 * rand()
+            : kind === 'embedding'
+              ? 0.06 * u()
+              : Math.sqrt(3) * s * u();
   }
   return out;
 }
@@ -103,7 +117,10 @@ describe('mixed 2/4-bit policy by measured error', () => {
     const pager = await PlePager.open(join(out, 'ple.bin'), { cacheBytes: 0 });
     const pleName = textTensorTable(cfg).find((t) => t.role === 'ple_table')!.name;
     const allRows = await pager.rowsFor(Array.from({ length: cfg.vocabSize }, (_, i) => i));
-    const src: WeightSource = { shape: (n) => deq.shape(n), get: (n) => (n === pleName ? Promise.resolve(allRows) : deq.get(n)) };
+    const src: WeightSource = {
+      shape: (n) => deq.shape(n),
+      get: (n) => (n === pleName ? Promise.resolve(allRows) : deq.get(n)),
+    };
     // Int8 activation blocks only where this CPU's ORT runs them (accuracy_level 4 falls back to float elsewhere).
     const lin = m.quantisation.linear!;
     const int8 = lin.accuracy_level === 4 && (await ortRunsInt8Activations(lin.bits, lin.block_size));
@@ -113,12 +130,26 @@ describe('mixed 2/4-bit policy by measured error', () => {
     const slots = cacheSlots(cfg);
     const prompt = [2, 4, 77, 300, 511, 9];
     const want = ref.prefill(prompt);
-    let r = await runChunk(session, slots, { ...emptyCache(slots), ...noMedia(cfg.hiddenSize, prompt.length) }, prompt, 0, await pager.rowsFor(prompt));
+    let r = await runChunk(
+      session,
+      slots,
+      { ...emptyCache(slots), ...noMedia(cfg.hiddenSize, prompt.length) },
+      prompt,
+      0,
+      await pager.rowsFor(prompt),
+    );
     const errors = [relErr(r.logits, want)];
     let next = argmax(want.subarray((prompt.length - 1) * cfg.vocabSize));
     for (let step = 0; step < 6; step++) {
       const w = ref.step(next);
-      r = await runChunk(session, slots, { ...r.cache, ...noMedia(cfg.hiddenSize, 1) }, [next], prompt.length + step, await pager.rowsFor([next]));
+      r = await runChunk(
+        session,
+        slots,
+        { ...r.cache, ...noMedia(cfg.hiddenSize, 1) },
+        [next],
+        prompt.length + step,
+        await pager.rowsFor([next]),
+      );
       errors.push(relErr(r.logits, w));
       next = argmax(w);
     }
@@ -149,7 +180,10 @@ describe('mixed 2/4-bit policy by measured error', () => {
 
   it('decidePromotions: worst first above the error ratio, skipping what does not fit the budget', () => {
     const p = quantPolicyFor('pi5');
-    const rule = (max_fraction: number): QuantPolicy => ({ ...p, linear: { ...p.linear!, promote: { bits: 4, min_error_ratio: 1.2, max_fraction } } });
+    const rule = (max_fraction: number): QuantPolicy => ({
+      ...p,
+      linear: { ...p.linear!, promote: { bits: 4, min_error_ratio: 1.2, max_fraction } },
+    });
     // median 0.405: the threshold is 0.486
     const errors = [
       { name: 'a', size: 100, error: 0.36 },
@@ -194,7 +228,10 @@ describe('pi5 size bar (E2B)', () => {
       const [n, k] = t.shape as [number, number];
       linear += nbits(n, k, lin.bits, lin.block_size);
       weights += n * k;
-      worstExtraPerWeight = Math.max(worstExtraPerWeight, (nbits(n, k, lin.promote!.bits, lin.block_size) - nbits(n, k, lin.bits, lin.block_size)) / (n * k));
+      worstExtraPerWeight = Math.max(
+        worstExtraPerWeight,
+        (nbits(n, k, lin.promote!.bits, lin.block_size) - nbits(n, k, lin.bits, lin.block_size)) / (n * k),
+      );
     }
     const embedding = nbits(e2b.vocabSize, e2b.hiddenSize, p.embedding!.bits, p.embedding!.block_size);
     const promoted = lin.promote!.max_fraction * weights * worstExtraPerWeight;
@@ -211,7 +248,9 @@ describe('row-chunked embedding quantisation', () => {
       const rowElems = all.length / t.shape[0]!;
       const start = Math.floor(t.shape[0]! / 3);
       const count = Math.max(1, Math.floor(t.shape[0]! / 4));
-      expect(await src.getRows!(t.name, start, count)).toEqual(all.subarray(start * rowElems, (start + count) * rowElems));
+      expect(await src.getRows!(t.name, start, count)).toEqual(
+        all.subarray(start * rowElems, (start + count) * rowElems),
+      );
     }
     await expect(src.getRows!(textTensorTable(cfg)[0]!.name, cfg.vocabSize - 1, 2)).rejects.toThrow(/out of range/);
   });

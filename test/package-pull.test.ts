@@ -33,7 +33,8 @@ beforeAll(async () => {
   const cfg = tinyConfig();
   const src = randomWeightSource(cfg, 4);
   const tensors: TensorToWrite[] = [];
-  for (const t of textTensorTable(cfg, MULTIMODAL_TEXT_PREFIX)) tensors.push({ name: t.name, dtype: 'BF16', shape: t.shape, data: await src.get(t.name) });
+  for (const t of textTensorTable(cfg, MULTIMODAL_TEXT_PREFIX))
+    tensors.push({ name: t.name, dtype: 'BF16', shape: t.shape, data: await src.get(t.name) });
   writeShardedCheckpoint(served, tensors, 256 * 1024);
   writeFileSync(join(served, 'config.json'), JSON.stringify(synthConfigJson(cfg)));
   writeFileSync(join(served, 'tokenizer.json'), synthTokenizerFiles(cfg.vocabSize).tokenizerJson);
@@ -44,7 +45,9 @@ beforeAll(async () => {
     if (url.pathname === '/api/models/google/tiny/revision/main') {
       const siblings = readdirSync(served).map((name) => {
         const bytes = readFileSync(join(served, name));
-        const lfs = name.endsWith('.safetensors') ? { lfs: { size: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') } } : {};
+        const lfs = name.endsWith('.safetensors')
+          ? { lfs: { size: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') } }
+          : {};
         return { rfilename: name, size: bytes.length, ...lfs };
       });
       res.setHeader('content-type', 'application/json');
@@ -82,7 +85,9 @@ afterAll(async () => {
 });
 
 function shards(): string[] {
-  return readdirSync(served).filter((n) => n.endsWith('.safetensors')).sort();
+  return readdirSync(served)
+    .filter((n) => n.endsWith('.safetensors'))
+    .sort();
 }
 
 it('downloads every file of the pinned commit, resumes a partial shard with a Range request, and converts', async () => {
@@ -103,7 +108,13 @@ it('downloads every file of the pinned commit, resumes a partial shard with a Ra
 
   // A second pull finds everything downloaded and checked: no file is fetched again.
   requests.length = 0;
-  await pullModel({ repo: 'google/tiny', hubUrl: hub, cacheDir: cache, outDir: join(root, 'pkg-again'), profile: 'float' });
+  await pullModel({
+    repo: 'google/tiny',
+    hubUrl: hub,
+    cacheDir: cache,
+    outDir: join(root, 'pkg-again'),
+    profile: 'float',
+  });
   expect(requests.map((r) => r.path)).toEqual(['/api/models/google/tiny/revision/main']);
 });
 
@@ -111,16 +122,25 @@ it('refuses a shard whose sha256 does not match the listing, and writes no packa
   const shard = shards().at(-1)!;
   corrupt.set(shard, 100);
   const out = join(root, 'pkg-bad');
-  await expect(pullModel({ repo: 'google/tiny', hubUrl: hub, cacheDir: join(root, 'cache-bad'), outDir: out, profile: 'float' })).rejects.toThrow(
-    new RegExp(`${shard}: checksum mismatch`),
-  );
+  await expect(
+    pullModel({ repo: 'google/tiny', hubUrl: hub, cacheDir: join(root, 'cache-bad'), outDir: out, profile: 'float' }),
+  ).rejects.toThrow(new RegExp(`${shard}: checksum mismatch`));
   expect(existsSync(join(out, 'manifest.json'))).toBe(false);
 });
 
 it('says that it needs the network when the Hub cannot be reached, and rejects odd names', async () => {
-  await expect(pullModel({ repo: 'google/tiny', hubUrl: 'http://127.0.0.1:1', cacheDir: join(root, 'c'), outDir: join(root, 'o') })).rejects.toThrow(
-    /cannot reach http:\/\/127\.0\.0\.1:1 .*pull needs network access/,
-  );
-  await expect(pullModel({ repo: '../etc', hubUrl: hub, cacheDir: join(root, 'c'), outDir: join(root, 'o') })).rejects.toThrow(/invalid repository/);
-  await expect(pullModel({ repo: 'a/b', revision: '../x', hubUrl: hub, cacheDir: join(root, 'c'), outDir: join(root, 'o') })).rejects.toThrow(/invalid revision/);
+  await expect(
+    pullModel({
+      repo: 'google/tiny',
+      hubUrl: 'http://127.0.0.1:1',
+      cacheDir: join(root, 'c'),
+      outDir: join(root, 'o'),
+    }),
+  ).rejects.toThrow(/cannot reach http:\/\/127\.0\.0\.1:1 .*pull needs network access/);
+  await expect(
+    pullModel({ repo: '../etc', hubUrl: hub, cacheDir: join(root, 'c'), outDir: join(root, 'o') }),
+  ).rejects.toThrow(/invalid repository/);
+  await expect(
+    pullModel({ repo: 'a/b', revision: '../x', hubUrl: hub, cacheDir: join(root, 'c'), outDir: join(root, 'o') }),
+  ).rejects.toThrow(/invalid revision/);
 });

@@ -1,4 +1,13 @@
-import { cpSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync, readdirSync, existsSync } from 'node:fs';
+import {
+  cpSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+  readdirSync,
+  existsSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
@@ -58,7 +67,12 @@ describe('tiny synth package', () => {
       ['tokenizer_config.json', 'tokenizer-config'],
       ['chat_template.jinja', 'chat-template'],
     ]);
-    expect(manifest.quantisation).toMatchObject({ profile: 'pi5', linear: { bits: 2, accuracy_level: 4 }, embedding: { bits: 4 }, ple: { bits: 4 } });
+    expect(manifest.quantisation).toMatchObject({
+      profile: 'pi5',
+      linear: { bits: 2, accuracy_level: 4 },
+      embedding: { bits: 4 },
+      ple: { bits: 4 },
+    });
     expect(manifest.created_by).toMatch(/^perch \d+\.\d+\.\d+/);
     expect(readdirSync(pkg).sort()).toEqual([...manifest.files.map((f) => f.path), MANIFEST_FILE].sort());
     const r = await verifyPackage(pkg, { full: true });
@@ -69,11 +83,21 @@ describe('tiny synth package', () => {
 
   it('runs in a real ONNX Runtime session fed by the pager', async () => {
     const cfg = tinyConfig();
-    const pager = await PlePager.open(join(pkg, 'ple.bin'), { cacheBytes: 1 << 20, expect: { rows: cfg.vocabSize, cols: cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput } });
+    const pager = await PlePager.open(join(pkg, 'ple.bin'), {
+      cacheBytes: 1 << 20,
+      expect: { rows: cfg.vocabSize, cols: cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput },
+    });
     const session = await ort.InferenceSession.create(join(pkg, 'decoder.onnx'), { intraOpNumThreads: 1 });
     const slots = cacheSlots(cfg);
     const ids = [2, 4, 100, 300];
-    const r = await runChunk(session, slots, { ...emptyCache(slots), ...noMedia(cfg.hiddenSize, ids.length) }, ids, 0, await pager.rowsFor(ids));
+    const r = await runChunk(
+      session,
+      slots,
+      { ...emptyCache(slots), ...noMedia(cfg.hiddenSize, ids.length) },
+      ids,
+      0,
+      await pager.rowsFor(ids),
+    );
     expect(r.dims).toEqual([1, 1, cfg.vocabSize]); // logits: last
     expect(r.logits.every((x) => Number.isFinite(x))).toBe(true);
     await session.release();
@@ -94,9 +118,16 @@ describe('tiny synth package', () => {
   });
 
   it('ships a tokenizer and chat template that load, cover the vocabulary, and round-trip a chat', () => {
-    const tok = new Tokenizer(JSON.parse(readFileSync(join(pkg, 'tokenizer.json'), 'utf8')), JSON.parse(readFileSync(join(pkg, 'tokenizer_config.json'), 'utf8')));
+    const tok = new Tokenizer(
+      JSON.parse(readFileSync(join(pkg, 'tokenizer.json'), 'utf8')),
+      JSON.parse(readFileSync(join(pkg, 'tokenizer_config.json'), 'utf8')),
+    );
     const template = new Template(readFileSync(join(pkg, 'chat_template.jinja'), 'utf8'));
-    const text = template.render({ messages: [{ role: 'user', content: 'What is on the porch? €' }], add_generation_prompt: true, bos_token: '<bos>' });
+    const text = template.render({
+      messages: [{ role: 'user', content: 'What is on the porch? €' }],
+      add_generation_prompt: true,
+      bos_token: '<bos>',
+    });
     expect(text).toBe('<bos><|turn>user\nWhat is on the porch? €<turn|>\n<|turn>model\n');
     const ids = tok.encode(text, { add_special_tokens: false }).ids;
     expect(ids.slice(0, 2)).toEqual([2, 4]);
@@ -107,18 +138,25 @@ describe('tiny synth package', () => {
   });
 
   it('places the media markers at the top ids of the small vocabulary; the template renders images, audio and thinking', () => {
-    const tok = new Tokenizer(JSON.parse(readFileSync(join(pkg, 'tokenizer.json'), 'utf8')), JSON.parse(readFileSync(join(pkg, 'tokenizer_config.json'), 'utf8')));
+    const tok = new Tokenizer(
+      JSON.parse(readFileSync(join(pkg, 'tokenizer.json'), 'utf8')),
+      JSON.parse(readFileSync(join(pkg, 'tokenizer_config.json'), 'utf8')),
+    );
     const v = tinyConfig().vocabSize;
     const markers = ['<|image>', '<|audio>', '<|image|>', '<|audio|>', '<image|>', '<audio|>', '<|video|>'];
     expect(markers.map((m) => tok.token_to_id(m))).toEqual(markers.map((_, i) => v - markers.length + i));
     const template = new Template(readFileSync(join(pkg, 'chat_template.jinja'), 'utf8'));
     const text = template.render({
-      messages: [{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'What is this?' }, { type: 'audio' }] }],
+      messages: [
+        { role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'What is this?' }, { type: 'audio' }] },
+      ],
       add_generation_prompt: true,
       enable_thinking: true,
       bos_token: '<bos>',
     });
-    expect(text).toBe('<bos><|turn>system\n<|think|><turn|>\n<|turn>user\n\n\n<|image|>\n\nWhat is this?<|audio|><turn|>\n<|turn>model\n');
+    expect(text).toBe(
+      '<bos><|turn>system\n<|think|><turn|>\n<|turn>user\n\n\n<|image|>\n\nWhat is this?<|audio|><turn|>\n<|turn>model\n',
+    );
     const ids = tok.encode(text, { add_special_tokens: false }).ids;
     expect(ids).toContain(tok.token_to_id('<|image|>'));
     expect(ids).toContain(tok.token_to_id('<|audio|>'));
@@ -145,7 +183,15 @@ describe('tiny synth package', () => {
   it('encoders: false gives a text-only package (no vision/audio config or files), its decoder still taking media rows', async () => {
     const dir = join(root, 'text-only');
     const m = await synthPackage({ preset: 'tiny', outDir: dir, profile: 'pi5', seed: 3, encoders: false });
-    expect(m.files.map((f) => f.role)).toEqual(['config', 'decoder-graph', 'decoder-weights', 'ple', 'tokenizer', 'tokenizer-config', 'chat-template']);
+    expect(m.files.map((f) => f.role)).toEqual([
+      'config',
+      'decoder-graph',
+      'decoder-weights',
+      'ple',
+      'tokenizer',
+      'tokenizer-config',
+      'chat-template',
+    ]);
     expect(m.config.vision_config).toBeUndefined();
     expect(m.config.audio_config).toBeUndefined();
     expect((await verifyPackage(dir, { full: true })).ok).toBe(true);
@@ -173,23 +219,24 @@ describe('verify finds damage and names the file', () => {
     'tokenizer.json',
     'tokenizer_config.json',
     'chat_template.jinja',
-  ])(
-    'one flipped byte in %s',
-    async (file) => {
-      const dir = copy(`flip-${file}`);
-      const bytes = readFileSync(join(dir, file));
-      const at = Math.floor(bytes.length / 2);
-      bytes[at] = bytes[at]! ^ 0x01;
-      writeFileSync(join(dir, file), bytes);
-      const quick = await verifyPackage(dir, { full: false });
-      const full = await verifyPackage(dir, { full: true });
-      expect(full.ok).toBe(false);
-      expect(full.problems).toContainEqual({ file, message: expect.stringMatching(/^checksum mismatch/) as unknown as string });
-      expect(full.problems.every((p) => p.file === file)).toBe(true);
-      // Sizes still match, so the quick check at load cannot see a flipped byte in raw data.
-      if (file === 'decoder.onnx.data' || file === 'ple.bin') expect(quick.problems.filter((p) => p.file !== file)).toEqual([]);
-    },
-  );
+  ])('one flipped byte in %s', async (file) => {
+    const dir = copy(`flip-${file}`);
+    const bytes = readFileSync(join(dir, file));
+    const at = Math.floor(bytes.length / 2);
+    bytes[at] = bytes[at]! ^ 0x01;
+    writeFileSync(join(dir, file), bytes);
+    const quick = await verifyPackage(dir, { full: false });
+    const full = await verifyPackage(dir, { full: true });
+    expect(full.ok).toBe(false);
+    expect(full.problems).toContainEqual({
+      file,
+      message: expect.stringMatching(/^checksum mismatch/) as unknown as string,
+    });
+    expect(full.problems.every((p) => p.file === file)).toBe(true);
+    // Sizes still match, so the quick check at load cannot see a flipped byte in raw data.
+    if (file === 'decoder.onnx.data' || file === 'ple.bin')
+      expect(quick.problems.filter((p) => p.file !== file)).toEqual([]);
+  });
 
   it('truncation, with expected and actual sizes', async () => {
     const dir = copy('truncated');
@@ -216,8 +263,14 @@ describe('verify finds damage and names the file', () => {
     });
     const r = await verifyPackage(dir, { full: true });
     expect(r.ok).toBe(false);
-    expect(r.problems).toContainEqual({ file: 'config.json', message: 'config mismatch: differs from the config in manifest.json' });
-    expect(r.problems).toContainEqual({ file: 'ple.bin', message: 'config mismatch: PLE rows is 512, the config says 1024' });
+    expect(r.problems).toContainEqual({
+      file: 'config.json',
+      message: 'config mismatch: differs from the config in manifest.json',
+    });
+    expect(r.problems).toContainEqual({
+      file: 'ple.bin',
+      message: 'config mismatch: PLE rows is 512, the config says 1024',
+    });
   });
 
   it('a config the engine cannot run', async () => {
@@ -226,23 +279,39 @@ describe('verify finds damage and names the file', () => {
       (m.config as { text_config: Record<string, unknown> }).text_config.hidden_size_per_layer_input = 16;
     });
     const r = await verifyPackage(dir, { full: false });
-    expect(r.problems).toContainEqual({ file: 'ple.bin', message: 'config mismatch: PLE layerDim is 8, the config says 16' });
-    expect(r.problems).toContainEqual({ file: 'decoder.onnx', message: 'config mismatch: per_layer_rows width 48, the config says 96' });
+    expect(r.problems).toContainEqual({
+      file: 'ple.bin',
+      message: 'config mismatch: PLE layerDim is 8, the config says 16',
+    });
+    expect(r.problems).toContainEqual({
+      file: 'decoder.onnx',
+      message: 'config mismatch: per_layer_rows width 48, the config says 96',
+    });
   });
 
   it('an unknown format_version, a missing manifest, a file listed outside the package', async () => {
     const dir = copy('version');
     editJson(join(dir, MANIFEST_FILE), (m) => (m.format_version = 99));
-    expect((await verifyPackage(dir, { full: false })).problems).toEqual([{ file: MANIFEST_FILE, message: 'unknown format_version 99 (this Perch reads 1)' }]);
+    expect((await verifyPackage(dir, { full: false })).problems).toEqual([
+      { file: MANIFEST_FILE, message: 'unknown format_version 99 (this Perch reads 1)' },
+    ]);
     editJson(join(dir, MANIFEST_FILE), (m) => {
       m.format_version = 1;
       (m.files as Array<{ path: string }>)[0]!.path = '../escape.json';
     });
-    expect((await verifyPackage(dir, { full: false })).problems[0]).toMatchObject({ file: MANIFEST_FILE, message: expect.stringMatching(/files\.0\.path/) as unknown as string });
+    expect((await verifyPackage(dir, { full: false })).problems[0]).toMatchObject({
+      file: MANIFEST_FILE,
+      message: expect.stringMatching(/files\.0\.path/) as unknown as string,
+    });
     writeFileSync(join(dir, MANIFEST_FILE), '{"format_version": 1,');
-    expect((await verifyPackage(dir, { full: false })).problems[0]).toMatchObject({ file: MANIFEST_FILE, message: expect.stringMatching(/^not valid JSON/) as unknown as string });
+    expect((await verifyPackage(dir, { full: false })).problems[0]).toMatchObject({
+      file: MANIFEST_FILE,
+      message: expect.stringMatching(/^not valid JSON/) as unknown as string,
+    });
     rmSync(join(dir, MANIFEST_FILE));
-    expect((await verifyPackage(dir, { full: false })).problems).toEqual([{ file: MANIFEST_FILE, message: 'missing (not a model package, or an interrupted build)' }]);
+    expect((await verifyPackage(dir, { full: false })).problems).toEqual([
+      { file: MANIFEST_FILE, message: 'missing (not a model package, or an interrupted build)' },
+    ]);
   });
 
   it('a decoder graph that is not ONNX', async () => {
@@ -250,6 +319,8 @@ describe('verify finds damage and names the file', () => {
     const size = readFileSync(join(dir, 'decoder.onnx')).length;
     writeFileSync(join(dir, 'decoder.onnx'), Buffer.alloc(size, 0xff));
     const r = await verifyPackage(dir, { full: false });
-    expect(r.problems).toEqual([{ file: 'decoder.onnx', message: expect.stringMatching(/^not a valid ONNX model/) as unknown as string }]);
+    expect(r.problems).toEqual([
+      { file: 'decoder.onnx', message: expect.stringMatching(/^not a valid ONNX model/) as unknown as string },
+    ]);
   });
 });

@@ -3,7 +3,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { f16BitsToF32, f32ToF16Bits } from '../src/model/ple/f16.js';
-import { decodeHeader, dequantiseRow, makeHeader, PLE_DATA_OFFSET, quantiseRows, type PleLayout } from '../src/model/ple/format.js';
+import {
+  decodeHeader,
+  dequantiseRow,
+  makeHeader,
+  PLE_DATA_OFFSET,
+  quantiseRows,
+  type PleLayout,
+} from '../src/model/ple/format.js';
 import { PlePager } from '../src/model/ple/pager.js';
 import { writePleFile } from '../src/model/ple/writer.js';
 
@@ -11,7 +18,8 @@ import { writePleFile } from '../src/model/ple/writer.js';
 function rowValues(start: number, count: number, cols: number): Float32Array {
   const v = new Float32Array(count * cols);
   for (let r = 0; r < count; r++) {
-    for (let c = 0; c < cols; c++) v[r * cols + c] = Math.sin((start + r) * 0.37 + c * 0.011) * 0.1 * (1 + ((start + r) % 5));
+    for (let c = 0; c < cols; c++)
+      v[r * cols + c] = Math.sin((start + r) * 0.37 + c * 0.011) * 0.1 * (1 + ((start + r) % 5));
   }
   return v;
 }
@@ -41,7 +49,8 @@ function directRow(path: string, id: number): Float32Array {
 
 describe('f16', () => {
   it('round-trips representable values and rounds others to the nearest half', () => {
-    for (const v of [0, 1, -2, 0.5, 65504, 2 ** -24, 1.5, -(2 ** -14), 3 * 2 ** -20]) expect(f16BitsToF32(f32ToF16Bits(v))).toBe(v);
+    for (const v of [0, 1, -2, 0.5, 65504, 2 ** -24, 1.5, -(2 ** -14), 3 * 2 ** -20])
+      expect(f16BitsToF32(f32ToF16Bits(v))).toBe(v);
     expect(Math.abs(f16BitsToF32(f32ToF16Bits(0.1)) - 0.1)).toBeLessThan(0.1 * 2 ** -11);
     expect(f16BitsToF32(f32ToF16Bits(1e6))).toBe(65504);
   });
@@ -77,7 +86,9 @@ describe('PLE quantisation', () => {
 
   it('writer refuses a producer that returns the wrong number of values and leaves no file', async () => {
     const path = join(dir, 'bad.bin');
-    await expect(writePleFile(path, layout, async (_s, n) => new Float32Array(n * layout.cols - 1))).rejects.toThrow(/producer returned/);
+    await expect(writePleFile(path, layout, async (_s, n) => new Float32Array(n * layout.cols - 1))).rejects.toThrow(
+      /producer returned/,
+    );
     expect(existsSync(path)).toBe(false);
     expect(existsSync(`${path}.partial`)).toBe(false);
   });
@@ -90,7 +101,9 @@ describe('PlePager', () => {
     const ids = [7, 299, 0, 7, 150, 7];
     const got = await pager.rowsFor(ids);
     expect(got.length).toBe(ids.length * 96);
-    ids.forEach((id, i) => expect(Array.from(got.subarray(i * 96, (i + 1) * 96))).toEqual(Array.from(directRow(path, id))));
+    ids.forEach((id, i) =>
+      expect(Array.from(got.subarray(i * 96, (i + 1) * 96))).toEqual(Array.from(directRow(path, id))),
+    );
     // And close to the values written (4-bit).
     const want = rowValues(150, 1, 96);
     for (let c = 0; c < 96; c++) expect(Math.abs(got[4 * 96 + c]! - want[c]!)).toBeLessThan(0.05);
@@ -119,7 +132,7 @@ describe('PlePager', () => {
     await pager.rowsFor([1]);
     expect(pager.stats().misses).toBe(5);
     for (let i = 0; i < 40; i++) {
-      await pager.rowsFor([i * 7 % 300, (i * 13) % 300]);
+      await pager.rowsFor([(i * 7) % 300, (i * 13) % 300]);
       expect(pager.stats().residentBytes).toBeLessThanOrEqual(pager.stats().budgetBytes);
     }
     await pager.close();
@@ -130,7 +143,11 @@ describe('PlePager', () => {
     const pager = await PlePager.open(path, { cacheBytes: 4 * makeHeader(layout).rowStride, concurrency: 3 });
     const batches = Array.from({ length: 8 }, (_, b) => Array.from({ length: 20 }, (_, i) => (b * 31 + i * 17) % 300));
     const results = await Promise.all(batches.map((ids) => pager.rowsFor(ids)));
-    batches.forEach((ids, b) => ids.forEach((id, i) => expect(Array.from(results[b]!.subarray(i * 96, (i + 1) * 96))).toEqual(Array.from(directRow(path, id)))));
+    batches.forEach((ids, b) =>
+      ids.forEach((id, i) =>
+        expect(Array.from(results[b]!.subarray(i * 96, (i + 1) * 96))).toEqual(Array.from(directRow(path, id))),
+      ),
+    );
     expect(pager.stats().residentBytes).toBeLessThanOrEqual(pager.stats().budgetBytes);
     await pager.close();
   });
@@ -146,11 +163,15 @@ describe('PlePager', () => {
 
   it('names the file when it is truncated, mismatched, missing or not a PLE file', async () => {
     const path = await writeTable();
-    await expect(PlePager.open(path, { cacheBytes: 0, expect: { rows: 301 } })).rejects.toThrow(`${path}: rows is 300, the model config expects 301`);
+    await expect(PlePager.open(path, { cacheBytes: 0, expect: { rows: 301 } })).rejects.toThrow(
+      `${path}: rows is 300, the model config expects 301`,
+    );
     await expect(PlePager.open(path, { cacheBytes: 0, expect: { layerDim: 64 } })).rejects.toThrow(/layerDim is 32/);
     const size = readFileSync(path).length;
     truncateSync(path, size - 10);
-    await expect(PlePager.open(path, { cacheBytes: 0 })).rejects.toThrow(`${path}: truncated: expected ${size} bytes, got ${size - 10}`);
+    await expect(PlePager.open(path, { cacheBytes: 0 })).rejects.toThrow(
+      `${path}: truncated: expected ${size} bytes, got ${size - 10}`,
+    );
     truncateSync(path, 100);
     await expect(PlePager.open(path, { cacheBytes: 0 })).rejects.toThrow(path);
     await expect(PlePager.open(join(dir, 'nope.bin'), { cacheBytes: 0 })).rejects.toThrow(/nope\.bin: missing/);

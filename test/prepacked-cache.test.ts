@@ -1,10 +1,25 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.js';
-import { PREPACKED_DATA_FILE, PREPACKED_MODEL_FILE, cacheKey, cpuSignature, defaultCacheDir } from '../src/engine/prepacked-cache.js';
+import {
+  PREPACKED_DATA_FILE,
+  PREPACKED_MODEL_FILE,
+  cacheKey,
+  cpuSignature,
+  defaultCacheDir,
+} from '../src/engine/prepacked-cache.js';
 import { DEFAULT_TUNING } from '../src/engine/session.js';
 import { GraphBuilder } from '../src/onnx/graph.js';
 import { realignExternalData } from '../src/onnx/realign.js';
@@ -24,11 +39,25 @@ beforeAll(async () => {
 }, 60_000);
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-async function logitsOf(cacheDir: string | null, pkg = dir): Promise<{ logits: Float32Array[]; tokens: number[]; prepacked: string }> {
-  const engine = await Engine.load(pkg, { threads: 1, contextTokens: 64, pleCacheMb: 1, prepackedCache: cacheDir ? { dir: cacheDir } : undefined });
+async function logitsOf(
+  cacheDir: string | null,
+  pkg = dir,
+): Promise<{ logits: Float32Array[]; tokens: number[]; prepacked: string }> {
+  const engine = await Engine.load(pkg, {
+    threads: 1,
+    contextTokens: 64,
+    pleCacheMb: 1,
+    prepackedCache: cacheDir ? { dir: cacheDir } : undefined,
+  });
   try {
     const logits: Float32Array[] = [];
-    const r = await engine.generate({ promptIds: PROMPT, maxTokens: 6, sampling: { temperature: 0 }, ignoreEos: true, onLogits: (l) => logits.push(l.slice()) });
+    const r = await engine.generate({
+      promptIds: PROMPT,
+      maxTokens: 6,
+      sampling: { temperature: 0 },
+      ignoreEos: true,
+      onLogits: (l) => logits.push(l.slice()),
+    });
     return { logits, tokens: r.tokens, prepacked: engine.prepacked };
   } finally {
     await engine.close();
@@ -56,7 +85,9 @@ describe('prepacked weight cache (2-bit and 4-bit MatMulNBits of the tiny pi5 pa
     const names = entries(cacheDir);
     expect(names).toHaveLength(1);
     expect(names[0]).toMatch(/^decoder-[0-9a-f]{20}$/);
-    expect(JSON.parse(readFileSync(join(cacheDir, names[0]!, 'ready.json'), 'utf8')).source).toBe(join(dir, 'decoder.onnx'));
+    expect(JSON.parse(readFileSync(join(cacheDir, names[0]!, 'ready.json'), 'utf8')).source).toBe(
+      join(dir, 'decoder.onnx'),
+    );
   });
 
   it('serves the pi4 package too (MatMulInteger int8 weights): built, reused, the same logits as the heap', async () => {
@@ -122,7 +153,8 @@ describe('prepacked weight cache (2-bit and 4-bit MatMulNBits of the tiny pi5 pa
   it('keys entries by CPU, ORT settings and model checksum', () => {
     const src = { modelPath: '/p/decoder.onnx', checksum: 'abc' };
     const t = { ...DEFAULT_TUNING, threads: 4 };
-    const arm = 'Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU part\t: 0xd0b\n';
+    const arm =
+      'Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU part\t: 0xd0b\n';
     const pi4 = 'Features\t: fp asimd evtstrm crc32 cpuid\nCPU part\t: 0xd08\n';
     const base = cacheKey(src, t, cpuSignature(arm));
     expect(cacheKey(src, { ...t, threads: 1 }, cpuSignature(arm))).toBe(base); // threads do not change the packing
@@ -146,9 +178,19 @@ describe('realignExternalData', () => {
     // Odd-sized tensors written back to back (alignment 1): offsets land anywhere.
     const g = new GraphBuilder({ externalData: { path: join(d, 'm.onnx.data'), alignment: 1 }, externalThreshold: 1 });
     const x = g.input('x', 'float32', [1, 5]);
-    const w1 = g.initializer('w1', 'float32', [5, 3], Float32Array.from({ length: 15 }, (_, i) => i / 7 - 1));
+    const w1 = g.initializer(
+      'w1',
+      'float32',
+      [5, 3],
+      Float32Array.from({ length: 15 }, (_, i) => i / 7 - 1),
+    );
     const b1 = g.initializer('b1', 'float32', [3], Float32Array.of(0.5, -0.25, 2));
-    const w2 = g.initializer('w2', 'float32', [3, 7], Float32Array.from({ length: 21 }, (_, i) => Math.sin(i)));
+    const w2 = g.initializer(
+      'w2',
+      'float32',
+      [3, 7],
+      Float32Array.from({ length: 21 }, (_, i) => Math.sin(i)),
+    );
     const h = g.node('Add', [g.node('MatMul', [x, w1], 1, {}, '', 'mm1')[0]!, b1], 1, {}, '', 'add')[0]!;
     g.output(g.node('MatMul', [h, w2], 1, {}, '', 'mm2')[0]!, 'float32', [1, 7]);
     await g.save(d, 'm.onnx');
@@ -160,7 +202,9 @@ describe('realignExternalData', () => {
     };
     const before = await run();
     const offsets = () =>
-      onnxProto.onnx.ModelProto.decode(readFileSync(join(d, 'm.onnx'))).graph!.initializer!.map((t) => Number(t.externalData!.find((e) => e.key === 'offset')?.value ?? 0));
+      onnxProto.onnx.ModelProto.decode(readFileSync(join(d, 'm.onnx'))).graph!.initializer!.map((t) =>
+        Number(t.externalData!.find((e) => e.key === 'offset')?.value ?? 0),
+      );
     expect(offsets().some((o) => o % 64 !== 0)).toBe(true);
     const r = await realignExternalData(join(d, 'm.onnx'), 64);
     expect(r.regions).toBe(3);
@@ -187,7 +231,11 @@ describe('realignExternalData', () => {
         { key: 'prepacked_0', value: 'MatMulNBits+42|13;100;0' },
       ],
     });
-    const model = new onnx.ModelProto({ irVersion: 10, graph: new onnx.GraphProto({ name: 'g', initializer: [t] }), opsetImport: [{ domain: '', version: 21 }] });
+    const model = new onnx.ModelProto({
+      irVersion: 10,
+      graph: new onnx.GraphProto({ name: 'g', initializer: [t] }),
+      opsetImport: [{ domain: '', version: 21 }],
+    });
     writeFileSync(join(d, 'm.onnx'), onnx.ModelProto.encode(model).finish());
     await realignExternalData(join(d, 'm.onnx'), 128);
     const ed = onnx.ModelProto.decode(readFileSync(join(d, 'm.onnx'))).graph!.initializer![0]!.externalData!;

@@ -28,8 +28,10 @@ export function quantErrors(got: Float32Array, deq: Float32Array, float: Float32
 /** The bounds `e` breaks, as readable lines (empty: within bounds). */
 export function boundFailures(e: QuantErrors, b: QuantBounds): string[] {
   const out: string[] = [];
-  if (!(e.vsDequantised <= b.maxVsDequantised)) out.push(`vs dequantised ${e.vsDequantised.toExponential(2)} > ${b.maxVsDequantised}`);
-  if (b.minVsDequantised !== undefined && !(e.vsDequantised >= b.minVsDequantised)) out.push(`vs dequantised ${e.vsDequantised.toExponential(2)} < ${b.minVsDequantised}`);
+  if (!(e.vsDequantised <= b.maxVsDequantised))
+    out.push(`vs dequantised ${e.vsDequantised.toExponential(2)} > ${b.maxVsDequantised}`);
+  if (b.minVsDequantised !== undefined && !(e.vsDequantised >= b.minVsDequantised))
+    out.push(`vs dequantised ${e.vsDequantised.toExponential(2)} < ${b.minVsDequantised}`);
   if (!(e.vsFloat >= b.minVsFloat)) out.push(`vs float ${e.vsFloat.toExponential(2)} < ${b.minVsFloat}`);
   return out;
 }

@@ -5,7 +5,12 @@ import * as ort from 'onnxruntime-node';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { GraphBuilder } from '../src/onnx/graph.js';
 import { Ops } from '../src/model/gemma4/graph-ops.js';
-import { dequantizeMatMulNBits, dequantizeRows, quantizeGatherBlockQuantized, quantizeMatMulNBits } from '../src/model/quant.js';
+import {
+  dequantizeMatMulNBits,
+  dequantizeRows,
+  quantizeGatherBlockQuantized,
+  quantizeMatMulNBits,
+} from '../src/model/quant.js';
 import { gaussian } from './quant-helpers.js';
 
 let dir: string;
@@ -16,7 +21,14 @@ afterEach(() => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-function linearRef(x: Float32Array, w: Float32Array, bias: Float32Array | null, m: number, n: number, k: number): Float64Array {
+function linearRef(
+  x: Float32Array,
+  w: Float32Array,
+  bias: Float32Array | null,
+  m: number,
+  n: number,
+  k: number,
+): Float64Array {
   const y = new Float64Array(m * n);
   for (let i = 0; i < m; i++)
     for (let j = 0; j < n; j++) {
@@ -43,7 +55,8 @@ const opsOf = (g: GraphBuilder) => new Ops(g, { fusedNorm: false, onnxGelu: fals
 
 describe('quantised node emitters', () => {
   it('MatMulNBits (3-D input) and GatherBlockQuantized match JS references', async () => {
-    const k = 128, n = 24;
+    const k = 128,
+      n = 24;
     const w = gaussian(n * k, 1, 0.05);
     const q = quantizeMatMulNBits(w, n, k, { bits: 4, blockSize: 32, method: 'search' });
     const table = gaussian(10 * k, 3, 0.1);
@@ -68,8 +81,9 @@ describe('quantised node emitters', () => {
     expect(Array.from(e.subarray(k))).toEqual(Array.from(dequantizeRows(tq, 0, 1)));
   });
 
-  it('a tied LM head stores the table once and reads the gather\'s bytes (2-bit, int8 activations on the head)', async () => {
-    const vocab = 512, hidden = 256;
+  it("a tied LM head stores the table once and reads the gather's bytes (2-bit, int8 activations on the head)", async () => {
+    const vocab = 512,
+      hidden = 256;
     const table = gaussian(vocab * hidden, 5, 0.05);
     const q = quantizeGatherBlockQuantized(table, vocab, hidden, { bits: 2, blockSize: 64, method: 'search' });
     const g = new GraphBuilder({ externalData: { path: path.join(dir, 't.data'), alignment: 4096 } });
@@ -92,7 +106,8 @@ describe('quantised node emitters', () => {
     const rows = dequantizeRows(q, 3, 1);
     expect(Array.from(e.subarray(0, hidden))).toEqual(Array.from(rows));
     const want = linearRef(e, dequantizeMatMulNBits(q), null, 2, vocab, hidden);
-    let maxRef = 0, maxDiff = 0;
+    let maxRef = 0,
+      maxDiff = 0;
     const l = out.logits!.data as Float32Array;
     for (let i = 0; i < want.length; i++) {
       maxRef = Math.max(maxRef, Math.abs(want[i]!));

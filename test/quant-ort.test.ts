@@ -40,12 +40,23 @@ function matmulT(a: Float32Array, w: Float32Array, m: number, n: number, k: numb
   return y;
 }
 
-function addMatMulNBits(g: GraphBuilder, q: QuantizedMatrix, input: string, accuracyLevel: number, prefix: string): string {
+function addMatMulNBits(
+  g: GraphBuilder,
+  q: QuantizedMatrix,
+  input: string,
+  accuracyLevel: number,
+  prefix: string,
+): string {
   const d = matMulNBitsDims(q);
   const b = g.initializer(`${prefix}.B`, 'uint8', d.data, q.data);
   const s = g.initializer(`${prefix}.scales`, 'float32', d.scales, q.scales);
   const z = g.initializer(`${prefix}.zp`, 'uint8', d.zeroPoints, q.zeroPoints);
-  return g.op('MatMulNBits', [input, b, s, z], { K: q.k, N: q.n, bits: q.bits, block_size: q.blockSize, accuracy_level: accuracyLevel }, 'com.microsoft');
+  return g.op(
+    'MatMulNBits',
+    [input, b, s, z],
+    { K: q.k, N: q.n, bits: q.bits, block_size: q.blockSize, accuracy_level: accuracyLevel },
+    'com.microsoft',
+  );
 }
 
 async function runOnce(modelPath: string, feeds: Record<string, ort.Tensor>): Promise<Record<string, ort.Tensor>> {
@@ -69,7 +80,8 @@ describe('MatMulNBits runs our bytes', () => {
   ];
   for (const { bits, bs, k, acc } of cases) {
     it(`bits ${bits}, block ${bs}, K ${k}, accuracy_level ${acc}`, async () => {
-      const m = 3, n = 40;
+      const m = 3,
+        n = 40;
       const w = gaussian(n * k, 11 + bits + bs, 0.05);
       const q = quantizeMatMulNBits(w, n, k, { bits, blockSize: bs, method: 'search' });
       const g = new GraphBuilder({ externalData: { path: path.join(dir, 'mm.data'), alignment: 4096 } });
@@ -82,7 +94,8 @@ describe('MatMulNBits runs our bytes', () => {
       const out = await runOnce(saved.modelPath, { A: new ort.Tensor('float32', a, [m, k]) });
       const got = out.Y!.data as Float32Array;
       const want = matmulT(a, dequantizeMatMulNBits(q), m, n, k);
-      let maxRef = 0, maxDiff = 0;
+      let maxRef = 0,
+        maxDiff = 0;
       for (let i = 0; i < want.length; i++) {
         maxRef = Math.max(maxRef, Math.abs(want[i]!));
         maxDiff = Math.max(maxDiff, Math.abs(got[i]! - want[i]!));
@@ -90,7 +103,9 @@ describe('MatMulNBits runs our bytes', () => {
       // Level 0 computes in float32: rounding only. Level 4 quantises activations to int8 per block:
       // the error is bounded by about |A|max/254 * sum|W| per output; 1.5% of the largest output is ample.
       const tol = acc === 0 ? 1e-5 * maxRef : 0.015 * maxRef;
-      console.log(`MatMulNBits bits=${bits} bs=${bs} K=${k} acc=${acc}: max |diff| ${maxDiff.toExponential(2)} (${(maxDiff / maxRef).toExponential(2)} of max |y|)`);
+      console.log(
+        `MatMulNBits bits=${bits} bs=${bs} K=${k} acc=${acc}: max |diff| ${maxDiff.toExponential(2)} (${(maxDiff / maxRef).toExponential(2)} of max |y|)`,
+      );
       expect(maxDiff).toBeLessThanOrEqual(tol);
     });
   }
@@ -99,7 +114,9 @@ describe('MatMulNBits runs our bytes', () => {
 describe('GatherBlockQuantized runs our bytes', () => {
   for (const bits of [2, 4, 8] as const) {
     it(`bits ${bits}: gathered rows equal the JS dequantised rows exactly`, async () => {
-      const rows = 50, width = 256, bs = 64;
+      const rows = 50,
+        width = 256,
+        bs = 64;
       const table = gaussian(rows * width, 5 + bits, 0.1);
       const q = quantizeGatherBlockQuantized(table, rows, width, { bits, blockSize: bs, method: 'search' });
       const d = gatherBlockQuantizedDims(q);
@@ -108,11 +125,19 @@ describe('GatherBlockQuantized runs our bytes', () => {
       const data = g.initializer('table', 'uint8', d.data, q.data);
       const scales = g.initializer('table.scales', 'float32', d.scales, q.scales);
       const zp = g.initializer('table.zp', 'uint8', d.zeroPoints, q.zeroPoints);
-      g.node('GatherBlockQuantized', [data, 'ids', scales, zp], ['rows'], { gather_axis: 0, quantize_axis: 1, block_size: bs, bits }, 'com.microsoft');
+      g.node(
+        'GatherBlockQuantized',
+        [data, 'ids', scales, zp],
+        ['rows'],
+        { gather_axis: 0, quantize_axis: 1, block_size: bs, bits },
+        'com.microsoft',
+      );
       g.output('rows', 'float32', ['n', width]);
       const saved = await g.save(dir, 'g.onnx');
       const ids = [0, 49, 7, 7, 23];
-      const out = await runOnce(saved.modelPath, { ids: new ort.Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [ids.length]) });
+      const out = await runOnce(saved.modelPath, {
+        ids: new ort.Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [ids.length]),
+      });
       const got = out.rows!.data as Float32Array;
       expect(out.rows!.dims).toEqual([ids.length, width]);
       ids.forEach((id, i) => {
@@ -124,7 +149,10 @@ describe('GatherBlockQuantized runs our bytes', () => {
 
 describe('tied embedding / LM head', () => {
   it('one set of bytes serves GatherBlockQuantized and MatMulNBits', async () => {
-    const vocab = 300, hidden = 128, bs = 32, bits = 4 as const;
+    const vocab = 300,
+      hidden = 128,
+      bs = 32,
+      bits = 4 as const;
     const table = gaussian(vocab * hidden, 3, 0.05);
     const q = quantizeGatherBlockQuantized(table, vocab, hidden, { bits, blockSize: bs, method: 'search' });
     const g = new GraphBuilder({ externalData: { path: path.join(dir, 'tied.data'), alignment: 4096 } });
@@ -142,8 +170,20 @@ describe('tied embedding / LM head', () => {
     const mZp = g.initializerFromRef('lm_head.zp', 'uint8', md.zeroPoints, zpRef);
     g.input('ids', 'int64', ['n']);
     g.input('h', 'float32', ['m', hidden]);
-    g.node('GatherBlockQuantized', [gData, 'ids', gScales, gZp], ['emb'], { gather_axis: 0, quantize_axis: 1, block_size: bs, bits }, 'com.microsoft');
-    g.node('MatMulNBits', ['h', mData, mScales, mZp], ['logits'], { K: hidden, N: vocab, bits, block_size: bs, accuracy_level: 0 }, 'com.microsoft');
+    g.node(
+      'GatherBlockQuantized',
+      [gData, 'ids', gScales, gZp],
+      ['emb'],
+      { gather_axis: 0, quantize_axis: 1, block_size: bs, bits },
+      'com.microsoft',
+    );
+    g.node(
+      'MatMulNBits',
+      ['h', mData, mScales, mZp],
+      ['logits'],
+      { K: hidden, N: vocab, bits, block_size: bs, accuracy_level: 0 },
+      'com.microsoft',
+    );
     g.output('emb', 'float32', ['n', hidden]);
     g.output('logits', 'float32', ['m', vocab]);
     const saved = await g.save(dir, 'tied.onnx');
@@ -157,7 +197,9 @@ describe('tied embedding / LM head', () => {
       h: new ort.Tensor('float32', h, [2, hidden]),
     });
     const emb = out.emb!.data as Float32Array;
-    ids.forEach((id, i) => expect(Array.from(emb.subarray(i * hidden, (i + 1) * hidden))).toEqual(Array.from(dequantizeRows(q, id, 1))));
+    ids.forEach((id, i) =>
+      expect(Array.from(emb.subarray(i * hidden, (i + 1) * hidden))).toEqual(Array.from(dequantizeRows(q, id, 1))),
+    );
     const want = matmulT(h, dequantizeMatMulNBits(q), 2, vocab, hidden);
     const logits = out.logits!.data as Float32Array;
     for (let i = 0; i < want.length; i++) expect(Math.abs(logits[i]! - want[i]!)).toBeLessThan(1e-4);

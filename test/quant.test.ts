@@ -29,7 +29,8 @@ describe('quantiser layout', () => {
   });
 
   it('pads a short last block with codes that decode to zero and keeps the zero-point bytes per row', () => {
-    const n = 3, k = 40; // bs 16 → 3 blocks, the last holds 8 values
+    const n = 3,
+      k = 40; // bs 16 → 3 blocks, the last holds 8 values
     const w = gaussian(n * k, 1, 1);
     const q = quantizeMatMulNBits(w, n, k, { bits: 4, blockSize: 16, method: 'search' });
     expect(matMulNBitsDims(q)).toEqual({ data: [3, 3, 8], scales: [9], zeroPoints: [6] });
@@ -89,18 +90,25 @@ describe('quantiser layout', () => {
 
   it('rejects unsupported settings and bad input', () => {
     const w = new Float32Array(64);
-    expect(() => quantizeMatMulNBits(w, 1, 64, { bits: 3 as QuantBits, blockSize: 32, method: 'rtn' })).toThrow(/2, 4 or 8/);
+    expect(() => quantizeMatMulNBits(w, 1, 64, { bits: 3 as QuantBits, blockSize: 32, method: 'rtn' })).toThrow(
+      /2, 4 or 8/,
+    );
     expect(() => quantizeMatMulNBits(w, 1, 64, { bits: 4, blockSize: 48, method: 'rtn' })).toThrow(/power of two/);
     expect(() => quantizeMatMulNBits(w, 1, 64, { bits: 4, blockSize: 8, method: 'rtn' })).toThrow(/power of two >= 16/);
     expect(() => quantizeMatMulNBits(w, 2, 64, { bits: 4, blockSize: 32, method: 'rtn' })).toThrow(/expected 2x64/);
-    expect(() => quantizeGatherBlockQuantized(new Float32Array(48), 1, 48, { bits: 4, blockSize: 32, method: 'rtn' })).toThrow(/multiple/);
+    expect(() =>
+      quantizeGatherBlockQuantized(new Float32Array(48), 1, 48, { bits: 4, blockSize: 32, method: 'rtn' }),
+    ).toThrow(/multiple/);
     w[5] = NaN;
-    expect(() => quantizeMatMulNBits(w, 1, 64, { bits: 4, blockSize: 32, method: 'rtn' })).toThrow(/non-finite weight at row 0, column 5/);
+    expect(() => quantizeMatMulNBits(w, 1, 64, { bits: 4, blockSize: 32, method: 'rtn' })).toThrow(
+      /non-finite weight at row 0, column 5/,
+    );
   });
 });
 
 describe("'search' beats 'rtn' on realistic matrices (256x512)", () => {
-  const n = 256, k = 512;
+  const n = 256,
+    k = 512;
   const mats = { gaussian: gaussian(n * k, 42, 0.02), 'heavy-tailed': heavyTailed(n * k, 43, 0.02) };
   for (const [kind, w] of Object.entries(mats))
     for (const bits of [2, 4] as QuantBits[])

@@ -118,12 +118,16 @@ describe('safetensors', () => {
   });
 
   it('rejects an index that points outside the checkpoint directory', async () => {
-    fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { w: '../evil.safetensors' } }));
+    fs.writeFileSync(
+      path.join(dir, 'model.safetensors.index.json'),
+      JSON.stringify({ weight_map: { w: '../evil.safetensors' } }),
+    );
     await expect(SafetensorsCheckpoint.open(dir)).rejects.toThrow(/invalid shard file/);
   });
 
   it('streams a big-ish tensor in chunks and reads row ranges with bounded reads', async () => {
-    const rows = 4096, cols = 640; // 2.6 M values, 5 MB as BF16
+    const rows = 4096,
+      cols = 640; // 2.6 M values, 5 MB as BF16
     const file = path.join(dir, 'big.safetensors');
     const w = SafetensorsWriter.create(file, [
       { name: 'small', dtype: 'F32', shape: [3] },
@@ -167,7 +171,9 @@ describe('safetensors', () => {
 
     const truncated = path.join(dir, 'truncated.safetensors');
     fs.writeFileSync(truncated, bytes.subarray(0, bytes.byteLength - 10));
-    await expect(SafetensorsCheckpoint.open(truncated)).rejects.toThrow(/truncated\.safetensors.*past the 246 data bytes \(truncated\?\)/);
+    await expect(SafetensorsCheckpoint.open(truncated)).rejects.toThrow(
+      /truncated\.safetensors.*past the 246 data bytes \(truncated\?\)/,
+    );
 
     const cut = path.join(dir, 'cut.safetensors');
     fs.writeFileSync(cut, bytes.subarray(0, 20));

@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { Scheduler, SchedulerError, isSchedulerError, type JobKind, type SchedulerSettings } from '../src/scheduler/scheduler.js';
+import {
+  Scheduler,
+  SchedulerError,
+  isSchedulerError,
+  type JobKind,
+  type SchedulerSettings,
+} from '../src/scheduler/scheduler.js';
 
 const settings = (over: Partial<SchedulerSettings> = {}): SchedulerSettings => ({
   max_queued: 32,
@@ -12,7 +18,9 @@ const settings = (over: Partial<SchedulerSettings> = {}): SchedulerSettings => (
 /** A job that runs until release() is called or its signal aborts; records when it started. */
 function gate() {
   let release!: (v: string) => void;
-  const released = new Promise<string>((r) => { release = r; });
+  const released = new Promise<string>((r) => {
+    release = r;
+  });
   let started = false;
   let signal: AbortSignal | undefined;
   const run = (s: AbortSignal) => {
@@ -23,7 +31,16 @@ function gate() {
       void released.then(resolve);
     });
   };
-  return { run, release, get started() { return started; }, get signal() { return signal; } };
+  return {
+    run,
+    release,
+    get started() {
+      return started;
+    },
+    get signal() {
+      return signal;
+    },
+  };
 }
 
 const tick = () => new Promise<void>((r) => setTimeout(r, 5));
@@ -50,7 +67,9 @@ describe('Scheduler', () => {
       active--;
       return i * 2;
     };
-    const results = await Promise.all([0, 1, 2, 3, 4].map((i) => s.submit({ kind: 'caption', id: `j${i}`, run: job(i) })));
+    const results = await Promise.all(
+      [0, 1, 2, 3, 4].map((i) => s.submit({ kind: 'caption', id: `j${i}`, run: job(i) })),
+    );
     expect(results).toEqual([0, 2, 4, 6, 8]);
     expect(maxActive).toBe(1);
     expect(s.stats().counts.completed).toBe(5);
@@ -61,8 +80,23 @@ describe('Scheduler', () => {
     const order: string[] = [];
     const blocker = gate();
     const first = s.submit({ kind: 'caption', id: 'blocker', run: blocker.run });
-    const submit = (kind: JobKind, id: string) => s.submit({ kind, id, run: async () => { order.push(id); return id; } });
-    const all = [submit('caption', 'c1'), submit('transcript', 't1'), submit('caption', 'c2'), submit('answer', 'a1'), submit('transcript', 't2'), submit('answer', 'a2')];
+    const submit = (kind: JobKind, id: string) =>
+      s.submit({
+        kind,
+        id,
+        run: async () => {
+          order.push(id);
+          return id;
+        },
+      });
+    const all = [
+      submit('caption', 'c1'),
+      submit('transcript', 't1'),
+      submit('caption', 'c2'),
+      submit('answer', 'a1'),
+      submit('transcript', 't2'),
+      submit('answer', 'a2'),
+    ];
     await tick();
     expect(order).toEqual([]);
     blocker.release('done');
@@ -76,7 +110,16 @@ describe('Scheduler', () => {
     const order: string[] = [];
     const blocker = gate();
     void s.submit({ kind: 'answer', id: 'blocker', run: blocker.run });
-    const cap = (id: string, key: string) => s.submit({ kind: 'caption', id, key, run: async () => { order.push(id); return id; } });
+    const cap = (id: string, key: string) =>
+      s.submit({
+        kind: 'caption',
+        id,
+        key,
+        run: async () => {
+          order.push(id);
+          return id;
+        },
+      });
     const a1 = cap('a1', 'caption:a');
     const b1 = cap('b1', 'caption:b');
     const a2 = cap('a2', 'caption:a');
@@ -108,7 +151,13 @@ describe('Scheduler', () => {
     const blocker = gate();
     void s.submit({ kind: 'answer', id: 'blocker', run: blocker.run });
     let ran = false;
-    const p = s.submit({ kind: 'answer', id: 'q1', run: async () => { ran = true; } });
+    const p = s.submit({
+      kind: 'answer',
+      id: 'q1',
+      run: async () => {
+        ran = true;
+      },
+    });
     expect(s.cancel('q1')).toBe('waiting');
     expect((await rejection(p)).code).toBe('cancelled');
     expect(s.has('q1')).toBe(false);
@@ -127,12 +176,23 @@ describe('Scheduler', () => {
       kind: 'answer',
       id: 'long',
       // Slow to honour the abort: the next job must still wait for it.
-      run: (signal) => new Promise<string>((_, reject) => {
-        signal.addEventListener('abort', () => { sawAbort = true; finishRun = () => reject(signal.reason); });
-      }),
+      run: (signal) =>
+        new Promise<string>((_, reject) => {
+          signal.addEventListener('abort', () => {
+            sawAbort = true;
+            finishRun = () => reject(signal.reason);
+          });
+        }),
     });
     let nextStarted = false;
-    const next = s.submit({ kind: 'answer', id: 'next', run: async () => { nextStarted = true; return 'ok'; } });
+    const next = s.submit({
+      kind: 'answer',
+      id: 'next',
+      run: async () => {
+        nextStarted = true;
+        return 'ok';
+      },
+    });
     await tick();
     expect(s.cancel('long')).toBe('running');
     expect(sawAbort).toBe(true);
@@ -148,7 +208,14 @@ describe('Scheduler', () => {
   it('a cancelled running job rejects with cancelled even if run() resolves anyway', async () => {
     const s = new Scheduler(settings());
     let release!: () => void;
-    const p = s.submit({ kind: 'transcript', id: 't', run: () => new Promise<string>((r) => { release = () => r('result nobody wants'); }) });
+    const p = s.submit({
+      kind: 'transcript',
+      id: 't',
+      run: () =>
+        new Promise<string>((r) => {
+          release = () => r('result nobody wants');
+        }),
+    });
     await tick();
     expect(s.cancel('t')).toBe('running');
     release();
@@ -161,7 +228,14 @@ describe('Scheduler', () => {
     const blocker = gate();
     void s.submit({ kind: 'answer', id: 'ask-1', run: blocker.run });
     let ran = false;
-    const p = s.submit({ kind: 'caption', id: 'frame-9', key: 'caption:porch', run: async () => { ran = true; } });
+    const p = s.submit({
+      kind: 'caption',
+      id: 'frame-9',
+      key: 'caption:porch',
+      run: async () => {
+        ran = true;
+      },
+    });
     const err = await rejection(p);
     expect(err.code).toBe('deadline');
     expect(err.message).toContain('caption job frame-9 (caption:porch) not started within 100 ms');
@@ -182,7 +256,12 @@ describe('Scheduler', () => {
     const short = s.submit({ kind: 'answer', id: 'short', deadlineMs: 30, run: async () => 'x' });
     expect((await rejection(short)).code).toBe('deadline');
     blocker.release('x');
-    const slow = s.submit({ kind: 'answer', id: 'slow', deadlineMs: 20, run: () => new Promise((r) => setTimeout(() => r('finished'), 80)) });
+    const slow = s.submit({
+      kind: 'answer',
+      id: 'slow',
+      deadlineMs: 20,
+      run: () => new Promise((r) => setTimeout(() => r('finished'), 80)),
+    });
     await expect(slow).resolves.toBe('finished');
   });
 
@@ -236,8 +315,20 @@ describe('Scheduler', () => {
   it('passes a job failure through and goes on with the next job', async () => {
     const s = new Scheduler(settings());
     const boom = new Error('engine failed');
-    const p1 = s.submit({ kind: 'answer', id: 'f', run: async () => { throw boom; } });
-    const p2 = s.submit({ kind: 'answer', id: 'g', run: () => { throw new Error('sync throw'); } });
+    const p1 = s.submit({
+      kind: 'answer',
+      id: 'f',
+      run: async () => {
+        throw boom;
+      },
+    });
+    const p2 = s.submit({
+      kind: 'answer',
+      id: 'g',
+      run: () => {
+        throw new Error('sync throw');
+      },
+    });
     const p3 = s.submit({ kind: 'answer', id: 'h', run: async () => 'fine' });
     await expect(p1).rejects.toBe(boom);
     await expect(p2).rejects.toThrow('sync throw');
@@ -272,7 +363,16 @@ describe('Scheduler', () => {
   it('drain lets queued work finish, then refuses new jobs', async () => {
     const s = new Scheduler(settings());
     const done: string[] = [];
-    const jobs = ['x', 'y', 'z'].map((id) => s.submit({ kind: 'caption', id, run: async () => { await tick(); done.push(id); } }));
+    const jobs = ['x', 'y', 'z'].map((id) =>
+      s.submit({
+        kind: 'caption',
+        id,
+        run: async () => {
+          await tick();
+          done.push(id);
+        },
+      }),
+    );
     const result = await s.drain(5_000);
     expect(result).toEqual({ drained: true, dropped: 0, abortedRunning: false });
     await Promise.all(jobs);

@@ -19,12 +19,34 @@ afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 describe('perch caption', () => {
   it('prints a caption as JSON with the image size, tokens and latency split; the same seed streams the same text', async () => {
-    const args = ['caption', img, '--model', dir, '--tokens', '70', '--seed', '9', '--max-tokens', '12', '--threads', '1', '--context-tokens', '512'];
+    const args = [
+      'caption',
+      img,
+      '--model',
+      dir,
+      '--tokens',
+      '70',
+      '--seed',
+      '9',
+      '--max-tokens',
+      '12',
+      '--threads',
+      '1',
+      '--context-tokens',
+      '512',
+    ];
     const j = await perch(...args, '--json');
     expect(j.stderr).toMatch(/random weights/);
     expect(j.code).toBe(0);
     const out = JSON.parse(j.stdout) as Record<string, unknown>;
-    expect(out).toMatchObject({ file: img, width: 528, height: 288, image_tokens: 66, random_weights: true, finish_reason: expect.stringMatching(/^(stop|length)$/) });
+    expect(out).toMatchObject({
+      file: img,
+      width: 528,
+      height: 288,
+      image_tokens: 66,
+      random_weights: true,
+      finish_reason: expect.stringMatching(/^(stop|length)$/),
+    });
     expect(typeof out.text).toBe('string');
     const latency = out.latency_ms as Record<string, number>;
     for (const k of ['vision', 'prefill', 'decode', 'total']) expect(latency[k]).toBeGreaterThanOrEqual(0);
@@ -35,8 +57,15 @@ describe('perch caption', () => {
     expect(plain.stdout).toBe(out.text ? `${String(out.text)}\n` : '');
 
     // --prompt replaces the default prompt: a longer one makes a longer prompt.
-    const other = await perch(...args, '--json', '--prompt', `${DEFAULT_CAPTION_PROMPT} Also say whether a parcel lies at the door.`);
-    expect((JSON.parse(other.stdout) as { tokens: { prompt: number } }).tokens.prompt).toBeGreaterThan((out.tokens as { prompt: number }).prompt);
+    const other = await perch(
+      ...args,
+      '--json',
+      '--prompt',
+      `${DEFAULT_CAPTION_PROMPT} Also say whether a parcel lies at the door.`,
+    );
+    expect((JSON.parse(other.stdout) as { tokens: { prompt: number } }).tokens.prompt).toBeGreaterThan(
+      (out.tokens as { prompt: number }).prompt,
+    );
   }, 60_000);
 
   it('fails with a message for a corrupt image, a package without vision and a bad token budget', async () => {

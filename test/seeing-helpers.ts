@@ -6,7 +6,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PACKAGE_FILES } from '../src/model/package/manifest.js';
 import { synthPackage } from '../src/model/synth.js';
-import { captionSchema, cameraEventSchema, type CameraEventMessage, type CaptionMessage } from '../src/mqtt/messages.js';
+import {
+  captionSchema,
+  cameraEventSchema,
+  type CameraEventMessage,
+  type CaptionMessage,
+} from '../src/mqtt/messages.js';
 import { SEED } from './engine-helpers.js';
 import { DaemonProcess, REPO } from './daemon-helpers.js';
 import { Collector, tempDir, uniqueRoot } from './mqtt-helpers.js';
@@ -71,12 +76,18 @@ export async function startSeeingDaemon(cleanups: Array<() => Promise<void> | vo
   });
   const json = (payload: Buffer): unknown => JSON.parse(payload.toString());
   const t = `${topicRoot}/camera/yard`;
-  const events = (): CameraEventMessage[] => watcher.on(`${t}/event`).map((m) => cameraEventSchema.parse(json(m.payload)));
+  const events = (): CameraEventMessage[] =>
+    watcher.on(`${t}/event`).map((m) => cameraEventSchema.parse(json(m.payload)));
   const captions = (): CaptionMessage[] => watcher.on(`${t}/caption`).map((m) => captionSchema.parse(json(m.payload)));
   const waitForEnd = () =>
-    watcher.waitFor(() => events().some((e) => e.type === 'end'), over.endTimeoutMs ?? 40_000).catch((err: Error) => {
-      throw new Error(`${err.message}\ndaemon log:\n${daemon.log().slice(-6000)}`);
-    });
-  await watcher.waitFor((m) => m.some((x) => x.topic === `${topicRoot}/status` && x.payload.toString() === 'online'), 20_000);
+    watcher
+      .waitFor(() => events().some((e) => e.type === 'end'), over.endTimeoutMs ?? 40_000)
+      .catch((err: Error) => {
+        throw new Error(`${err.message}\ndaemon log:\n${daemon.log().slice(-6000)}`);
+      });
+  await watcher.waitFor(
+    (m) => m.some((x) => x.topic === `${topicRoot}/status` && x.payload.toString() === 'online'),
+    20_000,
+  );
   return { topicRoot, t, daemon, watcher, events, captions, waitForEnd };
 }

@@ -34,16 +34,28 @@ describe('perch run with structured captions and image_topic questions', () => {
       endTimeoutMs: 60_000,
       camera: {
         caption_max_tokens: 8,
-        structured: { type: 'object', properties: { people: { type: 'integer' }, summary: { type: 'string' } }, required: ['people', 'summary'] },
+        structured: {
+          type: 'object',
+          properties: { people: { type: 'integer' }, summary: { type: 'string' } },
+          required: ['people', 'summary'],
+        },
         structured_retries: 2,
       },
     });
     await waitForEnd();
 
     const end = events().find((e) => e.type === 'end')!;
-    expect(end.caption_error).toMatchObject({ code: 'invalid_output', message: expect.stringMatching(/after 3 attempts/) });
+    expect(end.caption_error).toMatchObject({
+      code: 'invalid_output',
+      message: expect.stringMatching(/after 3 attempts/),
+    });
     const failed = captions().find((c) => c.stage === 'end')!;
-    expect(failed).toMatchObject({ text: null, error_code: 'invalid_output', attempts: 3, reason: expect.stringMatching(/no valid structured caption after 3 attempts: /) });
+    expect(failed).toMatchObject({
+      text: null,
+      error_code: 'invalid_output',
+      attempts: 3,
+      reason: expect.stringMatching(/no valid structured caption after 3 attempts: /),
+    });
     expect(failed.data).toBeUndefined();
     // The model really was asked three times for that caption: one log line per invalid reply.
     const invalid = daemon
@@ -77,10 +89,19 @@ describe('perch run with structured captions and image_topic questions', () => {
     expect((ok.latency_ms as Record<string, number>).vision).toBeGreaterThanOrEqual(0);
 
     const empty = await ask({ id: 'q-empty', text: 'Anything?', image_topic: `${topicRoot}-elsewhere/nothing/here` });
-    expect(empty).toMatchObject({ id: 'q-empty', error: { code: 'invalid_request', message: expect.stringMatching(/nothing arrived on .* within 2000 ms/) } });
+    expect(empty).toMatchObject({
+      id: 'q-empty',
+      error: { code: 'invalid_request', message: expect.stringMatching(/nothing arrived on .* within 2000 ms/) },
+    });
     const notJpeg = await ask({ id: 'q-text', text: 'Anything?', image_topic: `${held}-text` });
-    expect(notJpeg).toMatchObject({ id: 'q-text', error: { code: 'invalid_request', message: expect.stringMatching(/is not a JPEG/) } });
+    expect(notJpeg).toMatchObject({
+      id: 'q-text',
+      error: { code: 'invalid_request', message: expect.stringMatching(/is not a JPEG/) },
+    });
     const wildcard = await ask({ id: 'q-wild', text: 'Anything?', image_topic: `${topicRoot}-elsewhere/#` });
-    expect(wildcard).toMatchObject({ id: 'q-wild', error: { code: 'invalid_request', message: expect.stringMatching(/image_topic/) } });
+    expect(wildcard).toMatchObject({
+      id: 'q-wild',
+      error: { code: 'invalid_request', message: expect.stringMatching(/image_topic/) },
+    });
   }, 120_000);
 });

@@ -50,9 +50,18 @@ describe('perch run sees', () => {
     expect(end.caption_error).toBeUndefined();
 
     const final = captions().find((c) => c.stage === 'end')!;
-    expect(final).toMatchObject({ v: 1, camera: 'yard', event_id: first.id, image_tokens: 66, width: 528, height: 288, snapshot_topic: `${t}/snapshot` });
+    expect(final).toMatchObject({
+      v: 1,
+      camera: 'yard',
+      event_id: first.id,
+      image_tokens: 66,
+      width: 528,
+      height: 288,
+      snapshot_topic: `${t}/snapshot`,
+    });
     expect(final.text).toBe(end.caption);
-    for (const k of ['queue', 'vision', 'prefill', 'decode', 'total']) expect(final.latency_ms[k]).toBeGreaterThanOrEqual(0);
+    for (const k of ['queue', 'vision', 'prefill', 'decode', 'total'])
+      expect(final.latency_ms[k]).toBeGreaterThanOrEqual(0);
     // Every caption attempt went out; the early one may have been replaced in the queue by the final one.
     expect(captions().every((c) => c.event_id === first.id && typeof c.text === 'string')).toBe(true);
 
@@ -84,15 +93,28 @@ describe('perch run sees', () => {
 
     const corrupt = Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0]), Buffer.alloc(120, 3)]).toString('base64');
     const bad = await ask({ id: 'q-bad', text: 'And this?', image: corrupt });
-    expect(bad).toMatchObject({ id: 'q-bad', error: { code: 'invalid_request', message: expect.stringMatching(/^image: cannot decode image/) } });
-    const after = await ask({ id: 'q-after', text: 'Still there?', image: frame(2).toString('base64'), seed: 1, max_tokens: 3 });
+    expect(bad).toMatchObject({
+      id: 'q-bad',
+      error: { code: 'invalid_request', message: expect.stringMatching(/^image: cannot decode image/) },
+    });
+    const after = await ask({
+      id: 'q-after',
+      text: 'Still there?',
+      image: frame(2).toString('base64'),
+      seed: 1,
+      max_tokens: 3,
+    });
     expect(after).toMatchObject({ id: 'q-after', finish_reason: expect.any(String) });
 
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${topicRoot}/stats` && (statsSchema.parse(json(x)).captions?.yard?.made ?? 0) >= 1));
+    await watcher.waitFor((m) =>
+      m.some((x) => x.topic === `${topicRoot}/stats` && (statsSchema.parse(json(x)).captions?.yard?.made ?? 0) >= 1),
+    );
   }, 90_000);
 
   it('when the model is busy past the caption deadline, the event ends without a caption and says why', async () => {
-    const { topicRoot, events, captions, watcher, waitForEnd } = await startDaemon({ scheduler: { caption_deadline_ms: 100 } });
+    const { topicRoot, events, captions, watcher, waitForEnd } = await startDaemon({
+      scheduler: { caption_deadline_ms: 100 },
+    });
     // Keep the model busy: questions about an image (each one encodes the image), three in flight at all
     // times; answers outrank captions, so a caption never starts within 100 ms.
     const flood = await mqtt.connectAsync(BROKER, { protocolVersion: 4 });
@@ -100,7 +122,12 @@ describe('perch run sees', () => {
     const image = frame(3).toString('base64');
     let n = 0;
     let stop = false;
-    const next = (): void => void flood.publishAsync(`${topicRoot}/ask`, JSON.stringify({ id: `f${n++}`, text: 'Describe it.', image, max_tokens: 8, reply_to: reply }), { qos: 1 });
+    const next = (): void =>
+      void flood.publishAsync(
+        `${topicRoot}/ask`,
+        JSON.stringify({ id: `f${n++}`, text: 'Describe it.', image, max_tokens: 8, reply_to: reply }),
+        { qos: 1 },
+      );
     flood.on('message', () => !stop && next());
     await flood.subscribeAsync(reply, { qos: 1 });
     cleanups.push(async () => {
@@ -114,11 +141,21 @@ describe('perch run sees', () => {
     await waitForEnd();
     stop = true;
     const end = events().find((e) => e.type === 'end')!;
-    expect(end.caption_error).toMatchObject({ code: 'deadline', message: expect.stringMatching(/not started within 100 ms.*busy with answer job/) });
+    expect(end.caption_error).toMatchObject({
+      code: 'deadline',
+      message: expect.stringMatching(/not started within 100 ms.*busy with answer job/),
+    });
     const failed = captions().filter((c) => c.text === null);
     expect(failed.length).toBeGreaterThanOrEqual(1);
-    expect(failed.at(-1)).toMatchObject({ event_id: end.id, stage: 'end', error_code: 'deadline', reason: expect.stringMatching(/not started within 100 ms/) });
-    await watcher.waitFor((m) => m.some((x) => x.topic === `${topicRoot}/stats` && (statsSchema.parse(json(x)).captions?.yard?.failed ?? 0) >= 1));
+    expect(failed.at(-1)).toMatchObject({
+      event_id: end.id,
+      stage: 'end',
+      error_code: 'deadline',
+      reason: expect.stringMatching(/not started within 100 ms/),
+    });
+    await watcher.waitFor((m) =>
+      m.some((x) => x.topic === `${topicRoot}/stats` && (statsSchema.parse(json(x)).captions?.yard?.failed ?? 0) >= 1),
+    );
   }, 90_000);
 
   it('with a package that cannot see, events still go out and say why they have no caption', async () => {
@@ -127,7 +164,10 @@ describe('perch run sees', () => {
     await waitForEnd();
     const end = events().find((e) => e.type === 'end')!;
     expect(end.caption).toBeUndefined();
-    expect(end.caption_error).toMatchObject({ code: 'unavailable', message: expect.stringMatching(/no vision encoder/) });
+    expect(end.caption_error).toMatchObject({
+      code: 'unavailable',
+      message: expect.stringMatching(/no vision encoder/),
+    });
     // No attempts were made, so the caption topic stays quiet.
     expect(captions()).toEqual([]);
     const stats = watcher.on(`${topicRoot}/stats`).map((m) => statsSchema.parse(json(m)));

@@ -29,11 +29,14 @@ async function start(env: Record<string, string>): Promise<Run> {
     for (const w of waiters.splice(0)) w();
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })));
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
   const waitLine = async (pred: (line: string) => boolean): Promise<void> => {
     while (!lines.some(pred)) {
       const more = new Promise<void>((r) => waiters.push(r));
-      const gone = exited.then(() => { throw new Error(`exited; output: ${lines.join('\n')}`); });
+      const gone = exited.then(() => {
+        throw new Error(`exited; output: ${lines.join('\n')}`);
+      });
       await Promise.race([more, gone]);
     }
   };

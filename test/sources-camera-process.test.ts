@@ -35,7 +35,11 @@ afterEach(async () => {
 
 const backoff = { restart_min_ms: 50, restart_max_ms: 200 };
 
-function start(program: string, config: Partial<FakeConfig>, settings: CameraSourceSettings): { frames: Frame[]; states: SourceState[]; src: FrameSource } {
+function start(
+  program: string,
+  config: Partial<FakeConfig>,
+  settings: CameraSourceSettings,
+): { frames: Frame[]; states: SourceState[]; src: FrameSource } {
   fake = installFakeBin([program], { mode: 'jpeg', jpegs, chunkBytes: 777, ...config });
   const src = createFrameSource('garden', settings, silentLogger);
   source = src;
@@ -53,25 +57,50 @@ function isOriginal(f: Frame): boolean {
 describe('ffmpeg camera source', () => {
   it('emits the JPEG frames ffmpeg writes and passes the URL verbatim', async () => {
     const input = 'rtsp://cam.local:554/live?a=1&b=$(reboot); rm -rf / `id`';
-    const { frames, src } = start('ffmpeg', { prefix: 'garbage' }, { type: 'ffmpeg', input, fps: 2, width: 320, rtsp_transport: 'udp', ...backoff });
+    const { frames, src } = start(
+      'ffmpeg',
+      { prefix: 'garbage' },
+      { type: 'ffmpeg', input, fps: 2, width: 320, rtsp_transport: 'udp', ...backoff },
+    );
     await src.start();
     await waitFor(() => frames.length >= 3, 'three frames');
-    expect(frames.map((f) => [f.camera, f.seq])).toEqual([['garden', 0], ['garden', 1], ['garden', 2]]);
+    expect(frames.map((f) => [f.camera, f.seq])).toEqual([
+      ['garden', 0],
+      ['garden', 1],
+      ['garden', 2],
+    ]);
     frames.forEach((f, i) => expect(f.jpeg.equals(originals[i]!)).toBe(true));
     expect(frames[0]!.at).toBeInstanceOf(Date);
     expect(fake!.calls()[0]!.argv).toEqual([
-      '-hide_banner', '-nostdin', '-loglevel', 'error',
-      '-rtsp_transport', 'udp',
-      '-i', input, '-an',
-      '-vf', 'fps=2,scale=320:-2',
-      '-c:v', 'mjpeg', '-q:v', '5', '-f', 'image2pipe', '-',
+      '-hide_banner',
+      '-nostdin',
+      '-loglevel',
+      'error',
+      '-rtsp_transport',
+      'udp',
+      '-i',
+      input,
+      '-an',
+      '-vf',
+      'fps=2,scale=320:-2',
+      '-c:v',
+      'mjpeg',
+      '-q:v',
+      '5',
+      '-f',
+      'image2pipe',
+      '-',
     ]);
     expect(src.state().status).toBe('running');
     expect(src.state().lastDataAt).toBeDefined();
   });
 
   it('reads a V4L2 device with -f v4l2, name verbatim', async () => {
-    const { frames, src } = start('ffmpeg', {}, { type: 'ffmpeg', input: '/dev/video0; rm -rf /', fps: 1, rtsp_transport: 'tcp', ...backoff });
+    const { frames, src } = start(
+      'ffmpeg',
+      {},
+      { type: 'ffmpeg', input: '/dev/video0; rm -rf /', fps: 1, rtsp_transport: 'tcp', ...backoff },
+    );
     await src.start();
     await waitFor(() => frames.length >= 1, 'a frame');
     const argv = fake!.calls()[0]!.argv;
@@ -83,7 +112,13 @@ describe('ffmpeg camera source', () => {
     const { frames, states, src } = start(
       'ffmpeg',
       // The first run writes one and a half frames, then dies.
-      { chunkBytes: Math.floor(originals[0]!.length * 0.75), dieRuns: 1, dieAfterWrites: 2, stderr: 'rtsp://admin:secret@cam.local/live: Connection refused', exitCode: 1 },
+      {
+        chunkBytes: Math.floor(originals[0]!.length * 0.75),
+        dieRuns: 1,
+        dieAfterWrites: 2,
+        stderr: 'rtsp://admin:secret@cam.local/live: Connection refused',
+        exitCode: 1,
+      },
       { type: 'ffmpeg', input: 'rtsp://admin:secret@cam.local/live', fps: 1, rtsp_transport: 'tcp', ...backoff },
     );
     await src.start();
@@ -99,33 +134,64 @@ describe('ffmpeg camera source', () => {
   });
 
   it('refuses an input that ffmpeg would read as an option', () => {
-    expect(() => createFrameSource('x', { type: 'ffmpeg', input: '-i /etc/passwd', fps: 1, rtsp_transport: 'tcp', ...backoff }, silentLogger)).toThrow(
-      /must not start with "-"/,
-    );
+    expect(() =>
+      createFrameSource(
+        'x',
+        { type: 'ffmpeg', input: '-i /etc/passwd', fps: 1, rtsp_transport: 'tcp', ...backoff },
+        silentLogger,
+      ),
+    ).toThrow(/must not start with "-"/);
   });
 });
 
 describe('rpicam camera source', () => {
   it('runs rpicam-vid with the configured size, rate and camera and emits its frames', async () => {
-    const { frames, src } = start('rpicam-vid', {}, { type: 'rpicam', camera: 1, width: 640, height: 480, fps: 30, ...backoff });
+    const { frames, src } = start(
+      'rpicam-vid',
+      {},
+      { type: 'rpicam', camera: 1, width: 640, height: 480, fps: 30, ...backoff },
+    );
     await src.start();
     await waitFor(() => frames.length >= 3, 'three frames');
     frames.forEach((f, i) => expect(f.jpeg.equals(originals[i]!)).toBe(true));
     expect(fake!.calls()[0]!.argv).toEqual([
-      '-t', '0', '--codec', 'mjpeg', '--nopreview', '--camera', '1', '--width', '640', '--height', '480', '--framerate', '30', '-o', '-',
+      '-t',
+      '0',
+      '--codec',
+      'mjpeg',
+      '--nopreview',
+      '--camera',
+      '1',
+      '--width',
+      '640',
+      '--height',
+      '480',
+      '--framerate',
+      '30',
+      '-o',
+      '-',
     ]);
   });
 
   it('restarts rpicam-vid after it dies and stops it cleanly', async () => {
     const { frames, states, src } = start(
       'rpicam-vid',
-      { chunkBytes: 100, dieRuns: 2, dieAfterWrites: 1, stderr: 'ERROR: *** no cameras available ***', repeat: true, intervalMs: 1 },
+      {
+        chunkBytes: 100,
+        dieRuns: 2,
+        dieAfterWrites: 1,
+        stderr: 'ERROR: *** no cameras available ***',
+        repeat: true,
+        intervalMs: 1,
+      },
       { type: 'rpicam', camera: 0, width: 1280, height: 720, fps: 30, ...backoff },
     );
     await src.start();
     await waitFor(() => frames.length >= 2, 'frames from the third run');
     expect(states.filter((s) => s.status === 'restarting').length).toBe(2);
-    expect(states.find((s) => s.status === 'restarting')?.lastError).toMatch(/rpicam-vid exited with code 1: ERROR: \*\*\* no cameras available \*\*\*/);
+    expect(states.find((s) => s.status === 'restarting')?.lastError).toMatch(
+      /rpicam-vid exited with code 1: ERROR: \*\*\* no cameras available \*\*\*/,
+    );
     expect(src.state().restarts).toBe(2);
     const pid = fake!.calls()[2]!.pid;
     await src.stop();
@@ -135,7 +201,11 @@ describe('rpicam camera source', () => {
 
   it('runs the sensor at 1 fps and drops frames for rates below that', async () => {
     const many = Array.from({ length: 30 }, (_, i) => jpegs[i % 3]!);
-    const { frames, src } = start('rpicam-vid', { jpegs: many, chunkBytes: 4096 }, { type: 'rpicam', camera: 0, width: 640, height: 360, fps: 0.5, ...backoff });
+    const { frames, src } = start(
+      'rpicam-vid',
+      { jpegs: many, chunkBytes: 4096 },
+      { type: 'rpicam', camera: 0, width: 640, height: 360, fps: 0.5, ...backoff },
+    );
     await src.start();
     await waitFor(() => frames.length >= 1, 'a frame');
     await new Promise((r) => setTimeout(r, 300));

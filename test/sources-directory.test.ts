@@ -21,8 +21,16 @@ afterEach(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-function open(path: string, interval_ms: number, loop: boolean): { frames: Frame[]; states: SourceState[]; src: FrameSource } {
-  const src = createFrameSource('desk', { type: 'directory', path, interval_ms, loop, restart_min_ms: 50, restart_max_ms: 200 }, silentLogger);
+function open(
+  path: string,
+  interval_ms: number,
+  loop: boolean,
+): { frames: Frame[]; states: SourceState[]; src: FrameSource } {
+  const src = createFrameSource(
+    'desk',
+    { type: 'directory', path, interval_ms, loop, restart_min_ms: 50, restart_max_ms: 200 },
+    silentLogger,
+  );
   source = src;
   const frames: Frame[] = [];
   const states: SourceState[] = [];
@@ -52,7 +60,11 @@ describe('directory source', () => {
     expect([converted.format, converted.width, converted.height]).toEqual(['jpeg', 80, 30]);
     const { dominant } = await sharp(frames[1]!.jpeg).stats();
     expect(dominant.r).toBeGreaterThan(150); // the PNG's colour survived
-    expect(frames.map((f) => [f.camera, f.seq])).toEqual([['desk', 0], ['desk', 1], ['desk', 2]]);
+    expect(frames.map((f) => [f.camera, f.seq])).toEqual([
+      ['desk', 0],
+      ['desk', 1],
+      ['desk', 2],
+    ]);
     expect(src.state().status).toBe('ended');
   });
 
@@ -65,7 +77,8 @@ describe('directory source', () => {
     await src.start();
     await waitFor(() => frames.length >= 5, 'five frames');
     expect(frames.slice(0, 5).map((f) => imgs.findIndex((i) => i.equals(f.jpeg)))).toEqual([0, 1, 0, 1, 0]);
-    for (let i = 1; i < 5; i++) expect(frames[i]!.at.getTime() - frames[i - 1]!.at.getTime()).toBeGreaterThanOrEqual(25);
+    for (let i = 1; i < 5; i++)
+      expect(frames[i]!.at.getTime() - frames[i - 1]!.at.getTime()).toBeGreaterThanOrEqual(25);
     expect(ended).toBe(false);
   });
 

@@ -42,9 +42,22 @@ function sendJpeg(res: ServerResponse): void {
   res.end(jpeg);
 }
 
-function poll(url: string, maxBytes?: number, timeout_ms = 2000): { frames: Frame[]; states: SourceState[]; src: FrameSource } {
-  const settings = { type: 'http' as const, url, interval_ms: 100, timeout_ms, restart_min_ms: 50, restart_max_ms: 400 };
-  const src = maxBytes ? new HttpSnapshotSource('porch', settings, silentLogger, maxBytes) : createFrameSource('porch', settings, silentLogger);
+function poll(
+  url: string,
+  maxBytes?: number,
+  timeout_ms = 2000,
+): { frames: Frame[]; states: SourceState[]; src: FrameSource } {
+  const settings = {
+    type: 'http' as const,
+    url,
+    interval_ms: 100,
+    timeout_ms,
+    restart_min_ms: 50,
+    restart_max_ms: 400,
+  };
+  const src = maxBytes
+    ? new HttpSnapshotSource('porch', settings, silentLogger, maxBytes)
+    : createFrameSource('porch', settings, silentLogger);
   source = src;
   const frames: Frame[] = [];
   const states: SourceState[] = [];

@@ -76,16 +76,23 @@ describe('source state machine', () => {
         // Back to back: each request arrives while the previous one is still starting or stopping.
         const results = await Promise.allSettled(seq.map((op) => src[op]()));
         const label = `${first} then ${seq.join(',')}`;
-        expect(results.every((r) => r.status === 'fulfilled'), label).toBe(true);
+        expect(
+          results.every((r) => r.status === 'fulfilled'),
+          label,
+        ).toBe(true);
         const last = seq.at(-1)!;
         expect(src.state().status, label).toBe(expected[last]);
-        expect(src.lifecycle, label).toEqual({ wish: last === 'start' ? 'running' : last === 'pause' ? 'paused' : 'stopped', phase: last === 'start' ? 'open' : 'idle' });
+        expect(src.lifecycle, label).toEqual({
+          wish: last === 'start' ? 'running' : last === 'pause' ? 'paused' : 'stopped',
+          phase: last === 'start' ? 'open' : 'idle',
+        });
         expect(src.maxOpen, `${label}: never opened twice`).toBeLessThanOrEqual(1);
         const n = chunks.length;
         await sleep(30);
         if (last === 'start') expect(chunks.length, `${label}: flows`).toBeGreaterThan(n);
         else expect(chunks.length, `${label}: nothing flows`).toBe(n);
-        for (let i = 1; i < chunks.length; i++) expect(chunks[i]!.startMs, `${label}: time runs forward`).toBeGreaterThan(chunks[i - 1]!.startMs);
+        for (let i = 1; i < chunks.length; i++)
+          expect(chunks[i]!.startMs, `${label}: time runs forward`).toBeGreaterThan(chunks[i - 1]!.startMs);
         await src.stop();
       }
     }

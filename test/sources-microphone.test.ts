@@ -29,7 +29,10 @@ afterEach(async () => {
 });
 
 function mic(recorder: 'arecord' | 'sox' | 'rec'): AudioSource {
-  source = createAudioSource({ type: 'microphone', device: DEVICE, recorder, restart_min_ms: 50, restart_max_ms: 200 }, silentLogger);
+  source = createAudioSource(
+    { type: 'microphone', device: DEVICE, recorder, restart_min_ms: 50, restart_max_ms: 200 },
+    silentLogger,
+  );
   return source;
 }
 
@@ -47,7 +50,20 @@ describe('MicrophoneSource', () => {
     const chunks = collect(src);
     await src.start();
     await waitFor(() => chunks.length >= 10, 'ten chunks');
-    expect(fake.calls()[0]!.argv).toEqual(['-D', DEVICE, '-q', '-r', '16000', '-c', '1', '-t', 'raw', '-f', 'S16_LE', '-']);
+    expect(fake.calls()[0]!.argv).toEqual([
+      '-D',
+      DEVICE,
+      '-q',
+      '-r',
+      '16000',
+      '-c',
+      '1',
+      '-t',
+      'raw',
+      '-f',
+      'S16_LE',
+      '-',
+    ]);
     const all = chunks.slice(0, 10).flatMap((c) => Array.from(c.samples));
     all.forEach((v, i) => expect(v).toBe((i % 1000) - 500));
     expect(chunks.map((c) => c.startMs).slice(0, 3)).toEqual([0, 50, 100]);
@@ -68,7 +84,10 @@ describe('MicrophoneSource', () => {
     const states: SourceState[] = [];
     src.on('state', (s) => states.push(s));
     await src.start();
-    await waitFor(() => fake!.calls().length >= 2 && src.state().status === 'running' && chunks.length >= 8 && true, 'running again');
+    await waitFor(
+      () => fake!.calls().length >= 2 && src.state().status === 'running' && chunks.length >= 8 && true,
+      'running again',
+    );
     const restarting = states.find((s) => s.status === 'restarting');
     expect(restarting?.lastError).toContain('arecord exited with code 1');
     expect(restarting?.lastError).toContain('Device or resource busy');
@@ -101,7 +120,21 @@ describe('MicrophoneSource', () => {
     await waitFor(() => chunks.length >= 1, 'a chunk');
     const call = fake.calls()[0]!;
     expect(call.audiodev).toBe(DEVICE);
-    expect(call.argv).toEqual(['--default-device', '--no-show-progress', '--rate', '16000', '--channels', '1', '--encoding', 'signed-integer', '--bits', '16', '--type', 'raw', '-']);
+    expect(call.argv).toEqual([
+      '--default-device',
+      '--no-show-progress',
+      '--rate',
+      '16000',
+      '--channels',
+      '1',
+      '--encoding',
+      'signed-integer',
+      '--bits',
+      '16',
+      '--type',
+      'raw',
+      '-',
+    ]);
   });
 
   it('reports a missing recorder as failed', async () => {

@@ -32,7 +32,9 @@ describe('sample media', () => {
   });
 
   it('frames are a handful of 640x360 JPEGs in which something moves, then holds still, all media small', async () => {
-    const names = readdirSync(framesDir).filter((n) => n.endsWith('.jpg')).sort();
+    const names = readdirSync(framesDir)
+      .filter((n) => n.endsWith('.jpg'))
+      .sort();
     expect(names.length).toBeGreaterThanOrEqual(4);
     let total = statSync(speech).size;
     const pixels: Buffer[] = [];
@@ -53,7 +55,10 @@ describe('sample media', () => {
   });
 
   it('play through the sources the dev config uses', async () => {
-    const audio = createAudioSource({ type: 'wav', path: speech, realtime: false, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 }, silentLogger);
+    const audio = createAudioSource(
+      { type: 'wav', path: speech, realtime: false, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 },
+      silentLogger,
+    );
     const chunks: AudioChunk[] = [];
     audio.on('chunk', (c) => chunks.push(c));
     const audioEnded = new Promise<void>((r) => audio.on('end', r));
@@ -61,7 +66,11 @@ describe('sample media', () => {
     await audioEnded;
     expect(chunks.reduce((n, c) => n + c.samples.length, 0)).toBe(decodeWav(readFileSync(speech)).info.frames);
 
-    const camera = createFrameSource('demo', { type: 'directory', path: framesDir, interval_ms: 0, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 }, silentLogger);
+    const camera = createFrameSource(
+      'demo',
+      { type: 'directory', path: framesDir, interval_ms: 0, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 },
+      silentLogger,
+    );
     const frames: Frame[] = [];
     camera.on('frame', (f) => frames.push(f));
     const cameraEnded = new Promise<void>((r) => camera.on('end', r));

@@ -9,7 +9,11 @@ import { alive, waitFor } from './fixtures/fake-bin.js';
 const node = process.execPath;
 const running: ProcessSupervisor[] = [];
 
-function supervise(script: string, extra: Partial<SupervisorOptions> = {}, scriptArgs: string[] = []): ProcessSupervisor {
+function supervise(
+  script: string,
+  extra: Partial<SupervisorOptions> = {},
+  scriptArgs: string[] = [],
+): ProcessSupervisor {
   const sup = new ProcessSupervisor({
     command: node,
     args: ['-e', script, ...scriptArgs],
@@ -31,7 +35,11 @@ describe('ProcessSupervisor', () => {
     const dir = mkdtempSync(join(tmpdir(), 'perch-sup-'));
     const marker = join(dir, 'pwned');
     const nasty = ['x; rm -rf /', `$(touch ${marker})`, `\`touch ${marker}\``, 'a b', `'"\\`, '| cat', '&&', '>out'];
-    const sup = supervise('process.stdout.write(JSON.stringify(process.argv.slice(1))); setInterval(() => {}, 1e6)', {}, nasty);
+    const sup = supervise(
+      'process.stdout.write(JSON.stringify(process.argv.slice(1))); setInterval(() => {}, 1e6)',
+      {},
+      nasty,
+    );
     let out = '';
     sup.on('stdout', (d: Buffer) => (out += d.toString()));
     sup.start();
@@ -54,7 +62,8 @@ describe('ProcessSupervisor', () => {
     await waitFor(() => delays.length >= 5, 'five restarts scheduled');
     expect(delays.slice(0, 5)).toEqual([50, 100, 200, 400, 400]);
     // Each restart waited at least its delay (timers never fire meaningfully early).
-    for (let i = 1; i < Math.min(spawnTimes.length, 4); i++) expect(spawnTimes[i]! - spawnTimes[i - 1]!).toBeGreaterThanOrEqual(delays[i - 1]! - 2);
+    for (let i = 1; i < Math.min(spawnTimes.length, 4); i++)
+      expect(spawnTimes[i]! - spawnTimes[i - 1]!).toBeGreaterThanOrEqual(delays[i - 1]! - 2);
     const restarting = states.find((s) => s.status === 'restarting')!;
     expect(restarting.lastError).toContain('exited with code 3');
     expect(restarting.lastError).toContain('first line | device busy');
@@ -63,7 +72,9 @@ describe('ProcessSupervisor', () => {
   });
 
   it('starts again at the minimum delay after a healthy period', async () => {
-    const sup = supervise("process.stdout.write('data'); setTimeout(() => process.exit(1), 300)", { healthyAfterMs: 100 });
+    const sup = supervise("process.stdout.write('data'); setTimeout(() => process.exit(1), 300)", {
+      healthyAfterMs: 100,
+    });
     const delays: number[] = [];
     sup.on('restart-scheduled', (e: { delayMs: number }) => delays.push(e.delayMs));
     sup.start();
@@ -80,7 +91,13 @@ describe('ProcessSupervisor', () => {
   });
 
   it('reports a missing program as failed without retrying', async () => {
-    const sup = new ProcessSupervisor({ command: 'perch-no-such-program', args: [], restartMinMs: 50, restartMaxMs: 100, logger: silentLogger });
+    const sup = new ProcessSupervisor({
+      command: 'perch-no-such-program',
+      args: [],
+      restartMinMs: 50,
+      restartMaxMs: 100,
+      logger: silentLogger,
+    });
     running.push(sup);
     sup.start();
     const st = await waitFor(() => sup.state().status === 'failed' && sup.state(), 'failed');
@@ -90,7 +107,9 @@ describe('ProcessSupervisor', () => {
   });
 
   it('kills a child that ignores SIGTERM with SIGKILL and leaves nothing behind', async () => {
-    const sup = supervise("process.on('SIGTERM', () => {}); process.stdout.write('up'); setInterval(() => {}, 1e6)", { stopTimeoutMs: 300 });
+    const sup = supervise("process.on('SIGTERM', () => {}); process.stdout.write('up'); setInterval(() => {}, 1e6)", {
+      stopTimeoutMs: 300,
+    });
     let pid = 0;
     sup.on('spawn', (p: number) => (pid = p));
     sup.start();

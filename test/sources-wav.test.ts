@@ -35,7 +35,11 @@ describe('decodeWav', () => {
     ['32-bit int', { sampleRate: 16000, channels: 1, format: 'int', bits: 32 }, 1e-6],
     ['float32', { sampleRate: 16000, channels: 1, format: 'float', bits: 32 }, 1e-6],
     ['float64', { sampleRate: 16000, channels: 1, format: 'float', bits: 64 }, 1e-6],
-    ['extensible 24-bit with an odd extra chunk', { sampleRate: 16000, channels: 1, format: 'int', bits: 24, extensible: true, extraChunkBytes: 7 }, 1e-6],
+    [
+      'extensible 24-bit with an odd extra chunk',
+      { sampleRate: 16000, channels: 1, format: 'int', bits: 24, extensible: true, extraChunkBytes: 7 },
+      1e-6,
+    ],
     ['extensible float32', { sampleRate: 16000, channels: 1, format: 'float', bits: 32, extensible: true }, 1e-6],
   ];
   for (const [label, layout, tolerance] of layouts) {
@@ -52,7 +56,9 @@ describe('decodeWav', () => {
   it('downmixes channels by averaging', () => {
     const left = sine(300, 16000, 0.05, 0.8);
     const right = new Float32Array(left.length);
-    const { info, mono } = decodeWav(encodeWav({ sampleRate: 16000, channels: 2, format: 'float', bits: 32 }, [left, right]));
+    const { info, mono } = decodeWav(
+      encodeWav({ sampleRate: 16000, channels: 2, format: 'float', bits: 32 }, [left, right]),
+    );
     expect(info.channels).toBe(2);
     for (let i = 0; i < left.length; i += 37) expect(mono[i]).toBeCloseTo(left[i]! / 2, 6);
   });
@@ -70,7 +76,9 @@ describe('decodeWav', () => {
   });
 
   it('takes what the file holds when a streamed WAV leaves the data size unset', () => {
-    const good = Buffer.from(encodeWav({ sampleRate: 16000, channels: 1, format: 'int', bits: 16 }, [sine(100, 16000, 0.01)]));
+    const good = Buffer.from(
+      encodeWav({ sampleRate: 16000, channels: 1, format: 'int', bits: 16 }, [sine(100, 16000, 0.01)]),
+    );
     good.writeUInt32LE(0xffffffff, 40);
     expect(decodeWav(good).info.frames).toBe(160);
   });
@@ -98,7 +106,9 @@ describe('resample', () => {
 
   it('converts a 44.1 kHz stereo 24-bit file to 16 kHz mono S16', () => {
     const tone = sine(500, 44100, 0.5, 0.5);
-    const { samples } = wavTo16kMono(encodeWav({ sampleRate: 44100, channels: 2, format: 'int', bits: 24 }, [tone, tone]));
+    const { samples } = wavTo16kMono(
+      encodeWav({ sampleRate: 44100, channels: 2, format: 'int', bits: 24 }, [tone, tone]),
+    );
     expect(samples.length).toBe(8000);
     expect(rms(samples.subarray(200, -200), 32768)).toBeCloseTo(0.5 / Math.SQRT2, 2);
   });
@@ -117,7 +127,10 @@ describe('WavSource', () => {
   });
 
   function wavSource(file: string, realtime: boolean, loop: boolean): AudioSource {
-    source = createAudioSource({ type: 'wav', path: file, realtime, loop, restart_min_ms: 100, restart_max_ms: 1000 }, silentLogger);
+    source = createAudioSource(
+      { type: 'wav', path: file, realtime, loop, restart_min_ms: 100, restart_max_ms: 1000 },
+      silentLogger,
+    );
     return source;
   }
 
@@ -155,7 +168,12 @@ describe('WavSource', () => {
     await src.stop();
     expect(ended).toBe(false);
     // 1000 samples per pass: chunks of 800 and 200, then again.
-    expect(chunks.slice(0, 4).map((c) => [c.startMs, c.samples.length])).toEqual([[0, 800], [50, 200], [62.5, 800], [112.5, 200]]);
+    expect(chunks.slice(0, 4).map((c) => [c.startMs, c.samples.length])).toEqual([
+      [0, 800],
+      [50, 200],
+      [62.5, 800],
+      [112.5, 200],
+    ]);
     expect(chunks[2]!.samples[0]).toBe(-500);
     expect(src.state().status).toBe('stopped');
   });

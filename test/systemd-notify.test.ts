@@ -9,12 +9,18 @@ import { SystemdNotifier, watchdogIntervalMs } from '../src/daemon/systemd.js';
 const fixture = join(import.meta.dirname, 'fixtures', 'notify-listener.py');
 // python3 (the listener) and systemd-notify (Debian: systemd) are required, not optional: .ci/run installs both.
 
-interface Datagram { text: string; fds: number }
+interface Datagram {
+  text: string;
+  fds: number;
+}
 
 /** A real AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET. */
 class Listener {
   readonly messages: Datagram[] = [];
-  private constructor(readonly path: string, private readonly child: ChildProcess) {}
+  private constructor(
+    readonly path: string,
+    private readonly child: ChildProcess,
+  ) {}
 
   static async start(dir: string): Promise<Listener> {
     const path = join(dir, 'notify.sock');
@@ -134,7 +140,12 @@ describe('SystemdNotifier', () => {
     dir = mkdtempSync(join(tmpdir(), 'perch-notify-'));
     listener = await Listener.start(dir);
     notifier = new SystemdNotifier({
-      env: { ...process.env, NOTIFY_SOCKET: listener.path, WATCHDOG_USEC: '200000', WATCHDOG_PID: String(process.pid + 1) },
+      env: {
+        ...process.env,
+        NOTIFY_SOCKET: listener.path,
+        WATCHDOG_USEC: '200000',
+        WATCHDOG_PID: String(process.pid + 1),
+      },
     });
     notifier.startWatchdog();
     await notifier.status('sentinel');
@@ -144,7 +155,10 @@ describe('SystemdNotifier', () => {
   });
 
   it('keeps running when systemd-notify is missing', async () => {
-    notifier = new SystemdNotifier({ env: { NOTIFY_SOCKET: '/nonexistent/sock' }, command: '/nonexistent/systemd-notify' });
+    notifier = new SystemdNotifier({
+      env: { NOTIFY_SOCKET: '/nonexistent/sock' },
+      command: '/nonexistent/systemd-notify',
+    });
     await expect(notifier.ready()).resolves.toBeUndefined();
     await expect(notifier.status('x')).resolves.toBeUndefined();
   });

@@ -15,7 +15,10 @@ const unit = readFileSync(unitPath, 'utf8');
 
 /** Values of a key in the unit, in order (repeated keys accumulate). */
 function values(key: string): string[] {
-  return unit.split('\n').filter((l) => l.startsWith(`${key}=`)).map((l) => l.slice(key.length + 1));
+  return unit
+    .split('\n')
+    .filter((l) => l.startsWith(`${key}=`))
+    .map((l) => l.slice(key.length + 1));
 }
 
 let dir: string | undefined;
@@ -28,7 +31,9 @@ afterEach(() => {
 function unitCopy(): string {
   dir = mkdtempSync(join(tmpdir(), 'perch-unit-'));
   const copy = join(dir, 'perch.service');
-  const text = existsSync('/usr/bin/node') ? unit : unit.replace('ExecStart=/usr/bin/node ', `ExecStart=${process.execPath} `);
+  const text = existsSync('/usr/bin/node')
+    ? unit
+    : unit.replace('ExecStart=/usr/bin/node ', `ExecStart=${process.execPath} `);
   writeFileSync(copy, text);
   return copy;
 }
@@ -43,7 +48,9 @@ describe('perch.service', () => {
   });
 
   it('keeps systemd-analyze security exposure at or below 2.5', () => {
-    const r = spawnSync('systemd-analyze', ['security', '--offline=true', '--no-pager', unitCopy()], { encoding: 'utf8' });
+    const r = spawnSync('systemd-analyze', ['security', '--offline=true', '--no-pager', unitCopy()], {
+      encoding: 'utf8',
+    });
     const m = /Overall exposure level for perch\.service: (\d+(?:\.\d+)?)/.exec(r.stdout);
     expect(m, r.stdout + r.stderr).not.toBeNull();
     expect(Number(m![1])).toBeLessThanOrEqual(2.5);
@@ -73,7 +80,9 @@ describe('perch.service', () => {
     expect(values('MemoryDenyWriteExecute')).toEqual(['no']);
     expect(values('PrivateDevices')).toEqual(['no']);
     expect(values('DevicePolicy')).toEqual(['closed']);
-    expect(values('DeviceAllow')).toEqual(expect.arrayContaining(['char-alsa rw', 'char-video4linux rw', 'char-media rw', 'char-dma_heap rw']));
+    expect(values('DeviceAllow')).toEqual(
+      expect.arrayContaining(['char-alsa rw', 'char-video4linux rw', 'char-media rw', 'char-dma_heap rw']),
+    );
     expect(values('CapabilityBoundingSet')).toEqual(['']);
     expect(values('ProtectSystem')).toEqual(['strict']);
   });
@@ -88,7 +97,10 @@ describe('install.sh and .ci/run', () => {
   });
 
   it('install.sh --dry-run plans the whole install and changes nothing', () => {
-    const r = spawnSync('bash', [installSh, '--dry-run'], { encoding: 'utf8', env: { ...process.env, PATH: `${join(process.execPath, '..')}:${process.env.PATH}` } });
+    const r = spawnSync('bash', [installSh, '--dry-run'], {
+      encoding: 'utf8',
+      env: { ...process.env, PATH: `${join(process.execPath, '..')}:${process.env.PATH}` },
+    });
     expect(r.stderr.replace(/^npm warn.*\n/gm, '')).toBe('');
     expect(r.status).toBe(0);
     const plan = r.stdout;
@@ -110,7 +122,9 @@ describe('install.sh and .ci/run', () => {
     expect(plan).toMatch(/^\+ useradd --system .* perch$|user perch exists/m);
     expect(plan).toMatch(/usermod --append --groups audio perch|group audio does not exist/);
     if (!existsSync('/etc/perch/config.yaml')) {
-      expect(plan).toMatch(/^\+ install -m 0640 -o root -g perch \S+\/config\/perch\.example\.yaml \/etc\/perch\/config\.yaml$/m);
+      expect(plan).toMatch(
+        /^\+ install -m 0640 -o root -g perch \S+\/config\/perch\.example\.yaml \/etc\/perch\/config\.yaml$/m,
+      );
     }
     expect(existsSync('/opt/perch.new')).toBe(false);
   });
@@ -118,7 +132,10 @@ describe('install.sh and .ci/run', () => {
   it('install.sh points the unit at node with a drop-in when node is not /usr/bin/node', () => {
     dir = mkdtempSync(join(tmpdir(), 'perch-node-'));
     symlinkSync(process.execPath, join(dir, 'node'));
-    const r = spawnSync('bash', [installSh, '--dry-run'], { encoding: 'utf8', env: { ...process.env, PATH: `${dir}:${process.env.PATH}` } });
+    const r = spawnSync('bash', [installSh, '--dry-run'], {
+      encoding: 'utf8',
+      env: { ...process.env, PATH: `${dir}:${process.env.PATH}` },
+    });
     expect(r.status).toBe(0);
     expect(r.stdout).toContain(`+ write /etc/systemd/system/perch.service.d/10-node.conf <<EOF
 # Written by install.sh: node is not at /usr/bin/node here.

@@ -34,7 +34,8 @@ function twoPhrases(): Int16Array {
   return out;
 }
 
-const toWav = (s: Int16Array): Buffer => encodeWav({ sampleRate: 16000, channels: 1, format: 'int', bits: 16 }, [Float32Array.from(s, (v) => v / 32768)]);
+const toWav = (s: Int16Array): Buffer =>
+  encodeWav({ sampleRate: 16000, channels: 1, format: 'int', bits: 16 }, [Float32Array.from(s, (v) => v / 32768)]);
 
 beforeAll(async () => {
   root = tempRoot('transcribe-cli');
@@ -48,10 +49,28 @@ afterAll(() => rmSync(root, { recursive: true, force: true }));
 
 describe('perch transcribe', () => {
   it('prints one JSON item per utterance, with its times and the transcript of that utterance', async () => {
-    const r = await runScript(ENTRY, ['transcribe', wav, '--model', dir, '--json', '--max-tokens', '8', '--threads', '1', '--context-tokens', '1024']);
+    const r = await runScript(ENTRY, [
+      'transcribe',
+      wav,
+      '--model',
+      dir,
+      '--json',
+      '--max-tokens',
+      '8',
+      '--threads',
+      '1',
+      '--context-tokens',
+      '1024',
+    ]);
     expect(r.stderr).toContain('random weights');
     expect(r.code).toBe(0);
-    const items = JSON.parse(r.stdout) as Array<{ id: string; start_ms: number; end_ms: number; text: string; latency_ms: { total: number } }>;
+    const items = JSON.parse(r.stdout) as Array<{
+      id: string;
+      start_ms: number;
+      end_ms: number;
+      text: string;
+      latency_ms: { total: number };
+    }>;
     expect(items).toHaveLength(2);
     // Phrase 1 starts at 0.5 s; phrase 2 after phrase 1 and 1.5 s of silence.
     const p1 = phraseSamples(1).length / 16;
@@ -73,13 +92,34 @@ describe('perch transcribe', () => {
       await t.close();
     }
 
-    const lines = await runScript(ENTRY, ['transcribe', wav, '--model', dir, '--max-tokens', '8', '--threads', '1', '--context-tokens', '1024']);
+    const lines = await runScript(ENTRY, [
+      'transcribe',
+      wav,
+      '--model',
+      dir,
+      '--max-tokens',
+      '8',
+      '--threads',
+      '1',
+      '--context-tokens',
+      '1024',
+    ]);
     expect(lines.code).toBe(0);
     expect(lines.stdout).toBe(items.map((i) => `${i.text}\n`).join(''));
   }, 120_000);
 
   it('says when there is no speech, and fails clearly without an audio encoder or a readable WAV', async () => {
-    const quiet = await runScript(ENTRY, ['transcribe', silent, '--model', dir, '--json', '--threads', '1', '--context-tokens', '1024']);
+    const quiet = await runScript(ENTRY, [
+      'transcribe',
+      silent,
+      '--model',
+      dir,
+      '--json',
+      '--threads',
+      '1',
+      '--context-tokens',
+      '1024',
+    ]);
     expect(quiet.code).toBe(0);
     expect(JSON.parse(quiet.stdout)).toEqual([]);
     expect(quiet.stderr).toContain('no speech found');

@@ -56,7 +56,10 @@ describe('Transcriber', () => {
     expect(Array.from(one.rows.slice(0, 64))).not.toEqual(Array.from(two.rows.slice(0, 64)));
     const firstLogits = async (clip: Int16Array): Promise<Float32Array> => {
       let first: Float32Array | undefined;
-      await t.transcribe(clip, { maxTokens: 1, onLogits: (l, step) => void (step === 0 ? (first = l.slice()) : undefined) });
+      await t.transcribe(clip, {
+        maxTokens: 1,
+        onLogits: (l, step) => void (step === 0 ? (first = l.slice()) : undefined),
+      });
       return first!;
     };
     const a = await firstLogits(phraseSamples(1));
@@ -102,7 +105,9 @@ describe('Transcriber', () => {
       expect(r.tokens).toEqual((await t.transcribe(phraseSamples(1), { maxTokens: 12 })).tokens);
       await shared.close();
       // Still usable: the transcriber did not close what it did not open.
-      expect((await engine.generate({ messages: [{ role: 'user', content: 'hi' }], maxTokens: 2 })).tokens.length).toBeGreaterThan(0);
+      expect(
+        (await engine.generate({ messages: [{ role: 'user', content: 'hi' }], maxTokens: 2 })).tokens.length,
+      ).toBeGreaterThan(0);
     } finally {
       await engine.close();
     }
@@ -111,6 +116,8 @@ describe('Transcriber', () => {
   it('says clearly when a package has no audio encoder', async () => {
     const { dir: plain } = await makeTinyPackage(root, 'plain');
     await expect(Transcriber.load(plain, { threads: 1 })).rejects.toThrow(AudioEncoderMissingError);
-    await expect(Transcriber.load(join(root, 'nowhere'), { threads: 1 })).rejects.toThrow(/this package has no audio encoder/);
+    await expect(Transcriber.load(join(root, 'nowhere'), { threads: 1 })).rejects.toThrow(
+      /this package has no audio encoder/,
+    );
   }, 60_000);
 });

@@ -3,7 +3,13 @@ import type { UtteranceSplit } from '../src/audio/segmenter.js';
 import { messageSchemas, type TranscriptMessage } from '../src/mqtt/messages.js';
 import { TranscriptGroups } from '../src/pipelines/transcript-groups.js';
 
-const split = (group: string, part: number, last = false): UtteranceSplit => ({ group, part, last, overlapMs: part > 1 ? 1000 : 0, ...(last ? { of: part } : {}) });
+const split = (group: string, part: number, last = false): UtteranceSplit => ({
+  group,
+  part,
+  last,
+  overlapMs: part > 1 ? 1000 : 0,
+  ...(last ? { of: part } : {}),
+});
 
 function part(id: string, text: string, startS: number): TranscriptMessage {
   return {
@@ -25,9 +31,15 @@ describe('TranscriptGroups', () => {
     expect(g.add(split('u1', 1), part('u1.1', 'the quick brown fox jumps', 0), 0)).toBeNull();
     expect(g.add(split('u1', 2), part('u1.2', 'fox jumps over the lazy', 29), 0)).toBeNull();
     const done = g.add(split('u1', 3, true), part('u1.3', 'the lazy dog', 58), 10_000, 12_500);
-    if (done === null || !('stitched' in done)) throw new Error(`expected a stitched transcript, got ${JSON.stringify(done)}`);
+    if (done === null || !('stitched' in done))
+      throw new Error(`expected a stitched transcript, got ${JSON.stringify(done)}`);
     const msg = done.stitched;
-    expect(msg).toMatchObject({ id: 'u1', text: 'the quick brown fox jumps over the lazy dog', stitched_from: ['u1.1', 'u1.2', 'u1.3'], audio_ms: 88_000 });
+    expect(msg).toMatchObject({
+      id: 'u1',
+      text: 'the quick brown fox jumps over the lazy dog',
+      stitched_from: ['u1.1', 'u1.2', 'u1.3'],
+      audio_ms: 88_000,
+    });
     expect(msg.started_at).toBe(new Date(0).toISOString());
     expect(msg.ended_at).toBe(new Date(88_000).toISOString());
     expect(msg.latency_ms).toEqual({ total: 2500 });

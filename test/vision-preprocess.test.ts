@@ -25,12 +25,18 @@ function expectedSize(h: number, w: number, budget: number): [number, number] {
   return [th, tw];
 }
 
-async function png(width: number, height: number, fill: (x: number, y: number) => [number, number, number]): Promise<Buffer> {
+async function png(
+  width: number,
+  height: number,
+  fill: (x: number, y: number) => [number, number, number],
+): Promise<Buffer> {
   const raw = Buffer.alloc(width * height * 3);
   for (let y = 0; y < height; y++) {
     for (let x = 0; x < width; x++) raw.set(fill(x, y), (y * width + x) * 3);
   }
-  return sharp(raw, { raw: { width, height, channels: 3 } }).png().toBuffer();
+  return sharp(raw, { raw: { width, height, channels: 3 } })
+    .png()
+    .toBuffer();
 }
 
 describe('targetSize', () => {
@@ -45,8 +51,18 @@ describe('targetSize', () => {
 
   it('follows the documented rule for many aspect ratios and every budget', () => {
     const shapes: [number, number][] = [
-      [720, 1280], [1080, 1920], [480, 640], [640, 480], [1944, 2592], [100, 100],
-      [10, 10], [300, 4000], [4000, 300], [1, 500], [500, 2], [333, 777],
+      [720, 1280],
+      [1080, 1920],
+      [480, 640],
+      [640, 480],
+      [1944, 2592],
+      [100, 100],
+      [10, 10],
+      [300, 4000],
+      [4000, 300],
+      [1, 500],
+      [500, 2],
+      [333, 777],
     ];
     for (const budget of SOFT_TOKEN_BUDGETS) {
       for (const [h, w] of shapes) {
@@ -91,7 +107,10 @@ describe('resizeBicubicAA', () => {
 
   it('keeps a constant image constant when shrinking and when enlarging', () => {
     const src = new Uint8Array(37 * 23 * 3).fill(77);
-    for (const [w, h] of [[10, 7], [100, 61]] as const) {
+    for (const [w, h] of [
+      [10, 7],
+      [100, 61],
+    ] as const) {
       const out = resizeBicubicAA(src, 37, 23, 3, w, h);
       expect(out.length).toBe(w * h * 3);
       expect(out.every((v) => v === 77)).toBe(true);
@@ -119,9 +138,20 @@ describe('preprocessImage', () => {
     const fill = (x: number, y: number): [number, number, number] => [x % 256, y % 256, (x * 7 + y * 3) % 256];
     const r = await preprocessImage(await png(384, 384, fill), { tokenBudget: 70 });
     expect([r.height, r.width, r.patchRows, r.patchCols, r.numSoftTokens]).toEqual([384, 384, 24, 24, 64]);
-    for (const [py, px] of [[0, 0], [0, 1], [1, 0], [5, 17], [23, 23]] as const) {
+    for (const [py, px] of [
+      [0, 0],
+      [0, 1],
+      [1, 0],
+      [5, 17],
+      [23, 23],
+    ] as const) {
       const p = py * 24 + px;
-      for (const [dy, dx] of [[0, 0], [0, 15], [15, 0], [7, 9]] as const) {
+      for (const [dy, dx] of [
+        [0, 0],
+        [0, 15],
+        [15, 0],
+        [7, 9],
+      ] as const) {
         const rgb = fill(px * 16 + dx, py * 16 + dy);
         for (let c = 0; c < 3; c++) {
           expect(r.pixelValues[p * 768 + (dy * 16 + dx) * 3 + c]).toBe(f255(rgb[c]!));
@@ -137,7 +167,11 @@ describe('preprocessImage', () => {
     const r = await preprocessImage(await png(500, 300, fill), { tokenBudget: 70 });
     const [eh, ew] = expectedSize(300, 500, 70);
     const resized = resizeBicubicAA(raw, 500, 300, 3, ew, eh);
-    for (const [py, px, dy, dx] of [[0, 0, 0, 0], [1, 2, 3, 4], [r.patchRows - 1, r.patchCols - 1, 15, 15]] as const) {
+    for (const [py, px, dy, dx] of [
+      [0, 0, 0, 0],
+      [1, 2, 3, 4],
+      [r.patchRows - 1, r.patchCols - 1, 15, 15],
+    ] as const) {
       const p = py * r.patchCols + px;
       const src = ((py * 16 + dy) * ew + px * 16 + dx) * 3;
       for (let c = 0; c < 3; c++) expect(r.pixelValues[p * 768 + (dy * 16 + dx) * 3 + c]).toBe(f255(resized[src + c]!));
@@ -165,7 +199,9 @@ describe('preprocessImage', () => {
   });
 
   it('reads camera JPEGs and sizes them for every budget', async () => {
-    const jpeg = await sharp({ create: { width: 1280, height: 720, channels: 3, background: '#336699' } }).jpeg().toBuffer();
+    const jpeg = await sharp({ create: { width: 1280, height: 720, channels: 3, background: '#336699' } })
+      .jpeg()
+      .toBuffer();
     for (const budget of SOFT_TOKEN_BUDGETS) {
       const r = await preprocessImage(jpeg, { tokenBudget: budget });
       const [eh, ew] = expectedSize(720, 1280, budget);
@@ -176,7 +212,9 @@ describe('preprocessImage', () => {
   });
 
   it('rejects corrupt input, empty input and unknown budgets with ImagePreprocessError', async () => {
-    const jpeg = await sharp({ create: { width: 64, height: 64, channels: 3, background: '#808080' } }).jpeg().toBuffer();
+    const jpeg = await sharp({ create: { width: 64, height: 64, channels: 3, background: '#808080' } })
+      .jpeg()
+      .toBuffer();
     await expect(preprocessImage(Buffer.from('not an image at all'))).rejects.toBeInstanceOf(ImagePreprocessError);
     await expect(preprocessImage(jpeg.subarray(0, jpeg.length / 2))).rejects.toBeInstanceOf(ImagePreprocessError);
     await expect(preprocessImage(Buffer.alloc(0))).rejects.toBeInstanceOf(ImagePreprocessError);

@@ -93,12 +93,23 @@ export class LogMelExtractor {
     this.hop = Math.round((o.sampleRate * o.hopLengthMs) / 1000);
     if (this.frameLength < 2 || this.hop < 1) throw new Error('log-mel: frame and hop must be positive');
     this.fftSize = 2 ** Math.ceil(Math.log2(this.frameLength)) * (o.fftOverdrive ? 2 : 1);
-    for (const [name, v] of [['perBinMean', o.perBinMean], ['perBinStddev', o.perBinStddev]] as const) {
-      if (v !== undefined && v.length !== o.featureSize) throw new Error(`log-mel: ${name} needs ${o.featureSize} values, got ${v.length}`);
+    for (const [name, v] of [
+      ['perBinMean', o.perBinMean],
+      ['perBinStddev', o.perBinStddev],
+    ] as const) {
+      if (v !== undefined && v.length !== o.featureSize)
+        throw new Error(`log-mel: ${name} needs ${o.featureSize} values, got ${v.length}`);
     }
     this.window = new Float32Array(this.frameLength);
-    for (let n = 0; n < this.frameLength; n++) this.window[n] = 0.5 - 0.5 * Math.cos((2 * Math.PI * n) / this.frameLength);
-    this.filterbank = melFilterbank({ filters: o.featureSize, fftSize: this.fftSize, sampleRate: o.sampleRate, minHz: o.minFrequency, maxHz: o.maxFrequency });
+    for (let n = 0; n < this.frameLength; n++)
+      this.window[n] = 0.5 - 0.5 * Math.cos((2 * Math.PI * n) / this.frameLength);
+    this.filterbank = melFilterbank({
+      filters: o.featureSize,
+      fftSize: this.fftSize,
+      sampleRate: o.sampleRate,
+      minHz: o.minFrequency,
+      maxHz: o.maxFrequency,
+    });
     this.fft = new RealFft(this.fftSize);
     this.frame = new Float64Array(this.frameLength);
     this.specRe = new Float64Array(this.fft.bins);
@@ -197,8 +208,10 @@ export function optionsFromProcessorConfig(config: unknown): Partial<LogMelOptio
   const root = isRecord(config) ? config : {};
   const fe = isRecord(root.feature_extractor) ? root.feature_extractor : root;
   const out: Partial<LogMelOptions> = {};
-  const num = (k: string): number | undefined => (typeof fe[k] === 'number' && Number.isFinite(fe[k]) ? (fe[k] as number) : undefined);
-  const nums = (k: string): number[] | undefined => (Array.isArray(fe[k]) && (fe[k] as unknown[]).every((x) => typeof x === 'number') ? (fe[k] as number[]) : undefined);
+  const num = (k: string): number | undefined =>
+    typeof fe[k] === 'number' && Number.isFinite(fe[k]) ? (fe[k] as number) : undefined;
+  const nums = (k: string): number[] | undefined =>
+    Array.isArray(fe[k]) && (fe[k] as unknown[]).every((x) => typeof x === 'number') ? (fe[k] as number[]) : undefined;
   const set = <K extends keyof LogMelOptions>(key: K, v: LogMelOptions[K] | undefined): void => {
     if (v !== undefined) out[key] = v;
   };

@@ -21,7 +21,8 @@ export class RealFft {
   private readonly im: Float64Array;
 
   constructor(size: number) {
-    if (!Number.isInteger(size) || size < 4 || (size & (size - 1)) !== 0) throw new Error(`FFT size must be a power of two >= 4, got ${size}`);
+    if (!Number.isInteger(size) || size < 4 || (size & (size - 1)) !== 0)
+      throw new Error(`FFT size must be a power of two >= 4, got ${size}`);
     this.size = size;
     this.half = size >> 1;
     this.bins = this.half + 1;

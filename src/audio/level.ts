@@ -47,11 +47,20 @@ export class LevelMeter {
       this.sumSquares += v * v;
       if (++this.count === this.windowSamples) {
         const rms = Math.sqrt(this.sumSquares / this.count);
-        const level: SoundLevel = { dbfs: dbfsOf(rms), rms, atMs: ((startSample + i + 1) * 1000) / rate, windowMs: this.opts.windowMs };
+        const level: SoundLevel = {
+          dbfs: dbfsOf(rms),
+          rms,
+          atMs: ((startSample + i + 1) * 1000) / rate,
+          windowMs: this.opts.windowMs,
+        };
         this.sumSquares = 0;
         this.count = 0;
         const prev = this.last;
-        if (!prev || Math.abs(level.dbfs - prev.dbfs) >= this.opts.minChangeDb || level.atMs - prev.atMs >= this.opts.maxIntervalMs) {
+        if (
+          !prev ||
+          Math.abs(level.dbfs - prev.dbfs) >= this.opts.minChangeDb ||
+          level.atMs - prev.atMs >= this.opts.maxIntervalMs
+        ) {
           this.last = level;
           out.push(level);
         }

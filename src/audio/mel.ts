@@ -28,7 +28,13 @@ export interface MelFilterbank {
   weights: Float64Array[];
 }
 
-export function melFilterbank(opts: { filters: number; fftSize: number; sampleRate: number; minHz: number; maxHz: number }): MelFilterbank {
+export function melFilterbank(opts: {
+  filters: number;
+  fftSize: number;
+  sampleRate: number;
+  minHz: number;
+  maxHz: number;
+}): MelFilterbank {
   const { filters, fftSize, sampleRate, minHz, maxHz } = opts;
   if (minHz > maxHz) throw new Error(`mel filterbank: minHz ${minHz} > maxHz ${maxHz}`);
   const bins = (fftSize >> 1) + 1;

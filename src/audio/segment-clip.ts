@@ -15,7 +15,11 @@ export async function segment(samples: Int16Array): Promise<Utterance[]> {
   seg.on('error', (err) => (failure ??= err));
   try {
     for (let at = 0; at < samples.length; at += FEED_SAMPLES) {
-      seg.push({ samples: samples.subarray(at, at + FEED_SAMPLES), sampleRate: AUDIO_SAMPLE_RATE, startMs: (at * 1000) / AUDIO_SAMPLE_RATE });
+      seg.push({
+        samples: samples.subarray(at, at + FEED_SAMPLES),
+        sampleRate: AUDIO_SAMPLE_RATE,
+        startMs: (at * 1000) / AUDIO_SAMPLE_RATE,
+      });
       await seg.idle();
     }
     await seg.flush();

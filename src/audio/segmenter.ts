@@ -136,14 +136,28 @@ export class Segmenter extends EventEmitter {
   private queuedSamples = 0;
   private draining: Promise<void> | undefined;
   private closed = false;
-  private readonly counters: SegmenterStats = { utterances: 0, parts: 0, droppedShort: 0, droppedBacklogMs: 0, discontinuities: 0 };
+  private readonly counters: SegmenterStats = {
+    utterances: 0,
+    parts: 0,
+    droppedShort: 0,
+    droppedBacklogMs: 0,
+    discontinuities: 0,
+  };
 
-  constructor(private readonly detector: SpeechDetector, settings: SegmenterSettings, opts: SegmenterOptions = {}) {
+  constructor(
+    private readonly detector: SpeechDetector,
+    settings: SegmenterSettings,
+    opts: SegmenterOptions = {},
+  ) {
     super();
     this.s = settings;
     this.log = (opts.logger ?? silentLogger).child({ module: 'segmenter' });
     this.idPrefix = opts.idPrefix ?? `u${Date.now().toString(36)}-`;
-    this.level = new LevelMeter({ windowMs: settings.level_window_ms, minChangeDb: settings.level_min_change_db, maxIntervalMs: settings.level_max_interval_ms });
+    this.level = new LevelMeter({
+      windowMs: settings.level_window_ms,
+      minChangeDb: settings.level_min_change_db,
+      maxIntervalMs: settings.level_max_interval_ms,
+    });
     this.preRoll = msToSamples(settings.pre_roll_ms);
     this.maxSamples = msToSamples(settings.max_utterance_ms);
     this.hangOver = msToSamples(settings.hang_over_ms);
@@ -331,7 +345,11 @@ export class Segmenter extends EventEmitter {
 
   private confirm(a: Active): void {
     a.confirmed = true;
-    this.emit('activity', { speaking: true, atMs: samplesToMs(a.speechStart), utteranceId: a.group } satisfies SpeechActivity);
+    this.emit('activity', {
+      speaking: true,
+      atMs: samplesToMs(a.speechStart),
+      utteranceId: a.group,
+    } satisfies SpeechActivity);
   }
 
   /** The buffer is full while speech goes on: hand this part on and start the next with an overlap. */
@@ -343,7 +361,12 @@ export class Segmenter extends EventEmitter {
       return;
     }
     const end = a.start + a.len;
-    this.emitUtterance(a, a.len, `${a.group}.${a.part}`, { group: a.group, part: a.part, last: false, overlapMs: samplesToMs(a.overlap) });
+    this.emitUtterance(a, a.len, `${a.group}.${a.part}`, {
+      group: a.group,
+      part: a.part,
+      last: false,
+      overlapMs: samplesToMs(a.overlap),
+    });
     this.counters.parts++;
     const keep = Math.min(this.overlap, a.len);
     a.buf.copyWithin(0, a.len - keep, a.len); // the emitted part was copied out; the buffer is reused
@@ -370,10 +393,17 @@ export class Segmenter extends EventEmitter {
     }
     this.trimEnd(a);
     const cut = Math.min(a.len, a.speechEnd + this.postRoll - a.start);
-    const split = a.part > 1 ? { group: a.group, part: a.part, of: a.part, last: true, overlapMs: samplesToMs(a.overlap) } : undefined;
+    const split =
+      a.part > 1
+        ? { group: a.group, part: a.part, of: a.part, last: true, overlapMs: samplesToMs(a.overlap) }
+        : undefined;
     if (split) this.counters.parts++;
     this.emitUtterance(a, cut, split ? `${a.group}.${a.part}` : a.group, split);
-    this.emit('activity', { speaking: false, atMs: samplesToMs(a.speechEnd), utteranceId: a.group } satisfies SpeechActivity);
+    this.emit('activity', {
+      speaking: false,
+      atMs: samplesToMs(a.speechEnd),
+      utteranceId: a.group,
+    } satisfies SpeechActivity);
   }
 
   /** Moves speechEnd back over trailing windows that are as quiet as the background (see END_TRIM_MARGIN_DB). */

@@ -23,7 +23,13 @@ interface Word {
 function words(text: string): Word[] {
   const out: Word[] = [];
   for (const m of text.matchAll(/\S+/gu)) {
-    out.push({ index: m.index, key: m[0].normalize('NFKC').toLowerCase().replace(/[\p{P}\p{S}]+/gu, '') });
+    out.push({
+      index: m.index,
+      key: m[0]
+        .normalize('NFKC')
+        .toLowerCase()
+        .replace(/[\p{P}\p{S}]+/gu, ''),
+    });
   }
   return out;
 }

@@ -109,7 +109,8 @@ export class SileroVad implements SpeechDetector {
 
   reset(): void {
     this.input.fill(0);
-    const zeros = (hidden: number): ort.Tensor => new ort.Tensor('float32', new Float32Array(2 * hidden), [2, 1, hidden]);
+    const zeros = (hidden: number): ort.Tensor =>
+      new ort.Tensor('float32', new Float32Array(2 * hidden), [2, 1, hidden]);
     this.state = this.flavour.kind === 'v5' ? [zeros(128)] : [zeros(this.flavour.hidden), zeros(this.flavour.hidden)];
   }
 
@@ -136,7 +137,10 @@ export class SileroVad implements SpeechDetector {
     const ctx = this.input.length - VAD_WINDOW;
     this.input.set(window, ctx);
     const t0 = performance.now();
-    const feeds: Record<string, ort.Tensor> = { input: new ort.Tensor('float32', this.input.slice(), [1, this.input.length]), sr: this.sr };
+    const feeds: Record<string, ort.Tensor> = {
+      input: new ort.Tensor('float32', this.input.slice(), [1, this.input.length]),
+      sr: this.sr,
+    };
     let prob: number;
     if (this.flavour.kind === 'v5') {
       feeds.state = this.state[0]!;
@@ -167,12 +171,16 @@ export class SileroVad implements SpeechDetector {
 function detectFlavour(session: ort.InferenceSession): Flavour {
   const inputs = new Set(session.inputNames);
   const outputs = new Set(session.outputNames);
-  if (inputs.has('input') && inputs.has('state') && inputs.has('sr') && outputs.has('output') && outputs.has('stateN')) return { kind: 'v5' };
+  if (inputs.has('input') && inputs.has('state') && inputs.has('sr') && outputs.has('output') && outputs.has('stateN'))
+    return { kind: 'v5' };
   if (inputs.has('input') && inputs.has('h') && inputs.has('c') && outputs.has('hn') && outputs.has('cn')) {
-    const meta = (session as unknown as { inputMetadata?: Array<{ name: string; shape?: Array<number | string> }> }).inputMetadata;
+    const meta = (session as unknown as { inputMetadata?: Array<{ name: string; shape?: Array<number | string> }> })
+      .inputMetadata;
     const h = meta?.find((m) => m.name === 'h');
     const hidden = typeof h?.shape?.[2] === 'number' ? h.shape[2] : 64;
     return { kind: 'v4', hidden };
   }
-  throw new Error(`not a Silero VAD model: inputs [${session.inputNames.join(', ')}], outputs [${session.outputNames.join(', ')}]`);
+  throw new Error(
+    `not a Silero VAD model: inputs [${session.inputNames.join(', ')}], outputs [${session.outputNames.join(', ')}]`,
+  );
 }

@@ -26,7 +26,11 @@ export type KernelCase =
   | { op: 'dqmm'; weights: 's8' | 'u8' };
 
 export const kernelCaseLabel = (c: KernelCase): string =>
-  c.op === 'dqmm' ? `dqmm-${c.weights}` : c.op === 'int8-rows' ? 'int8-rows' : `q${c.bits}-b${c.blockSize}-acc${c.accuracyLevel}`;
+  c.op === 'dqmm'
+    ? `dqmm-${c.weights}`
+    : c.op === 'int8-rows'
+      ? 'int8-rows'
+      : `q${c.bits}-b${c.blockSize}-acc${c.accuracyLevel}`;
 
 /** `q4-b64-acc1`, `int8-rows` or `dqmm-s8` -> the case; null if it is not one. */
 export function parseKernelCase(s: string): KernelCase | null {
@@ -39,7 +43,13 @@ export function parseKernelCase(s: string): KernelCase | null {
   return { op: 'nbits', bits: Number(m[1]) as 2 | 4 | 8, blockSize, accuracyLevel: Number(m[3]) };
 }
 
-export async function countKernels(cases: readonly KernelCase[], k: number, n: number, runs: number, mark: (label: string) => void): Promise<void> {
+export async function countKernels(
+  cases: readonly KernelCase[],
+  k: number,
+  n: number,
+  runs: number,
+  mark: (label: string) => void,
+): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'perch-arm-kernels-'));
   let seed = 12345;
   const rnd = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
@@ -56,9 +66,13 @@ export async function countKernels(cases: readonly KernelCase[], k: number, n: n
         const w = Uint8Array.from({ length: k * n }, () => (rnd() * 256) | 0);
         const inputs = [
           x,
-          c.weights === 's8' ? g.initializer('w', 'int8', [k, n], new Int8Array(w.buffer)) : g.initializer('w', 'uint8', [k, n], w),
+          c.weights === 's8'
+            ? g.initializer('w', 'int8', [k, n], new Int8Array(w.buffer))
+            : g.initializer('w', 'uint8', [k, n], w),
           g.initializer('scales', 'float32', [n], new Float32Array(n).fill(1e-3)),
-          c.weights === 's8' ? g.initializer('zero_points', 'int8', [n], new Int8Array(n)) : g.initializer('zero_points', 'uint8', [n], new Uint8Array(n).fill(128)),
+          c.weights === 's8'
+            ? g.initializer('zero_points', 'int8', [n], new Int8Array(n))
+            : g.initializer('zero_points', 'uint8', [n], new Uint8Array(n).fill(128)),
         ];
         y = g.node('DynamicQuantizeMatMul', inputs, 1, {}, 'com.microsoft', 'mm')[0]!;
       } else {
@@ -69,15 +83,37 @@ export async function countKernels(cases: readonly KernelCase[], k: number, n: n
           x,
           g.initializer('w', 'uint8', [n, nb, (c.blockSize * c.bits) / 8], data),
           g.initializer('scales', 'float32', [n * nb], new Float32Array(n * nb).fill(1e-3)),
-          g.initializer('zero_points', 'uint8', [zpBytes], new Uint8Array(zpBytes).fill(c.bits === 2 ? 0xaa : c.bits === 4 ? 0x88 : 0x80)),
+          g.initializer(
+            'zero_points',
+            'uint8',
+            [zpBytes],
+            new Uint8Array(zpBytes).fill(c.bits === 2 ? 0xaa : c.bits === 4 ? 0x88 : 0x80),
+          ),
         ];
-        y = g.node('MatMulNBits', inputs, 1, { K: k, N: n, bits: c.bits, block_size: c.blockSize, accuracy_level: c.accuracyLevel }, 'com.microsoft', 'mm')[0]!;
+        y = g.node(
+          'MatMulNBits',
+          inputs,
+          1,
+          { K: k, N: n, bits: c.bits, block_size: c.blockSize, accuracy_level: c.accuracyLevel },
+          'com.microsoft',
+          'mm',
+        )[0]!;
       }
       g.output(y, 'float32', [1, n]);
       const saved = await g.save(dir, `${label}.onnx`);
-      const session = await ort.InferenceSession.create(saved.modelPath, { intraOpNumThreads: 1, interOpNumThreads: 1, executionMode: 'sequential' });
+      const session = await ort.InferenceSession.create(saved.modelPath, {
+        intraOpNumThreads: 1,
+        interOpNumThreads: 1,
+        executionMode: 'sequential',
+      });
       try {
-        const feed = { x: new ort.Tensor('float32', Float32Array.from({ length: k }, () => rnd() - 0.5), [1, k]) };
+        const feed = {
+          x: new ort.Tensor(
+            'float32',
+            Float32Array.from({ length: k }, () => rnd() - 0.5),
+            [1, k],
+          ),
+        };
         await session.run(feed);
         mark(`${label}-begin`);
         for (let i = 0; i < runs; i++) await session.run(feed);

@@ -64,13 +64,19 @@ export function parseReadings(text: string): Reading[] {
       const [label, insns, dots] = line.trim().split(' ');
       const instructions = Number(insns);
       const dotProducts = Number(dots);
-      if (!label || !Number.isSafeInteger(instructions) || !Number.isSafeInteger(dotProducts)) throw new Error(`not a reading: ${line}`);
+      if (!label || !Number.isSafeInteger(instructions) || !Number.isSafeInteger(dotProducts))
+        throw new Error(`not a reading: ${line}`);
       return { label, instructions, dotProducts };
     });
 }
 
 /** Per-token figures from the readings of one run (labels as the guest side writes them). */
-export function workFromReadings(readings: readonly Reading[], cpu: ArmCpu, model: string, promptTokens: number): ArmWork {
+export function workFromReadings(
+  readings: readonly Reading[],
+  cpu: ArmCpu,
+  model: string,
+  promptTokens: number,
+): ArmWork {
   const at = (label: string): Reading => {
     const r = readings.find((x) => x.label === label);
     if (!r) throw new Error(`no reading '${label}' (readings: ${readings.map((x) => x.label).join(', ') || 'none'})`);
@@ -79,7 +85,8 @@ export function workFromReadings(readings: readonly Reading[], cpu: ArmCpu, mode
   const tokens = readings.filter((r) => /^token-\d+$/.test(r.label)).map((r) => Number(r.label.slice(6)));
   const last = Math.max(...tokens);
   // token-0 is the first sampled token (from prefill); token-k follows the k-th decode step.
-  if (!(last > WARM_DECODE_STEPS)) throw new Error(`too few tokens decoded to read a steady state (last token ${last})`);
+  if (!(last > WARM_DECODE_STEPS))
+    throw new Error(`too few tokens decoded to read a steady state (last token ${last})`);
   const steady = at(`token-${WARM_DECODE_STEPS}`);
   const end = at(`token-${last}`);
   const steps = last - WARM_DECODE_STEPS;
@@ -104,7 +111,12 @@ async function inner(model: string, promptTokens: number, decodeTokens: number):
     mark('start');
     // One thread: the count is the whole work of a token. No prepacked file cache: it builds in a child
     // process, which qemu user mode cannot start without binfmt_misc.
-    const engine = await Engine.load(model, { threads: 1, contextTokens: promptTokens + decodeTokens + 8, pleCacheMb: 64, prefixSnapshots: 0 });
+    const engine = await Engine.load(model, {
+      threads: 1,
+      contextTokens: promptTokens + decodeTokens + 8,
+      pleCacheMb: 64,
+      prefixSnapshots: 0,
+    });
     mark('loaded');
     try {
       const ids = syntheticPrompt(promptTokens, engine.config.vocabSize, 1);
@@ -133,10 +145,27 @@ async function countedRun(cpu: ArmCpu, guestArgs: string[], onProgress?: (line: 
   const dir = mkdtempSync(join(tmpdir(), 'perch-arm-count-'));
   const out = join(dir, 'readings.txt');
   try {
-    const args = [join(repo, 'test/arm/run.sh'), cpu, 'node', 'dist/bench/arm-work.js', '--inner', '--cpu', cpu, ...guestArgs];
+    const args = [
+      join(repo, 'test/arm/run.sh'),
+      cpu,
+      'node',
+      'dist/bench/arm-work.js',
+      '--inner',
+      '--cpu',
+      cpu,
+      ...guestArgs,
+    ];
     const code = await new Promise<number | null>((done, fail) => {
-      const p = spawn('bash', args, { stdio: ['ignore', 'inherit', 'pipe'], env: { ...process.env, PERCH_ARM_COUNT: out } });
-      p.stderr.setEncoding('utf8').on('data', (d: string) => d.split('\n').filter(Boolean).forEach((l) => onProgress?.(l)));
+      const p = spawn('bash', args, {
+        stdio: ['ignore', 'inherit', 'pipe'],
+        env: { ...process.env, PERCH_ARM_COUNT: out },
+      });
+      p.stderr.setEncoding('utf8').on('data', (d: string) =>
+        d
+          .split('\n')
+          .filter(Boolean)
+          .forEach((l) => onProgress?.(l)),
+      );
       p.on('error', fail);
       p.on('close', done);
     });
@@ -147,17 +176,47 @@ async function countedRun(cpu: ArmCpu, guestArgs: string[], onProgress?: (line: 
   }
 }
 
-export async function countArmWork(o: { model: string; cpu: ArmCpu; promptTokens: number; decodeTokens: number; onProgress?: (line: string) => void }): Promise<ArmWork> {
+export async function countArmWork(o: {
+  model: string;
+  cpu: ArmCpu;
+  promptTokens: number;
+  decodeTokens: number;
+  onProgress?: (line: string) => void;
+}): Promise<ArmWork> {
   const model = resolve(o.model);
-  const readings = await countedRun(o.cpu, ['--model', model, '--prompt-tokens', String(o.promptTokens), '--decode-tokens', String(o.decodeTokens)], o.onProgress);
+  const readings = await countedRun(
+    o.cpu,
+    ['--model', model, '--prompt-tokens', String(o.promptTokens), '--decode-tokens', String(o.decodeTokens)],
+    o.onProgress,
+  );
   return workFromReadings(readings, o.cpu, o.model, o.promptTokens);
 }
 
 export type KernelWork = KernelCase & { instructionsPerWeight: number; dotProductsPerWeight: number };
 
 /** One MatMulNBits [K -> N] at M = 1 per case (arm-kernels.ts): instructions per weight on the emulated core. */
-export async function countArmKernels(o: { cpu: ArmCpu; cases: readonly KernelCase[]; k: number; n: number; runs: number; onProgress?: (line: string) => void }): Promise<KernelWork[]> {
-  const readings = await countedRun(o.cpu, ['--kernels', o.cases.map(kernelCaseLabel).join(','), '--k', String(o.k), '--n', String(o.n), '--runs', String(o.runs)], o.onProgress);
+export async function countArmKernels(o: {
+  cpu: ArmCpu;
+  cases: readonly KernelCase[];
+  k: number;
+  n: number;
+  runs: number;
+  onProgress?: (line: string) => void;
+}): Promise<KernelWork[]> {
+  const readings = await countedRun(
+    o.cpu,
+    [
+      '--kernels',
+      o.cases.map(kernelCaseLabel).join(','),
+      '--k',
+      String(o.k),
+      '--n',
+      String(o.n),
+      '--runs',
+      String(o.runs),
+    ],
+    o.onProgress,
+  );
   const at = (label: string): Reading => {
     const r = readings.find((x) => x.label === label);
     if (!r) throw new Error(`no reading '${label}'`);
@@ -167,7 +226,11 @@ export async function countArmKernels(o: { cpu: ArmCpu; cases: readonly KernelCa
   return o.cases.map((c) => {
     const a = at(`${kernelCaseLabel(c)}-begin`);
     const b = at(`${kernelCaseLabel(c)}-end`);
-    return { ...c, instructionsPerWeight: (b.instructions - a.instructions) / weights, dotProductsPerWeight: (b.dotProducts - a.dotProducts) / weights };
+    return {
+      ...c,
+      instructionsPerWeight: (b.instructions - a.instructions) / weights,
+      dotProductsPerWeight: (b.dotProducts - a.dotProducts) / weights,
+    };
   });
 }
 
@@ -189,7 +252,8 @@ const USAGE = `usage: npm run bench:arm -- --model DIR [--cpu cortex-a76|cortex-
 function int(name: string, v: string | undefined, def: number, min: number, max: number): number {
   if (v === undefined) return def;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${min} to ${max}, got ${v}`);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new Error(`--${name} must be an integer from ${min} to ${max}, got ${v}`);
   return n;
 }
 
@@ -226,7 +290,8 @@ async function main(argv: string[]): Promise<number> {
     const cases = values.kernels.split(',').map((s) => parseKernelCase(s.trim()));
     let k: number, n: number, runs: number;
     try {
-      if (cases.some((c) => c === null)) throw new Error(`--kernels takes cases like q4-b64-acc1,q2-b128-acc4, got ${values.kernels}`);
+      if (cases.some((c) => c === null))
+        throw new Error(`--kernels takes cases like q4-b64-acc1,q2-b128-acc4, got ${values.kernels}`);
       k = int('k', values.k, 1536, 16, 65536);
       n = int('n', values.n, 6144, 1, 1 << 20);
       runs = int('runs', values.runs, 3, 1, 100);
@@ -243,12 +308,24 @@ async function main(argv: string[]): Promise<number> {
       }
       return 0;
     }
-    const work = await countArmKernels({ cpu, cases: cases as KernelCase[], k, n, runs, onProgress: (l) => process.stderr.write(`${l}\n`) });
+    const work = await countArmKernels({
+      cpu,
+      cases: cases as KernelCase[],
+      k,
+      n,
+      runs,
+      onProgress: (l) => process.stderr.write(`${l}\n`),
+    });
     process.stdout.write(
       values.json
         ? `${JSON.stringify(work, null, 2)}\n`
         : `one [${k} -> ${n}] matrix, one token, on ${cpu} (guest instructions per weight)\n` +
-            work.map((w) => `  ${kernelCaseLabel(w).padEnd(16)} ${w.instructionsPerWeight.toFixed(3)}  (SDOT/UDOT ${w.dotProductsPerWeight.toFixed(4)})`).join('\n') +
+            work
+              .map(
+                (w) =>
+                  `  ${kernelCaseLabel(w).padEnd(16)} ${w.instructionsPerWeight.toFixed(3)}  (SDOT/UDOT ${w.dotProductsPerWeight.toFixed(4)})`,
+              )
+              .join('\n') +
             '\n',
     );
     return 0;
@@ -269,7 +346,13 @@ async function main(argv: string[]): Promise<number> {
     await inner(values.model, promptTokens, decodeTokens);
     return 0;
   }
-  const work = await countArmWork({ model: values.model, cpu, promptTokens, decodeTokens, onProgress: (l) => process.stderr.write(`${l}\n`) });
+  const work = await countArmWork({
+    model: values.model,
+    cpu,
+    promptTokens,
+    decodeTokens,
+    onProgress: (l) => process.stderr.write(`${l}\n`),
+  });
   process.stdout.write(values.json ? `${JSON.stringify(work, null, 2)}\n` : `${formatArmWork(work)}\n`);
   return 0;
 }

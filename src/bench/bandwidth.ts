@@ -132,25 +132,113 @@ ${WORKER_LOOP}`;
  */
 export function wasmReadModule(): Uint8Array {
   const local = { p: 0, end: 1 };
-  const loadXor = (acc: number, offset: number): number[] => [0x20, acc, 0x20, local.p, 0xfd, 0x00, 4, offset, 0xfd, 0x51, 0x21, acc];
+  const loadXor = (acc: number, offset: number): number[] => [
+    0x20,
+    acc,
+    0x20,
+    local.p,
+    0xfd,
+    0x00,
+    4,
+    offset,
+    0xfd,
+    0x51,
+    0x21,
+    acc,
+  ];
   const body = [
-    0x01, 0x04, 0x7b, // locals: 4 x v128 (indices 2..5)
-    0x02, 0x40, 0x03, 0x40, // block, loop
-    0x20, local.p, 0x20, local.end, 0x4f, 0x0d, 0x01, // br_if 1 (p >= end)
-    ...loadXor(2, 0), ...loadXor(3, 16), ...loadXor(4, 32), ...loadXor(5, 48),
-    0x20, local.p, 0x41, 0xc0, 0x00, 0x6a, 0x21, local.p, // p += 64
-    0x0c, 0x00, 0x0b, 0x0b, // br 0, end loop, end block
-    0x20, 2, 0x20, 3, 0xfd, 0x51, 0x20, 4, 0xfd, 0x51, 0x20, 5, 0xfd, 0x51, 0xfd, 0x1b, 0x00, // xor all, extract lane 0
+    0x01,
+    0x04,
+    0x7b, // locals: 4 x v128 (indices 2..5)
+    0x02,
+    0x40,
+    0x03,
+    0x40, // block, loop
+    0x20,
+    local.p,
+    0x20,
+    local.end,
+    0x4f,
+    0x0d,
+    0x01, // br_if 1 (p >= end)
+    ...loadXor(2, 0),
+    ...loadXor(3, 16),
+    ...loadXor(4, 32),
+    ...loadXor(5, 48),
+    0x20,
+    local.p,
+    0x41,
+    0xc0,
+    0x00,
+    0x6a,
+    0x21,
+    local.p, // p += 64
+    0x0c,
+    0x00,
+    0x0b,
+    0x0b, // br 0, end loop, end block
+    0x20,
+    2,
+    0x20,
+    3,
+    0xfd,
+    0x51,
+    0x20,
+    4,
+    0xfd,
+    0x51,
+    0x20,
+    5,
+    0xfd,
+    0x51,
+    0xfd,
+    0x1b,
+    0x00, // xor all, extract lane 0
     0x0b,
   ];
   const code = [1, body.length, ...body];
   return new Uint8Array([
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
-    0x01, 0x07, 0x01, 0x60, 0x02, 0x7f, 0x7f, 0x01, 0x7f, // type: (i32, i32) -> i32
-    0x02, 0x08, 0x01, 0x01, 0x65, 0x01, 0x6d, 0x02, 0x00, 0x01, // import "e" "m" memory min 1
-    0x03, 0x02, 0x01, 0x00, // one function of type 0
-    0x07, 0x05, 0x01, 0x01, 0x66, 0x00, 0x00, // export "f"
-    0x0a, code.length, ...code,
+    0x00,
+    0x61,
+    0x73,
+    0x6d,
+    0x01,
+    0x00,
+    0x00,
+    0x00, // magic, version 1
+    0x01,
+    0x07,
+    0x01,
+    0x60,
+    0x02,
+    0x7f,
+    0x7f,
+    0x01,
+    0x7f, // type: (i32, i32) -> i32
+    0x02,
+    0x08,
+    0x01,
+    0x01,
+    0x65,
+    0x01,
+    0x6d,
+    0x02,
+    0x00,
+    0x01, // import "e" "m" memory min 1
+    0x03,
+    0x02,
+    0x01,
+    0x00, // one function of type 0
+    0x07,
+    0x05,
+    0x01,
+    0x01,
+    0x66,
+    0x00,
+    0x00, // export "f"
+    0x0a,
+    code.length,
+    ...code,
   ]);
 }
 
@@ -160,17 +248,29 @@ function waitAtLeast(c: Int32Array, i: number, target: number): void {
 }
 
 /** Runs `source` in n workers, each over `per` bytes; returns the best wall time of all n finishing a step. */
-async function timeWorkers(source: string, n: number, per: number, reps: number, extra: Record<string, unknown> = {}): Promise<number> {
+async function timeWorkers(
+  source: string,
+  n: number,
+  per: number,
+  reps: number,
+  extra: Record<string, unknown> = {},
+): Promise<number> {
   const control = new SharedArrayBuffer(16);
   const c = new Int32Array(control);
-  const workers = Array.from({ length: n }, () => new Worker(source, { eval: true, workerData: { bytes: per, control, ...extra } }));
+  const workers = Array.from(
+    { length: n },
+    () => new Worker(source, { eval: true, workerData: { bytes: per, control, ...extra } }),
+  );
   const failed = new Promise<never>((_, reject) => workers.forEach((w) => w.once('error', reject)));
   try {
     // Waiting for "ready" without blocking the event loop, so a worker error can surface.
-    await Promise.race([failed, new Promise<void>((resolve) => {
-      const poll = (): void => (Atomics.load(c, 2) >= n ? resolve() : void setTimeout(poll, 5));
-      poll();
-    })]);
+    await Promise.race([
+      failed,
+      new Promise<void>((resolve) => {
+        const poll = (): void => (Atomics.load(c, 2) >= n ? resolve() : void setTimeout(poll, 5));
+        poll();
+      }),
+    ]);
     let best = Infinity;
     for (let r = 1; r <= reps; r++) {
       Atomics.store(c, 1, 0);

@@ -45,7 +45,16 @@ export interface KernelResult {
 }
 
 /** Random packed bytes and small scales: the kernel's speed does not depend on the values. */
-function addMatMulNBits(g: GraphBuilder, name: string, input: string, n: number, k: number, s: KernelShape, rnd: () => number, counted: { bytes: number }): string {
+function addMatMulNBits(
+  g: GraphBuilder,
+  name: string,
+  input: string,
+  n: number,
+  k: number,
+  s: KernelShape,
+  rnd: () => number,
+  counted: { bytes: number },
+): string {
   const nb = Math.ceil(k / s.blockSize);
   const data = new Uint8Array(n * nb * ((s.blockSize * s.bits) / 8));
   for (let i = 0; i < data.length; i++) data[i] = (rnd() * 256) | 0;
@@ -55,10 +64,22 @@ function addMatMulNBits(g: GraphBuilder, name: string, input: string, n: number,
     input,
     g.initializer(`${name}.qweight`, 'uint8', [n, nb, (s.blockSize * s.bits) / 8], data),
     g.initializer(`${name}.scales`, 'float32', [n * nb], scales),
-    g.initializer(`${name}.zero_points`, 'uint8', [zpBytes], new Uint8Array(zpBytes).fill(s.bits === 2 ? 0xaa : s.bits === 4 ? 0x88 : 0x80)),
+    g.initializer(
+      `${name}.zero_points`,
+      'uint8',
+      [zpBytes],
+      new Uint8Array(zpBytes).fill(s.bits === 2 ? 0xaa : s.bits === 4 ? 0x88 : 0x80),
+    ),
   ];
   counted.bytes += data.byteLength + scales.byteLength + zpBytes;
-  return g.node('MatMulNBits', inputs, 1, { K: k, N: n, bits: s.bits, block_size: s.blockSize, accuracy_level: s.accuracyLevel }, 'com.microsoft', name)[0]!;
+  return g.node(
+    'MatMulNBits',
+    inputs,
+    1,
+    { K: k, N: n, bits: s.bits, block_size: s.blockSize, accuracy_level: s.accuracyLevel },
+    'com.microsoft',
+    name,
+  )[0]!;
 }
 
 /** Builds, loads and times one graph; bytes: the weight bytes its MatMulNBits nodes read per run. */
@@ -75,9 +96,18 @@ async function timeGraph(
   const counted = { bytes: 0 };
   const { input, k } = build(g, rnd, counted);
   const saved = await g.save(dir, `${name}.onnx`);
-  const session = await ort.InferenceSession.create(saved.modelPath, { executionProviders: ['cpu'], intraOpNumThreads: threads, interOpNumThreads: 1, executionMode: 'sequential' });
+  const session = await ort.InferenceSession.create(saved.modelPath, {
+    executionProviders: ['cpu'],
+    intraOpNumThreads: threads,
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+  });
   try {
-    const x = new ort.Tensor('float32', Float32Array.from({ length: k }, () => rnd() - 0.5), [1, k]);
+    const x = new ort.Tensor(
+      'float32',
+      Float32Array.from({ length: k }, () => rnd() - 0.5),
+      [1, k],
+    );
     for (let i = 0; i < 3; i++) await session.run({ [input]: x });
     const ms: number[] = [];
     for (let i = 0; i < runs; i++) {

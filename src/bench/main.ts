@@ -47,7 +47,8 @@ class UsageError extends Error {}
 function int(name: string, v: string | undefined, def: number, min: number, max: number): number {
   if (v === undefined) return def;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got ${v}`);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got ${v}`);
   return n;
 }
 
@@ -88,10 +89,14 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
   const pages = values['bandwidth-pages'] ?? 'huge';
   if (pages !== 'huge' && pages !== '4k') throw new UsageError(`--bandwidth-pages must be huge or 4k, got ${pages}`);
   const imageTokens = int('image-tokens', values['image-tokens'], DEFAULT_IMAGE_TOKENS, 1, 1120);
-  if (!(SOFT_TOKEN_BUDGETS as readonly number[]).includes(imageTokens)) throw new UsageError(`--image-tokens must be one of ${SOFT_TOKEN_BUDGETS.join(', ')}, got ${imageTokens}`);
+  if (!(SOFT_TOKEN_BUDGETS as readonly number[]).includes(imageTokens))
+    throw new UsageError(`--image-tokens must be one of ${SOFT_TOKEN_BUDGETS.join(', ')}, got ${imageTokens}`);
   const seconds = Number(values['speech-seconds'] ?? 5);
-  if (!(seconds > 0 && seconds <= 30)) throw new UsageError(`--speech-seconds must be a number above 0 and at most 30, got ${values['speech-seconds']}`);
-  const promptTokens = (values['prompt-tokens'] ?? '128,512').split(',').map((s) => int('prompt-tokens', s.trim(), 0, 1, 32768));
+  if (!(seconds > 0 && seconds <= 30))
+    throw new UsageError(`--speech-seconds must be a number above 0 and at most 30, got ${values['speech-seconds']}`);
+  const promptTokens = (values['prompt-tokens'] ?? '128,512')
+    .split(',')
+    .map((s) => int('prompt-tokens', s.trim(), 0, 1, 32768));
   return {
     model: values.model,
     json: values.json ?? false,
@@ -101,17 +106,28 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
     runs: int('runs', values.runs, 3, 1, 100),
     pleCacheMb: int('ple-cache-mb', values['ple-cache-mb'], 64, 1, 65536),
     prepackedCacheDir: values['no-prepacked-cache'] ? null : (values['cache-dir'] ?? defaultCacheDir()),
-    prefillChunk: values['prefill-chunk'] === undefined ? undefined : int('prefill-chunk', values['prefill-chunk'], 128, 1, 32768),
+    prefillChunk:
+      values['prefill-chunk'] === undefined ? undefined : int('prefill-chunk', values['prefill-chunk'], 128, 1, 32768),
     bandwidthBytes: int('bandwidth-mb', values['bandwidth-mb'], DEFAULT_BANDWIDTH_BYTES / 2 ** 20, 1, 65536) * 2 ** 20,
     bandwidthPages: pages,
     bandwidthReps: int('bandwidth-reps', values['bandwidth-reps'], 5, 1, 100),
     profileOrt: values['profile-ort'] ?? false,
     kernels: !values['no-kernels'],
     profileDecodeTokens: int('profile-decode-tokens', values['profile-decode-tokens'], 16, 1, 1024),
-    speech: values['no-speech'] ? null : { wav: values['speech-wav'] ?? DEFAULT_SPEECH_WAV, seconds, maxTokens: int('speech-tokens', values['speech-tokens'], 32, 1, 1024) },
+    speech: values['no-speech']
+      ? null
+      : {
+          wav: values['speech-wav'] ?? DEFAULT_SPEECH_WAV,
+          seconds,
+          maxTokens: int('speech-tokens', values['speech-tokens'], 32, 1, 1024),
+        },
     caption: values['no-caption']
       ? null
-      : { frame: values.frame ?? DEFAULT_FRAME, imageTokens: imageTokens as TokenBudget, captionTokens: int('caption-tokens', values['caption-tokens'], 32, 1, 1024) },
+      : {
+          frame: values.frame ?? DEFAULT_FRAME,
+          imageTokens: imageTokens as TokenBudget,
+          captionTokens: int('caption-tokens', values['caption-tokens'], 32, 1, 1024),
+        },
   };
 }
 

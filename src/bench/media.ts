@@ -149,7 +149,12 @@ export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions)
       endToTranscriptMs: med((t) => t.totalMs),
       firstTokenMs: med((t) => t.firstTokenMs),
       realTimeFactor: med((t) => t.totalMs / audioMs),
-      split: { featuresMs: med((t) => t.featuresMs), encodeMs: med((t) => t.encodeMs), prefillMs: med((t) => t.prefillMs), decodeMs: med((t) => t.decodeMs) },
+      split: {
+        featuresMs: med((t) => t.featuresMs),
+        encodeMs: med((t) => t.encodeMs),
+        prefillMs: med((t) => t.prefillMs),
+        decodeMs: med((t) => t.decodeMs),
+      },
       decodedTokens: med((t) => t.decodedTokens),
       transcript: last.text.slice(0, MAX_TEXT_CHARS),
       targetPi5Ms: PI5_TARGETS.speechEndToTranscriptMs,
@@ -164,7 +169,8 @@ export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions)
 function imageGap(engine: Engine): string | null {
   const m = engine.tokenizer.special.markers;
   if (!engine.acceptsMedia) return "this package's decoder was built without media inputs";
-  if (m.image === undefined || m.imageStart === undefined || m.imageEnd === undefined) return "this package's tokenizer lacks the image markers";
+  if (m.image === undefined || m.imageStart === undefined || m.imageEnd === undefined)
+    return "this package's tokenizer lacks the image markers";
   return null;
 }
 
@@ -172,7 +178,9 @@ function imageGap(engine: Engine): string | null {
 function captionPrompt(engine: Engine): number[] {
   const placeholder = engine.tokenizer.special.markers.image;
   try {
-    const p = engine.preparePrompt([{ role: 'user', content: [{ type: 'image' }, { type: 'text', text: DEFAULT_CAPTION_PROMPT }] }]);
+    const p = engine.preparePrompt([
+      { role: 'user', content: [{ type: 'image' }, { type: 'text', text: DEFAULT_CAPTION_PROMPT }] },
+    ]);
     if (p.ids.filter((id) => id === placeholder).length === 1) return p.ids;
   } catch {
     // falls through to the string form
@@ -181,24 +189,34 @@ function captionPrompt(engine: Engine): number[] {
 }
 
 export async function benchCaption(engine: Engine, dir: string, o: CaptionOptions): Promise<CaptionResult | Skipped> {
-  if (!visionEncoderPath(dir)) return { skipped: true, reason: 'this package has no vision encoder (vision_encoder.onnx)' };
+  if (!visionEncoderPath(dir))
+    return { skipped: true, reason: 'this package has no vision encoder (vision_encoder.onnx)' };
   const gap = imageGap(engine);
   if (gap) return { skipped: true, reason: gap };
   let vision: VisionEncoder;
   try {
     vision = await VisionEncoder.load(dir, {
       threads: o.threads,
-      prepacked: o.prepackedCacheDir === null ? undefined : { cache: { dir: o.prepackedCacheDir }, checksum: packageChecksum(engine.manifest, 'vision') },
+      prepacked:
+        o.prepackedCacheDir === null
+          ? undefined
+          : { cache: { dir: o.prepackedCacheDir }, checksum: packageChecksum(engine.manifest, 'vision') },
     });
   } catch (err) {
     if (err instanceof VisionEncoderMissingError) return { skipped: true, reason: err.message };
     throw err;
   }
   try {
-    if (vision.hidden !== engine.config.hiddenSize) return { skipped: true, reason: `the vision encoder gives rows of ${vision.hidden} values, the decoder takes ${engine.config.hiddenSize}` };
+    if (vision.hidden !== engine.config.hiddenSize)
+      return {
+        skipped: true,
+        reason: `the vision encoder gives rows of ${vision.hidden} values, the decoder takes ${engine.config.hiddenSize}`,
+      };
     const jpeg = await readBounded(o.frame);
     const base = captionPrompt(engine);
-    const once = async (maxTokens: number): Promise<CaptionRun & { width: number; height: number; imageTokens: number; promptTokens: number }> => {
+    const once = async (
+      maxTokens: number,
+    ): Promise<CaptionRun & { width: number; height: number; imageTokens: number; promptTokens: number }> => {
       const t0 = performance.now();
       const enc = await vision.encode(jpeg, { tokenBudget: o.imageTokens });
       const expanded = expandMediaPlaceholders(base, engine.tokenizer.special, { imageTokens: [enc.numSoftTokens] });
@@ -242,7 +260,12 @@ export async function benchCaption(engine: Engine, dir: string, o: CaptionOption
       imageEncodeMs: med((t) => t.preprocessMs + t.encodeMs),
       frameToCaptionMs: med((t) => t.totalMs),
       firstTokenMs: med((t) => t.firstTokenMs),
-      split: { preprocessMs: med((t) => t.preprocessMs), encodeMs: med((t) => t.encodeMs), prefillMs: med((t) => t.prefillMs), decodeMs: med((t) => t.decodeMs) },
+      split: {
+        preprocessMs: med((t) => t.preprocessMs),
+        encodeMs: med((t) => t.encodeMs),
+        prefillMs: med((t) => t.prefillMs),
+        decodeMs: med((t) => t.decodeMs),
+      },
       decodedTokens: med((t) => t.decodedTokens),
       targetPi5Ms: PI5_TARGETS.frameToCaptionMs,
       runs,

@@ -20,7 +20,13 @@ export interface MemoryStatus {
   shmem: number;
 }
 
-const FIELDS: Record<string, keyof MemoryStatus> = { VmRSS: 'rss', VmHWM: 'hwm', RssAnon: 'anon', RssFile: 'file', RssShmem: 'shmem' };
+const FIELDS: Record<string, keyof MemoryStatus> = {
+  VmRSS: 'rss',
+  VmHWM: 'hwm',
+  RssAnon: 'anon',
+  RssFile: 'file',
+  RssShmem: 'shmem',
+};
 
 /** Parses the text of /proc/<pid>/status (values are in kB = KiB). Missing fields read 0. */
 export function parseProcStatus(text: string): MemoryStatus {
@@ -105,7 +111,10 @@ export class MemorySampler {
   private stopped = false;
 
   private constructor(readonly intervalMs: number) {
-    this.worker = new Worker(SAMPLER, { eval: true, workerData: { peaks: this.peaks.buffer, stop: this.stopFlag.buffer, intervalMs } });
+    this.worker = new Worker(SAMPLER, {
+      eval: true,
+      workerData: { peaks: this.peaks.buffer, stop: this.stopFlag.buffer, intervalMs },
+    });
     // The sampler must never keep the bench alive on its own.
     this.worker.unref();
   }
@@ -128,7 +137,12 @@ export class MemorySampler {
 
   report(): MemoryReport {
     const current = readMemoryStatus();
-    return { peak: this.peak(current), current, currentAnonHugePages: readAnonHugePages(), intervalMs: this.intervalMs };
+    return {
+      peak: this.peak(current),
+      current,
+      currentAnonHugePages: readAnonHugePages(),
+      intervalMs: this.intervalMs,
+    };
   }
 
   async stop(): Promise<MemoryReport> {

@@ -44,7 +44,12 @@ export interface OrtProfileSummary {
 }
 
 /** Sums kernel time of the node events inside the last `decodeRuns` model_run events. */
-export function summariseProfile(events: OrtProfileEvent[], decodeRuns: number, top = 12, labels: ReadonlyMap<string, string> = new Map()): OrtProfileSummary {
+export function summariseProfile(
+  events: OrtProfileEvent[],
+  decodeRuns: number,
+  top = 12,
+  labels: ReadonlyMap<string, string> = new Map(),
+): OrtProfileSummary {
   const runs = events.filter((e) => e.cat === 'Session' && e.name === 'model_run').sort((a, b) => a.ts - b.ts);
   const windows = runs.slice(Math.max(0, runs.length - decodeRuns));
   const inDecode = (e: OrtProfileEvent): boolean => windows.some((w) => e.ts >= w.ts && e.ts + e.dur <= w.ts + w.dur);
@@ -58,7 +63,10 @@ export function summariseProfile(events: OrtProfileEvent[], decodeRuns: number, 
     const op = e.args?.op_name ?? '?';
     const node = e.name.slice(0, -'_kernel_time'.length);
     const label = labels.get(node);
-    for (const [map, key] of [[byOp, op], [byNode, label ? `${node} ${label} (${op})` : `${node} (${op})`]] as const) {
+    for (const [map, key] of [
+      [byOp, op],
+      [byNode, label ? `${node} ${label} (${op})` : `${node} (${op})`],
+    ] as const) {
       const t = map.get(key) ?? { us: 0, calls: 0 };
       t.us += e.dur;
       t.calls++;
@@ -93,7 +101,10 @@ export async function profileDecode(pkg: OpenedPackage, opts: ProfileOptions): P
   const dir = await mkdtemp(join(tmpdir(), 'perch-ort-profile-'));
   const source = { modelPath: pkg.path('decoder-graph')!, checksum: packageChecksum(pkg.manifest, 'decoder') };
   const cache = opts.prepackedCacheDir === null ? undefined : { dir: opts.prepackedCacheDir };
-  const { session } = await createCachedSession(source, opts.tuning, cache, { enableProfiling: true, profileFilePrefix: join(dir, 'decoder') });
+  const { session } = await createCachedSession(source, opts.tuning, cache, {
+    enableProfiling: true,
+    profileFilePrefix: join(dir, 'decoder'),
+  });
   try {
     const cfg = pkg.config;
     const slots = cacheSlots(cfg);
@@ -106,8 +117,16 @@ export async function profileDecode(pkg: OpenedPackage, opts: ProfileOptions): P
       const start = state.length;
       const feeds: Record<string, ort.Tensor> = {
         ...state.tensors,
-        input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, (i) => BigInt(i)), [1, n]),
-        position_ids: new ort.Tensor('int64', BigInt64Array.from(ids, (_, i) => BigInt(start + i)), [1, n]),
+        input_ids: new ort.Tensor(
+          'int64',
+          BigInt64Array.from(ids, (i) => BigInt(i)),
+          [1, n],
+        ),
+        position_ids: new ort.Tensor(
+          'int64',
+          BigInt64Array.from(ids, (_, i) => BigInt(start + i)),
+          [1, n],
+        ),
         per_layer_rows: new ort.Tensor('float32', await pkg.pager.rowsFor(ids), [1, n, width]),
       };
       if (media) {
@@ -119,7 +138,8 @@ export async function profileDecode(pkg: OpenedPackage, opts: ProfileOptions): P
       return out.logits!.data as Float32Array;
     };
     let logits: Float32Array = new Float32Array(0);
-    for (let p = 0; p < opts.promptIds.length; p += opts.prefillChunk) logits = await run(opts.promptIds.slice(p, p + opts.prefillChunk));
+    for (let p = 0; p < opts.promptIds.length; p += opts.prefillChunk)
+      logits = await run(opts.promptIds.slice(p, p + opts.prefillChunk));
     for (let i = 0; i < opts.decodeTokens; i++) logits = await run([argmaxLast(logits, cfg.vocabSize)]);
     session.endProfiling();
     const file = (await readdir(dir)).find((f) => f.endsWith('.json'));

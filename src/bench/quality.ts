@@ -21,7 +21,16 @@
  * Exit status: 0 ok, 1 the run failed, 2 bad arguments.
  */
 import { spawn } from 'node:child_process';
-import { createWriteStream, existsSync, openSync, readFileSync, readSync, closeSync, writeFileSync, mkdirSync } from 'node:fs';
+import {
+  createWriteStream,
+  existsSync,
+  openSync,
+  readFileSync,
+  readSync,
+  closeSync,
+  writeFileSync,
+  mkdirSync,
+} from 'node:fs';
 import { cpus } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -61,27 +70,92 @@ const PLE = quantPolicyFor('float').ple;
 const E8 = { bits: 8, block_size: 64 } as const;
 
 export function qualityVariants(): Variant[] {
-  const lin = (bits: 2 | 4 | 8, block: number, method: 'search' | 'rtn') => ({ bits, block_size: block, accuracy_level: 4, method });
+  const lin = (bits: 2 | 4 | 8, block: number, method: 'search' | 'rtn') => ({
+    bits,
+    block_size: block,
+    accuracy_level: 4,
+    method,
+  });
   return [
     { name: 'float', label: 'Perch float (reference)', policy: quantPolicyFor('float') },
-    { name: 's8', label: 'Perch 8-bit, searched (linear b64, embedding 8-bit b64)', policy: { profile: 'pi4', linear: lin(8, 64, 'search'), embedding: { bits: 8, block_size: 64 }, ple: PLE } },
-    { name: 'r8', label: 'Perch 8-bit, round-to-nearest (same layout)', policy: { profile: 'pi4', linear: lin(8, 64, 'rtn'), embedding: { bits: 8, block_size: 64 }, ple: PLE } },
-    { name: 'pi4', label: 'Perch pi4 (linears and LM head int8 channels, 7-bit codes; embedding 4-bit b64)', policy: quantPolicyFor('pi4') },
-    { name: 's4', label: 'Perch 4-bit, searched (linear b64, embedding 4-bit b64)', policy: { profile: 'pi4', linear: lin(4, 64, 'search'), embedding: { bits: 4, block_size: 64 }, ple: PLE } },
-    { name: 'r4', label: 'Perch 4-bit, round-to-nearest (same layout)', policy: { profile: 'pi4', linear: lin(4, 64, 'rtn'), embedding: { bits: 4, block_size: 64 }, ple: PLE } },
-    { name: 's2', label: 'Perch 2-bit, searched (linear b128, embedding 4-bit b256)', policy: { profile: 'pi5', linear: lin(2, 128, 'search'), embedding: { bits: 4, block_size: 256 }, ple: PLE } },
-    { name: 'r2', label: 'Perch 2-bit, round-to-nearest (same layout)', policy: { profile: 'pi5', linear: lin(2, 128, 'rtn'), embedding: { bits: 4, block_size: 256 }, ple: PLE } },
-    { name: 'mixed', label: 'Perch mixed (pi5: 2-bit b128 searched, worst linears 4-bit, embedding 4-bit b256)', policy: quantPolicyFor('pi5') },
+    {
+      name: 's8',
+      label: 'Perch 8-bit, searched (linear b64, embedding 8-bit b64)',
+      policy: { profile: 'pi4', linear: lin(8, 64, 'search'), embedding: { bits: 8, block_size: 64 }, ple: PLE },
+    },
+    {
+      name: 'r8',
+      label: 'Perch 8-bit, round-to-nearest (same layout)',
+      policy: { profile: 'pi4', linear: lin(8, 64, 'rtn'), embedding: { bits: 8, block_size: 64 }, ple: PLE },
+    },
+    {
+      name: 'pi4',
+      label: 'Perch pi4 (linears and LM head int8 channels, 7-bit codes; embedding 4-bit b64)',
+      policy: quantPolicyFor('pi4'),
+    },
+    {
+      name: 's4',
+      label: 'Perch 4-bit, searched (linear b64, embedding 4-bit b64)',
+      policy: { profile: 'pi4', linear: lin(4, 64, 'search'), embedding: { bits: 4, block_size: 64 }, ple: PLE },
+    },
+    {
+      name: 'r4',
+      label: 'Perch 4-bit, round-to-nearest (same layout)',
+      policy: { profile: 'pi4', linear: lin(4, 64, 'rtn'), embedding: { bits: 4, block_size: 64 }, ple: PLE },
+    },
+    {
+      name: 's2',
+      label: 'Perch 2-bit, searched (linear b128, embedding 4-bit b256)',
+      policy: { profile: 'pi5', linear: lin(2, 128, 'search'), embedding: { bits: 4, block_size: 256 }, ple: PLE },
+    },
+    {
+      name: 'r2',
+      label: 'Perch 2-bit, round-to-nearest (same layout)',
+      policy: { profile: 'pi5', linear: lin(2, 128, 'rtn'), embedding: { bits: 4, block_size: 256 }, ple: PLE },
+    },
+    {
+      name: 'mixed',
+      label: 'Perch mixed (pi5: 2-bit b128 searched, worst linears 4-bit, embedding 4-bit b256)',
+      policy: quantPolicyFor('pi5'),
+    },
     // The tied embedding is 63% of Gemma 3 270M's weights and the LM head too: the same linears beside an 8-bit
     // table, as llama.cpp's mixes keep it, show how much of the error each part carries.
-    { name: 's4e8', label: 'Perch 4-bit searched linears (b64), embedding 8-bit b64', policy: { profile: 'pi4', linear: lin(4, 64, 'search'), embedding: E8, ple: PLE } },
-    { name: 'r4e8', label: 'Perch 4-bit round-to-nearest linears (b64), embedding 8-bit b64', policy: { profile: 'pi4', linear: lin(4, 64, 'rtn'), embedding: E8, ple: PLE } },
-    { name: 's2e8', label: 'Perch 2-bit searched linears (b128), embedding 8-bit b64', policy: { profile: 'pi5', linear: lin(2, 128, 'search'), embedding: E8, ple: PLE } },
-    { name: 'r2e8', label: 'Perch 2-bit round-to-nearest linears (b128), embedding 8-bit b64', policy: { profile: 'pi5', linear: lin(2, 128, 'rtn'), embedding: E8, ple: PLE } },
-    { name: 'mixede8', label: 'Perch mixed linears (pi5), embedding 8-bit b64', policy: { ...quantPolicyFor('pi5'), embedding: E8 } },
+    {
+      name: 's4e8',
+      label: 'Perch 4-bit searched linears (b64), embedding 8-bit b64',
+      policy: { profile: 'pi4', linear: lin(4, 64, 'search'), embedding: E8, ple: PLE },
+    },
+    {
+      name: 'r4e8',
+      label: 'Perch 4-bit round-to-nearest linears (b64), embedding 8-bit b64',
+      policy: { profile: 'pi4', linear: lin(4, 64, 'rtn'), embedding: E8, ple: PLE },
+    },
+    {
+      name: 's2e8',
+      label: 'Perch 2-bit searched linears (b128), embedding 8-bit b64',
+      policy: { profile: 'pi5', linear: lin(2, 128, 'search'), embedding: E8, ple: PLE },
+    },
+    {
+      name: 'r2e8',
+      label: 'Perch 2-bit round-to-nearest linears (b128), embedding 8-bit b64',
+      policy: { profile: 'pi5', linear: lin(2, 128, 'rtn'), embedding: E8, ple: PLE },
+    },
+    {
+      name: 'mixede8',
+      label: 'Perch mixed linears (pi5), embedding 8-bit b64',
+      policy: { ...quantPolicyFor('pi5'), embedding: E8 },
+    },
     // Smaller 2-bit blocks: more scales, closer to llama.cpp's 16-wide sub-blocks.
-    { name: 's2b32e8', label: 'Perch 2-bit searched linears (b32), embedding 8-bit b64', policy: { profile: 'pi5', linear: lin(2, 32, 'search'), embedding: E8, ple: PLE } },
-    { name: 'r2b32e8', label: 'Perch 2-bit round-to-nearest linears (b32), embedding 8-bit b64', policy: { profile: 'pi5', linear: lin(2, 32, 'rtn'), embedding: E8, ple: PLE } },
+    {
+      name: 's2b32e8',
+      label: 'Perch 2-bit searched linears (b32), embedding 8-bit b64',
+      policy: { profile: 'pi5', linear: lin(2, 32, 'search'), embedding: E8, ple: PLE },
+    },
+    {
+      name: 'r2b32e8',
+      label: 'Perch 2-bit round-to-nearest linears (b32), embedding 8-bit b64',
+      policy: { profile: 'pi5', linear: lin(2, 32, 'rtn'), embedding: E8, ple: PLE },
+    },
   ];
 }
 
@@ -98,7 +172,8 @@ export interface QualityRow {
 function int(name: string, v: string | undefined, def: number, min: number, max: number): number {
   if (v === undefined) return def;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got ${v}`);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got ${v}`);
   return n;
 }
 
@@ -125,7 +200,10 @@ function graphFacts(onnxPath: string): GraphFacts {
   for (const t of graph.initializer ?? []) {
     const ext = new Map((t.externalData ?? []).map((e) => [e.key ?? '', e.value ?? '']));
     if (t.dataLocation === onnx.TensorProto.DataLocation.EXTERNAL) {
-      inits.set(t.name ?? '', { bytes: Number(ext.get('length') ?? 0), key: `${ext.get('location')}@${ext.get('offset') ?? 0}+${ext.get('length')}` });
+      inits.set(t.name ?? '', {
+        bytes: Number(ext.get('length') ?? 0),
+        key: `${ext.get('location')}@${ext.get('offset') ?? 0}+${ext.get('length')}`,
+      });
     } else {
       inits.set(t.name ?? '', { bytes: t.rawData?.length ?? 0, key: `embedded:${t.name}` });
     }
@@ -137,7 +215,9 @@ function graphFacts(onnxPath: string): GraphFacts {
     const op = n.opType ?? '';
     if (!WEIGHT_OPS.has(op)) continue;
     // Gathers: the table (input 0) and, for GatherBlockQuantized, its scales / zero points (inputs 2, 3).
-    const inputs = (n.input ?? []).filter((_, i) => !(op === 'Gather' && i !== 0) && !(op === 'GatherBlockQuantized' && i === 1));
+    const inputs = (n.input ?? []).filter(
+      (_, i) => !(op === 'Gather' && i !== 0) && !(op === 'GatherBlockQuantized' && i === 1),
+    );
     for (const name of inputs) {
       const init = inits.get(name);
       // A Gather over a small constant (shape arithmetic) is not a weight table.
@@ -183,7 +263,12 @@ async function ensurePackage(checkpoint: string, dir: string, v: Variant): Promi
 }
 
 /** One chunk's logits [n, vocab] from a fresh (empty-cache) run. */
-async function runChunk(session: ort.InferenceSession, cfgJson: unknown, ids: number[], hidden: number): Promise<Float32Array> {
+async function runChunk(
+  session: ort.InferenceSession,
+  cfgJson: unknown,
+  ids: number[],
+  hidden: number,
+): Promise<Float32Array> {
   const n = ids.length;
   const feeds: Record<string, ort.Tensor> = {
     input_ids: new ort.Tensor('int64', BigInt64Array.from(ids.map((i) => BigInt(i))), [1, n]),
@@ -195,11 +280,13 @@ async function runChunk(session: ort.InferenceSession, cfgJson: unknown, ids: nu
   }
   const names = new Set(session.inputNames);
   if (names.has('per_layer_rows')) throw new Error('this script drives models without per-layer embeddings (Gemma 3)');
-  if (names.has('media_embeds')) feeds.media_embeds = new ort.Tensor('float32', new Float32Array(n * hidden), [1, n, hidden]);
+  if (names.has('media_embeds'))
+    feeds.media_embeds = new ort.Tensor('float32', new Float32Array(n * hidden), [1, n, hidden]);
   if (names.has('media_mask')) feeds.media_mask = new ort.Tensor('bool', new Uint8Array(n), [1, n]);
   const out = await session.run(feeds);
   const logits = out.logits!;
-  if (logits.dims[1] !== n) throw new Error(`logits for ${logits.dims[1]} positions, expected ${n} (a package with logits 'last'?)`);
+  if (logits.dims[1] !== n)
+    throw new Error(`logits for ${logits.dims[1]} positions, expected ${n} (a package with logits 'last'?)`);
   const data = logits.data as Float32Array;
   for (const t of Object.values(out)) if (t !== logits) t.dispose();
   return data;
@@ -229,7 +316,9 @@ async function measurePackage(
 ): Promise<QualityRow> {
   const t0 = Date.now();
   const manifest = JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { config: Record<string, unknown> };
-  const hidden = Number(manifest.config.hidden_size ?? (manifest.config.text_config as Record<string, unknown> | undefined)?.hidden_size);
+  const hidden = Number(
+    manifest.config.hidden_size ?? (manifest.config.text_config as Record<string, unknown> | undefined)?.hidden_size,
+  );
   const facts = graphFacts(join(dir, 'decoder.onnx'));
   const session = await ort.InferenceSession.create(join(dir, 'decoder.onnx'), {
     intraOpNumThreads: threads,
@@ -259,7 +348,9 @@ async function measurePackage(
           for (let i = 0; i < V; i++) o[i] = z[i]! - lse;
           nll -= z[ids[p + 1]!]! - lse;
         }
-        await new Promise<void>((res, rej) => writer!.write(Buffer.from(lp.buffer, lp.byteOffset, lp.byteLength), (e) => (e ? rej(e) : res())));
+        await new Promise<void>((res, rej) =>
+          writer!.write(Buffer.from(lp.buffer, lp.byteOffset, lp.byteLength), (e) => (e ? rej(e) : res())),
+        );
       } else {
         const ref = new Float32Array(rows * V);
         const buf = Buffer.from(ref.buffer);
@@ -307,7 +398,9 @@ async function measurePackage(
     top1: isFloat ? 1 : agree / n,
     seconds: (Date.now() - t0) / 1000,
   };
-  log(`${v.name}: ppl ${result.ppl.toFixed(3)} KL ${result.kl!.toFixed(5)} top-1 ${result.top1!.toFixed(4)} bpw ${result.bpw!.toFixed(3)} (${result.seconds.toFixed(0)} s)`);
+  log(
+    `${v.name}: ppl ${result.ppl.toFixed(3)} KL ${result.kl!.toFixed(5)} top-1 ${result.top1!.toFixed(4)} bpw ${result.bpw!.toFixed(3)} (${result.seconds.toFixed(0)} s)`,
+  );
   return result;
 }
 
@@ -321,8 +414,14 @@ function runLlama(python: string, script: string, args: string[]): Promise<void>
 
 export function formatTable(rows: QualityRow[]): string {
   const f = (x: number | null, d: number) => (x === null ? 'n/a' : x.toFixed(d));
-  const lines = ['| model | bits/weight | perplexity | mean KL vs float (nats) | top-1 agreement |', '|---|---:|---:|---:|---:|'];
-  for (const r of rows) lines.push(`| ${r.label} | ${f(r.bpw, 2)} | ${f(r.ppl, 3)} | ${f(r.kl, 4)} | ${f(r.top1 === null ? null : r.top1 * 100, 1)}% |`);
+  const lines = [
+    '| model | bits/weight | perplexity | mean KL vs float (nats) | top-1 agreement |',
+    '|---|---:|---:|---:|---:|',
+  ];
+  for (const r of rows)
+    lines.push(
+      `| ${r.label} | ${f(r.bpw, 2)} | ${f(r.ppl, 3)} | ${f(r.kl, 4)} | ${f(r.top1 === null ? null : r.top1 * 100, 1)}% |`,
+    );
   return lines.join('\n');
 }
 
@@ -390,8 +489,13 @@ async function main(argv: string[]): Promise<number> {
   const vocab = parseGemma4TextConfig(cfgJson).vocabSize;
   const tokens: Tokens = { chunks, vocab, positions: text.length };
   const floatFile = join(out, 'float-logprobs.f32');
-  writeFileSync(join(out, 'tokens.json'), JSON.stringify({ ...tokens, bos: tok.special.bos, passage: passagePath, float_logprobs: floatFile }));
-  log(`${passagePath}: ${text.length} tokens in ${chunks.length} chunks of at most ${chunk} (bos + ${chunk - 1}); vocab ${vocab}; ${threads} threads`);
+  writeFileSync(
+    join(out, 'tokens.json'),
+    JSON.stringify({ ...tokens, bos: tok.special.bos, passage: passagePath, float_logprobs: floatFile }),
+  );
+  log(
+    `${passagePath}: ${text.length} tokens in ${chunks.length} chunks of at most ${chunk} (bos + ${chunk - 1}); vocab ${vocab}; ${threads} threads`,
+  );
 
   const weightCount = await checkpointWeightCount(checkpoint);
   const rows: QualityRow[] = [];
@@ -405,19 +509,35 @@ async function main(argv: string[]): Promise<number> {
     const script = join(repo, 'reference', 'quality_llamacpp.py');
     const json = join(out, 'llamacpp.json');
     await runLlama(values['llama-python'], script, [
-      '--tokens', join(out, 'tokens.json'),
-      '--float-logprobs', floatFile,
-      '--gguf', resolve(values.gguf!),
-      '--requantize', 'Q2_K',
-      '--work', out,
-      '--threads', String(threads),
-      '--json', json,
+      '--tokens',
+      join(out, 'tokens.json'),
+      '--float-logprobs',
+      floatFile,
+      '--gguf',
+      resolve(values.gguf!),
+      '--requantize',
+      'Q2_K',
+      '--work',
+      out,
+      '--threads',
+      String(threads),
+      '--json',
+      json,
     ]);
     const llama = JSON.parse(readFileSync(json, 'utf8')) as { rows: QualityRow[] };
     rows.push(...llama.rows);
   }
-  writeFileSync(join(out, 'quality.json'), JSON.stringify({ cpu: cpus()[0]?.model, threads, positions: tokens.positions, chunks: chunks.length, rows }, null, 1));
-  process.stdout.write(`\n${tokens.positions} tokens of ${passagePath}, ${chunks.length} chunks of <= ${chunk}, ${threads} threads, ${cpus()[0]?.model ?? 'unknown CPU'}\n\n`);
+  writeFileSync(
+    join(out, 'quality.json'),
+    JSON.stringify(
+      { cpu: cpus()[0]?.model, threads, positions: tokens.positions, chunks: chunks.length, rows },
+      null,
+      1,
+    ),
+  );
+  process.stdout.write(
+    `\n${tokens.positions} tokens of ${passagePath}, ${chunks.length} chunks of <= ${chunk}, ${threads} threads, ${cpus()[0]?.model ?? 'unknown CPU'}\n\n`,
+  );
   process.stdout.write(`${formatTable(rows)}\n`);
   return 0;
 }

@@ -14,7 +14,8 @@ const pct = (x: number): string => `${(x * 100).toFixed(0)}%`;
 const f1 = (x: number): string => x.toFixed(1);
 
 /** Node labels without the checkpoint prefix, cut to fit the table. */
-const shortNode = (name: string): string => name.replace('model.language_model.', '').replace('.weight', '').slice(0, 60);
+const shortNode = (name: string): string =>
+  name.replace('model.language_model.', '').replace('.weight', '').slice(0, 60);
 
 function table(rows: Array<[string, string]>): string {
   const w = Math.max(...rows.map(([k]) => k.length));
@@ -24,11 +25,21 @@ function table(rows: Array<[string, string]>): string {
 export function formatReport(r: BenchResult): string {
   const m = r.machine;
   const out: string[] = [];
-  out.push(`machine   ${m.cpu}, ${m.cores} cores, ${m.threads} thread(s), node ${m.node}, onnxruntime ${m.onnxruntime}`);
-  out.push(`          huge pages: kernel THP ${m.hugePages.thp ?? 'unknown'}, GLIBC_TUNABLES ${m.hugePages.glibcTunables ?? 'unset'}`);
-  out.push(`          load average ${m.loadAvgStart.map((x) => x.toFixed(2)).join(' ')} at start, ${m.loadAvgEnd.map((x) => x.toFixed(2)).join(' ')} at end`);
-  out.push(`model     ${r.model.dir} (${r.model.source}, profile ${r.model.profile}, ${r.model.linearBits ?? 32}-bit linears, ${mb(r.model.fileBytes)})`);
-  out.push(`settings  median of ${r.settings.runs} run(s), ${r.settings.decodeTokens} decoded tokens, greedy, PLE cache ${r.settings.pleCacheMb} MiB, load ${(r.loadMs / 1000).toFixed(1)} s`);
+  out.push(
+    `machine   ${m.cpu}, ${m.cores} cores, ${m.threads} thread(s), node ${m.node}, onnxruntime ${m.onnxruntime}`,
+  );
+  out.push(
+    `          huge pages: kernel THP ${m.hugePages.thp ?? 'unknown'}, GLIBC_TUNABLES ${m.hugePages.glibcTunables ?? 'unset'}`,
+  );
+  out.push(
+    `          load average ${m.loadAvgStart.map((x) => x.toFixed(2)).join(' ')} at start, ${m.loadAvgEnd.map((x) => x.toFixed(2)).join(' ')} at end`,
+  );
+  out.push(
+    `model     ${r.model.dir} (${r.model.source}, profile ${r.model.profile}, ${r.model.linearBits ?? 32}-bit linears, ${mb(r.model.fileBytes)})`,
+  );
+  out.push(
+    `settings  median of ${r.settings.runs} run(s), ${r.settings.decodeTokens} decoded tokens, greedy, PLE cache ${r.settings.pleCacheMb} MiB, load ${(r.loadMs / 1000).toFixed(1)} s`,
+  );
   out.push(`          packed weights: ${PACKED[r.prepacked]}`);
   out.push('');
   out.push('  prompt  prefill tok/s  first token ms  decode tok/s  (best run: prefill, decode)');
@@ -43,14 +54,30 @@ export function formatReport(r: BenchResult): string {
   const l = r.limits;
   out.push(
     table([
-      ['weights read / token', `${mb(w.perToken)} (matmuls ${mb(w.matmulBytes)} + LM head ${mb(w.lmHeadBytes)} + PLE row ${w.pleRowBytes} B)`],
-      ['read bandwidth', `${f1(b.readGBps)} GB/s (ONNX Runtime ${f1(b.readByMethod.ort)}, WebAssembly on 4 KiB pages ${f1(b.readByMethod.wasm)}; ${b.threads} thread(s), ${mib(b.bytes)}, ${b.pages === '4k' ? '4 KiB' : 'huge'} pages)`],
+      [
+        'weights read / token',
+        `${mb(w.perToken)} (matmuls ${mb(w.matmulBytes)} + LM head ${mb(w.lmHeadBytes)} + PLE row ${w.pleRowBytes} B)`,
+      ],
+      [
+        'read bandwidth',
+        `${f1(b.readGBps)} GB/s (ONNX Runtime ${f1(b.readByMethod.ort)}, WebAssembly on 4 KiB pages ${f1(b.readByMethod.wasm)}; ${b.threads} thread(s), ${mib(b.bytes)}, ${b.pages === '4k' ? '4 KiB' : 'huge'} pages)`,
+      ],
       ['copy bandwidth', `${f1(b.copyGBps)} GB/s (memcpy, each byte counted once)`],
-      ['bandwidth runs', r.bandwidthRuns.map((x) => `read ${f1(x.readGBps)} / copy ${f1(x.copyGBps)}`).join(', ') + ' GB/s (before load, after the runs; best used)'],
+      [
+        'bandwidth runs',
+        r.bandwidthRuns.map((x) => `read ${f1(x.readGBps)} / copy ${f1(x.copyGBps)}`).join(', ') +
+          ' GB/s (before load, after the runs; best used)',
+      ],
       ['decode limit', `${f1(l.readLimitTokPerS)} tok/s at read bandwidth, ${f1(l.copyLimitTokPerS)} at copy`],
       ...kernelRows(r),
-      ['decode share', `${pct(l.decodeShareOfRead)} of the read limit, ${pct(l.decodeShareOfCopy)} of the copy limit (decode ${f1(r.decodeTokPerS)} tok/s after ${r.prompts[0]!.promptTokens}-token prompt)`],
-      ['peak RSS', `${mib(r.memory.peak.rss)} (anonymous ${mib(r.memory.peak.anon)}, file ${mib(r.memory.peak.file)}, shmem ${mib(r.memory.peak.shmem)}; sampled every ${r.memory.intervalMs} ms)`],
+      [
+        'decode share',
+        `${pct(l.decodeShareOfRead)} of the read limit, ${pct(l.decodeShareOfCopy)} of the copy limit (decode ${f1(r.decodeTokPerS)} tok/s after ${r.prompts[0]!.promptTokens}-token prompt)`,
+      ],
+      [
+        'peak RSS',
+        `${mib(r.memory.peak.rss)} (anonymous ${mib(r.memory.peak.anon)}, file ${mib(r.memory.peak.file)}, shmem ${mib(r.memory.peak.shmem)}; sampled every ${r.memory.intervalMs} ms)`,
+      ],
       [
         'with speech, caption',
         `peak RSS ${mib(r.memoryWithMedia.peak.rss)} (anonymous ${mib(r.memoryWithMedia.peak.anon)}, file ${mib(r.memoryWithMedia.peak.file)}) over the whole run, encoders loaded`,
@@ -70,11 +97,19 @@ export function formatReport(r: BenchResult): string {
   if (r.profile) {
     const p = r.profile;
     out.push('');
-    out.push(`ORT profile: ${p.decodeRuns} decode runs, ${p.runMs.toFixed(1)} ms each, ${pct(p.kernelShare)} of it inside kernels`);
+    out.push(
+      `ORT profile: ${p.decodeRuns} decode runs, ${p.runMs.toFixed(1)} ms each, ${pct(p.kernelShare)} of it inside kernels`,
+    );
     out.push('  op type                          ms/token  calls/token  share');
-    for (const o of p.byOp) out.push(`  ${o.name.padEnd(32)} ${(o.totalUs / 1000 / p.decodeRuns).toFixed(2).padStart(8)}  ${(o.calls / p.decodeRuns).toFixed(0).padStart(11)}  ${pct(o.share).padStart(5)}`);
+    for (const o of p.byOp)
+      out.push(
+        `  ${o.name.padEnd(32)} ${(o.totalUs / 1000 / p.decodeRuns).toFixed(2).padStart(8)}  ${(o.calls / p.decodeRuns).toFixed(0).padStart(11)}  ${pct(o.share).padStart(5)}`,
+      );
     out.push('  top nodes');
-    for (const o of p.topNodes) out.push(`  ${shortNode(o.name).padEnd(60)} ${(o.totalUs / 1000 / p.decodeRuns).toFixed(2).padStart(8)} ms  ${pct(o.share).padStart(5)}`);
+    for (const o of p.topNodes)
+      out.push(
+        `  ${shortNode(o.name).padEnd(60)} ${(o.totalUs / 1000 / p.decodeRuns).toFixed(2).padStart(8)} ms  ${pct(o.share).padStart(5)}`,
+      );
   }
   return out.join('\n') + '\n';
 }
@@ -83,11 +118,18 @@ export function formatReport(r: BenchResult): string {
 function kernelRows(r: BenchResult): Array<[string, string]> {
   const k = r.kernels;
   if (!k) return [];
-  const shape = (s: { bits: number; blockSize: number; accuracyLevel: number }): string => `${s.bits}-bit, block ${s.blockSize}, accuracy_level ${s.accuracyLevel}`;
+  const shape = (s: { bits: number; blockSize: number; accuracyLevel: number }): string =>
+    `${s.bits}-bit, block ${s.blockSize}, accuracy_level ${s.accuracyLevel}`;
   const head = k.lmHead ? `; LM head (${shape(k.lmHead)}) ${f1(k.lmHead.gbps)} GB/s` : '';
   return [
-    ['MatMulNBits alone', `linears (${shape(k.linear)}) read ${f1(k.linear.gbps)} GB/s at one token${head}; ${k.threads} thread(s)`],
-    ['kernel ceiling', `${f1(k.ceilingTokPerS)} tok/s if decode were nothing but these kernels; decode reaches ${pct(k.decodeShareOfCeiling)} of it`],
+    [
+      'MatMulNBits alone',
+      `linears (${shape(k.linear)}) read ${f1(k.linear.gbps)} GB/s at one token${head}; ${k.threads} thread(s)`,
+    ],
+    [
+      'kernel ceiling',
+      `${f1(k.ceilingTokPerS)} tok/s if decode were nothing but these kernels; decode reaches ${pct(k.decodeShareOfCeiling)} of it`,
+    ],
   ];
 }
 
@@ -98,30 +140,44 @@ export function mediaLines(r: BenchResult): string[] {
   const out: string[] = [];
   const m = r.machine;
   // The targets are the issue's, for a Pi 5 (arm64); a figure from another machine only compares loosely.
-  const vs = (target: number): string => `Pi 5 target: under ${ms(target)}; measured on ${m.arch}, ${m.cpu}${m.arch === 'arm64' ? '' : ', not a Pi'}`;
+  const vs = (target: number): string =>
+    `Pi 5 target: under ${ms(target)}; measured on ${m.arch}, ${m.cpu}${m.arch === 'arm64' ? '' : ', not a Pi'}`;
   const s = r.speech;
   if (s.skipped) out.push(`speech    skipped: ${s.reason}`);
   else {
-    out.push(`speech    ${basename(s.file)}, ${s.audioSeconds.toFixed(1)} s utterance (${s.audioTokens} audio tokens), transcript up to ${s.maxTokens} tokens, median of ${s.runs.length} run(s)`);
+    out.push(
+      `speech    ${basename(s.file)}, ${s.audioSeconds.toFixed(1)} s utterance (${s.audioTokens} audio tokens), transcript up to ${s.maxTokens} tokens, median of ${s.runs.length} run(s)`,
+    );
     out.push(
       table([
         ['end of speech -> transcript', `${ms(s.endToTranscriptMs)} (${vs(s.targetPi5Ms)})`],
         ['first transcript token', ms(s.firstTokenMs)],
         ['real-time factor', `${s.realTimeFactor.toFixed(3)} (processing / audio duration)`],
-        ['split', `features ${ms(s.split.featuresMs)}, audio encoder ${ms(s.split.encodeMs)}, prefill ${ms(s.split.prefillMs)}, decode ${ms(s.split.decodeMs)} (${s.decodedTokens} tokens)`],
+        [
+          'split',
+          `features ${ms(s.split.featuresMs)}, audio encoder ${ms(s.split.encodeMs)}, prefill ${ms(s.split.prefillMs)}, decode ${ms(s.split.decodeMs)} (${s.decodedTokens} tokens)`,
+        ],
       ]),
     );
   }
   const c = r.caption;
   if (c.skipped) out.push(`caption   skipped: ${c.reason}`);
   else {
-    out.push(`caption   ${basename(c.file)} at ${c.width}x${c.height}, ${c.imageTokens} image tokens, ${c.captionTokens} caption tokens greedy (${c.promptTokens}-token prompt), median of ${c.runs.length} run(s)`);
+    out.push(
+      `caption   ${basename(c.file)} at ${c.width}x${c.height}, ${c.imageTokens} image tokens, ${c.captionTokens} caption tokens greedy (${c.promptTokens}-token prompt), median of ${c.runs.length} run(s)`,
+    );
     out.push(
       table([
-        ['image encode', `${ms(c.imageEncodeMs)} (preprocess ${ms(c.split.preprocessMs)} + encoder ${ms(c.split.encodeMs)})`],
+        [
+          'image encode',
+          `${ms(c.imageEncodeMs)} (preprocess ${ms(c.split.preprocessMs)} + encoder ${ms(c.split.encodeMs)})`,
+        ],
         ['frame -> caption', `${ms(c.frameToCaptionMs)} (${vs(c.targetPi5Ms)})`],
         ['first caption token', ms(c.firstTokenMs)],
-        ['split', `preprocess ${ms(c.split.preprocessMs)}, encode ${ms(c.split.encodeMs)}, prefill ${ms(c.split.prefillMs)}, decode ${ms(c.split.decodeMs)} (${c.decodedTokens} tokens)`],
+        [
+          'split',
+          `preprocess ${ms(c.split.preprocessMs)}, encode ${ms(c.split.encodeMs)}, prefill ${ms(c.split.prefillMs)}, decode ${ms(c.split.decodeMs)} (${c.decodedTokens} tokens)`,
+        ],
       ]),
     );
   }

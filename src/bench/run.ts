@@ -17,7 +17,15 @@ import { DEFAULT_TUNING } from '../engine/session.js';
 import type { PlePagerStats } from '../model/ple/pager.js';
 import type { BandwidthOptions, BandwidthResult } from './bandwidth.js';
 import { MemorySampler, thpMode, type MemoryReport } from './memory.js';
-import { benchCaption, benchSpeech, type CaptionOptions, type CaptionResult, type Skipped, type SpeechOptions, type SpeechResult } from './media.js';
+import {
+  benchCaption,
+  benchSpeech,
+  type CaptionOptions,
+  type CaptionResult,
+  type Skipped,
+  type SpeechOptions,
+  type SpeechResult,
+} from './media.js';
 import { type KernelResult, kernelCeilingTokPerS, measureKernels } from './kernels.js';
 import { profileDecode, type OrtProfileSummary } from './ort-profile.js';
 import { weightBytesPerToken, type WeightBytes } from './weight-bytes.js';
@@ -77,7 +85,14 @@ export interface BenchResult {
     hugePages: { thp: string | null; glibcTunables: string | null };
   };
   model: { dir: string; source: string; profile: string; linearBits: number | null; fileBytes: number };
-  settings: { promptTokens: number[]; decodeTokens: number; runs: number; pleCacheMb: number; prefillChunk: number | null; sampling: 'greedy' };
+  settings: {
+    promptTokens: number[];
+    decodeTokens: number;
+    runs: number;
+    pleCacheMb: number;
+    prefillChunk: number | null;
+    sampling: 'greedy';
+  };
   /** Where the packed weights lived: the file cache (found, or built during loadMs) or the heap. */
   prepacked: Engine['prepacked'];
   loadMs: number;
@@ -151,7 +166,10 @@ export function bandwidthInChild(opts: BandwidthOptions, pages: 'huge' | '4k' = 
   const env = { ...process.env };
   if (pages === 'huge') env.GLIBC_TUNABLES = withHugePageTunable(env.GLIBC_TUNABLES);
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [...process.execArgv, child, JSON.stringify(opts)], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    const p = spawn(process.execPath, [...process.execArgv, child, JSON.stringify(opts)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env,
+    });
     let out = '';
     let err = '';
     p.stdout.setEncoding('utf8').on('data', (d: string) => (out = (out + d).slice(-65536)));
@@ -196,7 +214,8 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
     try {
       const vocab = engine.config.vocabSize;
       // Random weights may well pick eos: ignoreEos makes every run decode exactly decodeTokens.
-      const generate = (ids: number[], maxTokens: number) => engine.generate({ promptIds: ids, maxTokens, sampling: { temperature: 0 }, ignoreEos: true });
+      const generate = (ids: number[], maxTokens: number) =>
+        engine.generate({ promptIds: ids, maxTokens, sampling: { temperature: 0 }, ignoreEos: true });
 
       say('warm-up');
       await generate(syntheticPrompt(Math.min(16, maxPrompt), vocab, 999), Math.min(4, o.decodeTokens));
@@ -208,7 +227,12 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
           say(`prompt ${len} tokens, run ${r + 1}/${o.runs}`);
           const res = await generate(syntheticPrompt(len, vocab, 1000 * (pi + 1) + r), o.decodeTokens);
           const t = res.timings;
-          runs.push({ prefillMs: t.prefillMs, firstTokenMs: t.firstTokenMs, decodeTokPerS: t.tokensPerSecond, decodedTokens: res.tokens.length });
+          runs.push({
+            prefillMs: t.prefillMs,
+            firstTokenMs: t.firstTokenMs,
+            decodeTokPerS: t.tokensPerSecond,
+            decodedTokens: res.tokens.length,
+          });
         }
         prompts.push({
           promptTokens: len,
@@ -216,7 +240,10 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
           firstTokenMs: median(runs.map((x) => x.firstTokenMs)),
           decodeTokPerS: median(runs.map((x) => x.decodeTokPerS)),
           decodedTokens: median(runs.map((x) => x.decodedTokens)),
-          best: { prefillTokPerS: Math.max(...runs.map((x) => (len * 1000) / x.prefillMs)), decodeTokPerS: Math.max(...runs.map((x) => x.decodeTokPerS)) },
+          best: {
+            prefillTokPerS: Math.max(...runs.map((x) => (len * 1000) / x.prefillMs)),
+            decodeTokPerS: Math.max(...runs.map((x) => x.decodeTokPerS)),
+          },
           runs,
         });
       }
@@ -247,8 +274,15 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       }
       let caption: CaptionResult | Skipped = { skipped: true, reason: 'turned off (--no-caption)' };
       if (o.caption) {
-        say(`caption: ${o.caption.imageTokens} image tokens, ${o.caption.captionTokens} caption tokens, ${o.runs} run(s)`);
-        caption = await benchCaption(engine, o.model, { ...o.caption, runs: o.runs, threads: o.threads, prepackedCacheDir: o.prepackedCacheDir });
+        say(
+          `caption: ${o.caption.imageTokens} image tokens, ${o.caption.captionTokens} caption tokens, ${o.runs} run(s)`,
+        );
+        caption = await benchCaption(engine, o.model, {
+          ...o.caption,
+          runs: o.runs,
+          threads: o.threads,
+          prepackedCacheDir: o.prepackedCacheDir,
+        });
         if (caption.skipped) say(`caption skipped: ${caption.reason}`);
       }
 
@@ -267,7 +301,9 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
           vocab: cfg.vocabSize,
           linearBytes: weights.matmulBytes,
           linear: { bits: lin.bits, blockSize: lin.block_size, accuracyLevel: lin.accuracy_level },
-          lmHead: q0.embedding ? { bits: q0.embedding.bits, blockSize: q0.embedding.block_size, accuracyLevel: lin.accuracy_level } : null,
+          lmHead: q0.embedding
+            ? { bits: q0.embedding.bits, blockSize: q0.embedding.block_size, accuracyLevel: lin.accuracy_level }
+            : null,
         });
         const ceiling = kernelCeilingTokPerS(k, weights.matmulBytes, weights.lmHeadBytes);
         kernels = { ...k, ceilingTokPerS: ceiling, decodeShareOfCeiling: prompts[0]!.decodeTokPerS / ceiling };
@@ -277,7 +313,17 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       const bytesPerS = decodeTokPerS * weights.perToken;
       const q = engine.manifest.quantisation;
       return {
-        machine: { cpu: cpuModel(), arch: process.arch, cores: cpus().length, threads: o.threads, node: process.version, onnxruntime: ortVersion(), loadAvgStart, loadAvgEnd: loadavg(), hugePages: { thp: thpMode(), glibcTunables: process.env.GLIBC_TUNABLES || null } },
+        machine: {
+          cpu: cpuModel(),
+          arch: process.arch,
+          cores: cpus().length,
+          threads: o.threads,
+          node: process.version,
+          onnxruntime: ortVersion(),
+          loadAvgStart,
+          loadAvgEnd: loadavg(),
+          hugePages: { thp: thpMode(), glibcTunables: process.env.GLIBC_TUNABLES || null },
+        },
         model: {
           dir: o.model,
           source: `${engine.manifest.source.kind}:${engine.manifest.source.model}`,
@@ -285,7 +331,14 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
           linearBits: q.linear?.bits ?? null,
           fileBytes: engine.manifest.files.reduce((a, f) => a + f.bytes, 0),
         },
-        settings: { promptTokens: o.promptTokens, decodeTokens: o.decodeTokens, runs: o.runs, pleCacheMb: o.pleCacheMb, prefillChunk: o.prefillChunk ?? null, sampling: 'greedy' },
+        settings: {
+          promptTokens: o.promptTokens,
+          decodeTokens: o.decodeTokens,
+          runs: o.runs,
+          pleCacheMb: o.pleCacheMb,
+          prefillChunk: o.prefillChunk ?? null,
+          sampling: 'greedy',
+        },
         prepacked: engine.prepacked,
         loadMs,
         prompts,

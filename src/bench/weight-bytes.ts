@@ -34,7 +34,21 @@ const MATMUL_OPS = new Set(['MatMulNBits', 'MatMulInteger', 'MatMul', 'Gemm']);
 const GATHER_OPS = new Set(['Gather', 'GatherBlockQuantized']);
 
 /** Bytes per element by ONNX data type (float, uint8, int8, uint16, int16, int32, int64, bool, f16, double, ...). */
-const ELEMENT_BYTES: Record<number, number> = { 1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2 };
+const ELEMENT_BYTES: Record<number, number> = {
+  1: 4,
+  2: 1,
+  3: 1,
+  4: 2,
+  5: 2,
+  6: 4,
+  7: 8,
+  9: 1,
+  10: 2,
+  11: 8,
+  12: 4,
+  13: 8,
+  16: 2,
+};
 
 interface Init {
   bytes: number;
@@ -45,7 +59,10 @@ interface Init {
 function describe(t: onnxProto.onnx.ITensorProto): Init {
   const ext = new Map((t.externalData ?? []).map((e) => [e.key ?? '', e.value ?? '']));
   if (t.dataLocation === onnx.TensorProto.DataLocation.EXTERNAL) {
-    return { bytes: Number(ext.get('length') ?? 0), key: `${ext.get('location')}@${ext.get('offset') ?? 0}+${ext.get('length')}` };
+    return {
+      bytes: Number(ext.get('length') ?? 0),
+      key: `${ext.get('location')}@${ext.get('offset') ?? 0}+${ext.get('length')}`,
+    };
   }
   const raw = t.rawData?.length ?? 0;
   const count = (t.dims ?? []).reduce<number>((a, d) => a * Number(d), 1);
@@ -123,4 +140,3 @@ export async function weightBytesPerToken(decoderOnnx: string, pleFile: string):
   const row = await pleRowBytes(pleFile);
   return { ...g, pleRowBytes: row, perToken: g.matmulBytes + g.lmHeadBytes + row };
 }
-

@@ -14,7 +14,8 @@ const MAX_QUESTION_CHARS = 32_768;
 
 function temperature(v: string): number {
   const n = Number(v);
-  if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 2) throw new InvalidArgumentError('expected a number from 0 to 2');
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 2)
+    throw new InvalidArgumentError('expected a number from 0 to 2');
   return n;
 }
 
@@ -76,7 +77,8 @@ async function ask(question: string, opts: AskOptions): Promise<number> {
   const onSigint = (): void => ac.abort();
   process.once('SIGINT', onSigint);
   try {
-    if (engine.randomWeights) process.stderr.write('perch: note: this package has random weights (synthetic); its answers are meaningless\n');
+    if (engine.randomWeights)
+      process.stderr.write('perch: note: this package has random weights (synthetic); its answers are meaningless\n');
     const messages: ChatMessage[] = [];
     if (opts.system?.trim()) messages.push({ role: 'system', content: opts.system.trim() });
     messages.push({ role: 'user', content: question });
@@ -86,7 +88,11 @@ async function ask(question: string, opts: AskOptions): Promise<number> {
       ...(opts.raw ? { promptIds: engine.tokenizer.encode(question, { addSpecialTokens: true }) } : { messages }),
       maxTokens: opts.maxTokens,
       thinking: opts.thinking ?? false,
-      sampling: { ...DEFAULT_SAMPLING, ...(opts.temperature !== undefined ? { temperature: opts.temperature } : {}), ...(opts.seed !== undefined ? { seed: opts.seed } : {}) },
+      sampling: {
+        ...DEFAULT_SAMPLING,
+        ...(opts.temperature !== undefined ? { temperature: opts.temperature } : {}),
+        ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
+      },
       signal: ac.signal,
       onToken: opts.json
         ? undefined

@@ -29,7 +29,8 @@ interface CaptionOptions {
 
 function budget(v: string): TokenBudget {
   const n = Number(v);
-  if (!(SOFT_TOKEN_BUDGETS as readonly number[]).includes(n)) throw new InvalidArgumentError(`expected one of ${SOFT_TOKEN_BUDGETS.join(', ')}`);
+  if (!(SOFT_TOKEN_BUDGETS as readonly number[]).includes(n))
+    throw new InvalidArgumentError(`expected one of ${SOFT_TOKEN_BUDGETS.join(', ')}`);
   return n as TokenBudget;
 }
 
@@ -70,7 +71,13 @@ async function caption(file: string, opts: CaptionOptions): Promise<number> {
   } catch (err) {
     return fail(`${file}: not a decodable image (${(err as Error).message})`);
   }
-  const settings = modelSettings.parse({ dir: opts.model, threads: opts.threads, context_tokens: opts.contextTokens, max_answer_tokens: opts.maxTokens, prepacked_cache: opts.prepackedCache });
+  const settings = modelSettings.parse({
+    dir: opts.model,
+    threads: opts.threads,
+    context_tokens: opts.contextTokens,
+    max_answer_tokens: opts.maxTokens,
+    prepacked_cache: opts.prepackedCache,
+  });
   const engine = new GemmaAnswerEngine(settings, { logger: commandLogger() });
   await engine.start();
   const ac = new AbortController();
@@ -79,10 +86,16 @@ async function caption(file: string, opts: CaptionOptions): Promise<number> {
   try {
     const st = engine.status();
     if (st.state !== 'ready') return fail(st.detail);
-    if (st.random_weights) process.stderr.write('perch: note: this package has random weights (synthetic); its captions are meaningless\n');
+    if (st.random_weights)
+      process.stderr.write('perch: note: this package has random weights (synthetic); its captions are meaningless\n');
     let streamed = false;
     const r = await engine.answer(
-      { id: 'caption', text: opts.prompt, max_tokens: opts.maxTokens, ...(opts.seed !== undefined ? { seed: opts.seed } : {}) },
+      {
+        id: 'caption',
+        text: opts.prompt,
+        max_tokens: opts.maxTokens,
+        ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
+      },
       {
         signal: ac.signal,
         image,

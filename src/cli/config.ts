@@ -13,7 +13,11 @@ export const EXIT_CONFIG = 2;
  * Loads the config for a command, or prints every problem to stderr (one per line) and returns undefined;
  * the caller then exits with EXIT_CONFIG. Other failures propagate.
  */
-export function loadOrReport(file: string | undefined, env: NodeJS.ProcessEnv = process.env, stderr: NodeJS.WritableStream = process.stderr): LoadedConfig | undefined {
+export function loadOrReport(
+  file: string | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+  stderr: NodeJS.WritableStream = process.stderr,
+): LoadedConfig | undefined {
   try {
     const loaded = loadConfigDetailed(file, env);
     for (const w of loaded.warnings) stderr.write(`perch: warning: ${w}\n`);
@@ -71,14 +75,18 @@ export function register(program: Command): void {
   const config = program.command('config').description('Check the configuration and generate its documentation');
   config
     .command('check')
-    .description('Validate a config file (with environment overrides) and print the effective settings, or every problem (exit 2)')
+    .description(
+      'Validate a config file (with environment overrides) and print the effective settings, or every problem (exit 2)',
+    )
     .argument('[file]', 'config file (default: $PERCH_CONFIG, else /etc/perch/config.yaml)')
     .action((file: string | undefined) => {
       process.exitCode = check(file);
     });
   config
     .command('docs')
-    .description('Print the documented example config; --write regenerates config/perch.example.yaml and docs/config.md')
+    .description(
+      'Print the documented example config; --write regenerates config/perch.example.yaml and docs/config.md',
+    )
     .option('--write', 'write both generated files')
     .option('--check', 'exit 1 when the committed files differ from the schema')
     .action((opts: { write?: boolean; check?: boolean }) => {

@@ -13,18 +13,26 @@ import { profileForThisCpu, profileMismatch } from '../engine/cpu-fit.js';
 import { DEFAULT_REPO, pullModel } from '../model/pull.js';
 import { synthPackage, type SynthPreset } from '../model/synth.js';
 
-const PHASE_LABEL: Record<BuildPhase, string> = { decoder: 'decoder tensors', ple: 'PLE rows', files: 'tokenizer files' };
+const PHASE_LABEL: Record<BuildPhase, string> = {
+  decoder: 'decoder tensors',
+  ple: 'PLE rows',
+  files: 'tokenizer files',
+};
 
 function choice<T extends string>(allowed: readonly T[]): (v: string) => T {
   return (v) => {
-    if (!(allowed as readonly string[]).includes(v)) throw new InvalidArgumentError(`expected one of ${allowed.join(', ')}`);
+    if (!(allowed as readonly string[]).includes(v))
+      throw new InvalidArgumentError(`expected one of ${allowed.join(', ')}`);
     return v as T;
   };
 }
 
 /** One cli-progress bar, restarted per build phase. */
 function progressBar(): { update: (p: BuildProgress) => void; stop: () => void } {
-  const bar = new cliProgress.SingleBar({ format: '{phase} [{bar}] {percentage}% {value}/{total}', stream: process.stderr, hideCursor: true }, cliProgress.Presets.shades_classic);
+  const bar = new cliProgress.SingleBar(
+    { format: '{phase} [{bar}] {percentage}% {value}/{total}', stream: process.stderr, hideCursor: true },
+    cliProgress.Presets.shades_classic,
+  );
   let phase: BuildPhase | null = null;
   return {
     update(p) {
@@ -46,7 +54,10 @@ function summary(dir: string, m: Manifest): string {
   return `${dir}: package written (${m.files.length} files, ${(bytes / 1e6).toFixed(1)} MB, profile ${m.quantisation.profile})\n`;
 }
 
-async function withBar(dir: string, build: (onProgress: (p: BuildProgress) => void) => Promise<Manifest>): Promise<void> {
+async function withBar(
+  dir: string,
+  build: (onProgress: (p: BuildProgress) => void) => Promise<Manifest>,
+): Promise<void> {
   const bar = progressBar();
   try {
     const m = await build(bar.update);
@@ -69,17 +80,23 @@ async function chosenProfile(asked: Profile | undefined): Promise<Profile> {
 }
 
 export function registerModelCommands(program: Command): void {
-  const model = program.command('model').description('Model packages: verify, build from a checkpoint, download, or synthesise for tests');
+  const model = program
+    .command('model')
+    .description('Model packages: verify, build from a checkpoint, download, or synthesise for tests');
 
   model
     .command('verify')
-    .description('Check a model package: every file present, sizes, sha256, headers and config consistency (exit 1 listing every problem)')
+    .description(
+      'Check a model package: every file present, sizes, sha256, headers and config consistency (exit 1 listing every problem)',
+    )
     .argument('<dir>', 'package directory')
     .option('--quick', 'skip the sha256 checks (what the daemon does at load)')
     .action(async (dir: string, opts: { quick?: boolean }) => {
       const r = await verifyPackage(dir, { full: !opts.quick });
       if (r.ok) {
-        process.stdout.write(`${dir}: OK (${r.manifest!.files.length} files${opts.quick ? ', checksums not checked' : ', checksums match'})\n`);
+        process.stdout.write(
+          `${dir}: OK (${r.manifest!.files.length} files${opts.quick ? ', checksums not checked' : ', checksums match'})\n`,
+        );
         const mismatch = await profileMismatch(r.manifest!.quantisation);
         if (mismatch) process.stderr.write(`perch: warning: ${mismatch}\n`);
         return;
@@ -96,25 +113,42 @@ export function registerModelCommands(program: Command): void {
     .option('--profile <profile>', `quantisation profile: ${profiles.join(' | ')}`, choice<Profile>(profiles), 'pi5')
     .option('--seed <n>', 'random seed', intIn(0, 0xffffffff), 1)
     .option('--logits <mode>', 'graph logits: last | all', choice(['last', 'all'] as const), 'last')
-    .action(async (opts: { preset: SynthPreset; out: string; profile: Profile; seed: number; logits: 'last' | 'all' }) => {
-      await withBar(opts.out, (onProgress) => synthPackage({ preset: opts.preset, outDir: opts.out, profile: opts.profile, seed: opts.seed, logits: opts.logits, onProgress }));
-    });
+    .action(
+      async (opts: { preset: SynthPreset; out: string; profile: Profile; seed: number; logits: 'last' | 'all' }) => {
+        await withBar(opts.out, (onProgress) =>
+          synthPackage({
+            preset: opts.preset,
+            outDir: opts.out,
+            profile: opts.profile,
+            seed: opts.seed,
+            logits: opts.logits,
+            onProgress,
+          }),
+        );
+      },
+    );
 
   model
     .command('convert')
-    .description('Convert an official Gemma 4 checkpoint directory (config.json, safetensors, tokenizer) into a package')
+    .description(
+      'Convert an official Gemma 4 checkpoint directory (config.json, safetensors, tokenizer) into a package',
+    )
     .requiredOption('--from <dir>', 'checkpoint directory')
     .requiredOption('--out <dir>', 'output directory (must be empty or absent)')
     .option('--profile <profile>', PROFILE_HELP, choice<Profile>(profiles))
     .option('--logits <mode>', 'graph logits: last | all', choice(['last', 'all'] as const), 'last')
     .action(async (opts: { from: string; out: string; profile?: Profile; logits: 'last' | 'all' }) => {
       const profile = await chosenProfile(opts.profile);
-      await withBar(opts.out, (onProgress) => convertCheckpoint({ from: opts.from, outDir: opts.out, profile, logits: opts.logits, onProgress }));
+      await withBar(opts.out, (onProgress) =>
+        convertCheckpoint({ from: opts.from, outDir: opts.out, profile, logits: opts.logits, onProgress }),
+      );
     });
 
   model
     .command('pull')
-    .description(`Download the official checkpoint from Hugging Face (resumable, sha256-checked) and convert it (gated: set HF_TOKEN)`)
+    .description(
+      `Download the official checkpoint from Hugging Face (resumable, sha256-checked) and convert it (gated: set HF_TOKEN)`,
+    )
     .requiredOption('--out <dir>', 'output package directory (must be empty or absent)')
     .option('--repo <id>', 'Hugging Face repository', DEFAULT_REPO)
     .option('--revision <rev>', 'branch, tag or commit', 'main')

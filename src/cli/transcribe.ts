@@ -83,21 +83,45 @@ async function transcribeFile(file: string, opts: TranscribeCommandOptions): Pro
   const onSigint = (): void => ac.abort();
   process.once('SIGINT', onSigint);
   try {
-    if (transcriber.engine.randomWeights) process.stderr.write('perch: note: this package has random weights (synthetic); its transcripts are meaningless\n');
+    if (transcriber.engine.randomWeights)
+      process.stderr.write(
+        'perch: note: this package has random weights (synthetic); its transcripts are meaningless\n',
+      );
     const utterances = await segment(samples);
     if (utterances.length === 0) process.stderr.write('perch: no speech found\n');
     const out: TranscribedUtterance[] = [];
     for (const u of utterances) {
       if (ac.signal.aborted) break;
-      const r = await transcriber.transcribe(u.samples, { signal: ac.signal, maxTokens: opts.maxTokens, language: opts.language });
+      const r = await transcriber.transcribe(u.samples, {
+        signal: ac.signal,
+        maxTokens: opts.maxTokens,
+        language: opts.language,
+      });
       const t = r.timings;
       const item: TranscribedUtterance = {
         id: u.id,
         start_ms: Math.round(u.speechStartMs),
         end_ms: Math.round(u.speechEndMs),
         text: r.text,
-        latency_ms: { total: ms(t.totalMs), first_token: ms(t.firstTokenMs), features: ms(t.featuresMs), encode: ms(t.encodeMs), prefill: ms(t.prefillMs), decode: ms(t.decodeMs) },
-        ...(u.split ? { part: { group: u.split.group, part: u.split.part, ...(u.split.of !== undefined ? { of: u.split.of } : {}), last: u.split.last, overlap_ms: u.split.overlapMs } } : {}),
+        latency_ms: {
+          total: ms(t.totalMs),
+          first_token: ms(t.firstTokenMs),
+          features: ms(t.featuresMs),
+          encode: ms(t.encodeMs),
+          prefill: ms(t.prefillMs),
+          decode: ms(t.decodeMs),
+        },
+        ...(u.split
+          ? {
+              part: {
+                group: u.split.group,
+                part: u.split.part,
+                ...(u.split.of !== undefined ? { of: u.split.of } : {}),
+                last: u.split.last,
+                overlap_ms: u.split.overlapMs,
+              },
+            }
+          : {}),
       };
       out.push(item);
       if (!opts.json) process.stdout.write(`${r.text}\n`);

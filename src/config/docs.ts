@@ -10,7 +10,17 @@ import { stringify } from 'yaml';
 import type { z } from 'zod';
 import { perchConfigSchema } from './schema.js';
 import { envName, envVariables } from './env.js';
-import { choices, isArray, isObject, isTaggedUnion, shapeOf, typeLabel, unionOptions, unwrap, type Field } from './introspect.js';
+import {
+  choices,
+  isArray,
+  isObject,
+  isTaggedUnion,
+  shapeOf,
+  typeLabel,
+  unionOptions,
+  unwrap,
+  type Field,
+} from './introspect.js';
 import { DEFAULT_CONFIG_PATH } from './load.js';
 
 /** Repository root, from src/config or dist/config alike. */
@@ -42,7 +52,8 @@ function yamlScalar(v: unknown): string {
 }
 
 function described(key: string, f: Field): string {
-  if (f.description === undefined) throw new Error(`schema key ${key} has no description; every key needs one (.describe(...))`);
+  if (f.description === undefined)
+    throw new Error(`schema key ${key} has no description; every key needs one (.describe(...))`);
   return f.description;
 }
 
@@ -100,14 +111,26 @@ class YamlWriter {
     if (scalar) this.comment(indent, hash, `${type}${env ? ` · env ${env}` : ''}`);
   }
 
-  fields(shape: Shape, indent: number, hash: Hash, envPath: string[] | undefined, dedupe: boolean, exampleIndex = 0): void {
+  fields(
+    shape: Shape,
+    indent: number,
+    hash: Hash,
+    envPath: string[] | undefined,
+    dedupe: boolean,
+    exampleIndex = 0,
+  ): void {
     for (const [key, child] of Object.entries(shape)) {
       const f = unwrap(child);
       const childEnv = envPath && [...envPath, key];
       const s = f.schema;
       if (isTaggedUnion(s)) {
         this.describe(indent, hash, key, f, undefined, dedupe);
-        if (childEnv) this.comment(indent, hash, `One of the types below${f.optional ? ' (optional; uncomment one)' : ''}. Env: ${envName(childEnv)}_<KEY>.`);
+        if (childEnv)
+          this.comment(
+            indent,
+            hash,
+            `One of the types below${f.optional ? ' (optional; uncomment one)' : ''}. Env: ${envName(childEnv)}_<KEY>.`,
+          );
         const h = hash ?? (f.optional ? indent : undefined);
         this.seen.clear();
         for (const opt of unionOptions(s)) {
@@ -141,9 +164,16 @@ class YamlWriter {
     if (!nestedExample) this.line(indent, hash, `${key}: ${yamlScalar(f.default ?? exampleOf(f) ?? [])}`);
     if (!isObject(el)) return;
     const shape = shapeOf(el);
-    const union = Object.values(shape).map((c) => unwrap(c).schema).find(isTaggedUnion);
+    const union = Object.values(shape)
+      .map((c) => unwrap(c).schema)
+      .find(isTaggedUnion);
     const variants = union ? unionOptions(union).length : 1;
-    if (!nestedExample) this.comment(indent, hash, `Example${variants > 1 ? 's, one per source type' : ''} (replace the line above with it):`);
+    if (!nestedExample)
+      this.comment(
+        indent,
+        hash,
+        `Example${variants > 1 ? 's, one per source type' : ''} (replace the line above with it):`,
+      );
     const h = hash ?? indent;
     this.line(indent, h, `${key}:`);
     if (!nestedExample) this.seen.clear();
@@ -153,8 +183,11 @@ class YamlWriter {
       const start = this.lines.length;
       this.fields(this.variant(shape, i), itemIndent, h, undefined, true, i);
       // The element's first key line becomes the "- " list item.
-      const first = this.lines.findIndex((l, n) => n >= start && l.startsWith(itemPrefix) && /^[a-z_]+:/.test(l.slice(itemPrefix.length)));
-      if (first >= 0) this.lines[first] = `${this.prefix(itemIndent - 2, h)}- ${this.lines[first]!.slice(itemPrefix.length)}`;
+      const first = this.lines.findIndex(
+        (l, n) => n >= start && l.startsWith(itemPrefix) && /^[a-z_]+:/.test(l.slice(itemPrefix.length)),
+      );
+      if (first >= 0)
+        this.lines[first] = `${this.prefix(itemIndent - 2, h)}- ${this.lines[first]!.slice(itemPrefix.length)}`;
     }
   }
 
@@ -195,7 +228,13 @@ interface Row {
   env?: string;
 }
 
-function rows(shape: Shape, prefix: string, envPath: string[] | undefined, out: Row[], subsections: { title: string; intro: string; shape: Shape; prefix: string; envPath?: string[] }[]): void {
+function rows(
+  shape: Shape,
+  prefix: string,
+  envPath: string[] | undefined,
+  out: Row[],
+  subsections: { title: string; intro: string; shape: Shape; prefix: string; envPath?: string[] }[],
+): void {
   for (const [k, c] of Object.entries(shape)) {
     const f = unwrap(c);
     const key = prefix + k;
@@ -204,13 +243,25 @@ function rows(shape: Shape, prefix: string, envPath: string[] | undefined, out: 
     if (isTaggedUnion(s)) {
       out.push({ key, f });
       for (const o of unionOptions(s)) {
-        subsections.push({ title: `${key} — type: ${o.tag}`, intro: described(key, f), shape: shapeOf(o.schema), prefix: `${key}.`, envPath: childEnv });
+        subsections.push({
+          title: `${key} — type: ${o.tag}`,
+          intro: described(key, f),
+          shape: shapeOf(o.schema),
+          prefix: `${key}.`,
+          envPath: childEnv,
+        });
       }
     } else if (isObject(s)) rows(shapeOf(s), `${key}.`, childEnv, out, subsections);
     else if (isArray(s)) {
       out.push({ key, f });
       const el = unwrap(s.element).schema;
-      if (isObject(el)) subsections.push({ title: `${key}[]`, intro: `Each entry of ${key}. Lists cannot be set from the environment.`, shape: shapeOf(el), prefix: `${key}[].` });
+      if (isObject(el))
+        subsections.push({
+          title: `${key}[]`,
+          intro: `Each entry of ${key}. Lists cannot be set from the environment.`,
+          shape: shapeOf(el),
+          prefix: `${key}[].`,
+        });
     } else out.push({ key, f, env: childEnv && envPhrase(childEnv, f)?.replace(' (or ', ', ').replace(')', '') });
   }
 }
@@ -244,7 +295,7 @@ export function generateMarkdown(root: z.ZodObject = perchConfigSchema): string 
     '',
     'Every setting outside a list can be overridden by an environment variable named `PERCH_` and its key path',
     'in capitals, joined with `_`: `mqtt.url` is `PERCH_MQTT_URL`, `mqtt.tls.ca` is `PERCH_MQTT_TLS_CA`.',
-    'Environment variables win over the file. Values are converted to the key\'s type: booleans accept',
+    "Environment variables win over the file. Values are converted to the key's type: booleans accept",
     '`true/false`, `1/0`, `yes/no`, `on/off`. An empty variable counts as unset.',
     '',
     'Every string setting also has a `_FILE` variant (`PERCH_MQTT_PASSWORD_FILE=/run/credentials/perch/mqtt`):',

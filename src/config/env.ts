@@ -6,7 +6,19 @@
 import { readFileSync, statSync } from 'node:fs';
 import type { z } from 'zod';
 import { perchConfigSchema } from './schema.js';
-import { choices, isArray, isObject, isRecord, isTaggedUnion, scalarKind, shapeOf, unionOptions, unwrap, type Field, type ScalarKind } from './introspect.js';
+import {
+  choices,
+  isArray,
+  isObject,
+  isRecord,
+  isTaggedUnion,
+  scalarKind,
+  shapeOf,
+  unionOptions,
+  unwrap,
+  type Field,
+  type ScalarKind,
+} from './introspect.js';
 
 export const ENV_PREFIX = 'PERCH_';
 /** Secrets are small; a bigger _FILE is a mistake (wrong path), not a password. */
@@ -87,12 +99,20 @@ function readSecretFile(variable: string, file: string): { value?: string; probl
   try {
     const st = statSync(file);
     if (!st.isFile()) return { problem: { variable, message: `${file} is not a regular file` } };
-    if (st.size > MAX_ENV_FILE_BYTES) return { problem: { variable, message: `${file} is ${st.size} bytes, more than the ${MAX_ENV_FILE_BYTES} allowed` } };
+    if (st.size > MAX_ENV_FILE_BYTES)
+      return {
+        problem: { variable, message: `${file} is ${st.size} bytes, more than the ${MAX_ENV_FILE_BYTES} allowed` },
+      };
     // One trailing newline is an artefact of `echo` and editors, never part of the value.
     return { value: readFileSync(file, 'utf8').replace(/\r?\n$/, '') };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable (permission denied)' : (err as Error).message;
+    const why =
+      code === 'ENOENT'
+        ? 'does not exist'
+        : code === 'EACCES'
+          ? 'is not readable (permission denied)'
+          : (err as Error).message;
     return { problem: { variable, message: `cannot read ${file}: it ${why}` } };
   }
 }
@@ -111,7 +131,11 @@ function setIn(data: Record<string, unknown>, path: readonly string[], value: un
  * Writes the environment's values into `data` (the parsed file, changed in place). An empty variable counts
  * as unset. Values that do not fit their type are left as text so that validation reports them.
  */
-export function applyEnv(data: Record<string, unknown>, env: NodeJS.ProcessEnv, vars: EnvVariable[] = envVariables()): { applied: AppliedEnv[]; problems: EnvProblem[] } {
+export function applyEnv(
+  data: Record<string, unknown>,
+  env: NodeJS.ProcessEnv,
+  vars: EnvVariable[] = envVariables(),
+): { applied: AppliedEnv[]; problems: EnvProblem[] } {
   const applied: AppliedEnv[] = [];
   const problems: EnvProblem[] = [];
   for (const v of vars) {
@@ -139,7 +163,11 @@ export function applyEnv(data: Record<string, unknown>, env: NodeJS.ProcessEnv, 
 }
 
 /** PERCH_* variables that set nothing (typos), each with the closest real name when there is one. */
-export function unknownEnvVariables(env: NodeJS.ProcessEnv, vars: EnvVariable[] = envVariables(), ignore: readonly string[] = ['PERCH_CONFIG']): { name: string; suggestion?: string }[] {
+export function unknownEnvVariables(
+  env: NodeJS.ProcessEnv,
+  vars: EnvVariable[] = envVariables(),
+  ignore: readonly string[] = ['PERCH_CONFIG'],
+): { name: string; suggestion?: string }[] {
   const known = new Set<string>(ignore);
   for (const v of vars) {
     known.add(v.name);

@@ -63,7 +63,9 @@ export function shapeOf(s: z.ZodObject): Record<string, z.ZodType> {
 }
 
 /** The options of a tagged union, each with its tag value. */
-export function unionOptions(s: z.ZodDiscriminatedUnion<z.ZodObject[]>): { tag: string; key: string; schema: z.ZodObject }[] {
+export function unionOptions(
+  s: z.ZodDiscriminatedUnion<z.ZodObject[]>,
+): { tag: string; key: string; schema: z.ZodObject }[] {
   const key = s.def.discriminator;
   return s.options.map((o) => {
     const lit = unwrap(shapeOf(o)[key]!).schema;
@@ -105,7 +107,8 @@ export function choices(s: z.ZodType): unknown[] | undefined {
 }
 
 function range(lo: number | null, hi: number | null): string {
-  const ok = (n: number | null): n is number => n !== null && Number.isFinite(n) && Math.abs(n) < Number.MAX_SAFE_INTEGER;
+  const ok = (n: number | null): n is number =>
+    n !== null && Number.isFinite(n) && Math.abs(n) < Number.MAX_SAFE_INTEGER;
   if (ok(lo) && ok(hi)) return ` between ${lo} and ${hi}`;
   if (ok(lo)) return ` of at least ${lo}`;
   if (ok(hi)) return ` of at most ${hi}`;
@@ -118,13 +121,18 @@ const quote = (v: unknown): string => (typeof v === 'string' ? `"${v}"` : String
 export function expectation(s: z.ZodType): string {
   if (s instanceof z.ZodString) {
     if (s.format === 'url') return 'a URL such as http://camera.local/snapshot.jpg';
-    return s.minLength === 1 && s.maxLength === null ? 'a non-empty string' : `a string${lengthText(s.minLength, s.maxLength)}`;
+    return s.minLength === 1 && s.maxLength === null
+      ? 'a non-empty string'
+      : `a string${lengthText(s.minLength, s.maxLength)}`;
   }
   if (s instanceof z.ZodNumber) return `${s.isInt ? 'an integer' : 'a number'}${range(s.minValue, s.maxValue)}`;
   if (s instanceof z.ZodBoolean) return 'true or false';
   const c = choices(s);
   if (c) return c.length === 1 ? quote(c[0]) : `one of ${c.map(quote).join(', ')}`;
-  if (isTaggedUnion(s)) return `a mapping with ${s.def.discriminator}: ${unionOptions(s).map((o) => o.tag).join(' | ')}`;
+  if (isTaggedUnion(s))
+    return `a mapping with ${s.def.discriminator}: ${unionOptions(s)
+      .map((o) => o.tag)
+      .join(' | ')}`;
   if (isObject(s)) return 'a mapping (key: value lines)';
   if (isArray(s)) return 'a list';
   return 'a valid value';
@@ -144,7 +152,11 @@ export function typeLabel(f: Field): string {
   if (s instanceof z.ZodString) return s.format === 'url' ? 'URL' : 'string';
   if (s instanceof z.ZodNumber) {
     const base = s.isInt ? 'integer' : 'number';
-    const r = range(s.minValue, s.maxValue).replace(' between ', ' ').replace(' and ', '–').replace(' of at least ', ' ≥ ').replace(' of at most ', ' ≤ ');
+    const r = range(s.minValue, s.maxValue)
+      .replace(' between ', ' ')
+      .replace(' and ', '–')
+      .replace(' of at least ', ' ≥ ')
+      .replace(' of at most ', ' ≤ ');
     return base + r;
   }
   if (s instanceof z.ZodBoolean) return 'boolean';
@@ -168,7 +180,12 @@ export function schemaAt(root: z.ZodType, path: readonly PropertyKey[], data: un
       if (!opt) {
         // Unknown tag: only the tag itself can be described.
         if (seg !== s.def.discriminator) return undefined;
-        return { schema: z.enum(unionOptions(s).map((o) => o.tag) as [string, ...string[]]), optional: false, hasDefault: false, meta: {} };
+        return {
+          schema: z.enum(unionOptions(s).map((o) => o.tag) as [string, ...string[]]),
+          optional: false,
+          hasDefault: false,
+          meta: {},
+        };
       }
       s = opt.schema;
     }

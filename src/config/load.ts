@@ -9,7 +9,18 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } fro
 import type { z } from 'zod';
 import { perchConfigSchema, type PerchConfig } from './schema.js';
 import { applyEnv, closest, envVariables, unknownEnvVariables, type AppliedEnv } from './env.js';
-import { expectation, formatPath, isArray, isObject, isRecord, isTaggedUnion, schemaAt, shapeOf, unionOptions, unwrap } from './introspect.js';
+import {
+  expectation,
+  formatPath,
+  isArray,
+  isObject,
+  isRecord,
+  isTaggedUnion,
+  schemaAt,
+  shapeOf,
+  unionOptions,
+  unwrap,
+} from './introspect.js';
 
 export const DEFAULT_CONFIG_PATH = '/etc/perch/config.yaml';
 /** A config file is a few KiB; anything this big is the wrong file. */
@@ -42,7 +53,9 @@ export class ConfigError extends Error {
     readonly details: ConfigProblem[],
   ) {
     const problems = details.map(formatProblem);
-    super(`${file}: ${problems.length === 1 ? 'invalid configuration' : `${problems.length} configuration problems`}:\n  ${problems.join('\n  ')}`);
+    super(
+      `${file}: ${problems.length === 1 ? 'invalid configuration' : `${problems.length} configuration problems`}:\n  ${problems.join('\n  ')}`,
+    );
     this.name = 'ConfigError';
     this.problems = problems;
   }
@@ -85,7 +98,8 @@ function readConfigFile(file: string, chosenBy: 'named' | 'PERCH_CONFIG' | 'defa
   try {
     const st = statSync(file);
     if (!st.isFile()) throw fail(`${file} is not a regular file`);
-    if (st.size > MAX_CONFIG_BYTES) throw fail(`${file} is ${st.size} bytes; a config file may be at most ${MAX_CONFIG_BYTES}`);
+    if (st.size > MAX_CONFIG_BYTES)
+      throw fail(`${file} is ${st.size} bytes; a config file may be at most ${MAX_CONFIG_BYTES}`);
     return readFileSync(file, 'utf8');
   } catch (err) {
     if (err instanceof ConfigError) throw err;
@@ -128,7 +142,10 @@ export function parseConfig(text: string, opts: ParseOptions): LoadedConfig {
     throw new ConfigError(file, [{ path: '', message: `YAML could not be read: ${(err as Error).message}` }]);
   }
   if (data === null || data === undefined) data = {};
-  if (!isRecord(data)) throw new ConfigError(file, [{ path: '', message: `got ${render(data, false)} — expected a mapping of sections (device:, mqtt:, …)` }]);
+  if (!isRecord(data))
+    throw new ConfigError(file, [
+      { path: '', message: `got ${render(data, false)} — expected a mapping of sections (device:, mqtt:, …)` },
+    ]);
 
   const root = perchConfigSchema as z.ZodType;
   const problems: ConfigProblem[] = [];
@@ -137,7 +154,12 @@ export function parseConfig(text: string, opts: ParseOptions): LoadedConfig {
 
   const vars = envVariables(root);
   const { applied, problems: envProblems } = applyEnv(data, env, vars);
-  for (const p of envProblems) problems.push({ path: formatPath(vars.find((v) => v.name === p.variable || v.fileName === p.variable)?.path ?? []), variable: p.variable, message: p.message });
+  for (const p of envProblems)
+    problems.push({
+      path: formatPath(vars.find((v) => v.name === p.variable || v.fileName === p.variable)?.path ?? []),
+      variable: p.variable,
+      message: p.message,
+    });
   const origin = new Map(applied.map((a) => [formatPath(a.path), a.name]));
 
   const result = perchConfigSchema.safeParse(data);
@@ -146,7 +168,11 @@ export function parseConfig(text: string, opts: ParseOptions): LoadedConfig {
       if (issue.code === 'unrecognized_keys') continue; // checkKeys reported these, at every level, with suggestions
       const key = formatPath(issue.path);
       const variable = origin.get(key);
-      problems.push({ path: key, ...(variable ? { variable } : { line: lineOf(issue.path) }), message: describeIssue(root, issue, data) });
+      problems.push({
+        path: key,
+        ...(variable ? { variable } : { line: lineOf(issue.path) }),
+        message: describeIssue(root, issue, data),
+      });
     }
   }
   if (problems.length) throw new ConfigError(file, order(dedupe(problems)));
@@ -154,7 +180,9 @@ export function parseConfig(text: string, opts: ParseOptions): LoadedConfig {
   const config = result.data!;
   const envPaths = new Set(applied.map((a) => formatPath(a.path)));
   resolvePaths(root, config, [], dirname(file), opts.cwd ?? process.cwd(), envPaths);
-  const warnings = unknownEnvVariables(env, vars).map((u) => `${u.name} is not a Perch setting and is ignored${u.suggestion ? ` — did you mean ${u.suggestion}?` : ''}`);
+  const warnings = unknownEnvVariables(env, vars).map(
+    (u) => `${u.name} is not a Perch setting and is ignored${u.suggestion ? ` — did you mean ${u.suggestion}?` : ''}`,
+  );
   return { config, path: file, applied, warnings };
 }
 
@@ -203,7 +231,13 @@ function rangeLine(node: unknown, lines: LineCounter): number | undefined {
  * below the top level) and turns empty values of optional keys into "not set", so `password:` with nothing
  * after it means no password rather than an error.
  */
-function checkKeys(schema: z.ZodType, data: unknown, path: PropertyKey[], problems: ConfigProblem[], lineOf: (p: readonly PropertyKey[]) => number | undefined): void {
+function checkKeys(
+  schema: z.ZodType,
+  data: unknown,
+  path: PropertyKey[],
+  problems: ConfigProblem[],
+  lineOf: (p: readonly PropertyKey[]) => number | undefined,
+): void {
   let s = unwrap(schema).schema;
   let otherOptions: { tag: string; keys: string[] }[] = [];
   if (isTaggedUnion(s)) {
@@ -250,12 +284,18 @@ function describeIssue(root: z.ZodType, issue: Issue, data: unknown): string {
   const value = valueAt(data, issue.path);
   // A rule across keys (custom) can trip on a key left at its default: say so rather than "missing".
   const atDefault = value === undefined && issue.code === 'custom' && field?.hasDefault;
-  const got = atDefault ? `the default ${render(field.default, false)}` : value === undefined ? 'missing' : `got ${render(value, isSecretPath(issue.path))}`;
+  const got = atDefault
+    ? `the default ${render(field.default, false)}`
+    : value === undefined
+      ? 'missing'
+      : `got ${render(value, isSecretPath(issue.path))}`;
   let expected: string;
-  if (issue.code === 'custom' || (issue.code === 'invalid_format' && issue.format === 'regex')) expected = issue.message;
+  if (issue.code === 'custom' || (issue.code === 'invalid_format' && issue.format === 'regex'))
+    expected = issue.message;
   else if (field) expected = expectation(field.schema);
   else expected = issue.message;
-  const about = value === undefined && !atDefault && field?.description ? ` (${field.description.replace(/\.$/, '')})` : '';
+  const about =
+    value === undefined && !atDefault && field?.description ? ` (${field.description.replace(/\.$/, '')})` : '';
   return `${got} — expected ${expected}${about}`;
 }
 
@@ -298,14 +338,22 @@ export function maskSecrets<T>(value: T, path: PropertyKey[] = []): T {
   if (Array.isArray(value)) return value.map((v, i) => maskSecrets(v, [...path, i])) as T;
   if (isRecord(value)) {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = v !== undefined && isSecretPath([...path, k]) ? MASK : maskSecrets(v, [...path, k]);
+    for (const [k, v] of Object.entries(value))
+      out[k] = v !== undefined && isSecretPath([...path, k]) ? MASK : maskSecrets(v, [...path, k]);
     return out as T;
   }
   return (typeof value === 'string' ? maskUrl(value) : value) as T;
 }
 
 /** Makes relative file paths absolute: against the config file's directory, or the working directory for values from the environment. */
-function resolvePaths(schema: z.ZodType, data: unknown, path: PropertyKey[], baseDir: string, cwd: string, fromEnv: Set<string>): void {
+function resolvePaths(
+  schema: z.ZodType,
+  data: unknown,
+  path: PropertyKey[],
+  baseDir: string,
+  cwd: string,
+  fromEnv: Set<string>,
+): void {
   if (!isRecord(data) && !Array.isArray(data)) return;
   let s = unwrap(schema).schema;
   if (isTaggedUnion(s)) {

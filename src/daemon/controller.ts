@@ -36,7 +36,8 @@ export interface ControllerOptions {
 }
 
 /** What this build cannot do yet, said plainly at start whatever the model. */
-export const ENCODER_GAP = 'transcripts need a package with an audio encoder, captions and questions about images one with a vision encoder; the engine status says what this one has';
+export const ENCODER_GAP =
+  'transcripts need a package with an audio encoder, captions and questions about images one with a vision encoder; the engine status says what this one has';
 
 export class Controller {
   readonly scheduler: Scheduler;
@@ -67,11 +68,25 @@ export class Controller {
     const { config } = o;
     this.log = o.logger ?? silentLogger;
     if (config.embedded_broker.enabled) {
-      this.broker = new EmbeddedBroker({ settings: config.embedded_broker, maxPayloadBytes: config.mqtt.max_payload_bytes, logger: this.log });
+      this.broker = new EmbeddedBroker({
+        settings: config.embedded_broker,
+        maxPayloadBytes: config.mqtt.max_payload_bytes,
+        logger: this.log,
+      });
     }
-    this.conn = new MqttConnection({ settings: config.mqtt, deviceId: config.device.id, stateDir: config.daemon.state_dir, logger: this.log, homeAssistant: config.homeassistant });
+    this.conn = new MqttConnection({
+      settings: config.mqtt,
+      deviceId: config.device.id,
+      stateDir: config.daemon.state_dir,
+      logger: this.log,
+      homeAssistant: config.homeassistant,
+    });
     this.scheduler = new Scheduler(config.scheduler, this.log);
-    this.health = new HealthTracker({ logger: this.log, report: (_stage, topic, message) => this.reportError(topic, message), onChange: () => void this.publishStats() });
+    this.health = new HealthTracker({
+      logger: this.log,
+      report: (_stage, topic, message) => this.reportError(topic, message),
+      onChange: () => void this.publishStats(),
+    });
     this.model = new ModelManager({
       config,
       scheduler: this.scheduler,
@@ -83,7 +98,8 @@ export class Controller {
     });
     const cameras = config.cameras.filter((c) => c.enabled);
 
-    const audio = config.audio.enabled && config.audio.source ? createAudioSource(config.audio.source, this.log) : undefined;
+    const audio =
+      config.audio.enabled && config.audio.source ? createAudioSource(config.audio.source, this.log) : undefined;
     this.meter = audio ? new AudioMeter(audio) : undefined;
     this.hearing = audio
       ? new HearingPipeline(this.conn, audio, config.audio.segmenter, this.log, {
@@ -99,10 +115,15 @@ export class Controller {
         })
       : undefined;
     // The switches pause the sources first, then the consumers end what was in progress.
-    this.listening = new SourceGroup('listening', audio ? [audio] : [], this.log, { paused: async () => void (await this.hearing?.pause()) });
+    this.listening = new SourceGroup('listening', audio ? [audio] : [], this.log, {
+      paused: async () => void (await this.hearing?.pause()),
+    });
     const frameSources: FrameSource[] = cameras.map((c) => createFrameSource(c.name, c.source, this.log));
     this.frameSources = frameSources;
-    this.watching = new SourceGroup('watching', frameSources, this.log, { paused: () => this.motion.pause(), resuming: () => this.motion.resume() });
+    this.watching = new SourceGroup('watching', frameSources, this.log, {
+      paused: () => this.motion.pause(),
+      resuming: () => this.motion.resume(),
+    });
     this.snapshots = new SnapshotPublisher(this.conn, cameras);
     // Events go out through the seeing pipeline (it adds captions); it exists once the engine does (start()).
     this.motion = new MotionPipeline(this.conn, this.log, (u, msg) => this.seeing?.onMotion(u, msg));
@@ -138,7 +159,14 @@ export class Controller {
       imageTokens: (name) => cameras.find((c) => c.name === name)?.image_tokens ?? DEFAULT_IMAGE_TOKENS,
       logger: this.log,
     });
-    this.seeing = new SeeingPipeline({ conn: this.conn, scheduler: this.scheduler, engine: this.model.engine, cameras, captionDeadlineMs: config.scheduler.caption_deadline_ms, logger: this.log });
+    this.seeing = new SeeingPipeline({
+      conn: this.conn,
+      scheduler: this.scheduler,
+      engine: this.model.engine,
+      cameras,
+      captionDeadlineMs: config.scheduler.caption_deadline_ms,
+      logger: this.log,
+    });
     if (this.broker) {
       const at = await this.broker.start();
       this.log.info(`embedded MQTT broker listening on ${at.host}:${at.port}`);
@@ -146,11 +174,20 @@ export class Controller {
     this.conn.on('connected', this.onConnected);
     if (this.discovery) {
       for (const topic of this.discovery.subscriptions) {
-        this.conn.subscribe(topic, (msg) => void this.discovery?.handleMessage(msg.topic, msg.payload), { qos: 1, owner: OWNER });
+        this.conn.subscribe(topic, (msg) => void this.discovery?.handleMessage(msg.topic, msg.payload), {
+          qos: 1,
+          owner: OWNER,
+        });
       }
     }
-    this.conn.subscribe(this.conn.topics.listeningSet, (msg) => void this.onSwitch(this.listening, msg.payload), { qos: 1, owner: OWNER });
-    this.conn.subscribe(this.conn.topics.watchingSet, (msg) => void this.onSwitch(this.watching, msg.payload), { qos: 1, owner: OWNER });
+    this.conn.subscribe(this.conn.topics.listeningSet, (msg) => void this.onSwitch(this.listening, msg.payload), {
+      qos: 1,
+      owner: OWNER,
+    });
+    this.conn.subscribe(this.conn.topics.watchingSet, (msg) => void this.onSwitch(this.watching, msg.payload), {
+      qos: 1,
+      owner: OWNER,
+    });
     this.ask.start();
     await this.conn.start();
     await this.hearing?.start();
@@ -159,10 +196,21 @@ export class Controller {
     this.sourcesStarted = true;
     await this.publishSwitchStates();
     this.motion.start();
-    this.stopStages = watchStages({ health: this.health, topics: this.conn.topics, model: this.model, hearing: this.hearing, motion: this.motion, watching: this.watching, frameSources: this.frameSources });
+    this.stopStages = watchStages({
+      health: this.health,
+      topics: this.conn.topics,
+      model: this.model,
+      hearing: this.hearing,
+      motion: this.motion,
+      watching: this.watching,
+      frameSources: this.frameSources,
+    });
     this.statsTimer = setInterval(() => void this.publishStats(), config.daemon.stats_interval_s * 1000);
     this.statsTimer.unref();
-    this.log.info({ root: this.conn.topics.root, broker: config.mqtt.url }, `Perch is running; watch it with: mosquitto_sub -h ${hostOf(config.mqtt.url)} -p ${portOf(config.mqtt.url)} -v -t '${this.conn.topics.root}/#' -t '${config.homeassistant.discovery_prefix}/#'`);
+    this.log.info(
+      { root: this.conn.topics.root, broker: config.mqtt.url },
+      `Perch is running; watch it with: mosquitto_sub -h ${hostOf(config.mqtt.url)} -p ${portOf(config.mqtt.url)} -v -t '${this.conn.topics.root}/#' -t '${config.homeassistant.discovery_prefix}/#'`,
+    );
   }
 
   /** Idempotent: a second call waits for the first. */
@@ -175,9 +223,16 @@ export class Controller {
     const mem = process.memoryUsage();
     const m = this.conn.stats();
     const sources: StatsMessage['sources'] = {};
-    for (const [group, prefix] of [[this.listening, 'audio/'], [this.watching, 'camera/']] as const) {
+    for (const [group, prefix] of [
+      [this.listening, 'audio/'],
+      [this.watching, 'camera/'],
+    ] as const) {
       for (const [name, st] of Object.entries(group.states())) {
-        sources[prefix + name] = { status: st.status, restarts: st.restarts, ...(st.lastError ? { last_error: st.lastError.slice(0, 500) } : {}) };
+        sources[prefix + name] = {
+          status: st.status,
+          restarts: st.restarts,
+          ...(st.lastError ? { last_error: st.lastError.slice(0, 500) } : {}),
+        };
       }
     }
     const engine = this.model.engine.status();
@@ -187,15 +242,43 @@ export class Controller {
       uptime_s: Math.round((Date.now() - this.startedAt) / 1000),
       version: this.o.version,
       memory: { rss: mem.rss, heap_used: mem.heapUsed, heap_total: mem.heapTotal },
-      engine: { state: engine.state, detail: engine.detail.slice(0, 500), ...(engine.random_weights ? { random_weights: true } : {}), ...this.model.stats() },
-      ...(this.hearing && this.meter ? { audio: { ...this.hearing.stats(), seconds: Math.round(this.meter.samples / AUDIO_SAMPLE_RATE) } } : {}),
+      engine: {
+        state: engine.state,
+        detail: engine.detail.slice(0, 500),
+        ...(engine.random_weights ? { random_weights: true } : {}),
+        ...this.model.stats(),
+      },
+      ...(this.hearing && this.meter
+        ? { audio: { ...this.hearing.stats(), seconds: Math.round(this.meter.samples / AUDIO_SAMPLE_RATE) } }
+        : {}),
       queues: this.scheduler.stats().depth_by_kind,
-      mqtt: { connected: m.connected, protocol: m.protocol, reconnects: m.reconnects, published: m.published, received: m.received, rejected: m.rejected, outbox: { depth: m.outbox.depth, bytes: m.outbox.bytes, dropped: m.outbox.dropped, expired: m.outbox.expired, dead_letters: m.outbox.deadLettered } },
+      mqtt: {
+        connected: m.connected,
+        protocol: m.protocol,
+        reconnects: m.reconnects,
+        published: m.published,
+        received: m.received,
+        rejected: m.rejected,
+        outbox: {
+          depth: m.outbox.depth,
+          bytes: m.outbox.bytes,
+          dropped: m.outbox.dropped,
+          expired: m.outbox.expired,
+          dead_letters: m.outbox.deadLettered,
+        },
+      },
       sources,
       motion: Object.fromEntries(
         Object.entries(this.motion.stats()).map(([name, st]) => [
           name,
-          { on: st.motionOn, events: st.events, frames: st.frames, dropped: st.dropped, decode_errors: st.decodeErrors, avg_frame_ms: Math.round(st.avgFrameMs * 100) / 100 },
+          {
+            on: st.motionOn,
+            events: st.events,
+            frames: st.frames,
+            dropped: st.dropped,
+            decode_errors: st.decodeErrors,
+            avg_frame_ms: Math.round(st.avgFrameMs * 100) / 100,
+          },
         ]),
       ),
       ...(this.seeing ? { captions: this.seeing.stats() } : {}),
@@ -206,7 +289,11 @@ export class Controller {
   /** A failure worth a consumer's attention (a failing stage, an unusable model package) on `<root>/errors`. */
   private reportError(topic: string, message: string): void {
     const e: ErrorMessage = { v: 1, ts: isoNow(), code: 'internal', message: message.slice(0, 2000), topic };
-    void this.conn.publish(this.conn.topics.errors, encode(e), { final: true, qos: 1, contentType: 'application/json' });
+    void this.conn.publish(this.conn.topics.errors, encode(e), {
+      final: true,
+      qos: 1,
+      contentType: 'application/json',
+    });
   }
 
   private readonly onConnected = (): void => {
@@ -220,7 +307,10 @@ export class Controller {
   private async onSwitch(group: SourceGroup, payload: Buffer): Promise<void> {
     const value = payload.toString('utf8').trim().toUpperCase();
     if (value !== 'ON' && value !== 'OFF') {
-      this.log.warn({ group: group.name, payload: payload.toString('utf8').slice(0, 40) }, 'switch command must be ON or OFF');
+      this.log.warn(
+        { group: group.name, payload: payload.toString('utf8').slice(0, 40) },
+        'switch command must be ON or OFF',
+      );
       return;
     }
     await group.setPaused(value === 'OFF');
@@ -237,7 +327,11 @@ export class Controller {
   }
 
   private async publishStats(): Promise<void> {
-    await this.conn.publish(this.conn.topics.stats, encode(this.stats()), { qos: 0, retain: true, contentType: 'application/json' });
+    await this.conn.publish(this.conn.topics.stats, encode(this.stats()), {
+      qos: 0,
+      retain: true,
+      contentType: 'application/json',
+    });
   }
 
   private async doStop(reason: string): Promise<void> {

@@ -27,9 +27,14 @@ export interface EmbeddedBrokerOptions {
 }
 
 export class BrokerPortInUseError extends Error {
-  constructor(readonly host: string, readonly port: number) {
-    super(`embedded broker cannot listen on ${host}:${port}: port ${port} is already in use ` +
-      '(is Mosquitto or another broker running there? change embedded_broker.port)');
+  constructor(
+    readonly host: string,
+    readonly port: number,
+  ) {
+    super(
+      `embedded broker cannot listen on ${host}:${port}: port ${port} is already in use ` +
+        '(is Mosquitto or another broker running there? change embedded_broker.port)',
+    );
     this.name = 'BrokerPortInUseError';
   }
 }
@@ -45,8 +50,11 @@ class PacketSizeGuard extends Duplex {
   private multiplier = 1;
   private lengthBytes = 0;
 
-  constructor(private readonly socket: Socket, private readonly maxPacketBytes: number,
-    private readonly onReject: (why: string) => void) {
+  constructor(
+    private readonly socket: Socket,
+    private readonly maxPacketBytes: number,
+    private readonly onReject: (why: string) => void,
+  ) {
     super();
     socket.on('data', (chunk: Buffer) => {
       const problem = this.inspect(chunk);
@@ -59,7 +67,9 @@ class PacketSizeGuard extends Duplex {
     });
     socket.on('end', () => this.push(null));
     socket.on('error', (err) => this.destroy(err));
-    socket.on('close', () => { if (!this.destroyed) this.destroy(); });
+    socket.on('close', () => {
+      if (!this.destroyed) this.destroy();
+    });
   }
 
   /** Walks packet boundaries in a chunk; returns why the connection must go, or null. */
@@ -149,7 +159,10 @@ export class EmbeddedBroker {
       authorizePublish: (client, packet, cb) => {
         const size = typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : packet.payload.length;
         if (size > max) {
-          this.log.warn({ client_id: client?.id, topic: packet.topic, bytes: size, max }, 'payload too large; dropping client');
+          this.log.warn(
+            { client_id: client?.id, topic: packet.topic, bytes: size, max },
+            'payload too large; dropping client',
+          );
           cb(new Error(`payload of ${size} bytes exceeds ${max}`));
           return;
         }
@@ -158,15 +171,20 @@ export class EmbeddedBroker {
     });
     broker.on('client', (client: Client) => this.log.info({ client_id: client.id }, 'client connected'));
     broker.on('clientDisconnect', (client: Client) => this.log.info({ client_id: client.id }, 'client disconnected'));
-    broker.on('clientError', (client: Client, err: Error) => this.log.warn({ client_id: client.id, err: err.message }, 'client error'));
-    broker.on('connectionError', (_client: Client, err: Error) => this.log.warn({ err: err.message }, 'connection error'));
+    broker.on('clientError', (client: Client, err: Error) =>
+      this.log.warn({ client_id: client.id, err: err.message }, 'client error'),
+    );
+    broker.on('connectionError', (_client: Client, err: Error) =>
+      this.log.warn({ err: err.message }, 'connection error'),
+    );
 
     const server = createServer((socket) => {
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
       const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-      const guard = new PacketSizeGuard(socket, max + PACKET_OVERHEAD_BYTES,
-        (why) => this.log.warn({ remote, why }, 'connection dropped'));
+      const guard = new PacketSizeGuard(socket, max + PACKET_OVERHEAD_BYTES, (why) =>
+        this.log.warn({ remote, why }, 'connection dropped'),
+      );
       broker.handle(guard);
     });
     try {

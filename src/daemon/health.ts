@@ -133,7 +133,11 @@ export class HealthTracker {
     const more = s.suppressed > 0 ? `; ${s.suppressed} more error report(s) suppressed` : '';
     s.lastReportAt = now;
     s.suppressed = 0;
-    this.o.report?.(stage, s.topic, `stage ${stage} is failing (${h.error_count} errors, ${h.restarts} restarts${more}): ${h.last_error ?? ''}`);
+    this.o.report?.(
+      stage,
+      s.topic,
+      `stage ${stage} is failing (${h.error_count} errors, ${h.restarts} restarts${more}): ${h.last_error ?? ''}`,
+    );
   }
 
   private scheduleRestart(stage: string, s: Stage): void {

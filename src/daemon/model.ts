@@ -88,7 +88,10 @@ export class ModelManager {
     if (this.o.engine) return;
     const { model } = this.o.config;
     if (!hasPackage(model.dir) && model.synthetic_if_missing) {
-      this.log.warn({ dir: model.dir }, 'NO MODEL PACKAGE: building the tiny synthetic package (random weights). Its answers are meaningless; get the real model with `perch model pull` and point model.dir at it');
+      this.log.warn(
+        { dir: model.dir },
+        'NO MODEL PACKAGE: building the tiny synthetic package (random weights). Its answers are meaningless; get the real model with `perch model pull` and point model.dir at it',
+      );
       await synthPackage({ preset: 'tiny', outDir: model.dir });
     }
     this.applied = await manifestSignature(model.dir);
@@ -146,7 +149,10 @@ export class ModelManager {
       this.applied = sig;
       this.pending = undefined;
       if (sig === 'none') {
-        this.log.warn({ dir: this.o.config.model.dir }, 'the model package was removed from model.dir; the loaded model stays in use until one appears again or Perch restarts');
+        this.log.warn(
+          { dir: this.o.config.model.dir },
+          'the model package was removed from model.dir; the loaded model stays in use until one appears again or Perch restarts',
+        );
         return;
       }
       await this.tryPackage();
@@ -160,9 +166,13 @@ export class ModelManager {
   /** Verifies and loads the package now at model.dir; swaps it in when ready, else keeps the engine in use. */
   private async tryPackage(): Promise<void> {
     const dir = this.o.config.model.dir;
-    const keeping = this.engine.current instanceof GemmaAnswerEngine ? 'the model in use stays' : 'questions stay unavailable';
+    const keeping =
+      this.engine.current instanceof GemmaAnswerEngine ? 'the model in use stays' : 'questions stay unavailable';
     const v = await verifyPackage(dir, { full: false });
-    if (!v.ok) return this.refuse(`the model package that appeared at ${dir} failed verification (${keeping}):\n${formatProblems(dir, v.problems)}`);
+    if (!v.ok)
+      return this.refuse(
+        `the model package that appeared at ${dir} failed verification (${keeping}):\n${formatProblems(dir, v.problems)}`,
+      );
     this.log.info({ dir, model: v.manifest?.source.model }, 'a new model package appeared at model.dir: loading it');
     const next = this.createEngine();
     await next.start();

@@ -9,7 +9,10 @@ import { perchVersion } from '../version.js';
 /** How often --exit-with-parent looks at the parent process id (a second of overlap at most on a port). */
 const PARENT_CHECK_MS = 1000;
 
-export async function runDaemon(config: PerchConfig, opts: { configPath: string; exitWithParent?: boolean }): Promise<void> {
+export async function runDaemon(
+  config: PerchConfig,
+  opts: { configPath: string; exitWithParent?: boolean },
+): Promise<void> {
   const log = createLogger(config.log);
   log.info({ config: opts.configPath, version: perchVersion() }, 'Perch starting');
   const notifier = new SystemdNotifier({ logger: log });

@@ -113,7 +113,9 @@ export function installShutdown(opts: ShutdownOptions): ShutdownHandle {
 
   return {
     shutdown,
-    get stopping() { return stopping !== null; },
+    get stopping() {
+      return stopping !== null;
+    },
     dispose() {
       for (const s of signals) process.off(s, onSignal);
       process.off('unhandledRejection', onRejection);

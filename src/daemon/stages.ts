@@ -55,7 +55,8 @@ export function watchStages(w: StageWiring): () => void {
       const stage = decoderStage(name);
       if (st.frames > before.frames) health.ok(stage);
       // One report per undecodable frame (capped: the tracker only needs to see the streak).
-      for (let i = 0; i < Math.min(50, st.decodeErrors - before.errors); i++) health.error(stage, st.lastError ?? 'a frame could not be decoded');
+      for (let i = 0; i < Math.min(50, st.decodeErrors - before.errors); i++)
+        health.error(stage, st.lastError ?? 'a frame could not be decoded');
       seen.set(name, { frames: st.frames, errors: st.decodeErrors });
     }
   };

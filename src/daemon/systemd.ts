@@ -106,7 +106,9 @@ export class SystemdNotifier {
     const tick = (): void => {
       if (this.pingInFlight) return;
       this.pingInFlight = true;
-      void this.watchdogPing().finally(() => { this.pingInFlight = false; });
+      void this.watchdogPing().finally(() => {
+        this.pingInFlight = false;
+      });
     };
     tick();
     this.timer = setInterval(tick, this.watchdogIntervalMs);
@@ -158,7 +160,9 @@ export class SystemdNotifier {
         resolve();
       };
       child.stderr.setEncoding('utf8');
-      child.stderr.on('data', (chunk: string) => { if (stderr.length < 2000) stderr += chunk; });
+      child.stderr.on('data', (chunk: string) => {
+        if (stderr.length < 2000) stderr += chunk;
+      });
       child.on('error', (err: NodeJS.ErrnoException) => {
         if (err.code === 'ENOENT') {
           this.missingCommand = true;

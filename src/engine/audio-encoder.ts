@@ -22,7 +22,10 @@ export class AudioEncoderSession {
     readonly featureSize: number,
   ) {}
 
-  static async open(modelPath: string, opts: { intraOpNumThreads?: number; featureSize?: number } = {}): Promise<AudioEncoderSession> {
+  static async open(
+    modelPath: string,
+    opts: { intraOpNumThreads?: number; featureSize?: number } = {},
+  ): Promise<AudioEncoderSession> {
     const session = await ort.InferenceSession.create(modelPath, { intraOpNumThreads: opts.intraOpNumThreads ?? 0 });
     return new AudioEncoderSession(session, opts.featureSize ?? 128);
   }
@@ -30,11 +33,17 @@ export class AudioEncoderSession {
   /** features [frames, featureSize] row-major and the frame mask (1 = real), as LogMelExtractor returns them. */
   async encode(features: Float32Array, mask: Uint8Array): Promise<AudioSoftTokens> {
     const frames = mask.length;
-    if (frames === 0 || frames > MAX_AUDIO_FRAMES) throw new RangeError(`audio clip has ${frames} frames; 1..${MAX_AUDIO_FRAMES} are accepted (30 s)`);
-    if (features.length !== frames * this.featureSize) throw new RangeError(`features hold ${features.length} values, expected ${frames} x ${this.featureSize}`);
+    if (frames === 0 || frames > MAX_AUDIO_FRAMES)
+      throw new RangeError(`audio clip has ${frames} frames; 1..${MAX_AUDIO_FRAMES} are accepted (30 s)`);
+    if (features.length !== frames * this.featureSize)
+      throw new RangeError(`features hold ${features.length} values, expected ${frames} x ${this.featureSize}`);
     const out = await this.session.run({
       [AUDIO_GRAPH_IO.features]: new ort.Tensor('float32', features, [1, frames, this.featureSize]),
-      [AUDIO_GRAPH_IO.mask]: new ort.Tensor('bool', Uint8Array.from(mask, (v) => (v ? 1 : 0)), [1, frames]),
+      [AUDIO_GRAPH_IO.mask]: new ort.Tensor(
+        'bool',
+        Uint8Array.from(mask, (v) => (v ? 1 : 0)),
+        [1, frames],
+      ),
     });
     const emb = out[AUDIO_GRAPH_IO.embeds]!;
     const valid = out[AUDIO_GRAPH_IO.outMask]!.data as Uint8Array;

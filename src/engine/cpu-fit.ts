@@ -27,7 +27,8 @@ const PI5_KERNEL = { bits: 2, blockSize: 128 } as const;
 
 function dotProductFlag(): string {
   const flags = cpuFeatureFlags();
-  if (process.arch === 'arm64') return flags.includes('asimddp') ? 'asimddp (dot product) present' : 'no asimddp (dot product)';
+  if (process.arch === 'arm64')
+    return flags.includes('asimddp') ? 'asimddp (dot product) present' : 'no asimddp (dot product)';
   if (process.arch === 'x64') return flags.includes('avx2') ? 'avx2 present' : 'no avx2';
   return `${process.arch}`;
 }

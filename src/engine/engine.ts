@@ -15,7 +15,12 @@ import { KvState, PrefixStore, commonPrefix } from './kv-cache.js';
 import { ChatTemplate, type ChatMessage, OutputRouter, type ToolDeclaration, encodeChat } from './prompt.js';
 import { type SamplerOptions, createSampler } from './sampling.js';
 import { profileMismatch } from './cpu-fit.js';
-import { type PrepackedCacheOptions, type WeightsPacking, createCachedSession, packageChecksum } from './prepacked-cache.js';
+import {
+  type PrepackedCacheOptions,
+  type WeightsPacking,
+  createCachedSession,
+  packageChecksum,
+} from './prepacked-cache.js';
 import { DEFAULT_TUNING, type DecoderSession, type SessionTuning, decoderSession } from './session.js';
 import { PackageTokenizer } from './tokenizer.js';
 import { StopMatcher } from './stop.js';
@@ -136,15 +141,19 @@ export class Engine {
     try {
       const cfg = pkg.config;
       const prefillChunk = opts.prefillChunk ?? DEFAULT_PREFILL_CHUNK;
-      if (!Number.isInteger(prefillChunk) || prefillChunk < 1) throw new Error(`prefill chunk must be a positive integer, got ${prefillChunk}`);
+      if (!Number.isInteger(prefillChunk) || prefillChunk < 1)
+        throw new Error(`prefill chunk must be a positive integer, got ${prefillChunk}`);
       if (opts.memoryBudgetMb !== undefined) {
         const need = await estimateResidentMb(pkg, opts.contextTokens, opts.pleCacheMb, prefillChunk);
         if (need > opts.memoryBudgetMb) {
-          throw new Error(`model package ${dir} needs about ${need} MiB resident (weights, KV cache for ${opts.contextTokens} tokens, PLE cache), over model.memory_budget_mb ${opts.memoryBudgetMb}`);
+          throw new Error(
+            `model package ${dir} needs about ${need} MiB resident (weights, KV cache for ${opts.contextTokens} tokens, PLE cache), over model.memory_budget_mb ${opts.memoryBudgetMb}`,
+          );
         }
       }
       const tokenizer = await PackageTokenizer.load(dir);
-      if (tokenizer.vocabSize > cfg.vocabSize) throw new Error(`tokenizer has ${tokenizer.vocabSize} ids, the model only ${cfg.vocabSize}`);
+      if (tokenizer.vocabSize > cfg.vocabSize)
+        throw new Error(`tokenizer has ${tokenizer.vocabSize} ids, the model only ${cfg.vocabSize}`);
       // Without a template the engine still serves promptIds (benchmarks); messages then fail with a clear error.
       const template = await ChatTemplate.load(dir).catch((e: Error) => {
         log.warn({ dir, err: e.message }, 'no usable chat template: only pre-tokenised prompts will work');
@@ -153,10 +162,28 @@ export class Engine {
       const tuning: SessionTuning = { ...DEFAULT_TUNING, ...opts.tuning, threads: opts.threads };
       const t0 = performance.now();
       const decoder = await openDecoder(pkg, tuning, opts.prepackedCache, log);
-      log.info({ dir, ms: Math.round(performance.now() - t0), threads: opts.threads, media: decoder.acceptsMedia, prepacked: decoder.prepacked }, 'decoder session ready');
+      log.info(
+        {
+          dir,
+          ms: Math.round(performance.now() - t0),
+          threads: opts.threads,
+          media: decoder.acceptsMedia,
+          prepacked: decoder.prepacked,
+        },
+        'decoder session ready',
+      );
       const mismatch = await profileMismatch(pkg.manifest.quantisation);
       if (mismatch) log.warn({ dir, profile: pkg.manifest.quantisation.profile }, mismatch);
-      return new Engine(pkg, decoder, tokenizer, template, opts.contextTokens, prefillChunk, log, opts.prefixSnapshots ?? 2);
+      return new Engine(
+        pkg,
+        decoder,
+        tokenizer,
+        template,
+        opts.contextTokens,
+        prefillChunk,
+        log,
+        opts.prefixSnapshots ?? 2,
+      );
     } catch (e) {
       await pkg.close();
       throw e;
@@ -186,7 +213,10 @@ export class Engine {
   }
 
   /** Renders messages with the package template and tokenises them. */
-  encodeMessages(messages: ChatMessage[], opts: { thinking?: boolean; addGenerationPrompt?: boolean; tools?: ToolDeclaration[] } = {}): number[] {
+  encodeMessages(
+    messages: ChatMessage[],
+    opts: { thinking?: boolean; addGenerationPrompt?: boolean; tools?: ToolDeclaration[] } = {},
+  ): number[] {
     if (!this.template) throw new Error(`model package ${this.pkg.dir} has no chat template`);
     return encodeChat(this.template, this.tokenizer, messages, {
       addGenerationPrompt: opts.addGenerationPrompt ?? true,
@@ -213,7 +243,11 @@ export class Engine {
 
   /** For stats and benchmarks: PLE pager counters and the memory held by stored KV snapshots. */
   stats(): { ple: PlePagerStats; prefixSnapshots: number; prefixCacheBytes: number } {
-    return { ple: this.pkg.pager.stats(), prefixSnapshots: this.prefixes.size, prefixCacheBytes: this.prefixes.bytes() };
+    return {
+      ple: this.pkg.pager.stats(),
+      prefixSnapshots: this.prefixes.size,
+      prefixCacheBytes: this.prefixes.bytes(),
+    };
   }
 
   async close(): Promise<void> {
@@ -230,12 +264,17 @@ export class Engine {
     const t0 = performance.now();
     const { ids, prefixHint } = this.promptOf(req);
     const cfg = this.pkg.config;
-    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw new Error(`max_tokens must be a positive integer, got ${req.maxTokens}`);
+    if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1)
+      throw new Error(`max_tokens must be a positive integer, got ${req.maxTokens}`);
     if (ids.length === 0) throw new Error('empty prompt');
     if (ids.length + req.maxTokens > this.contextTokens) {
-      throw new ContextLimitError(`prompt of ${ids.length} tokens + max_tokens ${req.maxTokens} exceeds model.context_tokens ${this.contextTokens}`);
+      throw new ContextLimitError(
+        `prompt of ${ids.length} tokens + max_tokens ${req.maxTokens} exceeds model.context_tokens ${this.contextTokens}`,
+      );
     }
-    for (const id of ids) if (!Number.isInteger(id) || id < 0 || id >= cfg.vocabSize) throw new Error(`prompt token id ${id} is outside the vocabulary (0..${cfg.vocabSize - 1})`);
+    for (const id of ids)
+      if (!Number.isInteger(id) || id < 0 || id >= cfg.vocabSize)
+        throw new Error(`prompt token id ${id} is outside the vocabulary (0..${cfg.vocabSize - 1})`);
     const media = this.checkMedia(req.media ?? [], ids.length);
     // Snapshots must not cover media rows: the ids there are placeholders and say nothing about the content.
     const firstMedia = media.length ? Math.min(...media.map((m) => m.position)) : ids.length;
@@ -244,10 +283,23 @@ export class Engine {
     const router = new OutputRouter(this.tokenizer);
     const signal = req.signal;
 
-    const timings: GenerateTimings = { prefillMs: 0, firstTokenMs: 0, decodeMs: 0, tokensPerSecond: 0, reusedTokens: 0 };
+    const timings: GenerateTimings = {
+      prefillMs: 0,
+      firstTokenMs: 0,
+      decodeMs: 0,
+      tokensPerSecond: 0,
+      reusedTokens: 0,
+    };
     const result = (finishReason: FinishReason, tokens: number[]): GenerateResult => {
       const r = router.result();
-      return { text: stops.trim(r.answer), thinking: r.thinking, tokens, promptTokens: ids.length, finishReason, timings };
+      return {
+        text: stops.trim(r.answer),
+        thinking: r.thinking,
+        tokens,
+        promptTokens: ids.length,
+        finishReason,
+        timings,
+      };
     };
     if (signal?.aborted) return result('cancelled', []);
 
@@ -257,7 +309,8 @@ export class Engine {
     timings.reusedTokens = state.length;
     // Snapshot points: the system turn (pinned: every later question starts with it) and the part shared
     // with the previous prompt (likely shared with the next one too).
-    const usable = (b: number): boolean => this.prefixes.enabled && b > state.length && b < ids.length && b <= firstMedia;
+    const usable = (b: number): boolean =>
+      this.prefixes.enabled && b > state.length && b < ids.length && b <= firstMedia;
     const pinnedAt = usable(prefixHint) ? prefixHint : -1;
     const lcp = commonPrefix(this.lastPrompt, ids);
     const sharedAt = usable(lcp) && lcp !== pinnedAt ? lcp : -1;
@@ -273,7 +326,8 @@ export class Engine {
       state = out.state;
       logits = out.logits;
       pos = end;
-      if (pos === pinnedAt || pos === sharedAt) this.prefixes.add({ ids: ids.slice(0, pos), state }, { pinned: pos === pinnedAt });
+      if (pos === pinnedAt || pos === sharedAt)
+        this.prefixes.add({ ids: ids.slice(0, pos), state }, { pinned: pos === pinnedAt });
     }
     timings.prefillMs = performance.now() - t0;
 
@@ -322,12 +376,16 @@ export class Engine {
     timings.tokensPerSecond = timings.decodeMs > 0 ? (decodeRuns * 1000) / timings.decodeMs : 0;
     // Keep the whole conversation state for a follow-up turn (not after a cancel: that state is dropped).
     if (finish !== 'cancelled' && media.length === 0) this.prefixes.add({ ids: history.slice(0, pos), state });
-    this.log.debug({ prompt: ids.length, reused: timings.reusedTokens, completion: generated.length, finish }, 'generation done');
+    this.log.debug(
+      { prompt: ids.length, reused: timings.reusedTokens, completion: generated.length, finish },
+      'generation done',
+    );
     return result(finish, generated);
   }
 
   private promptOf(req: GenerateRequest): { ids: number[]; prefixHint: number } {
-    if ((req.messages === undefined) === (req.promptIds === undefined)) throw new Error('give exactly one of messages and promptIds');
+    if ((req.messages === undefined) === (req.promptIds === undefined))
+      throw new Error('give exactly one of messages and promptIds');
     if (req.promptIds) return { ids: [...req.promptIds], prefixHint: req.prefixTokens ?? 0 };
     const p = this.preparePrompt(req.messages!, { thinking: req.thinking });
     return { ids: p.ids, prefixHint: req.prefixTokens ?? p.prefixTokens };
@@ -350,23 +408,36 @@ export class Engine {
 
   private checkMedia(media: MediaInput[], promptLength: number): MediaInput[] {
     if (media.length === 0) return media;
-    if (!this.decoder.acceptsMedia) throw new Error(`model package ${this.pkg.dir} was built without media inputs; rebuild it to use images or audio`);
+    if (!this.decoder.acceptsMedia)
+      throw new Error(
+        `model package ${this.pkg.dir} was built without media inputs; rebuild it to use images or audio`,
+      );
     const H = this.pkg.config.hiddenSize;
     const spans = media.map((m) => {
       const n = m.embeddings.length / H;
-      if (!Number.isInteger(n) || n < 1) throw new Error(`media embeddings must hold whole rows of ${H} values, got ${m.embeddings.length}`);
+      if (!Number.isInteger(n) || n < 1)
+        throw new Error(`media embeddings must hold whole rows of ${H} values, got ${m.embeddings.length}`);
       if (!Number.isInteger(m.position) || m.position < 0 || m.position + n > promptLength) {
-        throw new Error(`media at position ${m.position} with ${n} rows does not fit in a prompt of ${promptLength} tokens`);
+        throw new Error(
+          `media at position ${m.position} with ${n} rows does not fit in a prompt of ${promptLength} tokens`,
+        );
       }
       return { start: m.position, end: m.position + n };
     });
     spans.sort((a, b) => a.start - b.start);
-    for (let i = 1; i < spans.length; i++) if (spans[i]!.start < spans[i - 1]!.end) throw new Error('media inputs overlap');
+    for (let i = 1; i < spans.length; i++)
+      if (spans[i]!.start < spans[i - 1]!.end) throw new Error('media inputs overlap');
     return media;
   }
 
   /** One decoder run over ids at positions start..; returns the next state and the last position's logits. */
-  private async runIds(state: KvState, ids: number[], start: number, media: MediaInput[], wantLogits: boolean): Promise<{ state: KvState; logits: Float32Array | null }> {
+  private async runIds(
+    state: KvState,
+    ids: number[],
+    start: number,
+    media: MediaInput[],
+    wantLogits: boolean,
+  ): Promise<{ state: KvState; logits: Float32Array | null }> {
     const n = ids.length;
     const H = this.pkg.config.hiddenSize;
     const pad = this.tokenizer.special.pad ?? 0;
@@ -392,8 +463,16 @@ export class Engine {
     const rows = await this.pkg.pager.rowsFor(feedIds);
     const feeds: Record<string, ort.Tensor> = {
       ...state.tensors,
-      input_ids: new ort.Tensor('int64', BigInt64Array.from(feedIds, (i) => BigInt(i)), [1, n]),
-      position_ids: new ort.Tensor('int64', BigInt64Array.from(feedIds, (_, i) => BigInt(start + i)), [1, n]),
+      input_ids: new ort.Tensor(
+        'int64',
+        BigInt64Array.from(feedIds, (i) => BigInt(i)),
+        [1, n],
+      ),
+      position_ids: new ort.Tensor(
+        'int64',
+        BigInt64Array.from(feedIds, (_, i) => BigInt(start + i)),
+        [1, n],
+      ),
     };
     // Gemma 3 packages have no per-layer embeddings: no rows to feed.
     if (this.decoder.pleWidth) feeds.per_layer_rows = new ort.Tensor('float32', rows, [1, n, this.decoder.pleWidth]);
@@ -412,7 +491,12 @@ export class Engine {
 }
 
 /** Rough resident need: decoder data (pre-packing copies it to the heap), KV cache at full context, PLE cache. */
-async function estimateResidentMb(pkg: OpenedPackage, contextTokens: number, pleCacheMb: number, chunk: number): Promise<number> {
+async function estimateResidentMb(
+  pkg: OpenedPackage,
+  contextTokens: number,
+  pleCacheMb: number,
+  chunk: number,
+): Promise<number> {
   const weights = (await stat(pkg.path('decoder-weights')!)).size;
   let kv = 0;
   for (const s of cacheSlots(pkg.config)) {
@@ -424,9 +508,18 @@ async function estimateResidentMb(pkg: OpenedPackage, contextTokens: number, ple
 }
 
 /** The decoder session, from the prepacked file cache when one is configured. */
-async function openDecoder(pkg: OpenedPackage, tuning: SessionTuning, cache: EngineLoadOptions['prepackedCache'], log: Logger): Promise<DecoderSession> {
+async function openDecoder(
+  pkg: OpenedPackage,
+  tuning: SessionTuning,
+  cache: EngineLoadOptions['prepackedCache'],
+  log: Logger,
+): Promise<DecoderSession> {
   const graph = pkg.path('decoder-graph')!;
   const source = { modelPath: graph, checksum: packageChecksum(pkg.manifest, 'decoder') };
-  const { session, prepacked } = await createCachedSession(source, tuning, cache ? { ...cache, logger: log } : undefined);
+  const { session, prepacked } = await createCachedSession(
+    source,
+    tuning,
+    cache ? { ...cache, logger: log } : undefined,
+  );
   return decoderSession(session, graph, pkg.config, prepacked);
 }

@@ -14,7 +14,16 @@ import { type ChatMessage, expandMediaPlaceholders } from './prompt.js';
 import type { SamplerOptions } from './sampling.js';
 import { defaultCacheDir, packageChecksum } from './prepacked-cache.js';
 import { Transcriber } from './transcriber.js';
-import { type AnswerEngine, type AnswerOptions, type AnswerResult, ENGINE_STAGES, type EngineStatus, EngineUnavailableError, InvalidInputError, type StageReporter } from './types.js';
+import {
+  type AnswerEngine,
+  type AnswerOptions,
+  type AnswerResult,
+  ENGINE_STAGES,
+  type EngineStatus,
+  EngineUnavailableError,
+  InvalidInputError,
+  type StageReporter,
+} from './types.js';
 import { VisionEncoder, visionEncoderPath } from './vision.js';
 
 export type ModelSettings = PerchConfig['model'];
@@ -102,16 +111,20 @@ export class GemmaAnswerEngine implements AnswerEngine {
       this.vision = vision;
       this.hearer = hearer;
       const random = engine.randomWeights;
-      const seeing = (vision ? '; images: yes' : `; images: no (${this.visionGap})`) + (hearer ? '; audio: yes' : `; audio: no (${this.hearingGap})`);
+      const seeing =
+        (vision ? '; images: yes' : `; images: no (${this.visionGap})`) +
+        (hearer ? '; audio: yes' : `; audio: no (${this.hearingGap})`);
       this.state = {
         state: 'ready',
-        detail: (random
-          ? `synthetic package ${engine.manifest.source.model} loaded: RANDOM WEIGHTS, answers are meaningless; get the real model with \`perch model pull\` (or \`perch model convert\`) and point model.dir at it`
-          : `model ${engine.manifest.source.model} ready`) + seeing,
+        detail:
+          (random
+            ? `synthetic package ${engine.manifest.source.model} loaded: RANDOM WEIGHTS, answers are meaningless; get the real model with \`perch model pull\` (or \`perch model convert\`) and point model.dir at it`
+            : `model ${engine.manifest.source.model} ready`) + seeing,
         ...(random ? { random_weights: true } : {}),
         vision: vision !== null,
       };
-      if (random) this.log.warn({ dir: s.dir }, 'the model package is synthetic (random weights): answers are meaningless');
+      if (random)
+        this.log.warn({ dir: s.dir }, 'the model package is synthetic (random weights): answers are meaningless');
     } catch (err) {
       this.state = { state: 'error', detail: `model package could not be loaded: ${(err as Error).message}` };
       this.log.error({ dir: s.dir, err: (err as Error).message }, 'model load failed');
@@ -190,18 +203,24 @@ export class GemmaAnswerEngine implements AnswerEngine {
   private async loadVision(engine: Engine): Promise<VisionEncoder | null> {
     const dir = this.settings.dir;
     if (!visionEncoderPath(dir)) {
-      this.visionGap = 'this model package has no vision encoder (vision_encoder.onnx): captions and questions about images are unavailable';
+      this.visionGap =
+        'this model package has no vision encoder (vision_encoder.onnx): captions and questions about images are unavailable';
       return null;
     }
     const m = engine.tokenizer.special.markers;
-    if (!engine.acceptsMedia) this.visionGap = 'this model package\'s decoder was built without media inputs: rebuild the package to use images';
-    else if (m.image === undefined || m.imageStart === undefined || m.imageEnd === undefined) this.visionGap = 'this model package\'s tokenizer lacks the image markers';
+    if (!engine.acceptsMedia)
+      this.visionGap = "this model package's decoder was built without media inputs: rebuild the package to use images";
+    else if (m.image === undefined || m.imageStart === undefined || m.imageEnd === undefined)
+      this.visionGap = "this model package's tokenizer lacks the image markers";
     else {
       try {
         const cacheDir = this.cacheDir();
         const vision = await VisionEncoder.load(dir, {
           threads: this.settings.threads,
-          prepacked: cacheDir === null ? undefined : { cache: { dir: cacheDir, logger: this.log }, checksum: packageChecksum(engine.manifest, 'vision') },
+          prepacked:
+            cacheDir === null
+              ? undefined
+              : { cache: { dir: cacheDir, logger: this.log }, checksum: packageChecksum(engine.manifest, 'vision') },
         });
         if (vision.hidden === engine.config.hiddenSize) return vision;
         await vision.close();
@@ -222,7 +241,8 @@ export class GemmaAnswerEngine implements AnswerEngine {
     const engine = this.engine;
     if (!engine || this.closed) throw new EngineUnavailableError(this.state.detail);
     const image = opts.image ?? (request.image !== undefined ? Buffer.from(request.image, 'base64') : undefined);
-    if (request.camera !== undefined && !image) throw new EngineUnavailableError(`no frame from camera ${request.camera} yet`);
+    if (request.camera !== undefined && !image)
+      throw new EngineUnavailableError(`no frame from camera ${request.camera} yet`);
     const t0 = performance.now();
     const messages: ChatMessage[] = [];
     const system = (opts.systemPrompt ?? this.settings.system_prompt).trim();
@@ -235,20 +255,29 @@ export class GemmaAnswerEngine implements AnswerEngine {
     if (image) {
       const vision = this.vision;
       if (!vision) throw new EngineUnavailableError(this.visionGap);
-      const encoded = await vision.encode(image, { tokenBudget: opts.imageTokens ?? DEFAULT_IMAGE_TOKENS }).catch((err: unknown) => {
-        if (err instanceof ImagePreprocessError) throw new InvalidInputError(`image: ${err.message}`);
-        // A bad image is the request's fault; anything else is the encoder's.
-        this.opts.health?.error(ENGINE_STAGES.vision, err);
-        throw err;
-      });
+      const encoded = await vision
+        .encode(image, { tokenBudget: opts.imageTokens ?? DEFAULT_IMAGE_TOKENS })
+        .catch((err: unknown) => {
+          if (err instanceof ImagePreprocessError) throw new InvalidInputError(`image: ${err.message}`);
+          // A bad image is the request's fault; anything else is the encoder's.
+          this.opts.health?.error(ENGINE_STAGES.vision, err);
+          throw err;
+        });
       this.opts.health?.ok(ENGINE_STAGES.vision);
       if (opts.signal.aborted) return cancelled(t0);
       const base = this.renderWithImage(engine, messages, text, thinking);
-      const expanded = expandMediaPlaceholders(base.ids, engine.tokenizer.special, { imageTokens: [encoded.numSoftTokens] });
+      const expanded = expandMediaPlaceholders(base.ids, engine.tokenizer.special, {
+        imageTokens: [encoded.numSoftTokens],
+      });
       prompt = { ids: expanded.ids, prefixTokens: base.prefixTokens };
       media = [{ position: expanded.media[0]!.start, embeddings: encoded.embeddings }];
       const t = encoded.timings;
-      seen = { visionMs: t.preprocessMs + t.encodeMs, width: encoded.width, height: encoded.height, tokens: encoded.numSoftTokens };
+      seen = {
+        visionMs: t.preprocessMs + t.encodeMs,
+        width: encoded.width,
+        height: encoded.height,
+        tokens: encoded.numSoftTokens,
+      };
     } else {
       messages.push({ role: 'user', content: text });
       prompt = engine.preparePrompt(messages, { thinking });
@@ -294,15 +323,25 @@ export class GemmaAnswerEngine implements AnswerEngine {
    * templates that only take string content (the synthetic package's) get the placeholder text, which the
    * tokenizer maps to the same id.
    */
-  private renderWithImage(engine: Engine, messages: ChatMessage[], text: string, thinking: boolean): { ids: number[]; prefixTokens: number } {
+  private renderWithImage(
+    engine: Engine,
+    messages: ChatMessage[],
+    text: string,
+    thinking: boolean,
+  ): { ids: number[]; prefixTokens: number } {
     const placeholder = engine.tokenizer.special.markers.image;
     try {
-      const p = engine.preparePrompt([...messages, { role: 'user', content: [{ type: 'image' }, { type: 'text', text }] }], { thinking });
+      const p = engine.preparePrompt(
+        [...messages, { role: 'user', content: [{ type: 'image' }, { type: 'text', text }] }],
+        { thinking },
+      );
       if (p.ids.filter((id) => id === placeholder).length === 1) return p;
     } catch {
       // falls through to the string form
     }
-    return engine.preparePrompt([...messages, { role: 'user', content: `${IMAGE_PLACEHOLDER}\n\n${text}` }], { thinking });
+    return engine.preparePrompt([...messages, { role: 'user', content: `${IMAGE_PLACEHOLDER}\n\n${text}` }], {
+      thinking,
+    });
   }
 
   async close(): Promise<void> {
@@ -323,5 +362,10 @@ export class GemmaAnswerEngine implements AnswerEngine {
 }
 
 function cancelled(t0: number): AnswerResult {
-  return { text: '', finish_reason: 'cancelled', tokens: { prompt: 0, completion: 0 }, latency_ms: { first_token: 0, total: Math.round(performance.now() - t0) } };
+  return {
+    text: '',
+    finish_reason: 'cancelled',
+    tokens: { prompt: 0, completion: 0 },
+    latency_ms: { first_token: 0, total: Math.round(performance.now() - t0) },
+  };
 }

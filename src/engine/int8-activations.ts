@@ -42,7 +42,13 @@ async function probe(bits: QuantBits, blockSize: number): Promise<boolean> {
   const b = g.initializer('B', 'uint8', d.data, q.data, { external: false });
   const s = g.initializer('scales', 'float32', d.scales, q.scales, { external: false });
   const z = g.initializer('zp', 'uint8', d.zeroPoints, q.zeroPoints, { external: false });
-  g.node('MatMulNBits', ['A', b, s, z], ['Y'], { K: k, N: n, bits, block_size: blockSize, accuracy_level: 4 }, 'com.microsoft');
+  g.node(
+    'MatMulNBits',
+    ['A', b, s, z],
+    ['Y'],
+    { K: k, N: n, bits, block_size: blockSize, accuracy_level: 4 },
+    'com.microsoft',
+  );
   g.output('Y', 'float32', [1, n]);
   const session = await ort.InferenceSession.create(g.toBytes(), { intraOpNumThreads: 1 });
   let y: Float32Array;

@@ -32,7 +32,12 @@ export class KvState {
   }
 
   /** The state after a run that processed `added` tokens on top of `prev`. */
-  static fromOutputs(slots: readonly CacheSlot[], out: ort.InferenceSession.OnnxValueMapType, prev: KvState, added: number): KvState {
+  static fromOutputs(
+    slots: readonly CacheSlot[],
+    out: ort.InferenceSession.OnnxValueMapType,
+    prev: KvState,
+    added: number,
+  ): KvState {
     const t: Feeds = {};
     for (const s of slots) {
       const k = out[s.presentKey];

@@ -9,7 +9,11 @@ import { realignExternalData } from '../onnx/realign.js';
 import { PREPACKED_DATA_FILE, PREPACKED_MODEL_FILE } from './prepacked-cache.js';
 import { type SessionTuning, sessionOptions } from './session.js';
 
-const { modelPath, outDir, tuning } = JSON.parse(process.argv[2] ?? '{}') as { modelPath: string; outDir: string; tuning: SessionTuning };
+const { modelPath, outDir, tuning } = JSON.parse(process.argv[2] ?? '{}') as {
+  modelPath: string;
+  outDir: string;
+  tuning: SessionTuning;
+};
 const saving: SessionTuning = {
   ...tuning,
   configEntries: {
@@ -20,7 +24,11 @@ const saving: SessionTuning = {
   },
 };
 // logSeverityLevel 3: ORT warns that a graph optimised at the highest level is CPU-specific; this cache is, by its key.
-const session = await ort.InferenceSession.create(modelPath, { ...sessionOptions(saving), optimizedModelFilePath: join(outDir, PREPACKED_MODEL_FILE), logSeverityLevel: 3 });
+const session = await ort.InferenceSession.create(modelPath, {
+  ...sessionOptions(saving),
+  optimizedModelFilePath: join(outDir, PREPACKED_MODEL_FILE),
+  logSeverityLevel: 3,
+});
 await session.release();
 // ORT appends the blobs at unaligned offsets, which some packed layouts cannot be mapped back from (realign.ts).
 await realignExternalData(join(outDir, PREPACKED_MODEL_FILE));

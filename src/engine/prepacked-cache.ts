@@ -79,7 +79,12 @@ export function cpuSignature(cpuinfo?: string): string {
     }
   }
   const wanted = /^(model name|flags|Features|CPU implementer|CPU architecture|CPU variant|CPU part)\s*:/;
-  const lines = new Set(text.split('\n').filter((l) => wanted.test(l)).map((l) => l.replace(/\s+/g, ' ').trim()));
+  const lines = new Set(
+    text
+      .split('\n')
+      .filter((l) => wanted.test(l))
+      .map((l) => l.replace(/\s+/g, ' ').trim()),
+  );
   return [...lines].sort().join('\n');
 }
 
@@ -90,7 +95,15 @@ function ortVersion(): string {
 /** Everything that changes the packed bytes or the saved graph goes into the key. */
 export function cacheKey(source: PrepackedSource, tuning: SessionTuning, cpu = cpuSignature()): string {
   const entries = Object.entries(tuning.configEntries ?? {}).sort(([a], [b]) => a.localeCompare(b));
-  const material = JSON.stringify({ format: FORMAT, ort: ortVersion(), arch: process.arch, cpu, checksum: source.checksum, level: tuning.graphOptimizationLevel, entries });
+  const material = JSON.stringify({
+    format: FORMAT,
+    ort: ortVersion(),
+    arch: process.arch,
+    cpu,
+    checksum: source.checksum,
+    level: tuning.graphOptimizationLevel,
+    entries,
+  });
   return createHash('sha256').update(material).digest('hex').slice(0, 20);
 }
 
@@ -102,7 +115,11 @@ function entryPrefix(modelPath: string): string {
  * The prepacked copy of `source` for this machine, built on first use. Returns null (after a warning) when it
  * cannot be had (no room on disk, the build failed): the caller then loads the original and ORT packs on the heap.
  */
-export async function prepackedModel(source: PrepackedSource, tuning: SessionTuning, opts: PrepackedCacheOptions): Promise<PrepackedModel | null> {
+export async function prepackedModel(
+  source: PrepackedSource,
+  tuning: SessionTuning,
+  opts: PrepackedCacheOptions,
+): Promise<PrepackedModel | null> {
   const log = opts.logger ?? silentLogger;
   if (tuning.disablePrepacking) return null;
   const key = cacheKey(source, tuning);
@@ -117,7 +134,10 @@ export async function prepackedModel(source: PrepackedSource, tuning: SessionTun
     const fs = await statfs(opts.dir);
     const free = fs.bavail * fs.bsize;
     if (free < need) {
-      log.warn({ dir: opts.dir, freeMb: Math.round(free / 2 ** 20), needMb: Math.round(need / 2 ** 20) }, 'not enough disk for the prepacked weight cache: ONNX Runtime packs the weights in memory instead');
+      log.warn(
+        { dir: opts.dir, freeMb: Math.round(free / 2 ** 20), needMb: Math.round(need / 2 ** 20) },
+        'not enough disk for the prepacked weight cache: ONNX Runtime packs the weights in memory instead',
+      );
       return null;
     }
     const partial = join(opts.dir, `${name}.partial-${process.pid}`);
@@ -128,8 +148,19 @@ export async function prepackedModel(source: PrepackedSource, tuning: SessionTun
     try {
       await buildInChild(source.modelPath, partial, tuning);
       await syncFiles(partial, [PREPACKED_MODEL_FILE, PREPACKED_DATA_FILE]);
-      const bytes = { model: (await stat(join(partial, PREPACKED_MODEL_FILE))).size, data: (await stat(join(partial, PREPACKED_DATA_FILE))).size };
-      const ready: ReadyRecord = { format: FORMAT, key, source: source.modelPath, checksum: source.checksum, ort: ortVersion(), builtAt: new Date().toISOString(), bytes };
+      const bytes = {
+        model: (await stat(join(partial, PREPACKED_MODEL_FILE))).size,
+        data: (await stat(join(partial, PREPACKED_DATA_FILE))).size,
+      };
+      const ready: ReadyRecord = {
+        format: FORMAT,
+        key,
+        source: source.modelPath,
+        checksum: source.checksum,
+        ort: ortVersion(),
+        builtAt: new Date().toISOString(),
+        bytes,
+      };
       await writeFile(join(partial, READY_FILE), JSON.stringify(ready, null, 2) + '\n');
       await syncFiles(partial, [READY_FILE]);
       await rm(entry, { recursive: true, force: true });
@@ -143,7 +174,10 @@ export async function prepackedModel(source: PrepackedSource, tuning: SessionTun
     await removeStale(opts.dir, source, name, log);
     return { path, built: true, key };
   } catch (e) {
-    log.warn({ model: source.modelPath, dir: opts.dir, err: (e as Error).message }, 'prepacked weight cache unavailable: ONNX Runtime packs the weights in memory instead');
+    log.warn(
+      { model: source.modelPath, dir: opts.dir, err: (e as Error).message },
+      'prepacked weight cache unavailable: ONNX Runtime packs the weights in memory instead',
+    );
     return null;
   }
 }
@@ -159,7 +193,10 @@ const SOURCE_ROLES: Record<'decoder' | 'vision', readonly FileRole[]> = {
 /** Identity of a package model's files (their manifest sha256s), for PrepackedSource.checksum. */
 export function packageChecksum(manifest: Manifest, model: keyof typeof SOURCE_ROLES): string {
   const roles = SOURCE_ROLES[model];
-  return manifest.files.filter((f) => roles.includes(f.role)).map((f) => `${f.role}:${f.sha256}`).join('+');
+  return manifest.files
+    .filter((f) => roles.includes(f.role))
+    .map((f) => `${f.role}:${f.sha256}`)
+    .join('+');
 }
 
 /** The cache of the commands that load a package (`--no-prepacked-cache` gives enabled false). */
@@ -183,15 +220,24 @@ export async function createCachedSession(
     const entry = await prepackedModel(source, tuning, cache);
     if (entry) {
       try {
-        const session = await ort.InferenceSession.create(entry.path, { ...sessionOptions({ ...tuning, graphOptimizationLevel: 'disabled' }), ...extra });
+        const session = await ort.InferenceSession.create(entry.path, {
+          ...sessionOptions({ ...tuning, graphOptimizationLevel: 'disabled' }),
+          ...extra,
+        });
         return { session, prepacked: entry.built ? 'built' : 'cached' };
       } catch (e) {
-        (cache.logger ?? silentLogger).warn({ path: entry.path, err: (e as Error).message }, 'the prepacked weight cache entry did not load: dropped, loading the model itself');
+        (cache.logger ?? silentLogger).warn(
+          { path: entry.path, err: (e as Error).message },
+          'the prepacked weight cache entry did not load: dropped, loading the model itself',
+        );
         await discardPrepacked(entry);
       }
     }
   }
-  return { session: await ort.InferenceSession.create(source.modelPath, { ...sessionOptions(tuning), ...extra }), prepacked: 'heap' };
+  return {
+    session: await ort.InferenceSession.create(source.modelPath, { ...sessionOptions(tuning), ...extra }),
+    prepacked: 'heap',
+  };
 }
 
 /** Drops an entry that failed to load (e.g. damaged on disk): the next load builds it again. */
@@ -288,7 +334,12 @@ function buildInChild(modelPath: string, outDir: string, tuning: SessionTuning):
     p.on('error', reject);
     p.on('close', (code, signal) => {
       if (code === 0) resolve();
-      else reject(new Error(`packing the weights failed (${signal ?? `exit ${code}`}): ${err.trim().split('\n').slice(-3).join(' ')}`));
+      else
+        reject(
+          new Error(
+            `packing the weights failed (${signal ?? `exit ${code}`}): ${err.trim().split('\n').slice(-3).join(' ')}`,
+          ),
+        );
     });
   });
 }

@@ -78,7 +78,8 @@ export class ChatTemplate {
     if (info.size > 16 * MAX_TEMPLATE_BYTES) throw new Error(`${cfgFile} is too large`);
     const cfg: unknown = JSON.parse(await readFile(cfgFile, 'utf8'));
     const tpl = typeof cfg === 'object' && cfg !== null ? (cfg as Record<string, unknown>).chat_template : undefined;
-    if (typeof tpl !== 'string') throw new Error(`package ${dir} has no chat_template.jinja and no chat_template in tokenizer_config.json`);
+    if (typeof tpl !== 'string')
+      throw new Error(`package ${dir} has no chat_template.jinja and no chat_template in tokenizer_config.json`);
     return new ChatTemplate(tpl);
   }
 
@@ -116,7 +117,12 @@ function simplifyContent(content: string | ContentItem[]): string | ContentItem[
  * Prompt ids for a conversation, before media expansion: the template rendered with the tokenizer's bos text,
  * then tokenised without adding specials (the template writes bos itself). What Engine.encodeMessages runs.
  */
-export function encodeChat(template: ChatTemplate, tokenizer: PackageTokenizer, messages: ChatMessage[], opts: Omit<RenderOptions, 'bosToken'> = {}): { text: string; ids: number[] } {
+export function encodeChat(
+  template: ChatTemplate,
+  tokenizer: PackageTokenizer,
+  messages: ChatMessage[],
+  opts: Omit<RenderOptions, 'bosToken'> = {},
+): { text: string; ids: number[] } {
   const text = template.render(messages, { ...opts, bosToken: tokenizer.special.bosText });
   return { text, ids: tokenizer.encode(text) };
 }
@@ -153,7 +159,11 @@ export interface ExpandedPrompt {
  * Replaces each placeholder id (`<|image|>`, `<|audio|>`) with begin marker + N placeholders + end marker.
  * The engine embeds the ids as usual and then overwrites the rows of each span with the encoder output.
  */
-export function expandMediaPlaceholders(ids: ArrayLike<number>, special: SpecialTokens, counts: MediaCounts): ExpandedPrompt {
+export function expandMediaPlaceholders(
+  ids: ArrayLike<number>,
+  special: SpecialTokens,
+  counts: MediaCounts,
+): ExpandedPrompt {
   const imageCounts = counts.imageTokens ?? [];
   const audioCounts = counts.audioTokens ?? [];
   const kinds = {
@@ -173,7 +183,8 @@ export function expandMediaPlaceholders(ids: ArrayLike<number>, special: Special
     const k = kinds[kind];
     const index = seen[kind]++;
     const n = k.counts[index];
-    if (n === undefined) throw new Error(`prompt has more ${kind} placeholders than the ${k.counts.length} ${kind}(s) given`);
+    if (n === undefined)
+      throw new Error(`prompt has more ${kind} placeholders than the ${k.counts.length} ${kind}(s) given`);
     if (!Number.isInteger(n) || n < 1) throw new Error(`${kind} ${index} has an invalid soft-token count ${n}`);
     out.push(k.begin!);
     media.push({ kind, index, start: out.length, length: n });
@@ -182,13 +193,21 @@ export function expandMediaPlaceholders(ids: ArrayLike<number>, special: Special
   }
   for (const kind of ['image', 'audio'] as const) {
     if (seen[kind] !== kinds[kind].counts.length) {
-      throw new Error(`prompt has ${seen[kind]} ${kind} placeholder(s) but ${kinds[kind].counts.length} ${kind}(s) were given`);
+      throw new Error(
+        `prompt has ${seen[kind]} ${kind} placeholder(s) but ${kinds[kind].counts.length} ${kind}(s) were given`,
+      );
     }
   }
   return { ids: out, media };
 }
 
-function markerTriple(special: SpecialTokens, b: 'imageStart' | 'audioStart', p: 'image' | 'audio', e: 'imageEnd' | 'audioEnd', wanted: number) {
+function markerTriple(
+  special: SpecialTokens,
+  b: 'imageStart' | 'audioStart',
+  p: 'image' | 'audio',
+  e: 'imageEnd' | 'audioEnd',
+  wanted: number,
+) {
   const m = special.markers;
   const triple = { begin: m[b], placeholder: m[p], end: m[e] };
   if (wanted > 0 && (triple.begin === undefined || triple.placeholder === undefined || triple.end === undefined)) {
@@ -284,7 +303,9 @@ export class OutputRouter {
 
   /** Releases pending bytes at the end of generation. */
   finish(): RoutedDelta {
-    return this.inChannel ? this.emit('', this.thinkingFilter(this.thinkingDetok.flush())) : this.emit(this.answerDetok.flush(), '');
+    return this.inChannel
+      ? this.emit('', this.thinkingFilter(this.thinkingDetok.flush()))
+      : this.emit(this.answerDetok.flush(), '');
   }
 
   /** Everything so far, trimmed as splitChannels would. */

@@ -164,7 +164,8 @@ export function createSampler(opts: SamplerOptions = {}): Sampler {
   const topP = opts.topP ?? 1;
   const minP = opts.minP ?? 0;
   const penalty = opts.repetitionPenalty ?? 1;
-  if (!(temperature >= 0) || !Number.isFinite(temperature)) throw new Error(`temperature must be a finite number >= 0, got ${temperature}`);
+  if (!(temperature >= 0) || !Number.isFinite(temperature))
+    throw new Error(`temperature must be a finite number >= 0, got ${temperature}`);
   if (!(topP > 0 && topP <= 1)) throw new Error(`topP must be in (0, 1], got ${topP}`);
   if (!(minP >= 0 && minP < 1)) throw new Error(`minP must be in [0, 1), got ${minP}`);
   if (!(penalty > 0) || !Number.isFinite(penalty)) throw new Error(`repetitionPenalty must be > 0, got ${penalty}`);
@@ -273,7 +274,8 @@ export function nucleusCut(w: Float64Array, mass: number, topP: number, bucket?:
   let b = bucket;
   if (!b) {
     b = new Uint16Array(n);
-    for (let i = 0; i < n; i++) if (w[i]! > 0) b[i] = Math.min(BUCKETS - 1, Math.floor(-Math.log(w[i]!) * BUCKETS_PER_E));
+    for (let i = 0; i < n; i++)
+      if (w[i]! > 0) b[i] = Math.min(BUCKETS - 1, Math.floor(-Math.log(w[i]!) * BUCKETS_PER_E));
   }
   for (let i = 0; i < n; i++) if (w[i]! > 0) bucketMass[b[i]!] += w[i]!;
   const target = topP * mass;

@@ -75,14 +75,26 @@ export interface DecoderSession {
 }
 
 /** Checks a decoder graph's inputs against the config and wraps it; releases the session when they do not match. */
-export async function decoderSession(session: ort.InferenceSession, modelPath: string, cfg: Gemma4TextConfig, prepacked: WeightsPacking): Promise<DecoderSession> {
+export async function decoderSession(
+  session: ort.InferenceSession,
+  modelPath: string,
+  cfg: Gemma4TextConfig,
+  prepacked: WeightsPacking,
+): Promise<DecoderSession> {
   const slots = cacheSlots(cfg);
   const inputs = new Set(session.inputNames);
   const pleWidth = cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput;
-  const missing = [DECODER_IO.inputIds, ...(pleWidth ? [DECODER_IO.perLayerRows] : []), DECODER_IO.positionIds, ...slots.flatMap((s) => [s.pastKey, s.pastValue])].filter((n) => !inputs.has(n));
+  const missing = [
+    DECODER_IO.inputIds,
+    ...(pleWidth ? [DECODER_IO.perLayerRows] : []),
+    DECODER_IO.positionIds,
+    ...slots.flatMap((s) => [s.pastKey, s.pastValue]),
+  ].filter((n) => !inputs.has(n));
   if (missing.length) {
     await session.release();
-    throw new Error(`${modelPath}: decoder graph lacks inputs ${missing.join(', ')} (does it match the package config?)`);
+    throw new Error(
+      `${modelPath}: decoder graph lacks inputs ${missing.join(', ')} (does it match the package config?)`,
+    );
   }
   let released = false;
   return {

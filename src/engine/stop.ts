@@ -25,7 +25,8 @@ export class StopMatcher {
         this.ids.add(s);
         continue;
       }
-      if (s.length === 0 || s.length > MAX_STOP_CHARS) throw new Error(`stop strings must have 1..${MAX_STOP_CHARS} characters`);
+      if (s.length === 0 || s.length > MAX_STOP_CHARS)
+        throw new Error(`stop strings must have 1..${MAX_STOP_CHARS} characters`);
       const id = tokenizer.tokenId(s);
       if (id !== undefined) this.ids.add(id);
       else this.strings.push(s);

@@ -60,7 +60,8 @@ function tokenText(v: unknown): string | undefined {
 
 async function readBounded(path: string, limit: number): Promise<string> {
   const info = await stat(path);
-  if (info.size > limit) throw new Error(`${path} is ${info.size} bytes, more than the ${limit} a tokenizer file may have`);
+  if (info.size > limit)
+    throw new Error(`${path} is ${info.size} bytes, more than the ${limit} a tokenizer file may have`);
   return readFile(path, 'utf8');
 }
 
@@ -108,7 +109,8 @@ export class PackageTokenizer {
     const padText = tokenText(config.pad_token) ?? '<pad>';
     const bos = this.inner.token_to_id(bosText);
     const eos = this.inner.token_to_id(eosText);
-    if (bos === undefined || eos === undefined) throw new Error(`tokenizer lacks its bos (${bosText}) or eos (${eosText}) token`);
+    if (bos === undefined || eos === undefined)
+      throw new Error(`tokenizer lacks its bos (${bosText}) or eos (${eosText}) token`);
 
     // tokenizer_config may name the media tokens (HF processors read image_token, boi_token, ...); the
     // Gemma 4 spellings are the fallback.
@@ -136,7 +138,10 @@ export class PackageTokenizer {
   decode(ids: ArrayLike<number>, opts: DecodeOptions = {}): string {
     if (ids.length === 0) return ''; // the library refuses an empty list
     const list = Array.isArray(ids) ? (ids as number[]) : Array.from(ids);
-    return this.inner.decode(list, { skip_special_tokens: opts.skipSpecial ?? false, clean_up_tokenization_spaces: false });
+    return this.inner.decode(list, {
+      skip_special_tokens: opts.skipSpecial ?? false,
+      clean_up_tokenization_spaces: false,
+    });
   }
 
   tokenId(content: string): number | undefined {
@@ -185,7 +190,10 @@ export class IncrementalDetokenizer {
     const prefixText = this.decodeFn(this.ids.slice(this.prefix, this.read));
     const text = this.decodeFn(this.ids.slice(this.prefix));
     const pending = this.ids.length - this.read;
-    if (text.length > prefixText.length && (!text.endsWith('\uFFFD') || pending >= IncrementalDetokenizer.MAX_PENDING)) {
+    if (
+      text.length > prefixText.length &&
+      (!text.endsWith('\uFFFD') || pending >= IncrementalDetokenizer.MAX_PENDING)
+    ) {
       return this.release(text.slice(prefixText.length));
     }
     if (text.length <= prefixText.length && pending >= IncrementalDetokenizer.MAX_PENDING) {

@@ -112,22 +112,45 @@ export class Transcriber {
   static async load(packageDir: string, opts: TranscriberLoadOptions): Promise<Transcriber> {
     const log = (opts.logger ?? silentLogger).child({ module: 'transcriber' });
     const file = path.join(packageDir, AUDIO_ENCODER_FILE);
-    if (!existsSync(file)) throw new AudioEncoderMissingError(`this package has no audio encoder (${file} is missing): transcripts are unavailable`);
-    const engine = opts.engine ?? (await Engine.load(packageDir, { threads: opts.threads, contextTokens: opts.contextTokens ?? 2048, pleCacheMb: opts.pleCacheMb ?? 64, prepackedCache: opts.prepackedCache, logger: opts.logger }));
+    if (!existsSync(file))
+      throw new AudioEncoderMissingError(
+        `this package has no audio encoder (${file} is missing): transcripts are unavailable`,
+      );
+    const engine =
+      opts.engine ??
+      (await Engine.load(packageDir, {
+        threads: opts.threads,
+        contextTokens: opts.contextTokens ?? 2048,
+        pleCacheMb: opts.pleCacheMb ?? 64,
+        prepackedCache: opts.prepackedCache,
+        logger: opts.logger,
+      }));
     const owns = opts.engine === undefined;
     let encoder: AudioEncoderSession | undefined;
     try {
       const m = engine.tokenizer.special.markers;
-      if (!engine.acceptsMedia) throw new AudioEncoderMissingError('this package\'s decoder was built without media inputs: rebuild the package to transcribe audio');
-      if (m.audio === undefined || m.audioStart === undefined || m.audioEnd === undefined) throw new AudioEncoderMissingError('this package\'s tokenizer lacks the audio markers: transcripts are unavailable');
+      if (!engine.acceptsMedia)
+        throw new AudioEncoderMissingError(
+          "this package's decoder was built without media inputs: rebuild the package to transcribe audio",
+        );
+      if (m.audio === undefined || m.audioStart === undefined || m.audioEnd === undefined)
+        throw new AudioEncoderMissingError(
+          "this package's tokenizer lacks the audio markers: transcripts are unavailable",
+        );
       const extractor = new LogMelExtractor(processorOptions(packageDir));
-      encoder = await AudioEncoderSession.open(file, { intraOpNumThreads: opts.threads, featureSize: extractor.options.featureSize });
+      encoder = await AudioEncoderSession.open(file, {
+        intraOpNumThreads: opts.threads,
+        featureSize: extractor.options.featureSize,
+      });
       const t = new Transcriber(engine, encoder, extractor, owns, log);
       // One second of silence: checks the encoder's width against the decoder now, not at the first
       // utterance, and warms the session up (ORT's first run is the slow one).
       const probe = await t.encodeAudio(new Int16Array(SAMPLE_RATE));
       const hidden = probe.rows.length / Math.max(1, probe.count);
-      if (hidden !== engine.config.hiddenSize) throw new Error(`the audio encoder gives rows of ${hidden} values, the decoder takes ${engine.config.hiddenSize}`);
+      if (hidden !== engine.config.hiddenSize)
+        throw new Error(
+          `the audio encoder gives rows of ${hidden} values, the decoder takes ${engine.config.hiddenSize}`,
+        );
       log.info({ dir: packageDir, warmup_ms: Math.round(probe.featuresMs + probe.encodeMs) }, 'audio encoder ready');
       return t;
     } catch (err) {
@@ -141,7 +164,9 @@ export class Transcriber {
   async encodeAudio(samples: Int16Array | Float32Array): Promise<EncodedClip> {
     if (samples.length === 0) throw new ClipLengthError('the audio clip is empty');
     if (samples.length > MAX_CLIP_SAMPLES) {
-      throw new ClipLengthError(`the audio clip is ${(samples.length / SAMPLE_RATE).toFixed(1)} s long; at most 30 s can be transcribed at once (the segmenter splits longer speech)`);
+      throw new ClipLengthError(
+        `the audio clip is ${(samples.length / SAMPLE_RATE).toFixed(1)} s long; at most 30 s can be transcribed at once (the segmenter splits longer speech)`,
+      );
     }
     const t0 = performance.now();
     const f = this.extractor.extract(samples);
@@ -154,7 +179,10 @@ export class Transcriber {
   }
 
   /** Prompt ids with the clip's placeholder run expanded, and where its first soft token sits. */
-  promptFor(audioTokens: number, opts: Pick<TranscribeOptions, 'language' | 'prompt'> = {}): { ids: number[]; position: number } {
+  promptFor(
+    audioTokens: number,
+    opts: Pick<TranscribeOptions, 'language' | 'prompt'> = {},
+  ): { ids: number[]; position: number } {
     const instruction = opts.prompt?.trim() ? opts.prompt.trim() : asrInstruction(opts.language);
     const base = this.renderWithAudio(instruction);
     const expanded = expandMediaPlaceholders(base, this.engine.tokenizer.special, { audioTokens: [audioTokens] });
@@ -174,13 +202,20 @@ export class Transcriber {
     return this.run(samples, opts, false);
   }
 
-  private async run(samples: Int16Array | Float32Array, opts: TranscribeOptions, oneLine: boolean): Promise<TranscribeResult> {
+  private async run(
+    samples: Int16Array | Float32Array,
+    opts: TranscribeOptions,
+    oneLine: boolean,
+  ): Promise<TranscribeResult> {
     if (this.closed) throw new Error('transcriber is closed');
     const t0 = performance.now();
     const clip = await this.encodeAudio(samples);
     const prompt = this.promptFor(clip.count, opts);
     const room = this.engine.contextTokens - prompt.ids.length;
-    if (room < 1) throw new ClipLengthError(`the clip needs ${prompt.ids.length} prompt tokens, over model.context_tokens ${this.engine.contextTokens}`);
+    if (room < 1)
+      throw new ClipLengthError(
+        `the clip needs ${prompt.ids.length} prompt tokens, over model.context_tokens ${this.engine.contextTokens}`,
+      );
     const maxTokens = Math.max(1, Math.min(opts.maxTokens ?? DEFAULT_TRANSCRIPT_TOKENS, room));
     const tGen = performance.now();
     const r = await this.engine.generate({
@@ -203,10 +238,20 @@ export class Transcriber {
       decodeMs: r.timings.decodeMs,
       totalMs,
     };
-    this.log.debug({ audio_tokens: clip.count, completion: r.tokens.length, total_ms: Math.round(totalMs) }, 'transcribed');
+    this.log.debug(
+      { audio_tokens: clip.count, completion: r.tokens.length, total_ms: Math.round(totalMs) },
+      'transcribed',
+    );
     // The model is told to write one line; a stray newline should not split a transcript.
     const text = oneLine ? r.text.replace(/\s*\n\s*/g, ' ').trim() : r.text.trim();
-    return { text, tokens: r.tokens, finishReason: r.finishReason, audioTokens: clip.count, promptTokens: r.promptTokens, timings };
+    return {
+      text,
+      tokens: r.tokens,
+      finishReason: r.finishReason,
+      audioTokens: clip.count,
+      promptTokens: r.promptTokens,
+      timings,
+    };
   }
 
   /** Closes the encoder, and the engine when this transcriber loaded it. */
@@ -233,7 +278,10 @@ export class Transcriber {
       // falls through to the string form
     }
     const ids = this.engine.encodeMessages([{ role: 'user', content: `${instruction}\n<|audio|>` }]);
-    if (count(ids) !== 1) throw new AudioEncoderMissingError('the chat template and tokenizer do not yield one audio placeholder: this package cannot transcribe');
+    if (count(ids) !== 1)
+      throw new AudioEncoderMissingError(
+        'the chat template and tokenizer do not yield one audio placeholder: this package cannot transcribe',
+      );
     return ids;
   }
 }

@@ -61,9 +61,16 @@ export class VisionEncoder {
   /** Opens the encoder of a package directory (or a .onnx file); VisionEncoderMissingError when absent. */
   static async load(dirOrFile: string, opts: VisionLoadOptions): Promise<VisionEncoder> {
     const file = visionEncoderPath(dirOrFile);
-    if (!file) throw new VisionEncoderMissingError(`this package has no vision encoder (${path.join(dirOrFile, PACKAGE_FILES.visionGraph)} is missing): questions about images and captions are unavailable`);
+    if (!file)
+      throw new VisionEncoderMissingError(
+        `this package has no vision encoder (${path.join(dirOrFile, PACKAGE_FILES.visionGraph)} is missing): questions about images and captions are unavailable`,
+      );
     const tuning = { ...DEFAULT_TUNING, ...opts.tuning, threads: opts.threads };
-    const { session } = await createCachedSession({ modelPath: file, checksum: opts.prepacked?.checksum ?? '' }, tuning, opts.prepacked?.cache);
+    const { session } = await createCachedSession(
+      { modelPath: file, checksum: opts.prepacked?.checksum ?? '' },
+      tuning,
+      opts.prepacked?.cache,
+    );
     try {
       const pv = tensorMeta(session.inputMetadata, 'pixel_values');
       const out = tensorMeta(session.outputMetadata, 'image_embeds');
@@ -73,7 +80,8 @@ export class VisionEncoder {
       const dim = pv.shape[2];
       const hidden = out.shape[2];
       const patch = typeof dim === 'number' ? Math.round(Math.sqrt(dim / 3)) : NaN;
-      if (!Number.isInteger(patch) || patch * patch * 3 !== dim) throw new Error(`${file}: pixel_values width ${String(dim)} is not 3 * patch^2`);
+      if (!Number.isInteger(patch) || patch * patch * 3 !== dim)
+        throw new Error(`${file}: pixel_values width ${String(dim)} is not 3 * patch^2`);
       if (typeof hidden !== 'number' || hidden < 1) throw new Error(`${file}: image_embeds has no fixed width`);
       return new VisionEncoder(session, file, patch, hidden);
     } catch (err) {
@@ -102,18 +110,27 @@ export class VisionEncoder {
   private async run(image: Buffer, tokenBudget: TokenBudget): Promise<VisionEncodeResult> {
     if (this.released) throw new Error('vision encoder is closed');
     const t0 = performance.now();
-    const pre = await preprocessImage(image, { tokenBudget, patchSize: this.patchSize, poolingKernelSize: POOLING_KERNEL });
+    const pre = await preprocessImage(image, {
+      tokenBudget,
+      patchSize: this.patchSize,
+      poolingKernelSize: POOLING_KERNEL,
+    });
     const t1 = performance.now();
     const P = pre.numPatches;
     const dim = 3 * this.patchSize * this.patchSize;
     const out = await this.session.run({
       pixel_values: new ort.Tensor('float32', pre.pixelValues, [1, P, dim]),
-      position_ids: new ort.Tensor('int64', BigInt64Array.from(pre.positionIds, (v) => BigInt(v)), [1, P, 2]),
+      position_ids: new ort.Tensor(
+        'int64',
+        BigInt64Array.from(pre.positionIds, (v) => BigInt(v)),
+        [1, P, 2],
+      ),
     });
     const t = out.image_embeds!;
     const data = t.data as Float32Array;
     const rows = data.length / this.hidden;
-    if (rows < pre.numSoftTokens) throw new Error(`vision encoder returned ${rows} rows for ${pre.numSoftTokens} soft tokens`);
+    if (rows < pre.numSoftTokens)
+      throw new Error(`vision encoder returned ${rows} rows for ${pre.numSoftTokens} soft tokens`);
     // Unpadded input: every row is real; the slice keeps exactly the soft tokens either way.
     const embeddings = rows === pre.numSoftTokens ? data : data.slice(0, pre.numSoftTokens * this.hidden);
     return {
@@ -127,7 +144,10 @@ export class VisionEncoder {
   }
 }
 
-function tensorMeta(list: readonly ort.InferenceSession.ValueMetadata[], name: string): ort.InferenceSession.TensorValueMetadata | undefined {
+function tensorMeta(
+  list: readonly ort.InferenceSession.ValueMetadata[],
+  name: string,
+): ort.InferenceSession.TensorValueMetadata | undefined {
   const m = list.find((x) => x.name === name);
   return m?.isTensor ? m : undefined;
 }

@@ -36,7 +36,11 @@ async function exists(path: string): Promise<boolean> {
 
 /** WeightSource over a checkpoint: each get() reads (and converts to float32) one tensor, getRows() a row range. */
 export function checkpointWeightSource(ckpt: SafetensorsCheckpoint): WeightSource {
-  return { shape: (name) => [...ckpt.info(name).shape], get: (name) => ckpt.read(name), getRows: (name, start, count) => ckpt.readRows(name, start, count) };
+  return {
+    shape: (name) => [...ckpt.info(name).shape],
+    get: (name) => ckpt.read(name),
+    getRows: (name, start, count) => ckpt.readRows(name, start, count),
+  };
 }
 
 export async function convertCheckpoint(opts: ConvertOptions): Promise<Manifest> {
@@ -51,7 +55,8 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<Manifest>
     throw new Error(`${configPath}: not valid JSON (${(e as Error).message})`);
   }
   const tokenizerPath = join(from, 'tokenizer.json');
-  if (!(await exists(tokenizerPath))) throw new Error(`${tokenizerPath}: missing (the package needs the model's tokenizer)`);
+  if (!(await exists(tokenizerPath)))
+    throw new Error(`${tokenizerPath}: missing (the package needs the model's tokenizer)`);
   const files: PackageExtraFile[] = [{ name: PACKAGE_FILES.tokenizer, role: 'tokenizer', copyFrom: tokenizerPath }];
   // Ship the chat template as the model ships it: in tokenizer_config.json and/or chat_template.jinja.
   for (const [name, role] of [
@@ -68,7 +73,10 @@ export async function convertCheckpoint(opts: ConvertOptions): Promise<Manifest>
     // An encoder is converted when the config describes it and its tower's tensors are in the checkpoint
     // (a text-only export may keep the multimodal config); missing single tensors still fail loudly.
     const names = ckpt.names();
-    const encoders = { vision: names.some((n) => n.startsWith(VISION_TOWER_PREFIX)), audio: names.some((n) => n.startsWith(AUDIO_TOWER_PREFIX)) };
+    const encoders = {
+      vision: names.some((n) => n.startsWith(VISION_TOWER_PREFIX)),
+      audio: names.some((n) => n.startsWith(AUDIO_TOWER_PREFIX)),
+    };
     return await buildPackage({
       outDir: opts.outDir,
       configJson,

@@ -21,13 +21,21 @@ function halfTable(): Float32Array {
   return t;
 }
 
-export function bf16ToF32(src: Uint16Array, dst: Float32Array = new Float32Array(src.length), dstOffset = 0): Float32Array {
+export function bf16ToF32(
+  src: Uint16Array,
+  dst: Float32Array = new Float32Array(src.length),
+  dstOffset = 0,
+): Float32Array {
   const out = new Uint32Array(dst.buffer, dst.byteOffset + dstOffset * 4, src.length);
   for (let i = 0; i < src.length; i++) out[i] = src[i]! << 16;
   return dst;
 }
 
-export function f16ToF32(src: Uint16Array, dst: Float32Array = new Float32Array(src.length), dstOffset = 0): Float32Array {
+export function f16ToF32(
+  src: Uint16Array,
+  dst: Float32Array = new Float32Array(src.length),
+  dstOffset = 0,
+): Float32Array {
   const t = halfTable();
   for (let i = 0; i < src.length; i++) dst[dstOffset + i] = t[src[i]!]!;
   return dst;

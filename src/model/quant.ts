@@ -51,21 +51,28 @@ function zpBytesPerRow(nb: number, bits: number): number {
 }
 
 export function checkQuantOptions(o: QuantOptions): void {
-  if (o.bits !== 2 && o.bits !== 4 && o.bits !== 8) throw new Error(`quantisation bits must be 2, 4 or 8, got ${String(o.bits)}`);
+  if (o.bits !== 2 && o.bits !== 4 && o.bits !== 8)
+    throw new Error(`quantisation bits must be 2, 4 or 8, got ${String(o.bits)}`);
   const bs = o.blockSize;
-  if (!Number.isInteger(bs) || bs < 16 || (bs & (bs - 1)) !== 0) throw new Error(`block size must be a power of two >= 16, got ${bs}`);
+  if (!Number.isInteger(bs) || bs < 16 || (bs & (bs - 1)) !== 0)
+    throw new Error(`block size must be a power of two >= 16, got ${bs}`);
   if (o.method !== 'search' && o.method !== 'rtn') throw new Error(`unknown quantisation method ${String(o.method)}`);
 }
 
 /** MatMulNBits input dims: B, scales, zero_points. */
 export function matMulNBitsDims(q: QuantizedMatrix): QuantDims {
   const nb = blocksPerRow(q.k, q.blockSize);
-  return { data: [q.n, nb, (q.blockSize * q.bits) / 8], scales: [q.n * nb], zeroPoints: [q.n * zpBytesPerRow(nb, q.bits)] };
+  return {
+    data: [q.n, nb, (q.blockSize * q.bits) / 8],
+    scales: [q.n * nb],
+    zeroPoints: [q.n * zpBytesPerRow(nb, q.bits)],
+  };
 }
 
 /** GatherBlockQuantized input dims (requires K % blockSize == 0, so rows carry no block padding). */
 export function gatherBlockQuantizedDims(q: QuantizedMatrix): QuantDims {
-  if (q.k % q.blockSize !== 0) throw new Error(`GatherBlockQuantized layout needs width ${q.k} to be a multiple of block size ${q.blockSize}`);
+  if (q.k % q.blockSize !== 0)
+    throw new Error(`GatherBlockQuantized layout needs width ${q.k} to be a multiple of block size ${q.blockSize}`);
   const nb = q.k / q.blockSize;
   return { data: [q.n, (q.k * q.bits) / 8], scales: [q.n, nb], zeroPoints: [q.n, zpBytesPerRow(nb, q.bits)] };
 }
@@ -94,7 +101,8 @@ function blockError(x: Float32Array, off: number, len: number, s: number, z: num
     return e;
   }
   const inv = 1 / s;
-  const lo = -z, hi = L - z;
+  const lo = -z,
+    hi = L - z;
   let e = 0;
   for (let i = off; i < off + len; i++) {
     const v = x[i]!;
@@ -123,7 +131,8 @@ function clampInt(v: number, a: number, b: number): number {
 function refitScale(x: Float32Array, off: number, len: number, s: number, z: number, L: number): number {
   if (s === 0) return 0;
   const inv = 1 / s;
-  let num = 0, den = 0;
+  let num = 0,
+    den = 0;
   for (let i = off; i < off + len; i++) {
     const r = clampInt(x[i]! * inv + RINT - RINT, -z, L - z);
     num += x[i]! * r;
@@ -137,7 +146,15 @@ function refitScale(x: Float32Array, off: number, len: number, s: number, z: num
  * between "covers the minimum" and "covers the maximum" (only clipping differs between them); then refine
  * the best by least-squares scale refits. The min/max fit is always a candidate, so search never loses.
  */
-function searchFit(x: Float32Array, off: number, len: number, lo: number, hi: number, L: number, bits: QuantBits): BlockFit {
+function searchFit(
+  x: Float32Array,
+  off: number,
+  len: number,
+  lo: number,
+  hi: number,
+  L: number,
+  bits: QuantBits,
+): BlockFit {
   const base = rtnFit(lo, hi, L);
   let best: BlockFit = { ...base, err: blockError(x, off, len, base.s, base.z, L, Infinity) };
   if (base.s === 0 || best.err === 0) return best;
@@ -149,7 +166,8 @@ function searchFit(x: Float32Array, off: number, len: number, lo: number, hi: nu
   const tryScale = (s: number) => {
     const zMin = clampInt(-Math.round(lo / s), 0, L);
     const zMax = clampInt(L - Math.round(hi / s), 0, L);
-    const a = Math.min(zMin, zMax), b = Math.max(zMin, zMax);
+    const a = Math.min(zMin, zMax),
+      b = Math.max(zMin, zMax);
     tryFit(s, a);
     if (b !== a) tryFit(s, b);
     if (b - a > 1) tryFit(s, (a + b) >> 1);
@@ -184,7 +202,8 @@ export function quantizeMatMulNBits(w: Float32Array, n: number, k: number, opts:
     for (let b = 0; b < nb; b++) {
       const off = row * k + b * bs;
       const len = Math.min(bs, k - b * bs);
-      let lo = 0, hi = 0;
+      let lo = 0,
+        hi = 0;
       for (let i = off; i < off + len; i++) {
         const v = w[i]!;
         if (!Number.isFinite(v)) throw new Error(`non-finite weight at row ${row}, column ${i - row * k}`);
@@ -208,9 +227,15 @@ export function quantizeMatMulNBits(w: Float32Array, n: number, k: number, opts:
 }
 
 /** The GatherBlockQuantized table for an embedding [rows, width]: the same bytes as quantizeMatMulNBits. */
-export function quantizeGatherBlockQuantized(table: Float32Array, rows: number, width: number, opts: QuantOptions): QuantizedMatrix {
+export function quantizeGatherBlockQuantized(
+  table: Float32Array,
+  rows: number,
+  width: number,
+  opts: QuantOptions,
+): QuantizedMatrix {
   checkQuantOptions(opts);
-  if (width % opts.blockSize !== 0) throw new Error(`table width ${width} must be a multiple of block size ${opts.blockSize}`);
+  if (width % opts.blockSize !== 0)
+    throw new Error(`table width ${width} must be a multiple of block size ${opts.blockSize}`);
   return quantizeMatMulNBits(table, rows, width, opts);
 }
 
@@ -222,7 +247,8 @@ export function concatQuantized(parts: readonly QuantizedMatrix[]): QuantizedMat
   if (parts.length === 0) throw new Error('concatQuantized: no parts');
   const { bits, blockSize, k } = parts[0]!;
   for (const p of parts) {
-    if (p.bits !== bits || p.blockSize !== blockSize || p.k !== k) throw new Error('concatQuantized: parts differ in bits, block size or K');
+    if (p.bits !== bits || p.blockSize !== blockSize || p.k !== k)
+      throw new Error('concatQuantized: parts differ in bits, block size or K');
   }
   const cat = <T extends Uint8Array | Float32Array>(arrays: T[], make: (n: number) => T): T => {
     const out = make(arrays.reduce((a, x) => a + x.length, 0));
@@ -238,15 +264,30 @@ export function concatQuantized(parts: readonly QuantizedMatrix[]): QuantizedMat
     blockSize,
     k,
     n: parts.reduce((a, p) => a + p.n, 0),
-    data: cat(parts.map((p) => p.data), (n) => new Uint8Array(n)),
-    scales: cat(parts.map((p) => p.scales), (n) => new Float32Array(n)),
-    zeroPoints: cat(parts.map((p) => p.zeroPoints), (n) => new Uint8Array(n)),
+    data: cat(
+      parts.map((p) => p.data),
+      (n) => new Uint8Array(n),
+    ),
+    scales: cat(
+      parts.map((p) => p.scales),
+      (n) => new Float32Array(n),
+    ),
+    zeroPoints: cat(
+      parts.map((p) => p.zeroPoints),
+      (n) => new Uint8Array(n),
+    ),
   };
 }
 
 /** Decodes rows [start, start+count) into `out` (length count*k). Works for both layouts. */
-export function dequantizeRows(q: QuantizedMatrix, start: number, count: number, out = new Float32Array(count * q.k)): Float32Array {
-  if (start < 0 || count < 0 || start + count > q.n) throw new Error(`rows [${start}, ${start + count}) out of range 0..${q.n}`);
+export function dequantizeRows(
+  q: QuantizedMatrix,
+  start: number,
+  count: number,
+  out = new Float32Array(count * q.k),
+): Float32Array {
+  if (start < 0 || count < 0 || start + count > q.n)
+    throw new Error(`rows [${start}, ${start + count}) out of range 0..${q.n}`);
   const { bits, blockSize: bs, k } = q;
   const nb = blocksPerRow(k, bs);
   const bytesPerBlock = (bs * bits) / 8;
@@ -289,7 +330,9 @@ export interface ReconstructionError {
 
 export function reconstructionError(w: Float32Array, q: QuantizedMatrix): ReconstructionError {
   const d = dequantizeMatMulNBits(q);
-  let se = 0, ss = 0, maxAbs = 0;
+  let se = 0,
+    ss = 0,
+    maxAbs = 0;
   for (let i = 0; i < w.length; i++) {
     const e = w[i]! - d[i]!;
     se += e * e;

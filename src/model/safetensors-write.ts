@@ -33,7 +33,9 @@ export function encodeTensor(t: TensorToWrite): Uint8Array {
   else if (data instanceof Float32Array && t.dtype === 'F16') data = f32ToF16(data);
   const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   if (bytes.byteLength !== byteSize(t)) {
-    throw new Error(`tensor ${t.name}: ${t.dtype}[${t.shape.join(',')}] needs ${byteSize(t)} bytes, got ${bytes.byteLength}`);
+    throw new Error(
+      `tensor ${t.name}: ${t.dtype}[${t.shape.join(',')}] needs ${byteSize(t)} bytes, got ${bytes.byteLength}`,
+    );
   }
   return bytes;
 }
@@ -64,7 +66,8 @@ export class SafetensorsWriter {
     const seen = new Set<string>();
     let off = 0;
     for (const s of specs) {
-      if (seen.has(s.name) || s.name === '__metadata__') throw new Error(`${file}: duplicate or reserved tensor name ${s.name}`);
+      if (seen.has(s.name) || s.name === '__metadata__')
+        throw new Error(`${file}: duplicate or reserved tensor name ${s.name}`);
       seen.add(s.name);
       const size = byteSize(s);
       header[s.name] = { dtype: s.dtype, shape: s.shape, data_offsets: [off, off + size] };
@@ -107,7 +110,8 @@ export class SafetensorsWriter {
     // Zero-size tensors take no bytes: the cursor has already moved past them.
     if (bytes.byteLength === 0 && this.specs.some((s) => s.name === t.name)) return;
     const spec = this.specs[this.current];
-    if (!spec || spec.name !== t.name) throw new Error(`${this.file}: expected tensor ${spec?.name ?? '(none)'}, got ${t.name}`);
+    if (!spec || spec.name !== t.name)
+      throw new Error(`${this.file}: expected tensor ${spec?.name ?? '(none)'}, got ${t.name}`);
     this.writeChunk(bytes);
   }
 
@@ -117,11 +121,16 @@ export class SafetensorsWriter {
     const fd = this.fd;
     this.fd = null;
     fs.closeSync(fd);
-    if (this.current < this.specs.length) throw new Error(`${this.file}: closed before tensor ${this.specs[this.current]!.name} was complete`);
+    if (this.current < this.specs.length)
+      throw new Error(`${this.file}: closed before tensor ${this.specs[this.current]!.name} was complete`);
   }
 }
 
-export function writeSafetensors(file: string, tensors: readonly TensorToWrite[], metadata?: Record<string, string>): void {
+export function writeSafetensors(
+  file: string,
+  tensors: readonly TensorToWrite[],
+  metadata?: Record<string, string>,
+): void {
   const w = SafetensorsWriter.create(file, tensors, metadata);
   try {
     for (const t of tensors) w.writeTensor(t);
@@ -134,7 +143,11 @@ export function writeSafetensors(file: string, tensors: readonly TensorToWrite[]
  * Splits tensors into shards of at most `maxShardBytes` (a larger tensor gets a shard of its own), named
  * model-0000i-of-0000n.safetensors, and writes model.safetensors.index.json. Returns the shard file names.
  */
-export function writeShardedCheckpoint(dir: string, tensors: readonly TensorToWrite[], maxShardBytes: number): string[] {
+export function writeShardedCheckpoint(
+  dir: string,
+  tensors: readonly TensorToWrite[],
+  maxShardBytes: number,
+): string[] {
   const groups: TensorToWrite[][] = [];
   let size = 0;
   for (const t of tensors) {
@@ -157,6 +170,9 @@ export function writeShardedCheckpoint(dir: string, tensors: readonly TensorToWr
       total += byteSize(t);
     }
   });
-  fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2));
+  fs.writeFileSync(
+    path.join(dir, 'model.safetensors.index.json'),
+    JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2),
+  );
   return names;
 }

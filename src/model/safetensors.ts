@@ -12,7 +12,17 @@ import { bf16ToF32, f16ToF32 } from './float-convert.js';
 export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'I8' | 'U8' | 'I16' | 'U16' | 'I32' | 'I64' | 'F64' | 'BOOL';
 
 export const DTYPE_BYTES: Record<SafetensorsDtype, number> = {
-  F32: 4, F16: 2, BF16: 2, I8: 1, U8: 1, I16: 2, U16: 2, I32: 4, I64: 8, F64: 8, BOOL: 1,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I8: 1,
+  U8: 1,
+  I16: 2,
+  U16: 2,
+  I32: 4,
+  I64: 8,
+  F64: 8,
+  BOOL: 1,
 };
 
 export interface TensorInfo {
@@ -52,7 +62,8 @@ export async function readSafetensorsHeader(file: string): Promise<ParsedFile> {
     const lenBuf = await readExactly(fh, abs, 8, 0);
     const headerLen = Number(new DataView(lenBuf.buffer, lenBuf.byteOffset, 8).getBigUint64(0, true));
     if (headerLen > MAX_HEADER_BYTES) fail(`header length ${headerLen} exceeds ${MAX_HEADER_BYTES}`);
-    if (8 + headerLen > size) fail(`header length ${headerLen} runs past the end of the ${size}-byte file (truncated?)`);
+    if (8 + headerLen > size)
+      fail(`header length ${headerLen} runs past the end of the ${size}-byte file (truncated?)`);
     const headerBytes = await readExactly(fh, abs, headerLen, 8);
     let header: unknown;
     try {
@@ -73,9 +84,11 @@ export async function readSafetensorsHeader(file: string): Promise<ParsedFile> {
       }
       const e = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
       const dtype = e?.dtype;
-      if (typeof dtype !== 'string' || !(dtype in DTYPE_BYTES)) fail(`tensor ${name}: unsupported dtype ${String(dtype)}`);
+      if (typeof dtype !== 'string' || !(dtype in DTYPE_BYTES))
+        fail(`tensor ${name}: unsupported dtype ${String(dtype)}`);
       const shape = e.shape;
-      if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) fail(`tensor ${name}: bad shape`);
+      if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0))
+        fail(`tensor ${name}: bad shape`);
       const offs = e.data_offsets;
       if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((d) => Number.isSafeInteger(d) && d >= 0)) {
         fail(`tensor ${name}: bad data_offsets`);
@@ -84,7 +97,13 @@ export async function readSafetensorsHeader(file: string): Promise<ParsedFile> {
       const want = (shape as number[]).reduce((a, d) => a * d, 1) * DTYPE_BYTES[dtype as SafetensorsDtype];
       if (end - begin !== want) fail(`tensor ${name}: data_offsets span ${end - begin} bytes, shape needs ${want}`);
       if (end > dataLen) fail(`tensor ${name} ends at ${end}, past the ${dataLen} data bytes (truncated?)`);
-      tensors.set(name, { dtype: dtype as SafetensorsDtype, shape: shape as number[], file: abs, offset: dataStart + begin, byteLength: want });
+      tensors.set(name, {
+        dtype: dtype as SafetensorsDtype,
+        shape: shape as number[],
+        file: abs,
+        offset: dataStart + begin,
+        byteLength: want,
+      });
     }
     return { tensors, metadata };
   } finally {
@@ -92,7 +111,13 @@ export async function readSafetensorsHeader(file: string): Promise<ParsedFile> {
   }
 }
 
-async function readExactly(fh: fs.promises.FileHandle, file: string, length: number, position: number, into?: Uint8Array): Promise<Uint8Array> {
+async function readExactly(
+  fh: fs.promises.FileHandle,
+  file: string,
+  length: number,
+  position: number,
+  into?: Uint8Array,
+): Promise<Uint8Array> {
   const buf = into ?? new Uint8Array(length);
   let done = 0;
   while (done < length) {
@@ -131,7 +156,8 @@ export class SafetensorsCheckpoint {
     const indexPath = path.join(abs, 'model.safetensors.index.json');
     if (!fs.existsSync(indexPath)) {
       const single = path.join(abs, 'model.safetensors');
-      if (!fs.existsSync(single)) throw new SafetensorsError(`${abs}: neither model.safetensors.index.json nor model.safetensors found`);
+      if (!fs.existsSync(single))
+        throw new SafetensorsError(`${abs}: neither model.safetensors.index.json nor model.safetensors found`);
       const p = await readSafetensorsHeader(single);
       return new SafetensorsCheckpoint(abs, p.tensors, p.metadata);
     }
@@ -141,7 +167,8 @@ export class SafetensorsCheckpoint {
     } catch (e) {
       throw new SafetensorsError(`${indexPath}: not valid JSON (${(e as Error).message})`);
     }
-    if (!index.weight_map || typeof index.weight_map !== 'object') throw new SafetensorsError(`${indexPath}: no weight_map`);
+    if (!index.weight_map || typeof index.weight_map !== 'object')
+      throw new SafetensorsError(`${indexPath}: no weight_map`);
     const shardNames = new Set(Object.values(index.weight_map).map((n) => safeShardName(abs, n)));
     const tensors = new Map<string, TensorInfo>();
     const metadata: Record<string, string> = {};
@@ -153,7 +180,8 @@ export class SafetensorsCheckpoint {
     for (const [name, shard] of Object.entries(index.weight_map)) {
       const t = tensors.get(name);
       if (!t) throw new SafetensorsError(`${indexPath}: tensor ${name} is not in ${String(shard)}`);
-      if (path.basename(t.file) !== shard) throw new SafetensorsError(`${indexPath}: tensor ${name} found in ${t.file}, index says ${String(shard)}`);
+      if (path.basename(t.file) !== shard)
+        throw new SafetensorsError(`${indexPath}: tensor ${name} found in ${t.file}, index says ${String(shard)}`);
     }
     for (const [k, v] of Object.entries(index.metadata ?? {})) metadata[k] = String(v);
     return new SafetensorsCheckpoint(abs, tensors, metadata);
@@ -184,8 +212,16 @@ export class SafetensorsCheckpoint {
     const t = this.info(name);
     if (t.shape.length === 0) throw new SafetensorsError(`${t.file}: ${name} is a scalar, it has no rows`);
     const rows = t.shape[0]!;
-    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count < 0 || start + count > rows) {
-      throw new SafetensorsError(`${t.file}: rows [${start}, ${start + count}) out of range for ${name} with ${rows} rows`);
+    if (
+      !Number.isSafeInteger(start) ||
+      !Number.isSafeInteger(count) ||
+      start < 0 ||
+      count < 0 ||
+      start + count > rows
+    ) {
+      throw new SafetensorsError(
+        `${t.file}: rows [${start}, ${start + count}) out of range for ${name} with ${rows} rows`,
+      );
     }
     const rowElems = t.shape.slice(1).reduce((a, d) => a * d, 1);
     const eb = DTYPE_BYTES[t.dtype];
@@ -196,7 +232,8 @@ export class SafetensorsCheckpoint {
   async readRaw(name: string, byteStart = 0, byteLength?: number): Promise<Uint8Array> {
     const t = this.info(name);
     const len = byteLength ?? t.byteLength - byteStart;
-    if (byteStart < 0 || len < 0 || byteStart + len > t.byteLength) throw new SafetensorsError(`${t.file}: byte range out of bounds for ${name}`);
+    if (byteStart < 0 || len < 0 || byteStart + len > t.byteLength)
+      throw new SafetensorsError(`${t.file}: byte range out of bounds for ${name}`);
     return readExactly(await this.handle(t.file), t.file, len, t.offset + byteStart);
   }
 
@@ -218,7 +255,9 @@ export class SafetensorsCheckpoint {
   private async readConverted(t: TensorInfo, position: number, elems: number): Promise<Float32Array> {
     const eb = DTYPE_BYTES[t.dtype];
     if (elems * 4 > MAX_READ_BYTES) {
-      throw new SafetensorsError(`${t.file}: ${elems} values are too many for one float32 array: read it in row chunks with readRows()`);
+      throw new SafetensorsError(
+        `${t.file}: ${elems} values are too many for one float32 array: read it in row chunks with readRows()`,
+      );
     }
     const fh = await this.handle(t.file);
     const out = new Float32Array(elems);
@@ -237,7 +276,14 @@ export class SafetensorsCheckpoint {
   }
 }
 
-function convertInto(dtype: SafetensorsDtype, bytes: Uint8Array, n: number, out: Float32Array, at: number, file: string): void {
+function convertInto(
+  dtype: SafetensorsDtype,
+  bytes: Uint8Array,
+  n: number,
+  out: Float32Array,
+  at: number,
+  file: string,
+): void {
   switch (dtype) {
     case 'BF16':
       bf16ToF32(new Uint16Array(bytes.buffer, bytes.byteOffset, n), out, at);

@@ -8,9 +8,21 @@ import { e2bAudioConfig, parseGemma4AudioConfig, tinyAudioConfig, toAudioConfigJ
 import { AUDIO_TOWER_PREFIX, EMBED_AUDIO_PREFIX, syntheticAudioWeightSource } from './gemma4/audio-weights.js';
 import { e2bConfig, tinyConfig, type Gemma4TextConfig } from './gemma4/config.js';
 import { toTextConfigJson } from './gemma4/config-json.js';
-import { e2bVisionConfig, parseGemma4VisionConfig, tinyVisionConfig, toVisionConfigJson } from './gemma4/vision-config.js';
+import {
+  e2bVisionConfig,
+  parseGemma4VisionConfig,
+  tinyVisionConfig,
+  toVisionConfigJson,
+} from './gemma4/vision-config.js';
 import { EMBED_VISION_PREFIX, VISION_TOWER_PREFIX, syntheticVisionWeightSource } from './gemma4/vision-weights.js';
-import { MULTIMODAL_TEXT_PREFIX, seededRandom, tensorSeed, textTensorTable, type TensorSpec, type WeightSource } from './gemma4/weights.js';
+import {
+  MULTIMODAL_TEXT_PREFIX,
+  seededRandom,
+  tensorSeed,
+  textTensorTable,
+  type TensorSpec,
+  type WeightSource,
+} from './gemma4/weights.js';
 import { buildPackage, type BuildProgress } from './package/build.js';
 import { PACKAGE_FILES, quantPolicyFor, type Manifest, type Profile, type QuantPolicy } from './package/manifest.js';
 import { synthTokenizerFiles } from './package/synth-tokenizer.js';
@@ -41,14 +53,18 @@ export function presetConfig(preset: SynthPreset): Gemma4TextConfig {
  * to the text width is read from text_config.hidden_size). `encoders: false` leaves them out.
  */
 export function synthConfigJson(cfg: Gemma4TextConfig, encoders = true): Record<string, unknown> {
-  const json: Record<string, unknown> = { architectures: ['Gemma4ForConditionalGeneration'], model_type: 'gemma4', tie_word_embeddings: true, text_config: toTextConfigJson(cfg) };
+  const json: Record<string, unknown> = {
+    architectures: ['Gemma4ForConditionalGeneration'],
+    model_type: 'gemma4',
+    tie_word_embeddings: true,
+    text_config: toTextConfigJson(cfg),
+  };
   if (!encoders) return json;
   const e2b = cfg.hiddenSize === e2bConfig().hiddenSize;
   json.vision_config = toVisionConfigJson(e2b ? e2bVisionConfig() : tinyVisionConfig());
   json.audio_config = toAudioConfigJson(e2b ? e2bAudioConfig() : tinyAudioConfig());
   return json;
 }
-
 
 function fillRandom(spec: TensorSpec, out: Float32Array, rand: () => number): void {
   const n = out.length;
@@ -66,11 +82,24 @@ function fillRandom(spec: TensorSpec, out: Float32Array, rand: () => number): vo
  * Random weights, generated when asked for and not kept. With `configJson` (a synthConfigJson), the
  * vision and audio tower names are served too, routed by name prefix to their own synthetic sources.
  */
-export function syntheticWeightSource(cfg: Gemma4TextConfig, seed: number, prefix = MULTIMODAL_TEXT_PREFIX, configJson?: Record<string, unknown>): WeightSource {
+export function syntheticWeightSource(
+  cfg: Gemma4TextConfig,
+  seed: number,
+  prefix = MULTIMODAL_TEXT_PREFIX,
+  configJson?: Record<string, unknown>,
+): WeightSource {
   const text = syntheticTextWeightSource(cfg, seed, prefix);
   const routes: Array<[string[], WeightSource]> = [];
-  if (configJson?.vision_config) routes.push([[VISION_TOWER_PREFIX, EMBED_VISION_PREFIX], syntheticVisionWeightSource(parseGemma4VisionConfig(configJson), seed)]);
-  if (configJson?.audio_config) routes.push([[AUDIO_TOWER_PREFIX, EMBED_AUDIO_PREFIX], syntheticAudioWeightSource(parseGemma4AudioConfig(configJson), seed)]);
+  if (configJson?.vision_config)
+    routes.push([
+      [VISION_TOWER_PREFIX, EMBED_VISION_PREFIX],
+      syntheticVisionWeightSource(parseGemma4VisionConfig(configJson), seed),
+    ]);
+  if (configJson?.audio_config)
+    routes.push([
+      [AUDIO_TOWER_PREFIX, EMBED_AUDIO_PREFIX],
+      syntheticAudioWeightSource(parseGemma4AudioConfig(configJson), seed),
+    ]);
   if (!routes.length) return text;
   const pick = (name: string): WeightSource => routes.find(([ps]) => ps.some((p) => name.startsWith(p)))?.[1] ?? text;
   return {
@@ -103,7 +132,13 @@ function syntheticTextWeightSource(cfg: Gemma4TextConfig, seed: number, prefix: 
     async getRows(name, start, count) {
       const s = spec(name);
       const rows = s.shape[0]!;
-      if (!Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 || count < 0 || start + count > rows) {
+      if (
+        !Number.isSafeInteger(start) ||
+        !Number.isSafeInteger(count) ||
+        start < 0 ||
+        count < 0 ||
+        start + count > rows
+      ) {
         throw new Error(`rows [${start}, ${start + count}) out of range for ${name} with ${rows} rows`);
       }
       const rowElems = s.shape.slice(1).reduce((a, b) => a * b, 1);

@@ -12,7 +12,18 @@
  */
 import { silentLogger, type Logger } from '../log.js';
 import type { IncomingMessage, MqttConnection, PublishResult } from './connection.js';
-import { encode, isoNow, parseRequest, type AnswerErrorMessage, type AnswerMessage, type AnswerStreamMessage, type AskRequest, type ErrorCode, type ErrorMessage, type RequestLimits } from './messages.js';
+import {
+  encode,
+  isoNow,
+  parseRequest,
+  type AnswerErrorMessage,
+  type AnswerMessage,
+  type AnswerStreamMessage,
+  type AskRequest,
+  type ErrorCode,
+  type ErrorMessage,
+  type RequestLimits,
+} from './messages.js';
 import { replyRouteFor, type ReplyRoute } from './requests.js';
 
 export interface AskContext {
@@ -82,7 +93,11 @@ export class AskEndpoint {
    * `<root>/ask` and `<root>/ask/cancel`, and also misdirected topics below, which get unknown_topic.
    */
   start(): void {
-    this.conn.subscribe(`${this.conn.topics.ask}/#`, (msg: IncomingMessage) => this.onRequest(msg), { qos: 1, owner: OWNER, acceptOversized: true });
+    this.conn.subscribe(`${this.conn.topics.ask}/#`, (msg: IncomingMessage) => this.onRequest(msg), {
+      qos: 1,
+      owner: OWNER,
+      acceptOversized: true,
+    });
   }
 
   stop(): void {
@@ -92,28 +107,68 @@ export class AskEndpoint {
   /** Final answer: QoS 1 through the outbox, highest keep priority. */
   answer(route: ReplyRoute, body: AnswerBody): Promise<PublishResult> {
     const msg: AnswerMessage = { v: 1, id: route.id, ts: isoNow(), ...body };
-    return this.conn.publish(route.topic, encode(msg), { final: true, qos: 1, priority: 'answer', contentType: JSON_TYPE, correlationData: route.correlationData });
+    return this.conn.publish(route.topic, encode(msg), {
+      final: true,
+      qos: 1,
+      priority: 'answer',
+      contentType: JSON_TYPE,
+      correlationData: route.correlationData,
+    });
   }
 
   /** One streamed piece of an answer, QoS 0 on `<root>/answer/stream` (correlationData echoed on MQTT 5). */
   streamChunk(route: ReplyRoute, seq: number, delta: string, done: boolean): Promise<PublishResult> {
     const msg: AnswerStreamMessage = { v: 1, id: route.id, ts: isoNow(), seq, delta, done };
-    return this.conn.publish(this.conn.topics.answerStream, encode(msg), { qos: 0, contentType: JSON_TYPE, correlationData: route.correlationData });
+    return this.conn.publish(this.conn.topics.answerStream, encode(msg), {
+      qos: 0,
+      contentType: JSON_TYPE,
+      correlationData: route.correlationData,
+    });
   }
 
   /**
    * A request failed (busy, deadline, engine error ...): an error on `<root>/errors`, and an error reply
    * on the request's reply topic (which is `<root>/answer` for requests that named none).
    */
-  async fail(route: ReplyRoute | undefined, code: ErrorCode, message: string, opts: { id?: string; topic?: string } = {}): Promise<void> {
+  async fail(
+    route: ReplyRoute | undefined,
+    code: ErrorCode,
+    message: string,
+    opts: { id?: string; topic?: string } = {},
+  ): Promise<void> {
     const id = route?.id ?? opts.id;
-    const error: ErrorMessage = { v: 1, ts: isoNow(), ...(id ? { id } : {}), code, message: message.slice(0, 2000) || code, topic: opts.topic ?? this.conn.topics.ask };
+    const error: ErrorMessage = {
+      v: 1,
+      ts: isoNow(),
+      ...(id ? { id } : {}),
+      code,
+      message: message.slice(0, 2000) || code,
+      topic: opts.topic ?? this.conn.topics.ask,
+    };
     const tasks: Array<Promise<PublishResult>> = [
-      this.conn.publish(this.conn.topics.errors, encode(error), { final: true, qos: 1, priority: 'other', contentType: JSON_TYPE }),
+      this.conn.publish(this.conn.topics.errors, encode(error), {
+        final: true,
+        qos: 1,
+        priority: 'other',
+        contentType: JSON_TYPE,
+      }),
     ];
     if (route) {
-      const reply: AnswerErrorMessage = { v: 1, ...(id ? { id } : {}), ts: error.ts, error: { code, message: error.message } };
-      tasks.push(this.conn.publish(route.topic, encode(reply), { final: true, qos: 1, priority: 'answer', contentType: JSON_TYPE, correlationData: route.correlationData }));
+      const reply: AnswerErrorMessage = {
+        v: 1,
+        ...(id ? { id } : {}),
+        ts: error.ts,
+        error: { code, message: error.message },
+      };
+      tasks.push(
+        this.conn.publish(route.topic, encode(reply), {
+          final: true,
+          qos: 1,
+          priority: 'answer',
+          contentType: JSON_TYPE,
+          correlationData: route.correlationData,
+        }),
+      );
     }
     await Promise.all(tasks);
   }
@@ -133,7 +188,10 @@ export class AskEndpoint {
     const receivedAt = Date.now();
     const parsed = parseRequest(msg.topic, msg.payload, { ...this.limits, topics: this.conn.topics });
     if (!parsed.ok) {
-      this.log.info({ topic: msg.topic, code: parsed.error.code, err: parsed.error.message.slice(0, LOGGED_CHARS) }, 'request refused');
+      this.log.info(
+        { topic: msg.topic, code: parsed.error.code, err: parsed.error.message.slice(0, LOGGED_CHARS) },
+        'request refused',
+      );
       // Reply only to an explicit address: a broken request without one has no waiting requester to tell.
       const r = replyRouteFor(parsed.id ?? '', parsed.replyTo, msg.properties, this.conn.topics, this.conn.reserved);
       const route = r.ok && r.route.via !== 'default' ? { ...r.route } : undefined;

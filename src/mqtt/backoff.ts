@@ -8,7 +8,12 @@
  * spread by ±20 % jitter (still within [min, max]) so boards that lost the broker together do not return
  * together.
  */
-export function backoffDelay(failures: number, minMs: number, maxMs: number, random: () => number = Math.random): number {
+export function backoffDelay(
+  failures: number,
+  minMs: number,
+  maxMs: number,
+  random: () => number = Math.random,
+): number {
   const max = Math.max(minMs, maxMs);
   const base = Math.min(max, minMs * 2 ** Math.min(failures, 30));
   const jittered = base * (0.8 + 0.4 * random());

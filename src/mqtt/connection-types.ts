@@ -89,5 +89,19 @@ export interface ConnectedInfo {
 /** The `mqtt` section of the stats message (docs/mqtt.md, statsSchema). */
 export function statsSection(s: MqttStats): StatsMessage['mqtt'] {
   const { connected, protocol, reconnects, published, received, rejected, outbox } = s;
-  return { connected, protocol, reconnects, published, received, rejected, outbox: { depth: outbox.depth, bytes: outbox.bytes, dropped: outbox.dropped, expired: outbox.expired, dead_letters: outbox.deadLettered } };
+  return {
+    connected,
+    protocol,
+    reconnects,
+    published,
+    received,
+    rejected,
+    outbox: {
+      depth: outbox.depth,
+      bytes: outbox.bytes,
+      dropped: outbox.dropped,
+      expired: outbox.expired,
+      dead_letters: outbox.deadLettered,
+    },
+  };
 }

@@ -25,10 +25,37 @@ import { clientOptions, loadTls, type ProtocolVersion, type TlsMaterial } from '
 import { encode, isoNow, type ErrorMessage } from './messages.js';
 import { Outbox, PermanentSendError, type DeadLetter, type OutboxEntry } from './outbox.js';
 import { DEFAULT_RESERVED_TOPICS, type ReservedTopics } from './requests.js';
-import { defaultClientId, defaultRootTopic, topicFilterProblem, topicMatches, topicNameProblem, topicsFor, type PerchTopics } from './topics.js';
-import type { ConnectedInfo, IncomingMessage, MessageHandler, MqttConnectionOptions, MqttStats, PublishOptions, PublishResult, SubscribeOptions } from './connection-types.js';
+import {
+  defaultClientId,
+  defaultRootTopic,
+  topicFilterProblem,
+  topicMatches,
+  topicNameProblem,
+  topicsFor,
+  type PerchTopics,
+} from './topics.js';
+import type {
+  ConnectedInfo,
+  IncomingMessage,
+  MessageHandler,
+  MqttConnectionOptions,
+  MqttStats,
+  PublishOptions,
+  PublishResult,
+  SubscribeOptions,
+} from './connection-types.js';
 
-export type { ConnectedInfo, IncomingMessage, IncomingProperties, MessageHandler, MqttConnectionOptions, MqttStats, PublishOptions, PublishResult, SubscribeOptions } from './connection-types.js';
+export type {
+  ConnectedInfo,
+  IncomingMessage,
+  IncomingProperties,
+  MessageHandler,
+  MqttConnectionOptions,
+  MqttStats,
+  PublishOptions,
+  PublishResult,
+  SubscribeOptions,
+} from './connection-types.js';
 export { statsSection } from './connection-types.js';
 
 /** A connection that lasted this long resets the backoff; shorter ones (flapping) keep it growing. */
@@ -81,7 +108,9 @@ export class MqttConnection extends EventEmitter<{
     this.clientId = opts.settings.client_id ?? defaultClientId(opts.deviceId);
     this.topics = topicsFor(opts.settings.root_topic ?? defaultRootTopic(opts.deviceId));
     const ha = opts.homeAssistant;
-    this.reserved = ha ? { haDiscoveryPrefix: ha.discovery_prefix, haStatusTopic: ha.status_topic } : DEFAULT_RESERVED_TOPICS;
+    this.reserved = ha
+      ? { haDiscoveryPrefix: ha.discovery_prefix, haStatusTopic: ha.status_topic }
+      : DEFAULT_RESERVED_TOPICS;
   }
 
   /** The protocol of the current connection, or null while disconnected. */
@@ -135,7 +164,8 @@ export class MqttConnection extends EventEmitter<{
     const client = this.client;
     this.client = undefined;
     if (client && this.live) {
-      if (offline) await this.sendDirect(client, this.topics.status, Buffer.from('offline'), { qos: 1, retain: true }, 3000);
+      if (offline)
+        await this.sendDirect(client, this.topics.status, Buffer.from('offline'), { qos: 1, retain: true }, 3000);
       await new Promise<void>((resolve) => {
         const force = setTimeout(() => client.end(true, () => resolve()), 3000);
         client.end(false, () => {
@@ -167,8 +197,25 @@ export class MqttConnection extends EventEmitter<{
   }
 
   stats(): MqttStats {
-    const outbox = this.outbox?.stats() ?? { depth: 0, bytes: 0, dropped: 0, droppedByPriority: { answer: 0, transcript: 0, caption: 0, event: 0, other: 0 }, expired: 0, superseded: 0, rejected: 0, deadLettered: 0, delivered: 0, persistErrors: 0 };
-    return { connected: this.live, protocol: this.protocolVersion, reconnects: Math.max(0, this.connects - 1), ...this.counters, outbox };
+    const outbox = this.outbox?.stats() ?? {
+      depth: 0,
+      bytes: 0,
+      dropped: 0,
+      droppedByPriority: { answer: 0, transcript: 0, caption: 0, event: 0, other: 0 },
+      expired: 0,
+      superseded: 0,
+      rejected: 0,
+      deadLettered: 0,
+      delivered: 0,
+      persistErrors: 0,
+    };
+    return {
+      connected: this.live,
+      protocol: this.protocolVersion,
+      reconnects: Math.max(0, this.connects - 1),
+      ...this.counters,
+      outbox,
+    };
   }
 
   /**
@@ -232,13 +279,21 @@ export class MqttConnection extends EventEmitter<{
 
   /** The persisted outbox; memory-only (with an error in the log) when state_dir is not writable. */
   private async openOutbox(): Promise<Outbox> {
-    const caps = { maxMessages: this.settings.outbox.max_messages, maxBytes: this.settings.outbox.max_bytes, logger: this.log, onDeadLetter: (d: DeadLetter) => this.reportDeadLetter(d) };
+    const caps = {
+      maxMessages: this.settings.outbox.max_messages,
+      maxBytes: this.settings.outbox.max_bytes,
+      logger: this.log,
+      onDeadLetter: (d: DeadLetter) => this.reportDeadLetter(d),
+    };
     if (!this.stateDir) return Outbox.open(caps);
     const dir = path.join(this.stateDir, 'outbox');
     try {
       return await Outbox.open({ ...caps, dir, deadLetterDir: path.join(this.stateDir, DEAD_LETTER_DIR) });
     } catch (err) {
-      this.log.error({ dir, err: (err as Error).message }, 'outbox directory unusable: results are kept in memory only and lost on restart');
+      this.log.error(
+        { dir, err: (err as Error).message },
+        'outbox directory unusable: results are kept in memory only and lost on restart',
+      );
       return Outbox.open(caps);
     }
   }
@@ -249,21 +304,28 @@ export class MqttConnection extends EventEmitter<{
     for (const h of [...sub.handlers]) if (which(h)) sub.handlers.delete(h);
     if (sub.handlers.size === 0) {
       this.subs.delete(filter);
-      if (this.client && this.live) this.client.unsubscribe(filter, (err) => err && this.log.warn({ filter, err: err.message }, 'unsubscribe failed'));
+      if (this.client && this.live)
+        this.client.unsubscribe(
+          filter,
+          (err) => err && this.log.warn({ filter, err: err.message }, 'unsubscribe failed'),
+        );
     }
   }
 
   private attempt(): void {
     if (!this.running || !this.tls) return;
     const version = this.version;
-    const client = mqtt.connect(this.settings.url, clientOptions({
-      settings: this.settings,
-      clientId: this.clientId,
-      statusTopic: this.topics.status,
-      version,
-      tls: this.tls,
-      connectTimeoutMs: this.connectTimeoutMs,
-    }));
+    const client = mqtt.connect(
+      this.settings.url,
+      clientOptions({
+        settings: this.settings,
+        clientId: this.clientId,
+        statusTopic: this.topics.status,
+        version,
+        tls: this.tls,
+        connectTimeoutMs: this.connectTimeoutMs,
+      }),
+    );
     this.client = client;
     let refusedVersion = false;
     let lastError: string | undefined;
@@ -293,7 +355,10 @@ export class MqttConnection extends EventEmitter<{
       if (wasLive && lived >= STABLE_MS) this.failures = 0;
       const delay = backoffDelay(this.failures++, this.settings.reconnect_min_ms, this.settings.reconnect_max_ms);
       const log = this.failures === 1 ? this.log.warn.bind(this.log) : this.log.debug.bind(this.log);
-      log({ url: redact(this.settings.url), err: lastError, retryInMs: delay }, wasLive ? 'connection to broker lost' : 'cannot connect to broker');
+      log(
+        { url: redact(this.settings.url), err: lastError, retryInMs: delay },
+        wasLive ? 'connection to broker lost' : 'cannot connect to broker',
+      );
       this.schedule(delay);
     });
   }
@@ -307,7 +372,11 @@ export class MqttConnection extends EventEmitter<{
     if (this.client !== client) return;
     this.live = true;
     this.connectedAt = Date.now();
-    const info: ConnectedInfo = { protocol: this.version === 5 ? '5' : '3.1.1', sessionPresent, reconnect: this.connects > 0 };
+    const info: ConnectedInfo = {
+      protocol: this.version === 5 ? '5' : '3.1.1',
+      sessionPresent,
+      reconnect: this.connects > 0,
+    };
     this.connects++;
     this.log.info({ url: redact(this.settings.url), ...info }, 'connected to broker');
     void this.sendDirect(client, this.topics.status, Buffer.from('online'), { qos: 1, retain: true }, 30_000);
@@ -322,7 +391,8 @@ export class MqttConnection extends EventEmitter<{
   private brokerSubscribe(client: MqttClient, map: Record<string, { qos: 0 | 1 }>): void {
     client.subscribe(map, (err, granted) => {
       if (err) this.log.warn({ err: err.message }, 'subscribe failed');
-      for (const g of granted ?? []) if (g.qos === 128) this.log.error({ filter: g.topic }, 'broker refused subscription');
+      for (const g of granted ?? [])
+        if (g.qos === 128) this.log.error({ filter: g.topic }, 'broker refused subscription');
     });
   }
 
@@ -351,7 +421,13 @@ export class MqttConnection extends EventEmitter<{
     });
   }
 
-  private sendDirect(client: MqttClient, topic: string, payload: Buffer, opts: IClientPublishOptions, timeoutMs: number): Promise<PublishResult> {
+  private sendDirect(
+    client: MqttClient,
+    topic: string,
+    payload: Buffer,
+    opts: IClientPublishOptions,
+    timeoutMs: number,
+  ): Promise<PublishResult> {
     return new Promise((resolve) => {
       const timer = setTimeout(() => resolve('dropped'), timeoutMs);
       client.publish(topic, payload, opts, (err) => {
@@ -373,7 +449,10 @@ export class MqttConnection extends EventEmitter<{
     const oversized = payload.byteLength > this.settings.max_payload_bytes;
     if (oversized) {
       this.counters.rejected++;
-      this.log.warn({ topic, bytes: payload.byteLength, max: this.settings.max_payload_bytes }, 'incoming payload too large');
+      this.log.warn(
+        { topic, bytes: payload.byteLength, max: this.settings.max_payload_bytes },
+        'incoming payload too large',
+      );
     }
     const msg: IncomingMessage = {
       topic,
@@ -390,13 +469,15 @@ export class MqttConnection extends EventEmitter<{
     if (!oversized) this.emit('message', msg);
     const handlers = new Set<Handler>();
     for (const [filter, sub] of this.subs) {
-      if (topicMatches(filter, topic)) for (const h of sub.handlers) if (!oversized || h.acceptOversized) handlers.add(h);
+      if (topicMatches(filter, topic))
+        for (const h of sub.handlers) if (!oversized || h.acceptOversized) handlers.add(h);
     }
     for (const h of handlers) {
       // A failing handler must not break the client's packet processing.
       try {
         const r = h.fn(msg);
-        if (r instanceof Promise) r.catch((err: unknown) => this.log.error({ topic, err: String(err) }, 'message handler failed'));
+        if (r instanceof Promise)
+          r.catch((err: unknown) => this.log.error({ topic, err: String(err) }, 'message handler failed'));
       } catch (err) {
         this.log.error({ topic, err: String(err) }, 'message handler failed');
       }
@@ -415,7 +496,12 @@ export class MqttConnection extends EventEmitter<{
       message: `${d.reason}; set aside${d.file ? ` in ${d.file}` : ''}`.slice(0, MAX_ERROR_CHARS),
       topic: d.entry.topic.slice(0, MAX_ERROR_TOPIC_CHARS) || '(empty topic)',
     };
-    void this.publish(this.topics.errors, encode(error), { final: true, qos: 1, priority: 'other', contentType: 'application/json' });
+    void this.publish(this.topics.errors, encode(error), {
+      final: true,
+      qos: 1,
+      priority: 'other',
+      contentType: 'application/json',
+    });
   }
 
   private setDisconnected(): void {
@@ -424,7 +510,11 @@ export class MqttConnection extends EventEmitter<{
   }
 }
 
-function props5(expiry: number | undefined, contentType: string | undefined, correlationData: Buffer | undefined): IClientPublishOptions['properties'] {
+function props5(
+  expiry: number | undefined,
+  contentType: string | undefined,
+  correlationData: Buffer | undefined,
+): IClientPublishOptions['properties'] {
   const props: NonNullable<IClientPublishOptions['properties']> = {};
   if (expiry && expiry > 0) props.messageExpiryInterval = expiry;
   if (contentType) props.contentType = contentType;

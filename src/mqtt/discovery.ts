@@ -24,7 +24,11 @@ import { silentLogger, type Logger } from '../log.js';
 import { defaultRootTopic, topicsFor } from './topics.js';
 
 /** The one thing discovery needs from the MQTT connection. */
-export type PublishFn = (topic: string, payload: string | Buffer, opts: { qos: 0 | 1 | 2; retain: boolean }) => Promise<unknown>;
+export type PublishFn = (
+  topic: string,
+  payload: string | Buffer,
+  opts: { qos: 0 | 1 | 2; retain: boolean },
+) => Promise<unknown>;
 
 export interface DiscoveryOptions {
   deviceId: string;
@@ -100,7 +104,10 @@ export function discoveryOptionsFromConfig(
 export function detectBoard(modelFile = '/proc/device-tree/model'): string {
   try {
     const raw = readFileSync(modelFile).subarray(0, 128).toString('utf8');
-    const model = raw.replace(/\0/g, '').replace(/[^\x20-\x7e]/g, '').trim();
+    const model = raw
+      .replace(/\0/g, '')
+      .replace(/[^\x20-\x7e]/g, '')
+      .trim();
     if (model) return model;
   } catch {
     // Not a device-tree board: fall through.
@@ -131,17 +138,31 @@ export function buildDiscovery(opts: DiscoveryOptions): DiscoveryMessage {
       icon: 'mdi:microphone-message',
     });
     add('last_transcript', 'sensor', 'Last transcript', {
-      state_topic: t.transcript, value_template: truncated('text'), json_attributes_topic: t.transcript, icon: 'mdi:text-box-outline',
+      state_topic: t.transcript,
+      value_template: truncated('text'),
+      json_attributes_topic: t.transcript,
+      icon: 'mdi:text-box-outline',
     });
     add('speech', 'binary_sensor', 'Speech', {
-      state_topic: t.speech, payload_on: 'ON', payload_off: 'OFF', device_class: 'sound', icon: 'mdi:account-voice',
+      state_topic: t.speech,
+      payload_on: 'ON',
+      payload_off: 'OFF',
+      device_class: 'sound',
+      icon: 'mdi:account-voice',
     });
     add('sound_level', 'sensor', 'Sound level', {
-      state_topic: t.soundLevel, unit_of_measurement: 'dBFS', state_class: 'measurement', icon: 'mdi:volume-high',
+      state_topic: t.soundLevel,
+      unit_of_measurement: 'dBFS',
+      state_class: 'measurement',
+      icon: 'mdi:volume-high',
     });
     add('talk', 'button', 'Talk', { command_topic: t.talk, payload_press: 'PRESS', icon: 'mdi:account-voice' });
     add('listening', 'switch', 'Listening', {
-      command_topic: t.listeningSet, state_topic: t.listening, payload_on: 'ON', payload_off: 'OFF', icon: 'mdi:microphone',
+      command_topic: t.listeningSet,
+      state_topic: t.listening,
+      payload_on: 'ON',
+      payload_off: 'OFF',
+      icon: 'mdi:microphone',
     });
   }
 
@@ -152,26 +173,48 @@ export function buildDiscovery(opts: DiscoveryOptions): DiscoveryMessage {
     icon: 'mdi:robot-outline',
   });
   add('last_answer', 'sensor', 'Last answer', {
-    state_topic: t.answer, value_template: truncated('text'), json_attributes_topic: t.answer, icon: 'mdi:message-reply-text-outline',
+    state_topic: t.answer,
+    value_template: truncated('text'),
+    json_attributes_topic: t.answer,
+    icon: 'mdi:message-reply-text-outline',
   });
-  add('ask', 'text', 'Ask', { command_topic: askTextTopic(opts.rootTopic), min: 1, max: MAX_STATE, mode: 'text', icon: 'mdi:chat-question-outline' });
+  add('ask', 'text', 'Ask', {
+    command_topic: askTextTopic(opts.rootTopic),
+    min: 1,
+    max: MAX_STATE,
+    mode: 'text',
+    icon: 'mdi:chat-question-outline',
+  });
 
   if (opts.cameras.length > 0) {
     add('watching', 'switch', 'Watching', {
-      command_topic: t.watchingSet, state_topic: t.watching, payload_on: 'ON', payload_off: 'OFF', icon: 'mdi:cctv',
+      command_topic: t.watchingSet,
+      state_topic: t.watching,
+      payload_on: 'ON',
+      payload_off: 'OFF',
+      icon: 'mdi:cctv',
     });
   }
   for (const cam of opts.cameras) {
     const c = t.camera(cam);
     add(`cam_${cam}_caption`, 'sensor', `${cam} caption`, {
-      state_topic: c.caption, value_template: truncated('text'), json_attributes_topic: c.caption, icon: 'mdi:image-text',
+      state_topic: c.caption,
+      value_template: truncated('text'),
+      json_attributes_topic: c.caption,
+      icon: 'mdi:image-text',
     });
     add(`cam_${cam}_snapshot`, 'image', `${cam} snapshot`, { image_topic: c.snapshot, content_type: 'image/jpeg' });
     add(`cam_${cam}_motion`, 'binary_sensor', `${cam} motion`, {
-      state_topic: c.motion, payload_on: 'ON', payload_off: 'OFF', device_class: 'motion',
+      state_topic: c.motion,
+      payload_on: 'ON',
+      payload_off: 'OFF',
+      device_class: 'motion',
     });
     add(`cam_${cam}_event`, 'event', `${cam} event`, {
-      state_topic: c.event, event_types: ['new', 'update', 'end'], value_template: asEvent(`value_json.get('type')`), device_class: 'motion',
+      state_topic: c.event,
+      event_types: ['new', 'update', 'end'],
+      value_template: asEvent(`value_json.get('type')`),
+      device_class: 'motion',
     });
   }
 
@@ -232,7 +275,8 @@ async function loadState(stateDir: string, log: Logger): Promise<DiscoveryState 
   }
   try {
     const s = JSON.parse(text) as Partial<DiscoveryState>;
-    if (s.v !== 1 || typeof s.topic !== 'string' || !isStringMap(s.components) || !isStringMap(s.tombstones)) throw new Error('unexpected shape');
+    if (s.v !== 1 || typeof s.topic !== 'string' || !isStringMap(s.components) || !isStringMap(s.tombstones))
+      throw new Error('unexpected shape');
     return s as DiscoveryState;
   } catch (err) {
     log.warn({ err: (err as Error).message }, 'ignoring unreadable Home Assistant discovery state file');
@@ -241,7 +285,9 @@ async function loadState(stateDir: string, log: Logger): Promise<DiscoveryState 
 }
 
 function isStringMap(v: unknown): v is Record<string, string> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'string');
+  return (
+    typeof v === 'object' && v !== null && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'string')
+  );
 }
 
 async function saveState(stateDir: string, state: DiscoveryState): Promise<void> {
@@ -305,7 +351,12 @@ export class DiscoveryPublisher {
   /** Removes the whole device from Home Assistant (perch ha remove). */
   removeAll(): Promise<void> {
     return this.serial(async () => {
-      await haRemove(this.o.publish, { discoveryPrefix: this.opts.discoveryPrefix, deviceId: this.opts.deviceId, stateDir: this.o.stateDir, logger: this.log });
+      await haRemove(this.o.publish, {
+        discoveryPrefix: this.opts.discoveryPrefix,
+        deviceId: this.opts.deviceId,
+        stateDir: this.o.stateDir,
+        logger: this.log,
+      });
     });
   }
 
@@ -329,7 +380,10 @@ export class DiscoveryPublisher {
     }
     if (prev && prev.topic !== msg.topic) {
       // Device id or prefix changed: the old device would linger in Home Assistant.
-      this.log.info({ topic: prev.topic }, 'removing the Home Assistant device published under the old discovery topic');
+      this.log.info(
+        { topic: prev.topic },
+        'removing the Home Assistant device published under the old discovery topic',
+      );
       await this.o.publish(prev.topic, '', { qos: 1, retain: true });
     }
     for (const [cid, p] of Object.entries(tombstones)) msg.payload.cmps[cid] = { p };
@@ -337,7 +391,10 @@ export class DiscoveryPublisher {
     await this.o.publish(msg.topic, JSON.stringify(msg.payload), { qos: 1, retain: true });
     await saveState(this.o.stateDir, { v: 1, topic: msg.topic, components: current, tombstones });
     const removed = Object.keys(tombstones);
-    this.log.info({ topic: msg.topic, components: Object.keys(current).length, removed }, 'published Home Assistant discovery');
+    this.log.info(
+      { topic: msg.topic, components: Object.keys(current).length, removed },
+      'published Home Assistant discovery',
+    );
   }
 }
 

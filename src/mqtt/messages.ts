@@ -15,7 +15,11 @@ export const MAX_QUESTION_CHARS = 4000;
 export const DEFAULT_MAX_IMAGE_BYTES = 4 * 1024 * 1024;
 
 const version = z.literal(SCHEMA_VERSION);
-const messageId = z.string().min(1).max(128).regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
+const messageId = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces');
 /** ISO 8601 in UTC with a Z suffix, as produced by Date.prototype.toISOString. */
 const isoUtc = z.iso.datetime();
 const ms = z.number().nonnegative();
@@ -146,28 +150,43 @@ export const cameraEventSchema = z.strictObject({
 });
 
 /** Fields of an ask request (before limits that depend on settings are applied). */
-export const askRequestSchema = z.strictObject({
-  v: version.optional(),
-  /** Ties the answer, stream chunks and errors to the request; Perch makes one when missing. */
-  id: messageId.optional(),
-  text: z.string().min(1).max(MAX_QUESTION_CHARS),
-  /** Ask about the latest frame of this camera. */
-  camera: cameraName.optional(),
-  /** Base64 JPEG to ask about (no data: prefix). */
-  image: z.string().max(22_369_624).regex(/^[A-Za-z0-9+/]+={0,2}$/, 'base64').refine((s) => s.startsWith('/9j/'), 'a JPEG image (base64 of bytes FF D8 FF)').optional(),
-  /** Ask about the JPEG retained on this topic (e.g. another camera's snapshot); taken within 2 s. */
-  image_topic: z.string().min(1).max(1024).superRefine((t, ctx) => {
-    // A topic the broker refuses would get Perch disconnected when it subscribes.
-    const problem = topicNameProblem(t) ?? (t.startsWith('$') ? 'topics starting with $ are reserved' : undefined);
-    if (problem) ctx.addIssue({ code: 'custom', message: problem });
-  }).optional(),
-  max_tokens: z.number().int().min(1).max(8192).optional(),
-  seed: z.number().int().min(0).max(0xffffffff).optional(),
-  temperature: z.number().min(0).max(2).optional(),
-  thinking: z.boolean().optional(),
-  /** Reply topic for MQTT 3.1.1 clients (MQTT 5 clients use the responseTopic property). */
-  reply_to: z.string().min(1).max(512).optional(),
-}).refine((r) => [r.camera, r.image, r.image_topic].filter((x) => x !== undefined).length <= 1, { message: 'give one of camera, image or image_topic, not both', path: ['image'] });
+export const askRequestSchema = z
+  .strictObject({
+    v: version.optional(),
+    /** Ties the answer, stream chunks and errors to the request; Perch makes one when missing. */
+    id: messageId.optional(),
+    text: z.string().min(1).max(MAX_QUESTION_CHARS),
+    /** Ask about the latest frame of this camera. */
+    camera: cameraName.optional(),
+    /** Base64 JPEG to ask about (no data: prefix). */
+    image: z
+      .string()
+      .max(22_369_624)
+      .regex(/^[A-Za-z0-9+/]+={0,2}$/, 'base64')
+      .refine((s) => s.startsWith('/9j/'), 'a JPEG image (base64 of bytes FF D8 FF)')
+      .optional(),
+    /** Ask about the JPEG retained on this topic (e.g. another camera's snapshot); taken within 2 s. */
+    image_topic: z
+      .string()
+      .min(1)
+      .max(1024)
+      .superRefine((t, ctx) => {
+        // A topic the broker refuses would get Perch disconnected when it subscribes.
+        const problem = topicNameProblem(t) ?? (t.startsWith('$') ? 'topics starting with $ are reserved' : undefined);
+        if (problem) ctx.addIssue({ code: 'custom', message: problem });
+      })
+      .optional(),
+    max_tokens: z.number().int().min(1).max(8192).optional(),
+    seed: z.number().int().min(0).max(0xffffffff).optional(),
+    temperature: z.number().min(0).max(2).optional(),
+    thinking: z.boolean().optional(),
+    /** Reply topic for MQTT 3.1.1 clients (MQTT 5 clients use the responseTopic property). */
+    reply_to: z.string().min(1).max(512).optional(),
+  })
+  .refine((r) => [r.camera, r.image, r.image_topic].filter((x) => x !== undefined).length <= 1, {
+    message: 'give one of camera, image or image_topic, not both',
+    path: ['image'],
+  });
 
 export const askCancelSchema = z.strictObject({
   v: version.optional(),
@@ -225,7 +244,9 @@ export const statsSchema = z.strictObject({
   uptime_s: ms,
   version: z.string().max(64).optional(),
   memory: z.strictObject({ rss: count, heap_used: count, heap_total: count }),
-  engine: z.object({ state: z.string().min(1).max(64) }).catchall(z.union([z.string(), z.number(), z.boolean(), z.null()])),
+  engine: z
+    .object({ state: z.string().min(1).max(64) })
+    .catchall(z.union([z.string(), z.number(), z.boolean(), z.null()])),
   /** Jobs waiting, per scheduler job kind: every kind, no other keys (docs examples must not drift). */
   queues: z.strictObject({ answer: count, transcript: count, caption: count }),
   mqtt: z.strictObject({
@@ -236,23 +257,54 @@ export const statsSchema = z.strictObject({
     received: count,
     rejected: count,
     /** dead_letters: results the broker refused, set aside under <state_dir>/dead-letter. */
-    outbox: z.strictObject({ depth: count, bytes: count, dropped: count, expired: count, dead_letters: count.optional() }),
+    outbox: z.strictObject({
+      depth: count,
+      bytes: count,
+      dropped: count,
+      expired: count,
+      dead_letters: count.optional(),
+    }),
   }),
   /** Per source, keyed `audio/<name>` or `camera/<name>`. */
   sources: z.record(
     z.string().regex(/^(audio|camera)\/[A-Za-z0-9_-]{1,64}$/, 'audio/<name> or camera/<name>'),
-    z.strictObject({ status: z.enum(['starting', 'running', 'restarting', 'paused', 'stopping', 'stopped', 'failed', 'ended']), restarts: count, last_error: z.string().optional() }),
+    z.strictObject({
+      status: z.enum(['starting', 'running', 'restarting', 'paused', 'stopping', 'stopped', 'failed', 'ended']),
+      restarts: count,
+      last_error: z.string().optional(),
+    }),
   ),
   /** Hearing: voice activity and what the audio source delivered. */
   audio: z
-    .strictObject({ speaking: z.boolean(), utterances: count, dropped_short: count, dropped_backlog_ms: count, seconds: count, transcripts: count.optional(), transcripts_failed: count.optional(), questions: count.optional() })
+    .strictObject({
+      speaking: z.boolean(),
+      utterances: count,
+      dropped_short: count,
+      dropped_backlog_ms: count,
+      seconds: count,
+      transcripts: count.optional(),
+      transcripts_failed: count.optional(),
+      questions: count.optional(),
+    })
     .optional(),
   /** Motion detection per camera. */
   motion: z
-    .record(z.string(), z.strictObject({ on: z.boolean(), events: count, frames: count, dropped: count, decode_errors: count, avg_frame_ms: z.number().nonnegative() }))
+    .record(
+      z.string(),
+      z.strictObject({
+        on: z.boolean(),
+        events: count,
+        frames: count,
+        dropped: count,
+        decode_errors: count,
+        avg_frame_ms: z.number().nonnegative(),
+      }),
+    )
     .optional(),
   /** Captions per camera: made, failed (deadline, busy, unavailable, error), and the last failure. */
-  captions: z.record(z.string(), z.strictObject({ made: count, failed: count, last_error: z.string().max(500).optional() })).optional(),
+  captions: z
+    .record(z.string(), z.strictObject({ made: count, failed: count, last_error: z.string().max(500).optional() }))
+    .optional(),
   /** Health per stage (audio/vad, model/..._encoder, camera/<name>/decoder): see src/daemon/health.ts. */
   health: z
     .record(
@@ -334,17 +386,25 @@ export type ParsedRequest =
     };
 
 /** Validates a request payload. Checks size before parsing; never throws. */
-export function parseRequest(topic: string, payload: Buffer, limits: RequestLimits & { topics: Pick<PerchTopics, 'ask' | 'askCancel' | 'askText'> }): ParsedRequest {
+export function parseRequest(
+  topic: string,
+  payload: Buffer,
+  limits: RequestLimits & { topics: Pick<PerchTopics, 'ask' | 'askCancel' | 'askText'> },
+): ParsedRequest {
   const t = limits.topics;
   const kind = topic === t.ask ? 'ask' : topic === t.askCancel ? 'cancel' : topic === t.askText ? 'text' : undefined;
   if (!kind) return fail('unknown_topic', `no requests are served on ${topic}`);
   if (payload.byteLength > limits.maxPayloadBytes) {
-    return fail('payload_too_large', `payload of ${payload.byteLength} bytes exceeds the limit of ${limits.maxPayloadBytes} bytes`);
+    return fail(
+      'payload_too_large',
+      `payload of ${payload.byteLength} bytes exceeds the limit of ${limits.maxPayloadBytes} bytes`,
+    );
   }
   if (kind === 'text') {
     // The whole payload is the question; the answer goes to <root>/answer.
     const text = payload.toString('utf8').trim();
-    if (text.length === 0 || text.length > MAX_QUESTION_CHARS) return fail('invalid_request', `text: between 1 and ${MAX_QUESTION_CHARS} characters`);
+    if (text.length === 0 || text.length > MAX_QUESTION_CHARS)
+      return fail('invalid_request', `text: between 1 and ${MAX_QUESTION_CHARS} characters`);
     return { ok: true, kind: 'ask', request: { text, id: randomUUID() } };
   }
   let json: unknown;
@@ -363,11 +423,17 @@ export function parseRequest(topic: string, payload: Buffer, limits: RequestLimi
   const req = r.data;
   if (req.image !== undefined) {
     const maxImage = limits.maxImageBytes ?? DEFAULT_MAX_IMAGE_BYTES;
-    const decoded = Math.floor((req.image.length * 3) / 4) - (req.image.endsWith('==') ? 2 : req.image.endsWith('=') ? 1 : 0);
-    if (decoded > maxImage) return fail('payload_too_large', `image: ${decoded} bytes exceeds the limit of ${maxImage} bytes`, hints);
+    const decoded =
+      Math.floor((req.image.length * 3) / 4) - (req.image.endsWith('==') ? 2 : req.image.endsWith('=') ? 1 : 0);
+    if (decoded > maxImage)
+      return fail('payload_too_large', `image: ${decoded} bytes exceeds the limit of ${maxImage} bytes`, hints);
   }
   if (req.camera !== undefined && limits.cameras && !limits.cameras.includes(req.camera)) {
-    return fail('unknown_camera', `camera: no camera named ${JSON.stringify(req.camera)} (configured: ${limits.cameras.join(', ') || 'none'})`, hints);
+    return fail(
+      'unknown_camera',
+      `camera: no camera named ${JSON.stringify(req.camera)} (configured: ${limits.cameras.join(', ') || 'none'})`,
+      hints,
+    );
   }
   return { ok: true, kind, request: { ...req, id: req.id ?? randomUUID() } };
 }
@@ -391,15 +457,20 @@ const QUOTE_CHARS = 64;
 
 /** Quotes text from a request, cut short: a hostile field name of a megabyte must not become a megabyte log line. */
 function quoted(text: string): string {
-  return text.length <= QUOTE_CHARS ? JSON.stringify(text) : `${JSON.stringify(text.slice(0, QUOTE_CHARS))}… (${text.length} characters)`;
+  return text.length <= QUOTE_CHARS
+    ? JSON.stringify(text)
+    : `${JSON.stringify(text.slice(0, QUOTE_CHARS))}… (${text.length} characters)`;
 }
 
 /** One line naming each bad field: `text: Too small ...; unknown field "foo"`. */
 export function describeIssues(error: z.ZodError): string {
   const parts = error.issues.slice(0, 5).map((issue) => {
-    if (issue.code === 'unrecognized_keys') return `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.slice(0, 5).map(quoted).join(', ')}`;
+    if (issue.code === 'unrecognized_keys')
+      return `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.slice(0, 5).map(quoted).join(', ')}`;
     const path = issue.path.map(String).join('.');
-    return path ? `${path.length > QUOTE_CHARS ? quoted(path) : path}: ${issue.message.slice(0, 300)}` : issue.message.slice(0, 300);
+    return path
+      ? `${path.length > QUOTE_CHARS ? quoted(path) : path}: ${issue.message.slice(0, 300)}`
+      : issue.message.slice(0, 300);
   });
   if (error.issues.length > 5) parts.push(`and ${error.issues.length - 5} more`);
   return parts.join('; ');

@@ -63,7 +63,13 @@ export async function readMessage(file: string, seq: number): Promise<StoredMess
   const nl = buf.indexOf(0x0a);
   if (nl < 0) throw new Error('no header');
   const h = JSON.parse(buf.subarray(0, nl).toString('utf8')) as Record<string, unknown>;
-  if (h.v !== 1 || h.seq !== seq || typeof h.topic !== 'string' || typeof h.retain !== 'boolean' || typeof h.created_at !== 'number') {
+  if (
+    h.v !== 1 ||
+    h.seq !== seq ||
+    typeof h.topic !== 'string' ||
+    typeof h.retain !== 'boolean' ||
+    typeof h.created_at !== 'number'
+  ) {
     throw new Error('bad header');
   }
   const priority = PRIORITIES.includes(h.priority as OutboxPriority) ? (h.priority as OutboxPriority) : 'other';

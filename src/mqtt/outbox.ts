@@ -128,8 +128,19 @@ export class Outbox {
   private inFlight = 0;
   private stalled = false;
   private emptyWaiters: Array<() => void> = [];
-  private readonly counters = { dropped: 0, expired: 0, superseded: 0, rejected: 0, deadLettered: 0, delivered: 0, persistErrors: 0 };
-  private readonly droppedByPriority = Object.fromEntries(PRIORITIES.map((p) => [p, 0])) as Record<OutboxPriority, number>;
+  private readonly counters = {
+    dropped: 0,
+    expired: 0,
+    superseded: 0,
+    rejected: 0,
+    deadLettered: 0,
+    delivered: 0,
+    persistErrors: 0,
+  };
+  private readonly droppedByPriority = Object.fromEntries(PRIORITIES.map((p) => [p, 0])) as Record<
+    OutboxPriority,
+    number
+  >;
 
   private constructor(private readonly opts: OutboxOptions) {
     this.log = opts.logger ?? silentLogger;
@@ -145,7 +156,12 @@ export class Outbox {
   }
 
   stats(): OutboxStats {
-    return { depth: this.entries.size, bytes: this.bytes, ...this.counters, droppedByPriority: { ...this.droppedByPriority } };
+    return {
+      depth: this.entries.size,
+      bytes: this.bytes,
+      ...this.counters,
+      droppedByPriority: { ...this.droppedByPriority },
+    };
   }
 
   /** Messages in delivery order. */
@@ -174,7 +190,17 @@ export class Outbox {
       this.log.warn({ topic: input.topic, priority: input.priority }, 'outbox full: new message dropped');
       return 'dropped';
     }
-    const slot: Slot = { ...input, seq: this.nextSeq++, createdAt: this.now(), bytes, sending: false, removed: false, persisted: Promise.resolve(), sentAt: 0, strikes: 0 };
+    const slot: Slot = {
+      ...input,
+      seq: this.nextSeq++,
+      createdAt: this.now(),
+      bytes,
+      sending: false,
+      removed: false,
+      persisted: Promise.resolve(),
+      sentAt: 0,
+      strikes: 0,
+    };
     this.add(slot);
     if (this.opts.dir) {
       const dir = this.opts.dir;
@@ -205,8 +231,15 @@ export class Outbox {
     const head = [...this.entries.values()].find((e) => e.sending);
     if (head && this.now() - head.sentAt <= STRIKE_WINDOW_MS) {
       head.strikes++;
-      this.log.warn({ topic: head.topic, seq: head.seq, strikes: head.strikes }, 'outbox: connection lost right after sending this message');
-      if (head.strikes >= MAX_STRIKES) this.deadLetter(head, `the broker dropped the connection each of the ${head.strikes} times this message was sent`);
+      this.log.warn(
+        { topic: head.topic, seq: head.seq, strikes: head.strikes },
+        'outbox: connection lost right after sending this message',
+      );
+      if (head.strikes >= MAX_STRIKES)
+        this.deadLetter(
+          head,
+          `the broker dropped the connection each of the ${head.strikes} times this message was sent`,
+        );
     }
     this.detach();
   }
@@ -277,7 +310,10 @@ export class Outbox {
         }
         this.pump();
       };
-      sender(e).then(() => settle(), (err: unknown) => settle(err ?? new Error('send failed')));
+      sender(e).then(
+        () => settle(),
+        (err: unknown) => settle(err ?? new Error('send failed')),
+      );
       if (e.strikes > 0) break;
     }
   }
@@ -334,7 +370,10 @@ export class Outbox {
     while (this.entries.size + 1 > this.opts.maxMessages || this.bytes + bytes > this.opts.maxBytes) {
       const victim = this.lowest();
       if (!victim || RANK[victim.priority] > rank) return false;
-      this.log.warn({ topic: victim.topic, priority: victim.priority }, 'outbox full: oldest lowest-priority message dropped');
+      this.log.warn(
+        { topic: victim.topic, priority: victim.priority },
+        'outbox full: oldest lowest-priority message dropped',
+      );
       this.remove(victim, 'dropped');
     }
     return true;
@@ -380,10 +419,18 @@ export class Outbox {
         return undefined;
       });
       if (stored) {
-        const bytes = stored.payload.byteLength + Buffer.byteLength(stored.topic) + (stored.correlationData?.byteLength ?? 0);
-        loaded.push({ ...stored, bytes, sending: false, removed: false, persisted: Promise.resolve(), sentAt: 0, strikes: 0 });
-      }
-      else await fsp.unlink(full).catch(() => undefined);
+        const bytes =
+          stored.payload.byteLength + Buffer.byteLength(stored.topic) + (stored.correlationData?.byteLength ?? 0);
+        loaded.push({
+          ...stored,
+          bytes,
+          sending: false,
+          removed: false,
+          persisted: Promise.resolve(),
+          sentAt: 0,
+          strikes: 0,
+        });
+      } else await fsp.unlink(full).catch(() => undefined);
     }
     for (const slot of loaded) {
       this.nextSeq = Math.max(this.nextSeq, slot.seq + 1);
@@ -395,6 +442,7 @@ export class Outbox {
       }
       this.add(slot);
     }
-    if (loaded.length) this.log.info({ messages: this.entries.size, bytes: this.bytes }, 'outbox: loaded messages from an earlier run');
+    if (loaded.length)
+      this.log.info({ messages: this.entries.size, bytes: this.bytes }, 'outbox: loaded messages from an earlier run');
   }
 }

@@ -41,7 +41,10 @@ export interface ReservedTopics {
 }
 
 /** Home Assistant's defaults, for callers that do not pass the configured ones. */
-export const DEFAULT_RESERVED_TOPICS: ReservedTopics = { haDiscoveryPrefix: 'homeassistant', haStatusTopic: 'homeassistant/status' };
+export const DEFAULT_RESERVED_TOPICS: ReservedTopics = {
+  haDiscoveryPrefix: 'homeassistant',
+  haStatusTopic: 'homeassistant/status',
+};
 
 /** `topic` is `tree` or lies below it. */
 const within = (topic: string, tree: string): boolean => topic === tree || topic.startsWith(`${tree}/`);
@@ -56,14 +59,20 @@ export function perchBase(root: string): string | undefined {
 }
 
 /** Why `topic` may not receive replies, or undefined when it may. */
-export function replyTopicProblem(topic: string, topics: Pick<PerchTopics, 'root' | 'answer'>, reserved: ReservedTopics = DEFAULT_RESERVED_TOPICS): string | undefined {
+export function replyTopicProblem(
+  topic: string,
+  topics: Pick<PerchTopics, 'root' | 'answer'>,
+  reserved: ReservedTopics = DEFAULT_RESERVED_TOPICS,
+): string | undefined {
   const problem = publishTopicProblem(topic);
   if (problem) return problem;
   if (within(topic, topics.answer)) return undefined;
   if (within(topic, topics.root)) return `replies inside ${topics.root}/ are only allowed under ${topics.answer}`;
   const base = perchBase(topics.root);
-  if (base !== undefined && topic.startsWith(`${base}/`)) return `replies below ${base}/ (where Perch roots live) are only allowed under ${topics.answer}`;
-  if (within(topic, reserved.haDiscoveryPrefix)) return `replies into Home Assistant's discovery prefix ${reserved.haDiscoveryPrefix}/ are not allowed`;
+  if (base !== undefined && topic.startsWith(`${base}/`))
+    return `replies below ${base}/ (where Perch roots live) are only allowed under ${topics.answer}`;
+  if (within(topic, reserved.haDiscoveryPrefix))
+    return `replies into Home Assistant's discovery prefix ${reserved.haDiscoveryPrefix}/ are not allowed`;
   if (topic === reserved.haStatusTopic) return "replies to Home Assistant's status topic are not allowed";
   return undefined;
 }
@@ -82,7 +91,10 @@ export function replyRouteFor(
     if (props.correlationData && props.correlationData.byteLength > MAX_CORRELATION_BYTES) {
       return { ok: false, message: `correlationData: longer than ${MAX_CORRELATION_BYTES} bytes` };
     }
-    return { ok: true, route: { id, topic: props.responseTopic, correlationData: props.correlationData, via: 'response_topic' } };
+    return {
+      ok: true,
+      route: { id, topic: props.responseTopic, correlationData: props.correlationData, via: 'response_topic' },
+    };
   }
   if (replyTo !== undefined) {
     const problem = replyTopicProblem(replyTo, topics, reserved);

@@ -51,15 +51,23 @@ function firstMessage(conn: Conn, topic: string, timeoutMs: number): Promise<Inc
 }
 
 /** The JPEG bytes on `topic`; throws RetainedImageError (invalid_request, payload_too_large) otherwise. */
-export async function takeRetainedJpeg(conn: Conn, topic: string, o: { maxBytes: number; timeoutMs?: number }): Promise<Buffer> {
+export async function takeRetainedJpeg(
+  conn: Conn,
+  topic: string,
+  o: { maxBytes: number; timeoutMs?: number },
+): Promise<Buffer> {
   // The request schema checks this too; a filter the broker refuses would cost the connection.
   const problem = topicNameProblem(topic);
   if (problem) throw new RetainedImageError('invalid_request', `image_topic: ${problem}`);
   const timeoutMs = o.timeoutMs ?? RETAINED_IMAGE_TIMEOUT_MS;
   const m = await firstMessage(conn, topic, timeoutMs);
-  if (!m) throw new RetainedImageError('invalid_request', `image_topic: nothing arrived on ${topic} within ${timeoutMs} ms`);
+  if (!m)
+    throw new RetainedImageError('invalid_request', `image_topic: nothing arrived on ${topic} within ${timeoutMs} ms`);
   if (m.oversized || m.payload.byteLength > o.maxBytes) {
-    throw new RetainedImageError('payload_too_large', `image_topic: ${m.payload.byteLength} bytes exceeds the limit of ${o.maxBytes} bytes`);
+    throw new RetainedImageError(
+      'payload_too_large',
+      `image_topic: ${m.payload.byteLength} bytes exceeds the limit of ${o.maxBytes} bytes`,
+    );
   }
   const p = m.payload;
   if (p.byteLength < 4 || p[0] !== 0xff || p[1] !== 0xd8 || p[2] !== 0xff) {

@@ -132,7 +132,10 @@ export const MQTT_MAX_STRING_BYTES = 65_535;
  * points of every plane). Mosquitto 2.0 disconnects a client for any of them, in topics, filters and
  * string properties alike (tried on MQTT 5 and 3.1.1), which is why none may reach the broker.
  */
-const PLANE_NONCHARACTERS = Array.from({ length: 17 }, (_, plane) => `\\u{${plane.toString(16)}fffe}-\\u{${plane.toString(16)}ffff}`).join('');
+const PLANE_NONCHARACTERS = Array.from(
+  { length: 17 },
+  (_, plane) => `\\u{${plane.toString(16)}fffe}-\\u{${plane.toString(16)}ffff}`,
+).join('');
 const FORBIDDEN_CODE_POINTS = new RegExp(`[\\u0000-\\u001f\\u007f-\\u009f\\ufdd0-\\ufdef${PLANE_NONCHARACTERS}]`, 'u');
 /** With the u flag a surrogate class matches only unpaired halves. */
 const LONE_SURROGATE = /[\ud800-\udfff]/u;
@@ -145,7 +148,8 @@ const LONE_SURROGATE = /[\ud800-\udfff]/u;
 export function mqttStringProblem(s: string): string | undefined {
   if (LONE_SURROGATE.test(s)) return 'not well-formed Unicode (a lone surrogate)';
   const bad = FORBIDDEN_CODE_POINTS.exec(s);
-  if (bad) return `the character U+${bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')} is not allowed in MQTT strings`;
+  if (bad)
+    return `the character U+${bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')} is not allowed in MQTT strings`;
   if (Buffer.byteLength(s) > MQTT_MAX_STRING_BYTES) return `longer than ${MQTT_MAX_STRING_BYTES} bytes`;
   return undefined;
 }
@@ -163,7 +167,8 @@ export function topicFilterProblem(filter: string): string | undefined {
   const levels = filter.split('/');
   for (let i = 0; i < levels.length; i++) {
     const level = levels[i]!;
-    if (level.includes('#') && (level !== '#' || i !== levels.length - 1)) return '"#" must be a whole level and the last one';
+    if (level.includes('#') && (level !== '#' || i !== levels.length - 1))
+      return '"#" must be a whole level and the last one';
     if (level.includes('+') && level !== '+') return '"+" must be a whole level';
   }
   return mqttStringProblem(filter);

@@ -11,7 +11,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import onnxProto from 'onnx-proto';
-import { ExternalDataFile, type ExternalChunkWriter, type ExternalDataOptions, type ExternalRef } from './external-data.js';
+import {
+  ExternalDataFile,
+  type ExternalChunkWriter,
+  type ExternalDataOptions,
+  type ExternalRef,
+} from './external-data.js';
 import {
   type AttrInput,
   type Dim,
@@ -137,7 +142,8 @@ export class GraphBuilder {
    * mode): e.g. the tied embedding table used both as GatherBlockQuantized data and as MatMulNBits B.
    */
   initializerFromRef(name: string, type: TensorType, dims: number[], ref: ExternalRef): string {
-    if (!this.data) throw new Error('initializerFromRef needs a streaming external-data file (GraphBuilder externalData option)');
+    if (!this.data)
+      throw new Error('initializerFromRef needs a streaming external-data file (GraphBuilder externalData option)');
     checkTensorBytes(name, type, dims, ref.length);
     const unique = this.uniqueName(name);
     this.setExternal(new onnx.TensorProto({ name: unique, dataType: DataType[type], dims }), ref);
@@ -179,9 +185,12 @@ export class GraphBuilder {
       typeof outputs === 'number'
         ? Array.from({ length: outputs }, (_, i) => this.uniqueName(`${nodeName}/out${i}`))
         : outputs.map((o) => (o === '' ? o : this.claim(o)));
-    if (domain !== '' && !(domain in this.opsets)) throw new Error(`node ${nodeName}: domain '${domain}' has no opset import`);
+    if (domain !== '' && !(domain in this.opsets))
+      throw new Error(`node ${nodeName}: domain '${domain}' has no opset import`);
     const attribute = Object.entries(attrs).map(([k, v]) => encodeAttr(k, v, nodeName));
-    this.graph.node.push(new onnx.NodeProto({ name: nodeName, opType, domain, input: inputs, output: outNames, attribute }));
+    this.graph.node.push(
+      new onnx.NodeProto({ name: nodeName, opType, domain, input: inputs, output: outNames, attribute }),
+    );
     return outNames;
   }
 
@@ -197,7 +206,9 @@ export class GraphBuilder {
 
   /** A small embedded int64 constant (shapes, axes); returns its unique name. */
   constInt64(prefix: string, values: readonly number[], dims: number[] = [values.length]): string {
-    return this.initializer(prefix, 'int64', dims, BigInt64Array.from(values.map((v) => BigInt(v))), { external: false });
+    return this.initializer(prefix, 'int64', dims, BigInt64Array.from(values.map((v) => BigInt(v))), {
+      external: false,
+    });
   }
 
   /** A small embedded float32 constant; returns its unique name. */
@@ -216,8 +227,12 @@ export class GraphBuilder {
       irVersion: this.irVersion,
       producerName: this.producerName,
       graph: this.graph,
-      opsetImport: Object.entries(this.opsets).map(([domain, version]) => new onnx.OperatorSetIdProto({ domain, version })),
-      metadataProps: Object.entries(this.metadata).map(([key, value]) => new onnx.StringStringEntryProto({ key, value })),
+      opsetImport: Object.entries(this.opsets).map(
+        ([domain, version]) => new onnx.OperatorSetIdProto({ domain, version }),
+      ),
+      metadataProps: Object.entries(this.metadata).map(
+        ([key, value]) => new onnx.StringStringEntryProto({ key, value }),
+      ),
     });
     return onnx.ModelProto.encode(model).finish();
   }

@@ -52,8 +52,19 @@ export const DataType: Record<TensorType, onnxProto.onnx.TensorProto.DataType> =
 };
 
 export const ElementBytes: Record<TensorType, number> = {
-  float32: 4, float16: 2, bfloat16: 2, float64: 8, int64: 8, int32: 4, int16: 2, int8: 1,
-  uint64: 8, uint32: 4, uint16: 2, uint8: 1, bool: 1,
+  float32: 4,
+  float16: 2,
+  bfloat16: 2,
+  float64: 8,
+  int64: 8,
+  int32: 4,
+  int16: 2,
+  int8: 1,
+  uint64: 8,
+  uint32: 4,
+  uint16: 2,
+  uint8: 1,
+  bool: 1,
 };
 
 /** A typed attribute value. Floats need this wrapper: JS cannot tell 2.0 from 2. */
@@ -73,7 +84,12 @@ export const attrFloats = (value: readonly number[]): Attr => ({ kind: 'floats',
 export const attrInt = (value: number): Attr => ({ kind: 'int', value });
 export const attrInts = (value: readonly number[]): Attr => ({ kind: 'ints', value });
 export const attrString = (value: string): Attr => ({ kind: 'string', value });
-export const attrTensor = (type: TensorType, dims: readonly number[], data: TensorData): Attr => ({ kind: 'tensor', type, dims, data });
+export const attrTensor = (type: TensorType, dims: readonly number[], data: TensorData): Attr => ({
+  kind: 'tensor',
+  type,
+  dims,
+  data,
+});
 
 function checkInt(v: number, where: string): number {
   if (!Number.isSafeInteger(v)) throw new Error(`${where}: ${v} is not an integer (use attrFloat for floats)`);
@@ -83,10 +99,13 @@ function checkInt(v: number, where: string): number {
 export function encodeAttr(name: string, input: AttrInput, nodeName: string): onnxProto.onnx.AttributeProto {
   const where = `node ${nodeName} attribute ${name}`;
   const a: Attr =
-    typeof input === 'number' ? attrInt(input)
-    : typeof input === 'string' ? attrString(input)
-    : Array.isArray(input) ? attrInts(input as readonly number[])
-    : (input as Attr);
+    typeof input === 'number'
+      ? attrInt(input)
+      : typeof input === 'string'
+        ? attrString(input)
+        : Array.isArray(input)
+          ? attrInts(input as readonly number[])
+          : (input as Attr);
   const T = onnx.AttributeProto.AttributeType;
   switch (a.kind) {
     case 'float':
@@ -120,14 +139,17 @@ export function checkTensorBytes(name: string, type: TensorType, dims: readonly 
     count *= d;
   }
   const want = count * ElementBytes[type];
-  if (want !== byteLength) throw new Error(`${name}: ${type}[${dims.join(',')}] needs ${want} bytes, got ${byteLength}`);
+  if (want !== byteLength)
+    throw new Error(`${name}: ${type}[${dims.join(',')}] needs ${want} bytes, got ${byteLength}`);
 }
 
 export function valueInfo(name: string, type: TensorType, dims?: readonly Dim[]): onnxProto.onnx.ValueInfoProto {
   const shape = dims
     ? new onnx.TensorShapeProto({
         dim: dims.map((d) =>
-          typeof d === 'number' ? new onnx.TensorShapeProto.Dimension({ dimValue: d }) : new onnx.TensorShapeProto.Dimension({ dimParam: d }),
+          typeof d === 'number'
+            ? new onnx.TensorShapeProto.Dimension({ dimValue: d })
+            : new onnx.TensorShapeProto.Dimension({ dimParam: d }),
         ),
       })
     : undefined;

@@ -38,7 +38,8 @@ export async function realignExternalData(modelPath: string, alignment = 4096): 
   if (tensors.length === 0) return { regions: 0, bytes: 0 };
 
   const locations = new Set(tensors.map((t) => field(t.externalData!, 'location')));
-  if (locations.size !== 1) throw new Error(`${modelPath}: external data spread over ${locations.size} files; expected one`);
+  if (locations.size !== 1)
+    throw new Error(`${modelPath}: external data spread over ${locations.size} files; expected one`);
   const location = [...locations][0]!;
   const dataPath = join(dirname(modelPath), location);
 
@@ -101,7 +102,8 @@ function prepackedPatch(e: Entry, region: (offset: number, length: number) => Re
   const [key, ...blobs] = (e.value ?? '').split('|');
   const parsed = blobs.map((b) => {
     const [o, l, ...more] = b.split(';');
-    if (!/^\d+$/.test(o ?? '') || !/^\d+$/.test(l ?? '')) throw new Error(`unrecognised prepacked entry ${e.key}=${e.value}`);
+    if (!/^\d+$/.test(o ?? '') || !/^\d+$/.test(l ?? ''))
+      throw new Error(`unrecognised prepacked entry ${e.key}=${e.value}`);
     return { r: region(Number(o), Number(l)), length: l!, more };
   });
   return () => {
@@ -112,7 +114,8 @@ function prepackedPatch(e: Entry, region: (offset: number, length: number) => Re
 function externalTensors(graph: onnxProto.onnx.IGraphProto): TensorProto[] {
   const out: TensorProto[] = [];
   for (const t of graph.initializer ?? []) {
-    if (t.dataLocation === onnx.TensorProto.DataLocation.EXTERNAL || (t.externalData?.length ?? 0) > 0) out.push(t as TensorProto);
+    if (t.dataLocation === onnx.TensorProto.DataLocation.EXTERNAL || (t.externalData?.length ?? 0) > 0)
+      out.push(t as TensorProto);
   }
   for (const n of graph.node ?? []) {
     for (const a of n.attribute ?? []) {

@@ -86,7 +86,9 @@ export class AskPipeline {
       // Taken before queueing, so the up to 2 s wait for the topic never holds the model.
       const topicImage =
         request.image_topic !== undefined
-          ? await takeRetainedJpeg(this.o.conn, request.image_topic, { maxBytes: Math.min(DEFAULT_MAX_IMAGE_BYTES, this.o.maxPayloadBytes) })
+          ? await takeRetainedJpeg(this.o.conn, request.image_topic, {
+              maxBytes: Math.min(DEFAULT_MAX_IMAGE_BYTES, this.o.maxPayloadBytes),
+            })
           : undefined;
       const result = await this.o.scheduler
         .submit({
@@ -115,7 +117,11 @@ export class AskPipeline {
         ...(result.thinking !== undefined ? { thinking: result.thinking } : {}),
         ...(request.camera ? { camera: request.camera } : {}),
         tokens: result.tokens,
-        latency_ms: { queue: Math.max(0, startedAt - ctx.receivedAt), ...result.latency_ms, total: Date.now() - ctx.receivedAt },
+        latency_ms: {
+          queue: Math.max(0, startedAt - ctx.receivedAt),
+          ...result.latency_ms,
+          total: Date.now() - ctx.receivedAt,
+        },
         ...(this.o.engine.status().random_weights ? { random_weights: true as const } : {}),
       });
     } catch (err) {

@@ -28,7 +28,9 @@ const clip = (s: string): string => {
 /** `base` itself without history; otherwise the latest exchanges first, then `base`. */
 export function conversationPrompt(base: string, history: readonly Exchange[]): string {
   if (history.length === 0) return base;
-  const lines = history.slice(-MAX_HISTORY).map((e) => `They asked: "${clip(e.question)}" You answered: "${clip(e.answer)}"`);
+  const lines = history
+    .slice(-MAX_HISTORY)
+    .map((e) => `They asked: "${clip(e.question)}" You answered: "${clip(e.answer)}"`);
   return `This continues a conversation.\n${lines.join('\n')}\n${base}`;
 }
 
@@ -50,7 +52,8 @@ export function parseTalk(payload: Buffer): TalkParse {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return { ok: false, message: 'expected a JSON object' };
   const id = (v as Record<string, unknown>).id;
   if (id === undefined) return { ok: true };
-  if (typeof id !== 'string' || !TALK_ID.test(id)) return { ok: false, message: 'id must be 1-128 printable ASCII characters without spaces' };
+  if (typeof id !== 'string' || !TALK_ID.test(id))
+    return { ok: false, message: 'id must be 1-128 printable ASCII characters without spaces' };
   return { ok: true, id };
 }
 

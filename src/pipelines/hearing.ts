@@ -26,12 +26,28 @@ import type { PerchConfig } from '../config/schema.js';
 import type { Transcriber } from '../engine/transcriber.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { MqttConnection } from '../mqtt/connection.js';
-import { encode, isoNow, type AnswerMessage, type AnswerStreamMessage, type ErrorMessage, type TranscriptMessage, type TranscriptPartialMessage } from '../mqtt/messages.js';
+import {
+  encode,
+  isoNow,
+  type AnswerMessage,
+  type AnswerStreamMessage,
+  type ErrorMessage,
+  type TranscriptMessage,
+  type TranscriptPartialMessage,
+} from '../mqtt/messages.js';
 import { isSchedulerError } from '../scheduler/errors.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { AudioChunk, AudioSource } from '../sources/types.js';
 import { errorCodeFor } from './ask.js';
-import { QUESTION_PROMPT, containsWakePhrase, conversationPrompt, parseTalk, spokenQuestionPrompt, type Exchange, type QuestionKind } from './conversation.js';
+import {
+  QUESTION_PROMPT,
+  containsWakePhrase,
+  conversationPrompt,
+  parseTalk,
+  spokenQuestionPrompt,
+  type Exchange,
+  type QuestionKind,
+} from './conversation.js';
 import { type GroupOutcome, TranscriptGroups } from './transcript-groups.js';
 
 const MAX_TEXT = 100_000;
@@ -109,7 +125,10 @@ export class HearingPipeline {
       this.speaking = a.speaking;
       void this.republishState();
     });
-    seg.on('level', (l) => void this.conn.publish(this.conn.topics.soundLevel, l.dbfs.toFixed(1), { qos: 0, retain: true }));
+    seg.on(
+      'level',
+      (l) => void this.conn.publish(this.conn.topics.soundLevel, l.dbfs.toFixed(1), { qos: 0, retain: true }),
+    );
     seg.on('processed', () => this.opts.vadHealth?.ok());
     seg.on('utterance', (u) => this.onUtterance(u));
     seg.on('error', (err: unknown) => {
@@ -128,7 +147,10 @@ export class HearingPipeline {
     };
     this.conn.removeOwner(OWNER);
     // acceptOversized: a press with a huge payload is answered with payload_too_large, not dropped in silence.
-    this.conn.subscribe(this.conn.topics.talk, (m) => this.onTalk(m.payload, m.oversized), { owner: OWNER, acceptOversized: true });
+    this.conn.subscribe(this.conn.topics.talk, (m) => this.onTalk(m.payload, m.oversized), {
+      owner: OWNER,
+      acceptOversized: true,
+    });
   }
 
   /** Replaces the voice activity detector with a fresh one (a new ONNX session) after repeated failures. */
@@ -147,11 +169,24 @@ export class HearingPipeline {
 
   /** Push-to-talk: arms the next utterance as a question (a later press re-arms, with its own id). */
   private onTalk(payload: Buffer, oversized: boolean): void {
-    const t = oversized ? { ok: false as const, message: `payload of ${payload.byteLength} bytes is too large` } : parseTalk(payload);
+    const t = oversized
+      ? { ok: false as const, message: `payload of ${payload.byteLength} bytes is too large` }
+      : parseTalk(payload);
     if (!t.ok) {
       const code = oversized ? 'payload_too_large' : 'invalid_request';
-      const e: ErrorMessage = { v: 1, ts: isoNow(), code, message: `push-to-talk ignored: ${t.message}`.slice(0, 2000), topic: this.conn.topics.talk };
-      void this.conn.publish(this.conn.topics.errors, encode(e), { final: true, qos: 1, priority: 'answer', contentType: JSON_TYPE });
+      const e: ErrorMessage = {
+        v: 1,
+        ts: isoNow(),
+        code,
+        message: `push-to-talk ignored: ${t.message}`.slice(0, 2000),
+        topic: this.conn.topics.talk,
+      };
+      void this.conn.publish(this.conn.topics.errors, encode(e), {
+        final: true,
+        qos: 1,
+        priority: 'answer',
+        contentType: JSON_TYPE,
+      });
       return;
     }
     this.talk = { at: Date.now(), ...(t.id !== undefined ? { id: t.id } : {}) };
@@ -188,7 +223,15 @@ export class HearingPipeline {
     while (this.pending.size > 0) await Promise.allSettled([...this.pending.values()]);
   }
 
-  stats(): { speaking: boolean; utterances: number; dropped_short: number; dropped_backlog_ms: number; transcripts: number; transcripts_failed: number; questions: number } {
+  stats(): {
+    speaking: boolean;
+    utterances: number;
+    dropped_short: number;
+    dropped_backlog_ms: number;
+    transcripts: number;
+    transcripts_failed: number;
+    questions: number;
+  } {
     const s = this.segmenter?.stats();
     return {
       speaking: this.speaking,
@@ -210,7 +253,10 @@ export class HearingPipeline {
     const scheduler = this.opts.scheduler;
     if (!transcriber || !scheduler || this.stopping) {
       this.counts.untranscribed++;
-      this.log.info({ id: u.id, start_ms: u.startMs, end_ms: u.endMs }, 'utterance (no transcript: the model package cannot transcribe, or is not loaded yet)');
+      this.log.info(
+        { id: u.id, start_ms: u.startMs, end_ms: u.endMs },
+        'utterance (no transcript: the model package cannot transcribe, or is not loaded yet)',
+      );
       return;
     }
     // Push-to-talk claims the first utterance whose speech starts within the window after the press
@@ -233,7 +279,13 @@ export class HearingPipeline {
   }
 
   /** Transcribes, decides whether the utterance is a question, answers it; returns the conversation after it. */
-  private async transcribe(u: Utterance, transcriber: Transcriber, scheduler: Scheduler, prevTurn: Promise<Turn>, talk: { id?: string } | undefined): Promise<Turn> {
+  private async transcribe(
+    u: Utterance,
+    transcriber: Transcriber,
+    scheduler: Scheduler,
+    prevTurn: Promise<Turn>,
+    talk: { id?: string } | undefined,
+  ): Promise<Turn> {
     // Results carry the requester's id after push-to-talk with one; the job keeps the utterance id.
     const id = talk?.id ?? u.id;
     const cutAt = Date.now();
@@ -258,7 +310,14 @@ export class HearingPipeline {
             onToken: (delta) => {
               firstTokenAt ||= Date.now();
               text = (text + delta).slice(-MAX_TEXT);
-              const partial: TranscriptPartialMessage = { v: 1, id, ts: isoNow(), seq: seq++, delta: delta.slice(0, MAX_DELTA), text };
+              const partial: TranscriptPartialMessage = {
+                v: 1,
+                id,
+                ts: isoNow(),
+                seq: seq++,
+                delta: delta.slice(0, MAX_DELTA),
+                text,
+              };
               void this.conn.publish(topics.transcriptPartial, encode(partial), { qos: 0, contentType: JSON_TYPE });
             },
           });
@@ -277,8 +336,20 @@ export class HearingPipeline {
         ended_at: isoNow(speechEnd),
         audio_ms: Math.round(u.endMs - u.startMs),
         source: this.source.kind,
-        ...(this.opts.language && this.opts.language.length >= 2 && this.opts.language.length <= 16 ? { language: this.opts.language } : {}),
-        ...(u.split ? { part: { group: u.split.group, part: u.split.part, ...(u.split.of !== undefined ? { of: u.split.of } : {}), last: u.split.last, overlap_ms: Math.round(u.split.overlapMs) } } : {}),
+        ...(this.opts.language && this.opts.language.length >= 2 && this.opts.language.length <= 16
+          ? { language: this.opts.language }
+          : {}),
+        ...(u.split
+          ? {
+              part: {
+                group: u.split.group,
+                part: u.split.part,
+                ...(u.split.of !== undefined ? { of: u.split.of } : {}),
+                last: u.split.last,
+                overlap_ms: Math.round(u.split.overlapMs),
+              },
+            }
+          : {}),
         ...(transcriber.engine.randomWeights ? { random_weights: true } : {}),
         latency_ms: {
           total: since(done),
@@ -302,11 +373,23 @@ export class HearingPipeline {
       if (kind) msg.question = kind;
       this.counts.transcripts++;
       this.log.info({ id, chars: msg.text.length, question: kind, latency_ms: msg.latency_ms }, 'transcript');
-      await this.conn.publish(topics.transcript, encode(msg), { final: true, qos: 1, priority: 'transcript', contentType: JSON_TYPE });
+      await this.conn.publish(topics.transcript, encode(msg), {
+        final: true,
+        qos: 1,
+        priority: 'transcript',
+        contentType: JSON_TYPE,
+      });
       if (u.split) await this.publishGroup(this.groups.add(u.split, msg, speechEnd));
       if (!kind) return turn;
       const history = inWindow ? turn.history : [];
-      const answer = await this.answer(u, id, transcriber, scheduler, conversationPrompt(wake ? spokenQuestionPrompt(phrase!) : QUESTION_PROMPT, history), speechEnd);
+      const answer = await this.answer(
+        u,
+        id,
+        transcriber,
+        scheduler,
+        conversationPrompt(wake ? spokenQuestionPrompt(phrase!) : QUESTION_PROMPT, history),
+        speechEnd,
+      );
       if (answer === undefined) return { history: [] };
       return { answeredAt: Date.now(), history: [...history, { question: msg.text, answer }] };
     } catch (err) {
@@ -321,8 +404,20 @@ export class HearingPipeline {
       }
       if (code === 'internal') this.log.error({ err, id: u.id }, 'transcript failed');
       else this.log.warn({ id: u.id, code, reason: message }, 'no transcript');
-      const e: ErrorMessage = { v: 1, ts: isoNow(), id, code, message: `no transcript: ${message}`.slice(0, 2000), topic: topics.transcript };
-      await this.conn.publish(topics.errors, encode(e), { final: true, qos: 1, priority: 'transcript', contentType: JSON_TYPE });
+      const e: ErrorMessage = {
+        v: 1,
+        ts: isoNow(),
+        id,
+        code,
+        message: `no transcript: ${message}`.slice(0, 2000),
+        topic: topics.transcript,
+      };
+      await this.conn.publish(topics.errors, encode(e), {
+        final: true,
+        qos: 1,
+        priority: 'transcript',
+        contentType: JSON_TYPE,
+      });
       return prevTurn;
     }
   }
@@ -335,11 +430,23 @@ export class HearingPipeline {
     }
     const msg = done.stitched;
     this.log.info({ id: msg.id, parts: msg.stitched_from?.length, chars: msg.text.length }, 'stitched transcript');
-    await this.conn.publish(this.conn.topics.transcript, encode(msg), { final: true, qos: 1, priority: 'transcript', contentType: JSON_TYPE });
+    await this.conn.publish(this.conn.topics.transcript, encode(msg), {
+      final: true,
+      qos: 1,
+      priority: 'transcript',
+      contentType: JSON_TYPE,
+    });
   }
 
   /** Answers a spoken question from its audio under `id` (its transcript's); returns the answer text. */
-  private async answer(u: Utterance, id: string, transcriber: Transcriber, scheduler: Scheduler, prompt: string, speechEnd: number): Promise<string | undefined> {
+  private async answer(
+    u: Utterance,
+    id: string,
+    transcriber: Transcriber,
+    scheduler: Scheduler,
+    prompt: string,
+    speechEnd: number,
+  ): Promise<string | undefined> {
     const topics = this.conn.topics;
     const submitted = Date.now();
     let startedAt = 0;
@@ -387,15 +494,26 @@ export class HearingPipeline {
       };
       this.counts.questions++;
       this.log.info({ id, chars: msg.text.length, latency_ms: msg.latency_ms }, 'spoken question answered');
-      await this.conn.publish(topics.answer, encode(msg), { final: true, qos: 1, priority: 'answer', contentType: JSON_TYPE });
+      await this.conn.publish(topics.answer, encode(msg), {
+        final: true,
+        qos: 1,
+        priority: 'answer',
+        contentType: JSON_TYPE,
+      });
       return msg.text;
     } catch (err) {
-      if (this.stopping || isSchedulerError(err, 'shutting_down') || isSchedulerError(err, 'cancelled')) return undefined;
+      if (this.stopping || isSchedulerError(err, 'shutting_down') || isSchedulerError(err, 'cancelled'))
+        return undefined;
       const code = errorCodeFor(err);
       const message = `no answer to the spoken question: ${(err as Error).message ?? String(err)}`.slice(0, 2000);
       this.log.warn({ id, code, reason: message }, 'spoken question not answered');
       const e: ErrorMessage = { v: 1, ts: isoNow(), id, code, message, topic: topics.answer };
-      await this.conn.publish(topics.errors, encode(e), { final: true, qos: 1, priority: 'answer', contentType: JSON_TYPE });
+      await this.conn.publish(topics.errors, encode(e), {
+        final: true,
+        qos: 1,
+        priority: 'answer',
+        contentType: JSON_TYPE,
+      });
       return undefined;
     }
   }

@@ -97,15 +97,27 @@ class CameraMotion {
   /** Retained ON/OFF now, e.g. after a reconnect. */
   republishState(): Promise<unknown> {
     this.published = this.detector.motionOn;
-    return this.conn.publish(this.conn.topics.camera(this.camera.name).motion, this.detector.motionOn ? 'ON' : 'OFF', { qos: 1, retain: true });
+    return this.conn.publish(this.conn.topics.camera(this.camera.name).motion, this.detector.motionOn ? 'ON' : 'OFF', {
+      qos: 1,
+      retain: true,
+    });
   }
 
   private async publish(updates: MotionUpdate[]): Promise<void> {
     const t = this.conn.topics.camera(this.camera.name);
     for (const u of updates) {
-      this.log.info({ camera: u.camera, id: u.id, type: u.type, motion: u.changedFraction, zones: u.zonesSeen }, 'motion event');
+      this.log.info(
+        { camera: u.camera, id: u.id, type: u.type, motion: u.changedFraction, zones: u.zonesSeen },
+        'motion event',
+      );
       if (this.sink) this.sink(u, cameraEventMessage(u));
-      else await this.conn.publish(t.event, encode(cameraEventMessage(u)), { final: true, qos: 1, priority: 'event', contentType: 'application/json' });
+      else
+        await this.conn.publish(t.event, encode(cameraEventMessage(u)), {
+          final: true,
+          qos: 1,
+          priority: 'event',
+          contentType: 'application/json',
+        });
     }
     if (this.published !== this.detector.motionOn) await this.republishState();
   }

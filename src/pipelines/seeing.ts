@@ -16,12 +16,24 @@ import type { CameraSettings } from '../config/schema.js';
 import type { AnswerEngine, AnswerResult } from '../engine/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { MqttConnection } from '../mqtt/connection.js';
-import { encode, isoNow, type CameraEventMessage, type CaptionMessage, type ErrorCode, type StatsMessage } from '../mqtt/messages.js';
+import {
+  encode,
+  isoNow,
+  type CameraEventMessage,
+  type CaptionMessage,
+  type ErrorCode,
+  type StatsMessage,
+} from '../mqtt/messages.js';
 import { isSchedulerError } from '../scheduler/errors.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { Frame, FrameSource } from '../sources/types.js';
 import type { MotionUpdate } from '../vision/motion.js';
-import { compileStructured, generateStructured, InvalidOutputError, type StructuredResult } from '../vision/structured.js';
+import {
+  compileStructured,
+  generateStructured,
+  InvalidOutputError,
+  type StructuredResult,
+} from '../vision/structured.js';
 import { errorCodeFor } from './ask.js';
 
 /** Each camera's newest frame (one JPEG per camera: bounded). */
@@ -120,18 +132,35 @@ export class SeeingPipeline {
 
   stats(): NonNullable<StatsMessage['captions']> {
     const out: NonNullable<StatsMessage['captions']> = {};
-    for (const [name, c] of this.counts) out[name] = { made: c.made, failed: c.failed, ...(c.lastError ? { last_error: c.lastError.slice(0, 500) } : {}) };
+    for (const [name, c] of this.counts)
+      out[name] = { made: c.made, failed: c.failed, ...(c.lastError ? { last_error: c.lastError.slice(0, 500) } : {}) };
     return out;
   }
 
   private enqueue(camera: string, fn: () => Promise<void>): void {
-    const next = (this.chains.get(camera) ?? Promise.resolve()).then(fn).catch((err: unknown) => this.log.error({ err, camera }, 'camera event publish failed'));
+    const next = (this.chains.get(camera) ?? Promise.resolve())
+      .then(fn)
+      .catch((err: unknown) => this.log.error({ err, camera }, 'camera event publish failed'));
     this.chains.set(camera, next);
   }
 
   private async publishEvent(msg: CameraEventMessage): Promise<void> {
-    this.log.info({ camera: msg.camera, id: msg.id, type: msg.type, caption: msg.caption !== undefined, caption_error: msg.caption_error?.code }, 'camera event');
-    await this.o.conn.publish(this.o.conn.topics.camera(msg.camera).event, encode({ ...msg, ts: isoNow() }), { final: true, qos: 1, priority: 'event', contentType: 'application/json' });
+    this.log.info(
+      {
+        camera: msg.camera,
+        id: msg.id,
+        type: msg.type,
+        caption: msg.caption !== undefined,
+        caption_error: msg.caption_error?.code,
+      },
+      'camera event',
+    );
+    await this.o.conn.publish(this.o.conn.topics.camera(msg.camera).event, encode({ ...msg, ts: isoNow() }), {
+      final: true,
+      qos: 1,
+      priority: 'event',
+      contentType: 'application/json',
+    });
   }
 
   /** One caption attempt for the event's best frame; records the outcome on the event and publishes it. */
@@ -159,10 +188,19 @@ export class SeeingPipeline {
     const id = randomUUID();
     const st = this.o.engine.status();
     // No job for an engine that cannot see: the event says why, the caption topic stays quiet.
-    if (st.state !== 'ready' || !st.vision) return { error: { code: 'unavailable', message: `no caption: ${st.detail}`.slice(0, 2000) } };
+    if (st.state !== 'ready' || !st.vision)
+      return { error: { code: 'unavailable', message: `no caption: ${st.detail}`.slice(0, 2000) } };
     const submitted = Date.now();
     let started = 0;
-    const base = { v: 1 as const, id, camera: cam.name, frame_ts: frame.at.toISOString(), stage, event_id: u.id, snapshot_topic: topics.snapshot };
+    const base = {
+      v: 1 as const,
+      id,
+      camera: cam.name,
+      frame_ts: frame.at.toISOString(),
+      stage,
+      event_id: u.id,
+      snapshot_topic: topics.snapshot,
+    };
     try {
       const validator = this.validators.get(cam.name);
       const { r, s } = await this.o.scheduler.submit({
@@ -173,7 +211,10 @@ export class SeeingPipeline {
         run: async (signal): Promise<{ r: AnswerResult; s?: StructuredResult }> => {
           started = Date.now();
           const ask = (text: string) =>
-            this.o.engine.answer({ id, text, max_tokens: cam.caption_max_tokens }, { signal, onToken: () => undefined, image: frame.jpeg, imageTokens: cam.image_tokens });
+            this.o.engine.answer(
+              { id, text, max_tokens: cam.caption_max_tokens },
+              { signal, onToken: () => undefined, image: frame.jpeg, imageTokens: cam.image_tokens },
+            );
           if (!validator || !cam.structured) return { r: await ask(cam.prompt) };
           // Every attempt runs inside this one job: retries keep the model instead of queueing again.
           let last: AnswerResult | undefined;
@@ -188,13 +229,15 @@ export class SeeingPipeline {
               schema: cam.structured,
               validator,
               retries: cam.structured_retries,
-              onInvalid: (attempt, reason) => this.log.debug({ camera: cam.name, id, attempt, reason }, 'structured caption invalid'),
+              onInvalid: (attempt, reason) =>
+                this.log.debug({ camera: cam.name, id, attempt, reason }, 'structured caption invalid'),
             },
           );
           return { r: last as AnswerResult, s };
         },
       });
-      if (r.finish_reason === 'cancelled') return { error: { code: 'cancelled', message: 'the caption was cancelled' } };
+      if (r.finish_reason === 'cancelled')
+        return { error: { code: 'cancelled', message: 'the caption was cancelled' } };
       const text = s ? s.text : r.text.trim();
       const l = r.latency_ms;
       const msg: CaptionMessage = {
@@ -218,12 +261,27 @@ export class SeeingPipeline {
       // A newer frame of this camera took the job's place: that one will be captioned instead.
       const superseded = isSchedulerError(err, 'superseded');
       const code: ErrorCode = superseded ? 'cancelled' : errorCodeFor(err);
-      const message = superseded ? 'a newer frame of this camera replaced it in the queue' : err instanceof Error ? err.message : String(err);
+      const message = superseded
+        ? 'a newer frame of this camera replaced it in the queue'
+        : err instanceof Error
+          ? err.message
+          : String(err);
       if (code === 'internal') this.log.error({ err, camera: cam.name }, 'caption failed');
       else this.log.info({ camera: cam.name, code, reason: message }, 'no caption');
       if (!superseded) {
         const attempts = err instanceof InvalidOutputError ? { attempts: err.attempts } : {};
-        await this.publishCaption({ ...base, ts: isoNow(), text: null, reason: message.slice(0, 500), error_code: code, ...attempts, latency_ms: { total: Date.now() - submitted } }, null);
+        await this.publishCaption(
+          {
+            ...base,
+            ts: isoNow(),
+            text: null,
+            reason: message.slice(0, 500),
+            error_code: code,
+            ...attempts,
+            latency_ms: { total: Date.now() - submitted },
+          },
+          null,
+        );
       }
       return { error: { code, message: message.slice(0, 2000) }, superseded };
     }
@@ -234,7 +292,15 @@ export class SeeingPipeline {
     const json = { final: true, qos: 1, priority: 'caption', contentType: 'application/json' } as const;
     await Promise.all([
       // The JPEG the caption describes becomes the retained snapshot, published together with it.
-      jpeg ? this.o.conn.publish(t.snapshot, jpeg, { final: true, qos: 1, retain: true, priority: 'caption', contentType: 'image/jpeg' }) : undefined,
+      jpeg
+        ? this.o.conn.publish(t.snapshot, jpeg, {
+            final: true,
+            qos: 1,
+            retain: true,
+            priority: 'caption',
+            contentType: 'image/jpeg',
+          })
+        : undefined,
       this.o.conn.publish(t.caption, encode(msg), json),
     ]);
   }

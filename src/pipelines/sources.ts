@@ -72,7 +72,14 @@ export class SourceGroup {
     const step = this.queue.then(async () => {
       if (this.applied !== 'active' || !this.sources.includes(source)) return;
       await source.stop();
-      await source.start().catch((err: unknown) => this.log.error({ source: source.name, err: err instanceof Error ? err.message : String(err) }, 'source failed to restart'));
+      await source
+        .start()
+        .catch((err: unknown) =>
+          this.log.error(
+            { source: source.name, err: err instanceof Error ? err.message : String(err) },
+            'source failed to restart',
+          ),
+        );
     });
     this.queue = step.catch(() => undefined);
     return step;
@@ -103,7 +110,11 @@ export class SourceGroup {
       if (want === 'paused') this.log.info('paused');
       // Consumers finish what the sources fed them before the pause; a shutdown has its own order.
       if (want === 'paused' && was === 'active') {
-        await this.hooks.paused?.().catch((err: unknown) => this.log.error({ err: err instanceof Error ? err.message : String(err) }, 'pausing the consumers failed'));
+        await this.hooks
+          .paused?.()
+          .catch((err: unknown) =>
+            this.log.error({ err: err instanceof Error ? err.message : String(err) }, 'pausing the consumers failed'),
+          );
       }
     }
     this.applied = want;
@@ -113,7 +124,14 @@ export class SourceGroup {
     // A source that cannot start (a missing WAV, say) is reported in its state; the others still run.
     await Promise.all(
       this.sources.map((s) =>
-        s.start().catch((err: unknown) => this.log.error({ source: s.name, err: err instanceof Error ? err.message : String(err) }, 'source failed to start')),
+        s
+          .start()
+          .catch((err: unknown) =>
+            this.log.error(
+              { source: s.name, err: err instanceof Error ? err.message : String(err) },
+              'source failed to start',
+            ),
+          ),
       ),
     );
   }
@@ -137,7 +155,11 @@ export class SnapshotPublisher {
       const previous = this.last.get(cam.name);
       if (previous !== undefined && now - previous < cam.snapshot_interval_s * 1000) return;
       this.last.set(cam.name, now);
-      void this.conn.publish(this.conn.topics.camera(cam.name).snapshot, frame.jpeg, { qos: 0, retain: true, contentType: 'image/jpeg' });
+      void this.conn.publish(this.conn.topics.camera(cam.name).snapshot, frame.jpeg, {
+        qos: 0,
+        retain: true,
+        contentType: 'image/jpeg',
+      });
     };
     source.on('frame', listener);
     this.listeners.push([source, listener]);

@@ -98,7 +98,14 @@ export class Scheduler {
   private seq = 0;
   private idleWaiters: Array<() => void> = [];
   private readonly counts: SchedulerStats['counts'] = {
-    submitted: 0, completed: 0, failed: 0, expired: 0, superseded: 0, cancelled: 0, refused: 0, aborted: 0,
+    submitted: 0,
+    completed: 0,
+    failed: 0,
+    expired: 0,
+    superseded: 0,
+    cancelled: 0,
+    refused: 0,
+    aborted: 0,
   };
 
   constructor(
@@ -159,10 +166,21 @@ export class Scheduler {
       accepting: this.accepting,
       max_queued: this.settings.max_queued,
       depth: this.depth(),
-      depth_by_kind: { answer: this.lanes.answer.length, transcript: this.lanes.transcript.length, caption: this.lanes.caption.length },
-      running: r && r.startedAt !== undefined
-        ? { id: r.id, kind: r.kind, ...(r.key !== undefined ? { key: r.key } : {}), started_at: new Date(r.startedAt).toISOString(), running_ms: now - r.startedAt }
-        : null,
+      depth_by_kind: {
+        answer: this.lanes.answer.length,
+        transcript: this.lanes.transcript.length,
+        caption: this.lanes.caption.length,
+      },
+      running:
+        r && r.startedAt !== undefined
+          ? {
+              id: r.id,
+              kind: r.kind,
+              ...(r.key !== undefined ? { key: r.key } : {}),
+              started_at: new Date(r.startedAt).toISOString(),
+              running_ms: now - r.startedAt,
+            }
+          : null,
       counts: { ...this.counts },
     };
   }
@@ -176,7 +194,9 @@ export class Scheduler {
     if (this.isIdle()) return { drained: true, dropped: 0, abortedRunning: false };
     let timer: NodeJS.Timeout | undefined;
     const idle = new Promise<boolean>((resolve) => this.idleWaiters.push(() => resolve(true)));
-    const timeout = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), timeoutMs); });
+    const timeout = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), timeoutMs);
+    });
     const drained = await Promise.race([idle, timeout]);
     clearTimeout(timer);
     if (drained) return { drained: true, dropped: 0, abortedRunning: false };
@@ -204,9 +224,12 @@ export class Scheduler {
 
   private defaultDeadline(kind: JobKind): number {
     switch (kind) {
-      case 'answer': return this.settings.answer_deadline_ms;
-      case 'transcript': return this.settings.transcript_deadline_ms;
-      case 'caption': return this.settings.caption_deadline_ms;
+      case 'answer':
+        return this.settings.answer_deadline_ms;
+      case 'transcript':
+        return this.settings.transcript_deadline_ms;
+      case 'caption':
+        return this.settings.caption_deadline_ms;
     }
   }
 
@@ -218,7 +241,11 @@ export class Scheduler {
     }
     if (this.has(job.id)) {
       this.counts.refused++;
-      return this.error('duplicate', `${job.kind} job ${job.id} refused: a job with this id is already waiting or running`, job);
+      return this.error(
+        'duplicate',
+        `${job.kind} job ${job.id} refused: a job with this id is already waiting or running`,
+        job,
+      );
     }
     const lane = this.lanes[job.kind];
     if (job.key !== undefined) {
@@ -238,11 +265,21 @@ export class Scheduler {
       const victim = this.lowerPriorityVictim(job.kind);
       if (!victim) {
         this.counts.refused++;
-        return this.error('busy', `${job.kind} job ${job.id} refused: queue full (${this.depth()} jobs waiting, scheduler.max_queued = ${this.settings.max_queued})`, job);
+        return this.error(
+          'busy',
+          `${job.kind} job ${job.id} refused: queue full (${this.depth()} jobs waiting, scheduler.max_queued = ${this.settings.max_queued})`,
+          job,
+        );
       }
       this.removeWaiting(victim);
       this.counts.refused++;
-      victim.reject(this.error('busy', `${victim.kind} job ${victim.id} dropped for a higher-priority ${job.kind} job: queue full (scheduler.max_queued = ${this.settings.max_queued})`, victim));
+      victim.reject(
+        this.error(
+          'busy',
+          `${victim.kind} job ${victim.id} dropped for a higher-priority ${job.kind} job: queue full (scheduler.max_queued = ${this.settings.max_queued})`,
+          victim,
+        ),
+      );
     }
     lane.push(job);
     return undefined;
@@ -265,8 +302,16 @@ export class Scheduler {
     const ahead = this.aheadOf(job);
     const waited = Date.now() - job.submittedAt;
     const busyWith = this.running ? `; the model was busy with ${this.running.kind} job ${this.running.id}` : '';
-    const what = job.kind === 'caption' && job.key !== undefined ? `caption job ${job.id} (${job.key})` : `${job.kind} job ${job.id}`;
-    job.reject(this.error('deadline', `${what} not started within ${job.deadlineMs} ms: ${ahead} job(s) ahead${busyWith}`, job, { ahead, waitedMs: waited }));
+    const what =
+      job.kind === 'caption' && job.key !== undefined
+        ? `caption job ${job.id} (${job.key})`
+        : `${job.kind} job ${job.id}`;
+    job.reject(
+      this.error('deadline', `${what} not started within ${job.deadlineMs} ms: ${ahead} job(s) ahead${busyWith}`, job, {
+        ahead,
+        waitedMs: waited,
+      }),
+    );
     this.notifyIdle();
   }
 
@@ -299,7 +344,9 @@ export class Scheduler {
       const reason = job.controller?.signal.reason;
       if (job.abortCode === 'cancelled') this.counts.cancelled++;
       else this.counts.aborted++;
-      job.reject(reason instanceof SchedulerError ? reason : this.error(job.abortCode, `${job.kind} job ${job.id} aborted`, job));
+      job.reject(
+        reason instanceof SchedulerError ? reason : this.error(job.abortCode, `${job.kind} job ${job.id} aborted`, job),
+      );
     } else if (!outcome.ok) {
       this.counts.failed++;
       job.reject(outcome.error);
@@ -371,7 +418,12 @@ export class Scheduler {
     for (const w of waiters) w();
   }
 
-  private error(code: SchedulerErrorCode, message: string, job: Job, extra: { ahead?: number; waitedMs?: number } = {}): SchedulerError {
+  private error(
+    code: SchedulerErrorCode,
+    message: string,
+    job: Job,
+    extra: { ahead?: number; waitedMs?: number } = {},
+  ): SchedulerError {
     const running = this.running && this.running !== job ? { id: this.running.id, kind: this.running.kind } : undefined;
     return new SchedulerError(code, message, {
       jobId: job.id,

@@ -140,7 +140,8 @@ export abstract class SourceBase extends EventEmitter {
     if (patch.lastError === undefined && 'lastError' in patch) delete next.lastError;
     this.current = next;
     if (before.status !== next.status || before.restarts !== next.restarts || before.lastError !== next.lastError) {
-      if (before.status !== next.status) this.log.debug({ status: next.status, lastError: next.lastError }, 'source state');
+      if (before.status !== next.status)
+        this.log.debug({ status: next.status, lastError: next.lastError }, 'source state');
       this.emit('state', this.state());
     }
   }
@@ -154,7 +155,9 @@ export abstract class SourceBase extends EventEmitter {
 
   /** Runs the source's child process under `sup`, mirroring its state; stopProcess() ends it. */
   protected superviseProcess(sup: ProcessSupervisor): void {
-    sup.on('state', (s: SupervisorState) => this.setState({ status: s.status, restarts: s.restarts, lastError: s.lastError }));
+    sup.on('state', (s: SupervisorState) =>
+      this.setState({ status: s.status, restarts: s.restarts, lastError: s.lastError }),
+    );
     this.supervisor = sup;
     sup.start();
   }

@@ -18,7 +18,6 @@ export const IMAGE_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.gif', '.tif
 export const MAX_IMAGE_BYTES = 32 * 1024 * 1024;
 
 export class DirectorySource extends PollingFrameSource implements FrameSource {
-
   constructor(
     camera: string,
     private readonly settings: DirectorySettings,

@@ -33,7 +33,10 @@ export class HttpSnapshotSource extends PollingFrameSource implements FrameSourc
   }
 
   protected async run(signal: AbortSignal): Promise<void> {
-    const backoff = new Backoff(this.settings.restart_min_ms, Math.max(this.settings.restart_min_ms, this.settings.restart_max_ms));
+    const backoff = new Backoff(
+      this.settings.restart_min_ms,
+      Math.max(this.settings.restart_min_ms, this.settings.restart_max_ms),
+    );
     while (!signal.aborted) {
       const began = Date.now();
       let wait: number;
@@ -67,7 +70,8 @@ export class HttpSnapshotSource extends PollingFrameSource implements FrameSourc
       const length = Number(res.headers.get('content-length') ?? NaN);
       if (length > this.maxBytes) throw new Error(`snapshot of ${length} bytes exceeds ${this.maxBytes}`);
       const body = await readBounded(res, this.maxBytes);
-      if (body.length < 4 || body[0] !== 0xff || body[1] !== 0xd8 || body[2] !== 0xff) throw new Error('response is not a JPEG image');
+      if (body.length < 4 || body[0] !== 0xff || body[1] !== 0xd8 || body[2] !== 0xff)
+        throw new Error('response is not a JPEG image');
       return body;
     } finally {
       // Free the connection when we bailed out before reading the body.

@@ -34,7 +34,11 @@ type RecorderFn = (options: RecorderOptions) => {
 const require = createRequire(import.meta.url);
 
 /** The recorder's command line, from node-record-lpcm16's argument sets, with every value a string. */
-export function recorderCommand(settings: MicrophoneSettings): { command: string; args: string[]; env: NodeJS.ProcessEnv } {
+export function recorderCommand(settings: MicrophoneSettings): {
+  command: string;
+  args: string[];
+  env: NodeJS.ProcessEnv;
+} {
   const recorder = require(`node-record-lpcm16/recorders/${settings.recorder}.js`) as RecorderFn;
   const { cmd, args, spawnOptions } = recorder({
     sampleRate: AUDIO_SAMPLE_RATE,

@@ -23,7 +23,12 @@ export interface ProcessFrameOptions {
 export class ProcessFrameSource extends FrameSourceBase implements FrameSource {
   private lastEmitAt = 0;
 
-  constructor(name: string, kind: string, logger: Logger, private readonly opts: ProcessFrameOptions) {
+  constructor(
+    name: string,
+    kind: string,
+    logger: Logger,
+    private readonly opts: ProcessFrameOptions,
+  ) {
     super(name, kind, logger);
   }
 

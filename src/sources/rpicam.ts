@@ -12,14 +12,21 @@ export type RpicamSettings = Extract<CameraSourceSettings, { type: 'rpicam' }>;
 export function rpicamArgs(settings: RpicamSettings): string[] {
   const framerate = Math.max(1, settings.fps);
   return [
-    '-t', '0',
-    '--codec', 'mjpeg',
+    '-t',
+    '0',
+    '--codec',
+    'mjpeg',
     '--nopreview',
-    '--camera', String(settings.camera),
-    '--width', String(settings.width),
-    '--height', String(settings.height),
-    '--framerate', String(framerate),
-    '-o', '-',
+    '--camera',
+    String(settings.camera),
+    '--width',
+    String(settings.width),
+    '--height',
+    String(settings.height),
+    '--framerate',
+    String(framerate),
+    '-o',
+    '-',
   ];
 }
 

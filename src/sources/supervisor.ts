@@ -107,7 +107,8 @@ export class ProcessSupervisor extends EventEmitter {
   private setStatus(status: SupervisorStatus, lastError?: string): void {
     const next: SupervisorState = { ...this.st, status, pid: this.child?.pid };
     if (lastError !== undefined) next.lastError = lastError;
-    const changed = next.status !== this.st.status || next.lastError !== this.st.lastError || next.restarts !== this.st.restarts;
+    const changed =
+      next.status !== this.st.status || next.lastError !== this.st.lastError || next.restarts !== this.st.restarts;
     this.st = next;
     if (changed) this.emit('state', this.state());
   }

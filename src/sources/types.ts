@@ -6,7 +6,15 @@
  */
 import type { EventEmitter } from 'node:events';
 
-export type SourceStatus = 'stopped' | 'starting' | 'running' | 'restarting' | 'failed' | 'ended' | 'stopping' | 'paused';
+export type SourceStatus =
+  | 'stopped'
+  | 'starting'
+  | 'running'
+  | 'restarting'
+  | 'failed'
+  | 'ended'
+  | 'stopping'
+  | 'paused';
 
 export interface SourceState {
   status: SourceStatus;

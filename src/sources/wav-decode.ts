@@ -24,7 +24,9 @@ const WAVE_FORMAT_EXTENSIBLE = 0xfffe;
 export function decodeWav(file: Buffer): { info: WavInfo; mono: Float32Array } {
   if (file.length < 12 || file.toString('latin1', 0, 4) !== 'RIFF' || file.toString('latin1', 8, 12) !== 'WAVE') {
     const head = file.toString('latin1', 0, 4);
-    throw new WavFormatError(head === 'RF64' ? 'RF64 WAV files are not supported' : 'not a WAV file (no RIFF/WAVE header)');
+    throw new WavFormatError(
+      head === 'RF64' ? 'RF64 WAV files are not supported' : 'not a WAV file (no RIFF/WAVE header)',
+    );
   }
   let fmt: Omit<WavInfo, 'frames'> | undefined;
   let blockAlign = 0;
@@ -36,7 +38,8 @@ export function decodeWav(file: Buffer): { info: WavInfo; mono: Float32Array } {
     const body = off + 8;
     // Streamed WAVs leave the data size at 0 or 0xFFFFFFFF: take what the file holds.
     if (body + size > file.length) {
-      if (id !== 'data') throw new WavFormatError(`corrupt WAV file: chunk "${printable(id)}" runs past the end of the file`);
+      if (id !== 'data')
+        throw new WavFormatError(`corrupt WAV file: chunk "${printable(id)}" runs past the end of the file`);
       size = file.length - body;
     }
     if (id === 'fmt ') {
@@ -55,10 +58,13 @@ export function decodeWav(file: Buffer): { info: WavInfo; mono: Float32Array } {
       }
       const format = tag === WAVE_FORMAT_PCM ? 'int' : 'float';
       const okBits = format === 'int' ? [8, 16, 24, 32] : [32, 64];
-      if (!okBits.includes(bitsPerSample)) throw new WavFormatError(`unsupported WAV sample size: ${bitsPerSample}-bit ${format}`);
+      if (!okBits.includes(bitsPerSample))
+        throw new WavFormatError(`unsupported WAV sample size: ${bitsPerSample}-bit ${format}`);
       if (channels < 1 || channels > 64) throw new WavFormatError(`unsupported WAV channel count: ${channels}`);
-      if (sampleRate < 1000 || sampleRate > 768_000) throw new WavFormatError(`unsupported WAV sample rate: ${sampleRate}`);
-      if (blockAlign !== channels * (bitsPerSample / 8)) throw new WavFormatError('corrupt WAV file: block size does not match the format');
+      if (sampleRate < 1000 || sampleRate > 768_000)
+        throw new WavFormatError(`unsupported WAV sample rate: ${sampleRate}`);
+      if (blockAlign !== channels * (bitsPerSample / 8))
+        throw new WavFormatError('corrupt WAV file: block size does not match the format');
       fmt = { format, channels, sampleRate, bitsPerSample };
     } else if (id === 'data') {
       data = file.subarray(body, body + size);

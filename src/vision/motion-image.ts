@@ -119,7 +119,11 @@ export function insidePolygon(px: number, py: number, poly: readonly (readonly [
 }
 
 /** Rasterises normalised (0..1) polygons at pixel centres: 1 where any polygon covers the pixel. */
-export function rasterise(polys: readonly (readonly (readonly [number, number])[])[], w: number, h: number): Uint8Array {
+export function rasterise(
+  polys: readonly (readonly (readonly [number, number])[])[],
+  w: number,
+  h: number,
+): Uint8Array {
   const out = new Uint8Array(w * h);
   for (const poly of polys) {
     for (let y = 0; y < h; y++) {

@@ -106,7 +106,12 @@ export class MotionDetector {
   private event: OpenEvent | undefined;
   private totalMs = 0;
   private readonly st: Omit<MotionStats, 'motionOn' | 'avgFrameMs'> = {
-    frames: 0, dropped: 0, decodeErrors: 0, lightningResets: 0, events: 0, lastChangedFraction: 0,
+    frames: 0,
+    dropped: 0,
+    decodeErrors: 0,
+    lightningResets: 0,
+    events: 0,
+    lastChangedFraction: 0,
   };
 
   constructor(camera: string, settings: Partial<MotionSettings> = {}) {
@@ -182,9 +187,17 @@ export class MotionDetector {
     let unmasked = 0;
     for (let i = 0; i < n; i++) if (!ignore[i]) unmasked++;
     this.work = {
-      w, h, ignore, unmasked,
-      bg: new Float32Array(n), cur: new Float32Array(n), tmpF: new Float32Array(n),
-      mask: new Uint8Array(n), tmpU: new Uint8Array(n), labels: new Int32Array(n), stack: new Int32Array(n),
+      w,
+      h,
+      ignore,
+      unmasked,
+      bg: new Float32Array(n),
+      cur: new Float32Array(n),
+      tmpF: new Float32Array(n),
+      mask: new Uint8Array(n),
+      tmpU: new Uint8Array(n),
+      labels: new Int32Array(n),
+      stack: new Int32Array(n),
       zones: this.cfg.zones.map((z) => ({ name: z.name, map: rasterise([z.points], w, h) })),
     };
     this.hasBackground = false; // a new frame size (camera reconfigured) starts a new background
@@ -322,7 +335,11 @@ function toBox(b: Blob, w: number, h: number, n: number): MotionBox {
 }
 
 function union(boxes: MotionBox[]): MotionBox {
-  let x0 = 1, y0 = 1, x1 = 0, y1 = 0, area = 0;
+  let x0 = 1,
+    y0 = 1,
+    x1 = 0,
+    y1 = 0,
+    area = 0;
   for (const b of boxes) {
     x0 = Math.min(x0, b.x);
     y0 = Math.min(y0, b.y);

@@ -109,11 +109,18 @@ function checkBudget(budget: number): asserts budget is TokenBudget {
 }
 
 /** Preprocesses decoded RGB (interleaved, 3 bytes per pixel). Synchronous; used by preprocessImage. */
-export function preprocessRgb(rgb: Uint8Array, width: number, height: number, opts: PreprocessOptions = {}): PreprocessedImage {
+export function preprocessRgb(
+  rgb: Uint8Array,
+  width: number,
+  height: number,
+  opts: PreprocessOptions = {},
+): PreprocessedImage {
   const budget = opts.tokenBudget ?? DEFAULT_IMAGE_TOKENS;
   checkBudget(budget);
   if (rgb.length !== width * height * 3) {
-    throw new ImagePreprocessError(`expected ${width * height * 3} RGB bytes for ${width}x${height}, got ${rgb.length}`);
+    throw new ImagePreprocessError(
+      `expected ${width * height * 3} RGB bytes for ${width}x${height}, got ${rgb.length}`,
+    );
   }
   const patch = opts.patchSize ?? 16;
   const pool = opts.poolingKernelSize ?? 3;

@@ -53,10 +53,13 @@ export function parseStructured(text: string, validator: z.ZodType): ParseOutcom
   }
   const r = validator.safeParse(json);
   if (!r.success) {
-    const issues = r.error.issues.slice(0, 5).map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`);
+    const issues = r.error.issues
+      .slice(0, 5)
+      .map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`);
     return { ok: false, reason: `does not match the schema: ${issues.join('; ')}` };
   }
-  if (typeof r.data !== 'object' || r.data === null || Array.isArray(r.data)) return { ok: false, reason: 'not a JSON object' };
+  if (typeof r.data !== 'object' || r.data === null || Array.isArray(r.data))
+    return { ok: false, reason: 'not a JSON object' };
   return { ok: true, data: r.data as Record<string, unknown> };
 }
 
@@ -76,7 +79,13 @@ export interface StructuredResult {
  */
 export async function generateStructured(
   generate: GenerateFn,
-  o: { prompt: string; schema: JsonSchemaObject; validator: z.ZodType; retries: number; onInvalid?: (attempt: number, reason: string) => void },
+  o: {
+    prompt: string;
+    schema: JsonSchemaObject;
+    validator: z.ZodType;
+    retries: number;
+    onInvalid?: (attempt: number, reason: string) => void;
+  },
 ): Promise<StructuredResult> {
   const base = structuredPrompt(o.prompt, o.schema);
   let prompt = base;
@@ -91,5 +100,9 @@ export async function generateStructured(
     o.onInvalid?.(attempt, reason);
     prompt = `${base}\n\nYour previous reply was invalid (${reason.slice(0, 300)}). Reply with only the JSON object.`;
   }
-  throw new InvalidOutputError(`no valid structured caption after ${total} attempts: ${reason}`.slice(0, 480), total, text);
+  throw new InvalidOutputError(
+    `no valid structured caption after ${total} attempts: ${reason}`.slice(0, 480),
+    total,
+    text,
+  );
 }

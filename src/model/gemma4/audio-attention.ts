@@ -42,7 +42,9 @@ export interface BlockContext {
 /** Pads axis 1 of a rank-`rank` tensor by `front` (static) and `back` ([1] int64, dynamic). */
 function padAxis1(o: Ops, x: string, rank: number, front: number, back: string, value: string): string {
   const zeros = (n: number): number[] => Array.from({ length: n }, () => 0);
-  const pads = o.op('Concat', [o.i64([...zeros(1), front, ...zeros(rank - 2), 0]), back, o.i64(zeros(rank - 2))], { axis: 0 });
+  const pads = o.op('Concat', [o.i64([...zeros(1), front, ...zeros(rank - 2), 0]), back, o.i64(zeros(rank - 2))], {
+    axis: 0,
+  });
   return o.op('Pad', [x, pads, value], { mode: 'constant' });
 }
 
@@ -55,7 +57,13 @@ export function blockContext(o: Ops, cfg: Gemma4AudioConfig, tokenMaskF: string)
   const nb = o.op('Div', [o.op('Add', [seq, o.i64(chunk - 1)]), o.i64(chunk)]);
   const padQ = o.op('Unsqueeze', [o.op('Sub', [o.op('Mul', [nb, o.i64(chunk)]), seq]), o.i64([0])]);
   const starts = o.op('Unsqueeze', [o.op('Mul', [o.op('Range', [o.i64(0), nb, o.i64(1)]), o.i64(chunk)]), o.i64([1])]);
-  const ctxIdx = o.op('Add', [starts, o.i64(Array.from({ length: ctx }, (_, j) => j), [1, ctx])]);
+  const ctxIdx = o.op('Add', [
+    starts,
+    o.i64(
+      Array.from({ length: ctx }, (_, j) => j),
+      [1, ctx],
+    ),
+  ]);
   // Key validity per block context: padding (before 0 or past S) is invalid.
   const back = o.op('Add', [padQ, o.i64([d.maxFutureHorizon])]);
   const keyValid = o.op('Gather', [padAxis1(o, tokenMaskF, 2, d.maxPastHorizon, back, o.f32(0)), ctxIdx], { axis: 1 }); // [B, nb, ctx]
@@ -95,7 +103,15 @@ export function relativeKeys(cfg: Gemma4AudioConfig, w: Float32Array): Float32Ar
  * Attention core: q (already scaled), k (scaled), v as [B, S, heads * D]; relk initializer [heads, 1, D, P].
  * Returns [B, S, heads * D] (before the output projection).
  */
-export function chunkedAttention(o: Ops, cfg: Gemma4AudioConfig, bc: BlockContext, q: string, k: string, v: string, relk: string): string {
+export function chunkedAttention(
+  o: Ops,
+  cfg: Gemma4AudioConfig,
+  bc: BlockContext,
+  q: string,
+  k: string,
+  v: string,
+  relk: string,
+): string {
   const d = audioDerived(cfg);
   const nH = cfg.numAttentionHeads;
   const D = d.headDim;

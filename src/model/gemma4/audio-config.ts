@@ -72,13 +72,15 @@ const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null 
 
 function int(o: Json, key: string, fallback: number): number {
   const v = o[key] ?? fallback;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new Gemma4ConfigError(`audio config: "${key}" must be a non-negative integer, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
+    throw new Gemma4ConfigError(`audio config: "${key}" must be a non-negative integer, got ${JSON.stringify(v)}`);
   return v;
 }
 
 function num(o: Json, key: string, fallback: number): number {
   const v = o[key] ?? fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Gemma4ConfigError(`audio config: "${key}" must be a finite number, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    throw new Gemma4ConfigError(`audio config: "${key}" must be a finite number, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -113,18 +115,33 @@ export function validateGemma4AudioConfig(c: Gemma4AudioConfig): void {
   const fail = (m: string): never => {
     throw new Gemma4ConfigError(`audio config: ${m}`);
   };
-  for (const [k, v] of Object.entries({ hiddenSize: c.hiddenSize, numHiddenLayers: c.numHiddenLayers, numAttentionHeads: c.numAttentionHeads, inputFeatureSize: c.inputFeatureSize, convKernelSize: c.convKernelSize, attentionChunkSize: c.attentionChunkSize, attentionContextLeft: c.attentionContextLeft, outputProjDims: c.outputProjDims, textHiddenSize: c.textHiddenSize })) {
+  for (const [k, v] of Object.entries({
+    hiddenSize: c.hiddenSize,
+    numHiddenLayers: c.numHiddenLayers,
+    numAttentionHeads: c.numAttentionHeads,
+    inputFeatureSize: c.inputFeatureSize,
+    convKernelSize: c.convKernelSize,
+    attentionChunkSize: c.attentionChunkSize,
+    attentionContextLeft: c.attentionContextLeft,
+    outputProjDims: c.outputProjDims,
+    textHiddenSize: c.textHiddenSize,
+  })) {
     if (!Number.isInteger(v) || v < 1) fail(`${k} must be a positive integer, got ${v}`);
   }
-  if (c.hiddenSize % c.numAttentionHeads !== 0) fail(`hidden_size ${c.hiddenSize} is not divisible by num_attention_heads ${c.numAttentionHeads}`);
-  if (c.subsamplingConvChannels.some((x) => !Number.isInteger(x) || x < 1)) fail('subsampling_conv_channels must be two positive integers');
+  if (c.hiddenSize % c.numAttentionHeads !== 0)
+    fail(`hidden_size ${c.hiddenSize} is not divisible by num_attention_heads ${c.numAttentionHeads}`);
+  if (c.subsamplingConvChannels.some((x) => !Number.isInteger(x) || x < 1))
+    fail('subsampling_conv_channels must be two positive integers');
   // modeling_gemma4.py's input_proj_linear width; anything else cannot load into transformers either.
   const hfProj = Math.floor(c.subsamplingConvChannels[0] / 4) * c.subsamplingConvChannels[1];
   if (hfProj !== audioDerived(c).projInputDim) {
-    fail(`input_proj_linear expects (channels[0] // 4) * channels[1] = ${hfProj} inputs but ${c.inputFeatureSize} mel bins give ${audioDerived(c).projInputDim}`);
+    fail(
+      `input_proj_linear expects (channels[0] // 4) * channels[1] = ${hfProj} inputs but ${c.inputFeatureSize} mel bins give ${audioDerived(c).projInputDim}`,
+    );
   }
   // The relative positions are hard-coded to maxPast..0 in transformers (no future positions).
-  if (c.attentionContextRight !== 0) fail(`attention_context_right ${c.attentionContextRight} is not supported (Gemma 4 uses 0)`);
+  if (c.attentionContextRight !== 0)
+    fail(`attention_context_right ${c.attentionContextRight} is not supported (Gemma 4 uses 0)`);
   if (c.attentionContextLeft < 2) fail('attention_context_left must be >= 2');
   if (c.attentionLogitCap <= 0) fail('attention_logit_cap must be > 0');
   if (c.gradientClipping <= 0) fail('gradient_clipping must be > 0');
@@ -137,18 +154,22 @@ export function validateGemma4AudioConfig(c: Gemma4AudioConfig): void {
 export function parseGemma4AudioConfig(json: unknown, inputFeatureSize = 128): Gemma4AudioConfig {
   if (!isObject(json)) throw new Gemma4ConfigError('config.json must hold a JSON object');
   const a = json.audio_config;
-  if (a === undefined || a === null) throw new Gemma4ConfigError('config.json has no "audio_config": this checkpoint has no audio encoder');
+  if (a === undefined || a === null)
+    throw new Gemma4ConfigError('config.json has no "audio_config": this checkpoint has no audio encoder');
   if (!isObject(a)) throw new Gemma4ConfigError('config.json: "audio_config" must be an object');
   const t = json.text_config;
-  if (!isObject(t) || typeof t.hidden_size !== 'number') throw new Gemma4ConfigError('config.json: text_config.hidden_size is needed for the audio embedder projection');
+  if (!isObject(t) || typeof t.hidden_size !== 'number')
+    throw new Gemma4ConfigError('config.json: text_config.hidden_size is needed for the audio embedder projection');
   const act = a.hidden_act ?? 'silu';
-  if (act !== 'silu' && act !== 'swish') throw new Gemma4ConfigError(`audio config: hidden_act "${String(act)}" is not supported (silu)`);
+  if (act !== 'silu' && act !== 'swish')
+    throw new Gemma4ConfigError(`audio config: hidden_act "${String(act)}" is not supported (silu)`);
   const ch = a.subsampling_conv_channels ?? [128, 32];
   if (!Array.isArray(ch) || ch.length !== 2 || !ch.every((x) => typeof x === 'number')) {
     throw new Gemma4ConfigError('audio config: "subsampling_conv_channels" must be a list of two integers');
   }
   const clipped = a.use_clipped_linears ?? true;
-  if (typeof clipped !== 'boolean') throw new Gemma4ConfigError('audio config: "use_clipped_linears" must be a boolean');
+  if (typeof clipped !== 'boolean')
+    throw new Gemma4ConfigError('audio config: "use_clipped_linears" must be a boolean');
   const c: Gemma4AudioConfig = {
     hiddenSize: int(a, 'hidden_size', 1024),
     numHiddenLayers: int(a, 'num_hidden_layers', 12),

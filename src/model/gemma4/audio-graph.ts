@@ -14,7 +14,15 @@ import * as path from 'node:path';
 import { GraphBuilder, attrFloat, type SaveResult } from '../../onnx/graph.js';
 import { type Gemma4AudioConfig, AUDIO_BLOCK_NORM_EPS, audioDerived } from './audio-config.js';
 import { blockContext, chunkedAttention, relativeKeys, type BlockContext } from './audio-attention.js';
-import { AUDIO_TOWER_PREFIX, EMBED_AUDIO_PREFIX, type AudioTensorSpec, type ClippedLinearPath, audioLayerName, audioTensorTable, checkAudioWeightShapes } from './audio-weights.js';
+import {
+  AUDIO_TOWER_PREFIX,
+  EMBED_AUDIO_PREFIX,
+  type AudioTensorSpec,
+  type ClippedLinearPath,
+  audioLayerName,
+  audioTensorTable,
+  checkAudioWeightShapes,
+} from './audio-weights.js';
 import { type LinearWeight, Ops } from './graph-ops.js';
 import { type LinearQuant, quantizeLinear } from './quantize.js';
 import type { WeightSource } from './weights.js';
@@ -31,7 +39,6 @@ export interface AudioGraphOptions {
   /** com.microsoft SimplifiedLayerNormalization for the RMSNorms (default false: plain ops). */
   fusedNorm?: boolean;
 }
-
 
 class AudioGraphWriter {
   private readonly o: Ops;
@@ -78,7 +85,9 @@ class AudioGraphWriter {
   private async clippedLinear(x: string, layer: number, p: ClippedLinearPath): Promise<string> {
     const base = audioLayerName(layer, p);
     const bounds = this.cfg.useClippedLinears
-      ? await Promise.all(['input_min', 'input_max', 'output_min', 'output_max'].map((s) => this.scalar(`${base}.${s}`)))
+      ? await Promise.all(
+          ['input_min', 'input_max', 'output_min', 'output_max'].map((s) => this.scalar(`${base}.${s}`)),
+        )
       : [-Infinity, Infinity, -Infinity, Infinity];
     const y = await this.linear(this.clip(x, bounds[0]!, bounds[1]!), `${base}.linear.weight`);
     return this.clip(y, bounds[2]!, bounds[3]!);
@@ -96,7 +105,8 @@ class AudioGraphWriter {
   /** Two Conv2d(3x3, stride 2, pad 1) + LayerNorm(channels) + ReLU stages, masking frames before each. */
   private async subsample(features: string, maskF: string): Promise<{ x: string; maskF: string }> {
     const o = this.o;
-    const every2 = (m: string): string => o.op('Slice', [m, o.i64([0]), o.i64([Number.MAX_SAFE_INTEGER]), o.i64([1]), o.i64([2])]);
+    const every2 = (m: string): string =>
+      o.op('Slice', [m, o.i64([0]), o.i64([Number.MAX_SAFE_INTEGER]), o.i64([1]), o.i64([2])]);
     let x = o.op('Unsqueeze', [o.op('Mul', [features, o.op('Unsqueeze', [maskF, o.i64([2])])]), o.i64([1])]); // [B, 1, T, F]
     let m = maskF;
     for (const layer of [0, 1]) {
@@ -105,18 +115,33 @@ class AudioGraphWriter {
       const spec = this.specs.get(`${pre}.conv.weight`)!;
       const w = this.b.initializer(`${pre}.conv.weight`, 'float32', spec.shape, await this.src.get(spec.name));
       const y = o.op('Conv', [x, w], { kernel_shape: [3, 3], strides: [2, 2], pads: [1, 1, 1, 1] });
-      const scale = this.b.initializer(`${pre}.norm.weight`, 'float32', [spec.shape[0]!], await this.src.get(`${pre}.norm.weight`));
-      const ln = this.b.node('LayerNormalization', [o.op('Transpose', [y], { perm: [0, 2, 3, 1] }), scale], 1, { axis: -1, epsilon: attrFloat(this.cfg.rmsNormEps) })[0]!;
+      const scale = this.b.initializer(
+        `${pre}.norm.weight`,
+        'float32',
+        [spec.shape[0]!],
+        await this.src.get(`${pre}.norm.weight`),
+      );
+      const ln = this.b.node('LayerNormalization', [o.op('Transpose', [y], { perm: [0, 2, 3, 1] }), scale], 1, {
+        axis: -1,
+        epsilon: attrFloat(this.cfg.rmsNormEps),
+      })[0]!;
       const act = o.op('Relu', [ln]); // [B, T', F', C]
       m = every2(m);
       x = layer === 0 ? o.op('Transpose', [act], { perm: [0, 3, 1, 2] }) : act;
     }
     const flat = o.op('Reshape', [x, o.i64([0, 0, -1])]); // [B, T/4, F/4 * C1], channel fastest
-    return { x: await this.linear(flat, `${AUDIO_TOWER_PREFIX}subsample_conv_projection.input_proj_linear.weight`), maskF: m };
+    return {
+      x: await this.linear(flat, `${AUDIO_TOWER_PREFIX}subsample_conv_projection.input_proj_linear.weight`),
+      maskF: m,
+    };
   }
 
   private async feedForward(h: string, layer: number, which: 'feed_forward1' | 'feed_forward2'): Promise<string> {
-    let x = await this.norm(this.gradClip(h), audioLayerName(layer, `${which}.pre_layer_norm.weight`), AUDIO_BLOCK_NORM_EPS);
+    let x = await this.norm(
+      this.gradClip(h),
+      audioLayerName(layer, `${which}.pre_layer_norm.weight`),
+      AUDIO_BLOCK_NORM_EPS,
+    );
     x = this.silu(await this.clippedLinear(x, layer, `${which}.ffw_layer_1`));
     x = this.gradClip(await this.clippedLinear(x, layer, `${which}.ffw_layer_2`));
     x = await this.norm(x, audioLayerName(layer, `${which}.post_layer_norm.weight`), AUDIO_BLOCK_NORM_EPS);
@@ -127,12 +152,20 @@ class AudioGraphWriter {
     const d = audioDerived(this.cfg);
     const o = this.o;
     const pds = await this.src.get(audioLayerName(layer, 'self_attn.per_dim_scale'));
-    const qMul = Array.from({ length: this.cfg.hiddenSize }, (_, i) => d.qScale * Math.log1p(Math.exp(pds[i % d.headDim]!)));
+    const qMul = Array.from(
+      { length: this.cfg.hiddenSize },
+      (_, i) => d.qScale * Math.log1p(Math.exp(pds[i % d.headDim]!)),
+    );
     const q = o.op('Mul', [await this.clippedLinear(x, layer, 'self_attn.q_proj'), o.f32(qMul)]);
     const k = o.op('Mul', [await this.clippedLinear(x, layer, 'self_attn.k_proj'), o.f32(d.kScale)]);
     const v = await this.clippedLinear(x, layer, 'self_attn.v_proj');
     const relName = audioLayerName(layer, 'self_attn.relative_k_proj.weight');
-    const relk = this.b.initializer(`${relName}.folded`, 'float32', [this.cfg.numAttentionHeads, 1, d.headDim, d.numRelPositions], relativeKeys(this.cfg, await this.src.get(relName)));
+    const relk = this.b.initializer(
+      `${relName}.folded`,
+      'float32',
+      [this.cfg.numAttentionHeads, 1, d.headDim, d.numRelPositions],
+      relativeKeys(this.cfg, await this.src.get(relName)),
+    );
     const att = chunkedAttention(o, this.cfg, bc, q, k, v, relk);
     return this.clippedLinear(att, layer, 'self_attn.post');
   }
@@ -148,7 +181,11 @@ class AudioGraphWriter {
     const wName = audioLayerName(layer, 'lconv1d.depthwise_conv1d.weight');
     const w = this.b.initializer(wName, 'float32', [H, 1, K], await this.src.get(wName));
     // Causal depthwise conv over time: left pad kernel - 1, none on the right.
-    const conv = o.op('Conv', [o.op('Transpose', [glu], { perm: [0, 2, 1] }), w], { kernel_shape: [K], pads: [K - 1, 0], group: H });
+    const conv = o.op('Conv', [o.op('Transpose', [glu], { perm: [0, 2, 1] }), w], {
+      kernel_shape: [K],
+      pads: [K - 1, 0],
+      group: H,
+    });
     x = this.gradClip(o.op('Transpose', [conv], { perm: [0, 2, 1] }));
     x = this.silu(await this.norm(x, audioLayerName(layer, 'lconv1d.conv_norm.weight')));
     x = await this.clippedLinear(x, layer, 'lconv1d.linear_end');
@@ -169,7 +206,8 @@ class AudioGraphWriter {
   async build(): Promise<void> {
     const { b, cfg, o } = this;
     const problems = checkAudioWeightShapes(cfg, this.src);
-    if (problems.length > 0) throw new Error(`audio weights do not match the config:\n  ${problems.slice(0, 10).join('\n  ')}`);
+    if (problems.length > 0)
+      throw new Error(`audio weights do not match the config:\n  ${problems.slice(0, 10).join('\n  ')}`);
     b.input(AUDIO_GRAPH_IO.features, 'float32', ['batch', 'frames', cfg.inputFeatureSize]);
     b.input(AUDIO_GRAPH_IO.mask, 'bool', ['batch', 'frames']);
     const maskF = o.op('Cast', [AUDIO_GRAPH_IO.mask], { to: 1 });
@@ -178,10 +216,20 @@ class AudioGraphWriter {
     let h = sub.x;
     for (let l = 0; l < cfg.numHiddenLayers; l++) h = await this.conformerLayer(h, l, bc);
     let out = await this.linear(h, `${AUDIO_TOWER_PREFIX}output_proj.weight`);
-    const bias = b.initializer(`${AUDIO_TOWER_PREFIX}output_proj.bias`, 'float32', [cfg.outputProjDims], await this.src.get(`${AUDIO_TOWER_PREFIX}output_proj.bias`));
+    const bias = b.initializer(
+      `${AUDIO_TOWER_PREFIX}output_proj.bias`,
+      'float32',
+      [cfg.outputProjDims],
+      await this.src.get(`${AUDIO_TOWER_PREFIX}output_proj.bias`),
+    );
     out = o.op('Add', [out, bias]);
     // embed_audio: RMSNorm without scale, then the projection to the text width.
-    const normed = o.rmsNormNoScale(out, `${EMBED_AUDIO_PREFIX}embedding_pre_projection_norm`, cfg.outputProjDims, cfg.rmsNormEps);
+    const normed = o.rmsNormNoScale(
+      out,
+      `${EMBED_AUDIO_PREFIX}embedding_pre_projection_norm`,
+      cfg.outputProjDims,
+      cfg.rmsNormEps,
+    );
     const emb = await this.linear(normed, `${EMBED_AUDIO_PREFIX}embedding_projection.weight`);
     b.node('Identity', [emb], [AUDIO_GRAPH_IO.embeds]);
     b.node('Cast', [sub.maskF], [AUDIO_GRAPH_IO.outMask], { to: 9 });
@@ -191,7 +239,12 @@ class AudioGraphWriter {
 }
 
 /** Adds the audio encoder graph (inputs, nodes, outputs) to `b`. */
-export async function buildAudioGraph(b: GraphBuilder, cfg: Gemma4AudioConfig, src: WeightSource, opts: AudioGraphOptions = {}): Promise<void> {
+export async function buildAudioGraph(
+  b: GraphBuilder,
+  cfg: Gemma4AudioConfig,
+  src: WeightSource,
+  opts: AudioGraphOptions = {},
+): Promise<void> {
   await new AudioGraphWriter(b, cfg, src, opts).build();
 }
 
@@ -214,7 +267,10 @@ export async function writeAudioEncoderModel(
   const dataFile = opts.dataFile ?? 'audio_encoder.onnx.data';
   const fs = await import('node:fs');
   await fs.promises.mkdir(dir, { recursive: true });
-  const b = new GraphBuilder({ name: 'gemma4_audio_encoder', externalData: { path: path.join(path.resolve(dir), dataFile) } });
+  const b = new GraphBuilder({
+    name: 'gemma4_audio_encoder',
+    externalData: { path: path.join(path.resolve(dir), dataFile) },
+  });
   try {
     await buildAudioGraph(b, cfg, src, opts);
   } catch (e) {

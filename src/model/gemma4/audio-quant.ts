@@ -29,7 +29,11 @@ export const AUDIO_DEFAULT_LINEAR: LinearQuant = { bits: 8, blockSize: 32, accur
 export const AUDIO_DEFAULT_POLICY: AudioQuantPolicy = uniformAudioPolicy(AUDIO_DEFAULT_LINEAR);
 
 /** Weights as the quantised graph sees them: dequantize(quantize(w)) where the policy quantises. */
-export function dequantisedAudioWeightSource(src: WeightSource, cfg: Gemma4AudioConfig, policy: AudioQuantPolicy): WeightSource {
+export function dequantisedAudioWeightSource(
+  src: WeightSource,
+  cfg: Gemma4AudioConfig,
+  policy: AudioQuantPolicy,
+): WeightSource {
   const specs = new Map(audioTensorTable(cfg).map((s) => [s.name, s]));
   return {
     shape: (name) => src.shape(name),

@@ -19,8 +19,20 @@
  * k *= ln(1 + e) / ln2; logits = q.k + q.relk[rel-shifted], soft-capped cap * tanh(x / cap); a key is visible when
  * it is a real, unmasked frame with 0 <= q - k < left - 1; others get attention_invalid_logits_value.
  */
-import { type Gemma4AudioConfig, type AudioDerived, AUDIO_BLOCK_NORM_EPS, audioDerived, halve } from './audio-config.js';
-import { AUDIO_TOWER_PREFIX, CLIPPED_LINEARS, EMBED_AUDIO_PREFIX, type ClippedLinearPath, audioLayerName } from './audio-weights.js';
+import {
+  type Gemma4AudioConfig,
+  type AudioDerived,
+  AUDIO_BLOCK_NORM_EPS,
+  audioDerived,
+  halve,
+} from './audio-config.js';
+import {
+  AUDIO_TOWER_PREFIX,
+  CLIPPED_LINEARS,
+  EMBED_AUDIO_PREFIX,
+  type ClippedLinearPath,
+  audioLayerName,
+} from './audio-weights.js';
 import type { WeightSource } from './weights.js';
 import { relativePositionTable } from './audio-attention.js';
 import { rmsNormRows } from './reference-math.js';
@@ -52,7 +64,14 @@ export interface AudioReferenceOutput {
   tokens: number;
 }
 
-function linear(x: Float64Array, rows: number, w: Float32Array, n: number, k: number, bias?: Float32Array): Float64Array {
+function linear(
+  x: Float64Array,
+  rows: number,
+  w: Float32Array,
+  n: number,
+  k: number,
+  bias?: Float32Array,
+): Float64Array {
   const out = new Float64Array(rows * n);
   for (let r = 0; r < rows; r++) {
     for (let o = 0; o < n; o++) {
@@ -69,7 +88,6 @@ function linear(x: Float64Array, rows: number, w: Float32Array, n: number, k: nu
 function clamp(x: Float64Array, lo: number, hi: number): Float64Array {
   return x.map((v) => Math.min(Math.max(v, lo), hi));
 }
-
 
 const silu = (v: number): number => v / (1 + Math.exp(-v));
 const sigmoid = (v: number): number => 1 / (1 + Math.exp(-v));
@@ -90,7 +108,14 @@ export class AudioReference {
     const d = audioDerived(cfg);
     const g = new Map<string, Float32Array>();
     const sub = `${AUDIO_TOWER_PREFIX}subsample_conv_projection.`;
-    for (const n of ['layer0.conv.weight', 'layer0.norm.weight', 'layer1.conv.weight', 'layer1.norm.weight', 'input_proj_linear.weight']) g.set(n, await src.get(sub + n));
+    for (const n of [
+      'layer0.conv.weight',
+      'layer0.norm.weight',
+      'layer1.conv.weight',
+      'layer1.norm.weight',
+      'input_proj_linear.weight',
+    ])
+      g.set(n, await src.get(sub + n));
     g.set('output_proj.weight', await src.get(`${AUDIO_TOWER_PREFIX}output_proj.weight`));
     g.set('output_proj.bias', await src.get(`${AUDIO_TOWER_PREFIX}output_proj.bias`));
     g.set('embed', await src.get(`${EMBED_AUDIO_PREFIX}embedding_projection.weight`));
@@ -109,10 +134,26 @@ export class AudioReference {
         lin[p] = { w: await get(`${p}.linear.weight`), n: shape[0]!, k: shape[1]!, bounds: b };
       }
       const norms: Record<string, Float32Array> = {};
-      for (const n of ['feed_forward1.pre_layer_norm', 'feed_forward1.post_layer_norm', 'feed_forward2.pre_layer_norm', 'feed_forward2.post_layer_norm', 'lconv1d.pre_layer_norm', 'lconv1d.conv_norm', 'norm_pre_attn', 'norm_post_attn', 'norm_out']) {
+      for (const n of [
+        'feed_forward1.pre_layer_norm',
+        'feed_forward1.post_layer_norm',
+        'feed_forward2.pre_layer_norm',
+        'feed_forward2.post_layer_norm',
+        'lconv1d.pre_layer_norm',
+        'lconv1d.conv_norm',
+        'norm_pre_attn',
+        'norm_post_attn',
+        'norm_out',
+      ]) {
         norms[n] = await get(`${n}.weight`);
       }
-      const relk = linear(pe, d.numRelPositions, await get('self_attn.relative_k_proj.weight'), cfg.hiddenSize, cfg.hiddenSize);
+      const relk = linear(
+        pe,
+        d.numRelPositions,
+        await get('self_attn.relative_k_proj.weight'),
+        cfg.hiddenSize,
+        cfg.hiddenSize,
+      );
       const pds = await get('self_attn.per_dim_scale');
       const qMul = Float64Array.from(pds, (v) => d.qScale * softplus(v));
       layers.push({ lin, norms, relk, qMul, conv: await get('lconv1d.depthwise_conv1d.weight') });
@@ -126,13 +167,23 @@ export class AudioReference {
     const { x, mask, tokens } = this.subsample(features, frameMask);
     let h = linear(x, tokens, this.g.get('input_proj_linear.weight')!, c.hiddenSize, this.d.projInputDim);
     for (const lw of this.layers) h = this.layer(h, tokens, mask, lw);
-    const out = linear(h, tokens, this.g.get('output_proj.weight')!, c.outputProjDims, c.hiddenSize, this.g.get('output_proj.bias')!);
+    const out = linear(
+      h,
+      tokens,
+      this.g.get('output_proj.weight')!,
+      c.outputProjDims,
+      c.hiddenSize,
+      this.g.get('output_proj.bias')!,
+    );
     const normed = rmsNormRows(out, c.outputProjDims, null, c.rmsNormEps);
     const emb = linear(normed, tokens, this.g.get('embed')!, c.textHiddenSize, c.outputProjDims);
     return { embeds: Float32Array.from(emb), towerOut: Float32Array.from(out), mask, tokens };
   }
 
-  private subsample(features: Float32Array, frameMask: Uint8Array): { x: Float64Array; mask: Uint8Array; tokens: number } {
+  private subsample(
+    features: Float32Array,
+    frameMask: Uint8Array,
+  ): { x: Float64Array; mask: Uint8Array; tokens: number } {
     const c = this.cfg;
     let t = frameMask.length;
     let f = c.inputFeatureSize;
@@ -158,7 +209,8 @@ export class AudioReference {
               for (let kf = 0; kf < 3; kf++) {
                 const sf = 2 * fi + kf - 1;
                 if (sf < 0 || sf >= f) continue;
-                for (let ic = 0; ic < ch; ic++) s += w[((oc * ch + ic) * 3 + kt) * 3 + kf]! * x[(st * f + sf) * ch + ic]!;
+                for (let ic = 0; ic < ch; ic++)
+                  s += w[((oc * ch + ic) * 3 + kt) * 3 + kf]! * x[(st * f + sf) * ch + ic]!;
               }
             }
             y[o + oc] = s;
@@ -187,7 +239,12 @@ export class AudioReference {
     return clamp(linear(clamp(x, a, b), rows, l.w, l.n, l.k), lo, hi);
   }
 
-  private feedForward(h: Float64Array, s: number, lw: LayerWeights, which: 'feed_forward1' | 'feed_forward2'): Float64Array {
+  private feedForward(
+    h: Float64Array,
+    s: number,
+    lw: LayerWeights,
+    which: 'feed_forward1' | 'feed_forward2',
+  ): Float64Array {
     const c = this.cfg;
     const gc = c.gradientClipping;
     let x = rmsNormRows(clamp(h, -gc, gc), c.hiddenSize, lw.norms[`${which}.pre_layer_norm`]!, AUDIO_BLOCK_NORM_EPS);
@@ -207,9 +264,14 @@ export class AudioReference {
     a = rmsNormRows(a, H, lw.norms.norm_post_attn!, AUDIO_BLOCK_NORM_EPS);
     h = h.map((v, i) => v + a[i]!);
     // Light convolution module: GLU, causal depthwise conv over time (left pad kernel - 1), norm, SiLU.
-    const x = this.clipped(rmsNormRows(h, H, lw.norms['lconv1d.pre_layer_norm']!, c.rmsNormEps), s, lw.lin['lconv1d.linear_start']);
+    const x = this.clipped(
+      rmsNormRows(h, H, lw.norms['lconv1d.pre_layer_norm']!, c.rmsNormEps),
+      s,
+      lw.lin['lconv1d.linear_start'],
+    );
     const glu = new Float64Array(s * H);
-    for (let t = 0; t < s; t++) for (let i = 0; i < H; i++) glu[t * H + i] = x[t * 2 * H + i]! * sigmoid(x[t * 2 * H + H + i]!);
+    for (let t = 0; t < s; t++)
+      for (let i = 0; i < H; i++) glu[t * H + i] = x[t * 2 * H + i]! * sigmoid(x[t * 2 * H + H + i]!);
     const K = c.convKernelSize;
     let conv = new Float64Array(s * H);
     for (let t = 0; t < s; t++) {

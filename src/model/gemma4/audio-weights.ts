@@ -30,7 +30,15 @@ export const AUDIO_TOWER_PREFIX = 'model.audio_tower.';
 export const EMBED_AUDIO_PREFIX = 'model.embed_audio.';
 
 /** linear: quantisable Linear; relpos: relative_k_proj (folded into a constant); clip: scalar bound. */
-export type AudioTensorKind = 'linear' | 'relpos' | 'conv' | 'norm' | 'bias' | 'per_dim_scale' | 'clip_min' | 'clip_max';
+export type AudioTensorKind =
+  | 'linear'
+  | 'relpos'
+  | 'conv'
+  | 'norm'
+  | 'bias'
+  | 'per_dim_scale'
+  | 'clip_min'
+  | 'clip_max';
 
 export interface AudioTensorSpec {
   name: string;
@@ -87,7 +95,8 @@ export function audioTensorTable(c: Gemma4AudioConfig): AudioTensorSpec[] {
     };
     for (const p of CLIPPED_LINEARS) {
       add(`${p}.linear.weight`, linearShape(c, p), 'linear');
-      if (c.useClippedLinears) for (const b of CLIP_BOUNDS) add(`${p}.${b}`, [], b.endsWith('min') ? 'clip_min' : 'clip_max');
+      if (c.useClippedLinears)
+        for (const b of CLIP_BOUNDS) add(`${p}.${b}`, [], b.endsWith('min') ? 'clip_min' : 'clip_max');
     }
     for (const ff of ['feed_forward1', 'feed_forward2']) {
       add(`${ff}.pre_layer_norm.weight`, [h], 'norm');
@@ -102,9 +111,19 @@ export function audioTensorTable(c: Gemma4AudioConfig): AudioTensorSpec[] {
     add('norm_post_attn.weight', [h], 'norm');
     add('norm_out.weight', [h], 'norm');
   }
-  out.push({ name: `${AUDIO_TOWER_PREFIX}output_proj.weight`, shape: [c.outputProjDims, h], kind: 'linear', layer: null });
+  out.push({
+    name: `${AUDIO_TOWER_PREFIX}output_proj.weight`,
+    shape: [c.outputProjDims, h],
+    kind: 'linear',
+    layer: null,
+  });
   out.push({ name: `${AUDIO_TOWER_PREFIX}output_proj.bias`, shape: [c.outputProjDims], kind: 'bias', layer: null });
-  out.push({ name: `${EMBED_AUDIO_PREFIX}embedding_projection.weight`, shape: [c.textHiddenSize, c.outputProjDims], kind: 'linear', layer: null });
+  out.push({
+    name: `${EMBED_AUDIO_PREFIX}embedding_projection.weight`,
+    shape: [c.textHiddenSize, c.outputProjDims],
+    kind: 'linear',
+    layer: null,
+  });
   return out;
 }
 

@@ -7,8 +7,13 @@ export function toTextConfigJson(c: Gemma4TextConfig): Record<string, unknown> {
     p.ropeType === 'linear'
       ? { rope_type: p.ropeType, rope_theta: p.theta, factor: p.factor }
       : p.ropeType === 'proportional'
-      ? { rope_type: p.ropeType, rope_theta: p.theta, partial_rotary_factor: p.partialRotaryFactor, ...(p.factor !== 1 ? { factor: p.factor } : {}) }
-      : { rope_type: p.ropeType, rope_theta: p.theta };
+        ? {
+            rope_type: p.ropeType,
+            rope_theta: p.theta,
+            partial_rotary_factor: p.partialRotaryFactor,
+            ...(p.factor !== 1 ? { factor: p.factor } : {}),
+          }
+        : { rope_type: p.ropeType, rope_theta: p.theta };
   // What both Gemmas' configs say alike; each adds its own keys.
   const common = {
     vocab_size: c.vocabSize,

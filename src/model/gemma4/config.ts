@@ -68,7 +68,13 @@ export interface Gemma4TextConfig {
 }
 
 /** Gemma 4's switches; Gemma 3's come from parseGemma3TextConfig. */
-const GEMMA4_SWITCHES = { family: 'gemma4', normScaleOffset: 0, attentionScale: 1, valueNorm: true, layerScalar: true } as const;
+const GEMMA4_SWITCHES = {
+  family: 'gemma4',
+  normScaleOffset: 0,
+  attentionScale: 1,
+  valueNorm: true,
+  layerScalar: true,
+} as const;
 
 /** True when the model has per-layer embeddings (the PLE table, file and graph input). */
 export function hasPle(c: Gemma4TextConfig): boolean {
@@ -136,7 +142,9 @@ function parseRope(raw: unknown, type: LayerType): RopeParams {
   if (!isObject(raw)) throw new Gemma4ConfigError(`text config: rope_parameters.${type} must be an object`);
   const ropeType = raw.rope_type ?? 'default';
   if (ropeType !== 'default' && ropeType !== 'proportional' && ropeType !== 'linear') {
-    throw new Gemma4ConfigError(`text config: rope_parameters.${type}.rope_type "${String(ropeType)}" is not supported (default, proportional, linear)`);
+    throw new Gemma4ConfigError(
+      `text config: rope_parameters.${type}.rope_type "${String(ropeType)}" is not supported (default, proportional, linear)`,
+    );
   }
   const p: RopeParams = {
     ropeType,
@@ -147,7 +155,8 @@ function parseRope(raw: unknown, type: LayerType): RopeParams {
   if (p.partialRotaryFactor <= 0 || p.partialRotaryFactor > 1) {
     throw new Gemma4ConfigError(`text config: rope_parameters.${type}.partial_rotary_factor must be in (0, 1]`);
   }
-  if (p.theta <= 0 || p.factor <= 0) throw new Gemma4ConfigError(`text config: rope_parameters.${type} theta/factor must be > 0`);
+  if (p.theta <= 0 || p.factor <= 0)
+    throw new Gemma4ConfigError(`text config: rope_parameters.${type} theta/factor must be > 0`);
   return p;
 }
 
@@ -160,40 +169,53 @@ function parseRope(raw: unknown, type: LayerType): RopeParams {
 function globalHeadDim(t: Json, layerTypes: LayerType[]): number {
   const perLayer = t.per_layer_config;
   if (perLayer === undefined || perLayer === null) return int(t, 'global_head_dim', 512);
-  if (!isObject(perLayer)) throw new Gemma4ConfigError('text config: per_layer_config must be an object keyed by layer index');
+  if (!isObject(perLayer))
+    throw new Gemma4ConfigError('text config: per_layer_config must be an object keyed by layer index');
   const dims = new Set<number>();
   const overridden = new Set<number>();
   for (const [key, raw] of Object.entries(perLayer)) {
     const layer = Number(key);
     if (!Number.isInteger(layer) || layer < 0 || layer >= layerTypes.length) {
-      throw new Gemma4ConfigError(`text config: per_layer_config key "${key}" is not a layer index below ${layerTypes.length}`);
+      throw new Gemma4ConfigError(
+        `text config: per_layer_config key "${key}" is not a layer index below ${layerTypes.length}`,
+      );
     }
     if (!isObject(raw)) throw new Gemma4ConfigError(`text config: per_layer_config.${key} must be an object`);
     const keys = Object.keys(raw).filter((k) => raw[k] !== null && raw[k] !== undefined);
     const other = keys.filter((k) => k !== 'head_dim');
-    if (other.length) throw new Gemma4ConfigError(`text config: per_layer_config.${key} overrides ${other.join(', ')}; only head_dim is supported`);
+    if (other.length)
+      throw new Gemma4ConfigError(
+        `text config: per_layer_config.${key} overrides ${other.join(', ')}; only head_dim is supported`,
+      );
     if (!keys.length) continue;
     const dim = int(raw, 'head_dim');
     if (layerTypes[layer] === 'full_attention') {
       dims.add(dim);
       overridden.add(layer);
-    }
-    else if (dim !== int(t, 'head_dim', 256)) {
-      throw new Gemma4ConfigError(`text config: per_layer_config.${key} gives sliding layer ${layer} head_dim ${dim}; only full layers may differ`);
+    } else if (dim !== int(t, 'head_dim', 256)) {
+      throw new Gemma4ConfigError(
+        `text config: per_layer_config.${key} gives sliding layer ${layer} head_dim ${dim}; only full layers may differ`,
+      );
     }
   }
   const full = layerTypes.flatMap((type, i) => (type === 'full_attention' ? [i] : []));
   if (overridden.size && overridden.size !== full.length) {
-    throw new Gemma4ConfigError(`text config: per_layer_config sets head_dim on some full layers only (${[...overridden].join(', ')} of ${full.join(', ')})`);
+    throw new Gemma4ConfigError(
+      `text config: per_layer_config sets head_dim on some full layers only (${[...overridden].join(', ')} of ${full.join(', ')})`,
+    );
   }
-  if (dims.size > 1) throw new Gemma4ConfigError(`text config: per_layer_config gives full layers different head dims (${[...dims].join(', ')})`);
+  if (dims.size > 1)
+    throw new Gemma4ConfigError(
+      `text config: per_layer_config gives full layers different head dims (${[...dims].join(', ')})`,
+    );
   return dims.size ? [...dims][0]! : int(t, 'head_dim', 256);
 }
 
 /** The one activation both Gemmas use; anything else is refused by name. */
 function checkActivation(t: Json): void {
   const act = t.hidden_activation ?? 'gelu_pytorch_tanh';
-  if (act !== 'gelu_pytorch_tanh') throw new Gemma4ConfigError(`text config: hidden_activation "${String(act)}" is not supported`);
+  if (act !== 'gelu_pytorch_tanh')
+    throw new Gemma4ConfigError(`text config: hidden_activation "${String(act)}" is not supported`);
 }
 
 /** layer_types as given, or the default pattern: every `pattern`-th layer full, the rest sliding. */
@@ -204,7 +226,9 @@ function parseLayerTypes(t: Json, count: number, pattern: number): LayerType[] {
   if (!Array.isArray(t.layer_types)) throw new Gemma4ConfigError('text config: layer_types must be an array');
   return t.layer_types.map((x, i) => {
     if (x !== 'sliding_attention' && x !== 'full_attention') {
-      throw new Gemma4ConfigError(`text config: layer_types[${i}] "${String(x)}" is not sliding_attention/full_attention`);
+      throw new Gemma4ConfigError(
+        `text config: layer_types[${i}] "${String(x)}" is not sliding_attention/full_attention`,
+      );
     }
     return x;
   });
@@ -222,11 +246,13 @@ function numOrNull(obj: Json, key: string): number | null {
 export function parseGemma4TextConfig(json: unknown): Gemma4TextConfig {
   if (!isObject(json)) throw new Gemma4ConfigError('config.json must hold a JSON object');
   const t = isObject(json.text_config) ? json.text_config : json;
-  if (t.model_type === 'gemma3_text' || (t.model_type === undefined && json.model_type === 'gemma3')) return parseGemma3TextConfig(json, t);
+  if (t.model_type === 'gemma3_text' || (t.model_type === undefined && json.model_type === 'gemma3'))
+    return parseGemma3TextConfig(json, t);
   if (t.model_type !== undefined && t.model_type !== 'gemma4_text') {
     throw new Gemma4ConfigError(`text config: model_type "${String(t.model_type)}" is not gemma4_text`);
   }
-  if (t.enable_moe_block === true) throw new Gemma4ConfigError('text config: MoE blocks (enable_moe_block) are not supported');
+  if (t.enable_moe_block === true)
+    throw new Gemma4ConfigError('text config: MoE blocks (enable_moe_block) are not supported');
   if (t.attention_k_eq_v === true) throw new Gemma4ConfigError('text config: attention_k_eq_v is not supported');
   const bidi = t.use_bidirectional_attention;
   if (bidi === 'all') throw new Gemma4ConfigError('text config: use_bidirectional_attention "all" is not supported');
@@ -280,9 +306,14 @@ function parseGemma3TextConfig(json: Json, t: Json): Gemma4TextConfig {
   if (t.attn_logit_softcapping !== undefined && t.attn_logit_softcapping !== null) {
     throw new Gemma4ConfigError('text config: attn_logit_softcapping is not supported');
   }
-  if (t.use_bidirectional_attention === true) throw new Gemma4ConfigError('text config: use_bidirectional_attention is not supported');
+  if (t.use_bidirectional_attention === true)
+    throw new Gemma4ConfigError('text config: use_bidirectional_attention is not supported');
   const numHiddenLayers = int(t, 'num_hidden_layers');
-  const layerTypes = parseLayerTypes(t, numHiddenLayers, int(t, 'sliding_window_pattern', int(t, '_sliding_window_pattern', 6)));
+  const layerTypes = parseLayerTypes(
+    t,
+    numHiddenLayers,
+    int(t, 'sliding_window_pattern', int(t, '_sliding_window_pattern', 6)),
+  );
   const ropeRaw = isObject(t.rope_parameters) ? t.rope_parameters : {};
   const legacy: Record<LayerType, Json> = {
     sliding_attention: { rope_type: 'default', rope_theta: t.rope_local_base_freq ?? 10_000 },
@@ -324,15 +355,27 @@ export function validateGemma4TextConfig(c: Gemma4TextConfig): void {
   const fail = (msg: string): never => {
     throw new Gemma4ConfigError(`text config: ${msg}`);
   };
-  for (const k of ['vocabSize', 'hiddenSize', 'intermediateSize', 'numHiddenLayers', 'numAttentionHeads', 'numKeyValueHeads', 'headDim', 'globalHeadDim'] as const) {
+  for (const k of [
+    'vocabSize',
+    'hiddenSize',
+    'intermediateSize',
+    'numHiddenLayers',
+    'numAttentionHeads',
+    'numKeyValueHeads',
+    'headDim',
+    'globalHeadDim',
+  ] as const) {
     if (!(c[k] > 0)) fail(`${k} must be > 0`);
   }
-  if (c.layerTypes.length !== c.numHiddenLayers) fail(`layer_types has ${c.layerTypes.length} entries, num_hidden_layers is ${c.numHiddenLayers}`);
-  if (c.numAttentionHeads % c.numKeyValueHeads !== 0) fail('num_attention_heads must be a multiple of num_key_value_heads');
+  if (c.layerTypes.length !== c.numHiddenLayers)
+    fail(`layer_types has ${c.layerTypes.length} entries, num_hidden_layers is ${c.numHiddenLayers}`);
+  if (c.numAttentionHeads % c.numKeyValueHeads !== 0)
+    fail('num_attention_heads must be a multiple of num_key_value_heads');
   if (c.headDim % 2 || c.globalHeadDim % 2) fail('head dims must be even (RoPE rotates pairs)');
   if (c.slidingWindow < 2) fail('sliding_window must be >= 2');
   if (c.numKvSharedLayers >= c.numHiddenLayers) fail('num_kv_shared_layers must be below num_hidden_layers');
-  if (c.family === 'gemma4' && !(c.hiddenSizePerLayerInput > 0)) fail('hidden_size_per_layer_input must be > 0 (Gemma 4 without per-layer embeddings is not supported)');
+  if (c.family === 'gemma4' && !(c.hiddenSizePerLayerInput > 0))
+    fail('hidden_size_per_layer_input must be > 0 (Gemma 4 without per-layer embeddings is not supported)');
   if (!c.tieWordEmbeddings) fail('untied LM heads are not supported (tie_word_embeddings must be true)');
   if (c.hiddenSizePerLayerInput > 0 && c.vocabSizePerLayerInput !== c.vocabSize) {
     fail('vocab_size_per_layer_input must equal vocab_size (the PLE rows are looked up by token id)');
@@ -413,7 +456,14 @@ export function tinyConfig(): Gemma4TextConfig {
     numKeyValueHeads: 1,
     headDim: 16,
     globalHeadDim: 32,
-    layerTypes: ['sliding_attention', 'sliding_attention', 'full_attention', 'sliding_attention', 'sliding_attention', 'full_attention'],
+    layerTypes: [
+      'sliding_attention',
+      'sliding_attention',
+      'full_attention',
+      'sliding_attention',
+      'sliding_attention',
+      'full_attention',
+    ],
     slidingWindow: 8,
     rope: {
       sliding_attention: { ropeType: 'default', theta: 10_000, partialRotaryFactor: 1, factor: 1 },
@@ -434,7 +484,13 @@ export function tinyConfig(): Gemma4TextConfig {
 
 /** The real Gemma 4 E2B text decoder (convert_gemma4_weights.py, variant gemma-4-e2b). */
 export function e2bConfig(): Gemma4TextConfig {
-  const pattern: LayerType[] = ['sliding_attention', 'sliding_attention', 'sliding_attention', 'sliding_attention', 'full_attention'];
+  const pattern: LayerType[] = [
+    'sliding_attention',
+    'sliding_attention',
+    'sliding_attention',
+    'sliding_attention',
+    'full_attention',
+  ];
   const cfg: Gemma4TextConfig = {
     vocabSize: 262_144,
     hiddenSize: 1536,

@@ -73,20 +73,36 @@ export interface DecoderGraphOptions {
  */
 export { type CacheSlot, cacheSlots } from './contract.js';
 
-export const FAST_VARIANT: Pick<DecoderGraphOptions, 'attention' | 'fusedNorm' | 'onnxGelu'> = { attention: 'plain', fusedNorm: true, onnxGelu: true };
+export const FAST_VARIANT: Pick<DecoderGraphOptions, 'attention' | 'fusedNorm' | 'onnxGelu'> = {
+  attention: 'plain',
+  fusedNorm: true,
+  onnxGelu: true,
+};
 
 export interface DecoderGraphInfo {
-  inputs: { inputIds: string; perLayerRows: string | null; positionIds: string; mediaEmbeds: string | null; mediaMask: string | null };
+  inputs: {
+    inputIds: string;
+    perLayerRows: string | null;
+    positionIds: string;
+    mediaEmbeds: string | null;
+    mediaMask: string | null;
+  };
   logits: string;
   logitsMode: 'all' | 'last';
   cache: CacheSlot[];
 }
 
 /** Adds the whole decoder to `b`. Weights are read one at a time from `src` (official names). */
-export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, src: WeightSource, opts: DecoderGraphOptions = {}): Promise<DecoderGraphInfo> {
+export async function buildDecoderGraph(
+  b: GraphBuilder,
+  cfg: Gemma4TextConfig,
+  src: WeightSource,
+  opts: DecoderGraphOptions = {},
+): Promise<DecoderGraphInfo> {
   const prefix = opts.prefix ?? MULTIMODAL_TEXT_PREFIX;
   const problems = checkWeightShapes(cfg, src, prefix);
-  if (problems.length) throw new Error(`decoder weights do not match the config:\n  ${problems.slice(0, 20).join('\n  ')}`);
+  if (problems.length)
+    throw new Error(`decoder weights do not match the config:\n  ${problems.slice(0, 20).join('\n  ')}`);
   const ops = new Ops(b, { fusedNorm: opts.fusedNorm ?? false, onnxGelu: opts.onnxGelu ?? false });
   const quant = opts.quant ?? null;
   const specs = new Map(textTensorTable(cfg, prefix).map((s) => [s.name, s]));
@@ -131,7 +147,17 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
   let embedded: string;
   let embedTable: string | null = null;
   if (quant?.embedding && src.getRows && streamsWeights(b)) {
-    const g = await chunkedQuantizedEmbedding(b, ops, src, gName('embed'), cfg.vocabSize, H, quant.embedding, inputIds, opts.embedChunkRows ?? EMBED_CHUNK_ROWS);
+    const g = await chunkedQuantizedEmbedding(
+      b,
+      ops,
+      src,
+      gName('embed'),
+      cfg.vocabSize,
+      H,
+      quant.embedding,
+      inputIds,
+      opts.embedChunkRows ?? EMBED_CHUNK_ROWS,
+    );
     embedQ = { q: g.q, inits: g.inits };
     embedded = g.out;
   } else if (quant?.embedding) {
@@ -179,13 +205,19 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
   h = ops.rmsNorm(h, 'norm', await normScale(gName('final_norm')), eps);
   let logits: string;
   if (embedQ && quant!.embedding!.lmHead === 'int8-channels') {
-    logits = ops.int8Linear(h, 'lm_head', await int8LmHead(src, gName('embed'), cfg.vocabSize, H, opts.embedChunkRows ?? EMBED_CHUNK_ROWS));
+    logits = ops.int8Linear(
+      h,
+      'lm_head',
+      await int8LmHead(src, gName('embed'), cfg.vocabSize, H, opts.embedChunkRows ?? EMBED_CHUNK_ROWS),
+    );
   } else if (embedQ) {
     logits = ops.linearFromTable(h, 'lm_head', embedQ.q, embedQ.inits, quant!.embedding!.accuracyLevel);
   } else {
     // Float mode: share the table's bytes when streamed, transpose in-graph (ORT folds it at load).
     const ref = b.externalRef(embedTable!);
-    const head = ref ? b.initializerFromRef('lm_head.weight', 'float32', [cfg.vocabSize, H], ref) : b.initializer('lm_head.weight', 'float32', [cfg.vocabSize, H], embedW!);
+    const head = ref
+      ? b.initializerFromRef('lm_head.weight', 'float32', [cfg.vocabSize, H], ref)
+      : b.initializer('lm_head.weight', 'float32', [cfg.vocabSize, H], embedW!);
     logits = ops.op('MatMul', [h, ops.op('Transpose', [head], { perm: [1, 0] })]);
   }
   const cap = cfg.finalLogitSoftcapping;
@@ -197,7 +229,12 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
     b.output(s.presentKey, 'float32', ['batch', s.kvHeads, present, s.headDim]);
     b.output(s.presentValue, 'float32', ['batch', s.kvHeads, present, s.headDim]);
   }
-  return { inputs: { inputIds, perLayerRows, positionIds, mediaEmbeds, mediaMask }, logits: DECODER_IO.logits, logitsMode, cache: slots };
+  return {
+    inputs: { inputIds, perLayerRows, positionIds, mediaEmbeds, mediaMask },
+    logits: DECODER_IO.logits,
+    logitsMode,
+    cache: slots,
+  };
 
   async function decoderLayer(info: LayerInfo): Promise<string> {
     const l = info.index;
@@ -230,12 +267,25 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
     let presentV: string;
     if (attention === 'gqa') {
       const flat = (t: string, heads: number): string => ops.op('Reshape', [t, ops.i64([0, 0, heads * d])]);
-      [attn, presentK, presentV] = ops.gqa(flat(q, nH), flat(kv.k, nKv), flat(kv.v, nKv), kv.pastK, kv.pastV, seqLen, nH, nKv, info.window) as [string, string, string];
+      [attn, presentK, presentV] = ops.gqa(
+        flat(q, nH),
+        flat(kv.k, nKv),
+        flat(kv.v, nKv),
+        kv.pastK,
+        kv.pastV,
+        seqLen,
+        nH,
+        nKv,
+        info.window,
+      ) as [string, string, string];
     } else {
       const bnsh = (t: string): string => ops.op('Transpose', [t], { perm: [0, 2, 1, 3] });
       let all = kvAll.get(info.kvSource);
       if (!all) {
-        all = { k: ops.op('Concat', [kv.pastK, bnsh(kv.k)], { axis: 2 }), v: ops.op('Concat', [kv.pastV, bnsh(kv.v)], { axis: 2 }) };
+        all = {
+          k: ops.op('Concat', [kv.pastK, bnsh(kv.k)], { axis: 2 }),
+          v: ops.op('Concat', [kv.pastV, bnsh(kv.v)], { axis: 2 }),
+        };
         kvAll.set(info.kvSource, all);
       }
       let mask = masks.get(info.type);
@@ -277,7 +327,9 @@ export async function buildDecoderGraph(b: GraphBuilder, cfg: Gemma4TextConfig, 
       hs = ops.op('Add', [hs, p]);
     }
     if (!cfg.layerScalar) return hs;
-    const scalar = b.initializer(`layers.${l}.layer_scalar`, 'float32', [1], await w('layer_scalar'), { external: false });
+    const scalar = b.initializer(`layers.${l}.layer_scalar`, 'float32', [1], await w('layer_scalar'), {
+      external: false,
+    });
     return ops.op('Mul', [hs, scalar]);
   }
 }
@@ -294,7 +346,13 @@ function streamsWeights(b: GraphBuilder): boolean {
  * The embedding table as an untied int8 LM head ([hidden, vocab] codes, one scale per vocabulary row), read
  * in row chunks when the source can (E2B's table is 1.6 GB as float32; the codes are a quarter of that).
  */
-async function int8LmHead(src: WeightSource, name: string, vocab: number, hidden: number, chunkRows: number): Promise<Int8ChannelMatrix> {
+async function int8LmHead(
+  src: WeightSource,
+  name: string,
+  vocab: number,
+  hidden: number,
+  chunkRows: number,
+): Promise<Int8ChannelMatrix> {
   if (!src.getRows) return quantizeInt8Channels(await src.get(name), vocab, hidden);
   const codes = new Int8Array(hidden * vocab);
   const scales = new Float32Array(vocab);
@@ -347,9 +405,19 @@ async function chunkedQuantizedEmbedding(
   const inits: QuantInits = {
     data: b.initializerFromRef('embed_tokens.qweight', 'uint8', [vocab, rowBytes], ref),
     scales: b.initializer('embed_tokens.scales', 'float32', [vocab, nb], q.scales),
-    zeroPoints: b.initializer('embed_tokens.zero_points', 'uint8', [vocab, Math.ceil((nb * eq.bits) / 8)], q.zeroPoints),
+    zeroPoints: b.initializer(
+      'embed_tokens.zero_points',
+      'uint8',
+      [vocab, Math.ceil((nb * eq.bits) / 8)],
+      q.zeroPoints,
+    ),
   };
-  const out = ops.op('GatherBlockQuantized', [inits.data, ids, inits.scales, inits.zeroPoints!], { gather_axis: 0, quantize_axis: 1, block_size: eq.blockSize, bits: eq.bits }, 'com.microsoft');
+  const out = ops.op(
+    'GatherBlockQuantized',
+    [inits.data, ids, inits.scales, inits.zeroPoints!],
+    { gather_axis: 0, quantize_axis: 1, block_size: eq.blockSize, bits: eq.bits },
+    'com.microsoft',
+  );
   return { q, inits, out };
 }
 
@@ -358,7 +426,9 @@ async function linearWeight(spec: TensorSpec, w: Float32Array, quant: QuantPolic
   const lq = quant?.linear(spec) ?? null;
   if (!lq) return { kind: 'float', n, k, w };
   const r = quantizeLinearFor(w, n, k, lq);
-  return r.kind === 'int8' ? { kind: 'int8', matrix: r.q } : { kind: 'nbits', packed: r.q, accuracyLevel: lq.accuracyLevel };
+  return r.kind === 'int8'
+    ? { kind: 'int8', matrix: r.q }
+    : { kind: 'nbits', packed: r.q, accuracyLevel: lq.accuracyLevel };
 }
 
 /** Writes decoder.onnx + one external-data file into `dir` (streaming: weights go to disk as they are added). */
@@ -371,7 +441,10 @@ export async function writeDecoderModel(
   const path = await import('node:path');
   const onnxFile = opts.onnxFile ?? 'decoder.onnx';
   const dataFile = opts.dataFile ?? 'decoder.onnx.data';
-  const b = new GraphBuilder({ name: 'gemma4_text_decoder', externalData: { path: path.join(path.resolve(dir), dataFile) } });
+  const b = new GraphBuilder({
+    name: 'gemma4_text_decoder',
+    externalData: { path: path.join(path.resolve(dir), dataFile) },
+  });
   const info = await buildDecoderGraph(b, cfg, src, opts);
   b.setMetadata('perch.model', 'gemma4_text_decoder');
   b.setMetadata('perch.logits', info.logitsMode);

@@ -83,7 +83,9 @@ export class Ops {
     const key = `i:${d.join('x')}:${arr.join(',')}`;
     let name = this.consts.get(key);
     if (!name) {
-      name = this.b.initializer('const_i64', 'int64', d, BigInt64Array.from(arr.map((v) => BigInt(v))), { external: false });
+      name = this.b.initializer('const_i64', 'int64', d, BigInt64Array.from(arr.map((v) => BigInt(v))), {
+        external: false,
+      });
       this.consts.set(key, name);
     }
     return name;
@@ -110,7 +112,12 @@ export class Ops {
     if (p.zeroPoints && p.zeroPoints.length > 0) {
       inputs.push(this.b.initializer(`${name}.zero_points`, 'uint8', [p.zeroPoints.length], p.zeroPoints));
     }
-    return this.op('MatMulNBits', inputs, { K: p.k, N: p.n, bits: p.bits, block_size: p.blockSize, accuracy_level: lw.accuracyLevel }, 'com.microsoft');
+    return this.op(
+      'MatMulNBits',
+      inputs,
+      { K: p.k, N: p.n, bits: p.bits, block_size: p.blockSize, accuracy_level: lw.accuracyLevel },
+      'com.microsoft',
+    );
   }
 
   /**
@@ -128,10 +135,19 @@ export class Ops {
     const amax = this.op('ReduceMax', [this.op('Abs', [rows]), this.i64([1])], { keepdims: 0 });
     const rowScale = this.op('Max', [this.op('Div', [amax, this.f32(127)]), this.f32(1e-30)]);
     const mid = this.u8(128);
-    const q = this.op('QuantizeLinear', [rows, rowScale, this.op('Expand', [mid, this.op('Shape', [rowScale])])], { axis: 0 });
+    const q = this.op('QuantizeLinear', [rows, rowScale, this.op('Expand', [mid, this.op('Shape', [rowScale])])], {
+      axis: 0,
+    });
     const acc = this.op('MatMulInteger', [q, B, mid]);
-    const y = this.op('Mul', [this.op('Mul', [this.op('Cast', [acc], { to: 1 }), this.op('Unsqueeze', [rowScale, this.i64([1])])]), channelScales]);
-    const outShape = this.op('Concat', [this.op('Slice', [this.op('Shape', [x]), this.i64([0]), this.i64([-1])]), this.i64([m.n])], { axis: 0 });
+    const y = this.op('Mul', [
+      this.op('Mul', [this.op('Cast', [acc], { to: 1 }), this.op('Unsqueeze', [rowScale, this.i64([1])])]),
+      channelScales,
+    ]);
+    const outShape = this.op(
+      'Concat',
+      [this.op('Slice', [this.op('Shape', [x]), this.i64([0]), this.i64([-1])]), this.i64([m.n])],
+      { axis: 0 },
+    );
     return this.op('Reshape', [y, outShape]);
   }
 
@@ -148,7 +164,12 @@ export class Ops {
       zeroPoints: q.zeroPoints ? this.b.initializer(`${name}.zero_points`, 'uint8', [q.n, zpRow], q.zeroPoints) : null,
     };
     const inputs = [inits.data, ids, inits.scales, ...(inits.zeroPoints ? [inits.zeroPoints] : [])];
-    const out = this.op('GatherBlockQuantized', inputs, { gather_axis: 0, quantize_axis: 1, block_size: q.blockSize, bits: q.bits }, 'com.microsoft');
+    const out = this.op(
+      'GatherBlockQuantized',
+      inputs,
+      { gather_axis: 0, quantize_axis: 1, block_size: q.blockSize, bits: q.bits },
+      'com.microsoft',
+    );
     return { out, inits };
   }
 
@@ -158,13 +179,31 @@ export class Ops {
    */
   linearFromTable(x: string, name: string, q: PackedLinear, table: QuantInits, accuracyLevel: number): string {
     const nb = Math.ceil(q.k / q.blockSize);
-    const share = (suffix: string, type: 'uint8' | 'float32', dims: number[], from: string, bytes: Uint8Array | Float32Array): string => {
+    const share = (
+      suffix: string,
+      type: 'uint8' | 'float32',
+      dims: number[],
+      from: string,
+      bytes: Uint8Array | Float32Array,
+    ): string => {
       const ref = this.b.externalRef(from);
-      return ref ? this.b.initializerFromRef(`${name}.${suffix}`, type, dims, ref) : this.b.initializer(`${name}.${suffix}`, type, dims, bytes);
+      return ref
+        ? this.b.initializerFromRef(`${name}.${suffix}`, type, dims, ref)
+        : this.b.initializer(`${name}.${suffix}`, type, dims, bytes);
     };
-    const inputs = [x, share('qweight', 'uint8', [q.n, nb, (q.blockSize * q.bits) / 8], table.data, q.data), share('scales', 'float32', [q.n * nb], table.scales, q.scales)];
-    if (table.zeroPoints && q.zeroPoints) inputs.push(share('zero_points', 'uint8', [q.zeroPoints.length], table.zeroPoints, q.zeroPoints));
-    return this.op('MatMulNBits', inputs, { K: q.k, N: q.n, bits: q.bits, block_size: q.blockSize, accuracy_level: accuracyLevel }, 'com.microsoft');
+    const inputs = [
+      x,
+      share('qweight', 'uint8', [q.n, nb, (q.blockSize * q.bits) / 8], table.data, q.data),
+      share('scales', 'float32', [q.n * nb], table.scales, q.scales),
+    ];
+    if (table.zeroPoints && q.zeroPoints)
+      inputs.push(share('zero_points', 'uint8', [q.zeroPoints.length], table.zeroPoints, q.zeroPoints));
+    return this.op(
+      'MatMulNBits',
+      inputs,
+      { K: q.k, N: q.n, bits: q.bits, block_size: q.blockSize, accuracy_level: accuracyLevel },
+      'com.microsoft',
+    );
   }
 
   /** RMSNorm over the last axis: x * (mean(x^2) + eps)^-0.5 [* w]. */
@@ -195,7 +234,13 @@ export class Ops {
     // node() claims explicit output names; `name` is unique per norm, so these are too.
     const out = `${name}/out`;
     const sum = `${name}/sum`;
-    this.b.node('SkipSimplifiedLayerNormalization', [x, skip, gamma], [out, '', '', sum], { epsilon: attrFloat(eps) }, 'com.microsoft');
+    this.b.node(
+      'SkipSimplifiedLayerNormalization',
+      [x, skip, gamma],
+      [out, '', '', sum],
+      { epsilon: attrFloat(eps) },
+      'com.microsoft',
+    );
     return [out, sum];
   }
 
@@ -212,7 +257,10 @@ export class Ops {
   geluTanh(x: string): string {
     if (this.opts.onnxGelu) return this.op('Gelu', [x], { approximate: 'tanh' });
     const x3 = this.op('Mul', [this.op('Mul', [x, x]), x]);
-    const inner = this.op('Mul', [this.op('Add', [x, this.op('Mul', [x3, this.f32(0.044715)])]), this.f32(Math.sqrt(2 / Math.PI))]);
+    const inner = this.op('Mul', [
+      this.op('Add', [x, this.op('Mul', [x3, this.f32(0.044715)])]),
+      this.f32(Math.sqrt(2 / Math.PI)),
+    ]);
     const t = this.op('Add', [this.op('Tanh', [inner]), this.f32(1)]);
     return this.op('Mul', [this.op('Mul', [x, t]), this.f32(0.5)]);
   }
@@ -240,7 +288,16 @@ export class Ops {
    * row, [S, T] (tiled over the g heads here), or the same for every row, broadcastable to [B, 1, 1, T]
    * (`maskRows: 'all'`). Returns [B, S, nH*d].
    */
-  attention(q: string, k: string, v: string, mask: string, nH: number, nKv: number, d: number, maskRows: 'per-query' | 'all' = 'per-query'): string {
+  attention(
+    q: string,
+    k: string,
+    v: string,
+    mask: string,
+    nH: number,
+    nKv: number,
+    d: number,
+    maskRows: 'per-query' | 'all' = 'per-query',
+  ): string {
     const g = nH / nKv;
     const rows = this.op('Reshape', [q, this.i64([0, nKv, -1, d])]);
     const m = maskRows === 'per-query' && g > 1 ? this.op('Tile', [mask, this.i64([g, 1])]) : mask;
@@ -256,18 +313,34 @@ export class Ops {
    * local_window_size = window on sliding layers (ORT keeps keys with q - k < local_window_size, checked against
    * the reference). Returns [output, presentKey, presentValue] (present = past + new).
    */
-  gqa(q: string, k: string, v: string, pastK: string, pastV: string, seq: string, nH: number, nKv: number, window: number | null): string[] {
+  gqa(
+    q: string,
+    k: string,
+    v: string,
+    pastK: string,
+    pastV: string,
+    seq: string,
+    nH: number,
+    nKv: number,
+    window: number | null,
+  ): string[] {
     const total = this.op('Add', [this.dim(pastK, 2), seq]);
     const batch = this.op('Slice', [this.op('Shape', [q]), this.i64([0]), this.i64([1]), this.i64([0])]);
     const seqlensK = this.op('Cast', [this.op('Expand', [this.op('Sub', [total, this.i64(1)]), batch])], { to: 6 });
     const totalLen = this.op('Cast', [total], { to: 6 });
-    return this.b.node('GroupQueryAttention', [q, k, v, pastK, pastV, seqlensK, totalLen], 3, {
-      num_heads: nH,
-      kv_num_heads: nKv,
-      scale: attrFloat(1.0),
-      local_window_size: window === null ? -1 : window,
-      do_rotary: 0,
-    }, 'com.microsoft');
+    return this.b.node(
+      'GroupQueryAttention',
+      [q, k, v, pastK, pastV, seqlensK, totalLen],
+      3,
+      {
+        num_heads: nH,
+        kv_num_heads: nKv,
+        scale: attrFloat(1.0),
+        local_window_size: window === null ? -1 : window,
+        do_rotary: 0,
+      },
+      'com.microsoft',
+    );
   }
 
   /** Scalar int64 size of axis `axis` of tensor x. */
@@ -281,7 +354,10 @@ export class Ops {
    */
   causalMask(seq: string, total: string, window: number | null): string {
     const past = this.op('Sub', [total, seq]);
-    const qi = this.op('Unsqueeze', [this.op('Add', [this.op('Range', [this.i64(0), seq, this.i64(1)]), past]), this.i64([1])]);
+    const qi = this.op('Unsqueeze', [
+      this.op('Add', [this.op('Range', [this.i64(0), seq, this.i64(1)]), past]),
+      this.i64([1]),
+    ]);
     const kj = this.op('Unsqueeze', [this.op('Range', [this.i64(0), total, this.i64(1)]), this.i64([0])]);
     let ok = this.op('LessOrEqual', [kj, qi]);
     if (window !== null) ok = this.op('And', [ok, this.op('Less', [this.op('Sub', [qi, kj]), this.i64(window)])]);

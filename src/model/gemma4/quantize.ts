@@ -50,8 +50,15 @@ export function quantizeLinear(w: Float32Array, n: number, k: number, q: LinearQ
 }
 
 /** One Linear as the graph stores it under `q`: MatMulNBits blocks or int8 channels. */
-export function quantizeLinearFor(w: Float32Array, n: number, k: number, q: LinearQuant): { kind: 'nbits'; q: QuantizedMatrix } | { kind: 'int8'; q: Int8ChannelMatrix } {
-  return q.kernel === 'int8-channels' ? { kind: 'int8', q: quantizeInt8Channels(w, n, k) } : { kind: 'nbits', q: quantizeLinear(w, n, k, q) };
+export function quantizeLinearFor(
+  w: Float32Array,
+  n: number,
+  k: number,
+  q: LinearQuant,
+): { kind: 'nbits'; q: QuantizedMatrix } | { kind: 'int8'; q: Int8ChannelMatrix } {
+  return q.kernel === 'int8-channels'
+    ? { kind: 'int8', q: quantizeInt8Channels(w, n, k) }
+    : { kind: 'nbits', q: quantizeLinear(w, n, k, q) };
 }
 
 /** dequantize(quantize(w)) under `q`: the weights the graph multiplies with. */
@@ -62,7 +69,11 @@ export function requantizeLinear(w: Float32Array, n: number, k: number, q: Linea
 
 /** The tied table in GatherBlockQuantized layout; the same bytes serve the LM head's MatMulNBits. */
 export function quantizeEmbedding(w: Float32Array, vocab: number, hidden: number, q: EmbeddingQuant): QuantizedMatrix {
-  return quantizeGatherBlockQuantized(w, vocab, hidden, { bits: q.bits, blockSize: q.blockSize, method: q.method ?? 'search' });
+  return quantizeGatherBlockQuantized(w, vocab, hidden, {
+    bits: q.bits,
+    blockSize: q.blockSize,
+    method: q.method ?? 'search',
+  });
 }
 
 /**
@@ -70,7 +81,12 @@ export function quantizeEmbedding(w: Float32Array, vocab: number, hidden: number
  * dequantize(quantize(w)) (same code path as the graph writer), the rest passed through. For parity tests
  * and for measuring quantisation error against a float reference.
  */
-export function dequantisedWeightSource(src: WeightSource, cfg: Gemma4TextConfig, policy: QuantPolicy, prefix = MULTIMODAL_TEXT_PREFIX): WeightSource {
+export function dequantisedWeightSource(
+  src: WeightSource,
+  cfg: Gemma4TextConfig,
+  policy: QuantPolicy,
+  prefix = MULTIMODAL_TEXT_PREFIX,
+): WeightSource {
   const specs = new Map(textTensorTable(cfg, prefix).map((s) => [s.name, s]));
   const embedName = globalName('embed', prefix);
   return {

@@ -11,7 +11,14 @@ export function geluTanh(x: number): number {
  * In-place RMSNorm of v[off .. off+n): x * (mean(x^2) + eps)^-0.5 * (offset + w) (w null: no scale). The offset
  * is the config's normScaleOffset: 0 for Gemma 4, 1 for Gemma 3.
  */
-export function rmsNormAt(v: Float64Array, off: number, n: number, w: Float32Array | null, eps: number, offset = 0): void {
+export function rmsNormAt(
+  v: Float64Array,
+  off: number,
+  n: number,
+  w: Float32Array | null,
+  eps: number,
+  offset = 0,
+): void {
   let ms = 0;
   for (let i = 0; i < n; i++) ms += v[off + i]! ** 2;
   const inv = (ms / n + eps) ** -0.5;

@@ -19,8 +19,15 @@
  */
 import { type Gemma4TextConfig, type LayerInfo, layerInfos } from './config.js';
 import { geluTanh, rmsNormAt } from './reference-math.js';
-import { type GlobalRole, type LayerRole, type WeightSource, MULTIMODAL_TEXT_PREFIX, globalName, layerName, textTensorTable } from './weights.js';
-
+import {
+  type GlobalRole,
+  type LayerRole,
+  type WeightSource,
+  MULTIMODAL_TEXT_PREFIX,
+  globalName,
+  layerName,
+  textTensorTable,
+} from './weights.js';
 
 /** out = W x for a row-major [rows, cols] matrix. */
 function matvec(w: Float32Array, x: ArrayLike<number>, rows: number, cols: number): Float64Array {
@@ -33,7 +40,6 @@ function matvec(w: Float32Array, x: ArrayLike<number>, rows: number, cols: numbe
   }
   return out;
 }
-
 
 /** In-place RoPE (rotate_half convention: pairs (i, i + d/2)) of v[off .. off+d) at position pos. */
 function rope(v: Float64Array, off: number, d: number, invFreq: Float64Array, pos: number): void {
@@ -76,7 +82,8 @@ function int8Row(x: ArrayLike<number>): Float64Array {
   for (let i = 0; i < x.length; i++) amax = Math.max(amax, Math.abs(Math.fround(x[i]!)));
   const scale = Math.fround(Math.max(Math.fround(amax / 127), Math.fround(1e-30)));
   const out = new Float64Array(x.length);
-  for (let i = 0; i < x.length; i++) out[i] = Math.min(127, Math.max(-128, roundHalfEven(Math.fround(Math.fround(x[i]!) / scale)))) * scale;
+  for (let i = 0; i < x.length; i++)
+    out[i] = Math.min(127, Math.max(-128, roundHalfEven(Math.fround(Math.fround(x[i]!) / scale)))) * scale;
   return out;
 }
 
@@ -122,13 +129,21 @@ export class Gemma4Reference {
 
   /** Loads every used text tensor from `src` into memory. */
   /** `opts` may be just the checkpoint prefix (string) for callers that need nothing else. */
-  static async load(cfg: Gemma4TextConfig, src: WeightSource, opts: ReferenceOptions | string = {}): Promise<Gemma4Reference> {
+  static async load(
+    cfg: Gemma4TextConfig,
+    src: WeightSource,
+    opts: ReferenceOptions | string = {},
+  ): Promise<Gemma4Reference> {
     if (typeof opts === 'string') opts = { prefix: opts };
     const prefix = opts.prefix ?? MULTIMODAL_TEXT_PREFIX;
     const w = new Map<string, Float32Array>();
     for (const t of textTensorTable(cfg, prefix)) w.set(t.name, await src.get(t.name));
     const block = opts.int8ActivationBlock;
-    const activations = block ? (x: ArrayLike<number>) => int8Blocks(x, block) : opts.int8RowActivations ? int8Row : null;
+    const activations = block
+      ? (x: ArrayLike<number>) => int8Blocks(x, block)
+      : opts.int8RowActivations
+        ? int8Row
+        : null;
     return new Gemma4Reference(cfg, w, prefix, activations, opts.lmHead ?? null);
   }
 
@@ -177,7 +192,8 @@ export class Gemma4Reference {
     const h = new Float64Array(H);
     const embedScale = Math.sqrt(H);
     if (embedding) {
-      if (embedding.length !== H) throw new Error(`embedding override has ${embedding.length} values, hidden size is ${H}`);
+      if (embedding.length !== H)
+        throw new Error(`embedding override has ${embedding.length} values, hidden size is ${H}`);
       for (let i = 0; i < H; i++) h[i] = Math.fround(embedding[i]!);
     } else {
       for (let i = 0; i < H; i++) h[i] = embed[id * H + i]! * embedScale;

@@ -51,14 +51,16 @@ function isObject(v: unknown): v is Json {
 function num(o: Json, key: string, def: number, where: string): number {
   const v = o[key];
   if (v === undefined || v === null) return def;
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new Gemma4VisionConfigError(`${where}.${key} must be a number, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    throw new Gemma4VisionConfigError(`${where}.${key} must be a number, got ${JSON.stringify(v)}`);
   return v;
 }
 
 function bool(o: Json, key: string, def: boolean, where: string): boolean {
   const v = o[key];
   if (v === undefined || v === null) return def;
-  if (typeof v !== 'boolean') throw new Gemma4VisionConfigError(`${where}.${key} must be a boolean, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'boolean')
+    throw new Gemma4VisionConfigError(`${where}.${key} must be a boolean, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -69,21 +71,29 @@ function bool(o: Json, key: string, def: boolean, where: string): boolean {
 export function parseGemma4VisionConfig(configJson: unknown): Gemma4VisionConfig {
   if (!isObject(configJson)) throw new Gemma4VisionConfigError('config.json must be a JSON object');
   const v = configJson.vision_config;
-  if (!isObject(v)) throw new Gemma4VisionConfigError('config.json has no vision_config object: this checkpoint has no vision encoder');
+  if (!isObject(v))
+    throw new Gemma4VisionConfigError('config.json has no vision_config object: this checkpoint has no vision encoder');
   const t = configJson.text_config;
   if (!isObject(t) || typeof t.hidden_size !== 'number') {
-    throw new Gemma4VisionConfigError('config.json has no text_config.hidden_size (needed for the vision embedder projection)');
+    throw new Gemma4VisionConfigError(
+      'config.json has no text_config.hidden_size (needed for the vision embedder projection)',
+    );
   }
   const w = 'vision_config';
   const act = v.hidden_activation ?? 'gelu_pytorch_tanh';
-  if (act !== 'gelu_pytorch_tanh') throw new Gemma4VisionConfigError(`${w}.hidden_activation ${JSON.stringify(act)} is not supported (only gelu_pytorch_tanh)`);
+  if (act !== 'gelu_pytorch_tanh')
+    throw new Gemma4VisionConfigError(
+      `${w}.hidden_activation ${JSON.stringify(act)} is not supported (only gelu_pytorch_tanh)`,
+    );
   const rope = v.rope_parameters ?? { rope_type: 'default', rope_theta: 100 };
   if (!isObject(rope)) throw new Gemma4VisionConfigError(`${w}.rope_parameters must be an object`);
   // transformers >= 5 names the vision RoPE "axial" (and writes that into config.json); it reads an older
   // config's "default" as "axial" too. Both mean the same 2-D RoPE.
   const ropeType = rope.rope_type ?? 'axial';
   if (ropeType !== 'axial' && ropeType !== 'default') {
-    throw new Gemma4VisionConfigError(`${w}.rope_parameters.rope_type ${JSON.stringify(rope.rope_type)} is not supported (only axial, or its older name default)`);
+    throw new Gemma4VisionConfigError(
+      `${w}.rope_parameters.rope_type ${JSON.stringify(rope.rope_type)} is not supported (only axial, or its older name default)`,
+    );
   }
   const hidden = num(v, 'hidden_size', 768, w);
   const heads = num(v, 'num_attention_heads', 12, w);
@@ -110,18 +120,30 @@ export function parseGemma4VisionConfig(configJson: unknown): Gemma4VisionConfig
 
 export function validateGemma4VisionConfig(c: Gemma4VisionConfig): void {
   const positive: (keyof Gemma4VisionConfig)[] = [
-    'hiddenSize', 'intermediateSize', 'numHiddenLayers', 'numAttentionHeads', 'numKeyValueHeads', 'headDim',
-    'poolingKernelSize', 'patchSize', 'positionEmbeddingSize', 'textHiddenSize',
+    'hiddenSize',
+    'intermediateSize',
+    'numHiddenLayers',
+    'numAttentionHeads',
+    'numKeyValueHeads',
+    'headDim',
+    'poolingKernelSize',
+    'patchSize',
+    'positionEmbeddingSize',
+    'textHiddenSize',
   ];
   for (const k of positive) {
     const val = c[k] as number;
-    if (!Number.isInteger(val) || val <= 0) throw new Gemma4VisionConfigError(`vision config ${k} must be a positive integer, got ${val}`);
+    if (!Number.isInteger(val) || val <= 0)
+      throw new Gemma4VisionConfigError(`vision config ${k} must be a positive integer, got ${val}`);
   }
   if (c.numAttentionHeads % c.numKeyValueHeads !== 0) {
-    throw new Gemma4VisionConfigError(`num_attention_heads ${c.numAttentionHeads} is not a multiple of num_key_value_heads ${c.numKeyValueHeads}`);
+    throw new Gemma4VisionConfigError(
+      `num_attention_heads ${c.numAttentionHeads} is not a multiple of num_key_value_heads ${c.numKeyValueHeads}`,
+    );
   }
   // 2-D RoPE: the head splits into an x half and a y half, each rotated as pairs (rotate_half).
-  if (c.headDim % 4 !== 0) throw new Gemma4VisionConfigError(`head_dim ${c.headDim} must be a multiple of 4 for 2-D RoPE`);
+  if (c.headDim % 4 !== 0)
+    throw new Gemma4VisionConfigError(`head_dim ${c.headDim} must be a multiple of 4 for 2-D RoPE`);
   if (!(c.rmsNormEps > 0)) throw new Gemma4VisionConfigError(`rms_norm_eps must be > 0, got ${c.rmsNormEps}`);
   if (!(c.ropeTheta > 0)) throw new Gemma4VisionConfigError(`rope_theta must be > 0, got ${c.ropeTheta}`);
 }

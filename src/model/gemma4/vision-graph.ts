@@ -49,9 +49,15 @@ export interface VisionGraphInfo {
 const NEG_MASK = -1e30;
 
 /** Adds the whole encoder to `b`. Weights are read one at a time from `src` (official names). */
-export async function buildVisionGraph(b: GraphBuilder, cfg: Gemma4VisionConfig, src: WeightSource, opts: VisionGraphOptions = {}): Promise<VisionGraphInfo> {
+export async function buildVisionGraph(
+  b: GraphBuilder,
+  cfg: Gemma4VisionConfig,
+  src: WeightSource,
+  opts: VisionGraphOptions = {},
+): Promise<VisionGraphInfo> {
   const problems = checkVisionWeightShapes(cfg, src);
-  if (problems.length) throw new Error(`vision weights do not match the config:\n  ${problems.slice(0, 20).join('\n  ')}`);
+  if (problems.length)
+    throw new Error(`vision weights do not match the config:\n  ${problems.slice(0, 20).join('\n  ')}`);
   const ops = new Ops(b, { fusedNorm: opts.fusedNorm ?? false, onnxGelu: opts.onnxGelu ?? false });
   const quant = opts.quant ?? null;
   const specs = new Map(visionTensorTable(cfg).map((s) => [s.name, s]));
@@ -68,10 +74,16 @@ export async function buildVisionGraph(b: GraphBuilder, cfg: Gemma4VisionConfig,
   /** Gemma4ClippableLinear: clamp input, linear, clamp output (bounds from the checkpoint). */
   const clipped = async (x: string, l: number, r: VisionLinearRole): Promise<string> => {
     if (!cfg.useClippedLinears) return linear(x, visionNames.linear(l, r), `layers.${l}.${r}`);
-    const [inMin, inMax, outMin, outMax] = await Promise.all(CLIP_BOUNDS.map(async (c) => (await src.get(visionNames.clip(l, r, c)))[0]!));
+    const [inMin, inMax, outMin, outMax] = await Promise.all(
+      CLIP_BOUNDS.map(async (c) => (await src.get(visionNames.clip(l, r, c)))[0]!),
+    );
     const clamp = (t: string, lo: number, hi: number): string =>
       lo === -Infinity && hi === Infinity ? t : ops.op('Clip', [t, ops.f32(lo), ops.f32(hi)]);
-    return clamp(await linear(clamp(x, inMin!, inMax!), visionNames.linear(l, r), `layers.${l}.${r}`), outMin!, outMax!);
+    return clamp(
+      await linear(clamp(x, inMin!, inMax!), visionNames.linear(l, r), `layers.${l}.${r}`),
+      outMin!,
+      outMax!,
+    );
   };
   const norm = async (x: string, l: number, r: VisionLayerNormRole): Promise<string> =>
     ops.rmsNorm(x, `layers.${l}.${r}`, await src.get(visionNames.norm(l, r)), eps);
@@ -81,20 +93,29 @@ export async function buildVisionGraph(b: GraphBuilder, cfg: Gemma4VisionConfig,
   const pos = b.input('position_ids', 'int64', ['batch', 'patches', 2]);
 
   // padding = (x, y) == (-1, -1); as float [B, P, 1] (1 = padding) and its complement.
-  const isPad = ops.op('ReduceMin', [ops.op('Cast', [ops.op('Equal', [pos, ops.i64(-1)])], { to: 1 }), ops.i64([-1])], { keepdims: 1 });
+  const isPad = ops.op('ReduceMin', [ops.op('Cast', [ops.op('Equal', [pos, ops.i64(-1)])], { to: 1 }), ops.i64([-1])], {
+    keepdims: 1,
+  });
   const valid = ops.op('Sub', [ops.f32(1), isPad]);
   const clampedPos = ops.op('Max', [pos, ops.i64(0)]);
   const px = ops.op('Gather', [clampedPos, ops.i64(0)], { axis: 2 });
   const py = ops.op('Gather', [clampedPos, ops.i64(1)], { axis: 2 });
 
   // ---- patch embedder: input_proj(2 (x - 0.5)) + table[0][x] + table[1][y] (0 on padding rows)
-  let h = await linear(ops.op('Mul', [ops.op('Sub', [pixels, ops.f32(0.5)]), ops.f32(2)]), visionNames.inputProj, 'patch_embedder.input_proj');
+  let h = await linear(
+    ops.op('Mul', [ops.op('Sub', [pixels, ops.f32(0.5)]), ops.f32(2)]),
+    visionNames.inputProj,
+    'patch_embedder.input_proj',
+  );
   const [tx, ty] = splitPositionTable(await src.get(visionNames.positionTable), E, H);
   const lookup = (t: Float32Array, ids: string, name: string): string => {
     if (!quant?.table) return ops.op('Gather', [b.initializer(name, 'float32', [E, H], t), ids], { axis: 0 });
     return ops.gatherQuantized(quantizeTable(t, E, H, quant.table), ids, name).out;
   };
-  const posEmb = ops.op('Add', [lookup(tx!, px, 'patch_embedder.position_table_x'), lookup(ty!, py, 'patch_embedder.position_table_y')]);
+  const posEmb = ops.op('Add', [
+    lookup(tx!, px, 'patch_embedder.position_table_x'),
+    lookup(ty!, py, 'patch_embedder.position_table_y'),
+  ]);
   h = ops.op('Add', [h, ops.op('Mul', [posEmb, valid])]);
 
   // ---- 2-D RoPE tables [B, P, 1, hd]: channels [0, hd/2) follow x, [hd/2, hd) follow y
@@ -105,7 +126,14 @@ export async function buildVisionGraph(b: GraphBuilder, cfg: Gemma4VisionConfig,
     return ops.op('Concat', [f, f], { axis: -1 });
   });
   const table = (fn: 'Cos' | 'Sin'): string =>
-    ops.op('Unsqueeze', [ops.op('Concat', halves.map((e) => ops.op(fn, [e])), { axis: -1 }), ops.i64([2])]);
+    ops.op('Unsqueeze', [
+      ops.op(
+        'Concat',
+        halves.map((e) => ops.op(fn, [e])),
+        { axis: -1 },
+      ),
+      ops.i64([2]),
+    ]);
   const cos = table('Cos');
   const sin = table('Sin');
   const q4 = hd / 4;
@@ -143,9 +171,19 @@ export async function buildVisionGraph(b: GraphBuilder, cfg: Gemma4VisionConfig,
     let xf: string;
     [xf, h] = ops.skipRmsNorm(a, h, `layers.${l}.pre_ff_norm`, await src.get(visionNames.norm(l, 'pre_ff_norm')), eps);
     const g = ops.geluTanh(await clipped(xf, l, 'gate_proj'));
-    const f = await norm(await clipped(ops.op('Mul', [g, await clipped(xf, l, 'up_proj')]), l, 'down_proj'), l, 'post_ff_norm');
+    const f = await norm(
+      await clipped(ops.op('Mul', [g, await clipped(xf, l, 'up_proj')]), l, 'down_proj'),
+      l,
+      'post_ff_norm',
+    );
     if (l + 1 < cfg.numHiddenLayers) {
-      [x, h] = ops.skipRmsNorm(f, h, `layers.${l + 1}.input_norm`, await src.get(visionNames.norm(l + 1, 'input_norm')), eps);
+      [x, h] = ops.skipRmsNorm(
+        f,
+        h,
+        `layers.${l + 1}.input_norm`,
+        await src.get(visionNames.norm(l + 1, 'input_norm')),
+        eps,
+      );
     } else {
       h = ops.op('Add', [h, f]);
     }
@@ -154,8 +192,14 @@ export async function buildVisionGraph(b: GraphBuilder, cfg: Gemma4VisionConfig,
   // ---- pooler: slot = x/k + ((maxX + 1)/k) * (y/k); mean of k^2 patches (padding zeroed), times sqrt(H)
   const hz = ops.op('Mul', [h, valid]);
   const slots = ops.op('Div', [ops.dim(hz, 1), ops.i64(k * k)]);
-  const perRow = ops.op('Div', [ops.op('Add', [ops.op('ReduceMax', [px, ops.i64([1])], { keepdims: 1 }), ops.i64(1)]), ops.i64(k)]);
-  const slot = ops.op('Add', [ops.op('Div', [px, ops.i64(k)]), ops.op('Mul', [perRow, ops.op('Div', [py, ops.i64(k)])])]);
+  const perRow = ops.op('Div', [
+    ops.op('Add', [ops.op('ReduceMax', [px, ops.i64([1])], { keepdims: 1 }), ops.i64(1)]),
+    ops.i64(k),
+  ]);
+  const slot = ops.op('Add', [
+    ops.op('Div', [px, ops.i64(k)]),
+    ops.op('Mul', [perRow, ops.op('Div', [py, ops.i64(k)])]),
+  ]);
   const range = ops.op('Range', [ops.i64(0), slots, ops.i64(1)]);
   const onehot = ops.op('Cast', [ops.op('Equal', [ops.op('Unsqueeze', [slot, ops.i64([2])]), range])], { to: 1 });
   let pooled = ops.op('MatMul', [ops.op('Transpose', [onehot], { perm: [0, 2, 1] }), hz]);
@@ -167,13 +211,21 @@ export async function buildVisionGraph(b: GraphBuilder, cfg: Gemma4VisionConfig,
   }
 
   // ---- embed_vision: RMSNorm (no scale) + projection to the text hidden size
-  const embeds = await linear(ops.rmsNormNoScale(pooled, 'embed_vision.norm', H, eps), visionNames.embedProjection, 'embed_vision.projection');
+  const embeds = await linear(
+    ops.rmsNormNoScale(pooled, 'embed_vision.norm', H, eps),
+    visionNames.embedProjection,
+    'embed_vision.projection',
+  );
   b.node('Identity', [embeds], ['image_embeds']);
   b.output('image_embeds', 'float32', ['batch', 'soft_tokens', cfg.textHiddenSize]);
   return { inputs: { pixelValues: pixels, positionIds: pos }, output: 'image_embeds', poolingKernelSize: k };
 }
 
-async function linearWeight(spec: VisionTensorSpec, w: Float32Array, quant: VisionQuantPolicy | null): Promise<LinearWeight> {
+async function linearWeight(
+  spec: VisionTensorSpec,
+  w: Float32Array,
+  quant: VisionQuantPolicy | null,
+): Promise<LinearWeight> {
   const [n, k] = spec.shape as [number, number];
   const lq = quant?.linear(spec) ?? null;
   if (!lq) return { kind: 'float', n, k, w };
@@ -195,7 +247,10 @@ export async function writeVisionEncoderModel(
 ): Promise<SaveResult & { info: VisionGraphInfo; onnxFile: string; dataFile: string }> {
   const onnxFile = opts.onnxFile ?? VISION_ONNX_FILE;
   const dataFile = opts.dataFile ?? VISION_DATA_FILE;
-  const b = new GraphBuilder({ name: 'gemma4_vision_encoder', externalData: { path: path.join(path.resolve(dir), dataFile) } });
+  const b = new GraphBuilder({
+    name: 'gemma4_vision_encoder',
+    externalData: { path: path.join(path.resolve(dir), dataFile) },
+  });
   const info = await buildVisionGraph(b, cfg, src, opts);
   b.setMetadata('perch.model', 'gemma4_vision_encoder');
   b.setMetadata('perch.pooling_kernel_size', String(cfg.poolingKernelSize));

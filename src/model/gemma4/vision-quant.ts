@@ -17,7 +17,12 @@
  * cores) adds ~3% on the tiny model; a Pi benchmark should decide between it and 0 (with ~2500 patch rows
  * per call, level 0's de-quantise-B-per-call fallback is amortised).
  */
-import { type QuantizedMatrix, dequantizeMatMulNBits, quantizeGatherBlockQuantized, reconstructionError } from '../quant.js';
+import {
+  type QuantizedMatrix,
+  dequantizeMatMulNBits,
+  quantizeGatherBlockQuantized,
+  reconstructionError,
+} from '../quant.js';
 import { type LinearQuant, quantizeLinear } from './quantize.js';
 import type { Gemma4VisionConfig } from './vision-config.js';
 import { type VisionTensorSpec, visionNames, visionTensorTable } from './vision-weights.js';
@@ -57,7 +62,11 @@ export function quantizeTable(t: Float32Array, rows: number, width: number, q: T
  * The weights the quantised graph computes with: quantised tensors replaced by dequantize(quantize(w)) (the
  * graph writer's code path), the rest passed through. For parity tests against VisionReference.
  */
-export function dequantisedVisionWeightSource(src: WeightSource, cfg: Gemma4VisionConfig, policy: VisionQuantPolicy): WeightSource {
+export function dequantisedVisionWeightSource(
+  src: WeightSource,
+  cfg: Gemma4VisionConfig,
+  policy: VisionQuantPolicy,
+): WeightSource {
   const specs = new Map(visionTensorTable(cfg).map((s) => [s.name, s]));
   return {
     shape: (name) => src.shape(name),
@@ -69,7 +78,9 @@ export function dequantisedVisionWeightSource(src: WeightSource, cfg: Gemma4Visi
         const E = cfg.positionEmbeddingSize;
         const H = cfg.hiddenSize;
         const out = new Float32Array(w.length);
-        splitPositionTable(w, E, H).forEach((half, i) => out.set(dequantizeMatMulNBits(quantizeTable(half, E, H, policy.table!)), i * E * H));
+        splitPositionTable(w, E, H).forEach((half, i) =>
+          out.set(dequantizeMatMulNBits(quantizeTable(half, E, H, policy.table!)), i * E * H),
+        );
         return out;
       }
       const lq = spec.kind === 'linear' ? policy.linear(spec) : null;
@@ -98,7 +109,11 @@ export async function measureLinearErrors(
     const w = await src.get(s.name);
     const [n, k] = s.shape as [number, number];
     const rel = {} as Record<2 | 4 | 8, number>;
-    for (const bits of [2, 4, 8] as const) rel[bits] = reconstructionError(w, quantizeLinear(w, n, k, { bits, blockSize, accuracyLevel: 0, method })).relative;
+    for (const bits of [2, 4, 8] as const)
+      rel[bits] = reconstructionError(
+        w,
+        quantizeLinear(w, n, k, { bits, blockSize, accuracyLevel: 0, method }),
+      ).relative;
     out.push({ name: s.name, shape: [n, k], relative: rel });
   }
   return out;

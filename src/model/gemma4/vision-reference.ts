@@ -20,7 +20,13 @@
  */
 import { geluTanh, rmsNormRows } from './reference-math.js';
 import { type Gemma4VisionConfig, patchDim, visionInvFreq } from './vision-config.js';
-import { CLIP_BOUNDS, VISION_LINEAR_ROLES, type VisionLayerNormRole, type VisionLinearRole, visionNames } from './vision-weights.js';
+import {
+  CLIP_BOUNDS,
+  VISION_LINEAR_ROLES,
+  type VisionLayerNormRole,
+  type VisionLinearRole,
+  visionNames,
+} from './vision-weights.js';
 import type { WeightSource } from './weights.js';
 
 interface Linear {
@@ -61,7 +67,6 @@ function linear(x: Float64Array, rows: number, lin: Linear): Float64Array {
   return out;
 }
 
-
 export class VisionReference {
   private constructor(
     readonly cfg: Gemma4VisionConfig,
@@ -74,7 +79,12 @@ export class VisionReference {
 
   static async load(cfg: Gemma4VisionConfig, src: WeightSource): Promise<VisionReference> {
     const H = cfg.hiddenSize;
-    const plain = async (name: string, n: number, k: number): Promise<Linear> => ({ w: await src.get(name), n, k, clip: null });
+    const plain = async (name: string, n: number, k: number): Promise<Linear> => ({
+      w: await src.get(name),
+      n,
+      k,
+      clip: null,
+    });
     const layers: Layer[] = [];
     for (let l = 0; l < cfg.numHiddenLayers; l++) {
       const linears = {} as Record<VisionLinearRole, Linear>;
@@ -94,7 +104,9 @@ export class VisionReference {
       }
       layers.push({ linears, norms });
     }
-    const std = cfg.standardize ? { bias: await src.get(visionNames.stdBias), scale: await src.get(visionNames.stdScale) } : null;
+    const std = cfg.standardize
+      ? { bias: await src.get(visionNames.stdBias), scale: await src.get(visionNames.stdScale) }
+      : null;
     return new VisionReference(
       cfg,
       await plain(visionNames.inputProj, H, patchDim(cfg)),
@@ -112,7 +124,8 @@ export class VisionReference {
     const D = patchDim(c);
     const P = positionIds.length / 2;
     const k = c.poolingKernelSize;
-    if (pixelValues.length !== P * D) throw new Error(`pixelValues has ${pixelValues.length} values, expected ${P} x ${D}`);
+    if (pixelValues.length !== P * D)
+      throw new Error(`pixelValues has ${pixelValues.length} values, expected ${P} x ${D}`);
     if (P % (k * k) !== 0) throw new Error(`${P} patches is not a multiple of pooling_kernel_size^2 = ${k * k}`);
     const pad: boolean[] = [];
     for (let p = 0; p < P; p++) pad.push(positionIds[2 * p] === -1 && positionIds[2 * p + 1] === -1);
@@ -163,7 +176,8 @@ export class VisionReference {
     const scale = Math.sqrt(H) / (k * k);
     for (let i = 0; i < pooled.length; i++) pooled[i] = pooled[i]! * scale;
     if (this.std) {
-      for (let s = 0; s < L; s++) for (let i = 0; i < H; i++) pooled[s * H + i] = (pooled[s * H + i]! - this.std.bias[i]!) * this.std.scale[i]!;
+      for (let s = 0; s < L; s++)
+        for (let i = 0; i < H; i++) pooled[s * H + i] = (pooled[s * H + i]! - this.std.bias[i]!) * this.std.scale[i]!;
     }
     let softTokens = 0;
     while (softTokens < L && used[softTokens]) softTokens++;

@@ -28,7 +28,13 @@ export const EMBED_VISION_PREFIX = 'model.embed_vision.';
 export type VisionTensorKind = 'linear' | 'table' | 'norm' | 'clip' | 'vector';
 
 export type VisionLinearRole = 'q_proj' | 'k_proj' | 'v_proj' | 'o_proj' | 'gate_proj' | 'up_proj' | 'down_proj';
-export type VisionLayerNormRole = 'input_norm' | 'q_norm' | 'k_norm' | 'post_attn_norm' | 'pre_ff_norm' | 'post_ff_norm';
+export type VisionLayerNormRole =
+  | 'input_norm'
+  | 'q_norm'
+  | 'k_norm'
+  | 'post_attn_norm'
+  | 'pre_ff_norm'
+  | 'post_ff_norm';
 export type ClipBound = 'input_min' | 'input_max' | 'output_min' | 'output_max';
 export const CLIP_BOUNDS: readonly ClipBound[] = ['input_min', 'input_max', 'output_min', 'output_max'];
 
@@ -68,9 +74,12 @@ export const visionNames = {
   stdScale: `${VISION_TOWER_PREFIX}std_scale`,
   embedProjection: `${EMBED_VISION_PREFIX}embedding_projection.weight`,
   /** The ClippableLinear's weight. */
-  linear: (l: number, r: VisionLinearRole): string => `${VISION_TOWER_PREFIX}encoder.layers.${l}.${LINEAR_PATH[r]}.linear.weight`,
-  clip: (l: number, r: VisionLinearRole, b: ClipBound): string => `${VISION_TOWER_PREFIX}encoder.layers.${l}.${LINEAR_PATH[r]}.${b}`,
-  norm: (l: number, r: VisionLayerNormRole): string => `${VISION_TOWER_PREFIX}encoder.layers.${l}.${NORM_PATH[r]}.weight`,
+  linear: (l: number, r: VisionLinearRole): string =>
+    `${VISION_TOWER_PREFIX}encoder.layers.${l}.${LINEAR_PATH[r]}.linear.weight`,
+  clip: (l: number, r: VisionLinearRole, b: ClipBound): string =>
+    `${VISION_TOWER_PREFIX}encoder.layers.${l}.${LINEAR_PATH[r]}.${b}`,
+  norm: (l: number, r: VisionLayerNormRole): string =>
+    `${VISION_TOWER_PREFIX}encoder.layers.${l}.${NORM_PATH[r]}.weight`,
 };
 
 function linearShape(c: Gemma4VisionConfig, r: VisionLinearRole): [number, number] {
@@ -78,13 +87,18 @@ function linearShape(c: Gemma4VisionConfig, r: VisionLinearRole): [number, numbe
   const q = c.numAttentionHeads * c.headDim;
   const kv = c.numKeyValueHeads * c.headDim;
   switch (r) {
-    case 'q_proj': return [q, H];
+    case 'q_proj':
+      return [q, H];
     case 'k_proj':
-    case 'v_proj': return [kv, H];
-    case 'o_proj': return [H, q];
+    case 'v_proj':
+      return [kv, H];
+    case 'o_proj':
+      return [H, q];
     case 'gate_proj':
-    case 'up_proj': return [c.intermediateSize, H];
-    case 'down_proj': return [H, c.intermediateSize];
+    case 'up_proj':
+      return [c.intermediateSize, H];
+    case 'down_proj':
+      return [H, c.intermediateSize];
   }
 }
 
@@ -97,11 +111,17 @@ export function visionTensorTable(c: Gemma4VisionConfig): VisionTensorSpec[] {
   ];
   for (let l = 0; l < c.numHiddenLayers; l++) {
     for (const r of Object.keys(NORM_PATH) as VisionLayerNormRole[]) {
-      out.push({ name: visionNames.norm(l, r), shape: [r === 'q_norm' || r === 'k_norm' ? c.headDim : H], kind: 'norm', layer: l });
+      out.push({
+        name: visionNames.norm(l, r),
+        shape: [r === 'q_norm' || r === 'k_norm' ? c.headDim : H],
+        kind: 'norm',
+        layer: l,
+      });
     }
     for (const r of VISION_LINEAR_ROLES) {
       out.push({ name: visionNames.linear(l, r), shape: linearShape(c, r), kind: 'linear', layer: l });
-      if (c.useClippedLinears) for (const b of CLIP_BOUNDS) out.push({ name: visionNames.clip(l, r, b), shape: [], kind: 'clip', layer: l });
+      if (c.useClippedLinears)
+        for (const b of CLIP_BOUNDS) out.push({ name: visionNames.clip(l, r, b), shape: [], kind: 'clip', layer: l });
     }
   }
   if (c.standardize) {
@@ -122,7 +142,8 @@ function fillRandom(spec: VisionTensorSpec, out: Float32Array, rand: () => numbe
   const n = out.length;
   if (spec.kind === 'norm') for (let i = 0; i < n; i++) out[i] = 1 + 0.2 * u();
   else if (spec.kind === 'table') for (let i = 0; i < n; i++) out[i] = 0.5 * u();
-  else if (spec.kind === 'vector') for (let i = 0; i < n; i++) out[i] = spec.name.endsWith('std_scale') ? 1 + 0.2 * u() : 0.1 * u();
+  else if (spec.kind === 'vector')
+    for (let i = 0; i < n; i++) out[i] = spec.name.endsWith('std_scale') ? 1 + 0.2 * u() : 0.1 * u();
   else if (spec.kind === 'clip') {
     // Tight enough that a few percent of O(1) activations are clamped, so tests see the clipping.
     const mag = 1.5 + rand();

@@ -103,9 +103,27 @@ const withLayerScalar = (c: Gemma4TextConfig): boolean => c.layerScalar;
 
 const GLOBAL_ROWS: GlobalRow[] = [
   { role: 'embed', suffix: 'embed_tokens.weight', kind: 'embedding', shape: (c) => [c.vocabSize, c.hiddenSize] },
-  { role: 'ple_table', suffix: 'embed_tokens_per_layer.weight', kind: 'embedding', shape: (c) => [c.vocabSizePerLayerInput, c.numHiddenLayers * c.hiddenSizePerLayerInput], when: withPle },
-  { role: 'ple_model_proj', suffix: 'per_layer_model_projection.weight', kind: 'linear', shape: (c) => [c.numHiddenLayers * c.hiddenSizePerLayerInput, c.hiddenSize], when: withPle },
-  { role: 'ple_proj_norm', suffix: 'per_layer_projection_norm.weight', kind: 'norm', shape: (c) => [c.hiddenSizePerLayerInput], when: withPle },
+  {
+    role: 'ple_table',
+    suffix: 'embed_tokens_per_layer.weight',
+    kind: 'embedding',
+    shape: (c) => [c.vocabSizePerLayerInput, c.numHiddenLayers * c.hiddenSizePerLayerInput],
+    when: withPle,
+  },
+  {
+    role: 'ple_model_proj',
+    suffix: 'per_layer_model_projection.weight',
+    kind: 'linear',
+    shape: (c) => [c.numHiddenLayers * c.hiddenSizePerLayerInput, c.hiddenSize],
+    when: withPle,
+  },
+  {
+    role: 'ple_proj_norm',
+    suffix: 'per_layer_projection_norm.weight',
+    kind: 'norm',
+    shape: (c) => [c.hiddenSizePerLayerInput],
+    when: withPle,
+  },
   { role: 'final_norm', suffix: 'norm.weight', kind: 'norm', shape: (c) => [c.hiddenSize] },
 ];
 
@@ -116,8 +134,20 @@ const LAYER_ROWS: LayerRow[] = [
   { role: 'input_norm', suffix: 'input_layernorm.weight', kind: 'norm', shape: (c) => [c.hiddenSize] },
   { role: 'q_proj', suffix: 'self_attn.q_proj.weight', kind: 'linear', shape: (c, l) => [q(c, l), c.hiddenSize] },
   { role: 'q_norm', suffix: 'self_attn.q_norm.weight', kind: 'norm', shape: (_c, l) => [l.headDim] },
-  { role: 'k_proj', suffix: 'self_attn.k_proj.weight', kind: 'linear', shape: (c, l) => [kv(c, l), c.hiddenSize], kvOwnerOnly: true },
-  { role: 'v_proj', suffix: 'self_attn.v_proj.weight', kind: 'linear', shape: (c, l) => [kv(c, l), c.hiddenSize], kvOwnerOnly: true },
+  {
+    role: 'k_proj',
+    suffix: 'self_attn.k_proj.weight',
+    kind: 'linear',
+    shape: (c, l) => [kv(c, l), c.hiddenSize],
+    kvOwnerOnly: true,
+  },
+  {
+    role: 'v_proj',
+    suffix: 'self_attn.v_proj.weight',
+    kind: 'linear',
+    shape: (c, l) => [kv(c, l), c.hiddenSize],
+    kvOwnerOnly: true,
+  },
   { role: 'k_norm', suffix: 'self_attn.k_norm.weight', kind: 'norm', shape: (_c, l) => [l.headDim], kvOwnerOnly: true },
   { role: 'o_proj', suffix: 'self_attn.o_proj.weight', kind: 'linear', shape: (c, l) => [c.hiddenSize, q(c, l)] },
   { role: 'post_attn_norm', suffix: 'post_attention_layernorm.weight', kind: 'norm', shape: (c) => [c.hiddenSize] },
@@ -126,9 +156,27 @@ const LAYER_ROWS: LayerRow[] = [
   { role: 'up_proj', suffix: 'mlp.up_proj.weight', kind: 'linear', shape: (c, l) => [l.mlpWidth, c.hiddenSize] },
   { role: 'down_proj', suffix: 'mlp.down_proj.weight', kind: 'linear', shape: (c, l) => [c.hiddenSize, l.mlpWidth] },
   { role: 'post_ff_norm', suffix: 'post_feedforward_layernorm.weight', kind: 'norm', shape: (c) => [c.hiddenSize] },
-  { role: 'ple_gate', suffix: 'per_layer_input_gate.weight', kind: 'linear', shape: (c) => [c.hiddenSizePerLayerInput, c.hiddenSize], when: withPle },
-  { role: 'ple_proj', suffix: 'per_layer_projection.weight', kind: 'linear', shape: (c) => [c.hiddenSize, c.hiddenSizePerLayerInput], when: withPle },
-  { role: 'ple_post_norm', suffix: 'post_per_layer_input_norm.weight', kind: 'norm', shape: (c) => [c.hiddenSize], when: withPle },
+  {
+    role: 'ple_gate',
+    suffix: 'per_layer_input_gate.weight',
+    kind: 'linear',
+    shape: (c) => [c.hiddenSizePerLayerInput, c.hiddenSize],
+    when: withPle,
+  },
+  {
+    role: 'ple_proj',
+    suffix: 'per_layer_projection.weight',
+    kind: 'linear',
+    shape: (c) => [c.hiddenSize, c.hiddenSizePerLayerInput],
+    when: withPle,
+  },
+  {
+    role: 'ple_post_norm',
+    suffix: 'post_per_layer_input_norm.weight',
+    kind: 'norm',
+    shape: (c) => [c.hiddenSize],
+    when: withPle,
+  },
   { role: 'layer_scalar', suffix: 'layer_scalar', kind: 'scalar', shape: () => [1], when: withLayerScalar },
 ];
 
@@ -136,14 +184,32 @@ const LAYER_ROWS: LayerRow[] = [
  * Every text-decoder tensor with its shape and kind. `includeUnused` adds the K/V weights of KV-shared
  * layers (present in official checkpoints, ignored by the model); synth can leave them out.
  */
-export function textTensorTable(c: Gemma4TextConfig, prefix = MULTIMODAL_TEXT_PREFIX, includeUnused = false): TensorSpec[] {
+export function textTensorTable(
+  c: Gemma4TextConfig,
+  prefix = MULTIMODAL_TEXT_PREFIX,
+  includeUnused = false,
+): TensorSpec[] {
   const present = (r: { when?: (c: Gemma4TextConfig) => boolean }): boolean => !r.when || r.when(c);
-  const out: TensorSpec[] = GLOBAL_ROWS.filter(present).map((r) => ({ name: prefix + r.suffix, role: r.role, layer: null, shape: r.shape(c), kind: r.kind, used: true }));
+  const out: TensorSpec[] = GLOBAL_ROWS.filter(present).map((r) => ({
+    name: prefix + r.suffix,
+    role: r.role,
+    layer: null,
+    shape: r.shape(c),
+    kind: r.kind,
+    used: true,
+  }));
   for (const l of layerInfos(c)) {
     for (const r of LAYER_ROWS.filter(present)) {
       const used = !r.kvOwnerOnly || l.ownsKv;
       if (!used && !includeUnused) continue;
-      out.push({ name: `${prefix}layers.${l.index}.${r.suffix}`, role: r.role, layer: l.index, shape: r.shape(c, l), kind: r.kind, used });
+      out.push({
+        name: `${prefix}layers.${l.index}.${r.suffix}`,
+        role: r.role,
+        layer: l.index,
+        shape: r.shape(c, l),
+        kind: r.kind,
+        used,
+      });
     }
   }
   return out;
@@ -176,11 +242,17 @@ export function detectTextPrefix(names: Iterable<string>): string {
   for (const n of names) {
     if (n === TEXT_ONLY_PREFIX + 'embed_tokens.weight') return TEXT_ONLY_PREFIX;
   }
-  throw new Error(`no Gemma 4 text embedding (${MULTIMODAL_TEXT_PREFIX}embed_tokens.weight or ${TEXT_ONLY_PREFIX}embed_tokens.weight) in the checkpoint`);
+  throw new Error(
+    `no Gemma 4 text embedding (${MULTIMODAL_TEXT_PREFIX}embed_tokens.weight or ${TEXT_ONLY_PREFIX}embed_tokens.weight) in the checkpoint`,
+  );
 }
 
 /** Checks that a source has every used tensor with the expected shape; returns readable problems. */
-export function checkWeightShapes(c: Gemma4TextConfig, src: Pick<WeightSource, 'shape'>, prefix = MULTIMODAL_TEXT_PREFIX): string[] {
+export function checkWeightShapes(
+  c: Gemma4TextConfig,
+  src: Pick<WeightSource, 'shape'>,
+  prefix = MULTIMODAL_TEXT_PREFIX,
+): string[] {
   return shapeProblems(textTensorTable(c, prefix), src);
 }
 
@@ -188,7 +260,10 @@ export function checkWeightShapes(c: Gemma4TextConfig, src: Pick<WeightSource, '
  * Readable problems of a source against a tensor table: missing tensors and wrong shapes. A scalar
  * ([] or [1] in the table) may be stored with any shape of one element: checkpoints write both.
  */
-export function shapeProblems(table: readonly { name: string; shape: readonly number[] }[], src: Pick<WeightSource, 'shape'>): string[] {
+export function shapeProblems(
+  table: readonly { name: string; shape: readonly number[] }[],
+  src: Pick<WeightSource, 'shape'>,
+): string[] {
   const elements = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
   const problems: string[] = [];
   for (const t of table) {
@@ -201,7 +276,9 @@ export function shapeProblems(table: readonly { name: string; shape: readonly nu
     }
     const scalar = t.shape.length <= 1 && elements(t.shape) === 1;
     if (scalar ? elements(got) !== 1 : got.length !== t.shape.length || got.some((d, i) => d !== t.shape[i])) {
-      problems.push(`${t.name}: shape [${got.join(', ')}], expected ${scalar ? 'a scalar' : `[${t.shape.join(', ')}]`}`);
+      problems.push(
+        `${t.name}: shape [${got.join(', ')}], expected ${scalar ? 'a scalar' : `[${t.shape.join(', ')}]`}`,
+      );
     }
   }
   return problems;
@@ -228,7 +305,8 @@ function randomTensor(spec: TensorSpec, rand: () => number): Float32Array {
   const u = (): number => rand() * 2 - 1;
   if (spec.kind === 'norm') for (let i = 0; i < n; i++) out[i] = 1 + 0.2 * u();
   else if (spec.kind === 'scalar') for (let i = 0; i < n; i++) out[i] = 0.6 + 0.4 * rand();
-  else if (spec.kind === 'embedding') for (let i = 0; i < n; i++) out[i] = u(); // logits of tens: the soft-cap matters
+  else if (spec.kind === 'embedding')
+    for (let i = 0; i < n; i++) out[i] = u(); // logits of tens: the soft-cap matters
   else {
     // Uniform with variance 1/fan_in keeps activations O(1) through the stack.
     const bound = Math.sqrt(3 / spec.shape[1]!);
@@ -241,7 +319,11 @@ function randomTensor(spec: TensorSpec, rand: () => number): Float32Array {
  * An in-memory WeightSource of random weights for every tensor of the table (for tests and `perch model
  * synth` on small configs). Each tensor has its own seed (from its table position), so values do not depend on get() order.
  */
-export function randomWeightSource(c: Gemma4TextConfig, seed = 1, prefix = MULTIMODAL_TEXT_PREFIX): WeightSource & { names(): string[] } {
+export function randomWeightSource(
+  c: Gemma4TextConfig,
+  seed = 1,
+  prefix = MULTIMODAL_TEXT_PREFIX,
+): WeightSource & { names(): string[] } {
   const specs = new Map(textTensorTable(c, prefix).map((s) => [s.name, s]));
   const cache = new Map<string, Float32Array>();
   let i = 0;

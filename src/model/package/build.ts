@@ -23,7 +23,10 @@ export interface BuildProgress {
   total: number;
 }
 
-export type PackageExtraFile = { name: string; role: FileRole } & ({ content: string | Uint8Array } | { copyFrom: string });
+export type PackageExtraFile = { name: string; role: FileRole } & (
+  | { content: string | Uint8Array }
+  | { copyFrom: string }
+);
 
 export interface PackageSpec {
   outDir: string;
@@ -83,7 +86,8 @@ export function fitPolicy(p: QuantPolicy, cfg: Gemma4TextConfig): QuantPolicy {
   if (!p.embedding) return p;
   let bs = p.embedding.block_size;
   while (bs > 16 && cfg.hiddenSize % bs !== 0) bs /= 2;
-  if (cfg.hiddenSize % bs !== 0) throw new Error(`hidden size ${cfg.hiddenSize} has no embedding block size (power of two >= 16) dividing it`);
+  if (cfg.hiddenSize % bs !== 0)
+    throw new Error(`hidden size ${cfg.hiddenSize} has no embedding block size (power of two >= 16) dividing it`);
   return bs === p.embedding.block_size ? p : { ...p, embedding: { ...p.embedding, block_size: bs } };
 }
 
@@ -151,7 +155,9 @@ export async function buildPackage(spec: PackageSpec): Promise<Manifest> {
 
     if (hasPle(cfg)) {
       const layout = pleLayoutFor(cfg, policy);
-      await w.addPle(layout, spec.pleRows, { onProgress: (d, t) => spec.onProgress?.({ phase: 'ple', done: d, total: t }) });
+      await w.addPle(layout, spec.pleRows, {
+        onProgress: (d, t) => spec.onProgress?.({ phase: 'ple', done: d, total: t }),
+      });
     }
 
     for (const [i, f] of spec.files.entries()) {

@@ -43,7 +43,10 @@ export async function writeEncoders(
       onnxFile: PACKAGE_FILES.visionGraph,
       dataFile: PACKAGE_FILES.visionWeights,
     });
-    files.push({ name: PACKAGE_FILES.visionGraph, role: 'vision-graph' }, { name: PACKAGE_FILES.visionWeights, role: 'vision-weights' });
+    files.push(
+      { name: PACKAGE_FILES.visionGraph, role: 'vision-graph' },
+      { name: PACKAGE_FILES.visionWeights, role: 'vision-weights' },
+    );
   }
   if (present(configJson.audio_config) && which.audio !== false) {
     const cfg = parseGemma4AudioConfig(configJson);
@@ -53,7 +56,10 @@ export async function writeEncoders(
       onnxFile: PACKAGE_FILES.audioGraph,
       dataFile: PACKAGE_FILES.audioWeights,
     });
-    files.push({ name: PACKAGE_FILES.audioGraph, role: 'audio-graph' }, { name: PACKAGE_FILES.audioWeights, role: 'audio-weights' });
+    files.push(
+      { name: PACKAGE_FILES.audioGraph, role: 'audio-graph' },
+      { name: PACKAGE_FILES.audioWeights, role: 'audio-weights' },
+    );
   }
   return files;
 }

@@ -25,7 +25,15 @@ export type PleRowSource = Pick<PlePager, 'rowsFor' | 'stats' | 'close'>;
 /** The row source of a model without per-layer embeddings: no rows, no reads. */
 export const NO_PLE: PleRowSource = {
   rowsFor: async () => new Float32Array(0),
-  stats: (): PlePagerStats => ({ hits: 0, misses: 0, reads: 0, residentBytes: 0, cachedRows: 0, budgetBytes: 0, readLatencyMs: { p50: 0, p95: 0, mean: 0, samples: 0 } }),
+  stats: (): PlePagerStats => ({
+    hits: 0,
+    misses: 0,
+    reads: 0,
+    residentBytes: 0,
+    cachedRows: 0,
+    budgetBytes: 0,
+    readLatencyMs: { p50: 0, p95: 0, mean: 0, samples: 0 },
+  }),
   close: async () => {},
 };
 

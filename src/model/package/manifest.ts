@@ -24,7 +24,20 @@ export const PACKAGE_FILES = {
   audioWeights: 'audio_encoder.onnx.data',
 } as const;
 
-export const fileRoles = ['config', 'decoder-graph', 'decoder-weights', 'ple', 'tokenizer', 'tokenizer-config', 'chat-template', 'vision-graph', 'vision-weights', 'audio-graph', 'audio-weights', 'other'] as const;
+export const fileRoles = [
+  'config',
+  'decoder-graph',
+  'decoder-weights',
+  'ple',
+  'tokenizer',
+  'tokenizer-config',
+  'chat-template',
+  'vision-graph',
+  'vision-weights',
+  'audio-graph',
+  'audio-weights',
+  'other',
+] as const;
 export type FileRole = (typeof fileRoles)[number];
 /** Roles a loadable package must have (the chat template may live in tokenizer_config.json instead; encoders are optional). */
 /** Every package has these; 'ple' too when its model has per-layer embeddings (Gemma 4, not Gemma 3). */
@@ -35,7 +48,10 @@ const packagePath = z
   .string()
   .min(1)
   .max(255)
-  .refine((p) => !p.startsWith('/') && !p.includes('\\') && p.split('/').every((s) => s !== '' && s !== '.' && s !== '..'), 'a relative path inside the package');
+  .refine(
+    (p) => !p.startsWith('/') && !p.includes('\\') && p.split('/').every((s) => s !== '' && s !== '.' && s !== '..'),
+    'a relative path inside the package',
+  );
 
 export const fileEntrySchema = z.object({
   path: packagePath,
@@ -66,7 +82,11 @@ const promoteSchema = z.object({
 });
 
 /** One Linear's decision under a mixed policy: its bits and its measured relative error at linear.bits. */
-const tensorDecisionSchema = z.object({ name: z.string().min(1).max(300), bits: bitsSchema, base_error: z.number().min(0) });
+const tensorDecisionSchema = z.object({
+  name: z.string().min(1).max(300),
+  bits: bitsSchema,
+  base_error: z.number().min(0),
+});
 export type TensorDecision = z.output<typeof tensorDecisionSchema>;
 
 export const quantPolicySchema = z.object({
@@ -86,7 +106,10 @@ export const quantPolicySchema = z.object({
        */
       kernel: linearKernelSchema.optional(),
     })
-    .refine((l) => l.kernel !== 'int8-channels' || (l.bits === 8 && !l.promote), 'int8-channels linears are 8-bit and not mixed')
+    .refine(
+      (l) => l.kernel !== 'int8-channels' || (l.bits === 8 && !l.promote),
+      'int8-channels linears are 8-bit and not mixed',
+    )
     .nullable(),
   embedding: z
     .object({
@@ -96,7 +119,11 @@ export const quantPolicySchema = z.object({
       lm_head: z.enum(['tied', 'int8-channels']).optional(),
     })
     .nullable(),
-  ple: z.object({ bits: bitsSchema, block_size: z.number().int().min(8), scale_type: z.literal('f16-scale-u8-zero-point') }),
+  ple: z.object({
+    bits: bitsSchema,
+    block_size: z.number().int().min(8),
+    scale_type: z.literal('f16-scale-u8-zero-point'),
+  }),
   /** Per-Linear decisions of a mixed policy (absent: every Linear at linear.bits). */
   tensors: z.array(tensorDecisionSchema).max(10_000).optional(),
 });
@@ -139,7 +166,13 @@ export function quantPolicyFor(profile: Profile): QuantPolicy {
   if (profile === 'pi5') {
     return {
       profile,
-      linear: { bits: 2, block_size: 128, accuracy_level: 4, method: 'search', promote: { bits: 4, min_error_ratio: 1.2, max_fraction: 0.006 } },
+      linear: {
+        bits: 2,
+        block_size: 128,
+        accuracy_level: 4,
+        method: 'search',
+        promote: { bits: 4, min_error_ratio: 1.2, max_fraction: 0.006 },
+      },
       embedding: { bits: 4, block_size: 256 },
       ple,
     };

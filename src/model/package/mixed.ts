@@ -43,7 +43,13 @@ export function sampleRanges(n: number, k: number, values = SAMPLE_VALUES, chunk
 }
 
 /** Relative RMS error of quantising rows (k wide) at `bits`: sqrt(sum err^2 / sum w^2). */
-function sampleError(w: Float32Array, k: number, bits: QuantBits, blockSize: number, method: 'search' | 'rtn'): { se: number; ss: number } {
+function sampleError(
+  w: Float32Array,
+  k: number,
+  bits: QuantBits,
+  blockSize: number,
+  method: 'search' | 'rtn',
+): { se: number; ss: number } {
   const n = w.length / k;
   const d = dequantizeMatMulNBits(quantizeMatMulNBits(w, n, k, { bits, blockSize, method }));
   let se = 0;
@@ -57,7 +63,12 @@ function sampleError(w: Float32Array, k: number, bits: QuantBits, blockSize: num
 }
 
 /** Measures every quantised Linear's relative error at the policy's base bits, on a row sample. */
-export async function measureLinearErrors(cfg: Gemma4TextConfig, src: WeightSource, prefix: string, policy: QuantPolicy): Promise<LinearError[]> {
+export async function measureLinearErrors(
+  cfg: Gemma4TextConfig,
+  src: WeightSource,
+  prefix: string,
+  policy: QuantPolicy,
+): Promise<LinearError[]> {
   const lin = policy.linear;
   if (!lin) return [];
   const out: LinearError[] = [];
@@ -100,7 +111,11 @@ export function decidePromotions(errors: LinearError[], policy: QuantPolicy): Te
       budget -= e.size;
     }
   }
-  return errors.map((e) => ({ name: e.name, bits: promoted.has(e.name) ? rule!.bits : lin.bits, base_error: round4(e.error) }));
+  return errors.map((e) => ({
+    name: e.name,
+    bits: promoted.has(e.name) ? rule!.bits : lin.bits,
+    base_error: round4(e.error),
+  }));
 }
 
 function round4(x: number): number {
@@ -108,7 +123,12 @@ function round4(x: number): number {
 }
 
 /** Runs the sample pass and returns the policy with its per-tensor decisions (unchanged without a promote rule). */
-export async function planMixedPolicy(cfg: Gemma4TextConfig, src: WeightSource, prefix: string, policy: QuantPolicy): Promise<QuantPolicy> {
+export async function planMixedPolicy(
+  cfg: Gemma4TextConfig,
+  src: WeightSource,
+  prefix: string,
+  policy: QuantPolicy,
+): Promise<QuantPolicy> {
   if (!policy.linear?.promote || policy.linear.bits >= policy.linear.promote.bits) return policy;
   const decisions = decidePromotions(await measureLinearErrors(cfg, src, prefix, policy), policy);
   return { ...policy, tensors: decisions };

@@ -12,9 +12,23 @@ export interface SynthTokenizerFiles {
 
 /** Gemma's fixed ids (bos 2, eos 1, pad 0), turn and thinking markers at low ids. */
 const LOW_SPECIALS = [
-  '<pad>', '<eos>', '<bos>', '<unk>', '<|turn>', '<turn|>', '<|think|>', '<|channel>', '<channel|>',
+  '<pad>',
+  '<eos>',
+  '<bos>',
+  '<unk>',
+  '<|turn>',
+  '<turn|>',
+  '<|think|>',
+  '<|channel>',
+  '<channel|>',
   // Tool use: declarations, calls, responses, and the string delimiter inside their arguments.
-  '<|tool>', '<tool|>', '<|tool_call>', '<tool_call|>', '<|tool_response>', '<tool_response|>', '<|"|>',
+  '<|tool>',
+  '<tool|>',
+  '<|tool_call>',
+  '<tool_call|>',
+  '<|tool_response>',
+  '<tool_response|>',
+  '<|"|>',
 ];
 /**
  * Media markers at E2B's real ids. A smaller vocabulary (tiny) gets them at its top ids instead, in this
@@ -31,7 +45,48 @@ const MEDIA_SPECIALS: Array<[number, string]> = [
 ];
 const BYTE_BASE = 16;
 const SPACE = '\u2581';
-const BIGRAMS = ['th', 'he', 'in', 'er', 'an', 're', 'on', 'at', 'en', 'nd', 'ti', 'es', 'or', 'te', 'of', 'ed', 'is', 'it', 'al', 'ar', 'st', 'to', 'nt', 'ng', 'se', 'ha', 'as', 'ou', 'io', 'le', 've', 'co', 'me', 'de', 'hi', 'ri', 'ro', 'ic', 'ne', 'ea'];
+const BIGRAMS = [
+  'th',
+  'he',
+  'in',
+  'er',
+  'an',
+  're',
+  'on',
+  'at',
+  'en',
+  'nd',
+  'ti',
+  'es',
+  'or',
+  'te',
+  'of',
+  'ed',
+  'is',
+  'it',
+  'al',
+  'ar',
+  'st',
+  'to',
+  'nt',
+  'ng',
+  'se',
+  'ha',
+  'as',
+  'ou',
+  'io',
+  'le',
+  've',
+  'co',
+  'me',
+  'de',
+  'hi',
+  'ri',
+  'ro',
+  'ic',
+  'ne',
+  'ea',
+];
 
 /**
  * Gemma 4's prompt format (see design notes), written for Perch (Apache-2.0): `<bos><|turn>user\n...<turn|>\n
@@ -46,27 +101,27 @@ const BIGRAMS = ['th', 'he', 'in', 'er', 'an', 're', 'on', 'at', 'en', 'nd', 'ti
  * test/fixtures/golden/template/chat_template.jinja is this text, rendered by transformers for the goldens.
  */
 export const SYNTH_CHAT_TEMPLATE = [
-  "{%- macro value(v) -%}",
+  '{%- macro value(v) -%}',
   "{%- if v is string -%}{{- '<|\"|>' + v + '<|\"|>' -}}",
   "{%- elif v is boolean -%}{{- 'true' if v else 'false' -}}",
   "{%- elif v is none -%}{{- 'null' -}}",
   "{%- elif v is mapping -%}{{- '{' -}}{%- for k, x in v.items() -%}{{- k + ':' -}}{{- value(x) -}}{%- if not loop.last -%}{{- ',' -}}{%- endif -%}{%- endfor -%}{{- '}' -}}",
   "{%- elif v is iterable -%}{{- '[' -}}{%- for x in v -%}{{- value(x) -}}{%- if not loop.last -%}{{- ',' -}}{%- endif -%}{%- endfor -%}{{- ']' -}}",
-  "{%- else -%}{{- v -}}",
-  "{%- endif -%}",
-  "{%- endmacro -%}",
-  "{%- macro content(c) -%}",
-  "{%- if c is string -%}{{- c | trim -}}",
-  "{%- elif c is iterable -%}{%- for item in c -%}",
+  '{%- else -%}{{- v -}}',
+  '{%- endif -%}',
+  '{%- endmacro -%}',
+  '{%- macro content(c) -%}',
+  '{%- if c is string -%}{{- c | trim -}}',
+  '{%- elif c is iterable -%}{%- for item in c -%}',
   "{%- if item['type'] == 'image' -%}{{- '\n\n<|image|>\n\n' -}}",
   "{%- elif item['type'] == 'audio' -%}{{- '<|audio|>' -}}",
   "{%- elif item['type'] == 'text' -%}{{- item['text'] | trim -}}",
-  "{%- endif -%}{%- endfor -%}",
-  "{%- endif -%}",
-  "{%- endmacro -%}",
+  '{%- endif -%}{%- endfor -%}',
+  '{%- endif -%}',
+  '{%- endmacro -%}',
   '{{- bos_token -}}',
   "{%- set has_system = messages | length > 0 and messages[0]['role'] == 'system' -%}",
-  "{%- if has_system or enable_thinking or tools -%}",
+  '{%- if has_system or enable_thinking or tools -%}',
   "{{- '<|turn>system\n' -}}",
   "{%- if enable_thinking -%}{{- '<|think|>' -}}{%- endif -%}",
   "{%- if has_system -%}{{- content(messages[0]['content']) -}}{%- endif -%}",
@@ -103,7 +158,8 @@ export const SYNTH_CHAT_TEMPLATE = [
 
 export function synthTokenizerFiles(vocabSize: number): SynthTokenizerFiles {
   const minimum = BYTE_BASE + 256 + 1 + MEDIA_SPECIALS.length;
-  if (vocabSize < minimum) throw new Error(`synthetic tokenizer needs a vocabulary of at least ${minimum}, got ${vocabSize}`);
+  if (vocabSize < minimum)
+    throw new Error(`synthetic tokenizer needs a vocabulary of at least ${minimum}, got ${vocabSize}`);
   const vocab: string[] = new Array<string>(vocabSize);
   const special = new Map<number, string>();
   LOW_SPECIALS.forEach((t, i) => special.set(i, t));
@@ -142,13 +198,27 @@ export function synthTokenizerFiles(vocabSize: number): SynthTokenizerFiles {
     version: '1.0',
     truncation: null,
     padding: null,
-    added_tokens: [...special].sort((a, b) => a[0] - b[0]).map(([id, content]) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
+    added_tokens: [...special]
+      .sort((a, b) => a[0] - b[0])
+      .map(([id, content]) => ({
+        id,
+        content,
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: true,
+      })),
     normalizer: { type: 'Replace', pattern: { String: ' ' }, content: SPACE },
     pre_tokenizer: null,
     post_processor: null,
     decoder: {
       type: 'Sequence',
-      decoders: [{ type: 'Replace', pattern: { String: SPACE }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }],
+      decoders: [
+        { type: 'Replace', pattern: { String: SPACE }, content: ' ' },
+        { type: 'ByteFallback' },
+        { type: 'Fuse' },
+      ],
     },
     model: {
       type: 'BPE',
@@ -173,5 +243,9 @@ export function synthTokenizerFiles(vocabSize: number): SynthTokenizerFiles {
     model_max_length: 131072,
     tokenizer_class: 'GemmaTokenizer',
   };
-  return { tokenizerJson: JSON.stringify(tokenizer), tokenizerConfigJson: JSON.stringify(tokenizerConfig, null, 2) + '\n', chatTemplate: SYNTH_CHAT_TEMPLATE };
+  return {
+    tokenizerJson: JSON.stringify(tokenizer),
+    tokenizerConfigJson: JSON.stringify(tokenizerConfig, null, 2) + '\n',
+    chatTemplate: SYNTH_CHAT_TEMPLATE,
+  };
 }

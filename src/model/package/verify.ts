@@ -73,7 +73,8 @@ export async function verifyPackage(dir: string, opts: VerifyOptions): Promise<V
   const cfgFile = byRole('config');
   if (cfgFile) await checkConfigFile(dir, cfgFile.path, m.config, fail);
   const ple = byRole('ple');
-  if (config && hasPle(config) && !m.files.some((f) => f.role === 'ple')) fail(MANIFEST_FILE, 'no file with role ple (the model has per-layer embeddings)');
+  if (config && hasPle(config) && !m.files.some((f) => f.role === 'ple'))
+    fail(MANIFEST_FILE, 'no file with role ple (the model has per-layer embeddings)');
   if (ple && config) await checkPle(dir, ple.path, config, fail);
   const graph = byRole('decoder-graph');
   const data = m.files.find((f) => f.role === 'decoder-weights');
@@ -87,7 +88,12 @@ export async function verifyPackage(dir: string, opts: VerifyOptions): Promise<V
 }
 
 /** Presence, size and (full) checksum. Returns true when the file is there with the right size. */
-async function checkFile(dir: string, f: FileEntry, opts: VerifyOptions, fail: (file: string, msg: string) => void): Promise<boolean> {
+async function checkFile(
+  dir: string,
+  f: FileEntry,
+  opts: VerifyOptions,
+  fail: (file: string, msg: string) => void,
+): Promise<boolean> {
   let size: number;
   try {
     const st = await stat(join(dir, f.path));
@@ -118,12 +124,23 @@ async function checkFile(dir: string, f: FileEntry, opts: VerifyOptions, fail: (
   return true;
 }
 
-async function checkConfigFile(dir: string, name: string, manifestConfig: Record<string, unknown>, fail: (file: string, msg: string) => void): Promise<void> {
+async function checkConfigFile(
+  dir: string,
+  name: string,
+  manifestConfig: Record<string, unknown>,
+  fail: (file: string, msg: string) => void,
+): Promise<void> {
   const json = await readJson(dir, name, fail);
-  if (json !== undefined && !isDeepStrictEqual(json, manifestConfig)) fail(name, `config mismatch: differs from the config in ${MANIFEST_FILE}`);
+  if (json !== undefined && !isDeepStrictEqual(json, manifestConfig))
+    fail(name, `config mismatch: differs from the config in ${MANIFEST_FILE}`);
 }
 
-async function checkPle(dir: string, name: string, c: Gemma4TextConfig, fail: (file: string, msg: string) => void): Promise<void> {
+async function checkPle(
+  dir: string,
+  name: string,
+  c: Gemma4TextConfig,
+  fail: (file: string, msg: string) => void,
+): Promise<void> {
   const fh = await open(join(dir, name), 'r');
   try {
     const head = Buffer.alloc(PLE_DATA_OFFSET);
@@ -136,7 +153,11 @@ async function checkPle(dir: string, name: string, c: Gemma4TextConfig, fail: (f
     }
     const size = (await fh.stat()).size;
     const expected = h.dataOffset + h.rows * h.rowStride;
-    if (size !== expected) fail(name, `${size < expected ? 'truncated' : 'size mismatch'}: the PLE header needs ${expected} bytes, got ${size}`);
+    if (size !== expected)
+      fail(
+        name,
+        `${size < expected ? 'truncated' : 'size mismatch'}: the PLE header needs ${expected} bytes, got ${size}`,
+      );
   } catch (e) {
     // decodeHeader's errors already start with the file name; keep only the message.
     fail(name, (e as Error).message.replace(`${name}: `, ''));
@@ -145,10 +166,19 @@ async function checkPle(dir: string, name: string, c: Gemma4TextConfig, fail: (f
   }
 }
 
-async function checkGraph(dir: string, name: string, data: FileEntry | null, c: Gemma4TextConfig | null, fail: (file: string, msg: string) => void): Promise<void> {
+async function checkGraph(
+  dir: string,
+  name: string,
+  data: FileEntry | null,
+  c: Gemma4TextConfig | null,
+  fail: (file: string, msg: string) => void,
+): Promise<void> {
   const size = (await stat(join(dir, name))).size;
   if (size === 0 || size > MAX_GRAPH_BYTES) {
-    fail(name, size === 0 ? 'empty ONNX file' : `ONNX file of ${size} bytes is too large (weights belong in external data)`);
+    fail(
+      name,
+      size === 0 ? 'empty ONNX file' : `ONNX file of ${size} bytes is too large (weights belong in external data)`,
+    );
     return;
   }
   let model: onnxProto.onnx.ModelProto;
@@ -168,8 +198,17 @@ async function checkGraph(dir: string, name: string, data: FileEntry | null, c: 
   for (const input of required) if (!inputs.has(input)) fail(name, `graph has no input ${input}`);
   const rowsDims = inputs.get('per_layer_rows')?.type?.tensorType?.shape?.dim;
   const last = rowsDims?.[rowsDims.length - 1]?.dimValue;
-  if (c && last !== undefined && last !== null && Number(last) !== 0 && Number(last) !== c.numHiddenLayers * c.hiddenSizePerLayerInput) {
-    fail(name, `config mismatch: per_layer_rows width ${String(last)}, the config says ${c.numHiddenLayers * c.hiddenSizePerLayerInput}`);
+  if (
+    c &&
+    last !== undefined &&
+    last !== null &&
+    Number(last) !== 0 &&
+    Number(last) !== c.numHiddenLayers * c.hiddenSizePerLayerInput
+  ) {
+    fail(
+      name,
+      `config mismatch: per_layer_rows width ${String(last)}, the config says ${c.numHiddenLayers * c.hiddenSizePerLayerInput}`,
+    );
   }
   // Every external reference must point into the package's decoder-weights file, within its size.
   for (const t of g.initializer ?? []) {
@@ -178,7 +217,10 @@ async function checkGraph(dir: string, name: string, data: FileEntry | null, c: 
     const location = kv.get('location') ?? '';
     const end = Number(kv.get('offset') ?? 0) + Number(kv.get('length') ?? 0);
     if (!data || location !== data.path) {
-      fail(name, `initializer ${t.name} refers to external data "${location}", which is not the package's decoder-weights file`);
+      fail(
+        name,
+        `initializer ${t.name} refers to external data "${location}", which is not the package's decoder-weights file`,
+      );
       return;
     }
     if (end > data.bytes) {

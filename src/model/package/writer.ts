@@ -10,7 +10,14 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writePleFile, type PleWriteOptions, type RowProducer } from '../ple/writer.js';
 import type { PleLayout } from '../ple/format.js';
-import { MANIFEST_FILE, PACKAGE_FORMAT_VERSION, PACKAGE_FILES, type FileEntry, type FileRole, type Manifest } from './manifest.js';
+import {
+  MANIFEST_FILE,
+  PACKAGE_FORMAT_VERSION,
+  PACKAGE_FILES,
+  type FileEntry,
+  type FileRole,
+  type Manifest,
+} from './manifest.js';
 
 /** Perch's version from its package.json (found upward from this file: works from src/ and dist/). */
 export function perchVersion(): string {
@@ -29,7 +36,10 @@ export function perchVersion(): string {
 }
 
 /** sha256 and size of a file, read in 1 MiB chunks (constant memory for multi-GB files). */
-export async function hashFile(path: string, onBytes?: (n: number) => void): Promise<{ bytes: number; sha256: string }> {
+export async function hashFile(
+  path: string,
+  onBytes?: (n: number) => void,
+): Promise<{ bytes: number; sha256: string }> {
   const hash = createHash('sha256');
   let bytes = 0;
   for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
@@ -62,11 +72,21 @@ export class PackageWriter {
   async addFile(name: string, role: FileRole, content: string | Uint8Array): Promise<FileEntry> {
     const bytes = typeof content === 'string' ? Buffer.from(content, 'utf8') : content;
     await writeFile(this.path(name), bytes);
-    return this.record({ path: name, role, bytes: bytes.byteLength, sha256: createHash('sha256').update(bytes).digest('hex') });
+    return this.record({
+      path: name,
+      role,
+      bytes: bytes.byteLength,
+      sha256: createHash('sha256').update(bytes).digest('hex'),
+    });
   }
 
   /** Streams the PLE table into the package (hashing as it goes). */
-  async addPle(layout: PleLayout, produce: RowProducer, opts: PleWriteOptions = {}, name: string = PACKAGE_FILES.ple): Promise<FileEntry> {
+  async addPle(
+    layout: PleLayout,
+    produce: RowProducer,
+    opts: PleWriteOptions = {},
+    name: string = PACKAGE_FILES.ple,
+  ): Promise<FileEntry> {
     const r = await writePleFile(this.path(name), layout, produce, opts);
     return this.record({ path: name, role: 'ple', bytes: r.bytes, sha256: r.sha256 });
   }

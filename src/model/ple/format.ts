@@ -46,7 +46,10 @@ export interface PleHeader extends PleLayout {
 
 /** An error that names the file it is about, so verify/load messages say which file is wrong. */
 export class PleFileError extends Error {
-  constructor(readonly file: string, message: string) {
+  constructor(
+    readonly file: string,
+    message: string,
+  ) {
     super(`${file}: ${message}`);
     this.name = 'PleFileError';
   }
@@ -68,15 +71,25 @@ export function rowStrideFor(cols: number, bits: number, blockSize: number): num
 
 export function validateLayout(l: PleLayout): void {
   const int = (n: number) => Number.isInteger(n) && n > 0;
-  if (!int(l.rows) || !int(l.cols)) throw new Error(`PLE table shape must be positive integers, got [${l.rows}, ${l.cols}]`);
-  if (l.bits !== 2 && l.bits !== 4 && l.bits !== 8) throw new Error(`PLE bits must be 2, 4 or 8, got ${String(l.bits)}`);
-  if (!int(l.blockSize) || l.blockSize % 8 !== 0) throw new Error(`PLE block size must be a positive multiple of 8, got ${l.blockSize}`);
-  if (l.numLayers * l.layerDim !== l.cols) throw new Error(`PLE cols ${l.cols} != num_layers ${l.numLayers} x layer dim ${l.layerDim}`);
+  if (!int(l.rows) || !int(l.cols))
+    throw new Error(`PLE table shape must be positive integers, got [${l.rows}, ${l.cols}]`);
+  if (l.bits !== 2 && l.bits !== 4 && l.bits !== 8)
+    throw new Error(`PLE bits must be 2, 4 or 8, got ${String(l.bits)}`);
+  if (!int(l.blockSize) || l.blockSize % 8 !== 0)
+    throw new Error(`PLE block size must be a positive multiple of 8, got ${l.blockSize}`);
+  if (l.numLayers * l.layerDim !== l.cols)
+    throw new Error(`PLE cols ${l.cols} != num_layers ${l.numLayers} x layer dim ${l.layerDim}`);
 }
 
 export function makeHeader(l: PleLayout): PleHeader {
   validateLayout(l);
-  return { ...l, version: PLE_VERSION, scaleType: SCALE_F16_ZP_U8, rowStride: rowStrideFor(l.cols, l.bits, l.blockSize), dataOffset: PLE_DATA_OFFSET };
+  return {
+    ...l,
+    version: PLE_VERSION,
+    scaleType: SCALE_F16_ZP_U8,
+    rowStride: rowStrideFor(l.cols, l.bits, l.blockSize),
+    dataOffset: PLE_DATA_OFFSET,
+  };
 }
 
 export function expectedFileBytes(h: PleHeader): number {
@@ -105,7 +118,8 @@ export function decodeHeader(buf: Buffer, file: string): PleHeader {
   if (buf.length < HEADER_USED_BYTES) throw new PleFileError(file, `too short for a PLE header (${buf.length} bytes)`);
   if (buf.toString('latin1', 0, 8) !== PLE_MAGIC) throw new PleFileError(file, 'not a PLE file (bad magic)');
   const version = buf.readUInt32LE(8);
-  if (version !== PLE_VERSION) throw new PleFileError(file, `unsupported PLE format version ${version} (this Perch reads ${PLE_VERSION})`);
+  if (version !== PLE_VERSION)
+    throw new PleFileError(file, `unsupported PLE format version ${version} (this Perch reads ${PLE_VERSION})`);
   const h: PleHeader = {
     version,
     rows: buf.readUInt32LE(16),
@@ -124,7 +138,8 @@ export function decodeHeader(buf: Buffer, file: string): PleHeader {
     throw new PleFileError(file, `bad header: ${(e as Error).message}`);
   }
   if (h.scaleType !== SCALE_F16_ZP_U8) throw new PleFileError(file, `unknown scale type ${h.scaleType}`);
-  if (h.rowStride !== rowStrideFor(h.cols, h.bits, h.blockSize)) throw new PleFileError(file, `bad header: row stride ${h.rowStride} does not match the layout`);
+  if (h.rowStride !== rowStrideFor(h.cols, h.bits, h.blockSize))
+    throw new PleFileError(file, `bad header: row stride ${h.rowStride} does not match the layout`);
   if (h.dataOffset < HEADER_USED_BYTES) throw new PleFileError(file, `bad header: data offset ${h.dataOffset}`);
   return h;
 }
@@ -133,7 +148,13 @@ export function decodeHeader(buf: Buffer, file: string): PleHeader {
  * Quantises `count` rows of `values` (row-major [count, cols]) into `out` (count * rowStride bytes, starting
  * at byte `outOffset`). RTN with the block range widened to include zero, so zero stays exact.
  */
-export function quantiseRows(h: PleLayout & { rowStride: number }, values: Float32Array, count: number, out: Uint8Array, outOffset = 0): void {
+export function quantiseRows(
+  h: PleLayout & { rowStride: number },
+  values: Float32Array,
+  count: number,
+  out: Uint8Array,
+  outOffset = 0,
+): void {
   const { cols, bits, blockSize } = h;
   const qmax = (1 << bits) - 1;
   const nb = blocksPerRow(cols, blockSize);
@@ -177,7 +198,13 @@ export function quantiseRows(h: PleLayout & { rowStride: number }, values: Float
 }
 
 /** Dequantises one stored row (bytes at `src[srcOffset..]`) into `dst[dstOffset..dstOffset+cols)`. */
-export function dequantiseRow(h: PleLayout, src: Uint8Array, srcOffset: number, dst: Float32Array, dstOffset: number): void {
+export function dequantiseRow(
+  h: PleLayout,
+  src: Uint8Array,
+  srcOffset: number,
+  dst: Float32Array,
+  dstOffset: number,
+): void {
   const { cols, bits, blockSize } = h;
   const nb = blocksPerRow(cols, blockSize);
   const packed = packedBytesPerRow(cols, bits);

@@ -5,7 +5,14 @@
  * shows up in RSS (the kernel's page cache may hold it, which is reclaimable and not ours).
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { decodeHeader, dequantiseRow, expectedFileBytes, PleFileError, PLE_DATA_OFFSET, type PleHeader } from './format.js';
+import {
+  decodeHeader,
+  dequantiseRow,
+  expectedFileBytes,
+  PleFileError,
+  PLE_DATA_OFFSET,
+  type PleHeader,
+} from './format.js';
 
 export interface PleExpectation {
   rows?: number;
@@ -87,7 +94,8 @@ export class PlePager {
     if (this.closed) return Promise.reject(new Error(`${this.path}: pager is closed`));
     const { rows } = this.header;
     for (const id of ids) {
-      if (!Number.isInteger(id) || id < 0 || id >= rows) return Promise.reject(new RangeError(`PLE row ${id} out of range [0, ${rows})`));
+      if (!Number.isInteger(id) || id < 0 || id >= rows)
+        return Promise.reject(new RangeError(`PLE row ${id} out of range [0, ${rows})`));
     }
     // Tracked so close() waits for reads in flight instead of closing the file under them.
     const p = this.load(ids);
@@ -147,7 +155,12 @@ export class PlePager {
       residentBytes: this.resident,
       cachedRows: this.cache.size,
       budgetBytes: this.budget,
-      readLatencyMs: { p50: pct(0.5), p95: pct(0.95), mean: this.latencyCount ? this.latencySum / this.latencyCount : 0, samples: this.latencyCount },
+      readLatencyMs: {
+        p50: pct(0.5),
+        p95: pct(0.95),
+        mean: this.latencyCount ? this.latencySum / this.latencyCount : 0,
+        samples: this.latencyCount,
+      },
     };
   }
 
@@ -169,7 +182,8 @@ export class PlePager {
     const { bytesRead } = await this.fh.read(buf, 0, rowStride, dataOffset + id * rowStride);
     this.recordLatency(Number(process.hrtime.bigint() - t0) / 1e6);
     this.reads++;
-    if (bytesRead !== rowStride) throw new PleFileError(this.path, `truncated: row ${id} read ${bytesRead} of ${rowStride} bytes`);
+    if (bytesRead !== rowStride)
+      throw new PleFileError(this.path, `truncated: row ${id} read ${bytesRead} of ${rowStride} bytes`);
     return buf;
   }
 
@@ -201,9 +215,15 @@ export class PlePager {
 }
 
 function checkExpectation(path: string, h: PleHeader, want: PleExpectation): void {
-  const pairs: Array<[keyof PleExpectation, number]> = [['rows', h.rows], ['cols', h.cols], ['numLayers', h.numLayers], ['layerDim', h.layerDim]];
+  const pairs: Array<[keyof PleExpectation, number]> = [
+    ['rows', h.rows],
+    ['cols', h.cols],
+    ['numLayers', h.numLayers],
+    ['layerDim', h.layerDim],
+  ];
   for (const [key, got] of pairs) {
     const expected = want[key];
-    if (expected !== undefined && expected !== got) throw new PleFileError(path, `${key} is ${got}, the model config expects ${expected}`);
+    if (expected !== undefined && expected !== got)
+      throw new PleFileError(path, `${key} is ${got}, the model config expects ${expected}`);
   }
 }

@@ -21,7 +21,12 @@ export interface PleWriteResult {
   sha256: string;
 }
 
-export async function writePleFile(path: string, layout: PleLayout, produce: RowProducer, opts: PleWriteOptions = {}): Promise<PleWriteResult> {
+export async function writePleFile(
+  path: string,
+  layout: PleLayout,
+  produce: RowProducer,
+  opts: PleWriteOptions = {},
+): Promise<PleWriteResult> {
   const header = makeHeader(layout);
   const chunkRows = Math.max(1, Math.floor((opts.chunkBytes ?? 16 * 1024 * 1024) / (layout.cols * 4)));
   const out = new Uint8Array(chunkRows * header.rowStride);
@@ -39,7 +44,9 @@ export async function writePleFile(path: string, layout: PleLayout, produce: Row
       const count = Math.min(chunkRows, layout.rows - start);
       const values = await produce(start, count);
       if (values.length !== count * layout.cols) {
-        throw new Error(`PLE producer returned ${values.length} values for rows ${start}..${start + count}, expected ${count * layout.cols}`);
+        throw new Error(
+          `PLE producer returned ${values.length} values for rows ${start}..${start + count}, expected ${count * layout.cols}`,
+        );
       }
       quantiseRows(header, values, count, out);
       const slice = out.subarray(0, count * header.rowStride);
