@@ -10,7 +10,7 @@ import { registerAskCommand } from './cli/ask.js';
 import { registerModelCommands } from './cli/model.js';
 import { registerHaCommands } from './cli/ha.js';
 import { registerCaptionCommand } from './cli/caption.js';
-import { perchVersion } from './version.js';
+import { perchVersion } from './common/version.js';
 
 type Register = (program: Command) => void;
 

@@ -2,7 +2,11 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { segmenterSettingsSchema, type SegmenterSettings, type SegmenterSettingsInput } from '../src/audio/settings.js';
+import {
+  segmenterSettingsSchema,
+  type SegmenterSettings,
+  type SegmenterSettingsInput,
+} from '../src/config/segmenter-settings.js';
 import type { Segmenter, SpeechActivity, Utterance } from '../src/audio/segmenter.js';
 import type { SoundLevel } from '../src/audio/level.js';
 import { wavTo16kMono } from '../src/sources/wav-decode.js';

@@ -2,10 +2,10 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Segmenter, type Utterance } from '../src/audio/segmenter.js';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { WavSource } from '../src/sources/wav.js';
 import { wavTo16kMono } from '../src/sources/wav-decode.js';
-import { segmenterSettingsSchema, type SegmenterSettings } from '../src/audio/settings.js';
+import { segmenterSettingsSchema, type SegmenterSettings } from '../src/config/segmenter-settings.js';
 import { SileroVad } from '../src/audio/vad.js';
 import { buildStream, nonSilentExtent, phrase, run, settings, type Piece } from './audio-helpers.js';
 

@@ -10,7 +10,7 @@ import { parseGemma4TextConfig } from '../src/model/gemma4/config.js';
 import { textTensorTable } from '../src/model/gemma4/weights.js';
 import { MANIFEST_FILE, type Manifest } from '../src/model/package/manifest.js';
 import { rowStrideFor } from '../src/model/ple/format.js';
-import { synthPackage } from '../src/model/synth.js';
+import { synthPackage } from '../src/model/build/synth.js';
 import { withHugePageTunable, type BenchResult } from '../src/bench/run.js';
 import { PI5_TARGETS } from '../src/bench/media.js';
 import { runScript } from './cli-helpers.js';

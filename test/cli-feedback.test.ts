@@ -7,7 +7,7 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { quantPolicyFor } from '../src/model/package/manifest.js';
-import { synthPackage } from '../src/model/synth.js';
+import { synthPackage } from '../src/model/build/synth.js';
 import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
 import { perch } from './cli-helpers.js';
 import { makeTinyPackage, tempRoot, writeTinyCheckpoint } from './engine-helpers.js';

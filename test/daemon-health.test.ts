@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { DaemonProcess, SAMPLES } from './daemon-helpers.js';
-import { synthPackage } from '../src/model/synth.js';
+import { synthPackage } from '../src/model/build/synth.js';
 import { messageSchemas } from '../src/mqtt/messages.js';
 import { Collector, privateBrokerForFile, type Received, tempDir } from './mqtt-helpers.js';
 

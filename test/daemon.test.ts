@@ -9,7 +9,7 @@ import { readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { DaemonProcess, REPO, SAMPLES } from './daemon-helpers.js';
-import { synthPackage } from '../src/model/synth.js';
+import { synthPackage } from '../src/model/build/synth.js';
 import { messageSchemas } from '../src/mqtt/messages.js';
 import { Collector, freePort, privateBrokerForFile, tempDir } from './mqtt-helpers.js';
 

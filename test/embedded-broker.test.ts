@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BrokerPortInUseError, EmbeddedBroker } from '../src/daemon/embedded-broker.js';
-import { createLogger } from '../src/log.js';
+import { createLogger } from '../src/common/log.js';
 
 const brokers: EmbeddedBroker[] = [];
 const clients: MqttClient[] = [];

@@ -6,16 +6,16 @@ import type { Gemma4TextConfig } from '../src/model/gemma4/config.js';
 import { dequantisedWeightSource } from '../src/model/gemma4/quantize.js';
 import { Gemma4Reference } from '../src/model/gemma4/reference.js';
 import { MULTIMODAL_TEXT_PREFIX, type WeightSource, globalName, textTensorTable } from '../src/model/gemma4/weights.js';
-import { graphPolicy } from '../src/model/package/build.js';
+import { graphPolicy } from '../src/model/build/build.js';
 import { MANIFEST_FILE, PACKAGE_FILES, type Manifest } from '../src/model/package/manifest.js';
-import { hashFile } from '../src/model/package/writer.js';
+import { hashFile } from '../src/model/package/verify.js';
 import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
 import { type DecoderGraphOptions, writeDecoderModel } from '../src/model/gemma4/decoder-graph.js';
 import { PlePager } from '../src/model/ple/pager.js';
 import { dequantizeInt8Channels, quantizeInt8Channels } from '../src/model/quant.js';
-import { synthTokenizerFiles } from '../src/model/package/synth-tokenizer.js';
+import { synthTokenizerFiles } from '../src/model/build/synth-tokenizer.js';
 import { type TensorToWrite, writeShardedCheckpoint } from '../src/model/safetensors.js';
-import { presetConfig, synthConfigJson, synthPackage, syntheticWeightSource } from '../src/model/synth.js';
+import { presetConfig, synthConfigJson, synthPackage, syntheticWeightSource } from '../src/model/build/synth.js';
 
 export const SEED = 5;
 

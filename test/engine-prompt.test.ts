@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SYNTH_CHAT_TEMPLATE, synthTokenizerFiles } from '../src/model/package/synth-tokenizer.js';
+import { SYNTH_CHAT_TEMPLATE, synthTokenizerFiles } from '../src/model/build/synth-tokenizer.js';
 import {
   ChatTemplate,
   OutputRouter,

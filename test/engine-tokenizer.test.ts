@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { synthTokenizerFiles } from '../src/model/package/synth-tokenizer.js';
+import { synthTokenizerFiles } from '../src/model/build/synth-tokenizer.js';
 import { PackageTokenizer } from '../src/engine/tokenizer.js';
 
 /** Byte-fallback token id of a byte in the synthetic vocabulary (bytes start at 16). */

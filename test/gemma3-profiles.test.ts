@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { PackageTokenizer } from '../src/engine/tokenizer.js';
-import { convertCheckpoint } from '../src/model/convert.js';
+import { convertCheckpoint } from '../src/model/build/convert.js';
 import { parseGemma4TextConfig } from '../src/model/gemma4/config.js';
 import { cacheSlots } from '../src/model/gemma4/decoder-graph.js';
 import { type Profile, quantPolicyFor } from '../src/model/package/manifest.js';

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { convertCheckpoint } from '../src/model/convert.js';
+import { convertCheckpoint } from '../src/model/build/convert.js';
 import { parseGemma4TextConfig } from '../src/model/gemma4/config.js';
 import { cacheSlots } from '../src/model/gemma4/decoder-graph.js';
 import { SafetensorsCheckpoint } from '../src/model/safetensors.js';

@@ -16,7 +16,7 @@ import {
   expandMediaPlaceholders,
 } from '../src/engine/prompt.js';
 import { PackageTokenizer } from '../src/engine/tokenizer.js';
-import { SYNTH_CHAT_TEMPLATE, synthTokenizerFiles } from '../src/model/package/synth-tokenizer.js';
+import { SYNTH_CHAT_TEMPLATE, synthTokenizerFiles } from '../src/model/build/synth-tokenizer.js';
 import { wavTo16kMono } from '../src/sources/wav-decode.js';
 import { preprocessImage } from '../src/vision/preprocess.js';
 

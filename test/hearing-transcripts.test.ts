@@ -6,12 +6,12 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync, rmSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { segmenterSettingsSchema, type SegmenterSettingsInput } from '../src/audio/settings.js';
+import { segmenterSettingsSchema, type SegmenterSettingsInput } from '../src/config/segmenter-settings.js';
 import { stitchTranscripts } from '../src/audio/stitch.js';
 import { segment } from '../src/audio/segment-clip.js';
 import { mqttSettings, schedulerSettings } from '../src/config/schema.js';
 import { Transcriber } from '../src/engine/transcriber.js';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { MqttConnection } from '../src/mqtt/connection.js';
 import {
   answerSchema,

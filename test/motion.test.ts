@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import sharp from 'sharp';
 import type { Frame } from '../src/sources/types.js';
 import { MotionDetector, type MotionUpdate } from '../src/vision/motion.js';
-import { motionSettingsSchema, type MotionSettings } from '../src/vision/motion-settings.js';
+import { motionSettingsSchema, type MotionSettings } from '../src/config/motion-settings.js';
 
 const W = 320;
 const H = 240;

@@ -4,7 +4,8 @@ import { describe, expect, it } from 'vitest';
 import { backoffDelay } from '../src/mqtt/backoff.js';
 import { messageSchemas, parseRequest, type MessageName, type ParsedRequest } from '../src/mqtt/messages.js';
 import { replyRouteFor } from '../src/mqtt/requests.js';
-import { topicMatches, topicsFor } from '../src/mqtt/topics.js';
+import { topicMatches } from '../src/common/mqtt-strings.js';
+import { topicsFor } from '../src/mqtt/topics.js';
 
 const doc = readFileSync(new URL('../docs/mqtt.md', import.meta.url), 'utf8');
 

@@ -19,15 +19,15 @@ import {
   textTensorTable,
   type WeightSource,
 } from '../src/model/gemma4/weights.js';
-import { checkpointWeightSource, convertCheckpoint } from '../src/model/convert.js';
-import { fitPolicy, graphPolicy } from '../src/model/package/build.js';
+import { checkpointWeightSource, convertCheckpoint } from '../src/model/build/convert.js';
+import { fitPolicy, graphPolicy } from '../src/model/build/build.js';
 import { quantPolicyFor, type QuantPolicy } from '../src/model/package/manifest.js';
-import { decidePromotions, sampleRanges } from '../src/model/package/mixed.js';
-import { synthTokenizerFiles } from '../src/model/package/synth-tokenizer.js';
+import { decidePromotions, sampleRanges } from '../src/model/build/mixed.js';
+import { synthTokenizerFiles } from '../src/model/build/synth-tokenizer.js';
 import { verifyPackage } from '../src/model/package/verify.js';
 import { PlePager } from '../src/model/ple/pager.js';
 import { SafetensorsCheckpoint, writeShardedCheckpoint, type TensorToWrite } from '../src/model/safetensors.js';
-import { synthConfigJson, syntheticWeightSource } from '../src/model/synth.js';
+import { synthConfigJson, syntheticWeightSource } from '../src/model/build/synth.js';
 import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
 import { argmax, emptyCache, relErr, runChunk } from './gemma4-helpers.js';
 import { noMedia } from './package-helpers.js';

@@ -12,10 +12,10 @@ import { afterAll, beforeAll, beforeEach, expect, it } from 'vitest';
 import { tinyConfig } from '../src/model/gemma4/config.js';
 import { MULTIMODAL_TEXT_PREFIX, randomWeightSource, textTensorTable } from '../src/model/gemma4/weights.js';
 import { verifyPackage } from '../src/model/package/verify.js';
-import { synthTokenizerFiles } from '../src/model/package/synth-tokenizer.js';
-import { pullModel } from '../src/model/pull.js';
+import { synthTokenizerFiles } from '../src/model/build/synth-tokenizer.js';
+import { pullModel } from '../src/model/build/pull.js';
 import { writeShardedCheckpoint, type TensorToWrite } from '../src/model/safetensors.js';
-import { synthConfigJson } from '../src/model/synth.js';
+import { synthConfigJson } from '../src/model/build/synth.js';
 
 const SHA = 'ab'.repeat(20);
 let root: string;

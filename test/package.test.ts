@@ -20,7 +20,7 @@ import { MANIFEST_FILE, type Manifest } from '../src/model/package/manifest.js';
 import { openPackage } from '../src/model/package/load.js';
 import { assertPackageLoadable, verifyPackage } from '../src/model/package/verify.js';
 import { PlePager } from '../src/model/ple/pager.js';
-import { synthPackage } from '../src/model/synth.js';
+import { synthPackage } from '../src/model/build/synth.js';
 import { emptyCache, runChunk } from './gemma4-helpers.js';
 import { noMedia } from './package-helpers.js';
 import { parseGemma4AudioConfig } from '../src/model/gemma4/audio-config.js';

@@ -24,7 +24,7 @@ import { DEFAULT_TUNING } from '../src/engine/session.js';
 import { GraphBuilder } from '../src/onnx/graph.js';
 import { realignExternalData } from '../src/onnx/realign.js';
 import { SEED, makeTinyPackage, tempRoot } from './engine-helpers.js';
-import { synthPackage } from '../src/model/synth.js';
+import { synthPackage } from '../src/model/build/synth.js';
 
 let root: string;
 let dir: string;

@@ -2,7 +2,7 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/common/log.js';
 import type { CameraSourceSettings } from '../src/config/schema.js';
 import { createFrameSource } from '../src/sources/index.js';
 import type { Frame, FrameSource, SourceState } from '../src/sources/types.js';

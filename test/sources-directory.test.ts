@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { createFrameSource } from '../src/sources/index.js';
 import type { Frame, FrameSource, SourceState } from '../src/sources/types.js';
 import { waitFor } from './fixtures/fake-bin.js';

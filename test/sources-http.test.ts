@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { HttpSnapshotSource } from '../src/sources/http.js';
 import { createFrameSource } from '../src/sources/index.js';
 import type { Frame, FrameSource, SourceState } from '../src/sources/types.js';

@@ -3,7 +3,7 @@
  * are applied in order, the last one wins, data flows only when it should, and stream time never goes back.
  */
 import { describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { AudioSourceBase } from '../src/sources/base.js';
 import { MIN_GAP_MS, StreamClock } from '../src/sources/stream-clock.js';
 import type { AudioChunk } from '../src/sources/types.js';

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { createAudioSource } from '../src/sources/index.js';
 import type { AudioChunk, AudioSource, SourceState } from '../src/sources/types.js';
 import { alive, installFakeBin, waitFor, type FakeBin } from './fixtures/fake-bin.js';

@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { createAudioSource, createFrameSource } from '../src/sources/index.js';
 import type { AudioChunk, Frame } from '../src/sources/types.js';
 import { decodeWav } from '../src/sources/wav-decode.js';

@@ -2,7 +2,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { ProcessSupervisor, type SupervisorOptions, type SupervisorState } from '../src/sources/supervisor.js';
 import { alive, waitFor } from './fixtures/fake-bin.js';
 

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/log.js';
+import { silentLogger } from '../src/common/log.js';
 import { createAudioSource } from '../src/sources/index.js';
 import type { AudioChunk, AudioSource } from '../src/sources/types.js';
 import { decodeWav, resample, wavTo16kMono, WavFormatError } from '../src/sources/wav-decode.js';

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PACKAGE_FILES } from '../src/model/package/manifest.js';
-import { synthPackage } from '../src/model/synth.js';
+import { synthPackage } from '../src/model/build/synth.js';
 import { SEED } from './engine-helpers.js';
 import { REPO } from './daemon-helpers.js';
 import { wavTo16kMono } from '../src/sources/wav-decode.js';

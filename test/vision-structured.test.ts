@@ -12,7 +12,7 @@ import {
   parseStructured,
   structuredPrompt,
   type JsonSchemaObject,
-} from '../src/vision/structured.js';
+} from '../src/common/structured-output.js';
 
 const schema: JsonSchemaObject = {
   type: 'object',

@@ -51,7 +51,7 @@ TEXT = dict(
 AUDIO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, subsampling_conv_channels=[128, 4], output_proj_dims=48)
 
 # Media specials where Perch's synthetic tokenizer puts them for a vocabulary too small for the real ids
-# (src/model/package/synth-tokenizer.ts: the last seven ids, in the order of the real ids).
+# (src/model/build/synth-tokenizer.ts: the last seven ids, in the order of the real ids).
 MEDIA_IDS = dict(
     boi_token_id=VOCAB - 7,  # <|image>
     boa_token_id=VOCAB - 6,  # <|audio>

@@ -2,7 +2,7 @@
 
 Written to test/fixtures/golden/template/:
   chat_template.jinja  Perch's own Gemma 4 format template (SYNTH_CHAT_TEMPLATE in
-                       src/model/package/synth-tokenizer.ts, Apache-2.0), as a file.
+                       src/model/build/synth-tokenizer.ts, Apache-2.0), as a file.
   image.jpg            a small seeded JPEG (the image in the media conversation).
   conversations.json   per case: the messages and options passed, apply_chat_template's text
                        (tokenize=False, before media expansion) and input ids (tokenize=True: the processor
@@ -122,7 +122,7 @@ def synth_tokenizer_files(tmp: Path) -> Path:
     """Perch's synthetic tokenizer files, written by its own code (node + tsx, as the tests load it)."""
     script = (
         "import { writeFileSync } from 'node:fs';"
-        "import { synthTokenizerFiles } from './src/model/package/synth-tokenizer.ts';"
+        "import { synthTokenizerFiles } from './src/model/build/synth-tokenizer.ts';"
         f"const f = synthTokenizerFiles({VOCAB});"
         "const d = process.argv[1];"
         "writeFileSync(d + '/tokenizer.json', f.tokenizerJson);"

@@ -1,7 +1,7 @@
 /** A whole clip through the speech segmenter (perch transcribe, tests): the utterances it finds. */
 import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
 import { Segmenter, type Utterance } from './segmenter.js';
-import { segmenterSettingsSchema } from './settings.js';
+import { segmenterSettingsSchema } from '../config/segmenter-settings.js';
 
 /** One second per push. */
 const FEED_SAMPLES = AUDIO_SAMPLE_RATE;

@@ -13,9 +13,9 @@
  */
 import { EventEmitter } from 'node:events';
 import type { AudioChunk, AudioSource } from '../sources/types.js';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../common/log.js';
 import { LevelMeter, type SoundLevel } from './level.js';
-import type { SegmenterSettings } from './settings.js';
+import type { SegmenterSettings } from '../config/segmenter-settings.js';
 import { SileroVad, VAD_WINDOW, type SpeechDetector } from './vad.js';
 import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
 

@@ -37,7 +37,7 @@ import { parseArgs } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
 import { PackageTokenizer } from '../engine/tokenizer.js';
-import { convertCheckpoint } from '../model/convert.js';
+import { convertCheckpoint } from '../model/build/convert.js';
 import { parseGemma4TextConfig } from '../model/gemma4/config.js';
 import { cacheSlots } from '../model/gemma4/contract.js';
 import { quantPolicyFor, type QuantPolicy } from '../model/package/manifest.js';

@@ -1,6 +1,6 @@
 /** Option parsers shared by the `perch` subcommands (commander calls them with the raw text). */
 import { InvalidArgumentError } from 'commander';
-import { createLogger, type Logger } from '../log.js';
+import { createLogger, type Logger } from '../common/log.js';
 
 /** A whole number written in digits, from min to max. */
 export function intIn(min: number, max: number): (v: string) => number {

@@ -5,13 +5,13 @@
 import { InvalidArgumentError, type Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { intIn } from './args.js';
-import { convertCheckpoint } from '../model/convert.js';
-import type { BuildPhase, BuildProgress } from '../model/package/build.js';
+import { convertCheckpoint } from '../model/build/convert.js';
+import type { BuildPhase, BuildProgress } from '../model/build/build.js';
 import { profiles, type Manifest, type Profile } from '../model/package/manifest.js';
 import { formatProblems, verifyPackage } from '../model/package/verify.js';
 import { profileForThisCpu, profileMismatch } from '../engine/cpu-fit.js';
-import { DEFAULT_REPO, pullModel } from '../model/pull.js';
-import { synthPackage, type SynthPreset } from '../model/synth.js';
+import { DEFAULT_REPO, pullModel } from '../model/build/pull.js';
+import { synthPackage, type SynthPreset } from '../model/build/synth.js';
 
 const PHASE_LABEL: Record<BuildPhase, string> = {
   decoder: 'decoder tensors',

@@ -6,11 +6,11 @@
  * Every key carries a description: the generator refuses keys without one.
  */
 import { z } from 'zod';
-import { segmenterSettingsSchema } from '../audio/settings.js';
-import { motionSettingsSchema } from '../vision/motion-settings.js';
-import { compileStructured } from '../vision/structured.js';
-import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from '../vision/budgets.js';
-import { mqttStringProblem, topicFilterProblem } from '../mqtt/topics.js';
+import { segmenterSettingsSchema } from './segmenter-settings.js';
+import { motionSettingsSchema } from './motion-settings.js';
+import { compileStructured } from '../common/structured-output.js';
+import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from '../model/gemma4/contract.js';
+import { mqttStringProblem, topicFilterProblem } from '../common/mqtt-strings.js';
 
 /** What a camera is asked when it has no prompt of its own. */
 export const DEFAULT_CAPTION_PROMPT =

@@ -6,7 +6,7 @@
  */
 import type { PerchConfig } from '../config/schema.js';
 import type { AnswerEngine } from '../engine/types.js';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../common/log.js';
 import { MqttConnection } from '../mqtt/connection.js';
 import { DiscoveryPublisher, discoveryOptionsFromConfig } from '../mqtt/discovery.js';
 import { encode, isoNow, type ErrorMessage, type StatsMessage } from '../mqtt/messages.js';
@@ -23,7 +23,7 @@ import { HealthTracker } from './health.js';
 import { ModelManager } from './model.js';
 import { VAD_STAGE, watchStages } from './stages.js';
 import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
-import { DEFAULT_IMAGE_TOKENS } from '../vision/budgets.js';
+import { DEFAULT_IMAGE_TOKENS } from '../model/gemma4/contract.js';
 
 const OWNER = 'controller';
 

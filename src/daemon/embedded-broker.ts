@@ -10,8 +10,8 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import { Duplex } from 'node:stream';
 import { Aedes, type Client } from 'aedes';
 import type { PerchConfig } from '../config/schema.js';
-import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
+import type { Logger } from '../common/log.js';
+import { silentLogger } from '../common/log.js';
 
 export type EmbeddedBrokerSettings = PerchConfig['embedded_broker'];
 

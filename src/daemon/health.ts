@@ -12,7 +12,7 @@
  *
  * stats() is the `health` object of the stats message; the Home Assistant Problem entity reads it.
  */
-import { type Logger, silentLogger } from '../log.js';
+import { type Logger, silentLogger } from '../common/log.js';
 import { Backoff } from '../sources/backoff.js';
 
 export type StageState = 'ok' | 'failing' | 'restarting';

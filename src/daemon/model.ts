@@ -18,10 +18,10 @@ import type { PerchConfig } from '../config/schema.js';
 import { GemmaAnswerEngine } from '../engine/gemma-engine.js';
 import type { Transcriber } from '../engine/transcriber.js';
 import { type AnswerEngine, EngineSlot, type StageReporter, UnavailableEngine } from '../engine/types.js';
-import { type Logger, silentLogger } from '../log.js';
+import { type Logger, silentLogger } from '../common/log.js';
 import { MANIFEST_FILE } from '../model/package/manifest.js';
 import { formatProblems, verifyPackage } from '../model/package/verify.js';
-import { synthPackage } from '../model/synth.js';
+import { synthPackage } from '../model/build/synth.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 
 export interface ModelManagerOptions {

@@ -1,10 +1,10 @@
 /** `perch run`: the daemon's entry point, with systemd readiness, watchdog and signal handling. */
 import type { PerchConfig } from '../config/schema.js';
-import { createLogger } from '../log.js';
+import { createLogger } from '../common/log.js';
 import { Controller } from './controller.js';
 import { installShutdown } from './shutdown.js';
 import { SystemdNotifier } from './systemd.js';
-import { perchVersion } from '../version.js';
+import { perchVersion } from '../common/version.js';
 
 /** How often --exit-with-parent looks at the parent process id (a second of overlap at most on a port). */
 const PARENT_CHECK_MS = 1000;

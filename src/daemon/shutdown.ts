@@ -7,8 +7,8 @@
  * second signal N cut the stop short (the shell convention for death by signal).
  */
 import { constants } from 'node:os';
-import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
+import type { Logger } from '../common/log.js';
+import { silentLogger } from '../common/log.js';
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;

@@ -15,8 +15,8 @@
  * With NOTIFY_SOCKET unset (not under systemd) everything is a no-op.
  */
 import { spawn } from 'node:child_process';
-import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
+import type { Logger } from '../common/log.js';
+import { silentLogger } from '../common/log.js';
 
 export interface SystemdNotifierOptions {
   /** Environment to read NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID from (default process.env). */

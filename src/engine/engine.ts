@@ -10,7 +10,7 @@ import { cacheSlots } from '../model/gemma4/contract.js';
 import type { Manifest } from '../model/package/manifest.js';
 import { openPackage, type OpenedPackage } from '../model/package/load.js';
 import type { PlePagerStats } from '../model/ple/pager.js';
-import { type Logger, silentLogger } from '../log.js';
+import { type Logger, silentLogger } from '../common/log.js';
 import { KvState, PrefixStore, commonPrefix } from './kv-cache.js';
 import { ChatTemplate, type ChatMessage, OutputRouter, type ToolDeclaration, encodeChat } from './prompt.js';
 import { type SamplerOptions, createSampler } from './sampling.js';

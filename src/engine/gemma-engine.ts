@@ -6,7 +6,7 @@
  * soft-token rows replace the placeholder run of the user turn.
  */
 import type { PerchConfig } from '../config/schema.js';
-import { type Logger, silentLogger } from '../log.js';
+import { type Logger, silentLogger } from '../common/log.js';
 import type { AskRequest } from '../mqtt/messages.js';
 import { DEFAULT_IMAGE_TOKENS, ImagePreprocessError } from '../vision/preprocess.js';
 import { Engine, type EngineLoadOptions, type MediaInput } from './engine.js';

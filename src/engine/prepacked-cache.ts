@@ -20,7 +20,7 @@ import { homedir } from 'node:os';
 import { basename, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
-import { type Logger, silentLogger } from '../log.js';
+import { type Logger, silentLogger } from '../common/log.js';
 import type { FileRole, Manifest } from '../model/package/manifest.js';
 import { type SessionTuning, sessionOptions } from './session.js';
 

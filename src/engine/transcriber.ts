@@ -9,7 +9,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { LogMelExtractor, optionsFromProcessorConfig } from '../audio/features.js';
-import { type Logger, silentLogger } from '../log.js';
+import { type Logger, silentLogger } from '../common/log.js';
 import { AudioEncoderSession } from './audio-encoder.js';
 import { Engine, type EngineLoadOptions, type FinishReason } from './engine.js';
 import { type ChatMessage, expandMediaPlaceholders } from './prompt.js';

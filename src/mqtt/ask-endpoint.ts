@@ -10,7 +10,7 @@
  * lost in a disconnect, and a client may retry. A request naming an id is ignored when the same id,
  * for the same reply address, was accepted within REQUEST_DEDUP_WINDOW_MS.
  */
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../common/log.js';
 import type { IncomingMessage, MqttConnection, PublishResult } from './connection.js';
 import {
   encode,

@@ -3,7 +3,7 @@
  * them, apart from the connection's machinery so both stay readable.
  */
 import type { MqttSettings } from '../config/schema.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../common/log.js';
 import type { StatsMessage } from './messages.js';
 import type { OutboxPriority, OutboxStats } from './outbox.js';
 

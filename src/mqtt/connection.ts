@@ -19,21 +19,14 @@ import { EventEmitter } from 'node:events';
 import path from 'node:path';
 import mqtt, { type IClientPublishOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import type { MqttSettings } from '../config/schema.js';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../common/log.js';
 import { backoffDelay } from './backoff.js';
 import { clientOptions, loadTls, type ProtocolVersion, type TlsMaterial } from './client-options.js';
 import { encode, isoNow, type ErrorMessage } from './messages.js';
 import { Outbox, PermanentSendError, type DeadLetter, type OutboxEntry } from './outbox.js';
 import { DEFAULT_RESERVED_TOPICS, type ReservedTopics } from './requests.js';
-import {
-  defaultClientId,
-  defaultRootTopic,
-  topicFilterProblem,
-  topicMatches,
-  topicNameProblem,
-  topicsFor,
-  type PerchTopics,
-} from './topics.js';
+import { topicFilterProblem, topicMatches, topicNameProblem } from '../common/mqtt-strings.js';
+import { defaultClientId, defaultRootTopic, topicsFor, type PerchTopics } from './topics.js';
 import type {
   ConnectedInfo,
   IncomingMessage,

@@ -20,7 +20,7 @@ import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { arch, platform } from 'node:os';
 import { join } from 'node:path';
 import type { PerchConfig } from '../config/schema.js';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../common/log.js';
 import { defaultRootTopic, topicsFor } from './topics.js';
 
 /** The one thing discovery needs from the MQTT connection. */

@@ -5,7 +5,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
-import { topicNameProblem, type PerchTopics } from './topics.js';
+import { topicNameProblem } from '../common/mqtt-strings.js';
+import type { PerchTopics } from './topics.js';
 
 export const SCHEMA_VERSION = 1 as const;
 

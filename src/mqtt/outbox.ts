@@ -31,7 +31,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../common/log.js';
 import { MESSAGE_FILE, PRIORITIES, fileName, readMessage, writeMessage, type OutboxPriority } from './outbox-store.js';
 
 export type { OutboxPriority } from './outbox-store.js';

@@ -10,7 +10,8 @@
  * Perch's own command space (a reply to `<root>/ask` would loop, one to `<root>/listening/set` would be
  * a command), into another Perch's root, or into Home Assistant's discovery prefix or status topic.
  */
-import { publishTopicProblem, type PerchTopics } from './topics.js';
+import { publishTopicProblem } from '../common/mqtt-strings.js';
+import type { PerchTopics } from './topics.js';
 
 /** Largest correlationData Perch echoes back. */
 export const MAX_CORRELATION_BYTES = 1024;

@@ -4,7 +4,7 @@
  */
 import type { ErrorCode } from './messages.js';
 import type { IncomingMessage, MqttConnection } from './connection.js';
-import { topicNameProblem } from './topics.js';
+import { topicNameProblem } from '../common/mqtt-strings.js';
 
 /** How long a request waits for the retained message. */
 export const RETAINED_IMAGE_TIMEOUT_MS = 2000;

@@ -6,7 +6,7 @@
 import type { AnswerEngine, AnswerResult } from '../engine/types.js';
 import { ContextLimitError } from '../engine/engine.js';
 import { EngineUnavailableError, InvalidInputError } from '../engine/types.js';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../common/log.js';
 import { AskEndpoint, type AskContext } from '../mqtt/ask-endpoint.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import { DEFAULT_MAX_IMAGE_BYTES, type ErrorCode } from '../mqtt/messages.js';
@@ -15,7 +15,7 @@ import { isSchedulerError } from '../scheduler/errors.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { Frame } from '../sources/types.js';
 import type { TokenBudget } from '../vision/preprocess.js';
-import { InvalidOutputError } from '../vision/structured.js';
+import { InvalidOutputError } from '../common/structured-output.js';
 
 export interface AskPipelineOptions {
   conn: MqttConnection;

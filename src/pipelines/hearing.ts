@@ -24,7 +24,7 @@
 import { Segmenter, type Utterance } from '../audio/segmenter.js';
 import type { PerchConfig } from '../config/schema.js';
 import type { Transcriber } from '../engine/transcriber.js';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../common/log.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import {
   encode,

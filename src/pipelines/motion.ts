@@ -4,7 +4,7 @@
  * not the model can caption, so automations get motion from the first start.
  */
 import type { CameraSettings } from '../config/schema.js';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../common/log.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import { encode, isoNow, type CameraEventMessage } from '../mqtt/messages.js';
 import type { Frame, FrameSource } from '../sources/types.js';

@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import type { CameraSettings } from '../config/schema.js';
 import type { AnswerEngine, AnswerResult } from '../engine/types.js';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../common/log.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import {
   encode,
@@ -33,7 +33,7 @@ import {
   generateStructured,
   InvalidOutputError,
   type StructuredResult,
-} from '../vision/structured.js';
+} from '../common/structured-output.js';
 import { errorCodeFor } from './ask.js';
 
 /** Each camera's newest frame (one JPEG per camera: bounded). */

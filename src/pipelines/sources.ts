@@ -5,7 +5,7 @@
  * frames and audio (captions, transcripts) belongs to the hearing and seeing pipelines.
  */
 import type { CameraSettings } from '../config/schema.js';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../common/log.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import type { AudioSource, Frame, FrameSource, Source, SourceState } from '../sources/types.js';
 

@@ -13,7 +13,7 @@
  * - drain(timeoutMs) for shutdown.
  */
 import type { PerchConfig } from '../config/schema.js';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../common/log.js';
 import { SchedulerError, type JobKind, type SchedulerErrorCode } from './errors.js';
 
 export { SchedulerError, isSchedulerError } from './errors.js';

@@ -9,7 +9,7 @@
  * and the source is open, so nothing leaks out of a start that a pause overtook.
  */
 import { EventEmitter } from 'node:events';
-import type { Logger } from '../log.js';
+import type { Logger } from '../common/log.js';
 import type { ProcessSupervisor, SupervisorState } from './supervisor.js';
 import { StreamClock } from './stream-clock.js';
 import type { AudioChunk, Frame, SourceState } from './types.js';

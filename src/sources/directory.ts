@@ -6,7 +6,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import type { Logger } from '../log.js';
+import type { Logger } from '../common/log.js';
 import type { CameraSourceSettings } from '../config/schema.js';
 import { Backoff, sleep } from './backoff.js';
 import { PollingFrameSource } from './base.js';

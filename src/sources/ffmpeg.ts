@@ -1,5 +1,5 @@
 /** A V4L2 device, RTSP/HTTP stream or video file through ffmpeg, emitted as JPEG frames at the configured rate. */
-import type { Logger } from '../log.js';
+import type { Logger } from '../common/log.js';
 import type { CameraSourceSettings } from '../config/schema.js';
 import { ProcessFrameSource } from './process-frames.js';
 

@@ -1,5 +1,5 @@
 /** A camera snapshot URL polled at an interval; errors back off exponentially and are reported in state. */
-import type { Logger } from '../log.js';
+import type { Logger } from '../common/log.js';
 import type { CameraSourceSettings } from '../config/schema.js';
 import { Backoff, redactCredentials, sleep } from './backoff.js';
 import { PollingFrameSource } from './base.js';

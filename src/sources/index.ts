@@ -1,5 +1,5 @@
 /** Builds the configured audio and camera sources. */
-import type { Logger } from '../log.js';
+import type { Logger } from '../common/log.js';
 import type { AudioSourceSettings, CameraSourceSettings } from '../config/schema.js';
 import { createFfmpegSource } from './ffmpeg.js';
 import { DirectorySource } from './directory.js';

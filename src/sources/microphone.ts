@@ -6,7 +6,7 @@
  * nobody listens), drops stderr, and kills with SIGTERM only. Our supervisor runs the same command instead.
  */
 import { createRequire } from 'node:module';
-import type { Logger } from '../log.js';
+import type { Logger } from '../common/log.js';
 import type { AudioSourceSettings } from '../config/schema.js';
 import { AudioSourceBase } from './base.js';
 import { ProcessSupervisor } from './supervisor.js';

@@ -1,5 +1,5 @@
 /** A camera whose frames come from a supervised process writing MJPEG to stdout (ffmpeg, rpicam-vid). */
-import type { Logger } from '../log.js';
+import type { Logger } from '../common/log.js';
 import { FrameSourceBase } from './base.js';
 import { JpegSplitter } from './jpeg-splitter.js';
 import { ProcessSupervisor } from './supervisor.js';

@@ -1,5 +1,5 @@
 /** A Raspberry Pi camera through rpicam-vid writing MJPEG to stdout. */
-import type { Logger } from '../log.js';
+import type { Logger } from '../common/log.js';
 import type { CameraSourceSettings } from '../config/schema.js';
 import { ProcessFrameSource } from './process-frames.js';
 

@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import type { Logger } from '../log.js';
+import type { Logger } from '../common/log.js';
 import { Backoff, redactCredentials } from './backoff.js';
 
 export type SupervisorStatus = 'stopped' | 'starting' | 'running' | 'restarting' | 'failed';

@@ -1,6 +1,6 @@
 /** A WAV file as an audio source: converted once to 16 kHz mono, then delivered in 50 ms chunks. */
 import { open } from 'node:fs/promises';
-import type { Logger } from '../log.js';
+import type { Logger } from '../common/log.js';
 import type { AudioSourceSettings } from '../config/schema.js';
 import { AudioSourceBase } from './base.js';
 import type { AudioSource } from './types.js';

@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import sharp from 'sharp';
 import type { Frame } from '../sources/types.js';
 import { boxBlur, components, dilate, rasterise, type Blob } from './motion-image.js';
-import { defaultMotionSettings, type MotionSettings } from './motion-settings.js';
+import { defaultMotionSettings, type MotionSettings } from '../config/motion-settings.js';
 
 /** A box in normalised frame coordinates (0..1 from the top left). */
 export interface MotionBox {

@@ -22,9 +22,9 @@
  */
 import sharp from 'sharp';
 import { type ResizeFlavour, resizeBicubicAA } from './resample.js';
-import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from './budgets.js';
+import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from '../model/gemma4/contract.js';
 
-export { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from './budgets.js';
+export { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from '../model/gemma4/contract.js';
 
 export interface GridOptions {
   /** Pixels per patch side (vision_config.patch_size). */

@@ -1,7 +1,7 @@
 /**
  * The package contract: what the graph builders write and the runtime reads, in one place, so that the engine
  * never imports builder code. File names live with the manifest (PACKAGE_FILES); here are the graphs' input and
- * output names and the decoder's cache layout.
+ * output names, the decoder's cache layout and the vision encoder's token budgets.
  */
 import { type Gemma4TextConfig, type LayerType, layerInfos } from './config.js';
 
@@ -57,3 +57,9 @@ export function cacheSlots(cfg: Gemma4TextConfig): CacheSlot[] {
       presentValue: `present.${l.cacheSlot}.value`,
     }));
 }
+
+/** The vision encoder's image token budgets: Gemma 4's allowed max_soft_tokens. */
+export const SOFT_TOKEN_BUDGETS = [70, 140, 280, 560, 1120] as const;
+export type TokenBudget = (typeof SOFT_TOKEN_BUDGETS)[number];
+/** The processor's default max_soft_tokens, and Perch's image budget unless a camera or request sets one. */
+export const DEFAULT_IMAGE_TOKENS = 280;

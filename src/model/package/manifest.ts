@@ -71,7 +71,7 @@ const linearKernelSchema = z.enum(linearKernels);
 export type LinearKernel = (typeof linearKernels)[number];
 
 /**
- * Mixed policy (src/model/package/mixed.ts): a Linear whose measured error at `bits` is at least
+ * Mixed policy (src/model/build/mixed.ts): a Linear whose measured error at `bits` is at least
  * `min_error_ratio` x the median over all linears is kept at `promote.bits`, worst first, while the
  * promoted weights stay within `max_fraction` of all linear weights.
  */

@@ -4,6 +4,8 @@
  * file and the graph agree. Full (`perch model verify`): the same plus sha256 of every file.
  * Every problem is collected (not just the first), each naming its file.
  */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { isDeepStrictEqual } from 'node:util';
 import { join } from 'node:path';
@@ -11,7 +13,6 @@ import onnxProto from 'onnx-proto';
 import { hasPle, parseGemma4TextConfig, type Gemma4TextConfig } from '../gemma4/config.js';
 import { decodeHeader, PLE_DATA_OFFSET } from '../ple/format.js';
 import { MANIFEST_FILE, REQUIRED_ROLES, parseManifest, type FileEntry, type Manifest } from './manifest.js';
-import { hashFile } from './writer.js';
 
 const { onnx } = onnxProto;
 
@@ -253,4 +254,20 @@ export async function assertPackageLoadable(dir: string): Promise<Manifest> {
   const r = await verifyPackage(dir, { full: false });
   if (!r.ok || !r.manifest) throw new Error(`model package ${dir} is not usable:\n${formatProblems(dir, r.problems)}`);
   return r.manifest;
+}
+
+/** sha256 and size of a file, read in 1 MiB chunks (constant memory for multi-GB files). */
+export async function hashFile(
+  path: string,
+  onBytes?: (n: number) => void,
+): Promise<{ bytes: number; sha256: string }> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
+    const b = chunk as Buffer;
+    hash.update(b);
+    bytes += b.length;
+    onBytes?.(b.length);
+  }
+  return { bytes, sha256: hash.digest('hex') };
 }

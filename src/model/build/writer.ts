@@ -4,12 +4,13 @@
  * manifest.json is written last, atomically, so an interrupted build never looks complete.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { mkdir, readdir, rename, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writePleFile, type PleWriteOptions, type RowProducer } from '../ple/writer.js';
 import type { PleLayout } from '../ple/format.js';
+import { hashFile } from '../package/verify.js';
 import {
   MANIFEST_FILE,
   PACKAGE_FORMAT_VERSION,
@@ -17,7 +18,7 @@ import {
   type FileEntry,
   type FileRole,
   type Manifest,
-} from './manifest.js';
+} from '../package/manifest.js';
 
 /** Perch's version from its package.json (found upward from this file: works from src/ and dist/). */
 export function perchVersion(): string {
@@ -33,22 +34,6 @@ export function perchVersion(): string {
     if (up === dir) return 'unknown';
     dir = up;
   }
-}
-
-/** sha256 and size of a file, read in 1 MiB chunks (constant memory for multi-GB files). */
-export async function hashFile(
-  path: string,
-  onBytes?: (n: number) => void,
-): Promise<{ bytes: number; sha256: string }> {
-  const hash = createHash('sha256');
-  let bytes = 0;
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
-    const b = chunk as Buffer;
-    hash.update(b);
-    bytes += b.length;
-    onBytes?.(b.length);
-  }
-  return { bytes, sha256: hash.digest('hex') };
 }
 
 export class PackageWriter {

@@ -11,7 +11,7 @@
 import type { Gemma4TextConfig } from '../gemma4/config.js';
 import { type TensorSpec, type WeightSource, textTensorTable } from '../gemma4/weights.js';
 import { type QuantBits, dequantizeMatMulNBits, quantizeMatMulNBits } from '../quant.js';
-import type { QuantPolicy, TensorDecision } from './manifest.js';
+import type { QuantPolicy, TensorDecision } from '../package/manifest.js';
 
 /** Values sampled per matrix (whole matrices up to this size). */
 export const SAMPLE_VALUES = 1 << 17;

@@ -1,4 +1,4 @@
-/** Perch's version, read once from package.json (one level above src/ and dist/ alike). */
+/** Perch's version, read once from package.json (two levels above src/common/ and dist/common/ alike). */
 import { readFileSync } from 'node:fs';
 
 let cached: string | undefined;
@@ -6,7 +6,7 @@ let cached: string | undefined;
 export function perchVersion(): string {
   if (cached === undefined) {
     try {
-      cached = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string })
+      cached = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string })
         .version;
     } catch {
       cached = 'unknown';

@@ -10,9 +10,9 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { convertCheckpoint } from './convert.js';
-import type { BuildProgress } from './package/build.js';
-import type { Manifest, Profile } from './package/manifest.js';
-import { hashFile } from './package/writer.js';
+import type { BuildProgress } from './build.js';
+import type { Manifest, Profile } from '../package/manifest.js';
+import { hashFile } from '../package/verify.js';
 
 export const DEFAULT_REPO = 'google/gemma-4-E2B-it';
 const HUB = 'https://huggingface.co';

@@ -11,7 +11,7 @@ import { parseGemma4VisionConfig } from '../gemma4/vision-config.js';
 import { writeVisionEncoderModel } from '../gemma4/vision-graph.js';
 import { defaultVisionPolicy } from '../gemma4/vision-quant.js';
 import type { WeightSource } from '../gemma4/weights.js';
-import { PACKAGE_FILES, type FileRole, type QuantPolicy } from './manifest.js';
+import { PACKAGE_FILES, type FileRole, type QuantPolicy } from '../package/manifest.js';
 
 export interface EncoderFile {
   name: string;

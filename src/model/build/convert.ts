@@ -5,12 +5,12 @@
  */
 import { access, readFile } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import { AUDIO_TOWER_PREFIX } from './gemma4/audio-weights.js';
-import { VISION_TOWER_PREFIX } from './gemma4/vision-weights.js';
-import { detectTextPrefix, globalName, type WeightSource } from './gemma4/weights.js';
-import { SafetensorsCheckpoint } from './safetensors.js';
-import { buildPackage, type BuildProgress, type PackageExtraFile } from './package/build.js';
-import { PACKAGE_FILES, quantPolicyFor, type Manifest, type Profile, type QuantPolicy } from './package/manifest.js';
+import { AUDIO_TOWER_PREFIX } from '../gemma4/audio-weights.js';
+import { VISION_TOWER_PREFIX } from '../gemma4/vision-weights.js';
+import { detectTextPrefix, globalName, type WeightSource } from '../gemma4/weights.js';
+import { SafetensorsCheckpoint } from '../safetensors.js';
+import { buildPackage, type BuildProgress, type PackageExtraFile } from './build.js';
+import { PACKAGE_FILES, quantPolicyFor, type Manifest, type Profile, type QuantPolicy } from '../package/manifest.js';
 
 export interface ConvertOptions {
   from: string;

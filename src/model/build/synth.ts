@@ -4,17 +4,17 @@
  * generated per tensor on demand (nothing cached), and PLE rows per row, so an E2B synth needs about as
  * much memory as an E2B conversion.
  */
-import { e2bAudioConfig, parseGemma4AudioConfig, tinyAudioConfig, toAudioConfigJson } from './gemma4/audio-config.js';
-import { AUDIO_TOWER_PREFIX, EMBED_AUDIO_PREFIX, syntheticAudioWeightSource } from './gemma4/audio-weights.js';
-import { e2bConfig, tinyConfig, type Gemma4TextConfig } from './gemma4/config.js';
-import { toTextConfigJson } from './gemma4/config-json.js';
+import { e2bAudioConfig, parseGemma4AudioConfig, tinyAudioConfig, toAudioConfigJson } from '../gemma4/audio-config.js';
+import { AUDIO_TOWER_PREFIX, EMBED_AUDIO_PREFIX, syntheticAudioWeightSource } from '../gemma4/audio-weights.js';
+import { e2bConfig, tinyConfig, type Gemma4TextConfig } from '../gemma4/config.js';
+import { toTextConfigJson } from '../gemma4/config-json.js';
 import {
   e2bVisionConfig,
   parseGemma4VisionConfig,
   tinyVisionConfig,
   toVisionConfigJson,
-} from './gemma4/vision-config.js';
-import { EMBED_VISION_PREFIX, VISION_TOWER_PREFIX, syntheticVisionWeightSource } from './gemma4/vision-weights.js';
+} from '../gemma4/vision-config.js';
+import { EMBED_VISION_PREFIX, VISION_TOWER_PREFIX, syntheticVisionWeightSource } from '../gemma4/vision-weights.js';
 import {
   MULTIMODAL_TEXT_PREFIX,
   seededRandom,
@@ -22,11 +22,11 @@ import {
   textTensorTable,
   type TensorSpec,
   type WeightSource,
-} from './gemma4/weights.js';
-import { buildPackage, type BuildProgress } from './package/build.js';
-import { PACKAGE_FILES, quantPolicyFor, type Manifest, type Profile, type QuantPolicy } from './package/manifest.js';
-import { synthTokenizerFiles } from './package/synth-tokenizer.js';
-import type { RowProducer } from './ple/writer.js';
+} from '../gemma4/weights.js';
+import { buildPackage, type BuildProgress } from './build.js';
+import { PACKAGE_FILES, quantPolicyFor, type Manifest, type Profile, type QuantPolicy } from '../package/manifest.js';
+import { synthTokenizerFiles } from './synth-tokenizer.js';
+import type { RowProducer } from '../ple/writer.js';
 
 export type SynthPreset = 'tiny' | 'e2b';
 

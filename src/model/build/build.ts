@@ -11,7 +11,7 @@ import { writeEncoders } from './encoders.js';
 import { uniformPolicy, type LinearQuant, type QuantPolicy as GraphQuantPolicy } from '../gemma4/quantize.js';
 import { textTensorTable, type WeightSource } from '../gemma4/weights.js';
 import type { RowProducer } from '../ple/writer.js';
-import { PACKAGE_FILES, type FileRole, type Manifest, type QuantPolicy } from './manifest.js';
+import { PACKAGE_FILES, type FileRole, type Manifest, type QuantPolicy } from '../package/manifest.js';
 import { planMixedPolicy } from './mixed.js';
 import { PackageWriter } from './writer.js';
 
