@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { perchConfigSchema } from '../src/config/schema.js';
 import { GemmaAnswerEngine, type ModelSettings } from '../src/engine/gemma-engine.js';
 import { EngineUnavailableError } from '../src/engine/types.js';
-import { makeTinyPackage, tempRoot } from './engine-helpers.js';
+import { askEngine, makeTinyPackage, tempRoot } from './engine-helpers.js';
 
 let root: string;
 let pkg: string;
@@ -35,25 +35,28 @@ describe('GemmaAnswerEngine', () => {
     try {
       expect(e.status().state).toBe('loading');
       await expect(
-        e.answer({ id: 'a', text: 'hi' }, { signal: new AbortController().signal, onToken: noop }),
+        askEngine(e, { id: 'a', text: 'hi' }, { signal: new AbortController().signal, onToken: noop }),
       ).rejects.toThrow(EngineUnavailableError);
       await e.start();
-      expect(e.status()).toMatchObject({ state: 'ready', random_weights: true });
+      expect(e.status()).toMatchObject({ state: 'ready', randomWeights: true });
       let streamed = '';
-      const a = await e.answer(
+      const a = await askEngine(
+        e,
         { id: 'a', text: 'hello', seed: 3, temperature: 0.8 },
         { signal: new AbortController().signal, onToken: (d) => (streamed += d) },
       );
       expect(a.tokens.completion).toBeGreaterThan(0);
       expect(a.tokens.completion).toBeLessThanOrEqual(6); // max_answer_tokens
       expect(streamed.trim()).toBe(a.text);
-      expect(a.latency_ms.total).toBeGreaterThanOrEqual(a.latency_ms.first_token);
-      const b = await e.answer(
+      expect(a.timings.totalMs).toBeGreaterThanOrEqual(a.timings.firstTokenMs);
+      const b = await askEngine(
+        e,
         { id: 'b', text: 'hello', seed: 3, temperature: 0.8 },
         { signal: new AbortController().signal, onToken: noop },
       );
       expect(b.text).toBe(a.text);
-      const long = await e.answer(
+      const long = await askEngine(
+        e,
         { id: 'c', text: 'hello', max_tokens: 9, temperature: 0 },
         { signal: new AbortController().signal, onToken: noop },
       );
@@ -71,11 +74,12 @@ describe('GemmaAnswerEngine', () => {
       await e.start();
       const ac = new AbortController();
       let n = 0;
-      const r = await e.answer(
+      const r = await askEngine(
+        e,
         { id: 'x', text: 'hello', max_tokens: 50, temperature: 0 },
         { signal: ac.signal, onToken: () => ++n === 2 && ac.abort() },
       );
-      expect(r.finish_reason).toBe('cancelled');
+      expect(r.finishReason).toBe('cancelled');
       expect(r.tokens.completion).toBeLessThan(50);
     } finally {
       await e.close();
@@ -88,7 +92,7 @@ describe('GemmaAnswerEngine', () => {
     expect(broken.status().state).toBe('error');
     expect(broken.status().detail).toMatch(/could not be loaded/);
     await expect(
-      broken.answer({ id: 'a', text: 'hi' }, { signal: new AbortController().signal, onToken: noop }),
+      askEngine(broken, { id: 'a', text: 'hi' }, { signal: new AbortController().signal, onToken: noop }),
     ).rejects.toThrow(EngineUnavailableError);
     await broken.close();
 
@@ -96,7 +100,8 @@ describe('GemmaAnswerEngine', () => {
     try {
       await e.start();
       await expect(
-        e.answer(
+        askEngine(
+          e,
           { id: 'i', text: 'what is this?', image: '/9j/AAAA' },
           { signal: new AbortController().signal, onToken: noop },
         ),

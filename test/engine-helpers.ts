@@ -10,6 +10,10 @@ import { graphPolicy } from '../src/model/build/build.js';
 import { MANIFEST_FILE, PACKAGE_FILES, type Manifest } from '../src/model/package/manifest.js';
 import { hashFile } from '../src/model/package/verify.js';
 import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
+import type { AnswerEngine, GenerationResult } from '../src/engine/types.js';
+import type { TokenBudget } from '../src/model/gemma4/contract.js';
+import type { AskRequest } from '../src/mqtt/messages.js';
+import { generationRequest, questionImage } from '../src/pipelines/ask.js';
 import { type DecoderGraphOptions, writeDecoderModel } from '../src/model/gemma4/decoder-graph.js';
 import { PlePager } from '../src/model/ple/pager.js';
 import { dequantizeInt8Channels, quantizeInt8Channels } from '../src/model/quant.js';
@@ -114,4 +118,24 @@ export async function writeTinyCheckpoint(dir: string): Promise<void> {
   writeShardedCheckpoint(dir, tensors, 1 << 20);
   writeFileSync(join(dir, 'config.json'), JSON.stringify(synthConfigJson(cfg, false), null, 2));
   writeFileSync(join(dir, 'tokenizer.json'), synthTokenizerFiles(cfg.vocabSize).tokenizerJson);
+}
+
+/**
+ * An MQTT-style question to an engine through the ask pipeline's own translation (image choice, then the
+ * engine's request), as `<root>/ask` sends it.
+ */
+export async function askEngine(
+  engine: AnswerEngine,
+  request: AskRequest,
+  opts: { signal?: AbortSignal; onToken?: (delta: string) => void; image?: Buffer; imageTokens?: TokenBudget } = {},
+): Promise<GenerationResult> {
+  const image = questionImage(request, opts.image ? { frame: opts.image } : {});
+  return engine.generate(
+    generationRequest(request, {
+      ...(image ? { image } : {}),
+      ...(opts.imageTokens !== undefined ? { tokens: opts.imageTokens } : {}),
+      signal: opts.signal ?? new AbortController().signal,
+      ...(opts.onToken ? { onToken: opts.onToken } : {}),
+    }),
+  );
 }

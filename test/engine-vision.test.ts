@@ -8,10 +8,10 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { perchConfigSchema } from '../src/config/schema.js';
 import { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
-import { EngineUnavailableError, InvalidInputError } from '../src/engine/types.js';
+import { EngineUnavailableError, type GenerationResult, InvalidInputError } from '../src/engine/types.js';
 import { VisionEncoder, VisionEncoderMissingError } from '../src/engine/vision.js';
 import type { AskRequest } from '../src/mqtt/messages.js';
-import { makeTinyPackage, tempRoot } from './engine-helpers.js';
+import { askEngine, makeTinyPackage, tempRoot } from './engine-helpers.js';
 import { frame, makeSeeingPackage } from './seeing-helpers.js';
 
 let root: string;
@@ -85,10 +85,7 @@ describe('GemmaAnswerEngine with images', () => {
     await engine.start();
     try {
       expect(engine.status()).toMatchObject({ state: 'ready', vision: true });
-      const ask = (
-        img: Buffer,
-        id: string,
-      ): Promise<{ text: string; streamed: string; r: Awaited<ReturnType<GemmaAnswerEngine['answer']>> }> => {
+      const ask = (img: Buffer, id: string): Promise<{ text: string; streamed: string; r: GenerationResult }> => {
         let streamed = '';
         const req: AskRequest = {
           id,
@@ -97,9 +94,11 @@ describe('GemmaAnswerEngine with images', () => {
           seed: 11,
           max_tokens: 24,
         };
-        return engine
-          .answer(req, { ...noop, onToken: (d) => (streamed += d), imageTokens: 70 })
-          .then((r) => ({ text: r.text, streamed, r }));
+        return askEngine(engine, req, { ...noop, onToken: (d) => (streamed += d), imageTokens: 70 }).then((r) => ({
+          text: r.text,
+          streamed,
+          r,
+        }));
       };
       const a1 = await ask(frame(1), 'a1');
       const a2 = await ask(frame(1), 'a2');
@@ -109,18 +108,20 @@ describe('GemmaAnswerEngine with images', () => {
       expect(a2.text).toBe(a1.text);
       expect(b.text).not.toBe(a1.text);
       // The soft tokens are part of the prompt: 66 rows plus their two markers.
-      const textOnly = await engine.answer(
+      const textOnly = await askEngine(
+        engine,
         { id: 't', text: 'What is in this picture?', seed: 11, max_tokens: 24 },
         noop,
       );
       expect(a1.r.tokens.prompt - textOnly.tokens.prompt).toBeGreaterThanOrEqual(66 + 2);
       expect(a1.r.image).toEqual({ width: 528, height: 288, tokens: 66 });
-      expect(a1.r.latency_ms.vision).toBeGreaterThanOrEqual(0);
+      expect(a1.r.timings.visionMs).toBeGreaterThanOrEqual(0);
       expect(textOnly.image).toBeUndefined();
-      expect(textOnly.latency_ms.vision).toBeUndefined();
+      expect(textOnly.timings.visionMs).toBeUndefined();
 
       // A frame handed in (a camera question) is the same as the same JPEG in the request.
-      const cam = await engine.answer(
+      const cam = await askEngine(
+        engine,
         { id: 'c', text: 'What is in this picture?', camera: 'yard', seed: 11, max_tokens: 24 },
         { ...noop, image: frame(1), imageTokens: 70 },
       );
@@ -135,16 +136,19 @@ describe('GemmaAnswerEngine with images', () => {
     await engine.start();
     try {
       const corrupt = Buffer.concat([Buffer.from([0xff, 0xd8, 0xff, 0xe0]), Buffer.alloc(200, 7)]);
-      const err = await engine
-        .answer({ id: 'x', text: 'What is this?', image: corrupt.toString('base64') }, noop)
-        .catch((e: unknown) => e);
+      const err = await askEngine(
+        engine,
+        { id: 'x', text: 'What is this?', image: corrupt.toString('base64') },
+        noop,
+      ).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(InvalidInputError);
       expect((err as Error).message).toMatch(/^image: cannot decode image/);
       const truncated = frame(2).subarray(0, 600);
-      await expect(engine.answer({ id: 'y', text: 'What is this?' }, { ...noop, image: truncated })).rejects.toThrow(
-        InvalidInputError,
-      );
-      const ok = await engine.answer(
+      await expect(
+        askEngine(engine, { id: 'y', text: 'What is this?' }, { ...noop, image: truncated }),
+      ).rejects.toThrow(InvalidInputError);
+      const ok = await askEngine(
+        engine,
         { id: 'z', text: 'And this?', max_tokens: 4, seed: 1 },
         { ...noop, image: frame(3), imageTokens: 70 },
       );
@@ -161,16 +165,18 @@ describe('GemmaAnswerEngine with images', () => {
     try {
       expect(engine.status()).toMatchObject({ state: 'ready', vision: false });
       expect(engine.status().detail).toMatch(/images: no \(this model package has no vision encoder/);
-      const err = await engine
-        .answer({ id: 'x', text: 'What is this?', image: frame(1).toString('base64') }, noop)
-        .catch((e: unknown) => e);
+      const err = await askEngine(
+        engine,
+        { id: 'x', text: 'What is this?', image: frame(1).toString('base64') },
+        noop,
+      ).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(EngineUnavailableError);
       expect((err as Error).message).toMatch(/no vision encoder/);
-      await expect(engine.answer({ id: 'y', text: 'What is at the door?', camera: 'door' }, noop)).rejects.toThrow(
+      await expect(askEngine(engine, { id: 'y', text: 'What is at the door?', camera: 'door' }, noop)).rejects.toThrow(
         /no frame from camera door yet/,
       );
       // Text questions still work.
-      const r = await engine.answer({ id: 'z', text: 'Hello', max_tokens: 3, seed: 1 }, noop);
+      const r = await askEngine(engine, { id: 'z', text: 'Hello', max_tokens: 3, seed: 1 }, noop);
       expect(r.tokens.completion).toBeGreaterThan(0);
     } finally {
       await engine.close();

@@ -8,6 +8,7 @@ import sharp from 'sharp';
 import { InvalidArgumentError, type Command } from 'commander';
 import { NO_PREPACKED_CACHE_FLAG, NO_PREPACKED_CACHE_HELP, commandLogger, intIn, reportFailure } from './args.js';
 import { DEFAULT_CAPTION_PROMPT, modelSettings } from '../config/schema.js';
+import { latencyFields } from '../pipelines/ask.js';
 import { GemmaAnswerEngine } from '../engine/gemma-engine.js';
 import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from '../vision/preprocess.js';
 
@@ -86,36 +87,37 @@ async function caption(file: string, opts: CaptionOptions): Promise<number> {
   try {
     const st = engine.status();
     if (st.state !== 'ready') return fail(st.detail);
-    if (st.random_weights)
+    if (st.randomWeights)
       process.stderr.write('perch: note: this package has random weights (synthetic); its captions are meaningless\n');
     let streamed = false;
-    const r = await engine.answer(
-      {
-        id: 'caption',
-        text: opts.prompt,
-        max_tokens: opts.maxTokens,
-        ...(opts.seed !== undefined ? { seed: opts.seed } : {}),
-      },
-      {
-        signal: ac.signal,
-        image,
-        imageTokens: opts.tokens,
-        onToken: (delta) => {
-          if (opts.json) return;
-          process.stdout.write(delta);
-          streamed = true;
+    const r = await engine.generate({
+      messages: [
+        {
+          role: 'user',
+          content: [
+            { type: 'image', data: image, tokens: opts.tokens },
+            { type: 'text', text: opts.prompt },
+          ],
         },
+      ],
+      maxTokens: opts.maxTokens,
+      ...(opts.seed !== undefined ? { sampling: { seed: opts.seed } } : {}),
+      signal: ac.signal,
+      onToken: (delta) => {
+        if (opts.json) return;
+        process.stdout.write(delta);
+        streamed = true;
       },
-    );
+    });
     if (opts.json) {
       const out = {
         text: r.text,
         file,
         ...(r.image ? { width: r.image.width, height: r.image.height, image_tokens: r.image.tokens } : {}),
-        finish_reason: r.finish_reason,
+        finish_reason: r.finishReason,
         tokens: r.tokens,
-        latency_ms: r.latency_ms,
-        ...(st.random_weights ? { random_weights: true } : {}),
+        latency_ms: latencyFields(r.timings),
+        ...(st.randomWeights ? { random_weights: true } : {}),
       };
       process.stdout.write(JSON.stringify(out) + '\n');
     } else if (streamed) {

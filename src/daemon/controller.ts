@@ -105,7 +105,7 @@ export class Controller {
       ? new HearingPipeline(this.conn, audio, config.audio.segmenter, this.log, {
           scheduler: this.scheduler,
           // Asked per utterance: the model loads in the background after start.
-          transcriber: () => this.model.transcriber(),
+          transcriber: () => this.model.speech(),
           maxTokens: config.audio.transcript_max_tokens,
           followUpS: config.audio.follow_up_s,
           talkWindowS: config.audio.talk_window_s,
@@ -245,7 +245,7 @@ export class Controller {
       engine: {
         state: engine.state,
         detail: engine.detail.slice(0, 500),
-        ...(engine.random_weights ? { random_weights: true } : {}),
+        ...(engine.randomWeights ? { random_weights: true } : {}),
         ...this.model.stats(),
       },
       ...(this.hearing && this.meter

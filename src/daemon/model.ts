@@ -16,8 +16,13 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { PerchConfig } from '../config/schema.js';
 import { GemmaAnswerEngine } from '../engine/gemma-engine.js';
-import type { Transcriber } from '../engine/transcriber.js';
-import { type AnswerEngine, EngineSlot, type StageReporter, UnavailableEngine } from '../engine/types.js';
+import {
+  type AnswerEngine,
+  EngineSlot,
+  type SpeechEngine,
+  type StageReporter,
+  UnavailableEngine,
+} from '../engine/types.js';
 import { type Logger, silentLogger } from '../common/log.js';
 import { MANIFEST_FILE } from '../model/package/manifest.js';
 import { formatProblems, verifyPackage } from '../model/package/verify.js';
@@ -72,15 +77,13 @@ export class ModelManager {
   }
 
   /** The transcriber of the engine in use, when it can hear. */
-  transcriber(): Transcriber | undefined {
-    const e = this.engine.current;
-    return e instanceof GemmaAnswerEngine ? e.transcriber() : undefined;
+  speech(): SpeechEngine | undefined {
+    return this.engine.speech();
   }
 
   /** Rebuilds an encoder stage of the engine in use (see GemmaAnswerEngine.restartStage). */
   async restartStage(stage: string): Promise<void> {
-    const e = this.engine.current;
-    if (e instanceof GemmaAnswerEngine) await e.restartStage(stage);
+    await this.engine.restartStage(stage);
   }
 
   /** The engine for model.dir at start (it loads in the background), then watches model.dir. */
@@ -104,7 +107,7 @@ export class ModelManager {
       this.engine.current = engine;
       void engine.start().then(() => {
         const st = engine.status();
-        if (st.random_weights) this.log.warn(`MODEL OUTPUTS ARE RANDOM: ${st.detail}`);
+        if (st.randomWeights) this.log.warn(`MODEL OUTPUTS ARE RANDOM: ${st.detail}`);
         this.o.onChange();
       });
     }
@@ -187,7 +190,7 @@ export class ModelManager {
     this.reloads++;
     this.lastError = undefined;
     this.log.info({ dir, detail: st.detail }, `now using the model package at ${dir}`);
-    if (st.random_weights) this.log.warn(`MODEL OUTPUTS ARE RANDOM: ${st.detail}`);
+    if (st.randomWeights) this.log.warn(`MODEL OUTPUTS ARE RANDOM: ${st.detail}`);
     this.o.onChange();
     // Jobs that started on the old engine finish on it; it closes once the queue is idle.
     void this.o.scheduler.onIdle().then(() => old.close());

@@ -7,21 +7,23 @@
  */
 import type { PerchConfig } from '../config/schema.js';
 import { type Logger, silentLogger } from '../common/log.js';
-import type { AskRequest } from '../mqtt/messages.js';
-import { DEFAULT_IMAGE_TOKENS, ImagePreprocessError } from '../vision/preprocess.js';
+import { DEFAULT_IMAGE_TOKENS, type TokenBudget } from '../model/gemma4/contract.js';
+import { ImagePreprocessError } from '../vision/preprocess.js';
 import { Engine, type EngineLoadOptions, type MediaInput } from './engine.js';
-import { type ChatMessage, expandMediaPlaceholders } from './prompt.js';
+import { type ChatMessage, type ContentItem, expandMediaPlaceholders, placeholderContent } from './prompt.js';
 import type { SamplerOptions } from './sampling.js';
 import { defaultCacheDir, packageChecksum } from './prepacked-cache.js';
-import { Transcriber } from './transcriber.js';
+import { ClipLengthError, Transcriber } from './transcriber.js';
 import {
   type AnswerEngine,
-  type AnswerOptions,
-  type AnswerResult,
   ENGINE_STAGES,
-  type EngineStatus,
   EngineUnavailableError,
+  type EngineStatus,
+  type GenerationMessage,
+  type GenerationRequest,
+  type GenerationResult,
   InvalidInputError,
+  type SpeechEngine,
   type StageReporter,
 } from './types.js';
 import { VisionEncoder, visionEncoderPath } from './vision.js';
@@ -58,9 +60,6 @@ export function stripControlTokens(text: string): string {
   return out;
 }
 
-/** The image placeholder as Gemma's template renders an image item (the tokenizer maps it to one id). */
-const IMAGE_PLACEHOLDER = '<|image|>';
-
 export class GemmaAnswerEngine implements AnswerEngine {
   private engine: Engine | null = null;
   private vision: VisionEncoder | null = null;
@@ -68,7 +67,7 @@ export class GemmaAnswerEngine implements AnswerEngine {
   private visionGap = 'the model is not loaded yet';
   private hearer: Transcriber | null = null;
   /** The hearer as handed out: it reports to opts.health. */
-  private hearerView: Transcriber | null = null;
+  private hearerView: SpeechEngine | null = null;
   private hearingGap = 'the model is not loaded yet';
   private state: EngineStatus = { state: 'loading', detail: 'loading the model package' };
   private loading: Promise<void> | null = null;
@@ -120,8 +119,9 @@ export class GemmaAnswerEngine implements AnswerEngine {
           (random
             ? `synthetic package ${engine.manifest.source.model} loaded: RANDOM WEIGHTS, answers are meaningless; get the real model with \`perch model pull\` (or \`perch model convert\`) and point model.dir at it`
             : `model ${engine.manifest.source.model} ready`) + seeing,
-        ...(random ? { random_weights: true } : {}),
+        ...(random ? { randomWeights: true } : {}),
         vision: vision !== null,
+        audio: hearer !== null,
       };
       if (random)
         this.log.warn({ dir: s.dir }, 'the model package is synthetic (random weights): answers are meaningless');
@@ -131,8 +131,8 @@ export class GemmaAnswerEngine implements AnswerEngine {
     }
   }
 
-  /** The transcriber over the shared engine, when the package has an audio encoder the decoder can take. */
-  transcriber(): Transcriber | undefined {
+  /** Speech to text over the shared engine, when the package has an audio encoder the decoder can take. */
+  speech(): SpeechEngine | undefined {
     if (this.closed || !this.hearer) return undefined;
     this.hearerView ??= this.reporting(this.hearer);
     return this.hearerView;
@@ -161,26 +161,26 @@ export class GemmaAnswerEngine implements AnswerEngine {
   }
 
   /** The transcriber with its transcribe() and answer() reporting failures and successes to opts.health. */
-  private reporting(t: Transcriber): Transcriber {
+  private reporting(t: Transcriber): SpeechEngine {
     const health = this.opts.health;
     if (!health) return t;
-    const stage = ENGINE_STAGES.audio;
-    return new Proxy(t, {
-      get(target, prop, receiver) {
-        if (prop !== 'transcribe' && prop !== 'answer') return Reflect.get(target, prop, receiver) as unknown;
-        const fn = (target[prop] as (...a: unknown[]) => Promise<unknown>).bind(target);
-        return async (...args: unknown[]) => {
-          try {
-            const r = await fn(...args);
-            health.ok(stage);
-            return r;
-          } catch (err) {
-            if ((err as Error).name !== 'AbortError') health.error(stage, err);
-            throw err;
-          }
-        };
+    const report = async <T>(run: () => Promise<T>): Promise<T> => {
+      try {
+        const r = await run();
+        health.ok(ENGINE_STAGES.audio);
+        return r;
+      } catch (err) {
+        if ((err as Error).name !== 'AbortError') health.error(ENGINE_STAGES.audio, err);
+        throw err;
+      }
+    };
+    return {
+      get randomWeights() {
+        return t.randomWeights;
       },
-    });
+      transcribe: (samples, opts) => report(() => t.transcribe(samples, opts)),
+      answer: (samples, opts) => report(() => t.answer(samples, opts)),
+    };
   }
 
   private async loadHearing(engine: Engine): Promise<Transcriber | null> {
@@ -237,111 +237,146 @@ export class GemmaAnswerEngine implements AnswerEngine {
     return { ...this.state };
   }
 
-  async answer(request: AskRequest, opts: AnswerOptions): Promise<AnswerResult> {
+  async generate(request: GenerationRequest): Promise<GenerationResult> {
     const engine = this.engine;
     if (!engine || this.closed) throw new EngineUnavailableError(this.state.detail);
-    const image = opts.image ?? (request.image !== undefined ? Buffer.from(request.image, 'base64') : undefined);
-    if (request.camera !== undefined && !image)
-      throw new EngineUnavailableError(`no frame from camera ${request.camera} yet`);
     const t0 = performance.now();
-    const messages: ChatMessage[] = [];
-    const system = (opts.systemPrompt ?? this.settings.system_prompt).trim();
-    if (system) messages.push({ role: 'system', content: system });
-    const text = stripControlTokens(request.text);
-    const thinking = request.thinking ?? false;
-    let prompt: { ids: number[]; prefixTokens: number };
-    let media: MediaInput[] | undefined;
-    let seen: { visionMs: number; width: number; height: number; tokens: number } | undefined;
-    if (image) {
-      const vision = this.vision;
-      if (!vision) throw new EngineUnavailableError(this.visionGap);
-      const encoded = await vision
-        .encode(image, { tokenBudget: opts.imageTokens ?? DEFAULT_IMAGE_TOKENS })
-        .catch((err: unknown) => {
-          if (err instanceof ImagePreprocessError) throw new InvalidInputError(`image: ${err.message}`);
-          // A bad image is the request's fault; anything else is the encoder's.
-          this.opts.health?.error(ENGINE_STAGES.vision, err);
-          throw err;
-        });
-      this.opts.health?.ok(ENGINE_STAGES.vision);
-      if (opts.signal.aborted) return cancelled(t0);
-      const base = this.renderWithImage(engine, messages, text, thinking);
-      const expanded = expandMediaPlaceholders(base.ids, engine.tokenizer.special, {
-        imageTokens: [encoded.numSoftTokens],
-      });
-      prompt = { ids: expanded.ids, prefixTokens: base.prefixTokens };
-      media = [{ position: expanded.media[0]!.start, embeddings: encoded.embeddings }];
-      const t = encoded.timings;
-      seen = {
-        visionMs: t.preprocessMs + t.encodeMs,
-        width: encoded.width,
-        height: encoded.height,
-        tokens: encoded.numSoftTokens,
-      };
-    } else {
-      messages.push({ role: 'user', content: text });
-      prompt = engine.preparePrompt(messages, { thinking });
-    }
-    // Without an explicit max_tokens the default shrinks to what the context has left.
-    const room = engine.contextTokens - prompt.ids.length;
-    const maxTokens = request.max_tokens ?? Math.max(1, Math.min(this.settings.max_answer_tokens, room));
+    const signal = request.signal;
+    const media = await this.encodeMedia(request.messages, signal);
+    if (signal.aborted) return cancelled(t0);
+    const base = this.render(engine, this.withSystemPrompt(request.messages), request.thinking ?? false);
+    const expanded = expandMediaPlaceholders(base.ids, engine.tokenizer.special, {
+      imageTokens: media.images.map((m) => m.count),
+      audioTokens: media.audio.map((m) => m.count),
+    });
+    const rows = { image: media.images, audio: media.audio };
+    const mediaInputs: MediaInput[] = expanded.media.map((span) => ({
+      position: span.start,
+      embeddings: rows[span.kind][span.index]!.rows,
+    }));
+    // Without an explicit bound the default shrinks to what the context has left.
+    const room = engine.contextTokens - expanded.ids.length;
+    const maxTokens = request.maxTokens ?? Math.max(1, Math.min(this.settings.max_answer_tokens, room));
+    const s = request.sampling ?? {};
     const sampling: SamplerOptions = {
       ...DEFAULT_SAMPLING,
-      ...(request.temperature !== undefined ? { temperature: request.temperature } : {}),
-      ...(request.seed !== undefined ? { seed: request.seed } : {}),
+      ...(s.temperature !== undefined ? { temperature: s.temperature } : {}),
+      ...(s.topK !== undefined ? { topK: s.topK } : {}),
+      ...(s.topP !== undefined ? { topP: s.topP } : {}),
+      ...(s.seed !== undefined ? { seed: s.seed } : {}),
     };
     const tGen = performance.now();
     const r = await engine.generate({
-      promptIds: prompt.ids,
-      prefixTokens: prompt.prefixTokens,
+      promptIds: expanded.ids,
+      prefixTokens: base.prefixTokens,
       maxTokens,
       sampling,
-      signal: opts.signal,
-      ...(media ? { media } : {}),
+      signal,
+      ...(mediaInputs.length > 0 ? { media: mediaInputs } : {}),
       onToken: (delta) => {
-        if (delta) opts.onToken(delta);
+        if (delta) request.onToken?.(delta);
       },
     });
+    const first = media.images[0];
     return {
       text: r.text,
-      finish_reason: r.finishReason,
-      ...(thinking && r.thinking ? { thinking: r.thinking } : {}),
+      finishReason: r.finishReason,
+      ...(request.thinking && r.thinking ? { thinking: r.thinking } : {}),
       tokens: { prompt: r.promptTokens, completion: r.tokens.length },
-      latency_ms: {
-        first_token: Math.round(tGen - t0 + r.timings.firstTokenMs),
-        total: Math.round(performance.now() - t0),
-        ...(seen ? { vision: Math.round(seen.visionMs) } : {}),
-        prefill: Math.round(r.timings.prefillMs),
-        decode: Math.round(r.timings.decodeMs),
+      timings: {
+        firstTokenMs: tGen - t0 + r.timings.firstTokenMs,
+        totalMs: performance.now() - t0,
+        ...(media.images.length > 0 ? { visionMs: media.visionMs } : {}),
+        ...(media.audio.length > 0 ? { audioMs: media.audioMs } : {}),
+        prefillMs: r.timings.prefillMs,
+        decodeMs: r.timings.decodeMs,
       },
-      ...(seen ? { image: { width: seen.width, height: seen.height, tokens: seen.tokens } } : {}),
+      ...(first ? { image: { width: first.width, height: first.height, tokens: first.count } } : {}),
     };
   }
 
+  /** The configured system prompt first, unless the request brings its own system message. */
+  private withSystemPrompt(messages: GenerationMessage[]): GenerationMessage[] {
+    if (messages.some((m) => m.role === 'system'))
+      return messages.filter((m) => m.role !== 'system' || typeof m.content !== 'string' || m.content.trim() !== '');
+    const system = this.settings.system_prompt.trim();
+    return system ? [{ role: 'system', content: system }, ...messages] : messages;
+  }
+
+  /** Every image and audio part of the request through its encoder, in order of appearance. */
+  private async encodeMedia(messages: GenerationMessage[], signal: AbortSignal): Promise<EncodedMedia> {
+    const out: EncodedMedia = { images: [], audio: [], visionMs: 0, audioMs: 0 };
+    for (const m of messages) {
+      if (typeof m.content === 'string') continue;
+      for (const part of m.content) {
+        if (signal.aborted) return out;
+        if (part.type === 'image') out.images.push(await this.encodeImage(part.data, part.tokens, out));
+        else if (part.type === 'audio') out.audio.push(await this.encodeClip(part.samples, out));
+      }
+    }
+    return out;
+  }
+
+  private async encodeImage(data: Buffer, tokens: TokenBudget | undefined, total: EncodedMedia): Promise<EncodedImage> {
+    const vision = this.vision;
+    if (!vision) throw new EngineUnavailableError(this.visionGap);
+    const encoded = await vision.encode(data, { tokenBudget: tokens ?? DEFAULT_IMAGE_TOKENS }).catch((err: unknown) => {
+      if (err instanceof ImagePreprocessError) throw new InvalidInputError(`image: ${err.message}`);
+      // A bad image is the request's fault; anything else is the encoder's.
+      this.opts.health?.error(ENGINE_STAGES.vision, err);
+      throw err;
+    });
+    this.opts.health?.ok(ENGINE_STAGES.vision);
+    total.visionMs += encoded.timings.preprocessMs + encoded.timings.encodeMs;
+    return { rows: encoded.embeddings, count: encoded.numSoftTokens, width: encoded.width, height: encoded.height };
+  }
+
+  private async encodeClip(samples: Int16Array | Float32Array, total: EncodedMedia): Promise<EncodedPart> {
+    const hearer = this.hearer;
+    if (!hearer) throw new EngineUnavailableError(this.hearingGap);
+    const clip = await hearer.encodeAudio(samples).catch((err: unknown) => {
+      if (err instanceof ClipLengthError) throw new InvalidInputError(`audio: ${err.message}`);
+      this.opts.health?.error(ENGINE_STAGES.audio, err);
+      throw err;
+    });
+    this.opts.health?.ok(ENGINE_STAGES.audio);
+    total.audioMs += clip.featuresMs + clip.encodeMs;
+    return { rows: clip.rows, count: clip.count };
+  }
+
   /**
-   * The prompt with one image before the question. Gemma's template renders an image item as its placeholder;
-   * templates that only take string content (the synthetic package's) get the placeholder text, which the
-   * tokenizer maps to the same id.
+   * Prompt ids with one placeholder per image and audio part. Gemma's template renders media items as their
+   * placeholders; templates that only take string content (the synthetic package's) get the placeholder text,
+   * which the tokenizer maps to the same ids.
    */
-  private renderWithImage(
+  private render(
     engine: Engine,
-    messages: ChatMessage[],
-    text: string,
+    messages: GenerationMessage[],
     thinking: boolean,
   ): { ids: number[]; prefixTokens: number } {
-    const placeholder = engine.tokenizer.special.markers.image;
-    try {
-      const p = engine.preparePrompt(
-        [...messages, { role: 'user', content: [{ type: 'image' }, { type: 'text', text }] }],
-        { thinking },
-      );
-      if (p.ids.filter((id) => id === placeholder).length === 1) return p;
-    } catch {
-      // falls through to the string form
+    const markers = engine.tokenizer.special.markers;
+    const want = { image: 0, audio: 0 };
+    const clean: GenerationMessage[] = messages.map((m) => ({
+      role: m.role,
+      content:
+        typeof m.content === 'string'
+          ? stripControlTokens(m.content)
+          : m.content.map((p) => (p.type === 'text' ? { type: 'text', text: stripControlTokens(p.text) } : p)),
+    }));
+    for (const m of clean)
+      if (typeof m.content !== 'string') for (const p of m.content) if (p.type !== 'text') want[p.type]++;
+    const fits = (ids: number[]): boolean =>
+      ids.filter((id) => id === markers.image).length === want.image &&
+      ids.filter((id) => id === markers.audio).length === want.audio;
+    if (want.image + want.audio > 0) {
+      try {
+        const p = engine.preparePrompt(clean.map(asTemplateItems), { thinking });
+        if (fits(p.ids)) return p;
+      } catch {
+        // falls through to the string form
+      }
     }
-    return engine.preparePrompt([...messages, { role: 'user', content: `${IMAGE_PLACEHOLDER}\n\n${text}` }], {
-      thinking,
-    });
+    return engine.preparePrompt(clean.map(asPlaceholderText), { thinking });
   }
 
   async close(): Promise<void> {
@@ -361,11 +396,46 @@ export class GemmaAnswerEngine implements AnswerEngine {
   }
 }
 
-function cancelled(t0: number): AnswerResult {
+interface EncodedPart {
+  /** [count, hidden] row-major. */
+  rows: Float32Array;
+  count: number;
+}
+
+/** An image's rows and its size after resizing. */
+interface EncodedImage extends EncodedPart {
+  width: number;
+  height: number;
+}
+
+interface EncodedMedia {
+  images: EncodedImage[];
+  audio: EncodedPart[];
+  visionMs: number;
+  audioMs: number;
+}
+
+/** A message as Gemma's template takes it: media parts as items the template renders as placeholders. */
+function asTemplateItems(m: GenerationMessage): ChatMessage {
+  if (typeof m.content === 'string') return { role: m.role, content: m.content };
+  return {
+    role: m.role,
+    content: m.content.map((p) => (p.type === 'text' ? { type: 'text', text: p.text } : { type: p.type })),
+  };
+}
+
+/** A message as string content, media parts as their placeholder text (for string-only templates). */
+function asPlaceholderText(m: GenerationMessage): ChatMessage {
+  if (typeof m.content === 'string') return { role: m.role, content: m.content };
+  return { role: m.role, content: placeholderContent(asTemplateItems(m).content as ContentItem[]) };
+}
+
+function cancelled(t0: number): GenerationResult {
+  const totalMs = performance.now() - t0;
   return {
     text: '',
-    finish_reason: 'cancelled',
+    finishReason: 'cancelled',
     tokens: { prompt: 0, completion: 0 },
-    latency_ms: { first_token: 0, total: Math.round(performance.now() - t0) },
+    timings: { firstTokenMs: 0, totalMs },
   };
 }

@@ -20,6 +20,23 @@ const MAX_TEMPLATE_BYTES = 1024 * 1024;
 
 export type ContentItem = { type: 'text'; text: string } | { type: 'image' } | { type: 'audio' };
 
+/** The media placeholders as Gemma's template renders media items (the tokenizer maps each to one id). */
+export const PLACEHOLDER_TEXT = { image: '<|image|>', audio: '<|audio|>' } as const;
+
+/**
+ * Content items as one string, for chat templates that take only strings (the synthetic package's): each
+ * media item as its placeholder text, an image followed by a blank line, audio on a line of its own.
+ */
+export function placeholderContent(items: readonly ContentItem[]): string {
+  let out = '';
+  for (const item of items) {
+    if (item.type === 'image') out += `${PLACEHOLDER_TEXT.image}\n\n`;
+    else if (item.type === 'audio') out += `${out && !out.endsWith('\n') ? '\n' : ''}${PLACEHOLDER_TEXT.audio}`;
+    else out += item.text;
+  }
+  return out;
+}
+
 /** A call the model made, in transformers' chat format (arguments as an object, keys in order). */
 export interface ToolCall {
   type: 'function';

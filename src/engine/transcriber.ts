@@ -12,8 +12,9 @@ import { LogMelExtractor, optionsFromProcessorConfig } from '../audio/features.j
 import { type Logger, silentLogger } from '../common/log.js';
 import { AudioEncoderSession } from './audio-encoder.js';
 import { Engine, type EngineLoadOptions, type FinishReason } from './engine.js';
-import { type ChatMessage, expandMediaPlaceholders } from './prompt.js';
+import { type ChatMessage, type ContentItem, expandMediaPlaceholders, placeholderContent } from './prompt.js';
 import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
+import type { SpeechEngine } from './types.js';
 
 export const AUDIO_ENCODER_FILE = 'audio_encoder.onnx';
 export const SAMPLE_RATE = AUDIO_SAMPLE_RATE;
@@ -97,7 +98,7 @@ export interface EncodedClip {
   encodeMs: number;
 }
 
-export class Transcriber {
+export class Transcriber implements SpeechEngine {
   private closed = false;
 
   private constructor(
@@ -158,6 +159,10 @@ export class Transcriber {
       if (owns) await engine.close();
       throw err;
     }
+  }
+
+  get randomWeights(): boolean {
+    return this.engine.randomWeights;
   }
 
   /** Log-mel features and encoder rows of one clip (16 kHz mono; int16 or float in [-1, 1]). */
@@ -277,7 +282,9 @@ export class Transcriber {
     } catch {
       // falls through to the string form
     }
-    const ids = this.engine.encodeMessages([{ role: 'user', content: `${instruction}\n<|audio|>` }]);
+    const ids = this.engine.encodeMessages([
+      { role: 'user', content: placeholderContent(items.content as ContentItem[]) },
+    ]);
     if (count(ids) !== 1)
       throw new AudioEncoderMissingError(
         'the chat template and tokenizer do not yield one audio placeholder: this package cannot transcribe',

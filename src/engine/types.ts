@@ -1,51 +1,135 @@
 /**
- * The seam between the daemon and the model engine. Pipelines ask an AnswerEngine; the engine that runs
- * Gemma 4 packages plugs in here (generation work). Until it lands, UnavailableEngine answers every job
- * with a clear `unavailable` error: the daemon never invents output.
+ * The engine's own API: what a generation request and its result are in the engine's terms. The MQTT topics,
+ * the CLI and the HTTP and Wyoming interfaces each translate their wire format to these types at their edge;
+ * nothing here knows a topic or a JSON field. UnavailableEngine answers every request with a clear
+ * `unavailable` error until a model package is loaded: the daemon never invents output.
  */
-import type { AskRequest } from '../mqtt/messages.js';
-import type { TokenBudget } from '../vision/preprocess.js';
+import type { TokenBudget } from '../model/gemma4/contract.js';
 
 export interface EngineStatus {
-  /** Short state for stats and Home Assistant: ready | loading | unavailable | error. */
+  /** Short state for stats and Home Assistant. */
   state: 'ready' | 'loading' | 'unavailable' | 'error';
   /** One sentence a person can act on. */
   detail: string;
-  /** True when outputs are not meaningful (e.g. a synthetic package with random weights). */
-  random_weights?: boolean;
-  /** True when the engine can take images (a vision encoder is loaded): captions and image questions. */
+  /** True when outputs are not meaningful (a synthetic package with random weights). */
+  randomWeights?: boolean;
+  /** True when the engine can take images (a vision encoder is loaded). */
   vision?: boolean;
+  /** True when the engine can take audio (an audio encoder is loaded). */
+  audio?: boolean;
 }
 
-export interface AnswerResult {
+/** One part of a message's content. */
+export type ContentPart =
+  | { type: 'text'; text: string }
+  /** An encoded image (JPEG, PNG, WebP), with its soft-token budget (default 280). */
+  | { type: 'image'; data: Buffer; tokens?: TokenBudget }
+  /** 16 kHz mono audio, int16 or float in [-1, 1], at most 30 s. */
+  | { type: 'audio'; samples: Int16Array | Float32Array };
+
+export interface GenerationMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string | ContentPart[];
+}
+
+export interface SamplingSettings {
+  /** 0 is greedy. Default: Gemma's recommended 1. */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  /** Same seed, same output. Random when absent. */
+  seed?: number;
+}
+
+export interface GenerationRequest {
+  /**
+   * The conversation. Without a system message the engine uses its configured system prompt; a system message
+   * with empty content means none. Text is untrusted: control-token markers are removed from it.
+   */
+  messages: GenerationMessage[];
+  /** Bound on generated tokens; default: the configured answer length, lowered to what the context has left. */
+  maxTokens?: number;
+  sampling?: SamplingSettings;
+  /** Let the model think first (its thoughts come back apart from the text). */
+  thinking?: boolean;
+  /** Aborting it ends generation with finishReason 'cancelled' and what was generated so far. */
+  signal: AbortSignal;
+  /** Each piece of text as it is generated. */
+  onToken?: (delta: string) => void;
+}
+
+export type FinishReason = 'stop' | 'length' | 'cancelled';
+
+export interface GenerationTimings {
+  /** From the call to the first generated token (media encoding included). */
+  firstTokenMs: number;
+  totalMs: number;
+  /** Image preprocessing and encoding, when the request had images. */
+  visionMs?: number;
+  /** Audio features and encoding, when the request had audio. */
+  audioMs?: number;
+  prefillMs?: number;
+  decodeMs?: number;
+}
+
+export interface GenerationResult {
   text: string;
-  finish_reason: 'stop' | 'length' | 'cancelled';
+  finishReason: FinishReason;
   thinking?: string;
   tokens: { prompt: number; completion: number };
-  /** vision (preprocess + encoder), prefill and decode are there when known. */
-  latency_ms: { first_token: number; total: number; vision?: number; prefill?: number; decode?: number };
-  /** The image the answer is about: its size after resizing and its soft tokens. */
+  timings: GenerationTimings;
+  /** The first image of the request: its size after resizing and its soft tokens. */
   image?: { width: number; height: number; tokens: number };
 }
 
-export interface AnswerOptions {
-  signal: AbortSignal;
-  onToken: (delta: string) => void;
-  /** The image to answer about (a camera's frame); else the request's base64 `image`, if any. */
-  image?: Buffer;
-  /** Soft-token budget of the image (the camera's image_tokens); default 280. */
-  imageTokens?: TokenBudget;
-  /** Replaces model.system_prompt for this request ('' for none). */
-  systemPrompt?: string;
+/** Speech to text and spoken questions (see Transcriber), as the hearing pipeline uses them. */
+export interface SpeechEngine {
+  /** True when the package is synthetic (random weights). */
+  readonly randomWeights: boolean;
+  transcribe(samples: Int16Array | Float32Array, opts?: SpeechOptions): Promise<SpeechResult>;
+  /** Answers what is said in a clip; `prompt` is the instruction. */
+  answer(samples: Int16Array | Float32Array, opts: SpeechOptions & { prompt: string }): Promise<SpeechResult>;
+}
+
+export interface SpeechOptions {
+  signal?: AbortSignal;
+  onToken?: (delta: string) => void;
+  maxTokens?: number;
+  /** Spoken language, e.g. "English"; default: the model finds it. */
+  language?: string;
+  /** Replaces the whole instruction (the audio still follows it). */
+  prompt?: string;
+}
+
+export interface SpeechResult {
+  text: string;
+  finishReason: FinishReason;
+  /** Soft tokens the clip became. */
+  audioTokens: number;
+  promptTokens: number;
+  tokens: ArrayLike<number>;
+  timings: {
+    featuresMs: number;
+    encodeMs: number;
+    prefillMs: number;
+    firstTokenMs: number;
+    decodeMs: number;
+    totalMs: number;
+  };
 }
 
 export interface AnswerEngine {
   status(): EngineStatus;
   /**
-   * Streams tokens through onToken; rejects with EngineUnavailableError when it cannot answer at all and with
-   * InvalidInputError when the request's content is unusable (an image that does not decode).
+   * Generates, streaming text through request.onToken. Rejects with EngineUnavailableError when it cannot
+   * answer at all (no model, no encoder for a part's kind) and with InvalidInputError when the request's
+   * content is unusable (an image that does not decode, a clip that is too long).
    */
-  answer(request: AskRequest, opts: AnswerOptions): Promise<AnswerResult>;
+  generate(request: GenerationRequest): Promise<GenerationResult>;
+  /** Speech to text over the same model, when the package can hear. */
+  speech?(): SpeechEngine | undefined;
+  /** Rebuilds an encoder stage that keeps failing (ENGINE_STAGES), when the engine has such stages. */
+  restartStage?(stage: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -65,7 +149,7 @@ export class UnavailableEngine implements AnswerEngine {
     return { state: 'unavailable', detail: this.reason };
   }
 
-  async answer(): Promise<AnswerResult> {
+  async generate(): Promise<GenerationResult> {
     throw new EngineUnavailableError(this.reason);
   }
 
@@ -95,8 +179,16 @@ export class EngineSlot implements AnswerEngine {
     return this.current.status();
   }
 
-  answer(request: AskRequest, opts: AnswerOptions): Promise<AnswerResult> {
-    return this.current.answer(request, opts);
+  generate(request: GenerationRequest): Promise<GenerationResult> {
+    return this.current.generate(request);
+  }
+
+  speech(): SpeechEngine | undefined {
+    return this.current.speech?.();
+  }
+
+  async restartStage(stage: string): Promise<void> {
+    await this.current.restartStage?.(stage);
   }
 
   close(): Promise<void> {

@@ -3,18 +3,24 @@
  * through the scheduler to the answer engine, streamed on `<root>/answer/stream` and answered on the
  * request's reply address. Every request gets an answer or an error.
  */
-import type { AnswerEngine, AnswerResult } from '../engine/types.js';
+import type {
+  AnswerEngine,
+  ContentPart,
+  GenerationRequest,
+  GenerationResult,
+  GenerationTimings,
+} from '../engine/types.js';
 import { ContextLimitError } from '../engine/engine.js';
 import { EngineUnavailableError, InvalidInputError } from '../engine/types.js';
 import { silentLogger, type Logger } from '../common/log.js';
 import { AskEndpoint, type AskContext } from '../mqtt/ask-endpoint.js';
 import type { MqttConnection } from '../mqtt/connection.js';
-import { DEFAULT_MAX_IMAGE_BYTES, type ErrorCode } from '../mqtt/messages.js';
+import { type AskRequest, DEFAULT_MAX_IMAGE_BYTES, type ErrorCode } from '../mqtt/messages.js';
 import { RetainedImageError, takeRetainedJpeg } from '../mqtt/retained-image.js';
 import { isSchedulerError } from '../scheduler/errors.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { Frame } from '../sources/types.js';
-import type { TokenBudget } from '../vision/preprocess.js';
+import type { TokenBudget } from '../model/gemma4/contract.js';
 import { InvalidOutputError } from '../common/structured-output.js';
 
 export interface AskPipelineOptions {
@@ -80,7 +86,7 @@ export class AskPipeline {
     let seq = 0;
     // A running answer that is cancelled still ends with what it generated (finish_reason cancelled);
     // the scheduler reports the cancellation, the engine's partial result is kept here.
-    let partial: AnswerResult | undefined;
+    let partial: GenerationResult | undefined;
     let startedAt = 0;
     try {
       // Taken before queueing, so the up to 2 s wait for the topic never holds the model.
@@ -97,13 +103,13 @@ export class AskPipeline {
           run: async (signal) => {
             startedAt = Date.now();
             const camera = request.camera;
-            const image = topicImage ?? (camera !== undefined ? this.o.latestFrame?.(camera)?.jpeg : undefined);
-            return (partial = await this.o.engine.answer(request, {
-              signal,
-              onToken: (delta) => void this.endpoint.streamChunk(route, seq++, delta, false),
-              ...(image ? { image } : {}),
-              ...(camera !== undefined && this.o.imageTokens ? { imageTokens: this.o.imageTokens(camera) } : {}),
-            }));
+            const frame = camera !== undefined ? this.o.latestFrame?.(camera)?.jpeg : undefined;
+            const image = questionImage(request, { topicImage, frame });
+            const tokens = camera !== undefined ? this.o.imageTokens?.(camera) : undefined;
+            const onToken = (delta: string): void => void this.endpoint.streamChunk(route, seq++, delta, false);
+            return (partial = await this.o.engine.generate(
+              generationRequest(request, { image, tokens, signal, onToken }),
+            ));
           },
         })
         .catch((err: unknown) => {
@@ -113,16 +119,16 @@ export class AskPipeline {
       await this.endpoint.streamChunk(route, seq++, '', true);
       await this.endpoint.answer(route, {
         text: result.text,
-        finish_reason: result.finish_reason,
+        finish_reason: result.finishReason,
         ...(result.thinking !== undefined ? { thinking: result.thinking } : {}),
         ...(request.camera ? { camera: request.camera } : {}),
         tokens: result.tokens,
         latency_ms: {
           queue: Math.max(0, startedAt - ctx.receivedAt),
-          ...result.latency_ms,
+          ...latencyFields(result.timings),
           total: Date.now() - ctx.receivedAt,
         },
-        ...(this.o.engine.status().random_weights ? { random_weights: true as const } : {}),
+        ...(this.o.engine.status().randomWeights ? { random_weights: true as const } : {}),
       });
     } catch (err) {
       const code = errorCodeFor(err);
@@ -132,4 +138,54 @@ export class AskPipeline {
       await this.endpoint.fail(route, code, message, { topic: ctx.topic });
     }
   }
+}
+
+/**
+ * The image a question is about: a retained topic's JPEG, the camera's newest frame, or the request's own
+ * base64 image. A camera that has no frame yet is `unavailable`.
+ */
+export function questionImage(request: AskRequest, found: { topicImage?: Buffer; frame?: Buffer }): Buffer | undefined {
+  const image =
+    found.topicImage ?? found.frame ?? (request.image !== undefined ? Buffer.from(request.image, 'base64') : undefined);
+  if (request.camera !== undefined && !image)
+    throw new EngineUnavailableError(`no frame from camera ${request.camera} yet`);
+  return image;
+}
+
+/** An MQTT question in the engine's terms: one user turn, its image (if any) before the text. */
+export function generationRequest(
+  request: AskRequest,
+  o: { image?: Buffer; tokens?: TokenBudget; signal: AbortSignal; onToken?: (delta: string) => void },
+): GenerationRequest {
+  const content: ContentPart[] = [{ type: 'text', text: request.text }];
+  if (o.image)
+    content.unshift({ type: 'image', data: o.image, ...(o.tokens !== undefined ? { tokens: o.tokens } : {}) });
+  return {
+    messages: [{ role: 'user', content }],
+    ...(request.max_tokens !== undefined ? { maxTokens: request.max_tokens } : {}),
+    sampling: {
+      ...(request.temperature !== undefined ? { temperature: request.temperature } : {}),
+      ...(request.seed !== undefined ? { seed: request.seed } : {}),
+    },
+    thinking: request.thinking ?? false,
+    signal: o.signal,
+    ...(o.onToken ? { onToken: o.onToken } : {}),
+  };
+}
+
+/** The engine's timings as the latency_ms fields of answers and captions (whole milliseconds). */
+export function latencyFields(t: GenerationTimings): {
+  first_token: number;
+  total: number;
+  vision?: number;
+  prefill?: number;
+  decode?: number;
+} {
+  return {
+    first_token: Math.round(t.firstTokenMs),
+    total: Math.round(t.totalMs),
+    ...(t.visionMs !== undefined ? { vision: Math.round(t.visionMs) } : {}),
+    ...(t.prefillMs !== undefined ? { prefill: Math.round(t.prefillMs) } : {}),
+    ...(t.decodeMs !== undefined ? { decode: Math.round(t.decodeMs) } : {}),
+  };
 }

@@ -23,7 +23,7 @@
  */
 import { Segmenter, type Utterance } from '../audio/segmenter.js';
 import type { PerchConfig } from '../config/schema.js';
-import type { Transcriber } from '../engine/transcriber.js';
+import type { SpeechEngine } from '../engine/types.js';
 import { silentLogger, type Logger } from '../common/log.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import {
@@ -58,7 +58,7 @@ export interface HearingOptions {
   /** The model's job queue; with a transcriber, every utterance becomes a `transcript` job. */
   scheduler?: Scheduler;
   /** The transcriber once the model can hear (asked per utterance: the model loads in the background). */
-  transcriber?: () => Transcriber | undefined;
+  transcriber?: () => SpeechEngine | undefined;
   /** Tokens per transcript (default 256). */
   maxTokens?: number;
   /** Spoken language for the instruction and the message, e.g. "en" or "English"; default: the model finds it. */
@@ -281,7 +281,7 @@ export class HearingPipeline {
   /** Transcribes, decides whether the utterance is a question, answers it; returns the conversation after it. */
   private async transcribe(
     u: Utterance,
-    transcriber: Transcriber,
+    transcriber: SpeechEngine,
     scheduler: Scheduler,
     prevTurn: Promise<Turn>,
     talk: { id?: string } | undefined,
@@ -350,7 +350,7 @@ export class HearingPipeline {
               },
             }
           : {}),
-        ...(transcriber.engine.randomWeights ? { random_weights: true } : {}),
+        ...(transcriber.randomWeights ? { random_weights: true } : {}),
         latency_ms: {
           total: since(done),
           first_token: since(firstTokenAt || done),
@@ -442,7 +442,7 @@ export class HearingPipeline {
   private async answer(
     u: Utterance,
     id: string,
-    transcriber: Transcriber,
+    transcriber: SpeechEngine,
     scheduler: Scheduler,
     prompt: string,
     speechEnd: number,

@@ -13,7 +13,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { CameraSettings } from '../config/schema.js';
-import type { AnswerEngine, AnswerResult } from '../engine/types.js';
+import type { AnswerEngine, GenerationResult } from '../engine/types.js';
 import { silentLogger, type Logger } from '../common/log.js';
 import type { MqttConnection } from '../mqtt/connection.js';
 import {
@@ -34,7 +34,7 @@ import {
   InvalidOutputError,
   type StructuredResult,
 } from '../common/structured-output.js';
-import { errorCodeFor } from './ask.js';
+import { errorCodeFor, latencyFields } from './ask.js';
 
 /** Each camera's newest frame (one JPEG per camera: bounded). */
 export class LatestFrames {
@@ -208,16 +208,25 @@ export class SeeingPipeline {
         id,
         key: `camera:${cam.name}`,
         deadlineMs: this.o.captionDeadlineMs,
-        run: async (signal): Promise<{ r: AnswerResult; s?: StructuredResult }> => {
+        run: async (signal): Promise<{ r: GenerationResult; s?: StructuredResult }> => {
           started = Date.now();
           const ask = (text: string) =>
-            this.o.engine.answer(
-              { id, text, max_tokens: cam.caption_max_tokens },
-              { signal, onToken: () => undefined, image: frame.jpeg, imageTokens: cam.image_tokens },
-            );
+            this.o.engine.generate({
+              messages: [
+                {
+                  role: 'user',
+                  content: [
+                    { type: 'image', data: frame.jpeg, tokens: cam.image_tokens },
+                    { type: 'text', text },
+                  ],
+                },
+              ],
+              maxTokens: cam.caption_max_tokens,
+              signal,
+            });
           if (!validator || !cam.structured) return { r: await ask(cam.prompt) };
           // Every attempt runs inside this one job: retries keep the model instead of queueing again.
-          let last: AnswerResult | undefined;
+          let last: GenerationResult | undefined;
           const s = await generateStructured(
             async (prompt) => {
               last = await ask(prompt);
@@ -233,19 +242,18 @@ export class SeeingPipeline {
                 this.log.debug({ camera: cam.name, id, attempt, reason }, 'structured caption invalid'),
             },
           );
-          return { r: last as AnswerResult, s };
+          return { r: last as GenerationResult, s };
         },
       });
-      if (r.finish_reason === 'cancelled')
-        return { error: { code: 'cancelled', message: 'the caption was cancelled' } };
+      if (r.finishReason === 'cancelled') return { error: { code: 'cancelled', message: 'the caption was cancelled' } };
       const text = s ? s.text : r.text.trim();
-      const l = r.latency_ms;
+      const l = latencyFields(r.timings);
       const msg: CaptionMessage = {
         ...base,
         ts: isoNow(),
         text,
         ...(s ? { data: s.data, attempts: s.attempts } : {}),
-        ...(this.o.engine.status().random_weights ? { random_weights: true as const } : {}),
+        ...(this.o.engine.status().randomWeights ? { random_weights: true as const } : {}),
         ...(r.image ? { width: r.image.width, height: r.image.height, image_tokens: r.image.tokens } : {}),
         latency_ms: {
           queue: started - submitted,
