@@ -49,3 +49,22 @@ it('reports bad arguments and failures with exit 1', async () => {
   expect(noCkpt.code).toBe(1);
   expect(noCkpt.stderr).toContain('config.json: missing');
 });
+
+it("synth --config --if-missing builds at the config's model.dir once, then leaves it (npm start's demo package)", async () => {
+  const dir = join(root, 'from-config');
+  const config = join(root, 'perch.yaml');
+  writeFileSync(config, `model:\n  dir: ${JSON.stringify(dir)}\n`);
+  const first = await perch('synth', '--preset', 'tiny', '--config', config, '--if-missing');
+  expect(first.code).toBe(0);
+  expect(first.stderr).toContain(`no model package at ${dir}: building the tiny synthetic one`);
+  expect(first.stdout).toContain(`${dir}: package written`);
+  const manifest = readFileSync(join(dir, 'manifest.json'));
+  const again = await perch('synth', '--preset', 'tiny', '--config', config, '--if-missing');
+  expect(again).toMatchObject({ code: 0, stdout: '', stderr: '' });
+  expect(readFileSync(join(dir, 'manifest.json')).equals(manifest)).toBe(true);
+  // Without --if-missing the builder refuses a directory that holds a package.
+  expect((await perch('synth', '--preset', 'tiny', '--config', config)).code).toBe(1);
+  const both = await perch('synth', '--preset', 'tiny', '--config', config, '--out', join(root, 'y'));
+  expect(both.code).toBe(1);
+  expect(both.stderr).toContain('exactly one of --out and --config');
+});

@@ -2,12 +2,15 @@
  * `perch model verify|synth|convert|pull`. Registered on the main program by registerModelCommands();
  * errors go to stderr with exit status 1, progress bars to stderr (only drawn on a terminal).
  */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
+import { loadConfig } from '../config/load.js';
 import cliProgress from 'cli-progress';
 import { intIn } from './args.js';
 import { convertCheckpoint } from '../model/build/convert.js';
 import type { BuildPhase, BuildProgress } from '../model/build/build.js';
-import { profiles, type Manifest, type Profile } from '../model/package/manifest.js';
+import { MANIFEST_FILE, profiles, type Manifest, type Profile } from '../model/package/manifest.js';
 import { formatProblems, verifyPackage } from '../model/package/verify.js';
 import { profileForThisCpu, profileMismatch } from '../engine/cpu-fit.js';
 import { DEFAULT_REPO, pullModel } from '../model/build/pull.js';
@@ -47,6 +50,16 @@ function progressBar(): { update: (p: BuildProgress) => void; stop: () => void }
       if (phase) bar.stop();
     },
   };
+}
+
+interface SynthOptions {
+  preset: SynthPreset;
+  out?: string;
+  config?: string;
+  ifMissing?: boolean;
+  profile: Profile;
+  seed: number;
+  logits: 'last' | 'all';
 }
 
 function summary(dir: string, m: Manifest): string {
@@ -109,24 +122,32 @@ export function registerModelCommands(program: Command): void {
     .command('synth')
     .description('Write a package with random weights and the exact shapes of a preset (tests, benchmarks)')
     .requiredOption('--preset <preset>', 'tiny | e2b', choice<SynthPreset>(['tiny', 'e2b']))
-    .requiredOption('--out <dir>', 'output directory (must be empty or absent)')
+    .option('--out <dir>', 'output directory (must be empty or absent)')
+    .option('--config <file>', "write to that config's model.dir (its PERCH_* environment overrides apply)")
+    .option('--if-missing', 'do nothing when a package is already there (how npm start makes its demo package)')
     .option('--profile <profile>', `quantisation profile: ${profiles.join(' | ')}`, choice<Profile>(profiles), 'pi5')
     .option('--seed <n>', 'random seed', intIn(0, 0xffffffff), 1)
     .option('--logits <mode>', 'graph logits: last | all', choice(['last', 'all'] as const), 'last')
-    .action(
-      async (opts: { preset: SynthPreset; out: string; profile: Profile; seed: number; logits: 'last' | 'all' }) => {
-        await withBar(opts.out, (onProgress) =>
-          synthPackage({
-            preset: opts.preset,
-            outDir: opts.out,
-            profile: opts.profile,
-            seed: opts.seed,
-            logits: opts.logits,
-            onProgress,
-          }),
+    .action(async (opts: SynthOptions) => {
+      const out = opts.out ?? (opts.config !== undefined ? loadConfig(opts.config).model.dir : undefined);
+      if (out === undefined || (opts.out !== undefined && opts.config !== undefined))
+        throw new InvalidArgumentError('give the output directory with exactly one of --out and --config');
+      if (opts.ifMissing && existsSync(path.join(out, MANIFEST_FILE))) return;
+      if (opts.ifMissing)
+        process.stderr.write(
+          `perch: no model package at ${out}: building the tiny synthetic one (RANDOM WEIGHTS, its answers are meaningless; get the real model with \`perch model pull\`)\n`,
         );
-      },
-    );
+      await withBar(out, (onProgress) =>
+        synthPackage({
+          preset: opts.preset,
+          outDir: out,
+          profile: opts.profile,
+          seed: opts.seed,
+          logits: opts.logits,
+          onProgress,
+        }),
+      );
+    });
 
   model
     .command('convert')

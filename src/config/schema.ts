@@ -217,12 +217,6 @@ export const modelSettings = z
       .max(16384)
       .default('You are Perch, a helpful assistant running offline on a small board. Answer briefly.')
       .describe('System prompt of every conversation.'),
-    synthetic_if_missing: z
-      .boolean()
-      .default(false)
-      .describe(
-        'When no package is at dir, build the tiny synthetic one there (random weights: its answers are meaningless). For trying Perch without the real model; npm start turns it on.',
-      ),
     max_answer_tokens: z
       .number()
       .int()

@@ -26,7 +26,6 @@ import {
 import { type Logger, silentLogger } from '../common/log.js';
 import { MANIFEST_FILE } from '../model/package/manifest.js';
 import { formatProblems, verifyPackage } from '../model/package/verify.js';
-import { synthPackage } from '../model/build/synth.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 
 export interface ModelManagerOptions {
@@ -90,13 +89,6 @@ export class ModelManager {
   async start(): Promise<void> {
     if (this.o.engine) return;
     const { model } = this.o.config;
-    if (!hasPackage(model.dir) && model.synthetic_if_missing) {
-      this.log.warn(
-        { dir: model.dir },
-        'NO MODEL PACKAGE: building the tiny synthetic package (random weights). Its answers are meaningless; get the real model with `perch model pull` and point model.dir at it',
-      );
-      await synthPackage({ preset: 'tiny', outDir: model.dir });
-    }
     this.applied = await manifestSignature(model.dir);
     if (this.applied === 'none') {
       const reason = `no model package at ${model.dir}: questions are answered with an "unavailable" error until there is one (Perch picks it up when it appears); get it with \`perch model pull\`, or build one with \`perch model convert\``;
