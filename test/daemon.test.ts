@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { stringify } from 'yaml';
+import { perch } from './cli-helpers.js';
 import { DaemonProcess, REPO, SAMPLES } from './daemon-helpers.js';
 import { synthPackage } from '../src/model/build/synth.js';
 import { messageSchemas } from '../src/mqtt/messages.js';
@@ -73,6 +74,33 @@ async function startDaemon(over: Record<string, unknown> = {}) {
 const json = (b: Buffer) => JSON.parse(b.toString()) as Record<string, unknown>;
 
 describe('perch run against Mosquitto', () => {
+  it('a module that cannot start is reported on errors and in stats, and the others run', async () => {
+    // The embedded broker asked to listen where the test broker already does: it cannot start.
+    const port = Number(new URL(shared.broker.url).port);
+    const { root, watcher } = await startDaemon({ embedded_broker: { enabled: true, host: '127.0.0.1', port } });
+    await watcher.waitFor((m) =>
+      m.some(
+        (x) => x.topic === `${root}/stats` && (json(x.payload).modules as Record<string, string>)?.stats === 'running',
+      ),
+    );
+    const stats = json(watcher.on(`${root}/stats`).at(-1)!.payload);
+    expect(messageSchemas.stats.safeParse(stats).success).toBe(true);
+    const modules = stats.modules as Record<string, string>;
+    expect(modules.broker).toBe('failed');
+    for (const name of ['model', 'mqtt', 'ask', 'hearing', 'sources', 'motion', 'health'])
+      expect(modules[name]).toBe('running');
+    const error = watcher
+      .on(`${root}/errors`)
+      .map((x) => json(x.payload))
+      .find((e) => String(e.message).includes('broker'));
+    expect(error).toMatchObject({ code: 'internal', topic: `${root}/stats` });
+    expect(String(error!.message)).toMatch(
+      /^module broker failed to start \(Perch runs without it\): .*port \d+ is already in use/,
+    );
+    // The others run: camera snapshots still come.
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${root}/camera/yard/snapshot`));
+  });
+
   it('publishes status, stats, switch states, Home Assistant discovery and camera snapshots', async () => {
     const { root, id, watcher } = await startDaemon();
     await watcher.waitFor((m) =>
@@ -409,17 +437,18 @@ describe('npm start with the shipped dev config', () => {
   it('runs its embedded broker and file sources and publishes status and discovery', async () => {
     const tmp = tempDir('perch-dev-');
     const port = await freePort();
-    const daemon = DaemonProcess.start(
-      tmp.dir,
-      undefined,
-      {
-        PERCH_EMBEDDED_BROKER_PORT: String(port),
-        PERCH_MQTT_URL: `mqtt://127.0.0.1:${port}`,
-        PERCH_DAEMON_STATE_DIR: tmp.dir,
-        PERCH_MODEL_DIR: path.join(tmp.dir, 'tiny'),
-      },
-      path.join(REPO, 'config', 'perch.dev.yaml'),
-    );
+    const env = {
+      PERCH_EMBEDDED_BROKER_PORT: String(port),
+      PERCH_MQTT_URL: `mqtt://127.0.0.1:${port}`,
+      PERCH_DAEMON_STATE_DIR: tmp.dir,
+      PERCH_MODEL_DIR: path.join(tmp.dir, 'tiny'),
+    };
+    const devConfig = path.join(REPO, 'config', 'perch.dev.yaml');
+    // What npm start runs first: no package at model.dir, so the model command builds the tiny synthetic one.
+    const synth = await perch('model', 'synth', '--preset', 'tiny', '--config', devConfig, '--if-missing', { env });
+    expect(synth.code, synth.stderr).toBe(0);
+    expect(synth.stderr).toContain('building the tiny synthetic one');
+    const daemon = DaemonProcess.start(tmp.dir, undefined, env, devConfig);
     cleanups.push(async () => {
       await daemon.kill();
       tmp.cleanup();
@@ -442,7 +471,7 @@ describe('npm start with the shipped dev config', () => {
       ),
     );
     expect(daemon.log()).toMatch(/mosquitto_sub -h 127\.0\.0\.1 -p \d+/);
-    // No package at model.dir: the tiny synthetic one is built, and the daemon says loudly that it is random.
+    // The synthetic package loads, and the daemon says loudly that it is random.
     await watcher!.waitFor(
       (m) =>
         m.some(

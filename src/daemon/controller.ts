@@ -1,13 +1,16 @@
 /**
- * The controller: builds Perch's modules from the config and runs them with one lifecycle.
- * start() brings them up in dependency order (embedded broker, MQTT, discovery, switches, requests,
- * sources, stats); stop() drains in-flight work within daemon.drain_timeout_ms, stops sources, says
- * `offline` and closes, in reverse order. Every listener a module adds is removed by owner on stop.
+ * The controller: builds Perch's modules from the config into one ordered list and runs them with one
+ * lifecycle (src/daemon/module.ts). start() brings them up in order (model, embedded broker, discovery,
+ * switches, questions, the MQTT connection, seeing, hearing, sources, motion, jobs, health, stats), each on
+ * its own; stop() drains the job queue within daemon.drain_timeout_ms, then takes the started modules down in
+ * reverse: stats and health first, the pipelines and sources end, MQTT says `offline`, the model closes last.
+ * Every listener a module adds is removed by owner on stop.
  */
 import type { PerchConfig } from '../config/schema.js';
 import type { AnswerEngine } from '../engine/types.js';
 import { silentLogger, type Logger } from '../common/log.js';
 import { MqttConnection } from '../mqtt/connection.js';
+import { type DaemonModule, type ModuleState, defineModule } from './module.js';
 import { DiscoveryPublisher, discoveryOptionsFromConfig } from '../mqtt/discovery.js';
 import { encode, isoNow, type ErrorMessage, type StatsMessage } from '../mqtt/messages.js';
 import { AskPipeline } from '../pipelines/ask.js';
@@ -25,8 +28,6 @@ import { VAD_STAGE, watchStages } from './stages.js';
 import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
 import { DEFAULT_IMAGE_TOKENS } from '../model/gemma4/contract.js';
 
-const OWNER = 'controller';
-
 export interface ControllerOptions {
   config: PerchConfig;
   version: string;
@@ -42,38 +43,28 @@ export const ENCODER_GAP =
 export class Controller {
   readonly scheduler: Scheduler;
   readonly conn: MqttConnection;
-  /** Set once start() has brought the sources up: before that, the switch states would say OFF. */
-  private sourcesStarted = false;
   private readonly log: Logger;
   private readonly model: ModelManager;
   private readonly health: HealthTracker;
-  private stopStages: (() => void) | undefined;
-  private readonly frameSources: FrameSource[];
-  private readonly broker: EmbeddedBroker | undefined;
-  private readonly discovery: DiscoveryPublisher | undefined;
-  private ask: AskPipeline | undefined;
   private readonly listening: SourceGroup;
   private readonly watching: SourceGroup;
-  private readonly snapshots: SnapshotPublisher;
   private readonly motion: MotionPipeline;
-  private seeing: SeeingPipeline | undefined;
-  private readonly frames = new LatestFrames();
-  private readonly meter: AudioMeter | undefined;
   private readonly hearing: HearingPipeline | undefined;
+  /** In start order; stopped in reverse. */
+  private readonly modules: DaemonModule[];
+  private readonly states = new Map<string, ModuleState>();
+  private readonly started: DaemonModule[] = [];
+  /** Set once the sources are up: before that, the switch states would say OFF. */
+  private sourcesStarted = false;
   private readonly startedAt = Date.now();
-  private statsTimer: NodeJS.Timeout | undefined;
+  private starting: Promise<void> | undefined;
+  /** Errors reported before the MQTT connection started (published once it has). */
+  private earlyReports: ErrorMessage[] | undefined = [];
   private stopped: Promise<void> | undefined;
 
   constructor(private readonly o: ControllerOptions) {
     const { config } = o;
     this.log = o.logger ?? silentLogger;
-    if (config.embedded_broker.enabled) {
-      this.broker = new EmbeddedBroker({
-        settings: config.embedded_broker,
-        maxPayloadBytes: config.mqtt.max_payload_bytes,
-        logger: this.log,
-      });
-    }
     this.conn = new MqttConnection({
       settings: config.mqtt,
       deviceId: config.device.id,
@@ -97,10 +88,8 @@ export class Controller {
       logger: this.log,
     });
     const cameras = config.cameras.filter((c) => c.enabled);
-
     const audio =
       config.audio.enabled && config.audio.source ? createAudioSource(config.audio.source, this.log) : undefined;
-    this.meter = audio ? new AudioMeter(audio) : undefined;
     this.hearing = audio
       ? new HearingPipeline(this.conn, audio, config.audio.segmenter, this.log, {
           scheduler: this.scheduler,
@@ -114,52 +103,16 @@ export class Controller {
           vadHealth: { error: (err) => this.health.error(VAD_STAGE, err), ok: () => this.health.ok(VAD_STAGE) },
         })
       : undefined;
+    const frameSources: FrameSource[] = cameras.map((c) => createFrameSource(c.name, c.source, this.log));
     // The switches pause the sources first, then the consumers end what was in progress.
     this.listening = new SourceGroup('listening', audio ? [audio] : [], this.log, {
       paused: async () => void (await this.hearing?.pause()),
     });
-    const frameSources: FrameSource[] = cameras.map((c) => createFrameSource(c.name, c.source, this.log));
-    this.frameSources = frameSources;
     this.watching = new SourceGroup('watching', frameSources, this.log, {
       paused: () => this.motion.pause(),
       resuming: () => this.motion.resume(),
     });
-    this.snapshots = new SnapshotPublisher(this.conn, cameras);
-    // Events go out through the seeing pipeline (it adds captions); it exists once the engine does (start()).
-    this.motion = new MotionPipeline(this.conn, this.log, (u, msg) => this.seeing?.onMotion(u, msg));
-    cameras.forEach((c, i) => {
-      this.snapshots.attach(frameSources[i]!);
-      this.frames.attach(frameSources[i]!);
-      this.motion.attach(c, frameSources[i]!);
-    });
-
-    if (config.homeassistant.enabled) {
-      this.discovery = new DiscoveryPublisher({
-        discovery: discoveryOptionsFromConfig(config, { swVersion: o.version }),
-        haStatusTopic: config.homeassistant.status_topic,
-        stateDir: config.daemon.state_dir,
-        publish: (topic, payload, opts) => this.conn.publish(topic, payload, opts),
-        logger: this.log,
-      });
-    }
-  }
-
-  async start(): Promise<void> {
-    const { config } = this.o;
-    await this.model.start();
-    this.log.warn(ENCODER_GAP);
-    const cameras = config.cameras.filter((c) => c.enabled);
-    this.ask = new AskPipeline({
-      conn: this.conn,
-      scheduler: this.scheduler,
-      engine: this.model.engine,
-      maxPayloadBytes: config.mqtt.max_payload_bytes,
-      cameras: cameras.map((c) => c.name),
-      latestFrame: (name) => this.frames.latest(name),
-      imageTokens: (name) => cameras.find((c) => c.name === name)?.image_tokens ?? DEFAULT_IMAGE_TOKENS,
-      logger: this.log,
-    });
-    this.seeing = new SeeingPipeline({
+    const seeing = new SeeingPipeline({
       conn: this.conn,
       scheduler: this.scheduler,
       engine: this.model.engine,
@@ -167,46 +120,126 @@ export class Controller {
       captionDeadlineMs: config.scheduler.caption_deadline_ms,
       logger: this.log,
     });
-    if (this.broker) {
-      const at = await this.broker.start();
-      this.log.info(`embedded MQTT broker listening on ${at.host}:${at.port}`);
-    }
+    // Events go out through the seeing pipeline, which adds captions.
+    this.motion = new MotionPipeline(this.conn, this.log, (u, msg) => seeing.onMotion(u, msg));
+    const frames = new LatestFrames();
+    const snapshots = new SnapshotPublisher(this.conn, cameras);
+    cameras.forEach((c, i) => {
+      snapshots.attach(frameSources[i]!);
+      frames.attach(frameSources[i]!);
+      this.motion.attach(c, frameSources[i]!);
+    });
+    const ask = new AskPipeline({
+      conn: this.conn,
+      scheduler: this.scheduler,
+      engine: this.model.engine,
+      maxPayloadBytes: config.mqtt.max_payload_bytes,
+      cameras: cameras.map((c) => c.name),
+      latestFrame: (name) => frames.latest(name),
+      imageTokens: (name) => cameras.find((c) => c.name === name)?.image_tokens ?? DEFAULT_IMAGE_TOKENS,
+      logger: this.log,
+    });
+    const meter = audio ? new AudioMeter(audio) : undefined;
+
+    this.modules = [
+      defineModule('model', {
+        start: async () => {
+          await this.model.start();
+          this.log.warn(ENCODER_GAP);
+        },
+        stop: () => this.model.stop(),
+        stats: () => {
+          const engine = this.model.engine.status();
+          return {
+            engine: {
+              state: engine.state,
+              detail: engine.detail.slice(0, 500),
+              ...(engine.randomWeights ? { random_weights: true } : {}),
+              ...this.model.stats(),
+            },
+          };
+        },
+      }),
+      ...(config.embedded_broker.enabled ? [this.brokerModule()] : []),
+      ...(config.homeassistant.enabled ? [this.discoveryModule()] : []),
+      this.switchesModule(),
+      // Subscriptions are made before the connection starts: requests queued for a persistent session arrive
+      // at once on connect.
+      defineModule('ask', { start: () => ask.start(), stop: () => ask.stop() }),
+      defineModule('mqtt', {
+        start: async () => {
+          await this.conn.start();
+          const early = this.earlyReports ?? [];
+          this.earlyReports = undefined;
+          for (const e of early) this.reportError(e.topic!, e.message);
+        },
+        stop: () => this.conn.stop({ offline: true, drainMs: 2000 }),
+        stats: () => ({ mqtt: mqttStats(this.conn.stats()) }),
+      }),
+      // Event ends held for their captions: the drained scheduler refuses new jobs, so they settle at once.
+      defineModule('seeing', {
+        start: () => undefined,
+        stop: () => seeing.stop(),
+        stats: () => ({ captions: seeing.stats() }),
+      }),
+      ...(this.hearing && meter ? [this.hearingModule(this.hearing, meter)] : []),
+      defineModule('sources', {
+        start: async () => {
+          await Promise.all([this.listening.start(), this.watching.start()]);
+          this.sourcesStarted = true;
+          await this.publishSwitchStates();
+        },
+        stop: async () => {
+          snapshots.detach();
+          frames.detach();
+          meter?.detach();
+          await Promise.all([this.listening.stop(), this.watching.stop()]);
+        },
+        stats: () => ({ sources: this.sourceStats() }),
+      }),
+      defineModule('motion', {
+        start: () => this.motion.start(),
+        stop: () => this.motion.stop(),
+        connected: () => void this.motion.republishStates(),
+        stats: () => ({ motion: motionStats(this.motion) }),
+      }),
+      // The queue itself is drained by stop() before any module stops.
+      defineModule('jobs', {
+        start: () => undefined,
+        stop: () => undefined,
+        stats: () => ({ queues: this.scheduler.stats().depth_by_kind }),
+      }),
+      this.healthModule(frameSources),
+      this.statsModule(),
+    ];
+  }
+
+  /** Starts every module in order; one that fails is reported and the others run. */
+  start(): Promise<void> {
+    this.starting ??= this.startModules();
+    return this.starting;
+  }
+
+  private async startModules(): Promise<void> {
+    const { config } = this.o;
     this.conn.on('connected', this.onConnected);
-    if (this.discovery) {
-      for (const topic of this.discovery.subscriptions) {
-        this.conn.subscribe(topic, (msg) => void this.discovery?.handleMessage(msg.topic, msg.payload), {
-          qos: 1,
-          owner: OWNER,
-        });
+    for (const m of this.modules) {
+      // A stop that came during start: no further module starts.
+      if (this.stopped) return;
+      this.states.set(m.name, 'starting');
+      try {
+        await m.start();
+        this.started.push(m);
+        this.states.set(m.name, 'running');
+        // Connected before this module was up: it has state to say now.
+        if (this.conn.connected) m.connected?.();
+      } catch (err) {
+        this.states.set(m.name, 'failed');
+        const message = `module ${m.name} failed to start (Perch runs without it): ${(err as Error).message ?? String(err)}`;
+        this.log.error({ module: m.name, err }, message);
+        this.reportError(this.conn.topics.stats, message);
       }
     }
-    this.conn.subscribe(this.conn.topics.listeningSet, (msg) => void this.onSwitch(this.listening, msg.payload), {
-      qos: 1,
-      owner: OWNER,
-    });
-    this.conn.subscribe(this.conn.topics.watchingSet, (msg) => void this.onSwitch(this.watching, msg.payload), {
-      qos: 1,
-      owner: OWNER,
-    });
-    this.ask.start();
-    await this.conn.start();
-    await this.hearing?.start();
-    await Promise.all([this.listening.start(), this.watching.start()]);
-    // The switches say what is applied: only now that the sources have started (a connect before this skips them).
-    this.sourcesStarted = true;
-    await this.publishSwitchStates();
-    this.motion.start();
-    this.stopStages = watchStages({
-      health: this.health,
-      topics: this.conn.topics,
-      model: this.model,
-      hearing: this.hearing,
-      motion: this.motion,
-      watching: this.watching,
-      frameSources: this.frameSources,
-    });
-    this.statsTimer = setInterval(() => void this.publishStats(), config.daemon.stats_interval_s * 1000);
-    this.statsTimer.unref();
     this.log.info(
       { root: this.conn.topics.root, broker: config.mqtt.url },
       `Perch is running; watch it with: mosquitto_sub -h ${hostOf(config.mqtt.url)} -p ${portOf(config.mqtt.url)} -v -t '${this.conn.topics.root}/#' -t '${config.homeassistant.discovery_prefix}/#'`,
@@ -221,7 +254,125 @@ export class Controller {
 
   stats(): StatsMessage {
     const mem = process.memoryUsage();
-    const m = this.conn.stats();
+    const parts: Partial<StatsMessage> = {};
+    for (const m of this.modules) Object.assign(parts, m.stats?.());
+    return {
+      v: 1,
+      ts: isoNow(),
+      uptime_s: Math.round((Date.now() - this.startedAt) / 1000),
+      version: this.o.version,
+      memory: { rss: mem.rss, heap_used: mem.heapUsed, heap_total: mem.heapTotal },
+      // The model, mqtt, jobs and sources modules are always in the list: these are always set.
+      engine: parts.engine!,
+      queues: parts.queues!,
+      mqtt: parts.mqtt!,
+      sources: parts.sources!,
+      ...parts,
+      modules: Object.fromEntries(this.states),
+    };
+  }
+
+  private brokerModule(): DaemonModule {
+    const broker = new EmbeddedBroker({
+      settings: this.o.config.embedded_broker,
+      maxPayloadBytes: this.o.config.mqtt.max_payload_bytes,
+      logger: this.log,
+    });
+    return defineModule('broker', {
+      start: async () => {
+        const at = await broker.start();
+        this.log.info(`embedded MQTT broker listening on ${at.host}:${at.port}`);
+      },
+      stop: () => broker.stop(),
+    });
+  }
+
+  private discoveryModule(): DaemonModule {
+    const { config } = this.o;
+    const discovery = new DiscoveryPublisher({
+      discovery: discoveryOptionsFromConfig(config, { swVersion: this.o.version }),
+      haStatusTopic: config.homeassistant.status_topic,
+      stateDir: config.daemon.state_dir,
+      publish: (topic, payload, opts) => this.conn.publish(topic, payload, opts),
+      logger: this.log,
+    });
+    const owner = 'discovery';
+    return defineModule(owner, {
+      start: () => {
+        for (const topic of discovery.subscriptions)
+          this.conn.subscribe(topic, (msg) => void discovery.handleMessage(msg.topic, msg.payload), { qos: 1, owner });
+      },
+      stop: () => this.conn.removeOwner(owner),
+      connected: () =>
+        void discovery.start().catch((err: unknown) => this.log.error({ err }, 'discovery publish failed')),
+    });
+  }
+
+  /** The Listening and Watching switches: `<root>/listening/set` and `<root>/watching/set`, ON or OFF. */
+  private switchesModule(): DaemonModule {
+    const owner = 'switches';
+    const t = this.conn.topics;
+    return defineModule(owner, {
+      start: () => {
+        this.conn.subscribe(t.listeningSet, (msg) => void this.onSwitch(this.listening, msg.payload), {
+          qos: 1,
+          owner,
+        });
+        this.conn.subscribe(t.watchingSet, (msg) => void this.onSwitch(this.watching, msg.payload), { qos: 1, owner });
+      },
+      stop: () => this.conn.removeOwner(owner),
+      connected: () => {
+        if (this.sourcesStarted) void this.publishSwitchStates();
+      },
+    });
+  }
+
+  private hearingModule(hearing: HearingPipeline, meter: AudioMeter): DaemonModule {
+    return defineModule('hearing', {
+      start: () => hearing.start(),
+      stop: () => hearing.stop(),
+      connected: () => void hearing.republishState(),
+      stats: () => ({ audio: { ...hearing.stats(), seconds: Math.round(meter.samples / AUDIO_SAMPLE_RATE) } }),
+    });
+  }
+
+  /** Stages that keep failing are restarted (src/daemon/stages.ts). */
+  private healthModule(frameSources: readonly FrameSource[]): DaemonModule {
+    let unwatch: (() => void) | undefined;
+    return defineModule('health', {
+      start: () => {
+        unwatch = watchStages({
+          health: this.health,
+          topics: this.conn.topics,
+          model: this.model,
+          hearing: this.hearing,
+          motion: this.motion,
+          watching: this.watching,
+          frameSources,
+        });
+      },
+      stop: () => {
+        unwatch?.();
+        this.health.close();
+      },
+      stats: () => ({ health: this.health.stats() }),
+    });
+  }
+
+  /** `<root>/stats`, retained, every daemon.stats_interval_s and on each (re)connect. */
+  private statsModule(): DaemonModule {
+    let timer: NodeJS.Timeout | undefined;
+    return defineModule('stats', {
+      start: () => {
+        timer = setInterval(() => void this.publishStats(), this.o.config.daemon.stats_interval_s * 1000);
+        timer.unref();
+      },
+      stop: () => clearInterval(timer),
+      connected: () => void this.publishStats(),
+    });
+  }
+
+  private sourceStats(): StatsMessage['sources'] {
     const sources: StatsMessage['sources'] = {};
     for (const [group, prefix] of [
       [this.listening, 'audio/'],
@@ -235,73 +386,26 @@ export class Controller {
         };
       }
     }
-    const engine = this.model.engine.status();
-    return {
-      v: 1,
-      ts: isoNow(),
-      uptime_s: Math.round((Date.now() - this.startedAt) / 1000),
-      version: this.o.version,
-      memory: { rss: mem.rss, heap_used: mem.heapUsed, heap_total: mem.heapTotal },
-      engine: {
-        state: engine.state,
-        detail: engine.detail.slice(0, 500),
-        ...(engine.randomWeights ? { random_weights: true } : {}),
-        ...this.model.stats(),
-      },
-      ...(this.hearing && this.meter
-        ? { audio: { ...this.hearing.stats(), seconds: Math.round(this.meter.samples / AUDIO_SAMPLE_RATE) } }
-        : {}),
-      queues: this.scheduler.stats().depth_by_kind,
-      mqtt: {
-        connected: m.connected,
-        protocol: m.protocol,
-        reconnects: m.reconnects,
-        published: m.published,
-        received: m.received,
-        rejected: m.rejected,
-        outbox: {
-          depth: m.outbox.depth,
-          bytes: m.outbox.bytes,
-          dropped: m.outbox.dropped,
-          expired: m.outbox.expired,
-          dead_letters: m.outbox.deadLettered,
-        },
-      },
-      sources,
-      motion: Object.fromEntries(
-        Object.entries(this.motion.stats()).map(([name, st]) => [
-          name,
-          {
-            on: st.motionOn,
-            events: st.events,
-            frames: st.frames,
-            dropped: st.dropped,
-            decode_errors: st.decodeErrors,
-            avg_frame_ms: Math.round(st.avgFrameMs * 100) / 100,
-          },
-        ]),
-      ),
-      ...(this.seeing ? { captions: this.seeing.stats() } : {}),
-      health: this.health.stats(),
-    };
+    return sources;
   }
 
-  /** A failure worth a consumer's attention (a failing stage, an unusable model package) on `<root>/errors`. */
+  /**
+   * A failure worth a consumer's attention (a module that did not start, a failing stage, an unusable model
+   * package) on `<root>/errors`; kept until the MQTT connection has started when it comes before.
+   */
   private reportError(topic: string, message: string): void {
     const e: ErrorMessage = { v: 1, ts: isoNow(), code: 'internal', message: message.slice(0, 2000), topic };
-    void this.conn.publish(this.conn.topics.errors, encode(e), {
-      final: true,
-      qos: 1,
-      contentType: 'application/json',
-    });
+    if (this.earlyReports) this.earlyReports.push(e);
+    else
+      void this.conn.publish(this.conn.topics.errors, encode(e), {
+        final: true,
+        qos: 1,
+        contentType: 'application/json',
+      });
   }
 
   private readonly onConnected = (): void => {
-    if (this.sourcesStarted) void this.publishSwitchStates();
-    void this.motion.republishStates();
-    void this.hearing?.republishState();
-    void this.discovery?.start().catch((err: unknown) => this.log.error({ err }, 'discovery publish failed'));
-    void this.publishStats();
+    for (const m of this.started) m.connected?.();
   };
 
   private async onSwitch(group: SourceGroup, payload: Buffer): Promise<void> {
@@ -334,29 +438,62 @@ export class Controller {
     });
   }
 
+  /**
+   * Waits for a start in progress (it starts no further module), drains the job queue (what runs finishes,
+   * nothing new starts), then stops the started modules in reverse order, each on its own: one that fails
+   * does not keep the rest up.
+   */
   private async doStop(reason: string): Promise<void> {
     this.log.info({ reason }, 'stopping');
-    if (this.statsTimer) clearInterval(this.statsTimer);
-    this.stopStages?.();
-    this.health.close();
+    await this.starting;
     const drained = await this.scheduler.drain(this.o.config.daemon.drain_timeout_ms);
     this.log.info(drained, 'job queue drained');
-    this.ask?.stop();
-    this.snapshots.detach();
-    this.frames.detach();
-    await this.motion.stop();
-    // Event ends held for their captions: the drained scheduler refuses new jobs, so they settle at once.
-    await this.seeing?.stop();
-    this.meter?.detach();
-    await Promise.all([this.listening.stop(), this.watching.stop()]);
-    await this.hearing?.stop();
-    this.conn.removeOwner(OWNER);
+    for (const m of [...this.started].reverse()) {
+      this.states.set(m.name, 'stopping');
+      try {
+        await m.stop();
+      } catch (err) {
+        this.log.error({ module: m.name, err }, `module ${m.name} did not stop cleanly`);
+      }
+      this.states.set(m.name, 'stopped');
+    }
     this.conn.off('connected', this.onConnected);
-    await this.conn.stop({ offline: true, drainMs: 2000 });
-    await this.model.stop();
-    await this.broker?.stop();
     this.log.info('stopped');
   }
+}
+
+function mqttStats(m: ReturnType<MqttConnection['stats']>): StatsMessage['mqtt'] {
+  return {
+    connected: m.connected,
+    protocol: m.protocol,
+    reconnects: m.reconnects,
+    published: m.published,
+    received: m.received,
+    rejected: m.rejected,
+    outbox: {
+      depth: m.outbox.depth,
+      bytes: m.outbox.bytes,
+      dropped: m.outbox.dropped,
+      expired: m.outbox.expired,
+      dead_letters: m.outbox.deadLettered,
+    },
+  };
+}
+
+function motionStats(motion: MotionPipeline): StatsMessage['motion'] {
+  return Object.fromEntries(
+    Object.entries(motion.stats()).map(([name, st]) => [
+      name,
+      {
+        on: st.motionOn,
+        events: st.events,
+        frames: st.frames,
+        dropped: st.dropped,
+        decode_errors: st.decodeErrors,
+        avg_frame_ms: Math.round(st.avgFrameMs * 100) / 100,
+      },
+    ]),
+  );
 }
 
 function hostOf(url: string): string {

@@ -306,6 +306,13 @@ export const statsSchema = z.strictObject({
   captions: z
     .record(z.string(), z.strictObject({ made: count, failed: count, last_error: z.string().max(500).optional() }))
     .optional(),
+  /** Each daemon module's lifecycle state (src/daemon/module.ts): a module that failed to start is `failed`. */
+  modules: z
+    .record(
+      z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/),
+      z.enum(['starting', 'running', 'failed', 'stopping', 'stopped']),
+    )
+    .optional(),
   /** Health per stage (audio/vad, model/..._encoder, camera/<name>/decoder): see src/daemon/health.ts. */
   health: z
     .record(
