@@ -13,6 +13,7 @@ import { mqttSettings, schedulerSettings } from '../src/config/schema.js';
 import { Transcriber } from '../src/engine/transcriber.js';
 import { silentLogger } from '../src/common/log.js';
 import { MqttConnection } from '../src/mqtt/connection.js';
+import { HearingPublisher } from '../src/mqtt/hearing-publisher.js';
 import { answerSchema, errorMessageSchema, transcriptSchema } from '../src/mqtt/messages.js';
 import { conversationPrompt, parseTalk, QUESTION_PROMPT } from '../src/pipelines/conversation.js';
 import { HearingPipeline, type HearingOptions } from '../src/pipelines/hearing.js';
@@ -89,13 +90,19 @@ async function rig(wav: string, hearingOpts: Omit<HearingOptions, 'scheduler'> =
     { type: 'wav', path: wav, realtime: false, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 },
     silentLogger,
   );
-  const hearing = new HearingPipeline(conn, source, segmenterSettingsSchema.parse({}), silentLogger, {
-    scheduler,
-    transcriber: () => transcriber,
-    maxTokens: 8,
-    answerMaxTokens: 5,
-    ...hearingOpts,
-  });
+  const hearing = new HearingPipeline(
+    new HearingPublisher(conn),
+    source,
+    segmenterSettingsSchema.parse({}),
+    silentLogger,
+    {
+      scheduler,
+      transcriber: () => transcriber,
+      maxTokens: 8,
+      answerMaxTokens: 5,
+      ...hearingOpts,
+    },
+  );
   await hearing.start();
   cleanups.push(() => hearing.stop());
   // Subscriptions go out in order on one connection: once this one delivers, the pipeline's is in place.

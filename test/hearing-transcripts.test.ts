@@ -13,6 +13,7 @@ import { mqttSettings, schedulerSettings } from '../src/config/schema.js';
 import { Transcriber } from '../src/engine/transcriber.js';
 import { silentLogger } from '../src/common/log.js';
 import { MqttConnection } from '../src/mqtt/connection.js';
+import { HearingPublisher } from '../src/mqtt/hearing-publisher.js';
 import {
   answerSchema,
   answerStreamSchema,
@@ -91,12 +92,18 @@ async function rig(
     { type: 'wav', path: SPEECH_WAV, realtime: false, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 },
     silentLogger,
   );
-  const hearing = new HearingPipeline(conn, source, segmenterSettingsSchema.parse(opts.segmenter ?? {}), silentLogger, {
-    scheduler,
-    transcriber: () => transcriber,
-    maxTokens: 10,
-    ...opts.hearing,
-  });
+  const hearing = new HearingPipeline(
+    new HearingPublisher(conn),
+    source,
+    segmenterSettingsSchema.parse(opts.segmenter ?? {}),
+    silentLogger,
+    {
+      scheduler,
+      transcriber: () => transcriber,
+      maxTokens: 10,
+      ...opts.hearing,
+    },
+  );
   await hearing.start();
   cleanups.push(() => hearing.stop());
   const play = async (): Promise<void> => {

@@ -12,10 +12,14 @@ const root = path.resolve(import.meta.dirname, '..');
 
 describe('biome ci (format and lint)', () => {
   it('finds every file formatted and no lint error', async () => {
-    const r = await run(path.join(root, 'node_modules/.bin/biome'), ['ci', '--colors=off', '.'], {
-      cwd: root,
-      maxBuffer: 32 << 20,
-    }).then(
+    const r = await run(
+      path.join(root, 'node_modules/.bin/biome'),
+      ['ci', '--colors=off', '--error-on-warnings', '.'],
+      {
+        cwd: root,
+        maxBuffer: 32 << 20,
+      },
+    ).then(
       (ok) => ({ code: 0, out: ok.stdout + ok.stderr }),
       (err: { code?: number; stdout?: string; stderr?: string }) => ({
         code: err.code ?? -1,

@@ -10,6 +10,7 @@ import type { PerchConfig } from '../config/schema.js';
 import type { AnswerEngine } from '../engine/types.js';
 import { silentLogger, type Logger } from '../common/log.js';
 import { MqttConnection } from '../mqtt/connection.js';
+import { HearingPublisher } from '../mqtt/hearing-publisher.js';
 import { type DaemonModule, type ModuleState, defineModule } from './module.js';
 import { DiscoveryPublisher, discoveryOptionsFromConfig } from '../mqtt/discovery.js';
 import { encode, isoNow, type ErrorMessage, type StatsMessage } from '../mqtt/messages.js';
@@ -91,7 +92,7 @@ export class Controller {
     const audio =
       config.audio.enabled && config.audio.source ? createAudioSource(config.audio.source, this.log) : undefined;
     this.hearing = audio
-      ? new HearingPipeline(this.conn, audio, config.audio.segmenter, this.log, {
+      ? new HearingPipeline(new HearingPublisher(this.conn), audio, config.audio.segmenter, this.log, {
           scheduler: this.scheduler,
           // Asked per utterance: the model loads in the background after start.
           transcriber: () => this.model.speech(),

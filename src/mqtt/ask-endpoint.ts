@@ -21,9 +21,9 @@ import {
   type AnswerStreamMessage,
   type AskRequest,
   type ErrorCode,
-  type ErrorMessage,
   type RequestLimits,
 } from './messages.js';
+import { errorMessage } from './errors.js';
 import { replyRouteFor, type ReplyRoute } from './requests.js';
 
 export interface AskContext {
@@ -137,22 +137,10 @@ export class AskEndpoint {
     opts: { id?: string; topic?: string } = {},
   ): Promise<void> {
     const id = route?.id ?? opts.id;
-    const error: ErrorMessage = {
-      v: 1,
-      ts: isoNow(),
-      ...(id ? { id } : {}),
-      code,
-      message: message.slice(0, 2000) || code,
-      topic: opts.topic ?? this.conn.topics.ask,
-    };
-    const tasks: Array<Promise<PublishResult>> = [
-      this.conn.publish(this.conn.topics.errors, encode(error), {
-        final: true,
-        qos: 1,
-        priority: 'other',
-        contentType: JSON_TYPE,
-      }),
-    ];
+    const report = { ...(id ? { id } : {}), code, message, topic: opts.topic ?? this.conn.topics.ask };
+    const now = Date.now();
+    const error = errorMessage(report, now);
+    const tasks: Array<Promise<PublishResult>> = [this.conn.publishError(report, 'other', now)];
     if (route) {
       const reply: AnswerErrorMessage = {
         v: 1,

@@ -22,8 +22,10 @@ import type { MqttSettings } from '../config/schema.js';
 import { silentLogger, type Logger } from '../common/log.js';
 import { backoffDelay } from './backoff.js';
 import { clientOptions, loadTls, type ProtocolVersion, type TlsMaterial } from './client-options.js';
-import { encode, isoNow, type ErrorMessage } from './messages.js';
+import { type ErrorReport, errorMessage } from './errors.js';
+import { encode } from './messages.js';
 import { Outbox, PermanentSendError, type DeadLetter, type OutboxEntry } from './outbox.js';
+import type { OutboxPriority } from './outbox-store.js';
 import { DEFAULT_RESERVED_TOPICS, type ReservedTopics } from './requests.js';
 import { topicFilterProblem, topicMatches, topicNameProblem } from '../common/mqtt-strings.js';
 import { defaultClientId, defaultRootTopic, topicsFor, type PerchTopics } from './topics.js';
@@ -57,8 +59,6 @@ const CONNACK_REFUSED_VERSION = new Set([1, 0x84]);
 /** Folder under state_dir for results the broker refused. */
 export const DEAD_LETTER_DIR = 'dead-letter';
 /** Bounds of the error message schema (messages.ts). */
-const MAX_ERROR_CHARS = 2000;
-const MAX_ERROR_TOPIC_CHARS = 1024;
 
 interface Handler {
   fn: MessageHandler;
@@ -477,23 +477,25 @@ export class MqttConnection extends EventEmitter<{
     }
   }
 
+  /** A failure on `<root>/errors` (src/mqtt/errors.ts), kept until delivered like every final result. */
+  publishError(report: ErrorReport, priority: OutboxPriority = 'other', now = Date.now()): Promise<PublishResult> {
+    return this.publish(this.topics.errors, encode(errorMessage(report, now)), {
+      final: true,
+      qos: 1,
+      priority,
+      contentType: 'application/json',
+    });
+  }
+
   /** A dead letter goes to `errors`, unless it was itself an error report (no chain of refused reports). */
   private reportDeadLetter(d: DeadLetter): void {
     if (d.entry.topic === this.topics.errors) return;
     const id = idOf(d.entry.payload);
-    const error: ErrorMessage = {
-      v: 1,
-      ts: isoNow(),
+    void this.publishError({
       ...(id ? { id } : {}),
       code: 'undeliverable',
-      message: `${d.reason}; set aside${d.file ? ` in ${d.file}` : ''}`.slice(0, MAX_ERROR_CHARS),
-      topic: d.entry.topic.slice(0, MAX_ERROR_TOPIC_CHARS) || '(empty topic)',
-    };
-    void this.publish(this.topics.errors, encode(error), {
-      final: true,
-      qos: 1,
-      priority: 'other',
-      contentType: 'application/json',
+      message: `${d.reason}; set aside${d.file ? ` in ${d.file}` : ''}`,
+      topic: d.entry.topic,
     });
   }
 

@@ -25,16 +25,8 @@ import { Segmenter, type Utterance } from '../audio/segmenter.js';
 import type { PerchConfig } from '../config/schema.js';
 import type { SpeechEngine } from '../engine/types.js';
 import { silentLogger, type Logger } from '../common/log.js';
-import type { MqttConnection } from '../mqtt/connection.js';
-import {
-  encode,
-  isoNow,
-  type AnswerMessage,
-  type AnswerStreamMessage,
-  type ErrorMessage,
-  type TranscriptMessage,
-  type TranscriptPartialMessage,
-} from '../mqtt/messages.js';
+import { type HearingPublisher, MAX_TEXT } from '../mqtt/hearing-publisher.js';
+import { isoNow, type AnswerMessage, type TranscriptMessage } from '../mqtt/messages.js';
 import { isSchedulerError } from '../scheduler/errors.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { AudioChunk, AudioSource } from '../sources/types.js';
@@ -49,10 +41,6 @@ import {
   type QuestionKind,
 } from './conversation.js';
 import { type GroupOutcome, TranscriptGroups } from './transcript-groups.js';
-
-const MAX_TEXT = 100_000;
-const MAX_DELTA = 10_000;
-const JSON_TYPE = 'application/json';
 
 export interface HearingOptions {
   /** The model's job queue; with a transcriber, every utterance becomes a `transcript` job. */
@@ -82,8 +70,6 @@ interface Turn {
   history: Exchange[];
 }
 
-const OWNER = 'hearing';
-
 interface Counts {
   transcripts: number;
   failed: number;
@@ -109,7 +95,7 @@ export class HearingPipeline {
   private readonly groups = new TranscriptGroups(MAX_TEXT);
 
   constructor(
-    private readonly conn: MqttConnection,
+    private readonly out: HearingPublisher,
     private readonly source: AudioSource,
     private readonly settings: PerchConfig['audio']['segmenter'],
     logger: Logger = silentLogger,
@@ -125,10 +111,7 @@ export class HearingPipeline {
       this.speaking = a.speaking;
       void this.republishState();
     });
-    seg.on(
-      'level',
-      (l) => void this.conn.publish(this.conn.topics.soundLevel, l.dbfs.toFixed(1), { qos: 0, retain: true }),
-    );
+    seg.on('level', (l) => this.out.soundLevel(l.dbfs));
     seg.on('processed', () => this.opts.vadHealth?.ok());
     seg.on('utterance', (u) => this.onUtterance(u));
     seg.on('error', (err: unknown) => {
@@ -145,12 +128,8 @@ export class HearingPipeline {
       detachSeg();
       this.source.off('chunk', onChunk);
     };
-    this.conn.removeOwner(OWNER);
-    // acceptOversized: a press with a huge payload is answered with payload_too_large, not dropped in silence.
-    this.conn.subscribe(this.conn.topics.talk, (m) => this.onTalk(m.payload, m.oversized), {
-      owner: OWNER,
-      acceptOversized: true,
-    });
+    // Oversized presses come too: they are answered with payload_too_large, not dropped in silence.
+    this.out.onTalk((m) => this.onTalk(m.payload, m.oversized));
   }
 
   /** Replaces the voice activity detector with a fresh one (a new ONNX session) after repeated failures. */
@@ -173,20 +152,7 @@ export class HearingPipeline {
       ? { ok: false as const, message: `payload of ${payload.byteLength} bytes is too large` }
       : parseTalk(payload);
     if (!t.ok) {
-      const code = oversized ? 'payload_too_large' : 'invalid_request';
-      const e: ErrorMessage = {
-        v: 1,
-        ts: isoNow(),
-        code,
-        message: `push-to-talk ignored: ${t.message}`.slice(0, 2000),
-        topic: this.conn.topics.talk,
-      };
-      void this.conn.publish(this.conn.topics.errors, encode(e), {
-        final: true,
-        qos: 1,
-        priority: 'answer',
-        contentType: JSON_TYPE,
-      });
+      void this.out.talkRefused(oversized ? 'payload_too_large' : 'invalid_request', t.message);
       return;
     }
     this.talk = { at: Date.now(), ...(t.id !== undefined ? { id: t.id } : {}) };
@@ -194,7 +160,7 @@ export class HearingPipeline {
   }
 
   republishState(): Promise<unknown> {
-    return this.conn.publish(this.conn.topics.speech, this.speaking ? 'ON' : 'OFF', { qos: 1, retain: true });
+    return this.out.speech(this.speaking);
   }
 
   /** Listening switched off: the utterance in progress ends (and is still transcribed), speech goes OFF. */
@@ -206,7 +172,7 @@ export class HearingPipeline {
 
   /** Stops listening; transcripts still waiting or running are cancelled (the controller drains first). */
   async stop(): Promise<void> {
-    this.conn.removeOwner(OWNER);
+    this.out.stop();
     this.talk = undefined;
     this.detach?.();
     this.detach = undefined;
@@ -292,7 +258,6 @@ export class HearingPipeline {
     const speechStart = this.wall(u.speechStartMs);
     // The segmenter hands an utterance on after its hang-over: speech ended before now, never after.
     const speechEnd = Math.min(this.wall(u.speechEndMs), cutAt);
-    const topics = this.conn.topics;
     let startedAt = 0;
     let firstTokenAt = 0;
     let seq = 0;
@@ -310,15 +275,7 @@ export class HearingPipeline {
             onToken: (delta) => {
               firstTokenAt ||= Date.now();
               text = (text + delta).slice(-MAX_TEXT);
-              const partial: TranscriptPartialMessage = {
-                v: 1,
-                id,
-                ts: isoNow(),
-                seq: seq++,
-                delta: delta.slice(0, MAX_DELTA),
-                text,
-              };
-              void this.conn.publish(topics.transcriptPartial, encode(partial), { qos: 0, contentType: JSON_TYPE });
+              this.out.transcriptPartial(id, seq++, delta, text);
             },
           });
         },
@@ -373,12 +330,7 @@ export class HearingPipeline {
       if (kind) msg.question = kind;
       this.counts.transcripts++;
       this.log.info({ id, chars: msg.text.length, question: kind, latency_ms: msg.latency_ms }, 'transcript');
-      await this.conn.publish(topics.transcript, encode(msg), {
-        final: true,
-        qos: 1,
-        priority: 'transcript',
-        contentType: JSON_TYPE,
-      });
+      await this.out.transcript(msg);
       if (u.split) await this.publishGroup(this.groups.add(u.split, msg, speechEnd));
       if (!kind) return turn;
       const history = inWindow ? turn.history : [];
@@ -404,20 +356,7 @@ export class HearingPipeline {
       }
       if (code === 'internal') this.log.error({ err, id: u.id }, 'transcript failed');
       else this.log.warn({ id: u.id, code, reason: message }, 'no transcript');
-      const e: ErrorMessage = {
-        v: 1,
-        ts: isoNow(),
-        id,
-        code,
-        message: `no transcript: ${message}`.slice(0, 2000),
-        topic: topics.transcript,
-      };
-      await this.conn.publish(topics.errors, encode(e), {
-        final: true,
-        qos: 1,
-        priority: 'transcript',
-        contentType: JSON_TYPE,
-      });
+      await this.out.transcriptFailed(id, code, message);
       return prevTurn;
     }
   }
@@ -430,12 +369,7 @@ export class HearingPipeline {
     }
     const msg = done.stitched;
     this.log.info({ id: msg.id, parts: msg.stitched_from?.length, chars: msg.text.length }, 'stitched transcript');
-    await this.conn.publish(this.conn.topics.transcript, encode(msg), {
-      final: true,
-      qos: 1,
-      priority: 'transcript',
-      contentType: JSON_TYPE,
-    });
+    await this.out.transcript(msg);
   }
 
   /** Answers a spoken question from its audio under `id` (its transcript's); returns the answer text. */
@@ -447,14 +381,12 @@ export class HearingPipeline {
     prompt: string,
     speechEnd: number,
   ): Promise<string | undefined> {
-    const topics = this.conn.topics;
     const submitted = Date.now();
     let startedAt = 0;
     let firstTokenAt = 0;
     let seq = 0;
     const chunk = (delta: string, done: boolean): void => {
-      const m: AnswerStreamMessage = { v: 1, id, ts: isoNow(), seq: seq++, delta: delta.slice(0, MAX_DELTA), done };
-      void this.conn.publish(topics.answerStream, encode(m), { qos: 0, contentType: JSON_TYPE });
+      this.out.answerChunk(id, seq++, delta, done);
     };
     try {
       const r = await scheduler.submit({
@@ -494,26 +426,15 @@ export class HearingPipeline {
       };
       this.counts.questions++;
       this.log.info({ id, chars: msg.text.length, latency_ms: msg.latency_ms }, 'spoken question answered');
-      await this.conn.publish(topics.answer, encode(msg), {
-        final: true,
-        qos: 1,
-        priority: 'answer',
-        contentType: JSON_TYPE,
-      });
+      await this.out.answer(msg);
       return msg.text;
     } catch (err) {
       if (this.stopping || isSchedulerError(err, 'shutting_down') || isSchedulerError(err, 'cancelled'))
         return undefined;
       const code = errorCodeFor(err);
-      const message = `no answer to the spoken question: ${(err as Error).message ?? String(err)}`.slice(0, 2000);
+      const message = (err as Error).message ?? String(err);
       this.log.warn({ id, code, reason: message }, 'spoken question not answered');
-      const e: ErrorMessage = { v: 1, ts: isoNow(), id, code, message, topic: topics.answer };
-      await this.conn.publish(topics.errors, encode(e), {
-        final: true,
-        qos: 1,
-        priority: 'answer',
-        contentType: JSON_TYPE,
-      });
+      await this.out.answerFailed(id, code, message);
       return undefined;
     }
   }
