@@ -10,6 +10,7 @@ import type { PerchConfig } from '../config/schema.js';
 import type { AnswerEngine } from '../engine/types.js';
 import { silentLogger, type Logger } from '../common/log.js';
 import { MqttConnection } from '../mqtt/connection.js';
+import { CameraPublisher } from '../mqtt/camera-publisher.js';
 import { HearingPublisher } from '../mqtt/hearing-publisher.js';
 import { type DaemonModule, type ModuleState, defineModule } from './module.js';
 import { DiscoveryPublisher, discoveryOptionsFromConfig } from '../mqtt/discovery.js';
@@ -113,8 +114,9 @@ export class Controller {
       paused: () => this.motion.pause(),
       resuming: () => this.motion.resume(),
     });
+    const cameraOut = new CameraPublisher(this.conn);
     const seeing = new SeeingPipeline({
-      conn: this.conn,
+      out: cameraOut,
       scheduler: this.scheduler,
       engine: this.model.engine,
       cameras,
@@ -122,9 +124,9 @@ export class Controller {
       logger: this.log,
     });
     // Events go out through the seeing pipeline, which adds captions.
-    this.motion = new MotionPipeline(this.conn, this.log, (u, msg) => seeing.onMotion(u, msg));
+    this.motion = new MotionPipeline(cameraOut, this.log, (u, msg) => seeing.onMotion(u, msg));
     const frames = new LatestFrames();
-    const snapshots = new SnapshotPublisher(this.conn, cameras);
+    const snapshots = new SnapshotPublisher(cameraOut, cameras);
     cameras.forEach((c, i) => {
       snapshots.attach(frameSources[i]!);
       frames.attach(frameSources[i]!);

@@ -5,8 +5,8 @@
  */
 import type { CameraSettings } from '../config/schema.js';
 import { silentLogger, type Logger } from '../common/log.js';
-import type { MqttConnection } from '../mqtt/connection.js';
-import { encode, isoNow, type CameraEventMessage } from '../mqtt/messages.js';
+import type { CameraPublisher } from '../mqtt/camera-publisher.js';
+import { isoNow, type CameraEventMessage } from '../mqtt/messages.js';
 import type { Frame, FrameSource } from '../sources/types.js';
 import { MotionDetector, type MotionStats, type MotionUpdate } from '../vision/motion.js';
 
@@ -56,7 +56,7 @@ class CameraMotion {
   constructor(
     readonly camera: CameraSettings,
     private readonly source: FrameSource,
-    private readonly conn: MqttConnection,
+    private readonly out: CameraPublisher,
     private readonly log: Logger,
     private readonly sink: CameraEventSink | undefined,
   ) {
@@ -97,27 +97,17 @@ class CameraMotion {
   /** Retained ON/OFF now, e.g. after a reconnect. */
   republishState(): Promise<unknown> {
     this.published = this.detector.motionOn;
-    return this.conn.publish(this.conn.topics.camera(this.camera.name).motion, this.detector.motionOn ? 'ON' : 'OFF', {
-      qos: 1,
-      retain: true,
-    });
+    return this.out.motionState(this.camera.name, this.detector.motionOn);
   }
 
   private async publish(updates: MotionUpdate[]): Promise<void> {
-    const t = this.conn.topics.camera(this.camera.name);
     for (const u of updates) {
       this.log.info(
         { camera: u.camera, id: u.id, type: u.type, motion: u.changedFraction, zones: u.zonesSeen },
         'motion event',
       );
       if (this.sink) this.sink(u, cameraEventMessage(u));
-      else
-        await this.conn.publish(t.event, encode(cameraEventMessage(u)), {
-          final: true,
-          qos: 1,
-          priority: 'event',
-          contentType: 'application/json',
-        });
+      else await this.out.event(cameraEventMessage(u));
     }
     if (this.published !== this.detector.motionOn) await this.republishState();
   }
@@ -129,7 +119,7 @@ export class MotionPipeline {
   private readonly log: Logger;
 
   constructor(
-    private readonly conn: MqttConnection,
+    private readonly out: CameraPublisher,
     logger: Logger = silentLogger,
     private readonly sink?: CameraEventSink,
   ) {
@@ -137,7 +127,7 @@ export class MotionPipeline {
   }
 
   attach(camera: CameraSettings, source: FrameSource): void {
-    if (camera.motion.enabled) this.cameras.push(new CameraMotion(camera, source, this.conn, this.log, this.sink));
+    if (camera.motion.enabled) this.cameras.push(new CameraMotion(camera, source, this.out, this.log, this.sink));
   }
 
   start(): void {

@@ -15,9 +15,8 @@ import { randomUUID } from 'node:crypto';
 import type { CameraSettings } from '../config/schema.js';
 import type { AnswerEngine, GenerationResult } from '../engine/types.js';
 import { silentLogger, type Logger } from '../common/log.js';
-import type { MqttConnection } from '../mqtt/connection.js';
+import type { CameraPublisher } from '../mqtt/camera-publisher.js';
 import {
-  encode,
   isoNow,
   type CameraEventMessage,
   type CaptionMessage,
@@ -58,7 +57,7 @@ export class LatestFrames {
 }
 
 export interface SeeingPipelineOptions {
-  conn: MqttConnection;
+  out: CameraPublisher;
   scheduler: Scheduler;
   engine: AnswerEngine;
   cameras: readonly CameraSettings[];
@@ -155,12 +154,7 @@ export class SeeingPipeline {
       },
       'camera event',
     );
-    await this.o.conn.publish(this.o.conn.topics.camera(msg.camera).event, encode({ ...msg, ts: isoNow() }), {
-      final: true,
-      qos: 1,
-      priority: 'event',
-      contentType: 'application/json',
-    });
+    await this.o.out.event(msg);
   }
 
   /** One caption attempt for the event's best frame; records the outcome on the event and publishes it. */
@@ -183,7 +177,6 @@ export class SeeingPipeline {
   }
 
   private async runCaption(cam: CameraSettings, u: MotionUpdate, stage: 'new' | 'end'): Promise<Outcome> {
-    const topics = this.o.conn.topics.camera(cam.name);
     const frame = u.best;
     const id = randomUUID();
     const st = this.o.engine.status();
@@ -199,7 +192,7 @@ export class SeeingPipeline {
       frame_ts: frame.at.toISOString(),
       stage,
       event_id: u.id,
-      snapshot_topic: topics.snapshot,
+      snapshot_topic: this.o.out.snapshotTopic(cam.name),
     };
     try {
       const validator = this.validators.get(cam.name);
@@ -296,21 +289,7 @@ export class SeeingPipeline {
   }
 
   private async publishCaption(msg: CaptionMessage, jpeg: Buffer | null): Promise<void> {
-    const t = this.o.conn.topics.camera(msg.camera);
-    const json = { final: true, qos: 1, priority: 'caption', contentType: 'application/json' } as const;
-    await Promise.all([
-      // The JPEG the caption describes becomes the retained snapshot, published together with it.
-      jpeg
-        ? this.o.conn.publish(t.snapshot, jpeg, {
-            final: true,
-            qos: 1,
-            retain: true,
-            priority: 'caption',
-            contentType: 'image/jpeg',
-          })
-        : undefined,
-      this.o.conn.publish(t.caption, encode(msg), json),
-    ]);
+    await this.o.out.caption(msg, jpeg);
   }
 }
 

@@ -6,7 +6,7 @@
  */
 import type { CameraSettings } from '../config/schema.js';
 import { silentLogger, type Logger } from '../common/log.js';
-import type { MqttConnection } from '../mqtt/connection.js';
+import type { CameraPublisher } from '../mqtt/camera-publisher.js';
 import type { AudioSource, Frame, FrameSource, Source, SourceState } from '../sources/types.js';
 
 /** What the group's consumers do when the switch turns it off or on. */
@@ -143,7 +143,7 @@ export class SnapshotPublisher {
   private readonly listeners: Array<[FrameSource, (f: Frame) => void]> = [];
 
   constructor(
-    private readonly conn: MqttConnection,
+    private readonly out: CameraPublisher,
     private readonly cameras: readonly CameraSettings[],
   ) {}
 
@@ -155,11 +155,7 @@ export class SnapshotPublisher {
       const previous = this.last.get(cam.name);
       if (previous !== undefined && now - previous < cam.snapshot_interval_s * 1000) return;
       this.last.set(cam.name, now);
-      void this.conn.publish(this.conn.topics.camera(cam.name).snapshot, frame.jpeg, {
-        qos: 0,
-        retain: true,
-        contentType: 'image/jpeg',
-      });
+      this.out.snapshot(cam.name, frame.jpeg);
     };
     source.on('frame', listener);
     this.listeners.push([source, listener]);
