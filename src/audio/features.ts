@@ -24,6 +24,7 @@
  */
 import { RealFft } from './fft.js';
 import { melFilterbank, type MelFilterbank } from './mel.js';
+import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
 
 export interface LogMelOptions {
   sampleRate: number;
@@ -48,7 +49,7 @@ export interface LogMelOptions {
 }
 
 export const GEMMA4_LOG_MEL_DEFAULTS: Readonly<LogMelOptions> = Object.freeze({
-  sampleRate: 16000,
+  sampleRate: AUDIO_SAMPLE_RATE,
   featureSize: 128,
   frameLengthMs: 20,
   hopLengthMs: 10,
