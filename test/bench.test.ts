@@ -194,6 +194,10 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   expect(s.firstTokenMs).toBeLessThanOrEqual(s.endToTranscriptMs);
   expect(s.decodedTokens).toBeLessThanOrEqual(32);
   expect(s.targetPi5Ms).toBe(PI5_TARGETS.speechEndToTranscriptMs);
+  // The warm-up heard a clip first: the instruction before the clip comes from the prefix cache.
+  expect(s.reusedTokens).toBeGreaterThan(0);
+  expect(s.promptTokens).toBeGreaterThan(s.audioTokens + s.reusedTokens);
+  expect(s.runs[0]).toMatchObject({ promptTokens: s.promptTokens, reusedTokens: s.reusedTokens });
 
   const c = res.caption;
   if (c.skipped) throw new Error(`caption skipped: ${c.reason}`);

@@ -128,4 +128,36 @@ describe('the engine API', () => {
     expect(r.finishReason).toBe('cancelled');
     expect(r.tokens.completion).toBe(0);
   });
+
+  it('a transcript reuses the cached instruction before its clip, with the tokens and logits of a cold run', async () => {
+    const open = () => Transcriber.load(dir, { threads: 1, contextTokens: 1024, pleCacheMb: 1 });
+    const [warm, cold] = [await open(), await open()];
+    try {
+      const first = await warm.transcribe(phraseSamples(1), { maxTokens: 4 });
+      expect(first.reusedTokens).toBe(0);
+      const warmLogits: Float32Array[] = [];
+      const b = await warm.transcribe(phraseSamples(2), { maxTokens: 4, onLogits: (l) => warmLogits.push(l.slice()) });
+      const instruction = warm.promptFor(b.audioTokens).position;
+      expect(instruction).toBeGreaterThan(10);
+      expect(b.reusedTokens).toBe(instruction);
+      const coldLogits: Float32Array[] = [];
+      const c = await cold.transcribe(phraseSamples(2), { maxTokens: 4, onLogits: (l) => coldLogits.push(l.slice()) });
+      expect(c.reusedTokens).toBe(0);
+      expect(b.tokens).toEqual(c.tokens);
+      expect(warmLogits.length).toBe(coldLogits.length);
+      let worst = 0;
+      warmLogits.forEach((w, i) => {
+        const k = coldLogits[i]!;
+        let scale = 0;
+        for (let j = 0; j < k.length; j++) scale = Math.max(scale, Math.abs(k[j]!));
+        for (let j = 0; j < k.length; j++) worst = Math.max(worst, Math.abs(w[j]! - k[j]!) / scale);
+      });
+      expect(worst).toBeLessThan(1e-4);
+      // A spoken question in between has a prefix of its own kind: the transcript's stays cached.
+      await warm.answer(phraseSamples(1), { prompt: 'What is asked here?', maxTokens: 2 });
+      expect((await warm.transcribe(phraseSamples(3), { maxTokens: 2 })).reusedTokens).toBe(instruction);
+    } finally {
+      await Promise.all([warm.close(), cold.close()]);
+    }
+  });
 });

@@ -119,6 +119,22 @@ describe('Engine on a tiny synthetic pi5 package (2-bit linears, accuracy_level 
     expect(err).toBeLessThanOrEqual(1e-5);
   });
 
+  it('reusePrefix false computes the whole prompt and stores nothing; pinned prefixes of two kinds coexist', async () => {
+    const system = PROMPT.slice(0, 12);
+    engine.clearPrefixCache();
+    await greedy(engine, [...system, 60, 61], { prefixTokens: system.length, reusePrefix: false });
+    const again = await greedy(engine, [...system, 70, 71], { prefixTokens: system.length, reusePrefix: false });
+    expect(again.timings.reusedTokens).toBe(0);
+    expect(engine.stats().prefixSnapshots).toBe(0);
+    // A system turn and an instruction of another kind, both pinned: neither evicts the other.
+    const other = PROMPT.slice(0, 9);
+    await greedy(engine, [...system, 60, 61], { prefixTokens: system.length });
+    await greedy(engine, [...other, 90, 91], { prefixTokens: other.length, prefixKind: 'transcript' });
+    for (let i = 0; i < 3; i++) await greedy(engine, [50 + i, 51, 52, 53], { maxTokens: 2 });
+    expect((await greedy(engine, [...system, 80, 81])).timings.reusedTokens).toBe(system.length);
+    expect((await greedy(engine, [...other, 95, 96])).timings.reusedTokens).toBe(other.length);
+  });
+
   it('prefixSnapshots 0 disables reuse', async () => {
     const off = await Engine.load(dir, { ...LOAD, prefixSnapshots: 0 });
     try {

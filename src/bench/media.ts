@@ -54,6 +54,10 @@ export interface SpeechResult {
   audioSeconds: number;
   /** Soft tokens the utterance became (25 per second). */
   audioTokens: number;
+  /** The whole prompt: the instruction (through the package's tokenizer), the clip, the turn's closing tokens. */
+  promptTokens: number;
+  /** Median prompt tokens taken from the prefix cache (the instruction, once the first clip has been heard). */
+  reusedTokens: number;
   maxTokens: number;
   /** Medians over the runs. */
   endToTranscriptMs: number;
@@ -63,7 +67,7 @@ export interface SpeechResult {
   decodedTokens: number;
   transcript: string;
   targetPi5Ms: number;
-  runs: Array<TranscribeTimings & { decodedTokens: number }>;
+  runs: Array<TranscribeTimings & { decodedTokens: number; promptTokens: number; reusedTokens: number }>;
 }
 
 export interface CaptionOptions {
@@ -136,7 +140,12 @@ export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions)
     let last = { text: '', audioTokens: 0 };
     for (let r = 0; r < o.runs; r++) {
       const res = await transcriber.transcribe(samples, { maxTokens: o.maxTokens });
-      runs.push({ ...res.timings, decodedTokens: res.tokens.length });
+      runs.push({
+        ...res.timings,
+        decodedTokens: res.tokens.length,
+        promptTokens: res.promptTokens,
+        reusedTokens: res.reusedTokens,
+      });
       last = { text: res.text, audioTokens: res.audioTokens };
     }
     const med = (f: (t: SpeechResult['runs'][number]) => number): number => median(runs.map(f));
@@ -145,6 +154,8 @@ export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions)
       file: o.wav,
       audioSeconds: audioMs / 1000,
       audioTokens: last.audioTokens,
+      promptTokens: med((t) => t.promptTokens),
+      reusedTokens: med((t) => t.reusedTokens),
       maxTokens: o.maxTokens,
       endToTranscriptMs: med((t) => t.totalMs),
       firstTokenMs: med((t) => t.firstTokenMs),

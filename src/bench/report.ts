@@ -157,6 +157,10 @@ export function mediaLines(r: BenchResult): string[] {
           'split',
           `features ${ms(s.split.featuresMs)}, audio encoder ${ms(s.split.encodeMs)}, prefill ${ms(s.split.prefillMs)}, decode ${ms(s.split.decodeMs)} (${s.decodedTokens} tokens)`,
         ],
+        [
+          'prompt',
+          `${s.promptTokens} tokens (${s.audioTokens} audio), ${s.reusedTokens} of them from the prefix cache; prefill ${(((s.promptTokens - s.reusedTokens) * 1000) / Math.max(1, s.split.prefillMs)).toFixed(1)} tok/s`,
+        ],
       ]),
     );
   }

@@ -206,8 +206,6 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       contextTokens: Math.max(128, maxPrompt + o.decodeTokens + 8, o.speech || o.caption ? MEDIA_CONTEXT_TOKENS : 0),
       pleCacheMb: o.pleCacheMb,
       prefillChunk: o.prefillChunk,
-      // Every run must compute its whole prompt: no prefix reuse.
-      prefixSnapshots: 0,
       prepackedCache: o.prepackedCacheDir === null ? undefined : { dir: o.prepackedCacheDir },
     });
     const loadMs = performance.now() - t0;
@@ -215,7 +213,14 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       const vocab = engine.config.vocabSize;
       // Random weights may well pick eos: ignoreEos makes every run decode exactly decodeTokens.
       const generate = (ids: number[], maxTokens: number) =>
-        engine.generate({ promptIds: ids, maxTokens, sampling: { temperature: 0 }, ignoreEos: true });
+        // reusePrefix false: every run computes its whole prompt. Speech and captions reuse as the daemon does.
+        engine.generate({
+          promptIds: ids,
+          maxTokens,
+          sampling: { temperature: 0 },
+          ignoreEos: true,
+          reusePrefix: false,
+        });
 
       say('warm-up');
       await generate(syntheticPrompt(Math.min(16, maxPrompt), vocab, 999), Math.min(4, o.decodeTokens));

@@ -79,6 +79,13 @@ export interface GenerateRequest {
    * system turn itself; this overrides it.
    */
   prefixTokens?: number;
+  /**
+   * The kind of fixed prefix prefixTokens is ('system' by default: the system turn; 'transcript': the instruction
+   * before a clip): kept pinned until the next prefix of the same kind.
+   */
+  prefixKind?: string;
+  /** False: compute the whole prompt and keep no snapshot of it (benchmarks of prefill). Default true. */
+  reusePrefix?: boolean;
   /** Per-request prefill chunk (tests compare chunkings). */
   prefillChunk?: number;
   /** Benchmarks: do not stop on eos / end of turn (custom stops still apply), so decode runs maxTokens steps. */
@@ -304,15 +311,18 @@ export class Engine {
     if (signal?.aborted) return result('cancelled', []);
 
     // ---- prefill: resume from the longest stored prefix, end a chunk at the boundary worth keeping
-    const hit = firstMedia > 0 ? this.prefixes.match(ids.slice(0, firstMedia)) : null;
+    // A snapshot may end right before the first media row (match() keeps at least one token to run).
+    const reuse = req.reusePrefix ?? true;
+    const hit = reuse && firstMedia > 0 ? this.prefixes.match(ids.slice(0, firstMedia + 1)) : null;
     let state = hit ? hit.state : KvState.empty(this.decoder.slots);
     timings.reusedTokens = state.length;
     // Snapshot points: the system turn (pinned: every later question starts with it) and the part shared
     // with the previous prompt (likely shared with the next one too).
     const usable = (b: number): boolean =>
-      this.prefixes.enabled && b > state.length && b < ids.length && b <= firstMedia;
+      reuse && this.prefixes.enabled && b > state.length && b < ids.length && b <= firstMedia;
     const pinnedAt = usable(prefixHint) ? prefixHint : -1;
-    const lcp = commonPrefix(this.lastPrompt, ids);
+    // Media prompts share at most what comes before their first media row.
+    const lcp = Math.min(commonPrefix(this.lastPrompt, ids), firstMedia);
     const sharedAt = usable(lcp) && lcp !== pinnedAt ? lcp : -1;
     this.lastPrompt = ids;
     const chunk = req.prefillChunk ?? this.prefillChunk;
@@ -327,7 +337,10 @@ export class Engine {
       logits = out.logits;
       pos = end;
       if (pos === pinnedAt || pos === sharedAt)
-        this.prefixes.add({ ids: ids.slice(0, pos), state }, { pinned: pos === pinnedAt });
+        this.prefixes.add(
+          { ids: ids.slice(0, pos), state },
+          pos === pinnedAt ? { pin: req.prefixKind ?? 'system' } : {},
+        );
     }
     timings.prefillMs = performance.now() - t0;
 
@@ -375,7 +388,7 @@ export class Engine {
     timings.decodeMs = decodeStart ? performance.now() - decodeStart : 0;
     timings.tokensPerSecond = timings.decodeMs > 0 ? (decodeRuns * 1000) / timings.decodeMs : 0;
     // Keep the whole conversation state for a follow-up turn (not after a cancel: that state is dropped).
-    if (finish !== 'cancelled' && media.length === 0) this.prefixes.add({ ids: history.slice(0, pos), state });
+    if (reuse && finish !== 'cancelled' && media.length === 0) this.prefixes.add({ ids: history.slice(0, pos), state });
     this.log.debug(
       { prompt: ids.length, reused: timings.reusedTokens, completion: generated.length, finish },
       'generation done',

@@ -72,16 +72,22 @@ export function commonPrefix(a: readonly number[], b: readonly number[]): number
 }
 
 /**
- * A few snapshots, newest first, plus one pinned snapshot (the system turn) that newer ones never evict.
+ * A few snapshots, newest first, plus pinned ones that newer ones never evict: one per kind of fixed prefix
+ * (the system turn of questions, the instruction before a transcript's audio), each replaced only by the
+ * next prefix of its kind.
  * `match` returns the longest one that is a strict prefix of the prompt (strict: the prompt's last token must
  * still run to produce logits).
  */
 export class PrefixStore {
   private items: Snapshot[] = [];
-  private pinned: Snapshot | null = null;
+  private readonly pinned = new Map<string, Snapshot>();
 
   /** capacity 0 disables the store. */
-  constructor(private readonly capacity = 2) {}
+  constructor(
+    private readonly capacity = 2,
+    /** Most pinned kinds kept; a new kind beyond it replaces the oldest. */
+    private readonly pinnedKinds = 4,
+  ) {}
 
   match(prompt: readonly number[]): Snapshot | null {
     let best: Snapshot | null = null;
@@ -92,20 +98,23 @@ export class PrefixStore {
     return best;
   }
 
-  add(s: Snapshot, opts: { pinned?: boolean } = {}): void {
+  /** `pin` names the kind of fixed prefix this snapshot is (kept until the next one of that kind). */
+  add(s: Snapshot, opts: { pin?: string } = {}): void {
     if (s.ids.length === 0 || this.capacity === 0) return;
-    if (opts.pinned) {
-      this.pinned = s;
+    if (opts.pin !== undefined) {
+      this.pinned.delete(opts.pin);
+      if (this.pinned.size >= this.pinnedKinds) this.pinned.delete(this.pinned.keys().next().value!);
+      this.pinned.set(opts.pin, s);
       this.items = this.items.filter((x) => !sameIds(x.ids, s.ids));
       return;
     }
-    if (this.pinned && sameIds(this.pinned.ids, s.ids)) return;
+    if ([...this.pinned.values()].some((p) => sameIds(p.ids, s.ids))) return;
     this.items = [s, ...this.items.filter((x) => !sameIds(x.ids, s.ids))].slice(0, this.capacity);
   }
 
   clear(): void {
     this.items = [];
-    this.pinned = null;
+    this.pinned.clear();
   }
 
   /** False with capacity 0: the engine then never splits a prefill chunk for a snapshot. */
@@ -118,7 +127,7 @@ export class PrefixStore {
   }
 
   private all(): Snapshot[] {
-    return this.pinned ? [this.pinned, ...this.items] : this.items;
+    return [...this.pinned.values(), ...this.items];
   }
 
   bytes(): number {

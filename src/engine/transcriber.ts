@@ -87,6 +87,8 @@ export interface TranscribeResult {
   /** Soft tokens the clip became (25 per second). */
   audioTokens: number;
   promptTokens: number;
+  /** Prompt tokens taken from the prefix cache (the instruction before the clip, after the first clip). */
+  reusedTokens: number;
   timings: TranscribeTimings;
 }
 
@@ -226,6 +228,10 @@ export class Transcriber implements SpeechEngine {
     const r = await this.engine.generate({
       promptIds: prompt.ids,
       media: [{ position: prompt.position, embeddings: clip.rows }],
+      // The instruction before the clip is the same every time: kept in the prefix cache, only the clip and
+      // the closing tokens of the turn are prefilled.
+      prefixTokens: prompt.position,
+      prefixKind: oneLine ? 'transcript' : 'spoken-question',
       maxTokens,
       sampling: { temperature: 0 },
       signal: opts.signal,
@@ -255,6 +261,7 @@ export class Transcriber implements SpeechEngine {
       finishReason: r.finishReason,
       audioTokens: clip.count,
       promptTokens: r.promptTokens,
+      reusedTokens: r.timings.reusedTokens,
       timings,
     };
   }
