@@ -90,6 +90,8 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   expect(res.loadMs).toBeGreaterThan(0);
 
   expect(res.prompts.map((p) => p.promptTokens)).toEqual([8, 16]);
+  expect(res.prompts[0]!.decodeVsFirst).toBe(1);
+  expect(res.prompts[1]!.decodeVsFirst).toBeCloseTo(res.prompts[1]!.decodeTokPerS / res.prompts[0]!.decodeTokPerS, 9);
   for (const p of res.prompts) {
     expect(p.prefillTokPerS).toBeGreaterThan(0);
     expect(p.firstTokenMs).toBeGreaterThan(0);
@@ -265,7 +267,7 @@ it('prints a human table by default, speech and caption beside their Pi 5 target
   ]) {
     expect(r.stdout).toContain(label);
   }
-  expect(r.stdout).toMatch(/^\s+8\s+[\d.]+\s+\d+\s+[\d.]+\s+\([\d.]+, [\d.]+\)$/m);
+  expect(r.stdout).toMatch(/^\s+8\s+[\d.]+\s+\d+\s+[\d.]+\s+100%\s+\([\d.]+, [\d.]+\)$/m);
 }, 180_000);
 
 it('prints the caption figures with the split and the Pi 5 target', async () => {

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * `npm run bench -- --model DIR [--json] [--threads N] [--prompt-tokens 128,512] [--decode-tokens 64]
+ * `npm run bench -- --model DIR [--json] [--threads N] [--prompt-tokens 128,512,2048] [--decode-tokens 64]
  *   [--runs 3] [--profile-ort] [--no-speech] [--no-caption]`: the one place Perch's speed and memory are measured.
  * From source: `node --import tsx src/bench/main.ts ...` (same options).
  * Exit status: 0 ok, 1 the run failed, 2 bad arguments or no package.
@@ -19,7 +19,7 @@ const USAGE = `usage: npm run bench -- --model DIR [options]
                             \`perch model synth --preset e2b --out models/e2b-synth\`)
   --json                    print the result as JSON
   --threads N               ONNX Runtime intra-op threads (default: all cores)
-  --prompt-tokens A,B       prompt lengths for prefill (default 128,512)
+  --prompt-tokens A,B       prompt lengths for prefill and decode, alternated (default 128,512,2048)
   --decode-tokens N         tokens decoded per run (default 64)
   --runs N                  runs per prompt length; medians are reported (default 3)
   --ple-cache-mb N          PLE row cache budget (default 64)
@@ -94,7 +94,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
   const seconds = Number(values['speech-seconds'] ?? 5);
   if (!(seconds > 0 && seconds <= 30))
     throw new UsageError(`--speech-seconds must be a number above 0 and at most 30, got ${values['speech-seconds']}`);
-  const promptTokens = (values['prompt-tokens'] ?? '128,512')
+  const promptTokens = (values['prompt-tokens'] ?? '128,512,2048')
     .split(',')
     .map((s) => int('prompt-tokens', s.trim(), 0, 1, 32768));
   return {

@@ -42,10 +42,11 @@ export function formatReport(r: BenchResult): string {
   );
   out.push(`          packed weights: ${PACKED[r.prepacked]}`);
   out.push('');
-  out.push('  prompt  prefill tok/s  first token ms  decode tok/s  (best run: prefill, decode)');
+  const first = r.prompts[0]?.promptTokens ?? 0;
+  out.push(`  prompt  prefill tok/s  first token ms  decode tok/s  decode vs ${first}  (best run: prefill, decode)`);
   for (const p of r.prompts) {
     out.push(
-      `  ${String(p.promptTokens).padStart(6)}  ${f1(p.prefillTokPerS).padStart(13)}  ${p.firstTokenMs.toFixed(0).padStart(14)}  ${f1(p.decodeTokPerS).padStart(12)}  (${f1(p.best.prefillTokPerS)}, ${f1(p.best.decodeTokPerS)})`,
+      `  ${String(p.promptTokens).padStart(6)}  ${f1(p.prefillTokPerS).padStart(13)}  ${p.firstTokenMs.toFixed(0).padStart(14)}  ${f1(p.decodeTokPerS).padStart(12)}  ${pct(p.decodeVsFirst).padStart(`decode vs ${first}`.length)}  (${f1(p.best.prefillTokPerS)}, ${f1(p.best.decodeTokPerS)})`,
     );
   }
   out.push('');

@@ -67,6 +67,8 @@ export interface PromptResult {
   decodedTokens: number;
   /** Best run of each (on a shared machine the best is the least disturbed). */
   best: { prefillTokPerS: number; decodeTokPerS: number };
+  /** Median decode here / median decode after the first prompt length (how decode slows as context grows). */
+  decodeVsFirst: number;
   runs: Array<{ prefillMs: number; firstTokenMs: number; decodeTokPerS: number; decodedTokens: number }>;
 }
 
@@ -225,20 +227,25 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       say('warm-up');
       await generate(syntheticPrompt(Math.min(16, maxPrompt), vocab, 999), Math.min(4, o.decodeTokens));
 
-      const prompts: PromptResult[] = [];
-      for (const [pi, len] of o.promptTokens.entries()) {
-        const runs: PromptResult['runs'] = [];
-        for (let r = 0; r < o.runs; r++) {
+      // The prompt lengths alternate within each round, so a slow spell of the machine hits them alike and the
+      // ratios between lengths hold.
+      const runsByLength: Array<PromptResult['runs']> = o.promptTokens.map(() => []);
+      for (let r = 0; r < o.runs; r++) {
+        for (const [pi, len] of o.promptTokens.entries()) {
           say(`prompt ${len} tokens, run ${r + 1}/${o.runs}`);
           const res = await generate(syntheticPrompt(len, vocab, 1000 * (pi + 1) + r), o.decodeTokens);
           const t = res.timings;
-          runs.push({
+          runsByLength[pi]!.push({
             prefillMs: t.prefillMs,
             firstTokenMs: t.firstTokenMs,
             decodeTokPerS: t.tokensPerSecond,
             decodedTokens: res.tokens.length,
           });
         }
+      }
+      const prompts: PromptResult[] = [];
+      for (const [pi, len] of o.promptTokens.entries()) {
+        const runs = runsByLength[pi]!;
         prompts.push({
           promptTokens: len,
           prefillTokPerS: median(runs.map((x) => (len * 1000) / x.prefillMs)),
@@ -249,9 +256,11 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
             prefillTokPerS: Math.max(...runs.map((x) => (len * 1000) / x.prefillMs)),
             decodeTokPerS: Math.max(...runs.map((x) => x.decodeTokPerS)),
           },
+          decodeVsFirst: 1,
           runs,
         });
       }
+      for (const p of prompts) p.decodeVsFirst = p.decodeTokPerS / prompts[0]!.decodeTokPerS;
       const memory = sampler.report();
       const ple = engine.pkg.pager.stats();
       say('bandwidth again');
