@@ -135,6 +135,31 @@ describe('Engine on a tiny synthetic pi5 package (2-bit linears, accuracy_level 
     expect((await greedy(engine, [...other, 95, 96])).timings.reusedTokens).toBe(other.length);
   });
 
+  it("reads each prefill chunk's PLE rows while the chunk before it runs", async () => {
+    const events: string[] = [];
+    const pager = engine.pkg.pager;
+    const session = engine.decoder.session;
+    const rowsFor = pager.rowsFor.bind(pager);
+    const run = session.run.bind(session);
+    pager.rowsFor = (ids) => {
+      events.push(`read ${ids.length}`);
+      return rowsFor(ids);
+    };
+    session.run = ((...args: Parameters<typeof run>) => {
+      events.push('run');
+      return run(...args);
+    }) as typeof session.run;
+    try {
+      engine.clearPrefixCache();
+      await greedy(engine, PROMPT, { prefillChunk: 8, maxTokens: 1, reusePrefix: false });
+    } finally {
+      pager.rowsFor = rowsFor;
+      session.run = run;
+    }
+    // 20 prompt tokens in chunks of 8, 8, 4: the next chunk's read starts before each run.
+    expect(events.slice(0, 6)).toEqual(['read 8', 'read 8', 'run', 'read 4', 'run', 'run']);
+  });
+
   it('prefixSnapshots 0 disables reuse', async () => {
     const off = await Engine.load(dir, { ...LOAD, prefixSnapshots: 0 });
     try {

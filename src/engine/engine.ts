@@ -326,13 +326,29 @@ export class Engine {
     const sharedAt = usable(lcp) && lcp !== pinnedAt ? lcp : -1;
     this.lastPrompt = ids;
     const chunk = req.prefillChunk ?? this.prefillChunk;
+    const chunks: Array<[number, number]> = [];
+    for (let at = state.length; at < ids.length; ) {
+      let end = Math.min(ids.length, at + chunk);
+      for (const b of [pinnedAt, sharedAt]) if (b > at && b < end) end = b;
+      chunks.push([at, end]);
+      at = end;
+    }
+    // Each chunk's PLE rows are read from disk while the chunk before it runs.
+    const rowsOf = (c: [number, number] | undefined): Promise<Float32Array> | null => {
+      if (!c) return null;
+      const p = this.pkg.pager.rowsFor(this.feedIds(ids.slice(c[0], c[1]), c[0], media));
+      // Awaited below; this keeps a read that fails after an abort from being an unhandled rejection.
+      p.catch(() => undefined);
+      return p;
+    };
     let logits: Float32Array | null = null;
     let pos = state.length;
-    while (pos < ids.length) {
+    let nextRows = rowsOf(chunks[0]);
+    for (const [i, [start, end]] of chunks.entries()) {
       if (signal?.aborted) return result('cancelled', []);
-      let end = Math.min(ids.length, pos + chunk);
-      for (const b of [pinnedAt, sharedAt]) if (b > pos && b < end) end = b;
-      const out = await this.runIds(state, ids.slice(pos, end), pos, media, end === ids.length);
+      const rows = await nextRows!;
+      nextRows = rowsOf(chunks[i + 1]);
+      const out = await this.runIds(state, ids.slice(start, end), start, media, end === ids.length, rows);
       state = out.state;
       logits = out.logits;
       pos = end;
@@ -443,6 +459,25 @@ export class Engine {
     return media;
   }
 
+  /**
+   * The ids a run feeds: as transformers does, media positions look up the pad id (embedding and PLE row); the
+   * graph then replaces their embeddings with the encoder rows.
+   */
+  private feedIds(ids: readonly number[], start: number, media: readonly MediaInput[]): number[] {
+    const out = ids.slice();
+    if (!this.decoder.acceptsMedia) return out;
+    const pad = this.tokenizer.special.pad ?? 0;
+    const H = this.pkg.config.hiddenSize;
+    for (const m of media) {
+      const rows = m.embeddings.length / H;
+      for (let r = 0; r < rows; r++) {
+        const p = m.position + r - start;
+        if (p >= 0 && p < out.length) out[p] = pad;
+      }
+    }
+    return out;
+  }
+
   /** One decoder run over ids at positions start..; returns the next state and the last position's logits. */
   private async runIds(
     state: KvState,
@@ -450,11 +485,12 @@ export class Engine {
     start: number,
     media: MediaInput[],
     wantLogits: boolean,
+    /** The chunk's PLE rows when already read (prefill reads ahead). */
+    pleRows?: Float32Array,
   ): Promise<{ state: KvState; logits: Float32Array | null }> {
     const n = ids.length;
     const H = this.pkg.config.hiddenSize;
-    const pad = this.tokenizer.special.pad ?? 0;
-    const feedIds = ids.slice();
+    const feedIds = this.feedIds(ids, start, media);
     let mask: Uint8Array | null = null;
     let embeds: Float32Array | null = null;
     if (this.decoder.acceptsMedia) {
@@ -465,15 +501,12 @@ export class Engine {
         for (let r = 0; r < rows; r++) {
           const p = m.position + r - start;
           if (p < 0 || p >= n) continue;
-          // As transformers does: media positions look up the pad id (embedding and PLE row); the graph
-          // then replaces the embedding with the encoder row.
-          feedIds[p] = pad;
           mask[p] = 1;
           embeds.set(m.embeddings.subarray(r * H, (r + 1) * H), p * H);
         }
       }
     }
-    const rows = await this.pkg.pager.rowsFor(feedIds);
+    const rows = pleRows ?? (await this.pkg.pager.rowsFor(feedIds));
     const feeds: Record<string, ort.Tensor> = {
       ...state.tensors,
       input_ids: new ort.Tensor(
