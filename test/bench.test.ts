@@ -12,7 +12,7 @@ import { MANIFEST_FILE, type Manifest } from '../src/model/package/manifest.js';
 import { rowStrideFor } from '../src/model/ple/format.js';
 import { synthPackage } from '../src/model/build/synth.js';
 import { withHugePageTunable, type BenchResult } from '../src/bench/run.js';
-import { PI5_TARGETS } from '../src/bench/media.js';
+import { EARLY_CAPTION_TARGET_MS, PI5_TARGETS } from '../src/bench/media.js';
 import { runScript } from './cli-helpers.js';
 
 const bench = (...args: string[]) => runScript('src/bench/main.ts', args, 120_000);
@@ -222,6 +222,13 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   expect(c.imageEncodeMs).toBeCloseTo(c.split.preprocessMs + c.split.encodeMs, 9);
   expect(c.frameToCaptionMs).toBeGreaterThanOrEqual(c.imageEncodeMs + c.split.prefillMs + c.split.decodeMs);
   expect(c.targetPi5Ms).toBe(PI5_TARGETS.frameToCaptionMs);
+  // The early caption at the smaller default budget, timed as often as the final one: fewer image tokens.
+  expect(c.early).toMatchObject({ budget: 70, targetMs: EARLY_CAPTION_TARGET_MS });
+  expect(c.early.runs).toHaveLength(c.runs.length);
+  expect(c.early.imageTokens).toBeGreaterThan(0);
+  expect(c.early.imageTokens).toBeLessThan(c.imageTokens);
+  expect(c.early.frameToCaptionMs).toBe(c.early.runs[0]!.totalMs);
+  expect(c.early.imageEncodeMs).toBeCloseTo(c.early.runs[0]!.preprocessMs + c.early.runs[0]!.encodeMs, 9);
 }, 180_000);
 
 it('says skipped for speech and captions on a package without encoders', async () => {
@@ -276,6 +283,9 @@ it('prints the caption figures with the split and the Pi 5 target', async () => 
   expect(r.stdout).toMatch(/^caption +frame-01\.jpg at \d+x\d+, \d+ image tokens, 4 caption tokens greedy/m);
   expect(r.stdout).toMatch(/image encode +\d+ ms \(preprocess \d+ ms \+ encoder \d+ ms\)/);
   expect(r.stdout).toMatch(/frame -> caption +\d+ ms \(Pi 5 target: under 8000 ms; measured on \w+, /);
+  expect(r.stdout).toMatch(
+    /early caption +\d+ ms at \d+ image tokens \(budget 70; .*target: within 5000 ms of the first frame\)/,
+  );
   expect(r.stdout).toMatch(/split +preprocess \d+ ms, encode \d+ ms, prefill \d+ ms, decode \d+ ms \(4 tokens\)/);
   expect(r.stdout).toContain('speech    skipped: turned off (--no-speech)');
 }, 120_000);

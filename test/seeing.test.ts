@@ -7,7 +7,9 @@
 import { rmSync } from 'node:fs';
 import mqtt from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { cameraSettings } from '../src/config/schema.js';
 import { statsSchema } from '../src/mqtt/messages.js';
+import { captionBudget } from '../src/pipelines/seeing.js';
 import { makeTinyPackage, tempRoot } from './engine-helpers.js';
 import { Collector, type Received } from './mqtt-helpers.js';
 import { BROKER, frame, makeSeeingPackage, startSeeingDaemon } from './seeing-helpers.js';
@@ -173,4 +175,18 @@ describe('perch run sees', () => {
     const stats = watcher.on(`${topicRoot}/stats`).map((m) => statsSchema.parse(json(m)));
     expect(stats.at(-1)!.engine.detail).toMatch(/images: no/);
   }, 90_000);
+});
+
+describe('caption budgets', () => {
+  it('makes the early caption with early_image_tokens (never above image_tokens) and the final one with image_tokens', () => {
+    const cam = (over: Record<string, unknown>) =>
+      cameraSettings.parse({ name: 'door', source: { type: 'directory', path: '/tmp' }, ...over });
+    const defaults = cam({});
+    expect([defaults.image_tokens, defaults.early_image_tokens]).toEqual([280, 70]);
+    expect(captionBudget(defaults, 'new')).toBe(70);
+    expect(captionBudget(defaults, 'end')).toBe(280);
+    expect(captionBudget(cam({ image_tokens: 140, early_image_tokens: 560 }), 'new')).toBe(140);
+    expect(captionBudget(cam({ image_tokens: 1120, early_image_tokens: 140 }), 'new')).toBe(140);
+    expect(() => cam({ early_image_tokens: 100 })).toThrow();
+  });
 });

@@ -8,7 +8,12 @@
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { defaultCacheDir } from '../engine/prepacked-cache.js';
-import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from '../vision/preprocess.js';
+import {
+  DEFAULT_IMAGE_TOKENS,
+  EARLY_IMAGE_TOKENS,
+  SOFT_TOKEN_BUDGETS,
+  type TokenBudget,
+} from '../model/gemma4/contract.js';
 import { DEFAULT_BANDWIDTH_BYTES } from './bandwidth.js';
 import { DEFAULT_FRAME, DEFAULT_SPEECH_WAV } from './media.js';
 import { formatReport } from './report.js';
@@ -40,6 +45,7 @@ const USAGE = `usage: npm run bench -- --model DIR [options]
   --frame FILE              image captioned (default config/samples/frames/frame-01.jpg)
   --image-tokens N          image token budget: ${SOFT_TOKEN_BUDGETS.join(', ')} (default ${DEFAULT_IMAGE_TOKENS})
   --caption-tokens N        caption tokens decoded per run, greedy (default 32)
+  --early-image-tokens N    budget of the early caption, timed alternately with the final one (default 70)
 `;
 
 class UsageError extends Error {}
@@ -81,6 +87,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
       frame: { type: 'string' },
       'image-tokens': { type: 'string' },
       'caption-tokens': { type: 'string' },
+      'early-image-tokens': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
   });
@@ -91,6 +98,11 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
   const imageTokens = int('image-tokens', values['image-tokens'], DEFAULT_IMAGE_TOKENS, 1, 1120);
   if (!(SOFT_TOKEN_BUDGETS as readonly number[]).includes(imageTokens))
     throw new UsageError(`--image-tokens must be one of ${SOFT_TOKEN_BUDGETS.join(', ')}, got ${imageTokens}`);
+  const earlyImageTokens = int('early-image-tokens', values['early-image-tokens'], EARLY_IMAGE_TOKENS, 1, 1120);
+  if (!(SOFT_TOKEN_BUDGETS as readonly number[]).includes(earlyImageTokens))
+    throw new UsageError(
+      `--early-image-tokens must be one of ${SOFT_TOKEN_BUDGETS.join(', ')}, got ${earlyImageTokens}`,
+    );
   const seconds = Number(values['speech-seconds'] ?? 5);
   if (!(seconds > 0 && seconds <= 30))
     throw new UsageError(`--speech-seconds must be a number above 0 and at most 30, got ${values['speech-seconds']}`);
@@ -126,6 +138,7 @@ export function parseBenchArgs(argv: string[]): BenchOptions & { json: boolean }
       : {
           frame: values.frame ?? DEFAULT_FRAME,
           imageTokens: imageTokens as TokenBudget,
+          earlyImageTokens: earlyImageTokens as TokenBudget,
           captionTokens: int('caption-tokens', values['caption-tokens'], 32, 1, 1024),
         },
   };

@@ -178,6 +178,10 @@ export function mediaLines(r: BenchResult): string[] {
           `${ms(c.imageEncodeMs)} (preprocess ${ms(c.split.preprocessMs)} + encoder ${ms(c.split.encodeMs)})`,
         ],
         ['frame -> caption', `${ms(c.frameToCaptionMs)} (${vs(c.targetPi5Ms)})`],
+        [
+          'early caption',
+          `${ms(c.early.frameToCaptionMs)} at ${c.early.imageTokens} image tokens (budget ${c.early.budget}; image encode ${ms(c.early.imageEncodeMs)}, first token ${ms(c.early.firstTokenMs)}; target: within ${ms(c.early.targetMs)} of the first frame)`,
+        ],
         ['first caption token', ms(c.firstTokenMs)],
         [
           'split',

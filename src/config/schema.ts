@@ -9,7 +9,12 @@ import { z } from 'zod';
 import { segmenterSettingsSchema } from './segmenter-settings.js';
 import { motionSettingsSchema } from './motion-settings.js';
 import { compileStructured } from '../common/structured-output.js';
-import { DEFAULT_IMAGE_TOKENS, SOFT_TOKEN_BUDGETS, type TokenBudget } from '../model/gemma4/contract.js';
+import {
+  DEFAULT_IMAGE_TOKENS,
+  EARLY_IMAGE_TOKENS,
+  SOFT_TOKEN_BUDGETS,
+  type TokenBudget,
+} from '../model/gemma4/contract.js';
 import { mqttStringProblem, topicFilterProblem } from '../common/mqtt-strings.js';
 
 /** What a camera is asked when it has no prompt of its own. */
@@ -437,7 +442,19 @@ export const cameraSettings = z.object({
       ],
     )
     .default(DEFAULT_IMAGE_TOKENS)
-    .describe('Image token budget: more tokens, more detail, slower.'),
+    .describe('Image token budget of the final caption: more tokens, more detail, slower.'),
+  early_image_tokens: z
+    .union(
+      SOFT_TOKEN_BUDGETS.map((b) => z.literal(b)) as [
+        z.ZodLiteral<TokenBudget>,
+        z.ZodLiteral<TokenBudget>,
+        ...z.ZodLiteral<TokenBudget>[],
+      ],
+    )
+    .default(EARLY_IMAGE_TOKENS)
+    .describe(
+      'Image token budget of the early caption, made when an event starts: fewer tokens, a caption seconds sooner. Never more than image_tokens.',
+    ),
 });
 
 export const daemonSettings = z

@@ -15,6 +15,7 @@ import { randomUUID } from 'node:crypto';
 import type { CameraSettings } from '../config/schema.js';
 import type { AnswerEngine, GenerationResult } from '../engine/types.js';
 import { silentLogger, type Logger } from '../common/log.js';
+import type { TokenBudget } from '../model/gemma4/contract.js';
 import type { CameraPublisher } from '../mqtt/camera-publisher.js';
 import {
   isoNow,
@@ -209,7 +210,7 @@ export class SeeingPipeline {
                 {
                   role: 'user',
                   content: [
-                    { type: 'image', data: frame.jpeg, tokens: cam.image_tokens },
+                    { type: 'image', data: frame.jpeg, tokens: captionBudget(cam, stage) },
                     { type: 'text', text },
                   ],
                 },
@@ -291,6 +292,17 @@ export class SeeingPipeline {
   private async publishCaption(msg: CaptionMessage, jpeg: Buffer | null): Promise<void> {
     await this.o.out.caption(msg, jpeg);
   }
+}
+
+/**
+ * The image token budget of a caption: the early one (when an event starts) is made with the smaller
+ * early_image_tokens, so it comes seconds sooner; the final one with image_tokens.
+ */
+export function captionBudget(
+  cam: Pick<CameraSettings, 'image_tokens' | 'early_image_tokens'>,
+  stage: 'new' | 'end',
+): TokenBudget {
+  return stage === 'new' ? (Math.min(cam.early_image_tokens, cam.image_tokens) as TokenBudget) : cam.image_tokens;
 }
 
 function withCaption(msg: CameraEventMessage, state: EventState | undefined): CameraEventMessage {

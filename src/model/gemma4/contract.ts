@@ -63,3 +63,5 @@ export const SOFT_TOKEN_BUDGETS = [70, 140, 280, 560, 1120] as const;
 export type TokenBudget = (typeof SOFT_TOKEN_BUDGETS)[number];
 /** The processor's default max_soft_tokens, and Perch's image budget unless a camera or request sets one. */
 export const DEFAULT_IMAGE_TOKENS = 280;
+/** Perch's budget for the early caption of a motion event: the smallest, about a quarter of the encoder's work. */
+export const EARLY_IMAGE_TOKENS = 70;
