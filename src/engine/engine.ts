@@ -84,6 +84,8 @@ export interface GenerateRequest {
    * before a clip): kept pinned until the next prefix of the same kind.
    */
   prefixKind?: string;
+  /** False: each prefill chunk reads its PLE rows only when it runs (benchmarks compare). Default true. */
+  pleReadAhead?: boolean;
   /** False: compute the whole prompt and keep no snapshot of it (benchmarks of prefill). Default true. */
   reusePrefix?: boolean;
   /** Per-request prefill chunk (tests compare chunkings). */
@@ -346,8 +348,8 @@ export class Engine {
     let nextRows = rowsOf(chunks[0]);
     for (const [i, [start, end]] of chunks.entries()) {
       if (signal?.aborted) return result('cancelled', []);
-      const rows = await nextRows!;
-      nextRows = rowsOf(chunks[i + 1]);
+      const rows = (await nextRows) ?? (await rowsOf(chunks[i])!);
+      nextRows = req.pleReadAhead === false ? null : rowsOf(chunks[i + 1]);
       const out = await this.runIds(state, ids.slice(start, end), start, media, end === ids.length, rows);
       state = out.state;
       logits = out.logits;
