@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -16,6 +17,28 @@ import {
   type PublishFn,
 } from '../src/mqtt/discovery.js';
 import { perchConfigSchema } from '../src/config/schema.js';
+import { REPO } from './daemon-helpers.js';
+
+/**
+ * Home Assistant renders templates with Jinja2: each stats message through the value and attributes templates,
+ * by the Jinja2 of the reference environment (reference/setup.sh; CI builds it before the tests).
+ */
+async function renderJinja(value: string, attrs: string, stats: object[]): Promise<Array<[string, string]>> {
+  const script = [
+    'import json, sys, jinja2',
+    'env = jinja2.Environment()',
+    't = json.load(sys.stdin)',
+    'print(json.dumps([[env.from_string(t["value"]).render(value_json=s), env.from_string(t["attrs"]).render(value_json=s)] for s in t["stats"]]))',
+  ].join('\n');
+  const python = join(REPO, 'reference', '.venv', 'bin', 'python');
+  const out = await new Promise<string>((resolve, reject) => {
+    const child = execFile(python, ['-c', script], (err, stdout, stderr) =>
+      err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout),
+    );
+    child.stdin!.end(JSON.stringify({ value, attrs, stats }));
+  });
+  return JSON.parse(out) as Array<[string, string]>;
+}
 
 const BROKER = 'mqtt://127.0.0.1:1883';
 
@@ -216,6 +239,23 @@ describe('buildDiscovery', () => {
       device_class: 'problem',
       entity_category: 'diagnostic',
     });
+  });
+
+  it("the Problem entity's templates, rendered by Python's Jinja2: on for a failing stage or a failed module", async () => {
+    const { payload } = buildDiscovery(opts);
+    const p = payload.cmps.problem as unknown as { value_template: string; json_attributes_template: string };
+    const ok = { health: { 'audio/vad': { state: 'ok' } }, modules: { mqtt: 'running', motion: 'running' } };
+    const stats = [
+      ok,
+      {},
+      { ...ok, health: { 'audio/vad': { state: 'ok' }, 'camera/door/decoder': { state: 'failing' } } },
+      { ...ok, modules: { broker: 'failed', mqtt: 'running', hearing: 'failed' } },
+    ];
+    const rendered = await renderJinja(p.value_template, p.json_attributes_template, stats);
+    expect(rendered.map(([v]) => v)).toEqual(['OFF', 'OFF', 'ON', 'ON']);
+    expect(JSON.parse(rendered[0]![1])).toEqual({ 'audio/vad': { state: 'ok' }, failed_modules: [] });
+    expect(JSON.parse(rendered[2]![1])).toMatchObject({ 'camera/door/decoder': { state: 'failing' } });
+    expect(JSON.parse(rendered[3]![1]).failed_modules).toEqual(['broker', 'hearing']);
   });
 
   it('leaves out audio entities without audio and camera entities without cameras', () => {

@@ -6,7 +6,7 @@
  * the full message as attributes), per camera a caption sensor, a snapshot `image`, a motion `binary_sensor` and
  * an event entity; a `text` entity "Ask" (Home Assistant publishes its raw text to `<root>/ask/text`), switches
  * Listening and Watching, diagnostic sensors from the stats message, and a Problem `binary_sensor` (device class
- * problem) that is ON while a stage in the stats' `health` is failing or restarting. Availability follows `<root>/status`.
+ * problem) that is ON while a stage in the stats' `health` is failing or restarting or a module failed to start. Availability follows `<root>/status`.
  *
  * Stale entities: the ids of the components last published are kept in a state file. A component that is no
  * longer configured (a camera taken out of the config) is published once more as `{ "p": <platform> }` only,
@@ -233,14 +233,16 @@ export function buildDiscovery(opts: DiscoveryOptions): DiscoveryMessage {
     entity_category: 'diagnostic',
     icon: 'mdi:tray-full',
   });
-  // ON while any stage of the stats' `health` is not ok (failing, or being restarted); the stages as attributes.
+  // ON while any stage of the stats' `health` is not ok (failing, or being restarted) or a module failed to start;
+  // the stages and the failed modules as attributes.
+  const failedModules = `((value_json.get('modules') or {}) | dictsort | selectattr('1', 'eq', 'failed') | map(attribute='0') | list)`;
   add('problem', 'binary_sensor', 'Problem', {
     state_topic: t.stats,
-    value_template: `{{ 'ON' if ((value_json.get('health') or {}).values() | selectattr('state', 'ne', 'ok') | list | count) > 0 else 'OFF' }}`,
+    value_template: `{{ 'ON' if ((value_json.get('health') or {}).values() | selectattr('state', 'ne', 'ok') | list | count) + (${failedModules} | count) > 0 else 'OFF' }}`,
     payload_on: 'ON',
     payload_off: 'OFF',
     json_attributes_topic: t.stats,
-    json_attributes_template: `{{ (value_json.get('health') or {}) | tojson }}`,
+    json_attributes_template: `{{ dict(value_json.get('health') or {}, failed_modules=${failedModules}) | tojson }}`,
     device_class: 'problem',
     entity_category: 'diagnostic',
   });
