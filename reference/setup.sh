@@ -10,6 +10,10 @@ python=${PYTHON:-python3}
 files=("$here/requirements.txt")
 [[ ${1:-} == --peer ]] && files+=("$here/requirements-peer.txt")
 stamp=$venv/.perch-stamp
+# Tests that need the environment call this script; they may run at once: one builds, the others then reuse.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
 want=$(cat "${files[@]}" | sha256sum | cut -d' ' -f1)
 if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
   exit 0

@@ -21,7 +21,7 @@ import { REPO } from './daemon-helpers.js';
 
 /**
  * Home Assistant renders templates with Jinja2: each stats message through the value and attributes templates,
- * by the Jinja2 of the reference environment (reference/setup.sh; CI builds it before the tests).
+ * by the Jinja2 of the reference environment (made by reference/setup.sh on first use, reused after).
  */
 async function renderJinja(value: string, attrs: string, stats: object[]): Promise<Array<[string, string]>> {
   const script = [
@@ -30,6 +30,11 @@ async function renderJinja(value: string, attrs: string, stats: object[]): Promi
     't = json.load(sys.stdin)',
     'print(json.dumps([[env.from_string(t["value"]).render(value_json=s), env.from_string(t["attrs"]).render(value_json=s)] for s in t["stats"]]))',
   ].join('\n');
+  await new Promise<void>((resolve, reject) =>
+    execFile('bash', [join(REPO, 'reference', 'setup.sh')], { cwd: REPO, maxBuffer: 1 << 24 }, (err) =>
+      err ? reject(err) : resolve(),
+    ),
+  );
   const python = join(REPO, 'reference', '.venv', 'bin', 'python');
   const out = await new Promise<string>((resolve, reject) => {
     const child = execFile(python, ['-c', script], (err, stdout, stderr) =>
@@ -256,7 +261,7 @@ describe('buildDiscovery', () => {
     expect(JSON.parse(rendered[0]![1])).toEqual({ 'audio/vad': { state: 'ok' }, failed_modules: [] });
     expect(JSON.parse(rendered[2]![1])).toMatchObject({ 'camera/door/decoder': { state: 'failing' } });
     expect(JSON.parse(rendered[3]![1]).failed_modules).toEqual(['broker', 'hearing']);
-  });
+  }, 900_000); // the first run on a machine makes the reference environment
 
   it('leaves out audio entities without audio and camera entities without cameras', () => {
     const { payload } = buildDiscovery({ ...opts, audio: false, cameras: [] });
