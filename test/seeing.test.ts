@@ -140,18 +140,28 @@ describe('perch run sees', () => {
     next();
     next();
 
+    // On a loaded machine the six frames can come with a pause long enough to end the event and start another:
+    // then the second event's early caption takes the first end's place in the queue (said as such), and the
+    // second event's end is the one that meets the deadline. Either way an end comes without a caption.
+    const deadlineEnd = () => events().find((e) => e.type === 'end' && e.caption_error?.code === 'deadline');
     await waitForEnd();
+    await watcher.waitFor(() => deadlineEnd() !== undefined, 40_000);
     stop = true;
-    const end = events().find((e) => e.type === 'end')!;
+    const end = deadlineEnd()!;
+    expect(end.caption).toBeUndefined();
     expect(end.caption_error).toMatchObject({
       code: 'deadline',
       message: expect.stringMatching(/not started within 100 ms.*busy with answer job/),
     });
-    const failed = captions().filter((c) => c.text === null);
-    expect(failed.length).toBeGreaterThanOrEqual(1);
+    for (const e of events().filter((x) => x.type === 'end')) {
+      expect(e.caption).toBeUndefined();
+      expect(
+        e.caption_error?.code === 'deadline' ||
+          e.caption_error?.message === 'a newer frame of this camera replaced it in the queue',
+      ).toBe(true);
+    }
+    const failed = captions().filter((c) => c.text === null && c.event_id === end.id && c.stage === 'end');
     expect(failed.at(-1)).toMatchObject({
-      event_id: end.id,
-      stage: 'end',
       error_code: 'deadline',
       reason: expect.stringMatching(/not started within 100 ms/),
     });
