@@ -14,6 +14,7 @@ import { CameraPublisher } from '../mqtt/camera-publisher.js';
 import { HearingPublisher } from '../mqtt/hearing-publisher.js';
 import { type DaemonModule, type ModuleState, defineModule } from './module.js';
 import { DiscoveryPublisher, discoveryOptionsFromConfig } from '../mqtt/discovery.js';
+import { errorMessage } from '../mqtt/errors.js';
 import { encode, isoNow, type ErrorMessage, type StatsMessage } from '../mqtt/messages.js';
 import { AskPipeline } from '../pipelines/ask.js';
 import { HearingPipeline } from '../pipelines/hearing.js';
@@ -174,7 +175,7 @@ export class Controller {
           await this.conn.start();
           const early = this.earlyReports ?? [];
           this.earlyReports = undefined;
-          for (const e of early) this.reportError(e.topic!, e.message);
+          for (const e of early) void this.conn.publishError(e);
         },
         stop: () => this.conn.stop({ offline: true, drainMs: 2000 }),
         stats: () => ({ mqtt: mqttStats(this.conn.stats()) }),
@@ -397,14 +398,9 @@ export class Controller {
    * package) on `<root>/errors`; kept until the MQTT connection has started when it comes before.
    */
   private reportError(topic: string, message: string): void {
-    const e: ErrorMessage = { v: 1, ts: isoNow(), code: 'internal', message: message.slice(0, 2000), topic };
+    const e = errorMessage({ code: 'internal', message, topic });
     if (this.earlyReports) this.earlyReports.push(e);
-    else
-      void this.conn.publish(this.conn.topics.errors, encode(e), {
-        final: true,
-        qos: 1,
-        contentType: 'application/json',
-      });
+    else void this.conn.publishError(e);
   }
 
   private readonly onConnected = (): void => {

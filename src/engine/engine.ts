@@ -335,22 +335,19 @@ export class Engine {
       chunks.push([at, end]);
       at = end;
     }
-    // Each chunk's PLE rows are read from disk while the chunk before it runs.
-    const rowsOf = (c: [number, number] | undefined): Promise<Float32Array> | null => {
-      if (!c) return null;
-      const p = this.pkg.pager.rowsFor(this.feedIds(ids.slice(c[0], c[1]), c[0], media));
-      // Awaited below; this keeps a read that fails after an abort from being an unhandled rejection.
-      p.catch(() => undefined);
-      return p;
-    };
+    const inputOf = ([start, end]: [number, number]): ChunkInput =>
+      this.chunkInput(ids.slice(start, end), start, media);
     let logits: Float32Array | null = null;
     let pos = state.length;
-    let nextRows = rowsOf(chunks[0]);
-    for (const [i, [start, end]] of chunks.entries()) {
+    let next: ChunkInput | undefined;
+    for (const [i, chunkAt] of chunks.entries()) {
       if (signal?.aborted) return result('cancelled', []);
-      const rows = (await nextRows) ?? (await rowsOf(chunks[i])!);
-      nextRows = req.pleReadAhead === false ? null : rowsOf(chunks[i + 1]);
-      const out = await this.runIds(state, ids.slice(start, end), start, media, end === ids.length, rows);
+      const input = next ?? inputOf(chunkAt);
+      // The next chunk's PLE rows are read from disk while this one runs.
+      const after = chunks[i + 1];
+      next = after && req.pleReadAhead !== false ? inputOf(after) : undefined;
+      const end = chunkAt[1];
+      const out = await this.runChunk(state, input, end === ids.length);
       state = out.state;
       logits = out.logits;
       pos = end;
@@ -393,7 +390,7 @@ export class Engine {
         finish = 'cancelled';
         break;
       }
-      const out = await this.runIds(state, [id], pos, [], true);
+      const out = await this.runChunk(state, this.chunkInput([id], pos, []), true);
       state = out.state;
       logits = out.logits;
       pos++;
@@ -461,41 +458,15 @@ export class Engine {
     return media;
   }
 
-  /**
-   * The ids a run feeds: as transformers does, media positions look up the pad id (embedding and PLE row); the
-   * graph then replaces their embeddings with the encoder rows.
-   */
-  private feedIds(ids: readonly number[], start: number, media: readonly MediaInput[]): number[] {
-    const out = ids.slice();
-    if (!this.decoder.acceptsMedia) return out;
-    const pad = this.tokenizer.special.pad ?? 0;
-    const H = this.pkg.config.hiddenSize;
-    for (const m of media) {
-      const rows = m.embeddings.length / H;
-      for (let r = 0; r < rows; r++) {
-        const p = m.position + r - start;
-        if (p >= 0 && p < out.length) out[p] = pad;
-      }
-    }
-    return out;
-  }
-
-  /** One decoder run over ids at positions start..; returns the next state and the last position's logits. */
-  private async runIds(
-    state: KvState,
-    ids: number[],
-    start: number,
-    media: MediaInput[],
-    wantLogits: boolean,
-    /** The chunk's PLE rows when already read (prefill reads ahead). */
-    pleRows?: Float32Array,
-  ): Promise<{ state: KvState; logits: Float32Array | null }> {
+  /** A decoder run's inputs for ids at positions start..; its PLE rows start being read now. */
+  private chunkInput(ids: readonly number[], start: number, media: readonly MediaInput[]): ChunkInput {
     const n = ids.length;
     const H = this.pkg.config.hiddenSize;
-    const feedIds = this.feedIds(ids, start, media);
+    const feedIds = ids.slice();
     let mask: Uint8Array | null = null;
     let embeds: Float32Array | null = null;
     if (this.decoder.acceptsMedia) {
+      const pad = this.tokenizer.special.pad ?? 0;
       mask = new Uint8Array(n);
       embeds = new Float32Array(n * H);
       for (const m of media) {
@@ -503,12 +474,30 @@ export class Engine {
         for (let r = 0; r < rows; r++) {
           const p = m.position + r - start;
           if (p < 0 || p >= n) continue;
+          // As transformers does: media positions look up the pad id (embedding and PLE row); the graph
+          // then replaces the embedding with the encoder row.
+          feedIds[p] = pad;
           mask[p] = 1;
           embeds.set(m.embeddings.subarray(r * H, (r + 1) * H), p * H);
         }
       }
     }
-    const rows = pleRows ?? (await this.pkg.pager.rowsFor(feedIds));
+    const pleRows = this.pkg.pager.rowsFor(feedIds);
+    // Awaited by runChunk; this keeps a read that fails after an abort from being an unhandled rejection.
+    pleRows.catch(() => undefined);
+    return { start, feedIds, mask, embeds, pleRows };
+  }
+
+  /** One decoder run; returns the next state and the last position's logits. */
+  private async runChunk(
+    state: KvState,
+    c: ChunkInput,
+    wantLogits: boolean,
+  ): Promise<{ state: KvState; logits: Float32Array | null }> {
+    const { start, feedIds, mask, embeds } = c;
+    const n = feedIds.length;
+    const H = this.pkg.config.hiddenSize;
+    const rows = await c.pleRows;
     const feeds: Record<string, ort.Tensor> = {
       ...state.tensors,
       input_ids: new ort.Tensor(
@@ -536,6 +525,15 @@ export class Engine {
     // 'last' graphs give [1, 1, V] (a fresh buffer per run: no copy needed); 'all' graphs [1, n, V]: the last row.
     return { state: next, logits: data.length === V ? data : data.slice(data.length - V) };
   }
+}
+
+/** One decoder run's inputs: the ids it feeds, the media rows that replace theirs, its PLE rows (being read). */
+interface ChunkInput {
+  start: number;
+  feedIds: number[];
+  mask: Uint8Array | null;
+  embeds: Float32Array | null;
+  pleRows: Promise<Float32Array>;
 }
 
 /** Rough resident need: decoder data (pre-packing copies it to the heap), KV cache at full context, PLE cache. */

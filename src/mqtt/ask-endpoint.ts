@@ -137,10 +137,8 @@ export class AskEndpoint {
     opts: { id?: string; topic?: string } = {},
   ): Promise<void> {
     const id = route?.id ?? opts.id;
-    const report = { ...(id ? { id } : {}), code, message, topic: opts.topic ?? this.conn.topics.ask };
-    const now = Date.now();
-    const error = errorMessage(report, now);
-    const tasks: Array<Promise<PublishResult>> = [this.conn.publishError(report, 'other', now)];
+    const error = errorMessage({ ...(id ? { id } : {}), code, message, topic: opts.topic ?? this.conn.topics.ask });
+    const tasks: Array<Promise<PublishResult>> = [this.conn.publishError(error)];
     if (route) {
       const reply: AnswerErrorMessage = {
         v: 1,

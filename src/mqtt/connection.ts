@@ -23,7 +23,7 @@ import { silentLogger, type Logger } from '../common/log.js';
 import { backoffDelay } from './backoff.js';
 import { clientOptions, loadTls, type ProtocolVersion, type TlsMaterial } from './client-options.js';
 import { type ErrorReport, errorMessage } from './errors.js';
-import { encode } from './messages.js';
+import { type ErrorMessage, encode } from './messages.js';
 import { Outbox, PermanentSendError, type DeadLetter, type OutboxEntry } from './outbox.js';
 import type { OutboxPriority } from './outbox-store.js';
 import { DEFAULT_RESERVED_TOPICS, type ReservedTopics } from './requests.js';
@@ -477,9 +477,13 @@ export class MqttConnection extends EventEmitter<{
     }
   }
 
-  /** A failure on `<root>/errors` (src/mqtt/errors.ts), kept until delivered like every final result. */
-  publishError(report: ErrorReport, priority: OutboxPriority = 'other', now = Date.now()): Promise<PublishResult> {
-    return this.publish(this.topics.errors, encode(errorMessage(report, now)), {
+  /**
+   * A failure on `<root>/errors` (src/mqtt/errors.ts), kept until delivered like every final result; a message
+   * already built with errorMessage() goes as it is.
+   */
+  publishError(report: ErrorReport | ErrorMessage, priority: OutboxPriority = 'other'): Promise<PublishResult> {
+    const message = 'v' in report ? report : errorMessage(report);
+    return this.publish(this.topics.errors, encode(message), {
       final: true,
       qos: 1,
       priority,

@@ -3,7 +3,6 @@
  * sound-level states, transcripts and their partials, spoken answers and their stream, push-to-talk
  * requests, and the errors of each. The pipeline decides; this owns the topics, message shapes and delivery.
  */
-import type { ErrorReport } from './errors.js';
 import type { IncomingMessage, MqttConnection } from './connection.js';
 import {
   type AnswerMessage,
@@ -72,20 +71,22 @@ export class HearingPublisher {
 
   /** A push-to-talk press that cannot be used. */
   talkRefused(code: ErrorCode, reason: string): Promise<unknown> {
-    return this.error({ code, message: `push-to-talk ignored: ${reason}`, topic: this.conn.topics.talk }, 'answer');
+    return this.conn.publishError(
+      { code, message: `push-to-talk ignored: ${reason}`, topic: this.conn.topics.talk },
+      'answer',
+    );
   }
 
   transcriptFailed(id: string, code: ErrorCode, reason: string): Promise<unknown> {
     const topic = this.conn.topics.transcript;
-    return this.error({ id, code, message: `no transcript: ${reason}`, topic }, 'transcript');
+    return this.conn.publishError({ id, code, message: `no transcript: ${reason}`, topic }, 'transcript');
   }
 
   answerFailed(id: string, code: ErrorCode, reason: string): Promise<unknown> {
     const topic = this.conn.topics.answer;
-    return this.error({ id, code, message: `no answer to the spoken question: ${reason}`, topic }, 'answer');
-  }
-
-  private error(report: ErrorReport, priority: 'answer' | 'transcript'): Promise<unknown> {
-    return this.conn.publishError(report, priority);
+    return this.conn.publishError(
+      { id, code, message: `no answer to the spoken question: ${reason}`, topic },
+      'answer',
+    );
   }
 }
