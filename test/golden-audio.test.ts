@@ -6,7 +6,8 @@
  * bite) with what get_audio_features returns on those features: the tower output and the embedded soft tokens.
  *
  * Perch must match: its log-mel extractor on the same WAVs; its converter's audio encoder graph in ONNX Runtime
- * and its TypeScript audio reference, both on transformers' own features (clip by clip and as a padded batch);
+ * (the streaming graph packages hold, fed whole and as the audio would arrive; the one-pass graph on a padded
+ * batch) and its TypeScript audio reference, both on transformers' own features;
  * the same for a second tower whose config moves every constant E2B fixes; and the 8-bit package the default
  * profile writes, within a bound measured here.
  */
@@ -19,7 +20,7 @@ import { relErr } from './gemma4-helpers.js';
 import { logMelFeatures, softTokenCount } from '../src/audio/features.js';
 import { checkpointWeightSource, convertCheckpoint } from '../src/model/build/convert.js';
 import { parseGemma4AudioConfig, type Gemma4AudioConfig } from '../src/model/gemma4/audio-config.js';
-import { AudioEncoderSession } from '../src/engine/audio-encoder.js';
+import { AudioEncoderSession, type AudioSoftTokens, joinTokens } from '../src/engine/audio-encoder.js';
 import { writeAudioEncoderModel } from '../src/model/gemma4/audio-graph.js';
 import { AudioReference } from '../src/model/gemma4/audio-reference.js';
 import { synthTokenizerFiles } from '../src/model/build/synth-tokenizer.js';
@@ -65,6 +66,23 @@ function validRows(x: Float32Array, mask: ArrayLike<number>, width: number): Flo
 }
 
 const toMask = (x: Float32Array): Uint8Array => Uint8Array.from(x, (v) => (v ? 1 : 0));
+
+/** A clip through a streaming encoder in pushes of `frames` (the last one ends the stream). */
+async function fedInPieces(
+  enc: AudioEncoderSession,
+  features: Float32Array,
+  mask: Uint8Array,
+  frames: number,
+): Promise<AudioSoftTokens> {
+  const F = enc.featureSize;
+  const s = enc.openStream();
+  const parts: AudioSoftTokens[] = [];
+  for (let at = 0; at < mask.length; at += frames) {
+    const end = Math.min(mask.length, at + frames);
+    parts.push(await s.push(features.subarray(at * F, end * F), mask.subarray(at, end)));
+  }
+  return joinTokens(parts);
+}
 
 let root: string;
 let facts: Facts;
@@ -183,7 +201,11 @@ describe('golden audio: tower + embedder on transformers’ features', () => {
       features.set(c.features, b * frames * F);
       mask.set(c.mask, b * frames);
     });
-    const session = await ort.InferenceSession.create(join(floatPkg, 'audio_encoder.onnx'), { intraOpNumThreads: 1 });
+    // The one-pass graph (the package holds the streaming one, which takes one clip at a time).
+    const ckpt = await SafetensorsCheckpoint.open(ckptDir);
+    const whole = await writeAudioEncoderModel(join(root, 'whole'), cfg, checkpointWeightSource(ckpt));
+    await ckpt.close();
+    const session = await ort.InferenceSession.create(whole.modelPath, { intraOpNumThreads: 1 });
     try {
       const r = await runAudio(session, { features, mask, batch: n, frames });
       expect(r.dims).toEqual([n, tokens, cfg.textHiddenSize]);
@@ -194,6 +216,22 @@ describe('golden audio: tower + embedder on transformers’ features', () => {
       ).toBeLessThanOrEqual(TOL);
     } finally {
       await session.release();
+    }
+  });
+
+  it('the package’s streaming encoder matches with the clip fed as it would arrive (1, 3 and 12 tokens a run)', async () => {
+    const session = await AudioEncoderSession.open(join(floatPkg, 'audio_encoder.onnx'), { intraOpNumThreads: 1 });
+    try {
+      expect(session.streaming).toBe(true);
+      for (const c of clips) {
+        for (const tokensPerPush of [1, 3, 12]) {
+          const r = await fedInPieces(session, c.features, c.mask, tokensPerPush * 4);
+          expect(r.count).toBe(c.valid_tokens);
+          expect(relErr(r.rows, validRows(c.embeds, c.tokenMask, cfg.textHiddenSize))).toBeLessThanOrEqual(TOL);
+        }
+      }
+    } finally {
+      await session.close();
     }
   });
 
@@ -231,9 +269,15 @@ describe('golden audio: a tower with every E2B constant moved', () => {
     try {
       const src = checkpointWeightSource(ckpt);
       // Both norm forms: plain ops, and the fused SimplifiedLayerNormalization the package writer uses.
-      for (const fusedNorm of [false, true]) {
-        const out = join(root, `variant-${fusedNorm ? 'fused' : 'plain'}`);
-        await writeAudioEncoderModel(out, vcfg, src, { fusedNorm });
+      // Both norm forms: plain ops, and the fused SimplifiedLayerNormalization the package writer uses; the
+      // one-pass graph and the streaming one.
+      for (const [fusedNorm, streaming] of [
+        [false, false],
+        [true, false],
+        [true, true],
+      ]) {
+        const out = join(root, `variant-${fusedNorm ? 'fused' : 'plain'}-${streaming ? 'stream' : 'whole'}`);
+        await writeAudioEncoderModel(out, vcfg, src, { fusedNorm, streaming });
         sessions.push(await AudioEncoderSession.open(join(out, 'audio_encoder.onnx'), { intraOpNumThreads: 1 }));
       }
       const ref = await AudioReference.load(vcfg, src);
@@ -245,9 +289,12 @@ describe('golden audio: a tower with every E2B constant moved', () => {
         expect(Array.from(r.mask)).toEqual(Array.from(tokenMask));
         expect(relErr(r.towerOut, tower)).toBeLessThanOrEqual(TOL);
         expect(relErr(r.embeds, embeds)).toBeLessThanOrEqual(TOL);
+        const rows = validRows(embeds, tokenMask, vcfg.textHiddenSize);
         for (const session of sessions) {
           const g = await session.encode(c.features, c.mask);
-          expect(relErr(g.rows, validRows(embeds, tokenMask, vcfg.textHiddenSize))).toBeLessThanOrEqual(TOL);
+          expect(relErr(g.rows, rows)).toBeLessThanOrEqual(TOL);
+          if (session.streaming)
+            expect(relErr((await fedInPieces(session, c.features, c.mask, 4)).rows, rows)).toBeLessThanOrEqual(TOL);
         }
       }
     } finally {

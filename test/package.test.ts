@@ -1,3 +1,4 @@
+import { AudioEncoderSession } from '../src/engine/audio-encoder.js';
 import {
   cpSync,
   mkdtempSync,
@@ -25,7 +26,7 @@ import { emptyCache, runChunk } from './gemma4-helpers.js';
 import { noMedia } from './package-helpers.js';
 import { parseGemma4AudioConfig } from '../src/model/gemma4/audio-config.js';
 import { parseGemma4VisionConfig, patchDim } from '../src/model/gemma4/vision-config.js';
-import { audioBatch, runAudio } from './gemma4-audio-helpers.js';
+import { audioBatch } from './gemma4-audio-helpers.js';
 import { gridInput, runVision } from './gemma4-vision-helpers.js';
 
 let root: string;
@@ -173,11 +174,14 @@ describe('tiny synth package', () => {
     expect(img.data.every(Number.isFinite)).toBe(true);
     await vision.release();
     const acfg = parseGemma4AudioConfig(manifest.config);
-    const audio = await ort.InferenceSession.create(join(pkg, 'audio_encoder.onnx'), { intraOpNumThreads: 1 });
-    const a = await runAudio(audio, audioBatch(acfg.inputFeatureSize, 48, [48], 2));
-    expect(a.dims[2]).toBe(cfg.hiddenSize);
-    expect(a.embeds.every(Number.isFinite)).toBe(true);
-    await audio.release();
+    const audio = await AudioEncoderSession.open(join(pkg, 'audio_encoder.onnx'), { intraOpNumThreads: 1 });
+    expect(audio.streaming).toBe(true);
+    const b = audioBatch(acfg.inputFeatureSize, 48, [48], 2);
+    const a = await audio.encode(b.clip(0), b.maskOf(0));
+    expect(a.count).toBe(12);
+    expect(a.hidden).toBe(cfg.hiddenSize);
+    expect(a.rows.every(Number.isFinite)).toBe(true);
+    await audio.close();
   });
 
   it('encoders: false gives a text-only package (no vision/audio config or files), its decoder still taking media rows', async () => {

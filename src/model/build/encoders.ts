@@ -53,6 +53,8 @@ export async function writeEncoders(
     await writeAudioEncoderModel(dir, cfg, weights, {
       quant: method ? uniformAudioPolicy({ ...AUDIO_DEFAULT_LINEAR, method }) : null,
       fusedNorm: true,
+      // Streaming: hearing encodes speech while it is spoken (engine/audio-encoder.ts runs whole clips through it too).
+      streaming: true,
       onnxFile: PACKAGE_FILES.audioGraph,
       dataFile: PACKAGE_FILES.audioWeights,
     });

@@ -24,6 +24,21 @@ export const AUDIO_GRAPH_IO = {
 } as const;
 
 /**
+ * The streaming audio encoder (batch 1): AUDIO_GRAPH_IO's features and mask for a chunk of 4n frames (n soft
+ * tokens), plus the state the previous chunk left, given back as `next_*` for the next one. All zeros start a
+ * stream. Shapes, with L layers, W = attention_context_left - 2 past keys, K the conv kernel, F mel bins:
+ *   keys, values [L, W, hidden]    the last W scaled keys and values of each layer's attention
+ *   conv         [L, K - 1, hidden] the last K - 1 inputs of each layer's depthwise convolution
+ *   valid        [W]                1 where those past keys are real tokens
+ *   frame        [1, F]             the last (masked) mel frame, for the first subsampling convolution
+ *   sub          [C0, ceil(F / 2)]  the last output row of the first subsampling stage, for the second
+ */
+export const AUDIO_STREAM_STATE = ['keys', 'values', 'conv', 'valid', 'frame', 'sub'] as const;
+export type AudioStreamState = (typeof AUDIO_STREAM_STATE)[number];
+export const audioStateInput = (s: AudioStreamState): string => `state_${s}`;
+export const audioStateOutput = (s: AudioStreamState): string => `next_${s}`;
+
+/**
  * One KV cache slot of the decoder: layers that share another layer's KV own none. The graph takes
  * past_key_values.<slot>.key/value and returns present.<slot>.key/value (past + this call's entries).
  */
