@@ -148,4 +148,66 @@ describe('Engine with media', () => {
       await engine.close();
     }
   });
+
+  it('prefills a prompt piece by piece as its media rows arrive, and generates from it as from the whole prompt', async () => {
+    const { dir: base, manifest } = await makeTinyPackage(root, 'base-prefill');
+    const dir = await rebuildDecoder(base, manifest, cfg, join(root, 'media-prefill'), { media: true });
+    const engine = await Engine.load(dir, { threads: 1, contextTokens: 64, pleCacheMb: 1 });
+    try {
+      // [prefix 5][media 6 rows][closing 3]: the rows come in pieces of 2, as speech is encoded.
+      const prompt = [2, 300, 41, 120, 77, 303, 303, 303, 303, 303, 303, 90, 91, 92];
+      const rows = mediaRows(6, 5);
+      const whole: Float32Array[] = [];
+      const want = await engine.generate({
+        promptIds: prompt,
+        maxTokens: 6,
+        media: [{ position: 5, embeddings: rows }],
+        sampling: { temperature: 0 },
+        reusePrefix: false,
+        onLogits: (l) => whole.push(l),
+      });
+      let p = await engine.prefill({ promptIds: prompt.slice(0, 5) });
+      const marks = [p];
+      for (let r = 0; r < 6; r += 2) {
+        p = await engine.prefill({
+          promptIds: prompt.slice(0, 5 + r + 2),
+          media: [{ position: 5 + r, embeddings: rows.subarray(r * H, (r + 2) * H) }],
+          from: p,
+        });
+        marks.push(p);
+      }
+      expect(p.length).toBe(11);
+      const resumed = async (from: typeof p, media: MediaInput[]) => {
+        const logits: Float32Array[] = [];
+        const r = await engine.generate({
+          promptIds: prompt,
+          maxTokens: 6,
+          media,
+          resume: from,
+          sampling: { temperature: 0 },
+          onLogits: (l) => logits.push(l),
+        });
+        return { ...r, logits };
+      };
+      const got = await resumed(p, [{ position: 5, embeddings: rows }]);
+      expect(got.timings.reusedTokens).toBe(11);
+      expect(got.tokens).toEqual(want.tokens);
+      for (let i = 0; i < whole.length; i++) expect(relErr(got.logits[i]!, whole[i]!)).toBeLessThanOrEqual(1e-5);
+      // Back to the mark after the first two rows (later speech was cut off): only the rest is computed again.
+      const back = await resumed(marks[1]!, [{ position: 5, embeddings: rows }]);
+      expect(back.timings.reusedTokens).toBe(7);
+      expect(back.tokens).toEqual(want.tokens);
+      // Other rows after the mark give another answer: the resumed state holds only the first two rows.
+      const other = Float32Array.from(rows);
+      other.set(mediaRows(4, 77), 2 * H);
+      const changed = await resumed(marks[1]!, [{ position: 5, embeddings: other }]);
+      expect(relErr(changed.logits[0]!, whole[0]!)).toBeGreaterThan(1e-3);
+      // A prompt that does not continue the prefilled one is refused.
+      await expect(
+        engine.generate({ promptIds: [2, 300, 41, 121, 77, 303, 90], maxTokens: 1, resume: marks[0]! }),
+      ).rejects.toThrow(/does not continue/);
+    } finally {
+      await engine.close();
+    }
+  });
 });

@@ -90,10 +90,34 @@ export interface GenerateRequest {
   reusePrefix?: boolean;
   /** Per-request prefill chunk (tests compare chunkings). */
   prefillChunk?: number;
+  /** Start from this prefilled prompt (Engine.prefill), which the prompt must continue, instead of the prefix store. */
+  resume?: PrefilledPrompt;
   /** Benchmarks: do not stop on eos / end of turn (custom stops still apply), so decode runs maxTokens steps. */
   ignoreEos?: boolean;
   /** Debug/test hook: the logits each sampled token was drawn from. */
   onLogits?: (logits: Float32Array, step: number) => void;
+}
+
+export interface PrefillRequest
+  extends Pick<GenerateRequest, 'media' | 'prefixTokens' | 'prefixKind' | 'signal' | 'prefillChunk' | 'pleReadAhead'> {
+  promptIds: readonly number[];
+  /** Continue this prefilled prompt (the new ids must extend its ids). */
+  from?: PrefilledPrompt;
+}
+
+/** A prompt whose KV cache is computed (Engine.prefill): holds its cache tensors until dropped. */
+export class PrefilledPrompt {
+  constructor(
+    /** The engine that made it (only that engine can resume it). */
+    readonly engine: Engine,
+    readonly ids: readonly number[],
+    /** @internal */
+    readonly state: KvState,
+  ) {}
+
+  get length(): number {
+    return this.ids.length;
+  }
 }
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
@@ -312,51 +336,21 @@ export class Engine {
     };
     if (signal?.aborted) return result('cancelled', []);
 
-    // ---- prefill: resume from the longest stored prefix, end a chunk at the boundary worth keeping
-    // A snapshot may end right before the first media row (match() keeps at least one token to run).
+    // ---- prefill: resume from a prefilled prompt or the longest stored prefix, end a chunk at the boundary
+    // worth keeping. A snapshot may end right before the first media row (match() keeps at least one token to run).
     const reuse = req.reusePrefix ?? true;
-    const hit = reuse && firstMedia > 0 ? this.prefixes.match(ids.slice(0, firstMedia + 1)) : null;
-    let state = hit ? hit.state : KvState.empty(this.decoder.slots);
-    timings.reusedTokens = state.length;
-    // Snapshot points: the system turn (pinned: every later question starts with it) and the part shared
-    // with the previous prompt (likely shared with the next one too).
-    const usable = (b: number): boolean =>
-      reuse && this.prefixes.enabled && b > state.length && b < ids.length && b <= firstMedia;
-    const pinnedAt = usable(prefixHint) ? prefixHint : -1;
-    // Media prompts share at most what comes before their first media row.
-    const lcp = Math.min(commonPrefix(this.lastPrompt, ids), firstMedia);
-    const sharedAt = usable(lcp) && lcp !== pinnedAt ? lcp : -1;
-    this.lastPrompt = ids;
-    const chunk = req.prefillChunk ?? this.prefillChunk;
-    const chunks: Array<[number, number]> = [];
-    for (let at = state.length; at < ids.length; ) {
-      let end = Math.min(ids.length, at + chunk);
-      for (const b of [pinnedAt, sharedAt]) if (b > at && b < end) end = b;
-      chunks.push([at, end]);
-      at = end;
+    let start: KvState;
+    if (req.resume) {
+      start = this.resumeState(req.resume, ids);
+    } else {
+      const hit = reuse && firstMedia > 0 ? this.prefixes.match(ids.slice(0, firstMedia + 1)) : null;
+      start = hit ? hit.state : KvState.empty(this.decoder.slots);
     }
-    const inputOf = ([start, end]: [number, number]): ChunkInput =>
-      this.chunkInput(ids.slice(start, end), start, media);
-    let logits: Float32Array | null = null;
-    let pos = state.length;
-    let next: ChunkInput | undefined;
-    for (const [i, chunkAt] of chunks.entries()) {
-      if (signal?.aborted) return result('cancelled', []);
-      const input = next ?? inputOf(chunkAt);
-      // The next chunk's PLE rows are read from disk while this one runs.
-      const after = chunks[i + 1];
-      next = after && req.pleReadAhead !== false ? inputOf(after) : undefined;
-      const end = chunkAt[1];
-      const out = await this.runChunk(state, input, end === ids.length);
-      state = out.state;
-      logits = out.logits;
-      pos = end;
-      if (pos === pinnedAt || pos === sharedAt)
-        this.prefixes.add(
-          { ids: ids.slice(0, pos), state },
-          pos === pinnedAt ? { pin: req.prefixKind ?? 'system' } : {},
-        );
-    }
+    timings.reusedTokens = start.length;
+    const filled = await this.prefillFrom(start, ids, media, firstMedia, prefixHint, req, true);
+    if (!filled) return result('cancelled', []);
+    let { state, logits } = filled;
+    let pos = ids.length;
     timings.prefillMs = performance.now() - t0;
 
     // ---- decode
@@ -409,6 +403,99 @@ export class Engine {
       'generation done',
     );
     return result(finish, generated);
+  }
+
+  /**
+   * Prefills a prompt into the KV cache ahead of its generation, e.g. speech while it is still being spoken: give
+   * the result back as `resume` of a later prefill (more of the prompt) or generate (the whole prompt). Queued
+   * like a generation. Without `from` it starts from the longest stored prefix, as generate does.
+   */
+  prefill(req: PrefillRequest): Promise<PrefilledPrompt> {
+    const run = this.queue.then(async () => {
+      if (this.closed) throw new Error('engine is closed');
+      const ids = [...req.promptIds];
+      if (ids.length + 1 > this.contextTokens)
+        throw new ContextLimitError(
+          `prompt of ${ids.length} tokens leaves no room in model.context_tokens ${this.contextTokens}`,
+        );
+      const media = this.checkMedia(req.media ?? [], ids.length);
+      const firstMedia = media.length ? Math.min(...media.map((m) => m.position)) : ids.length;
+      let start: KvState;
+      if (req.from) {
+        start = this.resumeState(req.from, ids, true);
+      } else {
+        const hit = firstMedia > 0 ? this.prefixes.match(ids.slice(0, firstMedia + 1)) : null;
+        start = hit ? hit.state : KvState.empty(this.decoder.slots);
+      }
+      const filled = await this.prefillFrom(start, ids, media, firstMedia, req.prefixTokens ?? 0, req, false);
+      if (!filled) throw new DOMException('prefill cancelled', 'AbortError');
+      return new PrefilledPrompt(this, ids, filled.state);
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** The state of a prefilled prompt that `ids` continues (strictly, for generate: its last token must run). */
+  private resumeState(p: PrefilledPrompt, ids: readonly number[], allowEqual = false): KvState {
+    if (p.engine !== this) throw new Error('a prefilled prompt resumes only on the engine that made it');
+    const n = p.ids.length;
+    if (n > ids.length || (n === ids.length && !allowEqual) || commonPrefix(p.ids, ids) !== n)
+      throw new Error('the prompt does not continue the prefilled prompt it resumes');
+    return p.state;
+  }
+
+  /**
+   * Runs ids[start.length..] on top of `start` in chunks, storing snapshots at the fixed prefix (pinned by kind)
+   * and at the part shared with the previous prompt. Null when cancelled.
+   */
+  private async prefillFrom(
+    start: KvState,
+    ids: readonly number[],
+    media: readonly MediaInput[],
+    firstMedia: number,
+    prefixHint: number,
+    req: Pick<GenerateRequest, 'reusePrefix' | 'prefillChunk' | 'pleReadAhead' | 'prefixKind' | 'signal'>,
+    wantLogits: boolean,
+  ): Promise<{ state: KvState; logits: Float32Array | null } | null> {
+    const reuse = req.reusePrefix ?? true;
+    // Snapshot points: the fixed prefix (pinned: every later prompt of its kind starts with it) and the part
+    // shared with the previous prompt (likely shared with the next one too).
+    const usable = (b: number): boolean =>
+      reuse && this.prefixes.enabled && b > start.length && b < ids.length && b <= firstMedia;
+    const pinnedAt = usable(prefixHint) ? prefixHint : -1;
+    // Media prompts share at most what comes before their first media row.
+    const lcp = Math.min(commonPrefix(this.lastPrompt, ids), firstMedia);
+    const sharedAt = usable(lcp) && lcp !== pinnedAt ? lcp : -1;
+    this.lastPrompt = ids;
+    const chunk = req.prefillChunk ?? this.prefillChunk;
+    const chunks: Array<[number, number]> = [];
+    for (let at = start.length; at < ids.length; ) {
+      let end = Math.min(ids.length, at + chunk);
+      for (const b of [pinnedAt, sharedAt]) if (b > at && b < end) end = b;
+      chunks.push([at, end]);
+      at = end;
+    }
+    const inputOf = ([from, end]: [number, number]): ChunkInput => this.chunkInput(ids.slice(from, end), from, media);
+    let state = start;
+    let logits: Float32Array | null = null;
+    let next: ChunkInput | undefined;
+    for (const [i, chunkAt] of chunks.entries()) {
+      if (req.signal?.aborted) return null;
+      const input = next ?? inputOf(chunkAt);
+      // The next chunk's PLE rows are read from disk while this one runs.
+      const after = chunks[i + 1];
+      next = after && req.pleReadAhead !== false ? inputOf(after) : undefined;
+      const end = chunkAt[1];
+      const out = await this.runChunk(state, input, wantLogits && end === ids.length);
+      state = out.state;
+      logits = out.logits;
+      if (end === pinnedAt || end === sharedAt)
+        this.prefixes.add(
+          { ids: ids.slice(0, end), state },
+          end === pinnedAt ? { pin: req.prefixKind ?? 'system' } : {},
+        );
+    }
+    return { state, logits };
   }
 
   private promptOf(req: GenerateRequest): { ids: number[]; prefixHint: number } {

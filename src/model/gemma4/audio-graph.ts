@@ -4,7 +4,7 @@
  * time axis (TimeAxis): the whole clip at once (below), or one chunk of a stream with state in and out
  * (audio-stream.ts, what packages hold); the layers are the same code.
  *
- * One-pass
+ * One-pass graph
  * I/O:
  *   input_features float32 [batch, frames, F]   log-mel frames (src/audio/features.ts), F = 128
  *   input_mask     bool    [batch, frames]      true = real frame
