@@ -213,3 +213,31 @@ describe('logMelFeatures', () => {
     expect(() => new LogMelExtractor({ perBinMean: [1, 2] })).toThrow(/128 values/);
   });
 });
+
+describe('log-mel features as audio arrives', () => {
+  it('a frame valid on a prefix of the clip has the values the whole clip gives it; validFrames counts the mask', () => {
+    const ex = new LogMelExtractor();
+    const r = rng(5);
+    const clip = Int16Array.from({ length: 16000 * 2 + 77 }, () => Math.round((r() - 0.5) * 20000));
+    const whole = ex.extract(clip);
+    for (const n of [0, 160, 161, 320, 321, 4000, 16001, 16000 * 2, clip.length]) {
+      const prefix = clip.subarray(0, n);
+      const v = ex.validFrames(n);
+      const own = ex.extract(prefix);
+      expect(v).toBe(own.mask.reduce((a, b) => a + b, 0));
+      expect(Array.from(own.mask.subarray(0, v)).every((m) => m === 1)).toBe(true);
+      // Valid frames of the prefix equal the same frames of the whole clip, bit for bit; in two pieces too.
+      const head = ex.extractRange(prefix, 0, Math.floor(v / 2));
+      const tail = ex.extractRange(prefix, Math.floor(v / 2), v);
+      const got = new Float32Array(v * 128);
+      got.set(head.features);
+      got.set(tail.features, head.features.length);
+      expect(got).toEqual(whole.features.subarray(0, v * 128));
+    }
+    // The end of a clip: the frames after the valid ones are masked zeros, as extract gives them.
+    const end = ex.extractRange(clip, whole.frames - 6, whole.frames);
+    expect(end.mask).toEqual(whole.mask.subarray(whole.frames - 6));
+    expect(end.features).toEqual(whole.features.subarray((whole.frames - 6) * 128));
+    expect(() => ex.extractRange(clip, 0, whole.frames + 1)).toThrow(/outside/);
+  });
+});

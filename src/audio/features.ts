@@ -132,12 +132,31 @@ export class LogMelExtractor {
     return total < span ? 0 : Math.floor((total - span) / this.hop) + 1;
   }
 
+  /**
+   * Frames that cover only real audio (mask 1) for `samples` input samples. Such a frame's values depend on
+   * its own samples only, so a frame valid now keeps its values as more audio arrives: speech can be
+   * featurised as it comes (extractRange).
+   */
+  validFrames(samples: number): number {
+    const n = Math.min(samples, this.options.maxSamples);
+    // Frame f is valid when its window's last real sample, f * hop + frameLength - padLeft, is below n.
+    const reach = this.frameLength - (this.frameLength >> 1);
+    return Math.min(this.frameCount(samples), n > reach ? Math.floor((n - reach - 1) / this.hop) + 1 : 0);
+  }
+
   extract(samples: Float32Array | Int16Array): LogMelResult {
+    return this.extractRange(samples, 0, this.frameCount(samples.length));
+  }
+
+  /** Frames from..to-1 of what extract(samples) gives (features [to - from, F] and their mask). */
+  extractRange(samples: Float32Array | Int16Array, from: number, to: number): LogMelResult {
     const o = this.options;
     const n = Math.min(samples.length, o.maxSamples);
     const scale = (samples instanceof Int16Array ? 1 / 32768 : 1) * o.inputScaleFactor;
     const padLeft = this.frameLength >> 1;
-    const frames = this.frameCount(samples.length);
+    if (!(Number.isInteger(from) && Number.isInteger(to) && 0 <= from && from <= to && to <= this.frameCount(n)))
+      throw new RangeError(`frames ${from}..${to} are outside the ${this.frameCount(n)} frames of ${n} samples`);
+    const frames = to - from;
     const size = o.featureSize;
     const features = new Float32Array(frames * size);
     const mask = new Uint8Array(frames);
@@ -150,7 +169,7 @@ export class LogMelExtractor {
     const pre = o.preemphasis;
     const { frame, window, specRe, specIm, magnitude, filterbank: fb } = this;
     for (let f = 0; f < frames; f++) {
-      const base = f * this.hop;
+      const base = (from + f) * this.hop;
       if (base + L - padLeft >= n) continue; // masked frame: stays 0, as features * mask leaves it
       mask[f] = 1;
       if (pre > 0 && o.preemphasisHtkFlavor) {

@@ -424,7 +424,9 @@ export class Engine {
       if (req.from) {
         start = this.resumeState(req.from, ids, true);
       } else {
-        const hit = firstMedia > 0 ? this.prefixes.match(ids.slice(0, firstMedia + 1)) : null;
+        // No logits are wanted, so a snapshot may cover the whole prompt (up to its first media row).
+        const upTo = Math.min(firstMedia, ids.length);
+        const hit = upTo > 0 ? this.prefixes.match(ids.slice(0, upTo), { orEqual: true }) : null;
         start = hit ? hit.state : KvState.empty(this.decoder.slots);
       }
       const filled = await this.prefillFrom(start, ids, media, firstMedia, req.prefixTokens ?? 0, req, false);
@@ -461,7 +463,11 @@ export class Engine {
     // Snapshot points: the fixed prefix (pinned: every later prompt of its kind starts with it) and the part
     // shared with the previous prompt (likely shared with the next one too).
     const usable = (b: number): boolean =>
-      reuse && this.prefixes.enabled && b > start.length && b < ids.length && b <= firstMedia;
+      reuse &&
+      this.prefixes.enabled &&
+      b > start.length &&
+      (b < ids.length || (!wantLogits && b === ids.length)) &&
+      b <= firstMedia;
     const pinnedAt = usable(prefixHint) ? prefixHint : -1;
     // Media prompts share at most what comes before their first media row.
     const lcp = Math.min(commonPrefix(this.lastPrompt, ids), firstMedia);

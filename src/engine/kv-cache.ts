@@ -89,10 +89,12 @@ export class PrefixStore {
     private readonly pinnedKinds = 4,
   ) {}
 
-  match(prompt: readonly number[]): Snapshot | null {
+  /** orEqual: a snapshot of the whole prompt matches too (for a prefill that needs no logits). */
+  match(prompt: readonly number[], opts: { orEqual?: boolean } = {}): Snapshot | null {
     let best: Snapshot | null = null;
+    const limit = opts.orEqual ? prompt.length + 1 : prompt.length;
     for (const s of this.all()) {
-      if (s.ids.length >= prompt.length || (best && best.ids.length >= s.ids.length)) continue;
+      if (s.ids.length >= limit || (best && best.ids.length >= s.ids.length)) continue;
       if (commonPrefix(s.ids, prompt) === s.ids.length) best = s;
     }
     return best;

@@ -10,8 +10,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { LogMelExtractor, optionsFromProcessorConfig } from '../audio/features.js';
 import { type Logger, silentLogger } from '../common/log.js';
-import { AudioEncoderSession } from './audio-encoder.js';
-import { Engine, type EngineLoadOptions, type FinishReason } from './engine.js';
+import { AudioEncoderSession, MAX_AUDIO_FRAMES } from './audio-encoder.js';
+import { Engine, type EngineLoadOptions, type FinishReason, type PrefilledPrompt } from './engine.js';
+import { SpeechStream, type SpeechPromptLayout } from './speech-stream.js';
 import { type ChatMessage, type ContentItem, expandMediaPlaceholders, placeholderContent } from './prompt.js';
 import { AUDIO_SAMPLE_RATE } from '../sources/types.js';
 import type { SpeechEngine } from './types.js';
@@ -67,6 +68,11 @@ export interface TranscribeOptions {
   prompt?: string;
   /** Test hook: the logits each transcript token was drawn from. */
   onLogits?: (logits: Float32Array, step: number) => void;
+  /**
+   * The stream this clip was heard through while it was spoken (openStream, with the same language and
+   * prompt): what it already encoded and prefilled is kept. If it failed, the clip is heard whole.
+   */
+  stream?: SpeechStream;
 }
 
 export interface TranscribeTimings {
@@ -77,6 +83,9 @@ export interface TranscribeTimings {
   firstTokenMs: number;
   decodeMs: number;
   totalMs: number;
+  /** With a stream: encoder and prefill work done while the person spoke (before this call). */
+  streamedEncodeMs?: number;
+  streamedPrefillMs?: number;
 }
 
 export interface TranscribeResult {
@@ -87,8 +96,10 @@ export interface TranscribeResult {
   /** Soft tokens the clip became (25 per second). */
   audioTokens: number;
   promptTokens: number;
-  /** Prompt tokens taken from the prefix cache (the instruction before the clip, after the first clip). */
+  /** Prompt tokens taken from the prefix cache or the stream (the instruction, and audio heard while spoken). */
   reusedTokens: number;
+  /** With a stream: soft tokens encoded and prefilled before the end of speech (0 when heard whole). */
+  streamedTokens: number;
   timings: TranscribeTimings;
 }
 
@@ -102,6 +113,8 @@ export interface EncodedClip {
 
 export class Transcriber implements SpeechEngine {
   private closed = false;
+  /** The last clip's soft tokens: a spoken question answered from the clip just transcribed is not encoded again. */
+  private lastClip: { samples: Int16Array | Float32Array; clip: EncodedClip } | null = null;
 
   private constructor(
     readonly engine: Engine,
@@ -196,6 +209,32 @@ export class Transcriber implements SpeechEngine {
     return { ids: expanded.ids, position: expanded.media[0]!.start };
   }
 
+  /** The prompt around the audio for these options (the pinned instruction is its prefix). */
+  private layout(opts: Pick<TranscribeOptions, 'language' | 'prompt'>, oneLine: boolean): SpeechPromptLayout {
+    const { ids, position } = this.promptFor(1, opts);
+    return {
+      prefix: ids.slice(0, position),
+      closing: ids.slice(position + 1),
+      audioId: this.engine.tokenizer.special.markers.audio!,
+      prefixKind: oneLine ? 'transcript' : 'spoken-question',
+    };
+  }
+
+  /**
+   * A stream for an utterance while it is spoken (give it to transcribe as `stream`); null when the package's
+   * audio encoder is the one-pass kind of older packages.
+   */
+  openStream(opts: Pick<TranscribeOptions, 'language' | 'prompt'> = {}): SpeechStream | null {
+    if (this.closed || !this.encoder.streaming) return null;
+    return new SpeechStream(
+      this.engine,
+      this.encoder.openStream(),
+      this.extractor,
+      this.layout(opts, true),
+      MAX_AUDIO_FRAMES,
+    );
+  }
+
   /** Transcribes one clip; queued behind other generations on the shared engine. */
   transcribe(samples: Int16Array | Float32Array, opts: TranscribeOptions = {}): Promise<TranscribeResult> {
     return this.run(samples, opts, true);
@@ -216,8 +255,33 @@ export class Transcriber implements SpeechEngine {
   ): Promise<TranscribeResult> {
     if (this.closed) throw new Error('transcriber is closed');
     const t0 = performance.now();
-    const clip = await this.encodeAudio(samples);
-    const prompt = this.promptFor(clip.count, opts);
+    let clip: EncodedClip | undefined;
+    let resume: PrefilledPrompt | undefined;
+    let streamed = { tokens: 0, encodeMs: 0, prefillMs: 0 };
+    if (opts.stream && oneLine && samples instanceof Int16Array && samples.length > 0) {
+      const s = await opts.stream.finish(samples);
+      if (s) {
+        clip = { rows: s.rows, count: s.count, featuresMs: s.featuresMs, encodeMs: s.encodeMs };
+        resume = s.resume;
+        streamed = { tokens: s.streamedTokens, encodeMs: s.streamedEncodeMs, prefillMs: s.streamedPrefillMs };
+      } else {
+        this.log.warn(
+          { err: opts.stream.error?.message },
+          'the speech stream could not be used: hearing the clip whole',
+        );
+      }
+    }
+    const last = this.lastClip;
+    // A spoken question about the clip just transcribed: its soft tokens are at hand.
+    if (!clip && !oneLine && last && sameSamples(last.samples, samples))
+      clip = { ...last.clip, featuresMs: 0, encodeMs: 0 };
+    clip ??= await this.encodeAudio(samples);
+    this.lastClip = { samples, clip };
+    const layout = this.layout(opts, oneLine);
+    const prompt = {
+      ids: [...layout.prefix, ...new Array<number>(clip.count).fill(layout.audioId), ...layout.closing],
+      position: layout.prefix.length,
+    };
     const room = this.engine.contextTokens - prompt.ids.length;
     if (room < 1)
       throw new ClipLengthError(
@@ -231,7 +295,8 @@ export class Transcriber implements SpeechEngine {
       // The instruction before the clip is the same every time: kept in the prefix cache, only the clip and
       // the closing tokens of the turn are prefilled.
       prefixTokens: prompt.position,
-      prefixKind: oneLine ? 'transcript' : 'spoken-question',
+      prefixKind: layout.prefixKind,
+      resume,
       maxTokens,
       sampling: { temperature: 0 },
       signal: opts.signal,
@@ -248,6 +313,7 @@ export class Transcriber implements SpeechEngine {
       firstTokenMs: r.timings.firstTokenMs > 0 ? tGen - t0 + r.timings.firstTokenMs : totalMs,
       decodeMs: r.timings.decodeMs,
       totalMs,
+      ...(opts.stream ? { streamedEncodeMs: streamed.encodeMs, streamedPrefillMs: streamed.prefillMs } : {}),
     };
     this.log.debug(
       { audio_tokens: clip.count, completion: r.tokens.length, total_ms: Math.round(totalMs) },
@@ -262,6 +328,7 @@ export class Transcriber implements SpeechEngine {
       audioTokens: clip.count,
       promptTokens: r.promptTokens,
       reusedTokens: r.timings.reusedTokens,
+      streamedTokens: streamed.tokens,
       timings,
     };
   }
@@ -298,6 +365,13 @@ export class Transcriber implements SpeechEngine {
       );
     return ids;
   }
+}
+
+function sameSamples(a: Int16Array | Float32Array, b: Int16Array | Float32Array): boolean {
+  if (a === b) return true;
+  if (a.constructor !== b.constructor || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** Log-mel options from the package's processor_config.json, when it ships one (real packages do). */
