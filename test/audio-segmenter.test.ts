@@ -109,6 +109,49 @@ describe('Segmenter with the Silero VAD', () => {
     expect(seg.stats().droppedShort).toBe(1);
   });
 
+  it('reports an utterance in progress window by window: its samples so far, a prefix of what it hands on', async () => {
+    const placed = buildStream(
+      [
+        { noiseDbfs: -50, ms: 800 },
+        { speech: phrase(1) },
+        { silenceMs: 1200 },
+        { speech: phrase(2) },
+        { silenceMs: 300 },
+      ],
+      4,
+    );
+    const { seg } = await segmenter(settings({ min_utterance_ms: 250 }));
+    const progress = new Map<string, Int16Array[]>();
+    seg.on('progress', (p) => {
+      expect(p.part).toBe(1);
+      // A view of the segmenter's buffer: copied, as a listener must.
+      progress.set(p.id, [...(progress.get(p.id) ?? []), p.samples.slice()]);
+    });
+    const got = await run(seg, placed.samples);
+    expect(got.utterances.map((u) => u.id)).toEqual(['t-1', 't-2']);
+    for (const u of got.utterances) {
+      const seen = progress.get(u.id)!;
+      // Each report grows by one 32 ms window and starts at the utterance's first sample (pre-roll included).
+      for (let i = 1; i < seen.length; i++) expect(seen[i]!.length - seen[i - 1]!.length).toBe(512);
+      const last = seen[seen.length - 1]!;
+      // The stream got at least the clip (the end is cut back after the hang-over it also streamed).
+      expect(last.length).toBeGreaterThanOrEqual(u.samples.length);
+      expect(Array.from(last.subarray(0, u.samples.length))).toEqual(Array.from(u.samples));
+    }
+  });
+
+  it('says when an utterance in progress is dropped as too short', async () => {
+    const placed = buildStream([{ silenceMs: 500 }, { speech: phrase(1) }, { silenceMs: 1000 }]);
+    const { seg } = await segmenter(settings({ min_utterance_ms: 5000 }));
+    const ids: string[] = [];
+    let reported = 0;
+    seg.on('progress', () => reported++);
+    seg.on('dropped', (id) => ids.push(id));
+    await run(seg, placed.samples);
+    expect(reported).toBeGreaterThan(10);
+    expect(ids).toEqual(['t-1']);
+  });
+
   it('splits 45 s of continuous speech into parts of at most 30 s that overlap by 1 s', async () => {
     const pieces: Piece[] = [{ silenceMs: 500 }];
     let ms = 0;

@@ -66,6 +66,8 @@ async function rig(
     segmenter?: SegmenterSettingsInput;
     hearing?: Omit<HearingOptions, 'scheduler'>;
     transcriptDeadlineMs?: number;
+    /** Play the file at its own pace (as a microphone would), not as fast as possible. */
+    realtime?: boolean;
   } = {},
 ): Promise<Rig> {
   const rootTopic = uniqueRoot();
@@ -89,7 +91,14 @@ async function rig(
     silentLogger,
   );
   const source = new WavSource(
-    { type: 'wav', path: SPEECH_WAV, realtime: false, loop: false, restart_min_ms: 1000, restart_max_ms: 60000 },
+    {
+      type: 'wav',
+      path: SPEECH_WAV,
+      realtime: opts.realtime ?? false,
+      loop: false,
+      restart_min_ms: 1000,
+      restart_max_ms: 60000,
+    },
     silentLogger,
   );
   const hearing = new HearingPipeline(
@@ -124,6 +133,26 @@ async function rig(
 const json = <T>(b: Buffer): T => JSON.parse(b.toString('utf8')) as T;
 
 describe('HearingPipeline with a transcriber', () => {
+  it('hears speech while it is spoken: at a microphone’s pace, all but the end is done before the speaker stops', async () => {
+    const utterances = await segment(wavTo16kMono(readFileSync(SPEECH_WAV)).samples);
+    const direct = await transcriber.transcribe(utterances[0]!.samples, { maxTokens: 10 });
+    for (const streaming of [true, false]) {
+      const { hearing, collector, topics, play } = await rig({ realtime: true, hearing: { streaming } });
+      await play();
+      await hearing.settled();
+      await collector.waitFor((m) => m.some((x) => x.topic === topics.transcript));
+      const t = transcriptSchema.parse(json(collector.on(topics.transcript)[0]!.payload)) as TranscriptMessage;
+      expect(t.text).toBe(direct.text);
+      if (streaming) {
+        // The tiny model keeps up easily: only the audio after the last exact chunk boundary is left, at most
+        // the hang-over the segmenter streamed before cutting (500 ms) plus one chunk (480 ms).
+        expect(t.heard_while_speaking_ms!).toBeGreaterThanOrEqual(t.audio_ms - 1000);
+      } else {
+        expect(t.heard_while_speaking_ms).toBeUndefined();
+      }
+    }
+  }, 60_000);
+
   it('streams partials and publishes a schema-valid transcript of the spoken question', async () => {
     const { hearing, collector, topics, play } = await rig();
     await play();
@@ -142,6 +171,9 @@ describe('HearingPipeline with a transcriber', () => {
     const direct = await transcriber.transcribe(u.samples, { maxTokens: 10 });
     expect(t.text).toBe(direct.text);
     expect(t.text.length).toBeGreaterThan(0);
+    // Heard through a stream (audio.stream is on by default); how far it got depends on the machine's pace.
+    expect(t.heard_while_speaking_ms).toBeDefined();
+    expect(t.heard_while_speaking_ms!).toBeLessThan(t.audio_ms);
 
     // Times: the speech's own length, and the clip handed to the model.
     const spoken = Date.parse(t.ended_at) - Date.parse(t.started_at);
@@ -225,7 +257,8 @@ describe('HearingPipeline with a transcriber', () => {
     let calls = 0;
     const { hearing, collector, topics, play, sync } = await rig({
       segmenter: { max_utterance_ms: 2000, split_overlap_ms: 500 },
-      hearing: { transcriber: () => (calls++ === 0 ? undefined : transcriber) },
+      // Not streamed: each speech window would ask for the transcriber too.
+      hearing: { transcriber: () => (calls++ === 0 ? undefined : transcriber), streaming: false },
     });
     await play();
     await hearing.settled();

@@ -58,6 +58,18 @@ export interface Utterance {
   split?: UtteranceSplit;
 }
 
+/**
+ * An utterance in progress: all its samples so far, from its first (pre-roll included), after each 32 ms
+ * window. `samples` is a view of the segmenter's buffer, valid only during the call: copy what you keep.
+ */
+export interface SpeechProgress {
+  /** The utterance id (a long utterance's group id). */
+  id: string;
+  /** 1 until the utterance is split into parts; a later part's samples start at its overlap. */
+  part: number;
+  samples: Int16Array;
+}
+
 export interface SpeechActivity {
   speaking: boolean;
   /** Stream time of the speech start (on) or end (off). */
@@ -102,6 +114,10 @@ export interface SegmenterOptions {
 export interface Segmenter {
   on(event: 'utterance', listener: (u: Utterance) => void): this;
   on(event: 'activity', listener: (a: SpeechActivity) => void): this;
+  /** The utterance in progress grew (see SpeechProgress); only with listeners is anything emitted. */
+  on(event: 'progress', listener: (p: SpeechProgress) => void): this;
+  /** The utterance in progress was dropped (shorter than min_utterance_ms): its progress meant nothing. */
+  on(event: 'dropped', listener: (id: string) => void): this;
   on(event: 'level', listener: (l: SoundLevel) => void): this;
   on(event: 'error', listener: (err: Error) => void): this;
   /** A chunk went through voice activity detection without error (for health tracking). */
@@ -302,6 +318,7 @@ export class Segmenter extends EventEmitter {
       }
       if (!cur.confirmed && cur.speechEnd - cur.speechStart >= this.minSpeech) this.confirm(cur);
       if (cur.silence >= this.hangOver) this.finish();
+      else this.progress(cur);
     }
     this.remember(windowStart);
   }
@@ -328,6 +345,12 @@ export class Segmenter extends EventEmitter {
     this.append(a, this.window);
     this.active = a;
     if (a.speechEnd - a.speechStart >= this.minSpeech) this.confirm(a);
+    this.progress(a);
+  }
+
+  private progress(a: Active): void {
+    if (this.listenerCount('progress') === 0) return;
+    this.emit('progress', { id: a.group, part: a.part, samples: a.buf.subarray(0, a.len) } satisfies SpeechProgress);
   }
 
   private append(a: Active, w: Int16Array): void {
@@ -358,6 +381,7 @@ export class Segmenter extends EventEmitter {
     if (!a.confirmed) {
       // Only a click followed by a long stretch of near-threshold sound gets here; nothing worth keeping.
       this.counters.droppedShort++;
+      this.emit('dropped', a.group);
       return;
     }
     const end = a.start + a.len;
@@ -389,6 +413,7 @@ export class Segmenter extends EventEmitter {
     this.active = undefined;
     if (!a.confirmed) {
       this.counters.droppedShort++;
+      this.emit('dropped', a.group);
       return;
     }
     this.trimEnd(a);

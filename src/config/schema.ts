@@ -313,6 +313,12 @@ export const audioSettings = z
         'A transcript containing this phrase (case and punctuation ignored, whole words), e.g. "hey perch", is a question: the model answers from the audio itself; transcript and answer share one id. Default: none.',
       ),
     transcript_max_tokens: z.number().int().min(1).max(1024).default(256).describe('Most tokens in one transcript.'),
+    stream: z
+      .boolean()
+      .default(true)
+      .describe(
+        'Hear speech while it is spoken: the audio is encoded and prefilled as it arrives, so the transcript is ready soon after the speaker stops. Off: each utterance is heard whole once it has ended.',
+      ),
     follow_up_s: z
       .number()
       .min(0)

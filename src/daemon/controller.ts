@@ -99,6 +99,7 @@ export class Controller {
           // Asked per utterance: the model loads in the background after start.
           transcriber: () => this.model.speech(),
           maxTokens: config.audio.transcript_max_tokens,
+          streaming: config.audio.stream,
           followUpS: config.audio.follow_up_s,
           talkWindowS: config.audio.talk_window_s,
           ...(config.audio.language ? { language: config.audio.language } : {}),

@@ -180,6 +180,7 @@ export class GemmaAnswerEngine implements AnswerEngine {
       },
       transcribe: (samples, opts) => report(() => t.transcribe(samples, opts)),
       answer: (samples, opts) => report(() => t.answer(samples, opts)),
+      openStream: (opts) => t.openStream(opts),
     };
   }
 

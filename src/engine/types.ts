@@ -4,6 +4,7 @@
  * nothing here knows a topic or a JSON field. UnavailableEngine answers every request with a clear
  * `unavailable` error until a model package is loaded: the daemon never invents output.
  */
+import type { SpeechStream } from './speech-stream.js';
 import type { TokenBudget } from '../model/gemma4/contract.js';
 
 export interface EngineStatus {
@@ -89,6 +90,11 @@ export interface SpeechEngine {
   transcribe(samples: Int16Array | Float32Array, opts?: SpeechOptions): Promise<SpeechResult>;
   /** Answers what is said in a clip; `prompt` is the instruction. */
   answer(samples: Int16Array | Float32Array, opts: SpeechOptions & { prompt: string }): Promise<SpeechResult>;
+  /**
+   * Hears an utterance while it is spoken (engine/speech-stream.ts): give it the samples as they come, then
+   * pass it to transcribe with the finished clip. Null when the package cannot stream (older packages).
+   */
+  openStream?(opts?: Pick<SpeechOptions, 'language'>): SpeechStream | null;
 }
 
 export interface SpeechOptions {
@@ -99,6 +105,8 @@ export interface SpeechOptions {
   language?: string;
   /** Replaces the whole instruction (the audio still follows it). */
   prompt?: string;
+  /** The stream this clip was heard through while spoken (openStream); a failed stream is ignored. */
+  stream?: SpeechStream;
 }
 
 export interface SpeechResult {
@@ -106,6 +114,8 @@ export interface SpeechResult {
   finishReason: FinishReason;
   /** Soft tokens the clip became. */
   audioTokens: number;
+  /** Of those, the ones encoded and prefilled while the clip was spoken (a stream; 0 otherwise). */
+  streamedTokens?: number;
   promptTokens: number;
   tokens: ArrayLike<number>;
   timings: {

@@ -59,6 +59,8 @@ export const transcriptSchema = z.strictObject({
   ended_at: isoUtc,
   /** Length of the audio transcribed (speech plus pre- and post-roll). */
   audio_ms: ms,
+  /** Of audio_ms, the part encoded and prefilled while the person was still speaking (audio.stream). */
+  heard_while_speaking_ms: ms.optional(),
   /** Source name (the audio source type). */
   source: z.string().min(1).max(64),
   language: z.string().min(2).max(16).optional(),

@@ -21,9 +21,10 @@
  * match the wall clock exactly. Latencies count
  * from the end of speech: `first_token` and `total` are what a listener waits.
  */
-import { Segmenter, type Utterance } from '../audio/segmenter.js';
+import { Segmenter, type SpeechProgress, type Utterance } from '../audio/segmenter.js';
 import type { PerchConfig } from '../config/schema.js';
 import type { SpeechEngine } from '../engine/types.js';
+import type { SpeechStream } from '../engine/speech-stream.js';
 import { silentLogger, type Logger } from '../common/log.js';
 import { type HearingPublisher, MAX_TEXT } from '../mqtt/hearing-publisher.js';
 import { isoNow, type AnswerMessage, type TranscriptMessage } from '../mqtt/messages.js';
@@ -41,6 +42,9 @@ import {
   type QuestionKind,
 } from './conversation.js';
 import { type GroupOutcome, TranscriptGroups } from './transcript-groups.js';
+
+/** Audio per soft token: 4 frames of 10 ms. */
+const AUDIO_TOKEN_MS = 40;
 
 export interface HearingOptions {
   /** The model's job queue; with a transcriber, every utterance becomes a `transcript` job. */
@@ -61,6 +65,11 @@ export interface HearingOptions {
   talkWindowS?: number;
   /** Told of each voice-activity failure (error) and of each processed stretch of audio (ok): the health tracker. */
   vadHealth?: { error(err: unknown): void; ok(): void };
+  /**
+   * Hear speech while it is spoken (default true): the audio is encoded and prefilled as it arrives, so the
+   * transcript is ready sooner after the end. Off: each utterance is heard whole once it has ended.
+   */
+  streaming?: boolean;
 }
 
 /** The conversation as the last decided utterance left it. */
@@ -93,6 +102,8 @@ export class HearingPipeline {
   private talk: { at: number; id?: string } | undefined;
   /** Long utterances whose last part has not been transcribed yet, by group id. */
   private readonly groups = new TranscriptGroups(MAX_TEXT);
+  /** Utterances in progress heard while spoken, by utterance id (first parts only). */
+  private readonly streams = new Map<string, SpeechStream>();
 
   constructor(
     private readonly out: HearingPublisher,
@@ -114,6 +125,10 @@ export class HearingPipeline {
     seg.on('level', (l) => this.out.soundLevel(l.dbfs));
     seg.on('processed', () => this.opts.vadHealth?.ok());
     seg.on('utterance', (u) => this.onUtterance(u));
+    if (this.opts.streaming !== false) {
+      seg.on('progress', (p) => this.onProgress(p));
+      seg.on('dropped', (id) => this.dropStream(id));
+    }
     seg.on('error', (err: unknown) => {
       this.log.error({ err: String(err) }, 'voice activity detection failed');
       this.opts.vadHealth?.error(err);
@@ -178,6 +193,7 @@ export class HearingPipeline {
     this.detach = undefined;
     await this.pause();
     this.stopping = true;
+    for (const id of [...this.streams.keys()]) this.dropStream(id);
     for (const id of this.pending.keys()) this.opts.scheduler?.cancel(id, 'hearing stopped');
     await Promise.allSettled([...this.pending.values()]);
     await this.segmenter?.close();
@@ -214,7 +230,31 @@ export class HearingPipeline {
     return this.anchor + streamMs;
   }
 
+  /** Speech in progress: its samples go to the utterance's stream (opened on its first window). */
+  private onProgress(p: SpeechProgress): void {
+    if (p.part !== 1 || this.stopping) return;
+    let stream = this.streams.get(p.id);
+    if (!stream) {
+      const opened = this.opts
+        .transcriber?.()
+        ?.openStream?.(this.opts.language ? { language: this.opts.language } : {});
+      if (!opened) return;
+      stream = opened;
+      this.streams.set(p.id, stream);
+    }
+    stream.update(p.samples);
+  }
+
+  private dropStream(id: string): void {
+    this.streams.get(id)?.discard();
+    this.streams.delete(id);
+  }
+
   private onUtterance(u: Utterance): void {
+    // A long utterance's parts are heard whole: the stream of its first part ends here unused.
+    const stream = u.split ? undefined : this.streams.get(u.id);
+    if (stream) this.streams.delete(u.id);
+    else this.dropStream(u.split ? u.split.group : u.id);
     const transcriber = this.opts.transcriber?.();
     const scheduler = this.opts.scheduler;
     if (!transcriber || !scheduler || this.stopping) {
@@ -235,7 +275,7 @@ export class HearingPipeline {
     const prev = this.lastTurn;
     let done!: (t: Turn) => void;
     this.lastTurn = new Promise<Turn>((r) => (done = r));
-    const job = this.transcribe(u, transcriber, scheduler, prev, talk)
+    const job = this.transcribe(u, transcriber, scheduler, prev, talk, stream)
       .then(done, (err: unknown) => {
         this.log.error({ err, id: u.id }, 'hearing failed');
         done({ history: [] });
@@ -251,6 +291,7 @@ export class HearingPipeline {
     scheduler: Scheduler,
     prevTurn: Promise<Turn>,
     talk: { id?: string } | undefined,
+    stream: SpeechStream | undefined,
   ): Promise<Turn> {
     // Results carry the requester's id after push-to-talk with one; the job keeps the utterance id.
     const id = talk?.id ?? u.id;
@@ -272,6 +313,7 @@ export class HearingPipeline {
             signal,
             maxTokens: this.opts.maxTokens,
             language: this.opts.language,
+            ...(stream ? { stream } : {}),
             onToken: (delta) => {
               firstTokenAt ||= Date.now();
               text = (text + delta).slice(-MAX_TEXT);
@@ -292,6 +334,7 @@ export class HearingPipeline {
         started_at: isoNow(speechStart),
         ended_at: isoNow(speechEnd),
         audio_ms: Math.round(u.endMs - u.startMs),
+        ...(stream ? { heard_while_speaking_ms: Math.round((r.streamedTokens ?? 0) * AUDIO_TOKEN_MS) } : {}),
         source: this.source.kind,
         ...(this.opts.language && this.opts.language.length >= 2 && this.opts.language.length <= 16
           ? { language: this.opts.language }
