@@ -200,6 +200,15 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   expect(s.reusedTokens).toBeGreaterThan(0);
   expect(s.promptTokens).toBeGreaterThan(s.audioTokens + s.reusedTokens);
   expect(s.runs[0]).toMatchObject({ promptTokens: s.promptTokens, reusedTokens: s.reusedTokens });
+  // Heard while spoken, alternating with the whole-clip run: the same transcript, most audio done before the
+  // hand-over (the tiny model keeps up; the end goes back over the streamed hang-over, at most two chunks).
+  const st = s.streamed!;
+  expect(st.runs).toHaveLength(1);
+  expect(st.sameTranscript).toBe(true);
+  expect(st.streamedTokens).toBeGreaterThanOrEqual(s.audioTokens - 24 - 12);
+  expect(st.streamedTokens).toBeLessThan(s.audioTokens);
+  expect(st.endToTranscriptMs).toBe(st.runs[0]!.totalMs);
+  expect(st.targetMs).toBeCloseTo(st.split.decodeMs + 500, 9);
 
   const c = res.caption;
   if (c.skipped) throw new Error(`caption skipped: ${c.reason}`);
@@ -246,6 +255,9 @@ it('prints a human table by default, speech and caption beside their Pi 5 target
   expect(r.code, r.stderr).toBe(0);
   expect(r.stdout).toMatch(/^speech +speech\.wav, 2\.0 s utterance/m);
   expect(r.stdout).toMatch(/end of speech -> transcript +\d+ ms \(Pi 5 target: under 1500 ms; measured on \w+, /);
+  expect(r.stdout).toMatch(/heard while spoken/);
+  expect(r.stdout).toMatch(/end of speech -> transcript +\d+ ms \(target: decode \+ 0\.5 s = \d+ ms; (met|not met)\), [\d.]+x faster/);
+  expect(r.stdout).toMatch(/transcript +the same tokens as heard whole/);
   expect(r.stdout).toMatch(/real-time factor +[\d.]+ /);
   expect(r.stdout).toContain('caption   skipped: turned off (--no-caption)');
   expect(r.stdout).toMatch(/^ +MatMulNBits alone +linears \(2-bit, block \d+, accuracy_level 4\) read [\d.]+ GB\/s/m);

@@ -4,6 +4,9 @@
  *  - speech: the segmenter hands an utterance over at end of speech, so "end of speech -> final transcript"
  *    is Transcriber.transcribe()'s total on the whole utterance (features, audio encoder, prefill, greedy
  *    decode until the transcript ends or --speech-tokens). Real-time factor = that total / audio duration.
+ *    Timed two ways, alternating in each run: heard whole after the end (audio.stream off), and heard while
+ *    spoken (the daemon's default): the clip and the hang-over audio the segmenter streams past the clip's
+ *    end are fed to a SpeechStream at the microphone's pace, 32 ms at a time, then the clip is handed over.
  *  - caption: frame -> caption text the way the daemon does it (VisionEncoder.encode at the token budget,
  *    the image's rows in the prompt, greedy decode). Stop ids are masked so every run decodes exactly
  *    --caption-tokens tokens: a random-weight package would otherwise stop anywhere.
@@ -70,7 +73,25 @@ export interface SpeechResult {
   transcript: string;
   targetPi5Ms: number;
   runs: Array<TranscribeTimings & { decodedTokens: number; promptTokens: number; reusedTokens: number }>;
+  /** Heard while spoken: medians over as many runs, alternating with the whole-clip ones. */
+  streamed: {
+    endToTranscriptMs: number;
+    firstTokenMs: number;
+    /** Soft tokens encoded and prefilled before the hand-over (the rest is done after it). */
+    streamedTokens: number;
+    split: { featuresMs: number; encodeMs: number; prefillMs: number; decodeMs: number };
+    /** The issue's bound: the transcript's own decode time plus 0.5 s. */
+    targetMs: number;
+    /** Whether every streamed run gave the tokens of the whole-clip run beside it. */
+    sameTranscript: boolean;
+    runs: Array<TranscribeTimings & { streamedTokens: number }>;
+  } | null;
 }
+
+/** Audio the segmenter streams past the clip it hands over: hang_over_ms minus post_roll_ms (defaults). */
+const STREAMED_PAST_CLIP_MS = 500 - 200;
+/** The segmenter's window: how often a stream is given more audio. */
+const WINDOW_SAMPLES = 512;
 
 export interface CaptionOptions {
   frame: string;
@@ -151,7 +172,13 @@ export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions)
     const audioMs = (samples.length / SAMPLE_RATE) * 1000;
     await transcriber.transcribe(samples, { maxTokens: Math.min(2, o.maxTokens) });
     const runs: SpeechResult['runs'] = [];
+    const streamedRuns: NonNullable<SpeechResult['streamed']>['runs'] = [];
     let last = { text: '', audioTokens: 0 };
+    let same = true;
+    // The clip, then what the segmenter heard of the hang-over before it cut the clip (the file's next audio).
+    const heard = new Int16Array(samples.length + Math.round((STREAMED_PAST_CLIP_MS * SAMPLE_RATE) / 1000));
+    heard.set(all.subarray(0, Math.min(all.length, heard.length)));
+    const canStream = transcriber.openStream() !== null;
     for (let r = 0; r < o.runs; r++) {
       const res = await transcriber.transcribe(samples, { maxTokens: o.maxTokens });
       runs.push({
@@ -161,6 +188,17 @@ export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions)
         reusedTokens: res.reusedTokens,
       });
       last = { text: res.text, audioTokens: res.audioTokens };
+      if (!canStream) continue;
+      const stream = transcriber.openStream()!;
+      const t0 = performance.now();
+      for (let at = WINDOW_SAMPLES; at < heard.length + WINDOW_SAMPLES; at += WINDOW_SAMPLES) {
+        const wait = t0 + (Math.min(at, heard.length) * 1000) / SAMPLE_RATE - performance.now();
+        if (wait > 0) await new Promise((done) => setTimeout(done, wait));
+        stream.update(heard.subarray(0, Math.min(at, heard.length)));
+      }
+      const sr = await transcriber.transcribe(samples, { maxTokens: o.maxTokens, stream });
+      streamedRuns.push({ ...sr.timings, streamedTokens: sr.streamedTokens });
+      if (sr.tokens.join() !== res.tokens.join()) same = false;
     }
     const med = (f: (t: SpeechResult['runs'][number]) => number): number => median(runs.map(f));
     return {
@@ -184,10 +222,32 @@ export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions)
       transcript: last.text.slice(0, MAX_TEXT_CHARS),
       targetPi5Ms: PI5_TARGETS.speechEndToTranscriptMs,
       runs,
+      streamed: canStream ? streamedSummary(streamedRuns, same) : null,
     };
   } finally {
     await transcriber.close(); // the encoder only: the engine is the bench's
   }
+}
+
+function streamedSummary(
+  runs: NonNullable<SpeechResult['streamed']>['runs'],
+  sameTranscript: boolean,
+): NonNullable<SpeechResult['streamed']> {
+  const med = (f: (t: (typeof runs)[number]) => number): number => median(runs.map(f));
+  return {
+    endToTranscriptMs: med((t) => t.totalMs),
+    firstTokenMs: med((t) => t.firstTokenMs),
+    streamedTokens: med((t) => t.streamedTokens),
+    split: {
+      featuresMs: med((t) => t.featuresMs),
+      encodeMs: med((t) => t.encodeMs),
+      prefillMs: med((t) => t.prefillMs),
+      decodeMs: med((t) => t.decodeMs),
+    },
+    targetMs: med((t) => t.decodeMs) + 500,
+    sameTranscript,
+    runs,
+  };
 }
 
 /** Why this engine cannot take images, or null when it can (the checks GemmaAnswerEngine makes). */

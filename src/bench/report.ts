@@ -164,6 +164,29 @@ export function mediaLines(r: BenchResult): string[] {
         ],
       ]),
     );
+    const st = s.streamed;
+    if (st) {
+      out.push(
+        `  heard while spoken (audio.stream, the default): fed at the microphone's pace, then handed over; alternating with the above`,
+      );
+      out.push(
+        table([
+          [
+            'end of speech -> transcript',
+            `${ms(st.endToTranscriptMs)} (target: decode + 0.5 s = ${ms(st.targetMs)}; ${st.endToTranscriptMs <= st.targetMs ? 'met' : 'not met'}), ${(s.endToTranscriptMs / Math.max(1, st.endToTranscriptMs)).toFixed(2)}x faster than heard whole`,
+          ],
+          ['first transcript token', ms(st.firstTokenMs)],
+          [
+            'left after the end',
+            `${s.audioTokens - st.streamedTokens} of ${s.audioTokens} audio tokens: features ${ms(st.split.featuresMs)}, audio encoder ${ms(st.split.encodeMs)}, prefill ${ms(st.split.prefillMs)} (with the closing tokens), decode ${ms(st.split.decodeMs)}`,
+          ],
+          [
+            'transcript',
+            st.sameTranscript ? 'the same tokens as heard whole' : 'DIFFERS from the whole-clip transcript',
+          ],
+        ]),
+      );
+    }
   }
   const c = r.caption;
   if (c.skipped) out.push(`caption   skipped: ${c.reason}`);
