@@ -256,7 +256,9 @@ it('prints a human table by default, speech and caption beside their Pi 5 target
   expect(r.stdout).toMatch(/^speech +speech\.wav, 2\.0 s utterance/m);
   expect(r.stdout).toMatch(/end of speech -> transcript +\d+ ms \(Pi 5 target: under 1500 ms; measured on \w+, /);
   expect(r.stdout).toMatch(/heard while spoken/);
-  expect(r.stdout).toMatch(/end of speech -> transcript +\d+ ms \(target: decode \+ 0\.5 s = \d+ ms; (met|not met)\), [\d.]+x faster/);
+  expect(r.stdout).toMatch(
+    /end of speech -> transcript +\d+ ms \(target: decode \+ 0\.5 s = \d+ ms; (met|not met)\), [\d.]+x faster/,
+  );
   expect(r.stdout).toMatch(/transcript +the same tokens as heard whole/);
   expect(r.stdout).toMatch(/real-time factor +[\d.]+ /);
   expect(r.stdout).toContain('caption   skipped: turned off (--no-caption)');

@@ -2,16 +2,18 @@
  * Quantisation of the audio encoder's Linear layers (MatMulNBits): policies, per-matrix error reports, and the
  * dequantised weights the quantised graph effectively computes with (for parity tests).
  *
- * Policy (AUDIO_DEFAULT_POLICY): every Linear 8-bit, block 32, accuracy level 0; the convolutions, norms,
- * relative-position keys and biases stay float32 (small). Measured on the tiny config with random weights
- * (test/gemma4-audio-quant.test.ts; real checkpoint weights were not available here):
+ * Policy (AUDIO_DEFAULT_POLICY): every Linear 8-bit, block 32, accuracy level 4 (int8 activations, as the vision
+ * encoder); the convolutions, norms, relative-position keys and biases stay float32 (small). Measured on the tiny
+ * config with random weights (test/gemma4-audio-quant.test.ts; real checkpoint weights were not available here):
  *   per-matrix relative RMSE   2-bit 0.32-0.34   4-bit 0.062-0.065   8-bit 0.0036-0.0038
  *   soft tokens vs float model (max abs error / max abs value)   8-bit ~1.1e-2   4-bit ~1.5e-1 to 1.9e-1
- *   graph vs reference on the dequantised weights: accuracy level 0 ~6e-7; accuracy level 4 (int8
- *   activations) ~1.5e-2 to 2.6e-2
- * The encoder runs once per utterance, not per generated token, so its weight bytes cost load time and
- * memory rather than decode speed, while its error compounds through the residual layers into every soft
- * token: 8-bit it is. E2B's ~295 M Linear weights are ~300 MB at 8 bits vs ~1.2 GB float32.
+ *   graph vs reference on the dequantised weights: accuracy level 0 ~6e-7; accuracy level 4 ~1.5e-2 to 2.6e-2
+ * and against transformers on the golden clips 2.3e-2 to 3.5e-2 at level 4, 1.3e-2 to 1.9e-2 at level 0.
+ * Level 4 because hearing streams: the encoder runs on every 12-token chunk of speech, and at level 0 ONNX
+ * Runtime widens the whole 8-bit weight to float on every run. E2B's encoder on 5 s of audio, 2 threads, AMD
+ * EPYC: level 0 1042 ms in one pass, 6460 ms in 12-token chunks; level 4 394 ms and 559 ms. Its error compounds
+ * through the residual layers into every soft token: 8-bit, not 4. E2B's ~295 M Linear weights are ~300 MB at
+ * 8 bits vs ~1.2 GB float32.
  */
 import { dequantizeMatMulNBits, reconstructionError, type QuantBits } from '../quant.js';
 import type { Gemma4AudioConfig } from './audio-config.js';
@@ -25,7 +27,7 @@ export function uniformAudioPolicy(q: LinearQuant | null): AudioQuantPolicy {
   return (spec) => (spec.kind === 'linear' ? q : null);
 }
 
-export const AUDIO_DEFAULT_LINEAR: LinearQuant = { bits: 8, blockSize: 32, accuracyLevel: 0 };
+export const AUDIO_DEFAULT_LINEAR: LinearQuant = { bits: 8, blockSize: 32, accuracyLevel: 4 };
 export const AUDIO_DEFAULT_POLICY: AudioQuantPolicy = uniformAudioPolicy(AUDIO_DEFAULT_LINEAR);
 
 /** Weights as the quantised graph sees them: dequantize(quantize(w)) where the policy quantises. */
