@@ -205,6 +205,7 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   const st = s.streamed!;
   expect(st.runs).toHaveLength(1);
   expect(st.sameTranscript).toBe(true);
+  expect(st.firstLogitsRelDiff).toBeLessThan(1e-4);
   expect(st.streamedTokens).toBeGreaterThanOrEqual(s.audioTokens - 24 - 12);
   expect(st.streamedTokens).toBeLessThan(s.audioTokens);
   expect(st.endToTranscriptMs).toBe(st.runs[0]!.totalMs);
@@ -259,7 +260,9 @@ it('prints a human table by default, speech and caption beside their Pi 5 target
   expect(r.stdout).toMatch(
     /end of speech -> transcript +\d+ ms \(target: decode \+ 0\.5 s = \d+ ms; (met|not met)\), [\d.]+x faster/,
   );
-  expect(r.stdout).toMatch(/transcript +the same tokens as heard whole/);
+  expect(r.stdout).toMatch(
+    /transcript +the same tokens as heard whole; first-token logits differ by [\d.e+-]+ of their largest/,
+  );
   expect(r.stdout).toMatch(/real-time factor +[\d.]+ /);
   expect(r.stdout).toContain('caption   skipped: turned off (--no-caption)');
   expect(r.stdout).toMatch(/^ +MatMulNBits alone +linears \(2-bit, block \d+, accuracy_level 4\) read [\d.]+ GB\/s/m);

@@ -84,6 +84,13 @@ export interface SpeechResult {
     targetMs: number;
     /** Whether every streamed run gave the tokens of the whole-clip run beside it. */
     sameTranscript: boolean;
+    /**
+     * Largest difference of the first transcript token's logits between the streamed and the whole-clip run,
+     * over the largest |logit|: the same computation in other run sizes differs only by rounding (int8
+     * activations, other kernel tilings). With random weights the logits are near ties, so greedy tokens
+     * can flip on that rounding; a real model's transcripts do not hinge on it.
+     */
+    firstLogitsRelDiff: number;
     runs: Array<TranscribeTimings & { streamedTokens: number }>;
   } | null;
 }
@@ -175,12 +182,17 @@ export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions)
     const streamedRuns: NonNullable<SpeechResult['streamed']>['runs'] = [];
     let last = { text: '', audioTokens: 0 };
     let same = true;
+    let logitsDiff = 0;
     // The clip, then what the segmenter heard of the hang-over before it cut the clip (the file's next audio).
     const heard = new Int16Array(samples.length + Math.round((STREAMED_PAST_CLIP_MS * SAMPLE_RATE) / 1000));
     heard.set(all.subarray(0, Math.min(all.length, heard.length)));
     const canStream = transcriber.openStream() !== null;
     for (let r = 0; r < o.runs; r++) {
-      const res = await transcriber.transcribe(samples, { maxTokens: o.maxTokens });
+      let wholeFirst = new Float32Array(0);
+      const res = await transcriber.transcribe(samples, {
+        maxTokens: o.maxTokens,
+        onLogits: (l, step) => void (step === 0 ? (wholeFirst = l.slice()) : undefined),
+      });
       runs.push({
         ...res.timings,
         decodedTokens: res.tokens.length,
@@ -196,9 +208,15 @@ export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions)
         if (wait > 0) await new Promise((done) => setTimeout(done, wait));
         stream.update(heard.subarray(0, Math.min(at, heard.length)));
       }
-      const sr = await transcriber.transcribe(samples, { maxTokens: o.maxTokens, stream });
+      let streamedFirst = new Float32Array(0);
+      const sr = await transcriber.transcribe(samples, {
+        maxTokens: o.maxTokens,
+        stream,
+        onLogits: (l, step) => void (step === 0 ? (streamedFirst = l.slice()) : undefined),
+      });
       streamedRuns.push({ ...sr.timings, streamedTokens: sr.streamedTokens });
       if (sr.tokens.join() !== res.tokens.join()) same = false;
+      logitsDiff = Math.max(logitsDiff, relDiff(streamedFirst, wholeFirst));
     }
     const med = (f: (t: SpeechResult['runs'][number]) => number): number => median(runs.map(f));
     return {
@@ -222,7 +240,7 @@ export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions)
       transcript: last.text.slice(0, MAX_TEXT_CHARS),
       targetPi5Ms: PI5_TARGETS.speechEndToTranscriptMs,
       runs,
-      streamed: canStream ? streamedSummary(streamedRuns, same) : null,
+      streamed: canStream ? streamedSummary(streamedRuns, same, logitsDiff) : null,
     };
   } finally {
     await transcriber.close(); // the encoder only: the engine is the bench's
@@ -232,6 +250,7 @@ export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions)
 function streamedSummary(
   runs: NonNullable<SpeechResult['streamed']>['runs'],
   sameTranscript: boolean,
+  firstLogitsRelDiff: number,
 ): NonNullable<SpeechResult['streamed']> {
   const med = (f: (t: (typeof runs)[number]) => number): number => median(runs.map(f));
   return {
@@ -246,8 +265,20 @@ function streamedSummary(
     },
     targetMs: med((t) => t.decodeMs) + 500,
     sameTranscript,
+    firstLogitsRelDiff,
     runs,
   };
+}
+
+function relDiff(a: Float32Array, b: Float32Array): number {
+  if (a.length !== b.length || a.length === 0) return Number.POSITIVE_INFINITY;
+  let d = 0;
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    d = Math.max(d, Math.abs(a[i]! - b[i]!));
+    m = Math.max(m, Math.abs(b[i]!));
+  }
+  return d / Math.max(m, 1e-30);
 }
 
 /** Why this engine cannot take images, or null when it can (the checks GemmaAnswerEngine makes). */

@@ -182,7 +182,7 @@ export function mediaLines(r: BenchResult): string[] {
           ],
           [
             'transcript',
-            st.sameTranscript ? 'the same tokens as heard whole' : 'DIFFERS from the whole-clip transcript',
+            `${st.sameTranscript ? 'the same tokens as heard whole' : 'other tokens than heard whole (random weights: near-tie logits flip on rounding)'}; first-token logits differ by ${st.firstLogitsRelDiff.toExponential(1)} of their largest`,
           ],
         ]),
       );

@@ -610,7 +610,11 @@ export class Engine {
       feeds.media_mask = new ort.Tensor('bool', mask, [1, n]);
       feeds.media_embeds = new ort.Tensor('float32', embeds, [1, n, H]);
     }
-    const out = await this.decoder.session.run(feeds);
+    // Without logits only the cache is fetched: ONNX Runtime then skips the LM head (the last row's logits).
+    const out = await this.decoder.session.run(
+      feeds,
+      wantLogits ? this.decoder.session.outputNames : this.decoder.slots.flatMap((s) => [s.presentKey, s.presentValue]),
+    );
     const next = KvState.fromOutputs(this.decoder.slots, out, state, n);
     if (!wantLogits) return { state: next, logits: null };
     const data = out.logits!.data as Float32Array;

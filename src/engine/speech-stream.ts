@@ -1,8 +1,8 @@
 /**
  * Hearing while the person is still speaking. As an utterance's samples arrive, its log-mel frames go through
  * the streaming audio encoder a chunk at a time and the soft tokens are prefilled into the decoder's KV cache
- * behind the instruction (Engine.prefill). When the segmenter hands over the finished clip, only the last
- * chunk, the closing tokens of the turn and the transcript's own decode remain.
+ * behind the instruction (Engine.prefill). When the segmenter hands over the finished clip, only its last few
+ * tokens, the closing tokens of the turn and the transcript's own decode remain.
  *
  * The finished clip ends where the segmenter cut it, which is usually before the audio already streamed (the
  * hang-over silence, the trimmed end). A frame covering only real audio has the same value whatever follows,
@@ -14,12 +14,19 @@ import type { LogMelExtractor } from '../audio/features.js';
 import { type AudioSoftTokens, type AudioStream, type AudioStreamMark, FRAMES_PER_TOKEN } from './audio-encoder.js';
 import type { Engine, PrefilledPrompt } from './engine.js';
 
-/** Soft tokens per encoder run while speech arrives (the encoder's attention chunk on E2B). */
-export const STREAM_CHUNK_TOKENS = 12;
-/** When behind, a run takes up to this many chunks at once (bigger runs are cheaper per token). */
-const MAX_CHUNKS_PER_RUN = 4;
-/** Marks kept besides the instruction's: each holds a KV cache of the prompt so far. */
-const KEPT_MARKS = 4;
+/**
+ * A run takes every whole unit of this many soft tokens that is ready: a stream that keeps up runs often on
+ * little audio (so little is left when the speaker stops), one that falls behind catches up in bigger runs,
+ * which cost less per token.
+ */
+export const STREAM_UNIT_TOKENS = 4;
+/** At most this many tokens a run (bounds the encoder's attention matrices and a run's time). */
+const MAX_TOKENS_PER_RUN = 48;
+/**
+ * Marks kept besides the instruction's, each with a KV cache of the prompt so far. The end goes back over
+ * the hang-over the segmenter streamed past the clip and its trimmed end, about 0.3 to 0.6 s: 8 to 16 tokens.
+ */
+const KEPT_MARKS = 6;
 
 /** The prompt around the audio: prefix ids (ending with the audio start marker), then the audio, then closing ids. */
 export interface SpeechPromptLayout {
@@ -174,11 +181,11 @@ export class SpeechStream {
         this.prefillMs += performance.now() - t0;
         this.marks.push({ frames: 0, tokens: 0, audio: this.encoder.mark(), prompt });
       }
-      const step = STREAM_CHUNK_TOKENS * FRAMES_PER_TOKEN;
+      const unit = STREAM_UNIT_TOKENS * FRAMES_PER_TOKEN;
       while (!this.stopped) {
         const last = this.marks[this.marks.length - 1]!;
         const ready = Math.min(this.extractor.validFrames(this.len), this.maxFrames) - last.frames;
-        const n = Math.min(Math.floor(ready / step), MAX_CHUNKS_PER_RUN) * step;
+        const n = Math.min(Math.floor(ready / unit) * unit, MAX_TOKENS_PER_RUN * FRAMES_PER_TOKEN);
         if (n === 0) break;
         const t0 = performance.now();
         const f = this.extractor.extractRange(this.buf.subarray(0, this.len), last.frames, last.frames + n);
