@@ -3,7 +3,7 @@
  * session of a tiny package that can hear. Random weights, so the text means nothing; what is checked is that
  * it is deterministic, that the audio reaches the decoder, and the refusals.
  */
-import { rmSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine } from '../src/engine/engine.js';
@@ -101,6 +101,24 @@ describe('Transcriber', () => {
     expect(after.r.streamedTokens).toBe(0);
     expect(after.r.tokens).toEqual(whole.r.tokens);
   }, 120_000);
+
+  it('maps the audio encoder’s packed weights from the prepacked cache, with the same transcript', async () => {
+    const cache = { dir: join(root, 'prepacked') };
+    const clip = phraseSamples(2);
+    const want = await t.transcribe(clip, { maxTokens: 8 });
+    for (let i = 0; i < 2; i++) {
+      const cached = await Transcriber.load(dir, { threads: 1, engine: t.engine, prepackedCache: cache });
+      try {
+        const got = await cached.transcribe(clip, { maxTokens: 8 });
+        expect(got.tokens).toEqual(want.tokens);
+        expect(got.audioTokens).toBe(want.audioTokens);
+      } finally {
+        await cached.close();
+      }
+    }
+    // Built once, then reused.
+    expect(readdirSync(cache.dir).filter((n) => n.startsWith('audio_encoder-'))).toHaveLength(1);
+  }, 60_000);
 
   it('places the audio rows in the prompt: other audio gives other rows and other first logits', async () => {
     const one = await t.encodeAudio(phraseSamples(1));

@@ -51,6 +51,8 @@ export interface SpeechOptions {
   maxTokens: number;
   runs: number;
   threads: number;
+  /** The prepacked weight cache the engine used (null: none), so the encoder loads as the daemon's does. */
+  prepackedCacheDir: string | null;
 }
 
 export interface SpeechResult {
@@ -169,7 +171,11 @@ async function readBounded(file: string): Promise<Buffer> {
 export async function benchSpeech(engine: Engine, dir: string, o: SpeechOptions): Promise<SpeechResult | Skipped> {
   let transcriber: Transcriber;
   try {
-    transcriber = await Transcriber.load(dir, { threads: o.threads, engine });
+    transcriber = await Transcriber.load(dir, {
+      threads: o.threads,
+      engine,
+      ...(o.prepackedCacheDir === null ? {} : { prepackedCache: { dir: o.prepackedCacheDir } }),
+    });
   } catch (err) {
     if (err instanceof AudioEncoderMissingError) return { skipped: true, reason: err.message };
     throw err;

@@ -51,7 +51,7 @@ export interface BenchOptions {
   kernels: boolean;
   profileDecodeTokens: number;
   /** End of speech -> transcript (null: --no-speech). */
-  speech: Omit<SpeechOptions, 'runs' | 'threads'> | null;
+  speech: Omit<SpeechOptions, 'runs' | 'threads' | 'prepackedCacheDir'> | null;
   /** Frame -> caption (null: --no-caption). */
   caption: Omit<CaptionOptions, 'runs' | 'threads' | 'prepackedCacheDir'> | null;
   /** Progress lines (stderr in the CLI). */
@@ -283,7 +283,12 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       let speech: SpeechResult | Skipped = { skipped: true, reason: 'turned off (--no-speech)' };
       if (o.speech) {
         say(`speech: ${o.speech.seconds} s utterance, ${o.runs} run(s)`);
-        speech = await benchSpeech(engine, o.model, { ...o.speech, runs: o.runs, threads: o.threads });
+        speech = await benchSpeech(engine, o.model, {
+          ...o.speech,
+          runs: o.runs,
+          threads: o.threads,
+          prepackedCacheDir: o.prepackedCacheDir,
+        });
         if (speech.skipped) say(`speech skipped: ${speech.reason}`);
       }
       let caption: CaptionResult | Skipped = { skipped: true, reason: 'turned off (--no-caption)' };

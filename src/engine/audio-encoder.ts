@@ -9,6 +9,8 @@
  */
 import * as ort from 'onnxruntime-node';
 import { AUDIO_GRAPH_IO, AUDIO_STREAM_STATE, audioStateInput, audioStateOutput } from '../model/gemma4/contract.js';
+import { type PrepackedCacheOptions, createCachedSession } from './prepacked-cache.js';
+import { DEFAULT_TUNING } from './session.js';
 
 /** 30 s of 10 ms frames plus the extractor's padding (2999 for 480 000 samples); longer input is refused. */
 export const MAX_AUDIO_FRAMES = 3000;
@@ -36,9 +38,23 @@ export class AudioEncoderSession {
 
   static async open(
     modelPath: string,
-    opts: { intraOpNumThreads?: number; featureSize?: number } = {},
+    opts: {
+      intraOpNumThreads?: number;
+      featureSize?: number;
+      /**
+       * Map ORT's packed weights from this per-machine cache (checksum: the package's audio files): at accuracy
+       * level 4 ORT repacks the 8-bit weights, which would otherwise sit in anonymous memory (E2B: ~280 MiB).
+       */
+      prepacked?: { cache: PrepackedCacheOptions; checksum: string };
+    } = {},
   ): Promise<AudioEncoderSession> {
-    const session = await ort.InferenceSession.create(modelPath, { intraOpNumThreads: opts.intraOpNumThreads ?? 0 });
+    const { session } = opts.prepacked
+      ? await createCachedSession(
+          { modelPath, checksum: opts.prepacked.checksum },
+          { ...DEFAULT_TUNING, threads: opts.intraOpNumThreads ?? 0 },
+          opts.prepacked.cache,
+        )
+      : { session: await ort.InferenceSession.create(modelPath, { intraOpNumThreads: opts.intraOpNumThreads ?? 0 }) };
     let zero: State | null = null;
     if (session.inputNames.includes(audioStateInput('keys'))) {
       zero = {};

@@ -186,7 +186,13 @@ export class GemmaAnswerEngine implements AnswerEngine {
 
   private async loadHearing(engine: Engine): Promise<Transcriber | null> {
     try {
-      return await Transcriber.load(this.settings.dir, { engine, threads: this.settings.threads, logger: this.log });
+      const cacheDir = this.cacheDir();
+      return await Transcriber.load(this.settings.dir, {
+        engine,
+        threads: this.settings.threads,
+        logger: this.log,
+        ...(cacheDir === null ? {} : { prepackedCache: { dir: cacheDir } }),
+      });
     } catch (err) {
       this.hearingGap = (err as Error).message;
       this.log.warn({ dir: this.settings.dir }, `transcripts unavailable: ${this.hearingGap}`);

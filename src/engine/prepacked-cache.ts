@@ -185,9 +185,10 @@ export async function prepackedModel(
 export type WeightsPacking = 'cached' | 'built' | 'heap';
 
 /** The package files each cached model is built from. */
-const SOURCE_ROLES: Record<'decoder' | 'vision', readonly FileRole[]> = {
+const SOURCE_ROLES: Record<'decoder' | 'vision' | 'audio', readonly FileRole[]> = {
   decoder: ['decoder-graph', 'decoder-weights'],
   vision: ['vision-graph', 'vision-weights'],
+  audio: ['audio-graph', 'audio-weights'],
 };
 
 /** Identity of a package model's files (their manifest sha256s), for PrepackedSource.checksum. */

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { LogMelExtractor, optionsFromProcessorConfig } from '../audio/features.js';
 import { type Logger, silentLogger } from '../common/log.js';
 import { AudioEncoderSession, MAX_AUDIO_FRAMES } from './audio-encoder.js';
+import { packageChecksum } from './prepacked-cache.js';
 import { Engine, type EngineLoadOptions, type FinishReason, type PrefilledPrompt } from './engine.js';
 import { SpeechStream, type SpeechPromptLayout } from './speech-stream.js';
 import { type ChatMessage, type ContentItem, expandMediaPlaceholders, placeholderContent } from './prompt.js';
@@ -52,6 +53,7 @@ export interface TranscriberLoadOptions {
   /** For an engine loaded here: context and PLE cache (defaults 2048 tokens, 64 MiB). */
   contextTokens?: number;
   pleCacheMb?: number;
+  /** The per-machine cache of packed weights: the audio encoder's (and an engine loaded here). */
   prepackedCache?: EngineLoadOptions['prepackedCache'];
   logger?: Logger;
 }
@@ -157,6 +159,14 @@ export class Transcriber implements SpeechEngine {
       encoder = await AudioEncoderSession.open(file, {
         intraOpNumThreads: opts.threads,
         featureSize: extractor.options.featureSize,
+        ...(opts.prepackedCache
+          ? {
+              prepacked: {
+                cache: { ...opts.prepackedCache, logger: log },
+                checksum: packageChecksum(engine.manifest, 'audio'),
+              },
+            }
+          : {}),
       });
       const t = new Transcriber(engine, encoder, extractor, owns, log);
       // One second of silence: checks the encoder's width against the decoder now, not at the first
