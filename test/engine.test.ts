@@ -90,6 +90,13 @@ describe('Engine on a tiny synthetic pi5 package (2-bit linears, accuracy_level 
     expect(r.timings.prefillMs).toBeGreaterThan(0);
   });
 
+  it('keeps the KV cache itself: the package graph returns only each run’s new rows', () => {
+    expect(engine.decoder.cacheOutputs).toBe('new');
+    const outs = engine.decoder.session.outputNames;
+    expect(outs.filter((n) => n.startsWith('present.'))).toEqual([]);
+    expect(outs.filter((n) => n.startsWith('new.'))).toHaveLength(2 * engine.decoder.slots.length);
+  });
+
   it('chunked prefill gives the same logits and tokens as one-shot prefill', async () => {
     engine.clearPrefixCache();
     const oneShot = await greedy(engine, PROMPT, { prefillChunk: 64 });
@@ -322,12 +329,17 @@ describe('stops', () => {
 });
 
 describe('Engine on the GroupQueryAttention variant (the package graph with attention: gqa)', () => {
-  it('greedy generation still equals the reference', async () => {
+  it('greedy generation still equals the reference (a graph returning past + new, as older packages do)', async () => {
     const fast = await Engine.load(
-      await rebuildDecoder(dir, manifest, cfg, join(root, 'fast'), { ...FAST_VARIANT, attention: 'gqa' }),
+      await rebuildDecoder(dir, manifest, cfg, join(root, 'fast'), {
+        ...FAST_VARIANT,
+        attention: 'gqa',
+        cacheOutputs: 'present',
+      }),
       LOAD,
     );
     try {
+      expect(fast.decoder.cacheOutputs).toBe('present');
       const r = await greedy(fast, PROMPT, { prefillChunk: 7 });
       const want = referenceGreedy(PROMPT, 10, fast.tokenizer.stopIds());
       expect(r.tokens).toEqual(want.tokens);

@@ -33,11 +33,40 @@ export async function runChunk(
   const out = await session.run(feeds);
   const next: Feeds = {};
   for (const s of slots) {
-    next[s.pastKey] = out[s.presentKey]!;
-    next[s.pastValue] = out[s.presentValue]!;
+    if (out[s.newKey]) {
+      // Graphs that return only this run's rows: past + new, the last window - 1 on sliding layers, done here
+      // independently of the engine's cache.
+      next[s.pastKey] = appendRows(cache[s.pastKey]!, out[s.newKey]!, s.maxLength);
+      next[s.pastValue] = appendRows(cache[s.pastValue]!, out[s.newValue]!, s.maxLength);
+    } else {
+      next[s.pastKey] = out[s.presentKey]!;
+      next[s.pastValue] = out[s.presentValue]!;
+    }
   }
   const logits = out.logits!;
   return { logits: logits.data as Float32Array, dims: logits.dims, cache: next };
+}
+
+/** [1, heads, T, d] + [1, heads, n, d] along T, keeping the last `keep` rows (null: all). */
+function appendRows(past: ort.Tensor, add: ort.Tensor, keep: number | null): ort.Tensor {
+  const [, heads, t, d] = past.dims as number[];
+  const n = add.dims[2]!;
+  const total = t! + n;
+  const from = keep === null ? 0 : Math.max(0, total - keep);
+  const rows = total - from;
+  const out = new Float32Array(heads! * rows * d!);
+  const a = past.data as Float32Array;
+  const b = add.data as Float32Array;
+  for (let h = 0; h < heads!; h++) {
+    for (let r = from; r < total; r++) {
+      const src =
+        r < t!
+          ? a.subarray((h * t! + r) * d!, (h * t! + r + 1) * d!)
+          : b.subarray((h * n + r - t!) * d!, (h * n + r - t! + 1) * d!);
+      out.set(src, (h * rows + r - from) * d!);
+    }
+  }
+  return new ort.Tensor('float32', out, [1, heads!, rows, d!]);
 }
 
 /** max |a - b| / max |b|: error relative to the reference's scale (element-wise ratios explode near 0). */

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { cacheSlots } from '../model/gemma4/contract.js';
 import type { OpenedPackage } from '../model/package/load.js';
-import { KvState } from '../engine/kv-cache.js';
+import { emptyKvState } from '../engine/kv-cache.js';
 import { createCachedSession, packageChecksum } from '../engine/prepacked-cache.js';
 import type { SessionTuning } from '../engine/session.js';
 import { nodeWeightNames } from './weight-bytes.js';
@@ -111,12 +111,16 @@ export async function profileDecode(pkg: OpenedPackage, opts: ProfileOptions): P
     const width = cfg.numHiddenLayers * cfg.hiddenSizePerLayerInput;
     // A decoder built with media inputs takes them on every run: all-zero mask and rows, as the engine feeds text.
     const media = session.inputNames.includes('media_embeds') && session.inputNames.includes('media_mask');
-    let state = KvState.empty(slots);
+    let state = emptyKvState(
+      slots,
+      slots.length > 0 && session.outputNames.includes(slots[0]!.newKey) ? 'new' : 'present',
+      1 << 20,
+    );
     const run = async (ids: number[]): Promise<Float32Array> => {
       const n = ids.length;
       const start = state.length;
       const feeds: Record<string, ort.Tensor> = {
-        ...state.tensors,
+        ...state.feeds(),
         input_ids: new ort.Tensor(
           'int64',
           BigInt64Array.from(ids, (i) => BigInt(i)),
@@ -134,7 +138,7 @@ export async function profileDecode(pkg: OpenedPackage, opts: ProfileOptions): P
         feeds.media_embeds = new ort.Tensor('float32', new Float32Array(n * cfg.hiddenSize), [1, n, cfg.hiddenSize]);
       }
       const out = await session.run(feeds);
-      state = KvState.fromOutputs(slots, out, state, n);
+      state = state.after(out, n);
       return out.logits!.data as Float32Array;
     };
     let logits: Float32Array = new Float32Array(0);

@@ -6,12 +6,12 @@
 import { stat } from 'node:fs/promises';
 import * as ort from 'onnxruntime-node';
 import type { Gemma4TextConfig } from '../model/gemma4/config.js';
-import { cacheSlots } from '../model/gemma4/contract.js';
+import { DECODER_IO, cacheSlots } from '../model/gemma4/contract.js';
 import type { Manifest } from '../model/package/manifest.js';
 import { openPackage, type OpenedPackage } from '../model/package/load.js';
 import type { PlePagerStats } from '../model/ple/pager.js';
 import { type Logger, silentLogger } from '../common/log.js';
-import { KvState, PrefixStore, commonPrefix } from './kv-cache.js';
+import { type KvState, PrefixStore, commonPrefix, emptyKvState } from './kv-cache.js';
 import { ChatTemplate, type ChatMessage, OutputRouter, type ToolDeclaration, encodeChat } from './prompt.js';
 import { type SamplerOptions, createSampler } from './sampling.js';
 import { profileMismatch } from './cpu-fit.js';
@@ -344,7 +344,7 @@ export class Engine {
       start = this.resumeState(req.resume, ids);
     } else {
       const hit = reuse && firstMedia > 0 ? this.prefixes.match(ids.slice(0, firstMedia + 1)) : null;
-      start = hit ? hit.state : KvState.empty(this.decoder.slots);
+      start = hit ? hit.state : this.emptyState();
     }
     timings.reusedTokens = start.length;
     const filled = await this.prefillFrom(start, ids, media, firstMedia, prefixHint, req, true);
@@ -427,7 +427,7 @@ export class Engine {
         // No logits are wanted, so a snapshot may cover the whole prompt (up to its first media row).
         const upTo = Math.min(firstMedia, ids.length);
         const hit = upTo > 0 ? this.prefixes.match(ids.slice(0, upTo), { orEqual: true }) : null;
-        start = hit ? hit.state : KvState.empty(this.decoder.slots);
+        start = hit ? hit.state : this.emptyState();
       }
       const filled = await this.prefillFrom(start, ids, media, firstMedia, req.prefixTokens ?? 0, req, false);
       if (!filled) throw new DOMException('prefill cancelled', 'AbortError');
@@ -435,6 +435,10 @@ export class Engine {
     });
     this.queue = run.catch(() => undefined);
     return run;
+  }
+
+  private emptyState(): KvState {
+    return emptyKvState(this.decoder.slots, this.decoder.cacheOutputs, this.contextTokens);
   }
 
   /** The state of a prefilled prompt that `ids` continues (strictly, for generate: its last token must run). */
@@ -592,7 +596,7 @@ export class Engine {
     const H = this.pkg.config.hiddenSize;
     const rows = await c.pleRows;
     const feeds: Record<string, ort.Tensor> = {
-      ...state.tensors,
+      ...state.feeds(),
       input_ids: new ort.Tensor(
         'int64',
         BigInt64Array.from(feedIds, (i) => BigInt(i)),
@@ -613,9 +617,9 @@ export class Engine {
     // Without logits only the cache is fetched: ONNX Runtime then skips the LM head (the last row's logits).
     const out = await this.decoder.session.run(
       feeds,
-      wantLogits ? this.decoder.session.outputNames : this.decoder.slots.flatMap((s) => [s.presentKey, s.presentValue]),
+      wantLogits ? [DECODER_IO.logits, ...state.fetches()] : state.fetches(),
     );
-    const next = KvState.fromOutputs(this.decoder.slots, out, state, n);
+    const next = state.after(out, n);
     if (!wantLogits) return { state: next, logits: null };
     const data = out.logits!.data as Float32Array;
     const V = this.decoder.vocabSize;
@@ -643,7 +647,7 @@ async function estimateResidentMb(
   const weights = (await stat(pkg.path('decoder-weights')!)).size;
   let kv = 0;
   for (const s of cacheSlots(pkg.config)) {
-    const len = s.maxLength === null ? contextTokens : s.maxLength + chunk;
+    const len = s.maxLength === null ? contextTokens : 2 * s.maxLength + chunk;
     kv += 2 * s.kvHeads * len * s.headDim * 4;
   }
   const mib = 1024 * 1024;

@@ -2,6 +2,7 @@
  * ONNX Runtime session for a package's decoder graph. Every option that changes speed or memory is a named
  * field here (not buried in a literal), so the benchmark can compare them one by one.
  */
+import type { CacheOutputs } from './kv-cache.js';
 import type * as ort from 'onnxruntime-node';
 import type { Gemma4TextConfig } from '../model/gemma4/config.js';
 import { type CacheSlot, DECODER_IO, cacheSlots } from '../model/gemma4/contract.js';
@@ -69,6 +70,8 @@ export interface DecoderSession {
   pleWidth: number;
   /** The graph takes media_embeds / media_mask (built with the media option). */
   acceptsMedia: boolean;
+  /** What the graph returns of the cache: only the new rows (packages written now) or past + new. */
+  cacheOutputs: CacheOutputs;
   /** Where the packed weights live: mapped from the prepacked file cache (found or built now) or on the heap. */
   prepacked: WeightsPacking;
   release(): Promise<void>;
@@ -104,6 +107,7 @@ export async function decoderSession(
     hiddenSize: cfg.hiddenSize,
     pleWidth,
     acceptsMedia: inputs.has(DECODER_IO.mediaEmbeds) && inputs.has(DECODER_IO.mediaMask),
+    cacheOutputs: slots.length > 0 && session.outputNames.includes(slots[0]!.newKey) ? 'new' : 'present',
     prepacked,
     async release() {
       if (released) return;

@@ -40,7 +40,9 @@ export const audioStateOutput = (s: AudioStreamState): string => `next_${s}`;
 
 /**
  * One KV cache slot of the decoder: layers that share another layer's KV own none. The graph takes
- * past_key_values.<slot>.key/value and returns present.<slot>.key/value (past + this call's entries).
+ * past_key_values.<slot>.key/value and returns either new.<slot>.key/value, only this call's entries, which the
+ * engine appends to the cache it keeps (packages written now: a step's output does not grow with the context),
+ * or present.<slot>.key/value, past + this call's entries (older packages).
  */
 export interface CacheSlot {
   slot: number;
@@ -54,6 +56,8 @@ export interface CacheSlot {
   pastValue: string;
   presentKey: string;
   presentValue: string;
+  newKey: string;
+  newValue: string;
 }
 
 export function cacheSlots(cfg: Gemma4TextConfig): CacheSlot[] {
@@ -70,6 +74,8 @@ export function cacheSlots(cfg: Gemma4TextConfig): CacheSlot[] {
       pastValue: `past_key_values.${l.cacheSlot}.value`,
       presentKey: `present.${l.cacheSlot}.key`,
       presentValue: `present.${l.cacheSlot}.value`,
+      newKey: `new.${l.cacheSlot}.key`,
+      newValue: `new.${l.cacheSlot}.value`,
     }));
 }
 

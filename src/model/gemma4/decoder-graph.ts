@@ -54,6 +54,12 @@ export interface DecoderGraphOptions {
   /** 'gqa': com.microsoft.GroupQueryAttention (RoPE and norms stay outside it); default 'plain' ops. */
   attention?: 'plain' | 'gqa';
   /**
+   * What the graph returns of the cache: 'present' (default), past + new entries per slot, truncated to the
+   * window on sliding layers; 'new', only this call's entries (the engine appends them to buffers it keeps, so
+   * a decode step's output stays one row however long the context). 'new' needs plain attention.
+   */
+  cacheOutputs?: 'present' | 'new';
+  /**
    * Adds inputs media_embeds float32 [batch, seq, hidden] and media_mask bool [batch, seq]: where the mask is
    * true, the row of media_embeds replaces the scaled token embedding (image/audio encoder output). As in
    * transformers' Gemma4Model, the per-layer context projection then sees the merged embeddings, while the
@@ -73,10 +79,11 @@ export interface DecoderGraphOptions {
  */
 export { type CacheSlot, cacheSlots } from './contract.js';
 
-export const FAST_VARIANT: Pick<DecoderGraphOptions, 'attention' | 'fusedNorm' | 'onnxGelu'> = {
+export const FAST_VARIANT: Pick<DecoderGraphOptions, 'attention' | 'fusedNorm' | 'onnxGelu' | 'cacheOutputs'> = {
   attention: 'plain',
   fusedNorm: true,
   onnxGelu: true,
+  cacheOutputs: 'new',
 };
 
 export interface DecoderGraphInfo {
@@ -195,6 +202,18 @@ export async function buildDecoderGraph(
   const newKv = new Map<number, { k: string; v: string; pastK: string; pastV: string }>();
   const kvAll = new Map<number, { k: string; v: string }>();
   const attention = opts.attention ?? 'plain';
+  const cacheOutputs = opts.cacheOutputs ?? 'present';
+  if (cacheOutputs === 'new' && attention !== 'plain') throw new Error("cacheOutputs 'new' needs plain attention");
+  const bnshCache = new Map<string, string>();
+  /** [B, S, heads, d] -> [B, heads, S, d], once per tensor (a KV-shared layer reuses its source's). */
+  const bnsh = (t: string): string => {
+    let r = bnshCache.get(t);
+    if (!r) {
+      r = ops.op('Transpose', [t], { perm: [0, 2, 1, 3] });
+      bnshCache.set(t, r);
+    }
+    return r;
+  };
   let h = x0;
   for (const info of layers) {
     h = await decoderLayer(info);
@@ -225,6 +244,11 @@ export async function buildDecoderGraph(
   b.node('Identity', [logits], [DECODER_IO.logits]);
   b.output(DECODER_IO.logits, 'float32', ['batch', logitsMode === 'last' ? 1 : 'seq', cfg.vocabSize]);
   for (const s of slots) {
+    if (cacheOutputs === 'new') {
+      b.output(s.newKey, 'float32', ['batch', s.kvHeads, 'seq', s.headDim]);
+      b.output(s.newValue, 'float32', ['batch', s.kvHeads, 'seq', s.headDim]);
+      continue;
+    }
     const present = s.type === 'sliding_attention' ? 'present_sliding' : 'present_full';
     b.output(s.presentKey, 'float32', ['batch', s.kvHeads, present, s.headDim]);
     b.output(s.presentValue, 'float32', ['batch', s.kvHeads, present, s.headDim]);
@@ -279,7 +303,6 @@ export async function buildDecoderGraph(
         info.window,
       ) as [string, string, string];
     } else {
-      const bnsh = (t: string): string => ops.op('Transpose', [t], { perm: [0, 2, 1, 3] });
       let all = kvAll.get(info.kvSource);
       if (!all) {
         all = {
@@ -296,7 +319,10 @@ export async function buildDecoderGraph(
       attn = ops.attention(bnsh(q), all.k, all.v, mask, nH, nKv, d);
       [presentK, presentV] = [all.k, all.v];
     }
-    if (ownSlot) {
+    if (ownSlot && cacheOutputs === 'new') {
+      b.node('Identity', [bnsh(kv.k)], [ownSlot.newKey]);
+      b.node('Identity', [bnsh(kv.v)], [ownSlot.newValue]);
+    } else if (ownSlot) {
       if (info.window !== null) {
         // Keep only what the next call can see: the last window-1 positions.
         const keep = [ops.i64([-(info.window - 1)]), ops.i64([Number.MAX_SAFE_INTEGER]), ops.i64([2])];
