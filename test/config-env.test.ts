@@ -45,7 +45,9 @@ function sample(v: EnvVariable): { text: string; value: unknown } {
     const pick = c.find((x) => x !== def) ?? c[0];
     return { text: String(pick), value: pick };
   }
-  const text = typeof def === 'string' ? `${def}x` : 'x1';
+  // Long enough for a string with a minimum length (http.token).
+  const min = s instanceof z.ZodString ? (s.minLength ?? 0) : 0;
+  const text = (typeof def === 'string' ? `${def}x` : 'x1').padEnd(min, 'x');
   return { text, value: v.field.meta.path === true ? resolve(dir, text) : text };
 }
 

@@ -11,6 +11,7 @@ const settings = (over: Partial<SchedulerSettings> = {}): SchedulerSettings => (
   max_queued: 32,
   answer_deadline_ms: 10_000,
   transcript_deadline_ms: 10_000,
+  http_deadline_ms: 10_000,
   caption_deadline_ms: 10_000,
   ...over,
 });
@@ -75,7 +76,7 @@ describe('Scheduler', () => {
     expect(s.stats().counts.completed).toBe(5);
   });
 
-  it('starts answers before transcripts before captions, first come first served within a kind', async () => {
+  it('starts answers before transcripts before HTTP requests before captions, first come first served within a kind', async () => {
     const s = new Scheduler(settings());
     const order: string[] = [];
     const blocker = gate();
@@ -91,9 +92,11 @@ describe('Scheduler', () => {
       });
     const all = [
       submit('caption', 'c1'),
+      submit('http', 'h1'),
       submit('transcript', 't1'),
       submit('caption', 'c2'),
       submit('answer', 'a1'),
+      submit('http', 'h2'),
       submit('transcript', 't2'),
       submit('answer', 'a2'),
     ];
@@ -102,7 +105,7 @@ describe('Scheduler', () => {
     blocker.release('done');
     await first;
     await Promise.all(all);
-    expect(order).toEqual(['a1', 'a2', 't1', 't2', 'c1', 'c2']);
+    expect(order).toEqual(['a1', 'a2', 't1', 't2', 'h1', 'h2', 'c1', 'c2']);
   });
 
   it('coalesces waiting jobs by key: only the newest waits, in the old place in line, and the old one is superseded', async () => {
@@ -348,7 +351,7 @@ describe('Scheduler', () => {
     await tick();
     const st = s.stats();
     expect(st.depth).toBe(3);
-    expect(st.depth_by_kind).toEqual({ answer: 1, transcript: 0, caption: 2 });
+    expect(st.depth_by_kind).toEqual({ answer: 1, transcript: 0, http: 0, caption: 2 });
     expect(st.running).toMatchObject({ id: 'utt-1', kind: 'transcript', key: 'audio' });
     expect(st.running!.running_ms).toBeGreaterThanOrEqual(0);
     expect(new Date(st.running!.started_at).toString()).not.toBe('Invalid Date');

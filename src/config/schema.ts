@@ -165,6 +165,53 @@ export const embeddedBrokerSettings = z
   })
   .describe('Embedded broker.');
 
+export const httpSettings = z
+  .object({
+    enabled: z
+      .boolean()
+      .default(false)
+      .describe(
+        'Serve the model over HTTP: the OpenAI chat API, the llama.cpp server endpoints Frigate reads and the Ollama API Home Assistant uses (docs/http.md).',
+      ),
+    listen: z
+      .string()
+      .min(1)
+      .max(255)
+      .default('127.0.0.1')
+      .describe('Address the HTTP server listens on; 0.0.0.0 (or ::) for every interface, then set a token.'),
+    port: z
+      .number()
+      .int()
+      .min(1)
+      .max(65535)
+      .default(8484)
+      .describe("Port of the HTTP server (8484: clear of llama.cpp's 8080 and Ollama's 11434)."),
+    token: z
+      .string()
+      .min(8)
+      .max(512)
+      .optional()
+      .describe('A bearer token every request must carry (Authorization: Bearer <token>). Default: none.'),
+    model_name: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'letters, digits, dot, underscore and dash, up to 63')
+      .default('perch')
+      .describe('The model name the APIs list and accept (Ollama clients may add ":latest").'),
+    max_body_bytes: z
+      .number()
+      .int()
+      .min(1024)
+      .max(64 * 1024 * 1024)
+      .default(16 * 1024 * 1024)
+      .describe('Largest request body (images come base64-encoded in it); larger is refused with 413.'),
+    cors_origins: z
+      .array(z.string().regex(/^https?:\/\/[^\s/]+$/, 'an origin such as http://host:port'))
+      .max(32)
+      .default([])
+      .describe('Browser origins allowed to call the API (CORS); none by default.'),
+  })
+  .describe('HTTP API for other model clients (off by default).');
+
 export const homeAssistantSettings = z
   .object({
     enabled: z.boolean().default(true).describe('Publish Home Assistant MQTT discovery for one Perch device.'),
@@ -253,6 +300,12 @@ export const schedulerSettings = z
       .min(100)
       .default(60000)
       .describe('A transcript not started within this time is dropped with a deadline error.'),
+    http_deadline_ms: z
+      .number()
+      .int()
+      .min(100)
+      .default(60000)
+      .describe('A request of the HTTP API not started within this time is answered 503 with Retry-After.'),
     caption_deadline_ms: z
       .number()
       .int()
@@ -496,6 +549,7 @@ export const perchConfigSchema = z
     daemon: daemonSettings.prefault({}),
     mqtt: mqttSettings.prefault({}),
     embedded_broker: embeddedBrokerSettings.prefault({}),
+    http: httpSettings.prefault({}),
     homeassistant: homeAssistantSettings.prefault({}),
     model: modelSettings.prefault({}),
     scheduler: schedulerSettings.prefault({}),
@@ -507,6 +561,7 @@ export const perchConfigSchema = z
 export type PerchConfig = z.output<typeof perchConfigSchema>;
 export type PerchConfigInput = z.input<typeof perchConfigSchema>;
 export type MqttSettings = PerchConfig['mqtt'];
+export type HttpSettings = PerchConfig['http'];
 export type AudioSourceSettings = z.output<typeof audioSourceSettings>;
 export type CameraSourceSettings = z.output<typeof cameraSourceSettings>;
 export type CameraSettings = PerchConfig['cameras'][number];

@@ -22,6 +22,8 @@ import { MotionPipeline } from '../pipelines/motion.js';
 import { LatestFrames, SeeingPipeline } from '../pipelines/seeing.js';
 import { AudioMeter, SnapshotPublisher, SourceGroup } from '../pipelines/sources.js';
 import { Scheduler } from '../scheduler/scheduler.js';
+import { perchVersion } from '../common/version.js';
+import { HttpServer } from '../http/server.js';
 import { createAudioSource, createFrameSource } from '../sources/index.js';
 import type { FrameSource } from '../sources/types.js';
 import { EmbeddedBroker } from './embedded-broker.js';
@@ -171,6 +173,7 @@ export class Controller {
       // Subscriptions are made before the connection starts: requests queued for a persistent session arrive
       // at once on connect.
       defineModule('ask', { start: () => ask.start(), stop: () => ask.stop() }),
+      ...(config.http.enabled ? [this.httpModule()] : []),
       defineModule('mqtt', {
         start: async () => {
           await this.conn.start();
@@ -217,6 +220,24 @@ export class Controller {
       this.healthModule(frameSources),
       this.statsModule(),
     ];
+  }
+
+  /** The HTTP API: its requests are `http` jobs in the one scheduler. */
+  private httpModule(): DaemonModule {
+    const { config } = this.o;
+    const server = new HttpServer({
+      settings: config.http,
+      engine: () => this.model.engine,
+      scheduler: this.scheduler,
+      version: perchVersion(),
+      contextTokens: config.model.context_tokens,
+      logger: this.log,
+    });
+    return defineModule('http', {
+      start: () => server.start(),
+      stop: () => server.stop(),
+      stats: () => server.stats(),
+    });
   }
 
   /** Starts every module in order; one that fails is reported and the others run. */

@@ -279,6 +279,7 @@ export class GemmaAnswerEngine implements AnswerEngine {
       maxTokens,
       sampling,
       signal,
+      ...(request.stop?.length ? { stop: request.stop } : {}),
       ...(mediaInputs.length > 0 ? { media: mediaInputs } : {}),
       onToken: (delta) => {
         if (delta) request.onToken?.(delta);

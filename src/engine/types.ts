@@ -53,6 +53,8 @@ export interface GenerationRequest {
   sampling?: SamplingSettings;
   /** Let the model think first (its thoughts come back apart from the text). */
   thinking?: boolean;
+  /** Texts that end the answer where they appear (not included in it). */
+  stop?: string[];
   /** Aborting it ends generation with finishReason 'cancelled' and what was generated so far. */
   signal: AbortSignal;
   /** Each piece of text as it is generated. */

@@ -251,7 +251,7 @@ export const statsSchema = z.strictObject({
     .object({ state: z.string().min(1).max(64) })
     .catchall(z.union([z.string(), z.number(), z.boolean(), z.null()])),
   /** Jobs waiting, per scheduler job kind: every kind, no other keys (docs examples must not drift). */
-  queues: z.strictObject({ answer: count, transcript: count, caption: count }),
+  queues: z.strictObject({ answer: count, transcript: count, http: count, caption: count }),
   mqtt: z.strictObject({
     connected: z.boolean(),
     protocol: z.enum(['5', '3.1.1']).nullable(),
@@ -277,6 +277,8 @@ export const statsSchema = z.strictObject({
       last_error: z.string().optional(),
     }),
   ),
+  /** The HTTP API (http.enabled): requests, generations, errors and those refused as busy or unavailable. */
+  http: z.strictObject({ requests: count, generations: count, errors: count, rejected: count }).optional(),
   /** Hearing: voice activity and what the audio source delivered. */
   audio: z
     .strictObject({

@@ -1,6 +1,6 @@
 /** Typed failures of the job scheduler: callers map `code` straight onto the `<root>/errors` payload. */
 
-export type JobKind = 'answer' | 'transcript' | 'caption';
+export type JobKind = 'answer' | 'transcript' | 'http' | 'caption';
 
 export type SchedulerErrorCode =
   /** The queue is full (scheduler.max_queued), or a higher-priority job took this one's place. */

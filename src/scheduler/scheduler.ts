@@ -2,7 +2,7 @@
  * One model, many producers. The model engine runs one job at a time, so every producer (spoken questions,
  * MQTT asks, transcripts, camera captions) submits here and this queue decides what runs next:
  *
- * - priority: answer > transcript > caption; first come, first served within a kind;
+ * - priority: answer > transcript > http (requests of the HTTP API) > caption; first come, first served within a kind;
  * - coalescing: a job with a `key` (e.g. `caption:<camera>`) replaces the waiting job with the same key, keeping
  *   its place in line (so a busy camera is not pushed back forever) but taking the newer frame and deadline;
  *   the replaced job rejects with `superseded`;
@@ -21,8 +21,8 @@ export type { JobKind, SchedulerErrorCode, SchedulerErrorDetail } from './errors
 
 export type SchedulerSettings = PerchConfig['scheduler'];
 
-export const JOB_KINDS: readonly JobKind[] = ['answer', 'transcript', 'caption'];
-const PRIORITY: Record<JobKind, number> = { answer: 0, transcript: 1, caption: 2 };
+export const JOB_KINDS: readonly JobKind[] = ['answer', 'transcript', 'http', 'caption'];
+const PRIORITY: Record<JobKind, number> = { answer: 0, transcript: 1, http: 2, caption: 3 };
 
 export interface JobSpec<T> {
   kind: JobKind;
@@ -92,7 +92,7 @@ interface Job {
 }
 
 export class Scheduler {
-  private readonly lanes: Record<JobKind, Job[]> = { answer: [], transcript: [], caption: [] };
+  private readonly lanes: Record<JobKind, Job[]> = { answer: [], transcript: [], http: [], caption: [] };
   private running: Job | null = null;
   private accepting = true;
   private seq = 0;
@@ -169,6 +169,7 @@ export class Scheduler {
       depth_by_kind: {
         answer: this.lanes.answer.length,
         transcript: this.lanes.transcript.length,
+        http: this.lanes.http.length,
         caption: this.lanes.caption.length,
       },
       running:
@@ -228,6 +229,8 @@ export class Scheduler {
         return this.settings.answer_deadline_ms;
       case 'transcript':
         return this.settings.transcript_deadline_ms;
+      case 'http':
+        return this.settings.http_deadline_ms;
       case 'caption':
         return this.settings.caption_deadline_ms;
     }

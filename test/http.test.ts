@@ -1,0 +1,248 @@
+/**
+ * The HTTP API as users run it: the real `perch run` process with a tiny package that can see, a private
+ * Mosquitto, and the real clients: the `openai` SDK and the `ollama` library from PyPI (test/http_clients.py,
+ * run in the reference environment), plus replays of what Frigate's llamacpp provider and Home Assistant's Ollama
+ * integration send. Bad input comes from plain fetch and node:http.
+ */
+import { execFile } from 'node:child_process';
+import * as http from 'node:http';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import { perchConfigSchema } from '../src/config/schema.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DaemonProcess, REPO, SAMPLES } from './daemon-helpers.js';
+import { tempRoot } from './engine-helpers.js';
+import { freePort, privateBrokerForFile, tempDir, uniqueRoot } from './mqtt-helpers.js';
+import { makeHearingPackage } from './transcribe-helpers.js';
+
+const shared = privateBrokerForFile();
+/** The daemon lives for the whole file (the shared cleanups run after each test). */
+const cleanups: Array<() => unknown> = [];
+const TOKEN = 'test-token-0123456789';
+const JPEG = join(SAMPLES, 'frames', 'frame-01.jpg');
+let base: string;
+let daemon: DaemonProcess;
+// biome-ignore lint/suspicious/noExplicitAny: JSON from the clients and the server, read field by field below
+type Json = any;
+let clients: Record<string, Json>;
+
+function run(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) =>
+    execFile(cmd, args, { cwd: REPO, maxBuffer: 1 << 26, timeout: 300_000 }, (err, stdout, stderr) =>
+      err ? reject(new Error(`${cmd} failed: ${err.message}\n${stderr}`)) : resolve(stdout),
+    ),
+  );
+}
+
+const post = (path: string, body: string, headers: Record<string, string> = {}) =>
+  fetch(`${base}${path}`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${TOKEN}`, 'Content-Type': 'application/json', ...headers },
+    body,
+  });
+
+beforeAll(async () => {
+  const setup = run('bash', [join(REPO, 'reference', 'setup.sh')]);
+  const root = tempRoot('http');
+  const pkg = await makeHearingPackage(root);
+  const port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  const tmp = tempDir('perch-http-');
+  cleanups.push(() => tmp.cleanup());
+  daemon = DaemonProcess.start(tmp.dir, {
+    device: { id: `http${Date.now().toString(36)}` },
+    log: { level: 'info' },
+    daemon: { state_dir: tmp.dir, drain_timeout_ms: 3000 },
+    mqtt: { url: shared.broker.url, root_topic: uniqueRoot() },
+    homeassistant: { enabled: false },
+    model: { dir: pkg, threads: 1, context_tokens: 1024 },
+    http: { enabled: true, port, token: TOKEN, max_body_bytes: 1024 * 1024 },
+  });
+  cleanups.push(() => daemon.kill());
+  // Ready when the model is: /health says 200.
+  const t0 = Date.now();
+  for (;;) {
+    const r = await fetch(`${base}/health`, { headers: { Authorization: `Bearer ${TOKEN}` } }).catch(() => null);
+    if (r?.status === 200) break;
+    if (Date.now() - t0 > 90_000) throw new Error(`the HTTP API did not come up; log:\n${daemon.log()}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  await setup;
+  const python = join(REPO, 'reference', '.venv', 'bin', 'python');
+  const out = await run(python, [join(REPO, 'test', 'http_clients.py'), base, TOKEN, JPEG]);
+  clients = JSON.parse(out) as Record<string, Json>;
+}, 400_000);
+
+afterAll(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+describe('the OpenAI API, through the openai SDK', () => {
+  it('lists the model and answers, whole and streamed alike (greedy), with usage', () => {
+    expect(clients.openai_models).toEqual(['perch']);
+    const whole = clients.openai_chat;
+    expect(typeof whole.text).toBe('string');
+    expect(['stop', 'length']).toContain(whole.finish);
+    expect(whole.usage.completion_tokens).toBeGreaterThan(0);
+    expect(whole.usage.completion_tokens).toBeLessThanOrEqual(8);
+    expect(whole.usage.total_tokens).toBe(whole.usage.prompt_tokens + whole.usage.completion_tokens);
+    const streamed = clients.openai_stream;
+    expect(streamed.text).toBe(whole.text);
+    expect(streamed.finish).toBe(whole.finish);
+    expect(streamed.usage).toEqual(whole.usage);
+  });
+
+  it('takes an image as a data URL: its soft tokens are in the prompt', () => {
+    const img = clients.openai_image;
+    expect(typeof img.text).toBe('string');
+    expect(img.usage.prompt_tokens).toBeGreaterThan(clients.openai_chat.usage.prompt_tokens + 50);
+  });
+
+  it('answers an unknown model 404, a wrong token 401, declared tools 400 (not available yet), each with a reason', () => {
+    expect(clients.openai_unknown_model.error.status).toBe(404);
+    expect(clients.openai_unknown_model.error.body.message).toMatch(/unknown model "gpt-4o"/);
+    expect(clients.openai_bad_token.error.status).toBe(401);
+    expect(clients.openai_tools.error.status).toBe(400);
+    expect(clients.openai_tools.error.body.message).toMatch(/tool calling is not available/);
+  });
+});
+
+describe('the Ollama API, through the ollama library as Home Assistant calls it', () => {
+  it('lists, shows and reports the loaded model under the name the integration reads (model)', () => {
+    expect(clients.ollama_list).toEqual(['perch:latest']);
+    expect(clients.ollama_ps).toEqual(['perch:latest']);
+    expect(clients.ollama_show).toContain('vision');
+  });
+
+  it('chats whole and streamed (Home Assistant’s arguments: keep_alive -1, num_ctx, tools [], think off), alike', () => {
+    const whole = clients.ollama_chat;
+    expect(whole.done).toBe(true);
+    expect(['stop', 'length']).toContain(whole.reason);
+    expect(whole.eval_count).toBeGreaterThan(0);
+    const ha = clients.ollama_stream_ha;
+    expect(ha.done).toBe(true);
+    expect(ha.chunks).toBeGreaterThan(1);
+    expect(typeof ha.text).toBe('string');
+    expect(clients.ollama_image.prompt_eval_count).toBeGreaterThan(50);
+    expect(clients.ollama_unknown_model.error.status).toBe(404);
+  });
+});
+
+describe('Frigate’s llamacpp provider, replayed', () => {
+  it('finds the image modality and the context, and gets descriptions of an image with its provider_options in the body', () => {
+    expect(clients.frigate_discovery).toEqual({
+      ids: ['perch'],
+      modalities: ['text', 'image'],
+      n_ctx: 1024,
+      media_marker: '<__media__>',
+      thinking_toggle: false,
+    });
+    expect(clients.frigate_description.status).toBe(200);
+    expect(typeof clients.frigate_description.content).toBe('string');
+    expect(clients.frigate_probe_prompt_tokens).toBeGreaterThan(50);
+  });
+});
+
+describe('bad input, answered while the daemon goes on', () => {
+  it('malformed JSON 400, wrong types 400 naming the field, a huge body 413, an unknown path 404, no token 401', async () => {
+    let r = await post('/v1/chat/completions', '{"model": "perch", "messages": [');
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as Json).error.type).toBe('invalid_json');
+    r = await post(
+      '/v1/chat/completions',
+      JSON.stringify({ model: 'perch', messages: [{ role: 'user', content: 'hi' }], max_tokens: 'x' }),
+    );
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as Json).error.message).toMatch(/max_tokens/);
+    r = await post('/api/chat', JSON.stringify({ model: 'perch', messages: 'hello' }));
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as Json).error).toMatch(/messages/);
+    r = await post(
+      '/v1/chat/completions',
+      JSON.stringify({ model: 'perch', messages: [{ role: 'user', content: 'x'.repeat(2 * 1024 * 1024) }] }),
+    );
+    expect(r.status).toBe(413);
+    r = await post(
+      '/v1/chat/completions',
+      JSON.stringify({
+        model: 'perch',
+        messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'http://example.com/a.jpg' } }] }],
+      }),
+    );
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as Json).error.message).toMatch(/does not fetch remote images/);
+    r = await fetch(`${base}/v1/nothing`, { headers: { Authorization: `Bearer ${TOKEN}` } });
+    expect(r.status).toBe(404);
+    r = await fetch(`${base}/v1/models`);
+    expect(r.status).toBe(401);
+    // Still serving.
+    r = await post(
+      '/v1/chat/completions',
+      JSON.stringify({ model: 'perch', messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }),
+    );
+    expect(r.status).toBe(200);
+  });
+
+  it('a client that goes away mid-stream: its job ends, the next request is answered', async () => {
+    const url = new URL(`${base}/v1/chat/completions`);
+    await new Promise<void>((resolve, reject) => {
+      const req = http.request(
+        {
+          host: url.hostname,
+          port: url.port,
+          path: url.pathname,
+          method: 'POST',
+          headers: { Authorization: `Bearer ${TOKEN}`, 'Content-Type': 'application/json' },
+        },
+        (res) => {
+          expect(res.statusCode).toBe(200);
+          res.once('data', () => {
+            req.destroy();
+            resolve();
+          });
+        },
+      );
+      req.on('error', () => undefined);
+      req.setTimeout(60_000, () => reject(new Error('no data')));
+      req.end(
+        JSON.stringify({
+          model: 'perch',
+          messages: [{ role: 'user', content: 'Tell a long story.' }],
+          max_tokens: 500,
+          stream: true,
+        }),
+      );
+    });
+    const r = await post(
+      '/api/chat',
+      JSON.stringify({
+        model: 'perch',
+        messages: [{ role: 'user', content: 'hi' }],
+        stream: false,
+        options: { num_predict: 2 },
+      }),
+    );
+    expect(r.status).toBe(200);
+    expect(((await r.json()) as Json).done).toBe(true);
+    expect(daemon.log()).not.toMatch(/HTTP request failed/);
+  });
+});
+
+describe('docs/http.md', () => {
+  it('shows a Perch config that validates, and Frigate and Home Assistant pointed at its port and model name', () => {
+    const doc = readFileSync(join(REPO, 'docs', 'http.md'), 'utf8');
+    const blocks = [...doc.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => parse(m[1]!) as Json);
+    const perch = perchConfigSchema.parse(blocks[0]);
+    expect(perch.http).toMatchObject({ enabled: true, port: 8484, token: expect.any(String) });
+    const frigate = blocks[1].genai.perch;
+    expect(frigate.provider).toBe('llamacpp');
+    expect(new URL(frigate.base_url).port).toBe(String(perch.http.port));
+    expect(frigate.model).toBe(perch.http.model_name);
+    expect(frigate.api_key).toBe(perch.http.token);
+    // The Home Assistant steps name the same URL and the model as the Ollama API lists it.
+    expect(doc).toContain(`URL: \`http://perch.local:${perch.http.port}\``);
+    expect(doc).toContain(`\`${perch.http.model_name}:latest\``);
+    expect(clients.ollama_list).toEqual([`${perch.http.model_name}:latest`]);
+  });
+});

@@ -1,0 +1,177 @@
+"""Real clients of Perch's HTTP API, for test/http.test.ts: the `openai` SDK, the `ollama` library, and replays of
+what Frigate's llamacpp provider (frigate/genai/plugins/llama_cpp.py) and Home Assistant's Ollama integration
+(homeassistant/components/ollama/entity.py, config_flow.py) send. Prints one JSON object of results.
+
+usage: http_clients.py BASE_URL TOKEN JPEG
+"""
+
+import base64
+import json
+import sys
+
+import httpx
+import ollama
+import openai
+
+base, token, jpeg = sys.argv[1], sys.argv[2], sys.argv[3]
+image_b64 = base64.b64encode(open(jpeg, "rb").read()).decode()
+data_url = "data:image/jpeg;base64," + image_b64
+out = {}
+
+
+def record(name, fn):
+    try:
+        out[name] = fn()
+    except openai.APIStatusError as e:
+        out[name] = {"error": {"status": e.status_code, "body": e.body}}
+    except ollama.ResponseError as e:
+        out[name] = {"error": {"status": e.status_code, "message": e.error}}
+
+
+# ---- the openai SDK
+oa = openai.OpenAI(base_url=base + "/v1", api_key=token, max_retries=0)
+ask = [{"role": "user", "content": "Say hello."}]
+record("openai_models", lambda: [m.id for m in oa.models.list().data])
+
+
+def openai_chat():
+    r = oa.chat.completions.create(model="perch", messages=ask, max_tokens=8, temperature=0)
+    c = r.choices[0]
+    return {"text": c.message.content, "finish": c.finish_reason, "usage": r.usage.model_dump()}
+
+
+def openai_stream():
+    parts, finish, usage = [], None, None
+    for chunk in oa.chat.completions.create(
+        model="perch", messages=ask, max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True}
+    ):
+        if chunk.usage:
+            usage = chunk.usage.model_dump()
+        for c in chunk.choices:
+            parts.append(c.delta.content or "")
+            finish = c.finish_reason or finish
+    return {"text": "".join(parts), "finish": finish, "usage": usage}
+
+
+def openai_image():
+    r = oa.chat.completions.create(
+        model="perch",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this image?"},
+                    {"type": "image_url", "image_url": {"url": data_url, "detail": "low"}},
+                ],
+            }
+        ],
+        max_tokens=4,
+        temperature=0,
+    )
+    return {"text": r.choices[0].message.content, "usage": r.usage.model_dump()}
+
+
+record("openai_chat", openai_chat)
+record("openai_stream", openai_stream)
+record("openai_image", openai_image)
+record(
+    "openai_unknown_model",
+    lambda: oa.chat.completions.create(model="gpt-4o", messages=ask, max_tokens=2).model_dump(),
+)
+record(
+    "openai_bad_token",
+    lambda: openai.OpenAI(base_url=base + "/v1", api_key="wrong-token", max_retries=0)
+    .chat.completions.create(model="perch", messages=ask, max_tokens=2)
+    .model_dump(),
+)
+record(
+    "openai_tools",
+    lambda: oa.chat.completions.create(
+        model="perch",
+        messages=ask,
+        max_tokens=2,
+        tools=[{"type": "function", "function": {"name": "lights", "parameters": {"type": "object", "properties": {}}}}],
+    ).model_dump(),
+)
+
+# ---- the ollama library, as Home Assistant's integration calls it
+ol = ollama.Client(host=base, headers={"Authorization": "Bearer " + token})
+record("ollama_list", lambda: [m.model for m in ol.list().models])
+record("ollama_ps", lambda: [m.model for m in ol.ps().models])
+record("ollama_show", lambda: ol.show("perch").capabilities)
+
+
+def ollama_chat():
+    r = ol.chat(model="perch:latest", messages=ask, stream=False, options={"num_predict": 8, "temperature": 0})
+    return {"text": r.message.content, "done": r.done, "reason": r.done_reason, "eval_count": r.eval_count}
+
+
+def ollama_stream_ha():
+    # Home Assistant's conversation call: streaming, num_ctx, keep_alive -1, no tools (sent as []), think off.
+    parts, last = [], None
+    for chunk in ol.chat(
+        model="perch:latest",
+        messages=[{"role": "system", "content": "You are a voice assistant."}] + ask,
+        tools=None,
+        stream=True,
+        keep_alive=-1,
+        options={"num_ctx": 8192, "num_predict": 8, "temperature": 0},
+        think=False,
+    ):
+        parts.append(chunk.message.content or "")
+        last = chunk
+    return {"text": "".join(parts), "done": last.done, "chunks": len(parts)}
+
+
+def ollama_image():
+    r = ol.chat(
+        model="perch",
+        messages=[{"role": "user", "content": "What is in this image?", "images": [jpeg]}],
+        stream=False,
+        options={"num_predict": 4, "temperature": 0},
+    )
+    return {"text": r.message.content, "prompt_eval_count": r.prompt_eval_count}
+
+
+record("ollama_chat", ollama_chat)
+record("ollama_stream_ha", ollama_stream_ha)
+record("ollama_image", ollama_image)
+record("ollama_unknown_model", lambda: ol.chat(model="llama3.2:latest", messages=ask, stream=False).model_dump())
+
+# ---- Frigate's llamacpp provider, replayed: discovery, then a description with an image and provider_options
+hx = httpx.Client(base_url=base, headers={"Authorization": "Bearer " + token}, timeout=120)
+models = hx.get("/v1/models").json()
+props = hx.get("/props", params={"model": "perch"}).json()
+out["frigate_discovery"] = {
+    "ids": [m["id"] for m in models["data"]],
+    "modalities": models["data"][0]["architecture"]["input_modalities"],
+    "n_ctx": props["default_generation_settings"]["n_ctx"],
+    "media_marker": props["media_marker"],
+    "thinking_toggle": "enable_thinking" in props["chat_template"],
+}
+desc = hx.post(
+    "/v1/chat/completions",
+    json={
+        "model": "perch",
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Describe the scene."}, {"type": "image_url", "image_url": {"url": data_url}}],
+            }
+        ],
+        "context_size": 16000,
+        "max_tokens": 4,
+    },
+)
+out["frigate_description"] = {"status": desc.status_code, "content": desc.json()["choices"][0]["message"]["content"]}
+probe = hx.post(
+    "/v1/chat/completions",
+    json={
+        "model": "perch",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "."}, {"type": "image_url", "image_url": {"url": data_url}}]}],
+        "max_tokens": 1,
+    },
+)
+out["frigate_probe_prompt_tokens"] = probe.json()["usage"]["prompt_tokens"]
+
+print(json.dumps(out))
