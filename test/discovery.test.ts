@@ -263,6 +263,17 @@ describe('buildDiscovery', () => {
     expect(JSON.parse(rendered[3]![1]).failed_modules).toEqual(['broker', 'hearing']);
   }, 900_000); // the first run on a machine makes the reference environment
 
+  it('counts HTTP requests with the HTTP API on (rendered by Jinja2), and has no such entity without it', async () => {
+    expect(buildDiscovery(opts).payload.cmps.http_requests).toBeUndefined();
+    const { payload } = buildDiscovery({ ...opts, http: true });
+    const h = payload.cmps.http_requests as unknown as { value_template: string; json_attributes_template: string };
+    expect(h).toMatchObject({ p: 'sensor', state_topic: 'perch/kitchen/stats', state_class: 'total_increasing' });
+    const counts = { requests: 7, generations: 5, errors: 2, rejected: 1 };
+    const rendered = await renderJinja(h.value_template, h.json_attributes_template, [{ http: counts }, {}]);
+    expect(rendered.map(([v]) => v)).toEqual(['7', '0']);
+    expect(JSON.parse(rendered[0]![1])).toEqual(counts);
+  }, 900_000);
+
   it('leaves out audio entities without audio and camera entities without cameras', () => {
     const { payload } = buildDiscovery({ ...opts, audio: false, cameras: [] });
     expect(Object.keys(payload.cmps).sort()).toEqual(['answer', 'ask', 'last_answer', 'problem', 'queue', 'status']);

@@ -13,7 +13,8 @@ import { perchConfigSchema } from '../src/config/schema.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DaemonProcess, REPO, SAMPLES } from './daemon-helpers.js';
 import { tempRoot } from './engine-helpers.js';
-import { freePort, privateBrokerForFile, tempDir, uniqueRoot } from './mqtt-helpers.js';
+import mqtt from 'mqtt';
+import { Collector, freePort, privateBrokerForFile, tempDir, uniqueRoot } from './mqtt-helpers.js';
 import { makeHearingPackage } from './transcribe-helpers.js';
 
 const shared = privateBrokerForFile();
@@ -22,6 +23,7 @@ const cleanups: Array<() => unknown> = [];
 const TOKEN = 'test-token-0123456789';
 const JPEG = join(SAMPLES, 'frames', 'frame-01.jpg');
 let base: string;
+let rootTopic: string;
 let daemon: DaemonProcess;
 // biome-ignore lint/suspicious/noExplicitAny: JSON from the clients and the server, read field by field below
 type Json = any;
@@ -42,22 +44,47 @@ const post = (path: string, body: string, headers: Record<string, string> = {}) 
     body,
   });
 
+/** POSTs on a connection of its own; resolves with the status once the whole response is in. */
+function postOwnConnection(path: string, body: string): Promise<number> {
+  const url = new URL(`${base}${path}`);
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      {
+        host: url.hostname,
+        port: url.port,
+        path: url.pathname,
+        method: 'POST',
+        agent: false,
+        headers: { Authorization: `Bearer ${TOKEN}`, 'Content-Type': 'application/json' },
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
 beforeAll(async () => {
   const setup = run('bash', [join(REPO, 'reference', 'setup.sh')]);
   const root = tempRoot('http');
   const pkg = await makeHearingPackage(root);
   const port = await freePort();
   base = `http://127.0.0.1:${port}`;
+  rootTopic = uniqueRoot();
   const tmp = tempDir('perch-http-');
   cleanups.push(() => tmp.cleanup());
   daemon = DaemonProcess.start(tmp.dir, {
     device: { id: `http${Date.now().toString(36)}` },
     log: { level: 'info' },
     daemon: { state_dir: tmp.dir, drain_timeout_ms: 3000 },
-    mqtt: { url: shared.broker.url, root_topic: uniqueRoot() },
+    mqtt: { url: shared.broker.url, root_topic: rootTopic },
     homeassistant: { enabled: false },
     model: { dir: pkg, threads: 1, context_tokens: 1024 },
     http: { enabled: true, port, token: TOKEN, max_body_bytes: 1024 * 1024 },
+    scheduler: { max_queued: 100 },
   });
   cleanups.push(() => daemon.kill());
   // Ready when the model is: /health says 200.
@@ -227,6 +254,50 @@ describe('bad input, answered while the daemon goes on', () => {
     expect(((await r.json()) as Json).done).toBe(true);
     expect(daemon.log()).not.toMatch(/HTTP request failed/);
   });
+});
+
+describe('one model, one queue', () => {
+  it('MQTT questions and HTTP chats share the queue: a question arriving behind 60 chats is answered before most of them', async () => {
+    const watcher = await Collector.connect(shared.broker.url, [`${rootTopic}/answer`]);
+    try {
+      // 30 chats (about 40 ms each on the tiny model) fill the queue; then a question comes over MQTT. Questions
+      // rank above HTTP requests, so it starts after the chat running then, not after the 29 waiting.
+      let done = 0;
+      // Each on a connection of its own (fetch would share a few), so that all of them wait in the queue at once.
+      const chats = Array.from({ length: 60 }, () =>
+        postOwnConnection(
+          '/v1/chat/completions',
+          JSON.stringify({
+            model: 'perch',
+            messages: [{ role: 'user', content: 'Go on.' }],
+            max_tokens: 16,
+            temperature: 0,
+          }),
+        ).then((status) => {
+          done++;
+          return status;
+        }),
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      const doneAtAsk = done;
+      const c = await mqtt.connectAsync(shared.broker.url);
+      await c.publishAsync(`${rootTopic}/ask`, JSON.stringify({ id: 'prio-1', text: 'hi', max_tokens: 4 }), { qos: 1 });
+      await c.endAsync();
+      let doneAtAnswer = -1;
+      await watcher.waitFor(
+        (m) => m.some((x) => x.topic === `${rootTopic}/answer` && x.payload.toString().includes('prio-1')),
+        120_000,
+      );
+      doneAtAnswer = done;
+      expect(await Promise.all(chats)).toEqual(chats.map(() => 200));
+      // In line by kind, the question waits for the chat running when it came, not for the ones queued (watched
+      // failing with HTTP ranked first: answered after all 60).
+      expect(doneAtAnswer).toBeLessThanOrEqual(doneAtAsk + 3);
+      expect(doneAtAnswer).toBeLessThan(40);
+    } finally {
+      await watcher.close();
+    }
+  }, 180_000);
 });
 
 describe('docs/http.md', () => {

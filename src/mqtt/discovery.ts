@@ -41,6 +41,8 @@ export interface DiscoveryOptions {
   cameras: readonly string[];
   /** Whether the audio pipeline is enabled (transcript entities and the Listening switch). */
   audio: boolean;
+  /** Whether the HTTP API is enabled (its request counter). */
+  http?: boolean;
   swVersion: string;
   /** Board name for the model string, e.g. "Raspberry Pi 5 Model B Rev 1.0". */
   board: string;
@@ -85,7 +87,8 @@ export function askTextTopic(rootTopic: string): string {
 
 /** The discovery options a config gives; swVersion and board come from the caller. */
 export function discoveryOptionsFromConfig(
-  config: Pick<PerchConfig, 'device' | 'mqtt' | 'homeassistant' | 'cameras' | 'audio'>,
+  config: Pick<PerchConfig, 'device' | 'mqtt' | 'homeassistant' | 'cameras' | 'audio'> &
+    Partial<Pick<PerchConfig, 'http'>>,
   extra: { swVersion: string; board?: string },
 ): DiscoveryOptions {
   return {
@@ -95,6 +98,7 @@ export function discoveryOptionsFromConfig(
     discoveryPrefix: config.homeassistant.discovery_prefix,
     cameras: config.cameras.filter((c) => c.enabled).map((c) => c.name),
     audio: config.audio.enabled,
+    http: config.http?.enabled ?? false,
     swVersion: extra.swVersion,
     board: extra.board ?? detectBoard(),
   };
@@ -233,6 +237,17 @@ export function buildDiscovery(opts: DiscoveryOptions): DiscoveryMessage {
     entity_category: 'diagnostic',
     icon: 'mdi:tray-full',
   });
+  if (opts.http) {
+    add('http_requests', 'sensor', 'HTTP requests', {
+      state_topic: t.stats,
+      value_template: `{{ (value_json.get('http') or {}).get('requests', 0) }}`,
+      json_attributes_topic: t.stats,
+      json_attributes_template: `{{ (value_json.get('http') or {}) | tojson }}`,
+      state_class: 'total_increasing',
+      entity_category: 'diagnostic',
+      icon: 'mdi:api',
+    });
+  }
   // ON while any stage of the stats' `health` is not ok (failing, or being restarted) or a module failed to start;
   // the stages and the failed modules as attributes.
   const failedModules = `((value_json.get('modules') or {}) | dictsort | selectattr('1', 'eq', 'failed') | map(attribute='0') | list)`;
