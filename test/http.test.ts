@@ -126,12 +126,20 @@ describe('the OpenAI API, through the openai SDK', () => {
     expect(img.usage.prompt_tokens).toBeGreaterThan(clients.openai_chat.usage.prompt_tokens + 50);
   });
 
-  it('answers an unknown model 404, a wrong token 401, declared tools 400 (not available yet), each with a reason', () => {
+  it('takes declared tools into the prompt and a call with its result back, refuses bad call arguments', () => {
+    const t = clients.openai_tools;
+    // The declaration is in the prompt (the synthetic model makes no calls of its own: random weights).
+    expect(t.prompt_tokens).toBeGreaterThan(clients.openai_chat.usage.prompt_tokens + 20);
+    expect(['stop', 'length', 'tool_calls']).toContain(t.finish);
+    expect(t.history_prompt_tokens).toBeGreaterThan(t.prompt_tokens);
+    expect(clients.openai_bad_tool_args.error.status).toBe(400);
+    expect(clients.openai_bad_tool_args.error.body.message).toMatch(/tool_calls\.0\.function\.arguments/);
+  });
+
+  it('answers an unknown model 404 and a wrong token 401, each with a reason', () => {
     expect(clients.openai_unknown_model.error.status).toBe(404);
     expect(clients.openai_unknown_model.error.body.message).toMatch(/unknown model "gpt-4o"/);
     expect(clients.openai_bad_token.error.status).toBe(401);
-    expect(clients.openai_tools.error.status).toBe(400);
-    expect(clients.openai_tools.error.body.message).toMatch(/tool calling is not available/);
   });
 });
 
@@ -153,6 +161,9 @@ describe('the Ollama API, through the ollama library as Home Assistant calls it'
     expect(typeof ha.text).toBe('string');
     expect(clients.ollama_image.prompt_eval_count).toBeGreaterThan(50);
     expect(clients.ollama_unknown_model.error.status).toBe(404);
+    // Home Assistant's tool loop: tools declared, its call and the result without tool_name, streamed.
+    expect(clients.ollama_tools_ha.done).toBe(true);
+    expect(clients.ollama_tools_ha.prompt_eval_count).toBeGreaterThan(clients.ollama_chat.prompt_eval_count + 20);
   });
 });
 

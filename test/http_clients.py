@@ -84,13 +84,50 @@ record(
     .chat.completions.create(model="perch", messages=ask, max_tokens=2)
     .model_dump(),
 )
+LIGHTS = {
+    "type": "function",
+    "function": {
+        "name": "turn_on",
+        "description": "Turns on a light",
+        "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+    },
+}
+
+
+def openai_tools():
+    # Declared tools go into the prompt; a conversation with a call and its result goes back to the model.
+    r = oa.chat.completions.create(model="perch", messages=ask, max_tokens=2, temperature=0, tools=[LIGHTS])
+    history = [
+        {"role": "user", "content": "Turn on the kitchen light."},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "turn_on", "arguments": '{"name": "kitchen"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"success": true}'},
+    ]
+    r2 = oa.chat.completions.create(model="perch", messages=history, max_tokens=2, temperature=0, tools=[LIGHTS])
+    return {
+        "prompt_tokens": r.usage.prompt_tokens,
+        "finish": r.choices[0].finish_reason,
+        "history_prompt_tokens": r2.usage.prompt_tokens,
+        "history_finish": r2.choices[0].finish_reason,
+    }
+
+
+record("openai_tools", openai_tools)
 record(
-    "openai_tools",
+    "openai_bad_tool_args",
     lambda: oa.chat.completions.create(
         model="perch",
-        messages=ask,
+        messages=[
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "turn_on", "arguments": "not json"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "ok"},
+        ],
         max_tokens=2,
-        tools=[{"type": "function", "function": {"name": "lights", "parameters": {"type": "object", "properties": {}}}}],
+        tools=[LIGHTS],
     ).model_dump(),
 )
 
@@ -103,7 +140,13 @@ record("ollama_show", lambda: ol.show("perch").capabilities)
 
 def ollama_chat():
     r = ol.chat(model="perch:latest", messages=ask, stream=False, options={"num_predict": 8, "temperature": 0})
-    return {"text": r.message.content, "done": r.done, "reason": r.done_reason, "eval_count": r.eval_count}
+    return {
+        "text": r.message.content,
+        "done": r.done,
+        "reason": r.done_reason,
+        "eval_count": r.eval_count,
+        "prompt_eval_count": r.prompt_eval_count,
+    }
 
 
 def ollama_stream_ha():
@@ -133,7 +176,28 @@ def ollama_image():
     return {"text": r.message.content, "prompt_eval_count": r.prompt_eval_count}
 
 
+def ollama_tools_ha():
+    # Home Assistant with "Control Home Assistant" on: its tools, a call it made, the result (no tool_name).
+    parts, last = [], None
+    for chunk in ol.chat(
+        model="perch:latest",
+        messages=[
+            {"role": "user", "content": "Turn on the kitchen light."},
+            {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "turn_on", "arguments": {"name": "kitchen"}}}]},
+            {"role": "tool", "content": json.dumps({"data": {"success": True}, "error": None})},
+        ],
+        tools=[LIGHTS],
+        stream=True,
+        keep_alive=-1,
+        options={"num_ctx": 8192, "num_predict": 4, "temperature": 0},
+    ):
+        parts.append(chunk.message.content or "")
+        last = chunk
+    return {"done": last.done, "prompt_eval_count": last.prompt_eval_count}
+
+
 record("ollama_chat", ollama_chat)
+record("ollama_tools_ha", ollama_tools_ha)
 record("ollama_stream_ha", ollama_stream_ha)
 record("ollama_image", ollama_image)
 record("ollama_unknown_model", lambda: ol.chat(model="llama3.2:latest", messages=ask, stream=False).model_dump())

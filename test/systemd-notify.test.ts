@@ -116,7 +116,7 @@ describe('SystemdNotifier', () => {
     ]);
     // systemd-notify synchronised with the "manager" (BARRIER=1 carrying a file descriptor) each time. The
     // listener may record the last barrier a moment after the last message (once failed in CI under load).
-    await listener.waitFor(() => listener.messages.filter((m) => m.text === 'BARRIER=1').length >= 3);
+    await listener.waitFor(() => listener!.messages.filter((m) => m.text === 'BARRIER=1').length >= 3);
     const barriers = listener.messages.filter((m) => m.text === 'BARRIER=1');
     expect(barriers).toHaveLength(3);
     expect(barriers.every((b) => b.fds === 1)).toBe(true);

@@ -24,6 +24,7 @@ import {
 import { DEFAULT_TUNING, type DecoderSession, type SessionTuning, decoderSession } from './session.js';
 import { PackageTokenizer } from './tokenizer.js';
 import { StopMatcher } from './stop.js';
+import type { ModelToolCall } from './tool-calls.js';
 
 export interface EngineLoadOptions {
   /** ORT intra-op threads (model.threads). */
@@ -73,6 +74,8 @@ export interface GenerateRequest {
   onToken?: (delta: string, info: { tokenId: number; thinking: string }) => void;
   /** Render the template with thinking on (messages only). */
   thinking?: boolean;
+  /** Tools declared to the model (messages only); generation stops where it waits for a tool's response. */
+  tools?: ToolDeclaration[];
   media?: MediaInput[];
   /**
    * Prompt tokens worth keeping in the prefix store (e.g. the system turn). With messages the engine finds the
@@ -140,6 +143,9 @@ export interface GenerateResult {
   tokens: number[];
   promptTokens: number;
   finishReason: FinishReason;
+  /** Tool calls the model made (in <|tool_call> markers, not part of text), and any it wrote that did not parse. */
+  toolCalls: ModelToolCall[];
+  toolCallErrors: string[];
   timings: GenerateTimings;
 }
 
@@ -312,7 +318,15 @@ export class Engine {
     // Snapshots must not cover media rows: the ids there are placeholders and say nothing about the content.
     const firstMedia = media.length ? Math.min(...media.map((m) => m.position)) : ids.length;
     const sampler = createSampler(req.sampling ?? {});
-    const stops = new StopMatcher(this.tokenizer, req.stop ?? [], { modelStops: !req.ignoreEos });
+    // With tools, the model ends a call by opening the tool's response: that is where its turn waits.
+    const waitsForTool = req.tools?.length ? this.tokenizer.special.markers.toolResponseStart : undefined;
+    const stops = new StopMatcher(
+      this.tokenizer,
+      [...(req.stop ?? []), ...(waitsForTool !== undefined ? [waitsForTool] : [])],
+      {
+        modelStops: !req.ignoreEos,
+      },
+    );
     const router = new OutputRouter(this.tokenizer);
     const signal = req.signal;
 
@@ -325,12 +339,15 @@ export class Engine {
     };
     const result = (finishReason: FinishReason, tokens: number[]): GenerateResult => {
       const r = router.result();
+      const calls = router.toolCalls();
       return {
         text: stops.trim(r.answer),
         thinking: r.thinking,
         tokens,
         promptTokens: ids.length,
         finishReason,
+        toolCalls: calls.calls,
+        toolCallErrors: calls.errors,
         timings,
       };
     };
@@ -512,7 +529,7 @@ export class Engine {
     if ((req.messages === undefined) === (req.promptIds === undefined))
       throw new Error('give exactly one of messages and promptIds');
     if (req.promptIds) return { ids: [...req.promptIds], prefixHint: req.prefixTokens ?? 0 };
-    const p = this.preparePrompt(req.messages!, { thinking: req.thinking });
+    const p = this.preparePrompt(req.messages!, { thinking: req.thinking, ...(req.tools ? { tools: req.tools } : {}) });
     return { ids: p.ids, prefixHint: req.prefixTokens ?? p.prefixTokens };
   }
 
@@ -520,12 +537,22 @@ export class Engine {
    * Prompt ids for a conversation, and how many of them are the system turn (worth keeping for reuse): pass
    * both back as promptIds / prefixTokens when the caller needs the length before generating.
    */
-  preparePrompt(messages: ChatMessage[], opts: { thinking?: boolean } = {}): { ids: number[]; prefixTokens: number } {
-    const ids = this.encodeMessages(messages, { thinking: opts.thinking });
+  preparePrompt(
+    messages: ChatMessage[],
+    opts: { thinking?: boolean; tools?: ToolDeclaration[] } = {},
+  ): { ids: number[]; prefixTokens: number } {
+    const ids = this.encodeMessages(messages, {
+      thinking: opts.thinking,
+      ...(opts.tools ? { tools: opts.tools } : {}),
+    });
     let prefixTokens = 0;
     if (messages[0]?.role === 'system' && messages.length > 1) {
       // The system turn alone renders to a prefix of the full prompt with Gemma's template.
-      const sys = this.encodeMessages([messages[0]], { thinking: opts.thinking, addGenerationPrompt: false });
+      const sys = this.encodeMessages([messages[0]], {
+        thinking: opts.thinking,
+        addGenerationPrompt: false,
+        ...(opts.tools ? { tools: opts.tools } : {}),
+      });
       if (commonPrefix(sys, ids) === sys.length) prefixTokens = sys.length;
     }
     return { ids, prefixTokens };

@@ -10,7 +10,13 @@ import { type Logger, silentLogger } from '../common/log.js';
 import { DEFAULT_IMAGE_TOKENS, type TokenBudget } from '../model/gemma4/contract.js';
 import { ImagePreprocessError } from '../vision/preprocess.js';
 import { Engine, type EngineLoadOptions, type MediaInput } from './engine.js';
-import { type ChatMessage, type ContentItem, expandMediaPlaceholders, placeholderContent } from './prompt.js';
+import {
+  type ChatMessage,
+  type ContentItem,
+  type ToolDeclaration,
+  expandMediaPlaceholders,
+  placeholderContent,
+} from './prompt.js';
 import type { SamplerOptions } from './sampling.js';
 import { defaultCacheDir, packageChecksum } from './prepacked-cache.js';
 import { ClipLengthError, Transcriber } from './transcriber.js';
@@ -251,7 +257,17 @@ export class GemmaAnswerEngine implements AnswerEngine {
     const signal = request.signal;
     const media = await this.encodeMedia(request.messages, signal);
     if (signal.aborted) return cancelled(t0);
-    const base = this.render(engine, this.withSystemPrompt(request.messages), request.thinking ?? false);
+    const tools: ToolDeclaration[] | undefined = request.tools?.length
+      ? request.tools.map((t) => ({
+          type: 'function',
+          function: {
+            name: t.name,
+            description: t.description ?? '',
+            parameters: t.parameters ?? { type: 'object', properties: {} },
+          },
+        }))
+      : undefined;
+    const base = this.render(engine, this.withSystemPrompt(request.messages), request.thinking ?? false, tools);
     const expanded = expandMediaPlaceholders(base.ids, engine.tokenizer.special, {
       imageTokens: media.images.map((m) => m.count),
       audioTokens: media.audio.map((m) => m.count),
@@ -280,6 +296,7 @@ export class GemmaAnswerEngine implements AnswerEngine {
       sampling,
       signal,
       ...(request.stop?.length ? { stop: request.stop } : {}),
+      ...(tools ? { tools } : {}),
       ...(mediaInputs.length > 0 ? { media: mediaInputs } : {}),
       onToken: (delta) => {
         if (delta) request.onToken?.(delta);
@@ -290,6 +307,7 @@ export class GemmaAnswerEngine implements AnswerEngine {
       text: r.text,
       finishReason: r.finishReason,
       ...(request.thinking && r.thinking ? { thinking: r.thinking } : {}),
+      ...(r.toolCalls.length ? { toolCalls: r.toolCalls } : {}),
       tokens: { prompt: r.promptTokens, completion: r.tokens.length },
       timings: {
         firstTokenMs: tGen - t0 + r.timings.firstTokenMs,
@@ -361,11 +379,12 @@ export class GemmaAnswerEngine implements AnswerEngine {
     engine: Engine,
     messages: GenerationMessage[],
     thinking: boolean,
+    tools?: ToolDeclaration[],
   ): { ids: number[]; prefixTokens: number } {
     const markers = engine.tokenizer.special.markers;
     const want = { image: 0, audio: 0 };
     const clean: GenerationMessage[] = messages.map((m) => ({
-      role: m.role,
+      ...m,
       content:
         typeof m.content === 'string'
           ? stripControlTokens(m.content)
@@ -378,13 +397,13 @@ export class GemmaAnswerEngine implements AnswerEngine {
       ids.filter((id) => id === markers.audio).length === want.audio;
     if (want.image + want.audio > 0) {
       try {
-        const p = engine.preparePrompt(clean.map(asTemplateItems), { thinking });
+        const p = engine.preparePrompt(clean.map(asTemplateItems), { thinking, ...(tools ? { tools } : {}) });
         if (fits(p.ids)) return p;
       } catch {
         // falls through to the string form
       }
     }
-    return engine.preparePrompt(clean.map(asPlaceholderText), { thinking });
+    return engine.preparePrompt(clean.map(asPlaceholderText), { thinking, ...(tools ? { tools } : {}) });
   }
 
   async close(): Promise<void> {
@@ -425,17 +444,34 @@ interface EncodedMedia {
 
 /** A message as Gemma's template takes it: media parts as items the template renders as placeholders. */
 function asTemplateItems(m: GenerationMessage): ChatMessage {
-  if (typeof m.content === 'string') return { role: m.role, content: m.content };
+  const calls = toolFields(m);
+  if (typeof m.content === 'string') return { role: m.role, content: m.content, ...calls };
   return {
     role: m.role,
     content: m.content.map((p) => (p.type === 'text' ? { type: 'text', text: p.text } : { type: p.type })),
+    ...calls,
   };
 }
 
 /** A message as string content, media parts as their placeholder text (for string-only templates). */
 function asPlaceholderText(m: GenerationMessage): ChatMessage {
-  if (typeof m.content === 'string') return { role: m.role, content: m.content };
-  return { role: m.role, content: placeholderContent(asTemplateItems(m).content as ContentItem[]) };
+  if (typeof m.content === 'string') return { role: m.role, content: m.content, ...toolFields(m) };
+  return { role: m.role, content: placeholderContent(asTemplateItems(m).content as ContentItem[]), ...toolFields(m) };
+}
+
+/** A turn's tool calls and a tool turn's name, as transformers' template takes them. */
+function toolFields(m: GenerationMessage): Pick<ChatMessage, 'tool_calls' | 'name'> {
+  return {
+    ...(m.toolCalls?.length
+      ? {
+          tool_calls: m.toolCalls.map((c) => ({
+            type: 'function' as const,
+            function: { name: c.name, arguments: c.arguments },
+          })),
+        }
+      : {}),
+    ...(m.role === 'tool' && m.name ? { name: m.name } : {}),
+  };
 }
 
 function cancelled(t0: number): GenerationResult {

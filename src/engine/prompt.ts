@@ -11,6 +11,7 @@
  * - the processor then replaces each placeholder with `<|image>` + N x `<|image|>` + `<image|>` (audio alike:
  *   `<|audio>` + N x `<|audio|>` + `<audio|>`); the encoder's N output rows replace those N embeddings.
  */
+import { type ModelToolCall, STRING_DELIMITER, parseToolCall } from './tool-calls.js';
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
@@ -283,6 +284,15 @@ export interface RoutedDelta {
  */
 export class OutputRouter {
   private inChannel = false;
+  /** Inside <|tool_call> ... <tool_call|>: the call's text, with each <|"|> kept. */
+  private inCall = false;
+  private callText = '';
+  private readonly callDetok: IncrementalDetokenizer;
+  private readonly calls: ModelToolCall[] = [];
+  private readonly callErrors: string[] = [];
+  private readonly callOpen: number | undefined;
+  private readonly callClose: number | undefined;
+  private readonly delimiter: number | undefined;
   private needSeparator = false;
   private nameDone = false;
   private nameBuf = '';
@@ -298,9 +308,25 @@ export class OutputRouter {
     this.thinkingDetok = tokenizer.createDetokenizer({ skipSpecial: true });
     this.open = tokenizer.special.markers.channelStart;
     this.close = tokenizer.special.markers.channelEnd;
+    this.callDetok = tokenizer.createDetokenizer({ skipSpecial: true });
+    this.callOpen = tokenizer.special.markers.toolCallStart;
+    this.callClose = tokenizer.special.markers.toolCallEnd;
+    this.delimiter = tokenizer.special.markers.stringDelimiter;
   }
 
   push(id: number): RoutedDelta {
+    if (this.inCall) {
+      if (id === this.delimiter) this.callText += this.callDetok.flush() + STRING_DELIMITER;
+      else if (id === this.callClose) this.endCall();
+      else this.callText += this.callDetok.push(id);
+      return this.emit('', '');
+    }
+    if (id === this.callOpen && !this.inChannel) {
+      const answer = this.answerDetok.flush();
+      this.inCall = true;
+      this.callText = '';
+      return this.emit(answer, '');
+    }
     if (id === this.open && !this.inChannel) {
       const answer = this.answerDetok.flush();
       this.inChannel = true;
@@ -316,6 +342,24 @@ export class OutputRouter {
     }
     if (this.inChannel) return this.emit('', this.thinkingFilter(this.thinkingDetok.push(id)));
     return this.emit(this.answerDetok.push(id), '');
+  }
+
+  /** The tool calls made so far, and why any call could not be read (generation cut inside one, bad syntax). */
+  toolCalls(): { calls: ModelToolCall[]; errors: string[] } {
+    return {
+      calls: [...this.calls],
+      errors: [...this.callErrors, ...(this.inCall ? ['a tool call was cut off'] : [])],
+    };
+  }
+
+  private endCall(): void {
+    this.callText += this.callDetok.flush();
+    this.inCall = false;
+    try {
+      this.calls.push(parseToolCall(this.callText));
+    } catch (err) {
+      this.callErrors.push((err as Error).message);
+    }
   }
 
   /** Releases pending bytes at the end of generation. */

@@ -25,6 +25,10 @@ export const GEMMA_MARKERS = {
   audio: '<|audio|>',
   audioEnd: '<audio|>',
   video: '<|video|>',
+  toolCallStart: '<|tool_call>',
+  toolCallEnd: '<tool_call|>',
+  toolResponseStart: '<|tool_response>',
+  stringDelimiter: '<|"|>',
 } as const;
 
 export type MarkerName = keyof typeof GEMMA_MARKERS;

@@ -29,8 +29,25 @@ export type ContentPart =
   | { type: 'audio'; samples: Int16Array | Float32Array };
 
 export interface GenerationMessage {
-  role: 'system' | 'user' | 'assistant';
+  role: 'system' | 'user' | 'assistant' | 'tool';
   content: string | ContentPart[];
+  /** Calls the model made in this (assistant) turn. */
+  toolCalls?: ToolCallRecord[];
+  /** The tool that answered (tool turns; content is its result). */
+  name?: string;
+}
+
+/** A function the model may call: its name, what it does, and a JSON schema of its arguments. */
+export interface ToolSpec {
+  name: string;
+  description?: string;
+  parameters?: Record<string, unknown>;
+}
+
+/** A call of a tool: the name and the arguments object. */
+export interface ToolCallRecord {
+  name: string;
+  arguments: Record<string, unknown>;
 }
 
 export interface SamplingSettings {
@@ -55,6 +72,8 @@ export interface GenerationRequest {
   thinking?: boolean;
   /** Texts that end the answer where they appear (not included in it). */
   stop?: string[];
+  /** Tools the model may call; its calls come back in the result (the caller runs them). */
+  tools?: ToolSpec[];
   /** Aborting it ends generation with finishReason 'cancelled' and what was generated so far. */
   signal: AbortSignal;
   /** Each piece of text as it is generated. */
@@ -81,6 +100,8 @@ export interface GenerationResult {
   thinking?: string;
   tokens: { prompt: number; completion: number };
   timings: GenerationTimings;
+  /** Calls the model made (with tools declared); the text is what it said besides. */
+  toolCalls?: ToolCallRecord[];
   /** The first image of the request: its size after resizing and its soft tokens. */
   image?: { width: number; height: number; tokens: number };
 }

@@ -1,7 +1,7 @@
 /**
  * What the OpenAI and Ollama chat APIs share once their wire formats are read: images from the wire, structured
  * output by JSON schema (generated, parsed and validated as structured captions are, retried with the reason),
- * and the refusal of tool calling, which this server does not do yet.
+ * and the tools a request declares (the model's calls go back to the client, which runs them).
  */
 import {
   type JsonSchemaObject,
@@ -9,8 +9,9 @@ import {
   generateStructured,
   structuredPrompt,
 } from '../common/structured-output.js';
-import type { GenerationMessage, GenerationRequest, GenerationResult } from '../engine/types.js';
-import { type HttpApi, HttpError } from './server.js';
+import { z } from 'zod';
+import type { GenerationMessage, GenerationRequest, GenerationResult, ToolSpec } from '../engine/types.js';
+import { type HttpApi, HttpError, describeIssues } from './server.js';
 
 /** Retries after an invalid structured reply (as a camera's default structured_retries). */
 const STRUCTURED_RETRIES = 2;
@@ -36,14 +37,32 @@ export function imageBytes(value: string, where: string): Buffer {
   return bytes;
 }
 
-/** Refuses a request that declares tools it expects to be called (tool calling is not implemented yet). */
-export function refuseTools(tools: unknown[] | undefined, choice: unknown): void {
-  if (!tools || tools.length === 0 || choice === 'none') return;
-  throw new HttpError(
-    400,
-    'invalid_request',
-    'tool calling is not available in this Perch version: send the request without tools (or tool_choice "none")',
-  );
+const toolEntry = z.looseObject({
+  type: z.literal('function'),
+  function: z.looseObject({
+    name: z.string().regex(/^[A-Za-z_][A-Za-z0-9_.-]{0,63}$/, 'a function name: letters, digits, _ . -, up to 64'),
+    description: z.string().max(4000).optional(),
+    parameters: z.record(z.string(), z.unknown()).optional(),
+  }),
+});
+
+/**
+ * The tools a request declares, in the engine's terms (none with tool_choice "none"). The model decides whether
+ * to call one: "required" or a named tool cannot be forced without constrained decoding, so they act as "auto".
+ */
+export function toolSpecs(tools: unknown[] | null | undefined, choice: unknown): ToolSpec[] | undefined {
+  if (!tools || tools.length === 0 || choice === 'none') return undefined;
+  if (tools.length > 64) throw new HttpError(400, 'invalid_request', 'tools: at most 64 are accepted');
+  return tools.map((t, i) => {
+    const p = toolEntry.safeParse(t);
+    if (!p.success) throw new HttpError(400, 'invalid_request', `tools.${i}: ${describeIssues(p.error.issues)}`);
+    const f = p.data.function;
+    return {
+      name: f.name,
+      ...(f.description ? { description: f.description } : {}),
+      ...(f.parameters ? { parameters: f.parameters } : {}),
+    };
+  });
 }
 
 /** Checks a response schema before any work: an object schema that the validator compiles. */

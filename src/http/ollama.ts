@@ -7,14 +7,22 @@
 import type * as http from 'node:http';
 import { z } from 'zod';
 import type { ContentPart, GenerationMessage, GenerationRequest, GenerationResult } from '../engine/types.js';
-import { checkSchema, generateJson, imageBytes, refuseTools } from './chat.js';
+import { checkSchema, generateJson, imageBytes, toolSpecs } from './chat.js';
 import { type HttpApi, HttpError, type Route, describeIssues, sendJson } from './server.js';
 
 const message = z.looseObject({
   role: z.enum(['system', 'user', 'assistant', 'tool']),
   content: z.string().max(1_000_000).optional(),
   images: z.array(z.string()).max(16).nullish(),
-  tool_calls: z.array(z.unknown()).nullish(),
+  tool_calls: z
+    .array(
+      z.looseObject({
+        function: z.looseObject({ name: z.string().min(1).max(64), arguments: z.record(z.string(), z.unknown()) }),
+      }),
+    )
+    .max(64)
+    .nullish(),
+  tool_name: z.string().max(64).nullish(),
   thinking: z.string().nullish(),
 });
 const chatRequest = z.looseObject({
@@ -105,7 +113,7 @@ async function chat(api: HttpApi, body: unknown, res: http.ServerResponse, signa
   if (!parsed.success) throw new HttpError(400, 'invalid_request', describeIssues(parsed.error.issues));
   const r = parsed.data;
   if (!api.isModel(r.model)) throw new HttpError(404, 'model_not_found', `model "${r.model.slice(0, 100)}" not found`);
-  refuseTools(r.tools ?? undefined, undefined);
+  const tools = toolSpecs(r.tools, undefined);
   if (r.messages.length === 0) {
     // Ollama's way to load a model: an empty chat answers done at once.
     sendJson(res, 200, {
@@ -117,7 +125,8 @@ async function chat(api: HttpApi, body: unknown, res: http.ServerResponse, signa
     });
     return;
   }
-  const request = generationRequest(r);
+  const request = { ...generationRequest(r), ...(tools ? { tools } : {}) };
+  if (tools && r.format) throw new HttpError(400, 'invalid_request', 'give tools or a format, not both');
   const schema =
     r.format === 'json'
       ? { type: 'object' }
@@ -131,7 +140,15 @@ async function chat(api: HttpApi, body: unknown, res: http.ServerResponse, signa
   const done = (result: GenerationResult, content: string) => ({
     model: r.model,
     created_at: new Date().toISOString(),
-    message: { role: 'assistant', content, ...(result.thinking ? { thinking: result.thinking } : {}) },
+    message: {
+      role: 'assistant',
+      content,
+      ...(result.thinking ? { thinking: result.thinking } : {}),
+      // The client runs the tools; arguments stay objects, as the Ollama library requires.
+      ...(result.toolCalls?.length
+        ? { tool_calls: result.toolCalls.map((c) => ({ function: { name: c.name, arguments: c.arguments } })) }
+        : {}),
+    },
     done: true,
     done_reason: result.finishReason === 'length' ? 'length' : 'stop',
     total_duration: Math.round(result.timings.totalMs * 1e6),
@@ -164,13 +181,20 @@ async function chat(api: HttpApi, body: unknown, res: http.ServerResponse, signa
 
 /** The request in the engine's terms. */
 function generationRequest(r: ChatRequest): Omit<GenerationRequest, 'signal'> {
+  let lastCall: string | undefined;
   const messages: GenerationMessage[] = r.messages.map((m, i) => {
-    if (m.role === 'tool' || m.tool_calls?.length)
-      throw new HttpError(
-        400,
-        'invalid_request',
-        `messages.${i}: tool calls and tool results need tool calling, which this Perch version does not do`,
-      );
+    if (m.role === 'tool') {
+      // Home Assistant sends tool results without tool_name: the latest call's tool answered.
+      const name = m.tool_name ?? lastCall;
+      if (!name)
+        throw new HttpError(400, 'invalid_request', `messages.${i}: a tool result needs a tool call before it`);
+      return { role: 'tool', name, content: m.content ?? '' };
+    }
+    if (m.tool_calls?.length) {
+      const toolCalls = m.tool_calls.map((c) => ({ name: c.function.name, arguments: c.function.arguments }));
+      lastCall = toolCalls[toolCalls.length - 1]!.name;
+      return { role: 'assistant', content: m.content ?? '', toolCalls };
+    }
     const images = m.images ?? [];
     if (images.length === 0) return { role: m.role, content: m.content ?? '' };
     if (m.role !== 'user') throw new HttpError(400, 'invalid_request', `messages.${i}: images go in user messages`);

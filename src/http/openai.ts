@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type * as http from 'node:http';
 import { z } from 'zod';
 import type { ContentPart, GenerationMessage, GenerationRequest, GenerationResult } from '../engine/types.js';
-import { checkSchema, generateJson, imageBytes, refuseTools } from './chat.js';
+import { checkSchema, generateJson, imageBytes, toolSpecs } from './chat.js';
 import { type HttpApi, HttpError, type Route, describeIssues, sendJson } from './server.js';
 
 const text = z.string().max(1_000_000);
@@ -78,7 +78,7 @@ export function openAiRoutes(api: HttpApi): Record<string, Route> {
         model_alias: api.settings.model_name,
         default_generation_settings: { n_ctx: api.contextTokens },
         modalities: { vision: s.vision === true, audio: false },
-        chat_template_caps: { supports_tools: false },
+        chat_template_caps: { supports_tools: true },
         // Perch renders Gemma's template itself; no enable_thinking switch is offered through chat_template_kwargs.
         chat_template: '',
         media_marker: MEDIA_MARKER,
@@ -117,9 +117,11 @@ async function chatCompletions(
       'model_not_found',
       `unknown model "${r.model.slice(0, 100)}"; this server has "${api.settings.model_name}"`,
     );
-  refuseTools(r.tools ?? undefined, r.tool_choice);
-  const request = generationRequest(r);
+  const tools = toolSpecs(r.tools, r.tool_choice);
+  const request = { ...generationRequest(r), ...(tools ? { tools } : {}) };
   const fmt = r.response_format;
+  if (tools && fmt && fmt.type !== 'text')
+    throw new HttpError(400, 'invalid_request', 'give tools or a JSON response_format, not both');
   const schema =
     fmt?.type === 'json_schema'
       ? checkSchema(fmt.json_schema.schema, 'response_format.json_schema.schema')
@@ -135,6 +137,7 @@ async function chatCompletions(
   if (!r.stream) {
     const result = await run();
     if (result.finishReason === 'cancelled') return;
+    const calls = toolCallsOut(result);
     sendJson(res, 200, {
       id,
       object: 'chat.completion',
@@ -145,10 +148,11 @@ async function chatCompletions(
           index: 0,
           message: {
             role: 'assistant',
-            content: result.text,
+            content: calls.length && !result.text ? null : result.text,
             ...(result.thinking ? { reasoning_content: result.thinking } : {}),
+            ...(calls.length ? { tool_calls: calls } : {}),
           },
-          finish_reason: result.finishReason,
+          finish_reason: calls.length ? 'tool_calls' : result.finishReason,
         },
       ],
       usage: usage(result),
@@ -180,11 +184,22 @@ async function chatCompletions(
     res.end();
     return;
   }
-  send(chunk({}, result.finishReason));
+  const calls = toolCallsOut(result);
+  if (calls.length) send(chunk({ tool_calls: calls.map((c, index) => ({ index, ...c })) }, null));
+  send(chunk({}, calls.length ? 'tool_calls' : result.finishReason));
   if (r.stream_options?.include_usage)
     send({ id, object: 'chat.completion.chunk', created, model: r.model, choices: [], usage: usage(result) });
   send('[DONE]');
   res.end();
+}
+
+/** The model's calls as OpenAI's tool_calls (arguments as a JSON string). */
+function toolCallsOut(r: GenerationResult): Array<Record<string, unknown>> {
+  return (r.toolCalls ?? []).map((c) => ({
+    id: `call_${randomUUID().replace(/-/g, '').slice(0, 24)}`,
+    type: 'function',
+    function: { name: c.name, arguments: JSON.stringify(c.arguments) },
+  }));
 }
 
 function usage(r: GenerationResult): Record<string, number> {
@@ -195,15 +210,62 @@ function usage(r: GenerationResult): Record<string, number> {
   };
 }
 
+const toolCallIn = z.looseObject({
+  id: z.string().max(256).optional(),
+  type: z.literal('function').optional(),
+  function: z.looseObject({
+    name: z.string().min(1).max(64),
+    arguments: z.union([z.string(), z.record(z.string(), z.unknown())]),
+  }),
+});
+
+function parseArguments(a: string | Record<string, unknown>, where: string): Record<string, unknown> {
+  if (typeof a !== 'string') return a;
+  try {
+    const v = JSON.parse(a) as unknown;
+    if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch {
+    // the error below
+  }
+  throw new HttpError(400, 'invalid_request', `${where}: a JSON object (as a string) is required`);
+}
+
+function textContent(c: ChatRequest['messages'][number]['content']): string {
+  if (c == null) return '';
+  if (typeof c === 'string') return c;
+  return c.map((p) => (p.type === 'text' ? p.text : '')).join('');
+}
+
 /** The request in the engine's terms. */
 function generationRequest(r: ChatRequest): Omit<GenerationRequest, 'signal'> {
+  // A tool result names its call by id; the engine (Gemma's template) wants the tool's name.
+  const callNames = new Map<string, string>();
   const messages: GenerationMessage[] = r.messages.map((m, i) => {
-    if (m.role === 'tool' || m.tool_calls?.length)
-      throw new HttpError(
-        400,
-        'invalid_request',
-        `messages.${i}: tool calls and tool results need tool calling, which this Perch version does not do`,
-      );
+    if (m.role === 'tool') {
+      const name = (m.tool_call_id && callNames.get(m.tool_call_id)) || m.name;
+      if (!name)
+        throw new HttpError(
+          400,
+          'invalid_request',
+          `messages.${i}: a tool result needs the tool_call_id of a call before it`,
+        );
+      return { role: 'tool', name, content: textContent(m.content) };
+    }
+    if (m.tool_calls?.length) {
+      const toolCalls = m.tool_calls.map((c, j) => {
+        const p = toolCallIn.safeParse(c);
+        if (!p.success)
+          throw new HttpError(
+            400,
+            'invalid_request',
+            `messages.${i}.tool_calls.${j}: ${describeIssues(p.error.issues)}`,
+          );
+        const args = parseArguments(p.data.function.arguments, `messages.${i}.tool_calls.${j}.function.arguments`);
+        if (p.data.id) callNames.set(p.data.id, p.data.function.name);
+        return { name: p.data.function.name, arguments: args };
+      });
+      return { role: 'assistant', content: textContent(m.content), toolCalls };
+    }
     const role = m.role === 'developer' ? 'system' : m.role;
     if (typeof m.content === 'string' || m.content == null) return { role, content: m.content ?? '' };
     const parts: ContentPart[] = m.content.map((p, j) =>
