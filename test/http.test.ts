@@ -44,8 +44,15 @@ const post = (path: string, body: string, headers: Record<string, string> = {}) 
     body,
   });
 
-/** POSTs on a connection of its own; resolves with the status once the whole response is in. */
+/** POSTs on a connection of its own; resolves with the status (and headers, body) once the whole response is in. */
 function postOwnConnection(path: string, body: string): Promise<number> {
+  return postFull(path, body).then((r) => r.status);
+}
+
+function postFull(
+  path: string,
+  body: string,
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
   const url = new URL(`${base}${path}`);
   return new Promise((resolve, reject) => {
     const req = http.request(
@@ -58,8 +65,11 @@ function postOwnConnection(path: string, body: string): Promise<number> {
         headers: { Authorization: `Bearer ${TOKEN}`, 'Content-Type': 'application/json' },
       },
       (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }),
+        );
       },
     );
     req.on('error', reject);
@@ -309,6 +319,28 @@ describe('one model, one queue', () => {
       await watcher.close();
     }
   }, 180_000);
+});
+
+describe('a full queue', () => {
+  it('answers 503 with Retry-After and the busy code past scheduler.max_queued, and every other request', async () => {
+    // 140 at once against max_queued 100: the ones beyond the queue are refused at once, the rest answered.
+    const body = JSON.stringify({
+      model: 'perch',
+      messages: [{ role: 'user', content: 'Go on.' }],
+      max_tokens: 8,
+      temperature: 0,
+    });
+    const all = await Promise.all(Array.from({ length: 140 }, () => postFull('/v1/chat/completions', body)));
+    const refused = all.filter((r) => r.status === 503);
+    expect(refused.length).toBeGreaterThan(0);
+    expect(all.filter((r) => r.status === 200).length + refused.length).toBe(140);
+    for (const r of refused) {
+      expect(r.headers['retry-after']).toBe('5');
+      expect(JSON.parse(r.body).error.type).toBe('busy');
+    }
+    const after = await post('/v1/chat/completions', body);
+    expect(after.status).toBe(200);
+  }, 120_000);
 });
 
 describe('docs/http.md', () => {
