@@ -6,6 +6,7 @@
  */
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import * as http from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { httpSettings, schedulerSettings } from '../src/config/schema.js';
 import { silentLogger } from '../src/common/log.js';
@@ -187,5 +188,72 @@ describe('a recorded Gemma 4 tool call through the HTTP API', () => {
       tool_choice: 'none',
     });
     expect(model.last!.tools).toBeUndefined();
+  });
+});
+
+describe('a full queue', () => {
+  it('answers 503 with Retry-After and the busy code past scheduler.max_queued, then serves again', async () => {
+    // A model that holds its first request until released: one running, two waiting (max_queued 2), one over.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let calls = 0;
+    const slow: AnswerEngine = {
+      status: () => ({ state: 'ready', detail: 'held' }),
+      generate: async (req) => {
+        if (calls++ === 0) await held;
+        return model.generate(req);
+      },
+      close: async () => undefined,
+    };
+    const scheduler = new Scheduler(schedulerSettings.parse({ max_queued: 2 }));
+    const s = new HttpServer({
+      settings: { ...httpSettings.parse({ enabled: true }), port: 0 },
+      engine: () => slow,
+      scheduler,
+      version: 'test',
+      contextTokens: 1024,
+      logger: silentLogger,
+    });
+    await s.start();
+    try {
+      const url = `http://127.0.0.1:${s.address()!.port}/api/chat`;
+      const body = JSON.stringify({ model: 'perch', messages: [{ role: 'user', content: 'hi' }], stream: false });
+      // Each on a connection of its own: fetch would hold the later ones behind the held one.
+      const send = () =>
+        new Promise<{ status: number; retryAfter: string | undefined; body: string }>((resolve, reject) => {
+          const req = http.request(
+            url,
+            { method: 'POST', agent: false, headers: { 'Content-Type': 'application/json' } },
+            (res) => {
+              let text = '';
+              res.on('data', (c: Buffer) => (text += c.toString()));
+              res.on('end', () =>
+                resolve({
+                  status: res.statusCode ?? 0,
+                  retryAfter: res.headers['retry-after'] as string | undefined,
+                  body: text,
+                }),
+              );
+            },
+          );
+          req.on('error', reject);
+          req.end(body);
+        });
+      const first = send();
+      while (calls === 0) await new Promise((r) => setTimeout(r, 5));
+      const waiting = [send(), send()];
+      while (scheduler.stats().depth_by_kind.http < 2) await new Promise((r) => setTimeout(r, 5));
+      const over = await send();
+      expect(over.status).toBe(503);
+      expect(over.retryAfter).toBe('5');
+      expect((JSON.parse(over.body) as { error: string }).error).toMatch(/queue full/);
+      release();
+      expect((await first).status).toBe(200);
+      for (const w of waiting) expect((await w).status).toBe(200);
+      expect((await send()).status).toBe(200);
+      expect(s.stats().http).toMatchObject({ rejected: 1, errors: 1 });
+    } finally {
+      await s.stop();
+    }
   });
 });

@@ -407,7 +407,7 @@ export class Scheduler {
   }
 
   private depth(): number {
-    return this.lanes.answer.length + this.lanes.transcript.length + this.lanes.caption.length;
+    return JOB_KINDS.reduce((n, k) => n + this.lanes[k].length, 0);
   }
 
   private isIdle(): boolean {
