@@ -11,7 +11,13 @@
  * both free to keep) and runs the rest of the clip from there. The result equals the whole-clip path's.
  */
 import type { LogMelExtractor } from '../audio/features.js';
-import { type AudioSoftTokens, type AudioStream, type AudioStreamMark, FRAMES_PER_TOKEN } from './audio-encoder.js';
+import {
+  type AudioSoftTokens,
+  type AudioStream,
+  type AudioStreamMark,
+  FRAMES_PER_TOKEN,
+  joinTokens,
+} from './audio-encoder.js';
 import type { Engine, PrefilledPrompt } from './engine.js';
 
 /**
@@ -58,6 +64,8 @@ export interface StreamedSpeech {
 interface Mark {
   frames: number;
   tokens: number;
+  /** Encoder runs (entries of chunks) that made those tokens. */
+  chunks: number;
   audio: AudioStreamMark;
   prompt: PrefilledPrompt;
 }
@@ -140,19 +148,10 @@ export class SpeechStream {
     const t1 = performance.now();
     const rows = await this.encoder.push(tail.features, tail.mask);
     const t2 = performance.now();
-    const kept = this.chunks.slice(0, this.chunkCount(mark));
-    const parts = [...kept, rows];
-    const hidden = this.engine.config.hiddenSize;
-    const count = mark.tokens + rows.count;
-    const all = new Float32Array(count * hidden);
-    let at = 0;
-    for (const p of parts) {
-      all.set(p.rows, at);
-      at += p.rows.length;
-    }
+    const all = joinTokens([...this.chunks.slice(0, mark.chunks), rows]);
     return {
-      rows: all,
-      count,
+      rows: all.rows,
+      count: all.count,
       resume: mark.prompt,
       streamedTokens: mark.tokens,
       tailTokens: rows.count,
@@ -163,14 +162,6 @@ export class SpeechStream {
     };
   }
 
-  /** Chunks that make up a mark's tokens. */
-  private chunkCount(m: Mark): number {
-    let tokens = 0;
-    let i = 0;
-    while (tokens < m.tokens) tokens += this.chunks[i++]!.count;
-    return i;
-  }
-
   private async pump(): Promise<void> {
     try {
       const { prefix, audioId, prefixKind } = this.layout;
@@ -179,7 +170,7 @@ export class SpeechStream {
         // The instruction: from the prefix cache after the first utterance (pinned by kind).
         const prompt = await this.engine.prefill({ promptIds: prefix, prefixTokens: prefix.length, prefixKind });
         this.prefillMs += performance.now() - t0;
-        this.marks.push({ frames: 0, tokens: 0, audio: this.encoder.mark(), prompt });
+        this.marks.push({ frames: 0, tokens: 0, chunks: 0, audio: this.encoder.mark(), prompt });
       }
       const unit = STREAM_UNIT_TOKENS * FRAMES_PER_TOKEN;
       while (!this.stopped) {
@@ -201,7 +192,13 @@ export class SpeechStream {
         this.prefillMs += performance.now() - t1;
         if (this.stopped) break;
         this.chunks.push(rows);
-        this.marks.push({ frames: last.frames + n, tokens, audio: this.encoder.mark(), prompt });
+        this.marks.push({
+          frames: last.frames + n,
+          tokens,
+          chunks: this.chunks.length,
+          audio: this.encoder.mark(),
+          prompt,
+        });
         // Keep the instruction's mark and the newest few: the end rarely goes back further than the hang-over.
         if (this.marks.length > KEPT_MARKS + 1) this.marks.splice(1, 1);
       }

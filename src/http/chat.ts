@@ -3,14 +3,15 @@
  * output by JSON schema (generated, parsed and validated as structured captions are, retried with the reason),
  * and the tools a request declares (the model's calls go back to the client, which runs them).
  */
-import {
-  type JsonSchemaObject,
-  compileStructured,
-  generateStructured,
-  structuredPrompt,
-} from '../common/structured-output.js';
+import { type JsonSchemaObject, compileStructured, generateStructured } from '../common/structured-output.js';
 import { z } from 'zod';
-import type { GenerationMessage, GenerationRequest, GenerationResult, ToolSpec } from '../engine/types.js';
+import type {
+  GenerationMessage,
+  GenerationRequest,
+  GenerationResult,
+  SamplingSettings,
+  ToolSpec,
+} from '../engine/types.js';
 import { type HttpApi, HttpError, describeIssues } from './server.js';
 
 /** Retries after an invalid structured reply (as a camera's default structured_retries). */
@@ -81,7 +82,7 @@ export function checkSchema(schema: unknown, where: string): JsonSchemaObject {
  * Generates a reply that is one JSON object valid against `schema`: the last user message asks for it, an
  * invalid reply is retried with the reason; after the last try the request fails with invalid_output (502).
  */
-export async function generateJson(
+async function generateJson(
   api: HttpApi,
   request: Omit<GenerationRequest, 'signal'>,
   schema: JsonSchemaObject,
@@ -105,8 +106,32 @@ export async function generateJson(
   return { ...result!, text, finishReason: 'stop' };
 }
 
-/** The prompt a JSON schema adds (for clients that only want the instruction, e.g. json_object mode). */
-export { structuredPrompt };
+/** The sampling fields both APIs name alike (absent or null: the engine's default). */
+export function samplingOf(o: {
+  temperature?: number | null;
+  top_p?: number | null;
+  top_k?: number | null;
+  seed?: number | null;
+}): SamplingSettings {
+  return {
+    ...(o.temperature != null ? { temperature: o.temperature } : {}),
+    ...(o.top_p != null ? { topP: o.top_p } : {}),
+    ...(o.top_k != null ? { topK: o.top_k } : {}),
+    ...(o.seed != null ? { seed: o.seed } : {}),
+  };
+}
+
+/** Generates the reply: a validated JSON object when a schema is given, else free text (streamed by onToken). */
+export function reply(
+  api: HttpApi,
+  request: Omit<GenerationRequest, 'signal'>,
+  schema: JsonSchemaObject | null,
+  signal: AbortSignal,
+  onToken?: (delta: string) => void,
+): Promise<GenerationResult> {
+  const req = { ...request, ...(onToken ? { onToken } : {}) };
+  return schema ? generateJson(api, req, schema, signal) : api.generate(req, signal);
+}
 
 function textOf(m: GenerationMessage): string {
   if (typeof m.content === 'string') return m.content;

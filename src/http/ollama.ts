@@ -7,7 +7,7 @@
 import type * as http from 'node:http';
 import { z } from 'zod';
 import type { ContentPart, GenerationMessage, GenerationRequest, GenerationResult } from '../engine/types.js';
-import { checkSchema, generateJson, imageBytes, toolSpecs } from './chat.js';
+import { checkSchema, imageBytes, reply, samplingOf, toolSpecs } from './chat.js';
 import { type HttpApi, HttpError, type Route, describeIssues, sendJson } from './server.js';
 
 const message = z.looseObject({
@@ -133,10 +133,8 @@ async function chat(api: HttpApi, body: unknown, res: http.ServerResponse, signa
       : r.format && typeof r.format === 'object'
         ? checkSchema(r.format, 'format')
         : null;
-  const run = (onToken?: (delta: string) => void): Promise<GenerationResult> => {
-    const req = { ...request, ...(onToken ? { onToken } : {}) };
-    return schema ? generateJson(api, req, schema, signal) : api.generate(req, signal);
-  };
+  const run = (onToken?: (delta: string) => void): Promise<GenerationResult> =>
+    reply(api, request, schema, signal, onToken);
   const done = (result: GenerationResult, content: string) => ({
     model: r.model,
     created_at: new Date().toISOString(),
@@ -210,12 +208,7 @@ function generationRequest(r: ChatRequest): Omit<GenerationRequest, 'signal'> {
   return {
     messages,
     ...(maxTokens ? { maxTokens } : {}),
-    sampling: {
-      ...(o.temperature != null ? { temperature: o.temperature } : {}),
-      ...(o.top_p != null ? { topP: o.top_p } : {}),
-      ...(o.top_k != null ? { topK: o.top_k } : {}),
-      ...(o.seed != null ? { seed: o.seed } : {}),
-    },
+    sampling: samplingOf(o),
     ...(o.stop?.length ? { stop: o.stop } : {}),
     ...(r.think === true || typeof r.think === 'string' ? { thinking: true } : {}),
   };

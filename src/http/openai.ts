@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type * as http from 'node:http';
 import { z } from 'zod';
 import type { ContentPart, GenerationMessage, GenerationRequest, GenerationResult } from '../engine/types.js';
-import { checkSchema, generateJson, imageBytes, toolSpecs } from './chat.js';
+import { checkSchema, imageBytes, reply, samplingOf, toolSpecs } from './chat.js';
 import { type HttpApi, HttpError, type Route, describeIssues, sendJson } from './server.js';
 
 const text = z.string().max(1_000_000);
@@ -130,10 +130,8 @@ async function chatCompletions(
         : null;
   const id = `chatcmpl-${randomUUID()}`;
   const created = Math.floor(Date.now() / 1000);
-  const run = (onToken?: (delta: string) => void): Promise<GenerationResult> => {
-    const req = { ...request, ...(onToken ? { onToken } : {}) };
-    return schema ? generateJson(api, req, schema, signal) : api.generate(req, signal);
-  };
+  const run = (onToken?: (delta: string) => void): Promise<GenerationResult> =>
+    reply(api, request, schema, signal, onToken);
   if (!r.stream) {
     const result = await run();
     if (result.finishReason === 'cancelled') return;
@@ -288,12 +286,7 @@ function generationRequest(r: ChatRequest): Omit<GenerationRequest, 'signal'> {
   return {
     messages,
     ...(maxTokens ? { maxTokens } : {}),
-    sampling: {
-      ...(r.temperature != null ? { temperature: r.temperature } : {}),
-      ...(r.top_p != null ? { topP: r.top_p } : {}),
-      ...(r.top_k != null ? { topK: r.top_k } : {}),
-      ...(r.seed != null ? { seed: r.seed } : {}),
-    },
+    sampling: samplingOf(r),
     ...(stop?.length ? { stop } : {}),
     ...(r.chat_template_kwargs?.enable_thinking ? { thinking: true } : {}),
   };
