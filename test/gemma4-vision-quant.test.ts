@@ -126,11 +126,11 @@ describe('gemma4 vision encoder quantisation', () => {
     expect(errs[8]!).toBeLessThan(0.02);
   });
 
-  it('the default policy is 8-bit block-32 accuracy_level 4 with 8-bit tables', () => {
+  it('the default policy is 8-bit block-128 accuracy_level 4 with 8-bit tables', () => {
     const p = defaultVisionPolicy();
     expect(p.linear(visionTensorTable(cfg)[0]!)).toEqual({
       bits: 8,
-      blockSize: 32,
+      blockSize: 128,
       accuracyLevel: 4,
       method: 'search',
     });

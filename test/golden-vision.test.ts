@@ -21,6 +21,7 @@ import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkpointWeightSource, convertCheckpoint } from '../src/model/build/convert.js';
 import { type Gemma4VisionConfig, parseGemma4VisionConfig, patchDim } from '../src/model/gemma4/vision-config.js';
+import { VISION_ONNX_FILE, writeVisionEncoderModel } from '../src/model/gemma4/vision-graph.js';
 import { VisionReference } from '../src/model/gemma4/vision-reference.js';
 import { PACKAGE_FILES } from '../src/model/package/manifest.js';
 import { synthTokenizerFiles } from '../src/model/build/synth-tokenizer.js';
@@ -204,6 +205,7 @@ let want: SafetensorsCheckpoint;
 let ref: VisionReference;
 let floatSession: ort.InferenceSession;
 let quantSession: ort.InferenceSession;
+let maskedSession: ort.InferenceSession;
 
 /** transformers' inputs for one case: stored codes when there are, else Perch's preprocessing (its sha256 is pinned above). */
 async function caseInput(name: string, budget: number, pad: boolean): Promise<PatchInput & { soft: number }> {
@@ -234,11 +236,14 @@ beforeAll(async () => {
   cfg = parseGemma4VisionConfig(JSON.parse(readFileSync(join(ckpt, 'config.json'), 'utf8')));
   const src = await SafetensorsCheckpoint.open(ckpt);
   ref = await VisionReference.load(cfg, checkpointWeightSource(src));
+  // Packages hold the 'unpadded' graph (fused attention); the masked one takes padded batches.
+  await writeVisionEncoderModel(join(root, 'masked'), cfg, checkpointWeightSource(src), { quant: null });
   await src.close();
   want = await SafetensorsCheckpoint.open(join(G, 'tower.safetensors'));
   floatSession = await ort.InferenceSession.create(join(root, 'float', PACKAGE_FILES.visionGraph), {
     intraOpNumThreads: 1,
   });
+  maskedSession = await ort.InferenceSession.create(join(root, 'masked', VISION_ONNX_FILE), { intraOpNumThreads: 1 });
   quantSession = await ort.InferenceSession.create(join(root, 'default', PACKAGE_FILES.visionGraph), {
     intraOpNumThreads: 1,
   });
@@ -246,6 +251,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await floatSession?.release();
   await quantSession?.release();
+  await maskedSession?.release();
   await want?.close();
   if (root) rmSync(root, { recursive: true, force: true });
 });
@@ -262,27 +268,44 @@ describe('golden vision: tower + embedder equal transformers get_image_features'
     expect(patchDim(cfg)).toBe(PATCH_DIM);
   });
 
-  it.each(towerFacts.cases)('$key: ORT float graph and TS reference within 1e-4, unpadded and padded', async (c) => {
-    const expected = await want.read(c.key);
-    const [soft, width] = c.shape;
-    for (const pad of [false, true]) {
-      const input = await caseInput(c.image, c.budget, pad);
-      expect(input.soft).toBe(soft);
-      const r = ref.encode(input.pixelValues, input.positionIds);
-      expect(r.softTokens).toBe(soft);
-      const g = await runVision(floatSession, [input], PATCH_DIM);
-      expect(g.dims).toEqual([1, input.rows / 9, width]);
-      const eRef = relErr(r.embeds.subarray(0, soft * width), expected);
-      const eOrt = relErr(g.data.subarray(0, soft * width), expected);
-      // Measured (same with and without padding): reference 1.1e-6..1.9e-6, ORT 1.6e-6..2.5e-6.
-      expect(eRef, `reference, pad ${pad}`).toBeLessThanOrEqual(1e-4);
-      expect(eOrt, `ORT, pad ${pad}`).toBeLessThanOrEqual(1e-4);
-    }
+  it.each(towerFacts.cases)(
+    '$key: ORT float graphs (package: fused attention; masked: unpadded and padded) and TS reference within 1e-4',
+    async (c) => {
+      const expected = await want.read(c.key);
+      const [soft, width] = c.shape;
+      const runs = [
+        { pad: false, session: floatSession, graph: 'package' },
+        { pad: false, session: maskedSession, graph: 'masked' },
+        { pad: true, session: maskedSession, graph: 'masked' },
+      ];
+      for (const { pad, session, graph } of runs) {
+        const input = await caseInput(c.image, c.budget, pad);
+        expect(input.soft).toBe(soft);
+        const r = ref.encode(input.pixelValues, input.positionIds);
+        expect(r.softTokens).toBe(soft);
+        const g = await runVision(session, [input], PATCH_DIM);
+        expect(g.dims).toEqual([1, input.rows / 9, width]);
+        const eRef = relErr(r.embeds.subarray(0, soft * width), expected);
+        const eOrt = relErr(g.data.subarray(0, soft * width), expected);
+        // Measured (same with and without padding, either graph): reference 1.1e-6..1.9e-6, ORT 1.6e-6..2.5e-6.
+        expect(eRef, `reference, pad ${pad}`).toBeLessThanOrEqual(1e-4);
+        expect(eOrt, `ORT ${graph} graph, pad ${pad}`).toBeLessThanOrEqual(1e-4);
+      }
+    },
+  );
+
+  it('the package graph attends in one fused MultiHeadAttention per layer; the masked graph in plain ops', () => {
+    const pkg = readFileSync(join(root, 'float', PACKAGE_FILES.visionGraph));
+    const masked = readFileSync(join(root, 'masked', VISION_ONNX_FILE));
+    expect(pkg.includes('MultiHeadAttention')).toBe(true);
+    expect(pkg.includes('Softmax')).toBe(false);
+    expect(masked.includes('MultiHeadAttention')).toBe(false);
+    expect(masked.includes('Softmax')).toBe(true);
   });
 
   it('a padded batch of two images (different patch counts) in one ORT run', async () => {
     const inputs = await Promise.all(towerFacts.batch.map((c) => caseInput(c.image, c.budget, true)));
-    const g = await runVision(floatSession, inputs, PATCH_DIM);
+    const g = await runVision(maskedSession, inputs, PATCH_DIM);
     const slots = inputs[0]!.rows / 9;
     for (const [i, c] of towerFacts.batch.entries()) {
       const [soft, width] = c.shape;

@@ -40,6 +40,8 @@ export async function writeEncoders(
       quant: method ? defaultVisionPolicy(method) : null,
       fusedNorm: true,
       onnxGelu: true,
+      // The runtime feeds one unpadded image a run (engine/vision.ts).
+      attention: 'unpadded',
       onnxFile: PACKAGE_FILES.visionGraph,
       dataFile: PACKAGE_FILES.visionWeights,
     });

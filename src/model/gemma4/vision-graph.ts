@@ -8,13 +8,14 @@
  *   position_ids  int64   [batch, patches, 2]          (x = column, y = row); (-1, -1) marks padding rows,
  *                                                      which are masked out as keys and zeroed before pooling
  *   image_embeds  float32 [batch, patches / k^2, text_hidden]   k = pooling_kernel_size
- * patches must be a multiple of k^2 (preprocess.ts guarantees it, padded or not). Soft token s of an image
+ * patches must be a multiple of k^2 (preprocess.ts guarantees it, padded or not). Graphs built with
+ * attention 'unpadded' (packages) take unpadded input only: padding rows would be attended to. Soft token s of an image
  * is row s; only the first (patchRows/k) * (patchCols/k) rows (preprocess.ts numSoftTokens) are real: with
  * padding rows, the trailing slots pool nothing and must be dropped by the caller (they are exactly 0
  * unless the config standardizes).
  */
 import * as path from 'node:path';
-import { GraphBuilder, type SaveResult } from '../../onnx/graph.js';
+import { GraphBuilder, type SaveResult, attrFloat } from '../../onnx/graph.js';
 import { type LinearWeight, Ops } from './graph-ops.js';
 import { quantizeLinear } from './quantize.js';
 import { type Gemma4VisionConfig, patchDim, visionInvFreq } from './vision-config.js';
@@ -37,6 +38,13 @@ export interface VisionGraphOptions {
   fusedNorm?: boolean;
   /** ONNX Gelu(approximate="tanh") instead of the explicit formula (default false). */
   onnxGelu?: boolean;
+  /**
+   * 'masked' (default): attention in plain ops, head by head, with padding rows masked out as keys: any input,
+   * padded batches included. 'unpadded': one com.microsoft.MultiHeadAttention, which ONNX Runtime runs as
+   * flash attention on the CPU (no [patches, patches] scores in memory): 20% faster at 2,376 patches, but it
+   * has no key mask, so the graph takes unpadded images only (what the runtime feeds: one image a run).
+   */
+  attention?: 'masked' | 'unpadded';
 }
 
 export interface VisionGraphInfo {
@@ -161,12 +169,24 @@ export async function buildVisionGraph(
     const outs = qs.map((qi, i) => ops.attention(qi, ks[i]!, vs[i]!, keyMask, nh / nkv, 1, hd, 'all'));
     return ops.op('Concat', outs, { axis: -1 });
   };
+  // q, k, v [B, P, heads, hd] -> [B, P, hidden]: softmax(q k^T) v, scaling 1.0 (q and k are RMS-normed).
+  const selfAttention = (q: string, kk: string, v: string): string => {
+    if (opts.attention !== 'unpadded' || nkv !== nh) return attentionByKvHead(toBhsd(q), toBhsd(kk), toBhsd(v));
+    const flat = (t: string, n: number): string => ops.op('Reshape', [t, ops.i64([0, 0, n * hd])]);
+    return b.node(
+      'MultiHeadAttention',
+      [flat(q, nh), flat(kk, nkv), flat(v, nkv)],
+      1,
+      { num_heads: nh, scale: attrFloat(1) },
+      'com.microsoft',
+    )[0]!;
+  };
   let x = await norm(h, 0, 'input_norm');
   for (let l = 0; l < cfg.numHiddenLayers; l++) {
     const q = rope(await norm(heads(await clipped(x, l, 'q_proj'), nh), l, 'q_norm'));
     const kk = rope(await norm(heads(await clipped(x, l, 'k_proj'), nkv), l, 'k_norm'));
     const v = ops.rmsNormNoScale(heads(await clipped(x, l, 'v_proj'), nkv), `layers.${l}.v_norm`, hd, eps);
-    const attn = attentionByKvHead(toBhsd(q), toBhsd(kk), toBhsd(v));
+    const attn = selfAttention(q, kk, v);
     const a = await norm(await clipped(attn, l, 'o_proj'), l, 'post_attn_norm');
     let xf: string;
     [xf, h] = ops.skipRmsNorm(a, h, `layers.${l}.pre_ff_norm`, await src.get(visionNames.norm(l, 'pre_ff_norm')), eps);
@@ -254,6 +274,7 @@ export async function writeVisionEncoderModel(
   const info = await buildVisionGraph(b, cfg, src, opts);
   b.setMetadata('perch.model', 'gemma4_vision_encoder');
   b.setMetadata('perch.pooling_kernel_size', String(cfg.poolingKernelSize));
+  b.setMetadata('perch.vision_attention', opts.attention ?? 'masked');
   const saved = await b.save(dir, onnxFile);
   return { ...saved, info, onnxFile, dataFile };
 }
