@@ -26,7 +26,7 @@ import { GraphBuilder, type SaveResult } from '../../onnx/graph.js';
 import { type Gemma4TextConfig, type LayerInfo, type LayerType, hasPle, layerInfos } from './config.js';
 import { type CacheSlot, DECODER_IO, cacheSlots } from './contract.js';
 import { type Int8ChannelMatrix, type QuantizedMatrix, concatQuantized, quantizeInt8Channels } from '../quant.js';
-import { type LinearWeight, type QuantInits, Ops } from './graph-ops.js';
+import { type LinearWeight, type QuantInits, Ops, type RotaryCaches } from './graph-ops.js';
 import {
   type GlobalRole,
   type LayerRole,
@@ -195,15 +195,22 @@ export async function buildDecoderGraph(
 
   // ---- RoPE tables per layer type, from float positions [batch, seq, 1]
   const posF = ops.op('Cast', [ops.op('Unsqueeze', [positionIds, ops.i64([2])])], { to: 1 });
+  const attention = opts.attention ?? 'plain';
+  // Plain attention rotates q and k after their transpose to [B, heads, S, d], in one RotaryEmbedding node
+  // each (six plain ops before: 300 of E2B's ~1,500 nodes a step); GroupQueryAttention takes [B, S, hidden].
   const ropeTables = new Map<LayerType, { cos: string; sin: string }>();
-  for (const l of layers) if (!ropeTables.has(l.type)) ropeTables.set(l.type, ops.ropeTables(posF, l.invFreq));
+  const rotaryCaches = new Map<LayerType, RotaryCaches>();
+  for (const l of layers) {
+    if (attention === 'plain' && !rotaryCaches.has(l.type))
+      rotaryCaches.set(l.type, ops.rotaryCaches(posF, positionIds, l.invFreq));
+    if (attention !== 'plain' && !ropeTables.has(l.type)) ropeTables.set(l.type, ops.ropeTables(posF, l.invFreq));
+  }
 
   // ---- decoder layers
   const seqLen = ops.dim(inputIds, 1);
   const masks = new Map<LayerType, string>();
   const newKv = new Map<number, { k: string; v: string; pastK: string; pastV: string }>();
   const kvAll = new Map<number, { k: string; v: string }>();
-  const attention = opts.attention ?? 'plain';
   const cacheOutputs = opts.cacheOutputs ?? 'present';
   if (cacheOutputs === 'new' && attention !== 'plain') throw new Error("cacheOutputs 'new' needs plain attention");
   const bnshCache = new Map<string, string>();
@@ -267,25 +274,30 @@ export async function buildDecoderGraph(
     const d = info.headDim;
     const nH = cfg.numAttentionHeads;
     const nKv = cfg.numKeyValueHeads;
-    const rope = ropeTables.get(info.type)!;
+    /** x [B, S, heads, d] -> rotated; [B, heads, S, d] for plain attention (bnsh), [B, S, heads, d] for GQA. */
+    const rope = (x: string): string =>
+      attention === 'plain'
+        ? ops.rotary(bnsh(x), rotaryCaches.get(info.type)!)
+        : ops.applyRope(x, ropeTables.get(info.type)!, d);
     const w = (r: LayerRole): Promise<Float32Array> => get(lName(l, r));
     const norm = (r: LayerRole): Promise<Float32Array> => normScale(lName(l, r));
 
     // attention block: projections, q/k RMSNorm, RoPE in [B, S, heads, d]; v RMSNorm without scale
     const xa = ops.rmsNorm(h, `layers.${l}.input_layernorm`, await norm('input_norm'), eps);
     let q = ops.op('Reshape', [await linear(xa, lName(l, 'q_proj')), ops.i64([0, 0, nH, d])]);
-    q = ops.applyRope(ops.rmsNorm(q, `layers.${l}.q_norm`, await norm('q_norm'), eps), rope, d);
+    q = rope(ops.rmsNorm(q, `layers.${l}.q_norm`, await norm('q_norm'), eps));
     // Scaling q scales every score q.k (Gemma 3's query_pre_attn_scalar^-0.5; Gemma 4's is 1).
     if (cfg.attentionScale !== 1) q = ops.op('Mul', [q, ops.f32(cfg.attentionScale)]);
     if (info.ownsKv) {
       let k = ops.op('Reshape', [await linear(xa, lName(l, 'k_proj')), ops.i64([0, 0, nKv, d])]);
-      k = ops.applyRope(ops.rmsNorm(k, `layers.${l}.k_norm`, await norm('k_norm'), eps), rope, d);
+      k = rope(ops.rmsNorm(k, `layers.${l}.k_norm`, await norm('k_norm'), eps));
       let v = ops.op('Reshape', [await linear(xa, lName(l, 'v_proj')), ops.i64([0, 0, nKv, d])]);
       if (cfg.valueNorm) v = ops.rmsNormNoScale(v, `layers.${l}.v_norm`, d, eps);
+      if (attention === 'plain') v = bnsh(v);
       const slot = slots.find((s) => s.layer === l)!;
       newKv.set(l, { k, v, pastK: slot.pastKey, pastV: slot.pastValue });
     }
-    // KV-shared layers attend with their source layer's past + new K/V.
+    // KV-shared layers attend with their source layer's past + new K/V ([B, kv heads, S, d] for plain attention).
     const kv = newKv.get(info.kvSource)!;
     const ownSlot = info.ownsKv ? slots.find((s) => s.layer === l)! : null;
     let attn: string;
@@ -308,8 +320,8 @@ export async function buildDecoderGraph(
       let all = kvAll.get(info.kvSource);
       if (!all) {
         all = {
-          k: ops.op('Concat', [kv.pastK, bnsh(kv.k)], { axis: 2 }),
-          v: ops.op('Concat', [kv.pastV, bnsh(kv.v)], { axis: 2 }),
+          k: ops.op('Concat', [kv.pastK, kv.k], { axis: 2 }),
+          v: ops.op('Concat', [kv.pastV, kv.v], { axis: 2 }),
         };
         kvAll.set(info.kvSource, all);
       }
@@ -318,12 +330,12 @@ export async function buildDecoderGraph(
         mask = ops.causalMask(seqLen, ops.dim(all.k, 2), info.window);
         masks.set(info.type, mask);
       }
-      attn = ops.attention(bnsh(q), all.k, all.v, mask, nH, nKv, d);
+      attn = ops.attention(q, all.k, all.v, mask, nH, nKv, d);
       [presentK, presentV] = [all.k, all.v];
     }
     if (ownSlot && cacheOutputs === 'new') {
-      b.node('Identity', [bnsh(kv.k)], [ownSlot.newKey]);
-      b.node('Identity', [bnsh(kv.v)], [ownSlot.newValue]);
+      b.node('Identity', [kv.k], [ownSlot.newKey]);
+      b.node('Identity', [kv.v], [ownSlot.newValue]);
     } else if (ownSlot) {
       if (info.window !== null) {
         // Keep only what the next call can see: the last window-1 positions.

@@ -44,6 +44,13 @@ export interface OpsOptions {
 
 const NEG_INF_MASK = -1e30;
 
+/** RoPE for com.microsoft.RotaryEmbedding (Ops.rotaryCaches). */
+export interface RotaryCaches {
+  cos: string;
+  sin: string;
+  ids: string;
+}
+
 export class Ops {
   private readonly consts = new Map<string, string>();
 
@@ -272,6 +279,30 @@ export class Ops {
     const cos = this.op('Unsqueeze', [this.op('Cos', [emb]), this.i64([2])]);
     const sin = this.op('Unsqueeze', [this.op('Sin', [emb]), this.i64([2])]);
     return { cos, sin };
+  }
+
+  /**
+   * Caches for com.microsoft.RotaryEmbedding holding exactly this run's positions: cos/sin [B*S, d/2] (the
+   * first half of ropeTables' rows), indexed by ids [B, S] = 0 .. B*S-1. No table of every position a context
+   * could reach (E2B's full layers: 131,072 x 256 floats each).
+   */
+  rotaryCaches(posF: string, positionIds: string, invFreq: Float64Array): RotaryCaches {
+    const half = invFreq.length;
+    const freqs = this.op('Reshape', [
+      this.op('Mul', [posF, this.f32([...Float32Array.from(invFreq)])]),
+      this.i64([-1, half]),
+    ]);
+    const count = this.op('Mul', [this.dim(positionIds, 0), this.dim(positionIds, 1)]);
+    const ids = this.op('Reshape', [
+      this.op('Range', [this.i64(0), count, this.i64(1)]),
+      this.op('Shape', [positionIds]),
+    ]);
+    return { cos: this.op('Cos', [freqs]), sin: this.op('Sin', [freqs]), ids };
+  }
+
+  /** applyRope in one node, on x [batch, heads, seq, d]: x * cos + rotate_half(x) * sin. */
+  rotary(x: string, c: RotaryCaches): string {
+    return this.b.node('RotaryEmbedding', [x, c.ids, c.cos, c.sin], 1, {}, 'com.microsoft')[0]!;
   }
 
   /** x * cos + rotate_half(x) * sin, x [batch, seq, heads, d]; rotate_half(x) = concat(-x2, x1). */
