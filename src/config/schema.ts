@@ -212,6 +212,98 @@ export const httpSettings = z
   })
   .describe('HTTP API for other model clients (off by default).');
 
+/** Languages Home Assistant may pick for a Wyoming pipeline by default: Gemma 4 hears and speaks many more. */
+export const DEFAULT_WYOMING_LANGUAGES = [
+  'en',
+  'de',
+  'fr',
+  'es',
+  'it',
+  'nl',
+  'pt',
+  'pl',
+  'sv',
+  'da',
+  'nb',
+  'fi',
+  'cs',
+  'ru',
+  'uk',
+  'tr',
+  'ar',
+  'hi',
+  'ja',
+  'ko',
+  'zh',
+];
+
+export const wyomingSettings = z
+  .object({
+    enabled: z
+      .boolean()
+      .default(false)
+      .describe(
+        "Serve speech to text and a conversation agent over the Wyoming protocol, for Home Assistant's Assist pipelines and voice satellites (docs/wyoming.md).",
+      ),
+    listen: z
+      .string()
+      .min(1)
+      .max(255)
+      .default('127.0.0.1')
+      .describe(
+        'Address the Wyoming server listens on; 0.0.0.0 (or ::) for Home Assistant on another machine. The protocol has no authentication: listen only where you trust the network.',
+      ),
+    port: z
+      .number()
+      .int()
+      .min(1)
+      .max(65535)
+      .default(10300)
+      .describe('Port of the Wyoming server (10300, the convention for speech to text).'),
+    zeroconf: z
+      .boolean()
+      .default(true)
+      .describe(
+        'Advertise the server over mDNS (_wyoming._tcp), so Home Assistant discovers it; not when it listens on loopback only.',
+      ),
+    name: z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9 ._-]{0,62}$/, 'letters, digits, space, dot, underscore and dash, up to 63')
+      .optional()
+      .describe('The mDNS instance name (unique on the network). Default: perch-<device.id>.'),
+    languages: z
+      .array(z.string().regex(/^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$/, 'a language code such as en or pt-BR'))
+      .min(1)
+      .max(200)
+      .default(DEFAULT_WYOMING_LANGUAGES)
+      .describe('Language codes offered to Home Assistant (it accepts only these for a pipeline).'),
+    max_clients: z
+      .number()
+      .int()
+      .min(1)
+      .max(64)
+      .default(8)
+      .describe(
+        'Connections served at once (Home Assistant opens one per utterance or turn); more are refused with an error.',
+      ),
+    idle_timeout_s: z
+      .number()
+      .min(1)
+      .max(3600)
+      .default(30)
+      .describe('A client that sends nothing for this long while it has no answer pending is disconnected.'),
+    max_chunk_bytes: z
+      .number()
+      .int()
+      .min(1024)
+      .max(4 * 1024 * 1024)
+      .default(256 * 1024)
+      .describe(
+        'Largest event payload (an audio chunk) or data block; a larger one ends the connection with an error.',
+      ),
+  })
+  .describe('Wyoming server for Home Assistant voice (off by default).');
+
 export const homeAssistantSettings = z
   .object({
     enabled: z.boolean().default(true).describe('Publish Home Assistant MQTT discovery for one Perch device.'),
@@ -550,6 +642,7 @@ export const perchConfigSchema = z
     mqtt: mqttSettings.prefault({}),
     embedded_broker: embeddedBrokerSettings.prefault({}),
     http: httpSettings.prefault({}),
+    wyoming: wyomingSettings.prefault({}),
     homeassistant: homeAssistantSettings.prefault({}),
     model: modelSettings.prefault({}),
     scheduler: schedulerSettings.prefault({}),
@@ -562,6 +655,7 @@ export type PerchConfig = z.output<typeof perchConfigSchema>;
 export type PerchConfigInput = z.input<typeof perchConfigSchema>;
 export type MqttSettings = PerchConfig['mqtt'];
 export type HttpSettings = PerchConfig['http'];
+export type WyomingSettings = PerchConfig['wyoming'];
 export type AudioSourceSettings = z.output<typeof audioSourceSettings>;
 export type CameraSourceSettings = z.output<typeof cameraSourceSettings>;
 export type CameraSettings = PerchConfig['cameras'][number];

@@ -24,6 +24,7 @@ import { AudioMeter, SnapshotPublisher, SourceGroup } from '../pipelines/sources
 import { Scheduler } from '../scheduler/scheduler.js';
 import { perchVersion } from '../common/version.js';
 import { HttpServer } from '../http/server.js';
+import { WyomingServer } from '../wyoming/server.js';
 import { createAudioSource, createFrameSource } from '../sources/index.js';
 import type { FrameSource } from '../sources/types.js';
 import { EmbeddedBroker } from './embedded-broker.js';
@@ -174,6 +175,7 @@ export class Controller {
       // at once on connect.
       defineModule('ask', { start: () => ask.start(), stop: () => ask.stop() }),
       ...(config.http.enabled ? [this.httpModule()] : []),
+      ...(config.wyoming.enabled ? [this.wyomingModule()] : []),
       defineModule('mqtt', {
         start: async () => {
           await this.conn.start();
@@ -235,6 +237,26 @@ export class Controller {
     });
     return defineModule('http', {
       start: () => server.start(),
+      stop: () => server.stop(),
+      stats: () => server.stats(),
+    });
+  }
+
+  /** The Wyoming server: Home Assistant's speech to text and conversation agent, `answer` jobs in the one scheduler. */
+  private wyomingModule(): DaemonModule {
+    const { config } = this.o;
+    const server = new WyomingServer({
+      settings: config.wyoming,
+      deviceId: config.device.id,
+      speech: () => this.model.speech(),
+      engine: () => this.model.engine,
+      scheduler: this.scheduler,
+      version: perchVersion(),
+      transcriptMaxTokens: config.audio.transcript_max_tokens,
+      logger: this.log,
+    });
+    return defineModule('wyoming', {
+      start: async () => void (await server.start()),
       stop: () => server.stop(),
       stats: () => server.stats(),
     });

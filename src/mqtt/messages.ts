@@ -279,6 +279,16 @@ export const statsSchema = z.strictObject({
   ),
   /** The HTTP API (http.enabled): requests, generations, errors and those refused as busy or unavailable. */
   http: z.strictObject({ requests: count, generations: count, errors: count, rejected: count }).optional(),
+  wyoming: z
+    .strictObject({
+      clients: count,
+      connections: count,
+      transcripts: count,
+      turns: count,
+      errors: count,
+      refused: count,
+    })
+    .optional(),
   /** Hearing: voice activity and what the audio source delivered. */
   audio: z
     .strictObject({
