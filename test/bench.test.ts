@@ -176,6 +176,14 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   );
   expect(k.decodeShareOfCeiling).toBeCloseTo(res.decodeTokPerS / k.ceilingTokPerS, 9);
 
+  // Constrained decoding's mask: measured over the whole vocabulary along a reply the grammar took.
+  const mk = res.mask;
+  expect(mk.vocabSize).toBeGreaterThan(200);
+  expect(mk.steps).toBeGreaterThan(10);
+  expect(mk.perTokenMs.p50).toBeGreaterThan(0);
+  expect(mk.perTokenMs.p95).toBeGreaterThanOrEqual(mk.perTokenMs.p50);
+  expect(mk.shareOfDecodeStep).toBeCloseTo((mk.perTokenMs.p50 * res.decodeTokPerS) / 1000, 9);
+
   // The tiny package has both encoders: both sections are measured (values positive, not judged for speed).
   const s = res.speech;
   if (s.skipped) throw new Error(`speech skipped: ${s.reason}`);
@@ -271,6 +279,9 @@ it('prints a human table by default, speech and caption beside their Pi 5 target
   );
   expect(r.stdout).toMatch(
     /^ +kernel ceiling +[\d.]+ tok\/s if decode were nothing but these kernels; decode reaches \d+% of it/m,
+  );
+  expect(r.stdout).toMatch(
+    /^ +grammar mask +[\d.]+ ms per token \(p95 [\d.]+; \d+ steps of a JSON caption\) over \d+ ids: /m,
   );
   const off = await bench('--model', pkg, '--json', ...SMALL, '--no-speech', '--no-caption', '--no-kernels');
   expect(off.code, off.stderr).toBe(0);

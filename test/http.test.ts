@@ -9,6 +9,7 @@ import * as http from 'node:http';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parse } from 'yaml';
+import { compileStructured, parseStructured } from '../src/common/structured-output.js';
 import { perchConfigSchema } from '../src/config/schema.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DaemonProcess, REPO, SAMPLES } from './daemon-helpers.js';
@@ -28,6 +29,17 @@ let daemon: DaemonProcess;
 // biome-ignore lint/suspicious/noExplicitAny: JSON from the clients and the server, read field by field below
 type Json = any;
 let clients: Record<string, Json>;
+/** test/http_clients.py's DOOR schema. */
+const clientsDoorSchema = {
+  type: 'object',
+  properties: {
+    door: { type: 'string', enum: ['front', 'garage', 'back'] },
+    open: { type: 'boolean' },
+    minutes: { type: 'integer', minimum: 0, maximum: 600 },
+  },
+  required: ['door', 'open', 'minutes'],
+  additionalProperties: false,
+};
 
 function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) =>
@@ -150,6 +162,19 @@ describe('the OpenAI API, through the openai SDK', () => {
     expect(clients.openai_unknown_model.error.status).toBe(404);
     expect(clients.openai_unknown_model.error.body.message).toMatch(/unknown model "gpt-4o"/);
     expect(clients.openai_bad_token.error.status).toBe(401);
+  });
+});
+
+describe('JSON-schema replies (decoded under the schema)', () => {
+  it('response_format json_schema (openai) and format (ollama): every sampled reply parses and validates', () => {
+    const validator = compileStructured(clientsDoorSchema);
+    for (const name of ['openai_json_schema', 'ollama_format']) {
+      const replies = clients[name] as string[];
+      expect(replies, JSON.stringify(clients[name])).toHaveLength(5);
+      for (const text of replies) expect(parseStructured(text, validator), text).toMatchObject({ ok: true });
+      // Five seeds, not five copies of one reply.
+      expect(new Set(replies).size).toBeGreaterThan(1);
+    }
   });
 });
 

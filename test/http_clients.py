@@ -196,6 +196,51 @@ def ollama_tools_ha():
     return {"done": last.done, "prompt_eval_count": last.prompt_eval_count}
 
 
+# A JSON-schema reply, as a client asks for one: decoded under the schema, so it parses and validates at once,
+# random weights or not (sampled, several seeds).
+DOOR = {
+    "type": "object",
+    "properties": {
+        "door": {"type": "string", "enum": ["front", "garage", "back"]},
+        "open": {"type": "boolean"},
+        "minutes": {"type": "integer", "minimum": 0, "maximum": 600},
+    },
+    "required": ["door", "open", "minutes"],
+    "additionalProperties": False,
+}
+
+
+def openai_json_schema():
+    replies = []
+    for seed in range(1, 6):
+        r = oa.chat.completions.create(
+            model="perch",
+            messages=[{"role": "user", "content": "Which door is open?"}],
+            max_tokens=96,
+            temperature=1,
+            seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "door", "schema": DOOR, "strict": True}},
+        )
+        replies.append(r.choices[0].message.content)
+    return replies
+
+
+def ollama_format():
+    replies = []
+    for seed in range(1, 6):
+        r = ol.chat(
+            model="perch",
+            messages=[{"role": "user", "content": "Which door is open?"}],
+            format=DOOR,
+            stream=False,
+            options={"num_predict": 96, "temperature": 1, "seed": seed},
+        )
+        replies.append(r.message.content)
+    return replies
+
+
+record("openai_json_schema", openai_json_schema)
+record("ollama_format", ollama_format)
 record("ollama_chat", ollama_chat)
 record("ollama_tools_ha", ollama_tools_ha)
 record("ollama_stream_ha", ollama_stream_ha)

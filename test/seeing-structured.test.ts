@@ -1,7 +1,8 @@
 /**
  * The daemon with a structured-caption camera and questions about a JPEG held on a topic: the real `perch run`
- * process, a tiny package that can see (random weights: its replies are never valid JSON), a directory camera
- * and the system Mosquitto. The caption is asked 1 + structured_retries times and then fails with
+ * process, a tiny package that can see (random weights), a directory camera and the system Mosquitto. A
+ * structured caption is decoded under its schema's token mask and validates on the first attempt; one the mask
+ * cannot finish within caption_max_tokens is asked 1 + structured_retries times and then fails with
  * invalid_output and its reason; image_topic questions take the retained JPEG, and refuse an empty topic or a
  * payload that is not a JPEG.
  */
@@ -28,6 +29,33 @@ afterEach(async () => {
 const json = (m: Received): unknown => JSON.parse(m.payload.toString());
 
 describe('perch run with structured captions and image_topic questions', () => {
+  it('decodes a structured caption under the schema: valid on the first attempt, even with random weights', async () => {
+    const schema = {
+      type: 'object',
+      properties: {
+        people: { type: 'integer', minimum: 0, maximum: 9 },
+        vehicle: { type: 'string', enum: ['car', 'bike', 'none'] },
+        summary: { type: 'string', maxLength: 16 },
+      },
+      required: ['people', 'vehicle', 'summary'],
+    };
+    const { daemon, captions, waitForEnd } = await startSeeingDaemon(cleanups, {
+      modelDir: pkg,
+      endTimeoutMs: 60_000,
+      camera: { caption_max_tokens: 64, structured: schema, structured_retries: 2 },
+    });
+    await waitForEnd();
+    const made = captions().filter((c) => c.data !== undefined);
+    expect(made.length).toBeGreaterThan(0);
+    for (const c of made) {
+      expect(c.attempts).toBe(1);
+      expect(Object.keys(c.data as object)).toEqual(['people', 'vehicle', 'summary']);
+      expect(['car', 'bike', 'none']).toContain((c.data as { vehicle: string }).vehicle);
+      expect(JSON.parse(c.text as string)).toEqual(c.data);
+    }
+    expect(daemon.log()).not.toContain('structured caption invalid');
+  }, 120_000);
+
   it('retries an invalid structured caption, then publishes invalid_output; answers about a retained JPEG', async () => {
     const { topicRoot, daemon, watcher, events, captions, waitForEnd } = await startSeeingDaemon(cleanups, {
       modelDir: pkg,

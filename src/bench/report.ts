@@ -76,6 +76,10 @@ export function formatReport(r: BenchResult): string {
         `${pct(l.decodeShareOfRead)} of the read limit, ${pct(l.decodeShareOfCopy)} of the copy limit (decode ${f1(r.decodeTokPerS)} tok/s after ${r.prompts[0]!.promptTokens}-token prompt)`,
       ],
       [
+        'grammar mask',
+        `${r.mask.perTokenMs.p50.toFixed(3)} ms per token (p95 ${r.mask.perTokenMs.p95.toFixed(3)}; ${r.mask.steps} steps of a JSON caption) over ${r.mask.vocabSize} ids: ${pct(r.mask.shareOfDecodeStep)} of a decode step; vocabulary table ${r.mask.tableMs.toFixed(0)} ms once, schema ${r.mask.compileMs.toFixed(0)} ms once`,
+      ],
+      [
         'peak RSS',
         `${mib(r.memory.peak.rss)} (anonymous ${mib(r.memory.peak.anon)}, file ${mib(r.memory.peak.file)}, shmem ${mib(r.memory.peak.shmem)}; sampled every ${r.memory.intervalMs} ms)`,
       ],

@@ -27,6 +27,7 @@ import {
   type SpeechResult,
 } from './media.js';
 import { type KernelResult, kernelCeilingTokPerS, measureKernels } from './kernels.js';
+import { type MaskCost, measureMaskCost } from './grammar.js';
 import { profileDecode, type OrtProfileSummary } from './ort-profile.js';
 import { weightBytesPerToken, type WeightBytes } from './weight-bytes.js';
 
@@ -113,6 +114,8 @@ export interface BenchResult {
   profile: OrtProfileSummary | null;
   /** The MatMulNBits kernels alone and the decode ceiling they set (null: --no-kernels or a float package). */
   kernels: (KernelResult & { ceilingTokPerS: number; decodeShareOfCeiling: number }) | null;
+  /** Constrained decoding's mask per token (grammar.ts), and its share of a decode step at the first prompt length. */
+  mask: MaskCost & { shareOfDecodeStep: number };
   /** Measured after everything above (their encoders are not in `memory`); skipped with the reason otherwise. */
   speech: SpeechResult | Skipped;
   caption: CaptionResult | Skipped;
@@ -328,6 +331,9 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         kernels = { ...k, ceilingTokPerS: ceiling, decodeShareOfCeiling: prompts[0]!.decodeTokPerS / ceiling };
       }
 
+      say('constrained decoding: the grammar mask per token');
+      const mask = await measureMaskCost(engine.tokenizer);
+
       const decodeTokPerS = prompts[0]!.decodeTokPerS;
       const bytesPerS = decodeTokPerS * weights.perToken;
       const q = engine.manifest.quantisation;
@@ -376,6 +382,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         ple,
         profile,
         kernels,
+        mask: { ...mask, shareOfDecodeStep: (mask.perTokenMs.p50 * decodeTokPerS) / 1000 },
         speech,
         caption,
       };

@@ -564,7 +564,7 @@ export const cameraSettings = z.object({
       }
     })
     .describe(
-      'Structured captions: a JSON schema of an object, e.g. {type: object, properties: {people: {type: integer}, summary: {type: string}, concern: {enum: [low, medium, high]}}, required: [people, summary]}. The model is asked for JSON matching it; the caption message carries the validated object as data, or error_code invalid_output after the retries. Default: plain text captions.',
+      'Structured captions: a JSON schema of an object, e.g. {type: object, properties: {people: {type: integer}, summary: {type: string}, concern: {enum: [low, medium, high]}}, required: [people, summary]}. The model writes JSON matching it under a token mask made from the schema, so it is valid on the first pass; the caption message carries the validated object as data, or error_code invalid_output after the retries (a reply cut off by caption_max_tokens). Default: plain text captions.',
     ),
   structured_retries: z
     .number()

@@ -24,6 +24,7 @@ import {
 import { DEFAULT_TUNING, type DecoderSession, type SessionTuning, decoderSession } from './session.js';
 import { PackageTokenizer } from './tokenizer.js';
 import { StopMatcher } from './stop.js';
+import { type TokenConstraint, applyMask } from './grammar.js';
 import type { ModelToolCall } from './tool-calls.js';
 
 export interface EngineLoadOptions {
@@ -99,6 +100,8 @@ export interface GenerateRequest {
   ignoreEos?: boolean;
   /** Debug/test hook: the logits each sampled token was drawn from. */
   onLogits?: (logits: Float32Array, step: number) => void;
+  /** Decode under this token mask (engine/grammar.ts): each step samples only among the ids it allows. */
+  constraint?: TokenConstraint;
 }
 
 export interface PrefillRequest
@@ -134,6 +137,8 @@ export interface GenerateTimings {
   tokensPerSecond: number;
   /** Prompt tokens taken from the prefix store instead of being run. */
   reusedTokens: number;
+  /** With a constraint: time spent on the grammar's masks (computing and applying them), all steps. */
+  maskMs?: number;
 }
 
 export interface GenerateResult {
@@ -377,6 +382,11 @@ export class Engine {
     let decodeStart = 0;
     let decodeRuns = 0;
     for (let step = 0; ; step++) {
+      if (req.constraint) {
+        const t = performance.now();
+        applyMask(logits!, await req.constraint.allowed(), this.tokenizer.vocabSize);
+        timings.maskMs = (timings.maskMs ?? 0) + performance.now() - t;
+      }
       req.onLogits?.(logits!, step);
       const id = sampler.sample(logits!, history);
       if (step === 0) {
@@ -387,6 +397,8 @@ export class Engine {
         finish = 'stop';
         break;
       }
+      if (req.constraint && !req.constraint.accept(id))
+        throw new Error(`the grammar refused token ${id}, which its own mask allowed`);
       generated.push(id);
       history.push(id);
       const delta = router.push(id);

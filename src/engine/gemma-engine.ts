@@ -6,6 +6,7 @@
  * soft-token rows replace the placeholder run of the user turn.
  */
 import type { PerchConfig } from '../config/schema.js';
+import { JsonGrammars, type TokenConstraint } from './grammar.js';
 import { type Logger, silentLogger } from '../common/log.js';
 import { DEFAULT_IMAGE_TOKENS, type TokenBudget } from '../model/gemma4/contract.js';
 import { ImagePreprocessError } from '../vision/preprocess.js';
@@ -78,6 +79,8 @@ export class GemmaAnswerEngine implements AnswerEngine {
   private state: EngineStatus = { state: 'loading', detail: 'loading the model package' };
   private loading: Promise<void> | null = null;
   private closed = false;
+  /** Constrained decoding's tables for the engine in use. */
+  private grammars: { engine: Engine; tables: Promise<JsonGrammars> } | null = null;
   private readonly log: Logger;
 
   constructor(
@@ -267,7 +270,8 @@ export class GemmaAnswerEngine implements AnswerEngine {
           },
         }))
       : undefined;
-    const base = this.render(engine, this.withSystemPrompt(request.messages), request.thinking ?? false, tools);
+    const thinking = (request.thinking ?? false) && !request.jsonSchema;
+    const base = this.render(engine, this.withSystemPrompt(request.messages), thinking, tools);
     const expanded = expandMediaPlaceholders(base.ids, engine.tokenizer.special, {
       imageTokens: media.images.map((m) => m.count),
       audioTokens: media.audio.map((m) => m.count),
@@ -288,25 +292,29 @@ export class GemmaAnswerEngine implements AnswerEngine {
       ...(s.topP !== undefined ? { topP: s.topP } : {}),
       ...(s.seed !== undefined ? { seed: s.seed } : {}),
     };
+    const constraint = request.jsonSchema ? await this.grammarsFor(engine).constraint(request.jsonSchema) : undefined;
     const tGen = performance.now();
-    const r = await engine.generate({
-      promptIds: expanded.ids,
-      prefixTokens: base.prefixTokens,
-      maxTokens,
-      sampling,
-      signal,
-      ...(request.stop?.length ? { stop: request.stop } : {}),
-      ...(tools ? { tools } : {}),
-      ...(mediaInputs.length > 0 ? { media: mediaInputs } : {}),
-      onToken: (delta) => {
-        if (delta) request.onToken?.(delta);
-      },
-    });
+    const r = await engine
+      .generate({
+        ...(constraint ? { constraint } : {}),
+        promptIds: expanded.ids,
+        prefixTokens: base.prefixTokens,
+        maxTokens,
+        sampling,
+        signal,
+        ...(request.stop?.length ? { stop: request.stop } : {}),
+        ...(tools ? { tools } : {}),
+        ...(mediaInputs.length > 0 ? { media: mediaInputs } : {}),
+        onToken: (delta) => {
+          if (delta) request.onToken?.(delta);
+        },
+      })
+      .finally(() => constraint?.dispose());
     const first = media.images[0];
     return {
       text: r.text,
       finishReason: r.finishReason,
-      ...(request.thinking && r.thinking ? { thinking: r.thinking } : {}),
+      ...(thinking && r.thinking ? { thinking: r.thinking } : {}),
       ...(r.toolCalls.length ? { toolCalls: r.toolCalls } : {}),
       tokens: { prompt: r.promptTokens, completion: r.tokens.length },
       timings: {
@@ -316,9 +324,24 @@ export class GemmaAnswerEngine implements AnswerEngine {
         ...(media.audio.length > 0 ? { audioMs: media.audioMs } : {}),
         prefillMs: r.timings.prefillMs,
         decodeMs: r.timings.decodeMs,
+        ...(r.timings.maskMs !== undefined ? { maskMs: r.timings.maskMs } : {}),
       },
       ...(first ? { image: { width: first.width, height: first.height, tokens: first.count } } : {}),
     };
+  }
+
+  /** The grammar tables of the engine in use (built on the first constrained reply, about 0.4 s for Gemma's vocabulary). */
+  private grammarsFor(engine: Engine): { constraint(schema: Record<string, unknown>): Promise<TokenConstraint> } {
+    if (this.grammars?.engine !== engine) {
+      const tables = JsonGrammars.create(engine.tokenizer);
+      this.grammars = { engine, tables };
+      // A failure is said to this request and tried again by the next.
+      tables.catch(() => {
+        if (this.grammars?.tables === tables) this.grammars = null;
+      });
+    }
+    const tables = this.grammars.tables;
+    return { constraint: async (schema) => (await tables).constraint(schema) };
   }
 
   /** The configured system prompt first, unless the request brings its own system message. */

@@ -160,6 +160,17 @@ export class PackageTokenizer {
     return this.specialIds.has(id);
   }
 
+  /**
+   * Each id's token text as the vocabulary spells it ("▁" for a space, "<0x0A>" for a byte), for the grammar
+   * engine; special tokens as '' so a grammar never lets them into the text.
+   */
+  grammarVocabulary(): string[] {
+    const out = new Array<string>(this.vocabSize);
+    for (let id = 0; id < this.vocabSize; id++)
+      out[id] = this.specialIds.has(id) ? '' : (this.inner.id_to_token(id) ?? '');
+    return out;
+  }
+
   /** Ids that end an answer: eos and the end-of-turn marker. */
   stopIds(): number[] {
     const ids = [this.special.eos];

@@ -74,6 +74,11 @@ export interface GenerationRequest {
   stop?: string[];
   /** Tools the model may call; its calls come back in the result (the caller runs them). */
   tools?: ToolSpec[];
+  /**
+   * The reply must be one JSON value valid against this schema: it is decoded under a token mask
+   * (engine/grammar.ts), so it is valid as soon as it is complete. Thinking is off for such a reply.
+   */
+  jsonSchema?: Record<string, unknown>;
   /** Aborting it ends generation with finishReason 'cancelled' and what was generated so far. */
   signal: AbortSignal;
   /** Each piece of text as it is generated. */
@@ -92,6 +97,8 @@ export interface GenerationTimings {
   audioMs?: number;
   prefillMs?: number;
   decodeMs?: number;
+  /** With jsonSchema: the grammar's mask, computed and applied, over all steps. */
+  maskMs?: number;
 }
 
 export interface GenerationResult {

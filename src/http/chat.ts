@@ -95,7 +95,7 @@ async function generateJson(
   const r = await generateStructured(
     async (prompt) => {
       const messages = request.messages.map((m, i) => (i === last ? withText(m, prompt) : m));
-      result = await api.generate({ ...request, messages, onToken: undefined }, signal);
+      result = await api.generate({ ...request, messages, onToken: undefined, jsonSchema: schema }, signal);
       if (result.finishReason === 'cancelled') throw new HttpError(499, 'cancelled', 'the request was cancelled');
       return result.text;
     },

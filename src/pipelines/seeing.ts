@@ -204,8 +204,11 @@ export class SeeingPipeline {
         deadlineMs: this.o.captionDeadlineMs,
         run: async (signal): Promise<{ r: GenerationResult; s?: StructuredResult }> => {
           started = Date.now();
+          // Structured captions decode under the schema's token mask: valid on the first pass; the retries
+          // stay for a reply the mask cannot finish (caption_max_tokens too small for the object).
           const ask = (text: string) =>
             this.o.engine.generate({
+              ...(validator && cam.structured ? { jsonSchema: cam.structured } : {}),
               messages: [
                 {
                   role: 'user',
