@@ -121,6 +121,69 @@ describe('constrained decoding on the tiny random model', () => {
   }, 60_000);
 });
 
+describe('a forced tool call (toolChoice required or named) on the tiny random model', () => {
+  const tools = [
+    {
+      name: 'set_light',
+      description: 'Switch a light',
+      parameters: {
+        type: 'object',
+        properties: {
+          device: { type: 'string', enum: ['kitchen', 'hall'] },
+          state: { type: 'string', enum: ['ON', 'OFF'] },
+          brightness: { type: 'integer', minimum: 0, maximum: 254 },
+        },
+        required: ['device', 'state'],
+      },
+    },
+    {
+      name: 'open_garage',
+      description: 'Open the garage door',
+      parameters: {
+        type: 'object',
+        properties: { seconds: { type: 'integer', minimum: 1, maximum: 60 } },
+        required: ['seconds'],
+      },
+    },
+  ];
+
+  it('required: every sampled reply is exactly one call of a declared tool, with arguments its schema accepts', async () => {
+    const names = new Set<string>();
+    for (let seed = 1; seed <= 16; seed++) {
+      const r = await engine.generate({
+        messages: [{ role: 'user', content: 'Turn on the kitchen light.' }],
+        tools,
+        toolChoice: 'required',
+        sampling: { temperature: 1, seed },
+        signal,
+      });
+      expect(r.finishReason, `seed ${seed}`).toBe('stop');
+      expect(r.toolCalls, `seed ${seed}: ${r.text}`).toHaveLength(1);
+      const call = r.toolCalls![0]!;
+      const tool = tools.find((t) => t.name === call.name)!;
+      expect(tool, call.name).toBeDefined();
+      expect(compileStructured(tool.parameters).safeParse(call.arguments).success, JSON.stringify(call)).toBe(true);
+      names.add(call.name);
+    }
+    // The model chose among the tools (random weights: both, over 16 seeds).
+    expect(names.size).toBe(2);
+  }, 120_000);
+
+  it('a named tool: that one; a name not among the tools is refused', async () => {
+    const r = await engine.generate({
+      messages: [{ role: 'user', content: 'Open it.' }],
+      tools,
+      toolChoice: { name: 'open_garage' },
+      sampling: { temperature: 1, seed: 3 },
+      signal,
+    });
+    expect(r.toolCalls?.map((c) => c.name)).toEqual(['open_garage']);
+    await expect(
+      engine.generate({ messages: [{ role: 'user', content: 'x' }], tools, toolChoice: { name: 'nope' }, signal }),
+    ).rejects.toThrow(/tool_choice names "nope", which is not among the tools/);
+  }, 60_000);
+});
+
 describe('applyMask', () => {
   it('keeps exactly the ids whose bit is set, and drops ids past the mask', () => {
     const logits = Float32Array.from({ length: 70 }, (_, i) => i);

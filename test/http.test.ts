@@ -166,6 +166,21 @@ describe('the OpenAI API, through the openai SDK', () => {
 });
 
 describe('JSON-schema replies (decoded under the schema)', () => {
+  it('tool_choice required or a named function: one call whose arguments the tool schema accepts', () => {
+    const calls = clients.openai_tool_required as Array<{
+      finish: string;
+      calls: Array<{ name: string; arguments: Json }>;
+    }>;
+    expect(calls, JSON.stringify(clients.openai_tool_required)).toHaveLength(3);
+    for (const c of calls) {
+      expect(c.finish).toBe('tool_calls');
+      expect(c.calls).toHaveLength(1);
+      expect(c.calls[0]!.name).toBe('switch_light');
+      expect(['kitchen', 'hall']).toContain(c.calls[0]!.arguments.room);
+      expect(typeof c.calls[0]!.arguments.on).toBe('boolean');
+    }
+  });
+
   it('response_format json_schema (openai) and format (ollama): every sampled reply parses and validates', () => {
     const validator = compileStructured(clientsDoorSchema);
     for (const name of ['openai_json_schema', 'ollama_format']) {

@@ -118,6 +118,38 @@ def openai_tools():
 
 
 record("openai_tools", openai_tools)
+SWITCH = {
+    "type": "function",
+    "function": {
+        "name": "switch_light",
+        "description": "Switches a light",
+        "parameters": {
+            "type": "object",
+            "properties": {"room": {"type": "string", "enum": ["kitchen", "hall"]}, "on": {"type": "boolean"}},
+            "required": ["room", "on"],
+        },
+    },
+}
+
+
+def openai_tool_required():
+    # tool_choice "required" and a named function: one call, decoded under the tool's schema.
+    calls = []
+    for seed, choice in [(1, "required"), (2, "required"), (3, {"type": "function", "function": {"name": "switch_light"}})]:
+        r = oa.chat.completions.create(
+            model="perch", messages=ask, max_tokens=64, temperature=1, seed=seed, tools=[SWITCH], tool_choice=choice
+        )
+        c = r.choices[0]
+        calls.append(
+            {
+                "finish": c.finish_reason,
+                "calls": [{"name": t.function.name, "arguments": json.loads(t.function.arguments)} for t in c.message.tool_calls or []],
+            }
+        )
+    return calls
+
+
+record("openai_tool_required", openai_tool_required)
 record(
     "openai_bad_tool_args",
     lambda: oa.chat.completions.create(

@@ -13,6 +13,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import type { OrFormat } from '@mlc-ai/web-xgrammar';
 import type { PackageTokenizer } from './tokenizer.js';
 
 /** What the decode loop needs: the allowed ids before each step, and each sampled id after it. */
@@ -52,6 +53,7 @@ function xgrammar(): XGrammar {
 }
 
 type Compiler = Awaited<ReturnType<XGrammar['GrammarCompiler']['createGrammarCompiler']>>;
+type Matcher = Awaited<ReturnType<XGrammar['GrammarMatcher']['createGrammarMatcher']>>;
 
 /** Whether a token spells a character below 0x20 (JSON needs none on one line; xgrammar lets them into strings). */
 function hasControl(text: string): boolean {
@@ -73,6 +75,8 @@ export class JsonGrammars {
     private readonly banned: Int32Array,
     /** The id of each byte-fallback token by its byte (-1: none). */
     private readonly byteIds: Int32Array,
+    /** Ids that end a reply (xgrammar allows them where the grammar is complete). */
+    private readonly stopIds: number[],
   ) {}
 
   /** Builds the vocabulary table (about 0.4 s for 262,144 ids). */
@@ -97,7 +101,72 @@ export class JsonGrammars {
       if (hasControl(text) || (b >= 0 && (b < 0x20 || b === 0xc0 || b === 0xc1 || b >= 0xf5)))
         banned[id >> 5]! |= 1 << (id & 31);
     });
-    return new JsonGrammars(await xg.GrammarCompiler.createGrammarCompiler(info, true), vocab.length, banned, byteIds);
+    return new JsonGrammars(
+      await xg.GrammarCompiler.createGrammarCompiler(info, true),
+      vocab.length,
+      banned,
+      byteIds,
+      tokenizer.stopIds(),
+    );
+  }
+
+  /**
+   * A constraint that makes the reply one call of one of `tools`, as Gemma 4 writes calls:
+   *   <|tool_call>call:NAME{ARGS}<tool_call|><|tool_response>
+   * with ARGS a JSON object valid against the tool's schema (the call parser reads JSON as well as Gemma's own
+   * notation). The markers are special tokens, which the grammar never allows: this wraps it, forcing the opening
+   * marker first, the closing one where the grammar could end, then the stop.
+   */
+  async toolCall(tools: CallableTool[], markers: ToolCallMarkers): Promise<TokenConstraint> {
+    if (tools.length === 0) throw new Error('a forced tool call needs at least one tool');
+    const grammars = await Promise.all(tools.map((t) => this.schemaGrammar(t.parameters)));
+    const format: OrFormat = {
+      type: 'or',
+      elements: tools.map((t, i) => ({
+        type: 'tag',
+        begin: `call:${t.name}`,
+        content: { type: 'grammar', grammar: grammars[i]!.toString() },
+        end: '',
+      })),
+    };
+    const compiled = await this.compiler.compileStructuralTag({ type: 'structural_tag', format });
+    const matcher = await xgrammar().GrammarMatcher.createGrammarMatcher(compiled);
+    const inner = this.wrap(matcher);
+    const only = (id: number): Int32Array => {
+      const mask = new Int32Array(this.banned.length);
+      mask[id >> 5] = 1 << (id & 31);
+      return mask;
+    };
+    const stops = new Set(this.stopIds);
+    let stage: 'open' | 'call' | 'respond' = 'open';
+    return {
+      allowed: async () => {
+        if (stage === 'open') return only(markers.callStart);
+        if (stage === 'respond') return only(markers.responseStart);
+        const mask = await inner.allowed();
+        // Where the grammar could end, the call closes instead.
+        let end = false;
+        for (const id of stops) {
+          if ((mask[id >> 5]! >>> (id & 31)) & 1) end = true;
+          mask[id >> 5]! &= ~(1 << (id & 31));
+        }
+        if (end) mask[markers.callEnd >> 5]! |= 1 << (markers.callEnd & 31);
+        return mask;
+      },
+      accept: (id) => {
+        if (stage === 'open') {
+          stage = 'call';
+          return id === markers.callStart;
+        }
+        if (stage === 'call' && id === markers.callEnd) {
+          stage = 'respond';
+          return true;
+        }
+        if (stage === 'respond') return false;
+        return inner.accept(id);
+      },
+      dispose: () => inner.dispose(),
+    };
   }
 
   /**
@@ -113,7 +182,16 @@ export class JsonGrammars {
       this.compiled.set(key, c);
       if (this.compiled.size > JsonGrammars.KEEP) this.compiled.delete(this.compiled.keys().next().value!);
     }
-    const matcher = await xgrammar().GrammarMatcher.createGrammarMatcher(await c);
+    return this.wrap(await xgrammar().GrammarMatcher.createGrammarMatcher(await c));
+  }
+
+  /** The EBNF of one line of JSON valid against `schema`, with json.dumps' spacing. */
+  private schemaGrammar(schema: Record<string, unknown>): ReturnType<XGrammar['Grammar']['fromJSONSchema']> {
+    return xgrammar().Grammar.fromJSONSchema(JSON.stringify(schema), false, -1, [', ', ': '], 'properties' in schema);
+  }
+
+  /** xgrammar's mask, less control characters and invalid UTF-8. */
+  private wrap(matcher: Matcher): TokenConstraint {
     const utf8 = new Utf8Sequence();
     const byteOf = new Map<number, number>();
     this.byteIds.forEach((id, b) => id >= 0 && byteOf.set(id, b));
@@ -138,6 +216,20 @@ export class JsonGrammars {
       dispose: () => matcher.dispose(),
     };
   }
+}
+
+/** The markers a forced tool call is written between (tokenizer.special.markers). */
+export interface ToolCallMarkers {
+  callStart: number;
+  callEnd: number;
+  /** Where generation stops after a call: the model would wait for the tool's response here. */
+  responseStart: number;
+}
+
+/** The tools a forced call may name: each a name and its arguments' JSON schema. */
+export interface CallableTool {
+  name: string;
+  parameters: Record<string, unknown>;
 }
 
 /** Where a character's UTF-8 bytes stand (RFC 3629's table), from the bytes of byte-fallback tokens. */

@@ -75,6 +75,11 @@ export interface GenerationRequest {
   /** Tools the model may call; its calls come back in the result (the caller runs them). */
   tools?: ToolSpec[];
   /**
+   * 'auto' (default): the model decides. 'required': the reply is one call of one of the tools, decoded under
+   * their schemas (engine/grammar.ts); { name }: one call of that tool.
+   */
+  toolChoice?: 'auto' | 'required' | { name: string };
+  /**
    * The reply must be one JSON value valid against this schema: it is decoded under a token mask
    * (engine/grammar.ts), so it is valid as soon as it is complete. Thinking is off for such a reply.
    */

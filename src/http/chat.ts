@@ -48,9 +48,22 @@ const toolEntry = z.looseObject({
 });
 
 /**
- * The tools a request declares, in the engine's terms (none with tool_choice "none"). The model decides whether
- * to call one: "required" or a named tool cannot be forced without constrained decoding, so they act as "auto".
+ * The tools a request declares, in the engine's terms (none with tool_choice "none"). With "auto" the model
+ * decides whether to call one; OpenAI's "required" and a named function are decoded as one forced call
+ * (toolChoice, engine/grammar.ts).
  */
+export function toolChoiceOf(choice: unknown): GenerationRequest['toolChoice'] {
+  if (choice === 'required') return 'required';
+  if (typeof choice === 'object' && choice !== null) {
+    const name = (choice as { function?: { name?: unknown } }).function?.name;
+    if (typeof name !== 'string' || !name)
+      throw new HttpError(400, 'invalid_request', 'tool_choice: {type: "function", function: {name}} names a function');
+    return { name };
+  }
+  if (choice === undefined || choice === null || choice === 'auto' || choice === 'none') return 'auto';
+  throw new HttpError(400, 'invalid_request', 'tool_choice: "auto", "none", "required" or a named function');
+}
+
 export function toolSpecs(tools: unknown[] | null | undefined, choice: unknown): ToolSpec[] | undefined {
   if (!tools || tools.length === 0 || choice === 'none') return undefined;
   if (tools.length > 64) throw new HttpError(400, 'invalid_request', 'tools: at most 64 are accepted');

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type * as http from 'node:http';
 import { z } from 'zod';
 import type { ContentPart, GenerationMessage, GenerationRequest, GenerationResult } from '../engine/types.js';
-import { checkSchema, imageBytes, reply, samplingOf, toolSpecs } from './chat.js';
+import { checkSchema, imageBytes, reply, samplingOf, toolChoiceOf, toolSpecs } from './chat.js';
 import { type HttpApi, HttpError, type Route, describeIssues, sendJson } from './server.js';
 
 const text = z.string().max(1_000_000);
@@ -118,7 +118,11 @@ async function chatCompletions(
       `unknown model "${r.model.slice(0, 100)}"; this server has "${api.settings.model_name}"`,
     );
   const tools = toolSpecs(r.tools, r.tool_choice);
-  const request = { ...generationRequest(r), ...(tools ? { tools } : {}) };
+  const toolChoice = toolChoiceOf(r.tool_choice);
+  const request = {
+    ...generationRequest(r),
+    ...(tools ? { tools, ...(toolChoice !== 'auto' ? { toolChoice } : {}) } : {}),
+  };
   const fmt = r.response_format;
   if (tools && fmt && fmt.type !== 'text')
     throw new HttpError(400, 'invalid_request', 'give tools or a JSON response_format, not both');
