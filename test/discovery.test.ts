@@ -274,6 +274,20 @@ describe('buildDiscovery', () => {
     expect(JSON.parse(rendered[0]![1])).toEqual(counts);
   }, 900_000);
 
+  it('has an Actions switch and a Last action sensor (rendered by Jinja2) only with actions declared', async () => {
+    expect(buildDiscovery(opts).payload.cmps.actions).toBeUndefined();
+    const { payload } = buildDiscovery({ ...opts, actions: true });
+    expect(payload.cmps.actions).toMatchObject({
+      p: 'switch',
+      command_topic: 'perch/kitchen/actions/set',
+      state_topic: 'perch/kitchen/actions',
+    });
+    const last = payload.cmps.last_action as unknown as { value_template: string; state_topic: string };
+    expect(last.state_topic).toBe('perch/kitchen/action');
+    const rendered = await renderJinja(last.value_template, '{{ 1 }}', [{ name: 'set_light', status: 'done' }]);
+    expect(rendered[0]![0]).toBe('set_light: done');
+  }, 900_000);
+
   it('leaves out audio entities without audio and camera entities without cameras', () => {
     const { payload } = buildDiscovery({ ...opts, audio: false, cameras: [] });
     expect(Object.keys(payload.cmps).sort()).toEqual(['answer', 'ask', 'last_answer', 'problem', 'queue', 'status']);

@@ -87,6 +87,17 @@ beforeAll(async () => {
     reference.push((await transcriber.transcribe(phraseSamples(n), { language: 'English', maxTokens: 256 })).text);
   await transcriber.close();
   await waitForPort(port, daemon);
+  // The port opens before the model has loaded (on a fresh machine it packs the weights first): ready when a
+  // conversation turn is answered rather than refused as unavailable.
+  for (let n = 0; ; n++) {
+    const c = new Client(port);
+    c.send('transcript', { text: 'ready?' });
+    const ev = await c.next(['handled', 'error']);
+    c.close();
+    if (ev.type === 'handled') break;
+    if (n > 300) throw new Error(`the model did not load; log:\n${daemon.log()}`);
+    await sleep(500);
+  }
   await setup;
   const python = join(REPO, 'reference', '.venv', 'bin', 'python');
   const wavs = ([1, 2, 3] as const).map(phraseWav);
@@ -202,10 +213,12 @@ class Client {
     this.socket.write(encodeEvent(type, data, payload));
   }
 
-  async next(type: string, timeoutMs = 60_000): Promise<WyomingEvent> {
+  /** The first event of `type` (or of any of the types). */
+  async next(type: string | string[], timeoutMs = 60_000): Promise<WyomingEvent> {
     const t0 = Date.now();
+    const types = Array.isArray(type) ? type : [type];
     for (;;) {
-      const ev = this.events.find((e) => e.type === type);
+      const ev = this.events.find((e) => types.includes(e.type));
       if (ev) return ev;
       if (Date.now() - t0 > timeoutMs) throw new Error(`no ${type} event; got ${this.events.map((e) => e.type)}`);
       await Promise.race([new Promise<void>((r) => this.waiters.push(r)), this.closed, sleep(100)]);

@@ -47,8 +47,8 @@ function wrap(text: string, width: number): string[] {
 
 /** A scalar as it appears after `key: ` in YAML. */
 function yamlScalar(v: unknown): string {
-  // Arrays in flow style (JSON is valid YAML) so that a value always fits on its key's line.
-  return Array.isArray(v) ? JSON.stringify(v) : stringify(v, { lineWidth: 0 }).trimEnd();
+  // Arrays and objects in flow style (JSON is valid YAML) so that a value always fits on its key's line.
+  return typeof v === 'object' && v !== null ? JSON.stringify(v) : stringify(v, { lineWidth: 0 }).trimEnd();
 }
 
 function described(key: string, f: Field): string {

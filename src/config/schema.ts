@@ -304,6 +304,92 @@ export const wyomingSettings = z
   })
   .describe('Wyoming server for Home Assistant voice (off by default).');
 
+/** `{name}` placeholders of action templates: a parameter's value goes there. */
+const PLACEHOLDER = /\{([A-Za-z_][A-Za-z0-9_]{0,63})\}/g;
+
+export const actionSettings = z
+  .object({
+    name: z
+      .string()
+      .regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, 'letters, digits and underscore, starting with a letter')
+      .describe('The function name the model calls, e.g. set_light.'),
+    description: z.string().min(1).max(1000).describe('What it does, in words the model reads.'),
+    parameters: z
+      .record(z.string(), z.unknown())
+      .refine((p) => p.type === 'object', 'a JSON schema of an object (type: object)')
+      .default({ type: 'object', properties: {} })
+      .describe('JSON schema of the arguments; calls are decoded under it and validated against it.'),
+    topic: z
+      .string()
+      .min(1)
+      .max(512)
+      .refine((t) => !/[+#]/.test(t.replace(PLACEHOLDER, 'x')), 'no MQTT wildcards (+, #)')
+      .describe(
+        'Topic to publish to; {param} placeholders take argument values (letters, digits, space, dot, dash, underscore only), e.g. zigbee2mqtt/{device}/set.',
+      ),
+    payload: z
+      .union([z.string().max(4096), z.record(z.string(), z.unknown())])
+      .describe(
+        'What to publish: an object (sent as JSON; a string "{param}" becomes the value itself, other placeholders its text) or a string with placeholders.',
+      ),
+    reply_topic: z
+      .string()
+      .min(1)
+      .max(512)
+      .refine((t) => !/[+#]/.test(t.replace(PLACEHOLDER, 'x')), 'no MQTT wildcards (+, #)')
+      .optional()
+      .describe(
+        "A topic to wait on for the result (e.g. zigbee2mqtt/{device}, the device's state); its first message after publishing is the result.",
+      ),
+  })
+  .strict();
+
+export const actionsSettings = z
+  .object({
+    enabled: z
+      .boolean()
+      .default(true)
+      .describe('Whether the declared actions are offered to the model (Home Assistant has a switch for it).'),
+    max_per_minute: z
+      .number()
+      .int()
+      .min(1)
+      .max(600)
+      .default(6)
+      .describe('Most actions carried out in any minute; more calls are refused and the model is told so.'),
+    reply_timeout_ms: z
+      .number()
+      .int()
+      .min(100)
+      .max(60_000)
+      .default(5000)
+      .describe('How long to wait on an action reply_topic for its result.'),
+    allowed: z
+      .array(actionSettings)
+      .max(32)
+      .default([])
+      .superRefine((list, ctx) => {
+        const seen = new Set<string>();
+        list.forEach((a, i) => {
+          if (seen.has(a.name))
+            ctx.addIssue({ code: 'custom', message: `duplicate action name ${a.name}`, path: [i, 'name'] });
+          seen.add(a.name);
+          const props = (a.parameters.properties ?? {}) as Record<string, unknown>;
+          for (const [where, text] of [
+            ['topic', a.topic],
+            ['reply_topic', a.reply_topic ?? ''],
+            ['payload', JSON.stringify(a.payload)],
+          ] as const) {
+            for (const m of text.matchAll(PLACEHOLDER))
+              if (!(m[1]! in props))
+                ctx.addIssue({ code: 'custom', message: `{${m[1]}} is not one of the parameters`, path: [i, where] });
+          }
+        });
+      })
+      .describe('Actions the model may take: each a Gemma 4 tool; a call is validated, then published to its topic.'),
+  })
+  .describe('Allow-listed actions: what the model may do by publishing MQTT messages (none by default).');
+
 export const homeAssistantSettings = z
   .object({
     enabled: z.boolean().default(true).describe('Publish Home Assistant MQTT discovery for one Perch device.'),
@@ -643,6 +729,7 @@ export const perchConfigSchema = z
     embedded_broker: embeddedBrokerSettings.prefault({}),
     http: httpSettings.prefault({}),
     wyoming: wyomingSettings.prefault({}),
+    actions: actionsSettings.prefault({}),
     homeassistant: homeAssistantSettings.prefault({}),
     model: modelSettings.prefault({}),
     scheduler: schedulerSettings.prefault({}),
@@ -656,6 +743,8 @@ export type PerchConfigInput = z.input<typeof perchConfigSchema>;
 export type MqttSettings = PerchConfig['mqtt'];
 export type HttpSettings = PerchConfig['http'];
 export type WyomingSettings = PerchConfig['wyoming'];
+export type ActionsSettings = PerchConfig['actions'];
+export type ActionSettings = ActionsSettings['allowed'][number];
 export type AudioSourceSettings = z.output<typeof audioSourceSettings>;
 export type CameraSourceSettings = z.output<typeof cameraSourceSettings>;
 export type CameraSettings = PerchConfig['cameras'][number];

@@ -16,6 +16,7 @@ import { type DaemonModule, type ModuleState, defineModule } from './module.js';
 import { DiscoveryPublisher, discoveryOptionsFromConfig } from '../mqtt/discovery.js';
 import { errorMessage } from '../mqtt/errors.js';
 import { encode, isoNow, type ErrorMessage, type StatsMessage } from '../mqtt/messages.js';
+import { Actions } from '../pipelines/actions.js';
 import { AskPipeline } from '../pipelines/ask.js';
 import { HearingPipeline } from '../pipelines/hearing.js';
 import { MotionPipeline } from '../pipelines/motion.js';
@@ -56,6 +57,7 @@ export class Controller {
   private readonly watching: SourceGroup;
   private readonly motion: MotionPipeline;
   private readonly hearing: HearingPipeline | undefined;
+  private readonly actions: Actions | undefined;
   /** In start order; stopped in reverse. */
   private readonly modules: DaemonModule[];
   private readonly states = new Map<string, ModuleState>();
@@ -137,6 +139,15 @@ export class Controller {
       frames.attach(frameSources[i]!);
       this.motion.attach(c, frameSources[i]!);
     });
+    // Allow-listed actions (config actions.allowed): offered to the model in MQTT questions and Wyoming turns.
+    this.actions = config.actions.allowed.length
+      ? new Actions({
+          settings: config.actions,
+          bus: this.conn,
+          recordTopic: this.conn.topics.action,
+          logger: this.log.child({ module: 'actions' }),
+        })
+      : undefined;
     const ask = new AskPipeline({
       conn: this.conn,
       scheduler: this.scheduler,
@@ -145,6 +156,7 @@ export class Controller {
       cameras: cameras.map((c) => c.name),
       latestFrame: (name) => frames.latest(name),
       imageTokens: (name) => cameras.find((c) => c.name === name)?.image_tokens ?? DEFAULT_IMAGE_TOKENS,
+      ...(this.actions ? { actions: this.actions } : {}),
       logger: this.log,
     });
     const meter = audio ? new AudioMeter(audio) : undefined;
@@ -173,7 +185,11 @@ export class Controller {
       this.switchesModule(),
       // Subscriptions are made before the connection starts: requests queued for a persistent session arrive
       // at once on connect.
-      defineModule('ask', { start: () => ask.start(), stop: () => ask.stop() }),
+      defineModule('ask', {
+        start: () => ask.start(),
+        stop: () => ask.stop(),
+        ...(this.actions ? { stats: () => ({ actions: { on: this.actions!.on, ...this.actions!.counts } }) } : {}),
+      }),
       ...(config.http.enabled ? [this.httpModule()] : []),
       ...(config.wyoming.enabled ? [this.wyomingModule()] : []),
       defineModule('mqtt', {
@@ -253,6 +269,7 @@ export class Controller {
       scheduler: this.scheduler,
       version: perchVersion(),
       transcriptMaxTokens: config.audio.transcript_max_tokens,
+      ...(this.actions ? { actions: this.actions } : {}),
       logger: this.log,
     });
     return defineModule('wyoming', {
@@ -367,10 +384,13 @@ export class Controller {
           owner,
         });
         this.conn.subscribe(t.watchingSet, (msg) => void this.onSwitch(this.watching, msg.payload), { qos: 1, owner });
+        if (this.actions)
+          this.conn.subscribe(t.actionsSet, (msg) => void this.onActionsSwitch(msg.payload), { qos: 1, owner });
       },
       stop: () => this.conn.removeOwner(owner),
       connected: () => {
         if (this.sourcesStarted) void this.publishSwitchStates();
+        if (this.actions) void this.publishActionsState();
       },
     });
   }
@@ -463,6 +483,24 @@ export class Controller {
     await group.setPaused(value === 'OFF');
     await this.publishSwitchStates();
     await this.publishStats();
+  }
+
+  /** Home Assistant's Actions switch: ON offers the declared actions to the model, OFF refuses every call. */
+  private async onActionsSwitch(payload: Buffer): Promise<void> {
+    const value = payload.toString('utf8').trim().toUpperCase();
+    if (!this.actions || (value !== 'ON' && value !== 'OFF')) {
+      this.log.warn({ payload: payload.toString('utf8').slice(0, 40) }, 'actions switch command must be ON or OFF');
+      return;
+    }
+    this.actions.on = value === 'ON';
+    this.log.info({ on: this.actions.on }, 'actions switched');
+    await this.publishActionsState();
+    await this.publishStats();
+  }
+
+  private async publishActionsState(): Promise<void> {
+    if (!this.actions) return;
+    await this.conn.publish(this.conn.topics.actions, this.actions.on ? 'ON' : 'OFF', { qos: 1, retain: true });
   }
 
   private async publishSwitchStates(): Promise<void> {

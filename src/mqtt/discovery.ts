@@ -43,6 +43,8 @@ export interface DiscoveryOptions {
   audio: boolean;
   /** Whether the HTTP API is enabled (its request counter). */
   http?: boolean;
+  /** Whether actions are declared (the Actions switch and the last action). */
+  actions?: boolean;
   swVersion: string;
   /** Board name for the model string, e.g. "Raspberry Pi 5 Model B Rev 1.0". */
   board: string;
@@ -88,7 +90,7 @@ export function askTextTopic(rootTopic: string): string {
 /** The discovery options a config gives; swVersion and board come from the caller. */
 export function discoveryOptionsFromConfig(
   config: Pick<PerchConfig, 'device' | 'mqtt' | 'homeassistant' | 'cameras' | 'audio'> &
-    Partial<Pick<PerchConfig, 'http'>>,
+    Partial<Pick<PerchConfig, 'http' | 'actions'>>,
   extra: { swVersion: string; board?: string },
 ): DiscoveryOptions {
   return {
@@ -99,6 +101,7 @@ export function discoveryOptionsFromConfig(
     cameras: config.cameras.filter((c) => c.enabled).map((c) => c.name),
     audio: config.audio.enabled,
     http: config.http?.enabled ?? false,
+    actions: (config.actions?.allowed.length ?? 0) > 0,
     swVersion: extra.swVersion,
     board: extra.board ?? detectBoard(),
   };
@@ -167,6 +170,22 @@ export function buildDiscovery(opts: DiscoveryOptions): DiscoveryMessage {
       payload_on: 'ON',
       payload_off: 'OFF',
       icon: 'mdi:microphone',
+    });
+  }
+
+  if (opts.actions) {
+    add('actions', 'switch', 'Actions', {
+      command_topic: t.actionsSet,
+      state_topic: t.actions,
+      payload_on: 'ON',
+      payload_off: 'OFF',
+      icon: 'mdi:gesture-tap-button',
+    });
+    add('last_action', 'sensor', 'Last action', {
+      state_topic: t.action,
+      value_template: `{{ ((value_json.get('name') or '') ~ ': ' ~ (value_json.get('status') or ''))[:${MAX_STATE}] }}`,
+      json_attributes_topic: t.action,
+      icon: 'mdi:lightning-bolt-outline',
     });
   }
 

@@ -183,6 +183,8 @@ export const askRequestSchema = z
     seed: z.number().int().min(0).max(0xffffffff).optional(),
     temperature: z.number().min(0).max(2).optional(),
     thinking: z.boolean().optional(),
+    /** With actions declared: auto (the model decides), required (it must call one), none (not offered). */
+    tool_choice: z.enum(['auto', 'required', 'none']).optional(),
     /** Reply topic for MQTT 3.1.1 clients (MQTT 5 clients use the responseTopic property). */
     reply_to: z.string().min(1).max(512).optional(),
   })
@@ -195,6 +197,18 @@ export const askCancelSchema = z.strictObject({
   v: version.optional(),
   id: messageId,
 });
+
+/** One action the model called, done or refused (<root>/action, and in the answer's actions). */
+export const actionRecordSchema = z.strictObject({
+  name: z.string().max(128),
+  arguments: z.record(z.string(), z.unknown()),
+  status: z.enum(['done', 'refused']),
+  topic: z.string().max(1024).optional(),
+  result: z.unknown().optional(),
+  reason: z.string().max(1000).optional(),
+});
+
+export const actionMessageSchema = actionRecordSchema.extend({ v: version, id: messageId, ts: isoUtc });
 
 export const answerSchema = z.strictObject({
   v: version,
@@ -210,6 +224,8 @@ export const answerSchema = z.strictObject({
   latency_ms: latencySchema,
   /** The model package has random weights (synthetic): the text is meaningless. */
   random_weights: z.literal(true).optional(),
+  /** Actions the model called on the way to this answer (each also said on <root>/action). */
+  actions: z.array(actionRecordSchema).max(16).optional(),
 });
 
 /** Reply to a request that failed; sent where the answer would have gone. */
@@ -279,6 +295,7 @@ export const statsSchema = z.strictObject({
   ),
   /** The HTTP API (http.enabled): requests, generations, errors and those refused as busy or unavailable. */
   http: z.strictObject({ requests: count, generations: count, errors: count, rejected: count }).optional(),
+  actions: z.strictObject({ on: z.boolean(), done: count, refused: count }).optional(),
   wyoming: z
     .strictObject({
       clients: count,
@@ -366,6 +383,7 @@ export const messageSchemas = {
   answer: answerSchema,
   answer_error: answerErrorSchema,
   answer_stream: answerStreamSchema,
+  action: actionMessageSchema,
   error: errorMessageSchema,
   stats: statsSchema,
 } as const;

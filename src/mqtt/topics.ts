@@ -52,6 +52,12 @@ export interface PerchTopics {
   watching: string;
   /** ON/OFF command for the camera pipelines. */
   watchingSet: string;
+  /** Each action the model took or was refused (QoS 1). */
+  action: string;
+  /** Retained ON/OFF state of the allow-listed actions. */
+  actions: string;
+  /** ON/OFF command for the allow-listed actions. */
+  actionsSet: string;
   camera(name: string): CameraTopics;
 }
 
@@ -88,6 +94,9 @@ export function topicsFor(root: string): PerchTopics {
     listeningSet: t('listening/set'),
     watching: t('watching'),
     watchingSet: t('watching/set'),
+    action: t('action'),
+    actions: t('actions'),
+    actionsSet: t('actions/set'),
     camera(name: string): CameraTopics {
       // Camera names come from the config schema's id rule; checking again keeps wildcards out of topics.
       if (!cameraName.test(name)) throw new Error(`invalid camera name ${JSON.stringify(name)}`);

@@ -18,6 +18,7 @@ import type { MqttConnection } from '../mqtt/connection.js';
 import { type AskRequest, DEFAULT_MAX_IMAGE_BYTES, type ErrorCode } from '../mqtt/messages.js';
 import { RetainedImageError, takeRetainedJpeg } from '../mqtt/retained-image.js';
 import { isSchedulerError } from '../scheduler/errors.js';
+import type { ActionRecord, Actions } from './actions.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { Frame } from '../sources/types.js';
 import type { TokenBudget } from '../model/gemma4/contract.js';
@@ -33,6 +34,8 @@ export interface AskPipelineOptions {
   latestFrame?: (camera: string) => Frame | undefined;
   /** A camera's image_tokens setting; default 280. */
   imageTokens?: (camera: string) => TokenBudget;
+  /** Allow-listed actions offered to the model (none: plain answers). */
+  actions?: Actions;
   logger?: Logger;
 }
 
@@ -107,9 +110,16 @@ export class AskPipeline {
             const image = questionImage(request, { topicImage, frame });
             const tokens = camera !== undefined ? this.o.imageTokens?.(camera) : undefined;
             const onToken = (delta: string): void => void this.endpoint.streamChunk(route, seq++, delta, false);
-            return (partial = await this.o.engine.generate(
-              generationRequest(request, { image, tokens, signal, onToken }),
-            ));
+            const req = generationRequest(request, { image, tokens, signal, onToken });
+            const actions = this.o.actions;
+            if (!actions || request.tool_choice === 'none') return (partial = await this.o.engine.generate(req));
+            const r = await actions.answer(
+              (g) => this.o.engine.generate(g),
+              { ...req, ...(request.tool_choice === 'required' ? { toolChoice: 'required' as const } : {}) },
+              { id: request.id },
+            );
+            partial = r;
+            return r;
           },
         })
         .catch((err: unknown) => {
@@ -129,6 +139,9 @@ export class AskPipeline {
           total: Date.now() - ctx.receivedAt,
         },
         ...(this.o.engine.status().randomWeights ? { random_weights: true as const } : {}),
+        ...('actions' in result && (result.actions as ActionRecord[]).length
+          ? { actions: (result.actions as ActionRecord[]).slice(0, 16) }
+          : {}),
       });
     } catch (err) {
       const code = errorCodeFor(err);

@@ -12,6 +12,7 @@ import * as net from 'node:net';
 import type { Logger } from '../common/log.js';
 import type { WyomingSettings } from '../config/schema.js';
 import type { AnswerEngine, SpeechEngine } from '../engine/types.js';
+import type { Actions } from '../pipelines/actions.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import { Conversations } from './conversations.js';
 import { encodeEvent } from './protocol.js';
@@ -27,6 +28,7 @@ export interface WyomingServerOptions {
   scheduler: Scheduler;
   version: string;
   transcriptMaxTokens: number;
+  actions?: Actions;
   logger: Logger;
 }
 
@@ -144,6 +146,7 @@ export class WyomingServer {
       engine: this.o.engine,
       scheduler: this.o.scheduler,
       conversations: this.conversations,
+      ...(this.o.actions ? { actions: this.o.actions } : {}),
       info: wyomingInfo(this.o.settings.languages, this.o.version),
       transcriptMaxTokens: this.o.transcriptMaxTokens,
       maxBlockBytes: this.o.settings.max_chunk_bytes,

@@ -15,7 +15,8 @@ import { type PcmFormat, PcmConverter, checkPcmFormat } from '../audio/pcm.js';
 import type { Logger } from '../common/log.js';
 import type { SpeechStream } from '../engine/speech-stream.js';
 import { ClipLengthError, MAX_CLIP_SAMPLES } from '../engine/transcriber.js';
-import type { AnswerEngine, SpeechEngine } from '../engine/types.js';
+import type { AnswerEngine, GenerationRequest, SpeechEngine } from '../engine/types.js';
+import type { Actions } from '../pipelines/actions.js';
 import { errorCodeFor } from '../pipelines/ask.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import type { Conversations } from './conversations.js';
@@ -29,6 +30,8 @@ export interface SessionDeps {
   engine: () => AnswerEngine;
   scheduler: Scheduler;
   conversations: Conversations;
+  /** Allow-listed actions offered to the model in conversation turns. */
+  actions?: Actions;
   /** The `info` event's data. */
   info: Record<string, unknown>;
   transcriptMaxTokens: number;
@@ -290,14 +293,18 @@ export class WyomingSession {
     const engine = this.deps.engine();
     try {
       if (streaming) this.send('handled-start', reply);
+      const request: GenerationRequest = {
+        messages: [...this.deps.conversations.history(conversation), { role: 'user', content: text }],
+        signal: new AbortController().signal,
+        onToken: (delta) => {
+          if (streaming && delta) this.send('handled-chunk', { text: delta });
+        },
+      };
+      const actions = this.deps.actions;
       const r = await this.runJob((signal) =>
-        engine.generate({
-          messages: [...this.deps.conversations.history(conversation), { role: 'user', content: text }],
-          signal,
-          onToken: (delta) => {
-            if (streaming && delta) this.send('handled-chunk', { text: delta });
-          },
-        }),
+        actions
+          ? actions.answer((g) => engine.generate(g), { ...request, signal }, { id: `wyoming-${this.id}-${this.jobs}` })
+          : engine.generate({ ...request, signal }),
       );
       if (r.finishReason === 'cancelled') throw new Error('the answer was cancelled');
       this.deps.counts.turns++;
