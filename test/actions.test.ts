@@ -55,7 +55,7 @@ beforeAll(async () => {
     homeassistant: { enabled: false },
     model: { dir: pkg, threads: 1, context_tokens: 1024, max_answer_tokens: 64 },
     actions: {
-      max_per_minute: 2,
+      max_per_minute: 3,
       reply_timeout_ms: 3000,
       allowed: [
         {
@@ -63,6 +63,14 @@ beforeAll(async () => {
           topic: `${z2m}/{device}/set`,
           payload: { state: '{state}' },
           reply_topic: `${z2m}/{device}`,
+        },
+        {
+          name: 'open_garage',
+          description: 'Open the garage door',
+          parameters: { type: 'object', properties: { seconds: { type: 'integer', minimum: 1, maximum: 60 } } },
+          topic: `${z2m}/garage/set`,
+          payload: { state: 'OPEN', seconds: '{seconds}' },
+          confirm: true,
         },
       ],
     },
@@ -81,6 +89,7 @@ beforeAll(async () => {
     `${root}/answer`,
     `${root}/action`,
     `${root}/actions`,
+    `${root}/errors`,
     `${z2m}/#`,
   ]);
   cleanups.push(() => watcher.close());
@@ -128,7 +137,12 @@ async function ask(body: Record<string, unknown>): Promise<ReturnType<typeof ans
 describe('actions through perch run', () => {
   it('a required call is validated, published to zigbee2mqtt, its reply folded into the answer and said on <root>/action', async () => {
     expect(watcher.on(`${root}/actions`).at(-1)!.payload.toString()).toBe('ON');
-    const a = await ask({ id: 'act-1', text: 'Turn on the kitchen light.', tool_choice: 'required', seed: 7 });
+    const a = await ask({
+      id: 'act-1',
+      text: 'Turn on the kitchen light.',
+      tool_choice: { name: 'set_light' },
+      seed: 7,
+    });
     expect(a.actions, JSON.stringify(a)).toHaveLength(1);
     const rec = a.actions![0]!;
     expect(rec).toMatchObject({ name: 'set_light', status: 'done' });
@@ -150,10 +164,57 @@ describe('actions through perch run', () => {
     expect(['stop', 'length']).toContain(a.finish_reason);
   }, 120_000);
 
+  it('a confirm action waits: nothing published until <root>/action/confirm says yes; a no drops it', async () => {
+    const confirm = async (body: unknown): Promise<void> => {
+      const c = await mqtt.connectAsync(shared.broker.url);
+      await c.publishAsync(`${root}/action/confirm`, JSON.stringify(body), { qos: 1 });
+      await c.endAsync();
+    };
+    const records = () =>
+      watcher.on(`${root}/action`).map((m) => actionMessageSchema.parse(JSON.parse(m.payload.toString())));
+    const a = await ask({ id: 'gar-1', text: 'Open the garage.', tool_choice: { name: 'open_garage' }, seed: 3 });
+    const held = a.actions![0]!;
+    expect(held).toMatchObject({
+      name: 'open_garage',
+      status: 'awaiting_confirmation',
+      confirmation: expect.any(String),
+    });
+    expect(watcher.on(`${z2m}/garage/set`)).toEqual([]);
+    await confirm({ confirmation: held.confirmation, confirm: true });
+    await watcher.waitFor((m) => m.some((x) => x.topic === `${z2m}/garage/set`));
+    const { seconds } = held.arguments as { seconds?: number };
+    expect(JSON.parse(watcher.on(`${z2m}/garage/set`)[0]!.payload.toString())).toEqual({
+      state: 'OPEN',
+      seconds: seconds ?? null,
+    });
+    await watcher.waitFor((m) => m.filter((x) => x.topic === `${root}/action`).length >= 3);
+    expect(records().at(-1)).toMatchObject({ id: 'gar-1', name: 'open_garage', status: 'done' });
+    // Once only: a second yes names nothing waiting, and says so on <root>/errors.
+    await confirm({ confirmation: held.confirmation, confirm: true });
+    const aboutConfirm = () =>
+      watcher
+        .on(`${root}/errors`)
+        .map((m) => JSON.parse(m.payload.toString()))
+        .filter((e) => e.topic === `${root}/action/confirm`);
+    await watcher.waitFor(() => aboutConfirm().length > 0);
+    expect(aboutConfirm()[0]).toMatchObject({
+      code: 'invalid_request',
+      topic: `${root}/action/confirm`,
+      message: expect.stringMatching(/no action waits for confirmation/),
+    });
+    // A no drops the next one.
+    const b = await ask({ id: 'gar-2', text: 'Open it again.', tool_choice: { name: 'open_garage' }, seed: 4 });
+    await confirm({ confirmation: b.actions![0]!.confirmation, confirm: false });
+    await watcher.waitFor((m) =>
+      m.some((x) => x.topic === `${root}/action` && x.payload.toString().includes('"cancelled"')),
+    );
+    expect(watcher.on(`${z2m}/garage/set`)).toHaveLength(1);
+  }, 120_000);
+
   it('refuses past max_per_minute, and tells the model (the answer still comes)', async () => {
-    await ask({ id: 'act-2', text: 'And the hall.', tool_choice: 'required', seed: 8 });
-    const a = await ask({ id: 'act-3', text: 'And again.', tool_choice: 'required', seed: 9 });
-    expect(a.actions![0]).toMatchObject({ status: 'refused', reason: 'more than 2 actions in a minute' });
+    await ask({ id: 'act-2', text: 'And the hall.', tool_choice: { name: 'set_light' }, seed: 8 });
+    const a = await ask({ id: 'act-3', text: 'And again.', tool_choice: { name: 'set_light' }, seed: 9 });
+    expect(a.actions![0]).toMatchObject({ status: 'refused', reason: 'more than 3 actions in a minute' });
     expect(watcher.on(`${z2m}/kitchen/set`).length + watcher.on(`${z2m}/hall/set`).length).toBe(2);
   }, 120_000);
 
@@ -274,5 +335,9 @@ describe('docs/actions.md', () => {
     expect(fillPayload(light.payload, args)).toBe('{"state":"ON"}');
     expect(fillTopic(light.reply_topic!, args)).toBe('zigbee2mqtt/kitchen');
     expect(doc).toContain('`{"state":"ON"}` to `zigbee2mqtt/kitchen/set`');
+    // The confirm example is an entry of the same list.
+    const entry = [...doc.matchAll(/```yaml\n([\s\S]*?)```/g)][1]![1]!;
+    const garage = actionsSettings.parse(parse(`allowed:\n${entry}`)).allowed[0]!;
+    expect(garage).toMatchObject({ name: 'open_garage', confirm: true, payload: 'OPEN' });
   });
 });

@@ -13,10 +13,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { silentLogger } from '../src/common/log.js';
-import { perchConfigSchema, schedulerSettings, wyomingSettings } from '../src/config/schema.js';
+import { actionsSettings, perchConfigSchema, schedulerSettings, wyomingSettings } from '../src/config/schema.js';
 import { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
 import { Transcriber } from '../src/engine/transcriber.js';
 import type { AnswerEngine, GenerationRequest } from '../src/engine/types.js';
+import { Actions } from '../src/pipelines/actions.js';
 import { Scheduler } from '../src/scheduler/scheduler.js';
 import { EventReader, type WyomingEvent, encodeEvent } from '../src/wyoming/protocol.js';
 import { WyomingServer } from '../src/wyoming/server.js';
@@ -237,6 +238,8 @@ describe('the Wyoming server in process (real engine and scheduler)', () => {
   const requests: GenerationRequest[] = [];
   let server: WyomingServer;
   let at: number;
+  let actions: Actions;
+  const published: Array<{ topic: string; payload: string }> = [];
 
   beforeAll(async () => {
     const settings = perchConfigSchema.parse({
@@ -251,6 +254,28 @@ describe('the Wyoming server in process (real engine and scheduler)', () => {
         return engine.generate(req);
       },
     });
+    actions = new Actions({
+      settings: actionsSettings.parse({
+        allowed: [
+          {
+            name: 'open_garage',
+            description: 'Open the garage door',
+            parameters: { type: 'object', properties: { door: { type: 'string', enum: ['left', 'right'] } } },
+            topic: 'garage/{door}/set',
+            payload: { open: true },
+            confirm: true,
+          },
+        ],
+      }),
+      bus: {
+        connected: true,
+        publish: async (topic, payload) => void published.push({ topic, payload }),
+        subscribe: () => undefined,
+        removeOwner: () => undefined,
+      },
+      recordTopic: 'test/action',
+      logger: silentLogger,
+    });
     server = new WyomingServer({
       settings: { ...wyomingSettings.parse({ enabled: true, max_clients: 2, idle_timeout_s: 1 }), port: 0 },
       deviceId: 'inproc',
@@ -259,6 +284,7 @@ describe('the Wyoming server in process (real engine and scheduler)', () => {
       scheduler: new Scheduler(schedulerSettings.parse({})),
       version: 'test',
       transcriptMaxTokens: 8,
+      actions,
       logger: silentLogger,
     });
     at = (await server.start()).port;
@@ -288,6 +314,34 @@ describe('the Wyoming server in process (real engine and scheduler)', () => {
       { role: 'user', content: 'And the front door?' },
     ]);
     expect(requests[2]!.messages).toEqual([{ role: 'user', content: 'Hello?' }]);
+  });
+
+  it("a call waiting for confirmation is carried out by the conversation's next turn saying yes", async () => {
+    // The previous turn's call of a confirm action (the model asked "shall I?").
+    const held = await actions.run(
+      { name: 'open_garage', arguments: { door: 'left' } },
+      { id: 'q', conversation: 'garage-1' },
+    );
+    expect(held).toMatchObject({ status: 'awaiting_confirmation', confirmation: expect.any(String) });
+    expect(published.filter((p) => p.topic.startsWith('garage/'))).toEqual([]);
+    // Another conversation's yes does nothing for it.
+    requests.length = 0;
+    await turn('Yes please.', 'other-7');
+    expect(published.filter((p) => p.topic.startsWith('garage/'))).toEqual([]);
+    await turn('Yes please.', 'garage-1');
+    expect(published.filter((p) => p.topic.startsWith('garage/'))).toEqual([
+      { topic: 'garage/left/set', payload: '{"open":true}' },
+    ]);
+    // The model answered with the call and its result in front of it.
+    const last = requests.at(-1)!.messages;
+    expect(last.at(-2)).toMatchObject({
+      role: 'assistant',
+      toolCalls: [{ name: 'open_garage', arguments: { door: 'left' } }],
+    });
+    expect(JSON.parse(last.at(-1)!.content as string)).toEqual({ done: true, result: 'published' });
+    // Settled: a second yes does nothing more.
+    await turn('Yes.', 'garage-1');
+    expect(published.filter((p) => p.topic.startsWith('garage/'))).toHaveLength(1);
   });
 
   it('refuses a client beyond max_clients with busy, and serves again once one leaves', async () => {

@@ -341,6 +341,12 @@ export const actionSettings = z
       .describe(
         "A topic to wait on for the result (e.g. zigbee2mqtt/{device}, the device's state); its first message after publishing is the result.",
       ),
+    confirm: z
+      .boolean()
+      .default(false)
+      .describe(
+        'Ask before acting: the call waits until the user says yes (the next turn of a Wyoming conversation, or <root>/action/confirm); the model is told to ask.',
+      ),
   })
   .strict();
 
@@ -364,6 +370,13 @@ export const actionsSettings = z
       .max(60_000)
       .default(5000)
       .describe('How long to wait on an action reply_topic for its result.'),
+    confirm_timeout_s: z
+      .number()
+      .int()
+      .min(5)
+      .max(3600)
+      .default(60)
+      .describe('How long a call of a confirm action waits for the yes; after that it is dropped.'),
     allowed: z
       .array(actionSettings)
       .max(32)

@@ -15,7 +15,7 @@ import { HearingPublisher } from '../mqtt/hearing-publisher.js';
 import { type DaemonModule, type ModuleState, defineModule } from './module.js';
 import { DiscoveryPublisher, discoveryOptionsFromConfig } from '../mqtt/discovery.js';
 import { errorMessage } from '../mqtt/errors.js';
-import { encode, isoNow, type ErrorMessage, type StatsMessage } from '../mqtt/messages.js';
+import { actionConfirmSchema, encode, isoNow, type ErrorMessage, type StatsMessage } from '../mqtt/messages.js';
 import { Actions } from '../pipelines/actions.js';
 import { AskPipeline } from '../pipelines/ask.js';
 import { HearingPipeline } from '../pipelines/hearing.js';
@@ -384,8 +384,10 @@ export class Controller {
           owner,
         });
         this.conn.subscribe(t.watchingSet, (msg) => void this.onSwitch(this.watching, msg.payload), { qos: 1, owner });
-        if (this.actions)
+        if (this.actions) {
           this.conn.subscribe(t.actionsSet, (msg) => void this.onActionsSwitch(msg.payload), { qos: 1, owner });
+          this.conn.subscribe(t.actionConfirm, (msg) => void this.onActionConfirm(msg.payload), { qos: 1, owner });
+        }
       },
       stop: () => this.conn.removeOwner(owner),
       connected: () => {
@@ -496,6 +498,33 @@ export class Controller {
     this.log.info({ on: this.actions.on }, 'actions switched');
     await this.publishActionsState();
     await this.publishStats();
+  }
+
+  /** <root>/action/confirm: a yes or a no to a call waiting for it; the outcome is said on <root>/action. */
+  private async onActionConfirm(payload: Buffer): Promise<void> {
+    const topic = this.conn.topics.actionConfirm;
+    let body: unknown;
+    try {
+      body = JSON.parse(payload.toString('utf8'));
+    } catch {
+      body = undefined;
+    }
+    const parsed = actionConfirmSchema.safeParse(body);
+    if (!parsed.success) {
+      await this.conn.publishError({
+        code: 'invalid_request',
+        message: 'an action confirmation is JSON {"confirmation": "<name from <root>/action>", "confirm": true|false}',
+        topic,
+      });
+      return;
+    }
+    const rec = await this.actions?.confirm(parsed.data.confirmation, parsed.data.confirm);
+    if (!rec)
+      await this.conn.publishError({
+        code: 'invalid_request',
+        message: `no action waits for confirmation ${JSON.stringify(parsed.data.confirmation)} (unknown, done, or past actions.confirm_timeout_s)`,
+        topic,
+      });
   }
 
   private async publishActionsState(): Promise<void> {

@@ -183,8 +183,13 @@ export const askRequestSchema = z
     seed: z.number().int().min(0).max(0xffffffff).optional(),
     temperature: z.number().min(0).max(2).optional(),
     thinking: z.boolean().optional(),
-    /** With actions declared: auto (the model decides), required (it must call one), none (not offered). */
-    tool_choice: z.enum(['auto', 'required', 'none']).optional(),
+    /** With actions declared: auto (the model decides), required (it must call one), none (not offered), or {name}. */
+    tool_choice: z
+      .union([
+        z.enum(['auto', 'required', 'none']),
+        z.strictObject({ name: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, 'an action name') }),
+      ])
+      .optional(),
     /** Reply topic for MQTT 3.1.1 clients (MQTT 5 clients use the responseTopic property). */
     reply_to: z.string().min(1).max(512).optional(),
   })
@@ -202,13 +207,22 @@ export const askCancelSchema = z.strictObject({
 export const actionRecordSchema = z.strictObject({
   name: z.string().max(128),
   arguments: z.record(z.string(), z.unknown()),
-  status: z.enum(['done', 'refused']),
+  status: z.enum(['done', 'refused', 'awaiting_confirmation', 'cancelled']),
+  /** For awaiting_confirmation: what <root>/action/confirm names to carry it out. */
+  confirmation: z.string().max(64).optional(),
   topic: z.string().max(1024).optional(),
   result: z.unknown().optional(),
   reason: z.string().max(1000).optional(),
 });
 
 export const actionMessageSchema = actionRecordSchema.extend({ v: version, id: messageId, ts: isoUtc });
+
+/** <root>/action/confirm: yes (or no) to a call that waits for confirmation. */
+export const actionConfirmSchema = z.strictObject({
+  v: version.optional(),
+  confirmation: z.string().min(1).max(64),
+  confirm: z.boolean(),
+});
 
 export const answerSchema = z.strictObject({
   v: version,

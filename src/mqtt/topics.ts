@@ -54,6 +54,8 @@ export interface PerchTopics {
   watchingSet: string;
   /** Each action the model took or was refused (QoS 1). */
   action: string;
+  /** Yes or no to an action waiting for confirmation. */
+  actionConfirm: string;
   /** Retained ON/OFF state of the allow-listed actions. */
   actions: string;
   /** ON/OFF command for the allow-listed actions. */
@@ -95,6 +97,7 @@ export function topicsFor(root: string): PerchTopics {
     watching: t('watching'),
     watchingSet: t('watching/set'),
     action: t('action'),
+    actionConfirm: t('action/confirm'),
     actions: t('actions'),
     actionsSet: t('actions/set'),
     camera(name: string): CameraTopics {

@@ -35,7 +35,7 @@ export interface ActionBus {
   removeOwner(owner: string): void;
 }
 
-export type ActionStatus = 'done' | 'refused';
+export type ActionStatus = 'done' | 'refused' | 'awaiting_confirmation' | 'cancelled';
 
 /** One call of an action, as <root>/action says it and the model reads it back. */
 export interface ActionRecord {
@@ -46,8 +46,32 @@ export interface ActionRecord {
   topic?: string;
   /** The reply_topic message (parsed as JSON when it is), or that it was published. */
   result?: unknown;
-  /** Why it was refused. */
+  /** Why it was refused or is waiting. */
   reason?: string;
+  /** awaiting_confirmation: the name a yes on <root>/action/confirm gives. */
+  confirmation?: string;
+}
+
+/** Who asked: the question's id, and the Wyoming conversation it belongs to (its next turn may say yes). */
+export interface ActionContext {
+  id: string;
+  conversation?: string;
+}
+
+interface PendingCall {
+  call: ToolCallRecord;
+  ctx: ActionContext;
+  expires: number;
+}
+
+/** A yes or a no as a whole answer ("yes", "yes please", "no thanks", "do it"...). */
+const YES = /^(yes|yeah|yep|sure|ok|okay|do it|go ahead|confirm(ed)?|please do)\b/i;
+const NO = /^(no|nope|don'?t|do not|cancel|stop|never ?mind)\b/i;
+
+/** What a reply to a waiting call says: yes, no, or neither (an unrelated question). */
+export function yesOrNo(text: string): boolean | null {
+  const t = text.trim();
+  return YES.test(t) ? true : NO.test(t) ? false : null;
 }
 
 /** Tool rounds per question: calls, their results back, and the model's next turn. */
@@ -60,6 +84,7 @@ const MAX_RESULT_CHARS = 2000;
 export class Actions {
   private readonly byName = new Map<string, { settings: ActionSettings; validator: z.ZodType }>();
   private readonly recent: number[] = [];
+  private readonly pending = new Map<string, PendingCall>();
   private enabled: boolean;
   private calls = 0;
   readonly counts = { done: 0, refused: 0 };
@@ -108,12 +133,28 @@ export class Actions {
   async answer(
     generate: (req: GenerationRequest) => Promise<GenerationResult>,
     req: GenerationRequest,
-    ctx: { id: string },
+    ctx: ActionContext,
   ): Promise<GenerationResult & { actions: ActionRecord[] }> {
-    const tools = this.tools();
-    if (tools.length === 0) return { ...(await generate({ ...req, toolChoice: 'auto' })), actions: [] };
     const records: ActionRecord[] = [];
     let messages: GenerationMessage[] = req.messages;
+    // The previous turn of this conversation asked to confirm a call: a yes or a no settles it first.
+    const waiting = this.waitingIn(ctx.conversation);
+    const question = req.messages.at(-1);
+    const said =
+      waiting && question?.role === 'user' && typeof question.content === 'string' ? yesOrNo(question.content) : null;
+    if (waiting && said !== null) {
+      const rec = await this.confirm(waiting.confirmation, said);
+      if (rec) {
+        records.push(rec);
+        messages = [
+          ...messages,
+          { role: 'assistant', content: '', toolCalls: [waiting.call] },
+          { role: 'tool', name: rec.name, content: JSON.stringify(resultForModel(rec)) },
+        ];
+      }
+    }
+    const tools = this.tools();
+    if (tools.length === 0) return { ...(await generate({ ...req, messages, toolChoice: 'auto' })), actions: records };
     for (let round = 0; round < MAX_ROUNDS; round++) {
       const r = await generate({
         ...req,
@@ -134,11 +175,45 @@ export class Actions {
     return { ...last, actions: records };
   }
 
-  /** Carries out one call, or refuses it; says it on <root>/action either way. */
-  async run(call: ToolCallRecord, ctx: { id: string }): Promise<ActionRecord> {
-    const rec = await this.carryOut(call);
+  /** Carries out one call, or refuses it, or holds it for confirmation; says it on <root>/action either way. */
+  async run(call: ToolCallRecord, ctx: ActionContext, confirmed = false): Promise<ActionRecord> {
+    const rec = await this.carryOut(call, ctx, confirmed);
     if (rec.status === 'done') this.counts.done++;
-    else this.counts.refused++;
+    else if (rec.status === 'refused') this.counts.refused++;
+    return this.say(rec, ctx);
+  }
+
+  /**
+   * A yes or a no to a waiting call (by its confirmation name): a yes carries it out now (every check again), a
+   * no drops it. Null when there is no such call, or it waited past actions.confirm_timeout_s.
+   */
+  async confirm(confirmation: string, yes: boolean): Promise<ActionRecord | null> {
+    this.expire();
+    const p = this.pending.get(confirmation);
+    if (!p) return null;
+    this.pending.delete(confirmation);
+    if (yes) return this.run(p.call, p.ctx, true);
+    return this.say(
+      { name: p.call.name, arguments: p.call.arguments, status: 'cancelled', reason: 'the user said no' },
+      p.ctx,
+    );
+  }
+
+  /** The call a Wyoming conversation's previous turn left waiting for a yes, if any. */
+  waitingIn(conversation: string | undefined): { confirmation: string; call: ToolCallRecord } | null {
+    if (!conversation) return null;
+    this.expire();
+    for (const [confirmation, p] of this.pending)
+      if (p.ctx.conversation === conversation) return { confirmation, call: p.call };
+    return null;
+  }
+
+  private expire(): void {
+    const now = (this.o.now ?? Date.now)();
+    for (const [k, p] of this.pending) if (p.expires < now) this.pending.delete(k);
+  }
+
+  private async say(rec: ActionRecord, ctx: ActionContext): Promise<ActionRecord> {
     this.o.logger.info({ id: ctx.id, action: rec.name, status: rec.status, reason: rec.reason }, 'action');
     await this.o.bus
       .publish(this.o.recordTopic, JSON.stringify({ v: 1, id: ctx.id, ts: new Date().toISOString(), ...rec }), {
@@ -148,7 +223,7 @@ export class Actions {
     return rec;
   }
 
-  private async carryOut(call: ToolCallRecord): Promise<ActionRecord> {
+  private async carryOut(call: ToolCallRecord, ctx: ActionContext, confirmed: boolean): Promise<ActionRecord> {
     const base = { name: call.name, arguments: call.arguments };
     const refuse = (reason: string): ActionRecord => ({ ...base, status: 'refused', reason });
     const action = this.byName.get(call.name);
@@ -170,6 +245,21 @@ export class Actions {
       reply = action.settings.reply_topic ? fillTopic(action.settings.reply_topic, args) : undefined;
     } catch (err) {
       return refuse((err as Error).message);
+    }
+    if (action.settings.confirm && !confirmed) {
+      this.expire();
+      const confirmation = `c${++this.calls}-${Math.random().toString(36).slice(2, 8)}`;
+      this.pending.set(confirmation, {
+        call,
+        ctx,
+        expires: (this.o.now ?? Date.now)() + this.o.settings.confirm_timeout_s * 1000,
+      });
+      return {
+        ...base,
+        status: 'awaiting_confirmation',
+        confirmation,
+        reason: 'this action needs the user to confirm it first: ask them',
+      };
     }
     const now = (this.o.now ?? Date.now)();
     while (this.recent.length && now - this.recent[0]! > 60_000) this.recent.shift();
@@ -221,8 +311,10 @@ export class Actions {
 }
 
 /** What the model reads back: the result, or why nothing was done. */
-function resultForModel(rec: ActionRecord): unknown {
-  return rec.status === 'done' ? { done: true, result: rec.result } : { done: false, error: rec.reason };
+export function resultForModel(rec: ActionRecord): unknown {
+  if (rec.status === 'done') return { done: true, result: rec.result };
+  if (rec.status === 'awaiting_confirmation') return { done: false, waiting_for_confirmation: true, note: rec.reason };
+  return { done: false, error: rec.reason };
 }
 
 /** The topic template with each {param} replaced by its value, which must be one plain topic level. */

@@ -115,7 +115,10 @@ export class AskPipeline {
             if (!actions || request.tool_choice === 'none') return (partial = await this.o.engine.generate(req));
             const r = await actions.answer(
               (g) => this.o.engine.generate(g),
-              { ...req, ...(request.tool_choice === 'required' ? { toolChoice: 'required' as const } : {}) },
+              {
+                ...req,
+                ...(request.tool_choice && request.tool_choice !== 'auto' ? { toolChoice: request.tool_choice } : {}),
+              },
               { id: request.id },
             );
             partial = r;

@@ -303,7 +303,11 @@ export class WyomingSession {
       const actions = this.deps.actions;
       const r = await this.runJob((signal) =>
         actions
-          ? actions.answer((g) => engine.generate(g), { ...request, signal }, { id: `wyoming-${this.id}-${this.jobs}` })
+          ? actions.answer(
+              (g) => engine.generate(g),
+              { ...request, signal },
+              { id: `wyoming-${this.id}-${this.jobs}`, ...(conversation ? { conversation } : {}) },
+            )
           : engine.generate({ ...request, signal }),
       );
       if (r.finishReason === 'cancelled') throw new Error('the answer was cancelled');
