@@ -9,7 +9,10 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { segmenterSettingsSchema } from '../src/config/segmenter-settings.js';
 import { segment } from '../src/audio/segment-clip.js';
-import { mqttSettings, schedulerSettings } from '../src/config/schema.js';
+import { actionsSettings, mqttSettings, perchConfigSchema, schedulerSettings } from '../src/config/schema.js';
+import { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
+import type { AnswerEngine, GenerationRequest } from '../src/engine/types.js';
+import { Actions } from '../src/pipelines/actions.js';
 import { Transcriber } from '../src/engine/transcriber.js';
 import { silentLogger } from '../src/common/log.js';
 import { MqttConnection } from '../src/mqtt/connection.js';
@@ -26,6 +29,7 @@ import { SPEECH_WAV, makeHearingPackage, phraseSamples } from './transcribe-help
 
 const BROKER = 'mqtt://127.0.0.1:1883';
 let root: string;
+let pkg: string;
 let transcriber: Transcriber;
 /** speech.wav, 2 s of silence, phrase 1, 1 s of silence: two utterances, one right after the other. */
 let twoUtterances: string;
@@ -53,6 +57,7 @@ function writeWav(path: string, samples: Int16Array): void {
 beforeAll(async () => {
   root = tempRoot('conversation');
   const dir = await makeHearingPackage(root);
+  pkg = dir;
   transcriber = await Transcriber.load(dir, { threads: 1, contextTokens: 1024, pleCacheMb: 1 });
   const a = wavTo16kMono(readFileSync(SPEECH_WAV)).samples;
   const b = phraseSamples(1);
@@ -178,6 +183,58 @@ describe('push-to-talk and payloads', () => {
     const clip = (await segment(wavTo16kMono(readFileSync(SPEECH_WAV)).samples))[0]!;
     expect(a.text).toBe((await transcriber.answer(clip.samples, { prompt: QUESTION_PROMPT, maxTokens: 5 })).text);
     expect(hearing.stats()).toMatchObject({ transcripts: 1, questions: 1 });
+  }, 120_000);
+
+  it('with actions on, answers from the transcript with the actions as tools', async () => {
+    const engine = new GemmaAnswerEngine(
+      perchConfigSchema.parse({ model: { dir: pkg, threads: 1, context_tokens: 1024, ple_cache_mb: 1 } }).model,
+    );
+    await engine.start();
+    cleanups.push(() => engine.close());
+    const requests: GenerationRequest[] = [];
+    const seen: AnswerEngine = Object.assign(Object.create(engine), {
+      generate: (req: GenerationRequest) => {
+        requests.push(req);
+        return engine.generate(req);
+      },
+    });
+    const actions = new Actions({
+      settings: actionsSettings.parse({
+        allowed: [
+          {
+            name: 'set_light',
+            description: 'Switch a light',
+            parameters: { type: 'object', properties: { on: { type: 'boolean' } } },
+            topic: 'lights/set',
+            payload: { on: '{on}' },
+          },
+        ],
+      }),
+      bus: {
+        connected: true,
+        publish: async () => undefined,
+        subscribe: () => undefined,
+        removeOwner: () => undefined,
+      },
+      recordTopic: 'test/action',
+      logger: silentLogger,
+    });
+    const { collector, topics, play, talk, waitArmed } = await rig(SPEECH_WAV, {
+      followUpS: 0,
+      actions: { actions, engine: () => seen },
+    });
+    await talk(JSON.stringify({ id: 'ptt-act' }));
+    await waitArmed();
+    await play();
+    await collector.waitFor((m) => m.some((x) => x.topic === topics.answer));
+    const t = transcriptSchema.parse(json(collector.on(topics.transcript)[0]!.payload));
+    const a = answerSchema.parse(json(collector.on(topics.answer)[0]!.payload));
+    expect(a.id).toBe('ptt-act');
+    // One request to the answer engine: the transcript as the question, the action as a tool.
+    expect(requests).toHaveLength(1);
+    expect(requests[0]!.messages).toEqual([{ role: 'user', content: t.text }]);
+    expect(requests[0]!.tools?.map((x) => x.name)).toEqual(['set_light']);
+    expect(a.tokens.prompt).toBeGreaterThan(0);
   }, 120_000);
 
   it('refuses a push-to-talk id that is not a message id, and answers nothing', async () => {

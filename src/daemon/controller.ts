@@ -95,6 +95,16 @@ export class Controller {
       onChange: () => void this.publishStats(),
       logger: this.log,
     });
+    // Allow-listed actions (config actions.allowed): offered to the model in MQTT questions, spoken questions
+    // and Wyoming turns.
+    this.actions = config.actions.allowed.length
+      ? new Actions({
+          settings: config.actions,
+          bus: this.conn,
+          recordTopic: this.conn.topics.action,
+          logger: this.log.child({ module: 'actions' }),
+        })
+      : undefined;
     const cameras = config.cameras.filter((c) => c.enabled);
     const audio =
       config.audio.enabled && config.audio.source ? createAudioSource(config.audio.source, this.log) : undefined;
@@ -110,6 +120,7 @@ export class Controller {
           ...(config.audio.language ? { language: config.audio.language } : {}),
           ...(config.audio.wake_phrase ? { wakePhrase: config.audio.wake_phrase } : {}),
           vadHealth: { error: (err) => this.health.error(VAD_STAGE, err), ok: () => this.health.ok(VAD_STAGE) },
+          ...(this.actions ? { actions: { actions: this.actions, engine: () => this.model.engine } } : {}),
         })
       : undefined;
     const frameSources: FrameSource[] = cameras.map((c) => createFrameSource(c.name, c.source, this.log));
@@ -139,15 +150,6 @@ export class Controller {
       frames.attach(frameSources[i]!);
       this.motion.attach(c, frameSources[i]!);
     });
-    // Allow-listed actions (config actions.allowed): offered to the model in MQTT questions and Wyoming turns.
-    this.actions = config.actions.allowed.length
-      ? new Actions({
-          settings: config.actions,
-          bus: this.conn,
-          recordTopic: this.conn.topics.action,
-          logger: this.log.child({ module: 'actions' }),
-        })
-      : undefined;
     const ask = new AskPipeline({
       conn: this.conn,
       scheduler: this.scheduler,

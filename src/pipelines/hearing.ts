@@ -30,6 +30,8 @@ import { type HearingPublisher, MAX_TEXT } from '../mqtt/hearing-publisher.js';
 import { isoNow, type AnswerMessage, type TranscriptMessage } from '../mqtt/messages.js';
 import { isSchedulerError } from '../scheduler/errors.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
+import type { AnswerEngine, GenerationMessage } from '../engine/types.js';
+import type { Actions } from './actions.js';
 import type { AudioChunk, AudioSource } from '../sources/types.js';
 import { errorCodeFor } from './ask.js';
 import {
@@ -70,6 +72,12 @@ export interface HearingOptions {
    * transcript is ready sooner after the end. Off: each utterance is heard whole once it has ended.
    */
   streaming?: boolean;
+  /**
+   * Allow-listed actions: while they are on, a spoken question is answered from its transcript by the answer
+   * engine with the actions as tools (a call is carried out and its result goes back to the model), instead of
+   * from the audio.
+   */
+  actions?: { actions: Actions; engine: () => AnswerEngine };
 }
 
 /** The conversation as the last decided utterance left it. */
@@ -377,14 +385,17 @@ export class HearingPipeline {
       if (u.split) await this.publishGroup(this.groups.add(u.split, msg, speechEnd));
       if (!kind) return turn;
       const history = inWindow ? turn.history : [];
-      const answer = await this.answer(
-        u,
-        id,
-        transcriber,
-        scheduler,
-        conversationPrompt(wake ? spokenQuestionPrompt(phrase!) : QUESTION_PROMPT, history),
-        speechEnd,
-      );
+      const acting = this.opts.actions?.actions.on ? this.opts.actions : undefined;
+      const answer = acting
+        ? await this.act(u, id, acting, scheduler, msg.text, history, speechEnd)
+        : await this.answer(
+            u,
+            id,
+            transcriber,
+            scheduler,
+            conversationPrompt(wake ? spokenQuestionPrompt(phrase!) : QUESTION_PROMPT, history),
+            speechEnd,
+          );
       if (answer === undefined) return { history: [] };
       return { answeredAt: Date.now(), history: [...history, { question: msg.text, answer }] };
     } catch (err) {
@@ -413,6 +424,88 @@ export class HearingPipeline {
     const msg = done.stitched;
     this.log.info({ id: msg.id, parts: msg.stitched_from?.length, chars: msg.text.length }, 'stitched transcript');
     await this.out.transcript(msg);
+  }
+
+  /**
+   * Answers a spoken question from its transcript with the allow-listed actions as tools, under `id`; returns the
+   * answer text (undefined when it failed, which is said on the answer topic).
+   */
+  private async act(
+    u: Utterance,
+    id: string,
+    acting: NonNullable<HearingOptions['actions']>,
+    scheduler: Scheduler,
+    question: string,
+    history: Turn['history'],
+    speechEnd: number,
+  ): Promise<string | undefined> {
+    const submitted = Date.now();
+    let startedAt = 0;
+    let firstTokenAt = 0;
+    let seq = 0;
+    try {
+      const r = await scheduler.submit({
+        kind: 'answer',
+        id: u.id,
+        run: (signal) => {
+          startedAt = Date.now();
+          const messages: GenerationMessage[] = [
+            ...history.flatMap((h) => [
+              { role: 'user' as const, content: h.question },
+              { role: 'assistant' as const, content: h.answer },
+            ]),
+            { role: 'user', content: question },
+          ];
+          return acting.actions.answer(
+            (g) => acting.engine().generate(g),
+            {
+              messages,
+              ...(this.opts.answerMaxTokens !== undefined ? { maxTokens: this.opts.answerMaxTokens } : {}),
+              signal,
+              onToken: (delta) => {
+                firstTokenAt ||= Date.now();
+                this.out.answerChunk(id, seq++, delta, false);
+              },
+            },
+            { id },
+          );
+        },
+      });
+      this.out.answerChunk(id, seq++, '', true);
+      const done = Date.now();
+      const since = (t: number): number => Math.max(0, Math.round(t - speechEnd));
+      const msg: AnswerMessage = {
+        v: 1,
+        id,
+        ts: isoNow(done),
+        text: r.text.slice(0, MAX_TEXT),
+        finish_reason: r.finishReason,
+        tokens: r.tokens,
+        latency_ms: {
+          total: since(done),
+          first_token: since(firstTokenAt || done),
+          queue: Math.max(0, startedAt - submitted),
+          ...(r.timings.prefillMs !== undefined ? { prefill: Math.round(r.timings.prefillMs) } : {}),
+          ...(r.timings.decodeMs !== undefined ? { decode: Math.round(r.timings.decodeMs) } : {}),
+        },
+        ...(r.actions.length ? { actions: r.actions.slice(0, 16) } : {}),
+      };
+      this.counts.questions++;
+      this.log.info(
+        { id, chars: msg.text.length, actions: r.actions.length },
+        'spoken question answered (actions offered)',
+      );
+      await this.out.answer(msg);
+      return msg.text;
+    } catch (err) {
+      if (this.stopping || isSchedulerError(err, 'shutting_down') || isSchedulerError(err, 'cancelled'))
+        return undefined;
+      const code = errorCodeFor(err);
+      const message = (err as Error).message ?? String(err);
+      this.log.warn({ id, code, reason: message }, 'spoken question not answered');
+      await this.out.answerFailed(id, code, message);
+      return undefined;
+    }
   }
 
   /** Answers a spoken question from its audio under `id` (its transcript's); returns the answer text. */
