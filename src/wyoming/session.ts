@@ -293,23 +293,19 @@ export class WyomingSession {
     const engine = this.deps.engine();
     try {
       if (streaming) this.send('handled-start', reply);
-      const request: GenerationRequest = {
-        messages: [...this.deps.conversations.history(conversation), { role: 'user', content: text }],
-        signal: new AbortController().signal,
-        onToken: (delta) => {
-          if (streaming && delta) this.send('handled-chunk', { text: delta });
-        },
-      };
       const actions = this.deps.actions;
-      const r = await this.runJob((signal) =>
-        actions
-          ? actions.answer(
-              (g) => engine.generate(g),
-              { ...request, signal },
-              { id: `wyoming-${this.id}-${this.jobs}`, ...(conversation ? { conversation } : {}) },
-            )
-          : engine.generate({ ...request, signal }),
-      );
+      const r = await this.runJob((signal) => {
+        const request: GenerationRequest = {
+          messages: [...this.deps.conversations.history(conversation), { role: 'user', content: text }],
+          signal,
+          onToken: (delta) => {
+            if (streaming && delta) this.send('handled-chunk', { text: delta });
+          },
+        };
+        // The job's id names the question on <root>/action; the conversation lets its next turn confirm a call.
+        const ctx = { id: this.job ?? `wyoming-${this.id}`, ...(conversation ? { conversation } : {}) };
+        return actions ? actions.answer((g) => engine.generate(g), request, ctx) : engine.generate(request);
+      });
       if (r.finishReason === 'cancelled') throw new Error('the answer was cancelled');
       this.deps.counts.turns++;
       this.deps.conversations.record(conversation, text, r.text);
