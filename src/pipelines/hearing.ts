@@ -80,6 +80,16 @@ export interface HearingOptions {
   actions?: { actions: Actions; engine: () => AnswerEngine };
 }
 
+/** A spoken question's answer, from the audio or from the transcript with actions: what respond() publishes. */
+interface SpokenReply {
+  text: string;
+  finishReason: AnswerMessage['finish_reason'];
+  tokens: AnswerMessage['tokens'];
+  /** The model's part of latency_ms (encode, prefill, decode: whatever the path measured). */
+  latency: { encode?: number; prefill?: number; decode?: number };
+  actions?: NonNullable<AnswerMessage['actions']>;
+}
+
 /** The conversation as the last decided utterance left it. */
 interface Turn {
   /** Wall-clock ms of the latest answer; undefined when nothing has been answered. */
@@ -426,11 +436,8 @@ export class HearingPipeline {
     await this.out.transcript(msg);
   }
 
-  /**
-   * Answers a spoken question from its transcript with the allow-listed actions as tools, under `id`; returns the
-   * answer text (undefined when it failed, which is said on the answer topic).
-   */
-  private async act(
+  /** Answers a spoken question from its transcript with the allow-listed actions as tools (see respond). */
+  private act(
     u: Utterance,
     id: string,
     acting: NonNullable<HearingOptions['actions']>,
@@ -438,6 +445,81 @@ export class HearingPipeline {
     question: string,
     history: Turn['history'],
     speechEnd: number,
+  ): Promise<string | undefined> {
+    return this.respond(
+      u,
+      id,
+      scheduler,
+      speechEnd,
+      'spoken question answered (actions offered)',
+      async (signal, onToken) => {
+        const messages: GenerationMessage[] = [
+          ...history.flatMap((h) => [
+            { role: 'user' as const, content: h.question },
+            { role: 'assistant' as const, content: h.answer },
+          ]),
+          { role: 'user', content: question },
+        ];
+        const r = await acting.actions.answer(
+          (g) => acting.engine().generate(g),
+          {
+            messages,
+            ...(this.opts.answerMaxTokens !== undefined ? { maxTokens: this.opts.answerMaxTokens } : {}),
+            signal,
+            onToken,
+          },
+          { id },
+        );
+        return {
+          text: r.text,
+          finishReason: r.finishReason,
+          tokens: r.tokens,
+          latency: {
+            ...(r.timings.prefillMs !== undefined ? { prefill: Math.round(r.timings.prefillMs) } : {}),
+            ...(r.timings.decodeMs !== undefined ? { decode: Math.round(r.timings.decodeMs) } : {}),
+          },
+          ...(r.actions.length ? { actions: r.actions.slice(0, 16) } : {}),
+        };
+      },
+    );
+  }
+
+  /** Answers a spoken question from its audio (see respond). */
+  private answer(
+    u: Utterance,
+    id: string,
+    transcriber: SpeechEngine,
+    scheduler: Scheduler,
+    prompt: string,
+    speechEnd: number,
+  ): Promise<string | undefined> {
+    return this.respond(u, id, scheduler, speechEnd, 'spoken question answered', async (signal, onToken) => {
+      const r = await transcriber.answer(u.samples, { signal, prompt, maxTokens: this.opts.answerMaxTokens, onToken });
+      return {
+        text: r.text,
+        finishReason: r.finishReason,
+        tokens: { prompt: r.promptTokens, completion: r.tokens.length },
+        latency: {
+          encode: Math.round(r.timings.featuresMs + r.timings.encodeMs),
+          prefill: Math.round(r.timings.prefillMs),
+          decode: Math.round(r.timings.decodeMs),
+        },
+      };
+    });
+  }
+
+  /**
+   * Runs a spoken question's answer as an `answer` job under `id` (its transcript's), streams its tokens, and
+   * publishes it with its latency from the end of speech; returns the answer text (undefined when it failed,
+   * which is said on the answer topic).
+   */
+  private async respond(
+    u: Utterance,
+    id: string,
+    scheduler: Scheduler,
+    speechEnd: number,
+    logLine: string,
+    run: (signal: AbortSignal, onToken: (delta: string) => void) => Promise<SpokenReply>,
   ): Promise<string | undefined> {
     const submitted = Date.now();
     let startedAt = 0;
@@ -449,26 +531,10 @@ export class HearingPipeline {
         id: u.id,
         run: (signal) => {
           startedAt = Date.now();
-          const messages: GenerationMessage[] = [
-            ...history.flatMap((h) => [
-              { role: 'user' as const, content: h.question },
-              { role: 'assistant' as const, content: h.answer },
-            ]),
-            { role: 'user', content: question },
-          ];
-          return acting.actions.answer(
-            (g) => acting.engine().generate(g),
-            {
-              messages,
-              ...(this.opts.answerMaxTokens !== undefined ? { maxTokens: this.opts.answerMaxTokens } : {}),
-              signal,
-              onToken: (delta) => {
-                firstTokenAt ||= Date.now();
-                this.out.answerChunk(id, seq++, delta, false);
-              },
-            },
-            { id },
-          );
+          return run(signal, (delta) => {
+            firstTokenAt ||= Date.now();
+            this.out.answerChunk(id, seq++, delta, false);
+          });
         },
       });
       this.out.answerChunk(id, seq++, '', true);
@@ -485,83 +551,12 @@ export class HearingPipeline {
           total: since(done),
           first_token: since(firstTokenAt || done),
           queue: Math.max(0, startedAt - submitted),
-          ...(r.timings.prefillMs !== undefined ? { prefill: Math.round(r.timings.prefillMs) } : {}),
-          ...(r.timings.decodeMs !== undefined ? { decode: Math.round(r.timings.decodeMs) } : {}),
+          ...r.latency,
         },
-        ...(r.actions.length ? { actions: r.actions.slice(0, 16) } : {}),
+        ...(r.actions ? { actions: r.actions } : {}),
       };
       this.counts.questions++;
-      this.log.info(
-        { id, chars: msg.text.length, actions: r.actions.length },
-        'spoken question answered (actions offered)',
-      );
-      await this.out.answer(msg);
-      return msg.text;
-    } catch (err) {
-      if (this.stopping || isSchedulerError(err, 'shutting_down') || isSchedulerError(err, 'cancelled'))
-        return undefined;
-      const code = errorCodeFor(err);
-      const message = (err as Error).message ?? String(err);
-      this.log.warn({ id, code, reason: message }, 'spoken question not answered');
-      await this.out.answerFailed(id, code, message);
-      return undefined;
-    }
-  }
-
-  /** Answers a spoken question from its audio under `id` (its transcript's); returns the answer text. */
-  private async answer(
-    u: Utterance,
-    id: string,
-    transcriber: SpeechEngine,
-    scheduler: Scheduler,
-    prompt: string,
-    speechEnd: number,
-  ): Promise<string | undefined> {
-    const submitted = Date.now();
-    let startedAt = 0;
-    let firstTokenAt = 0;
-    let seq = 0;
-    const chunk = (delta: string, done: boolean): void => {
-      this.out.answerChunk(id, seq++, delta, done);
-    };
-    try {
-      const r = await scheduler.submit({
-        kind: 'answer',
-        id: u.id,
-        run: (signal) => {
-          startedAt = Date.now();
-          return transcriber.answer(u.samples, {
-            signal,
-            prompt,
-            maxTokens: this.opts.answerMaxTokens,
-            onToken: (delta) => {
-              firstTokenAt ||= Date.now();
-              chunk(delta, false);
-            },
-          });
-        },
-      });
-      chunk('', true);
-      const done = Date.now();
-      const since = (t: number): number => Math.max(0, Math.round(t - speechEnd));
-      const msg: AnswerMessage = {
-        v: 1,
-        id,
-        ts: isoNow(done),
-        text: r.text.slice(0, MAX_TEXT),
-        finish_reason: r.finishReason,
-        tokens: { prompt: r.promptTokens, completion: r.tokens.length },
-        latency_ms: {
-          total: since(done),
-          first_token: since(firstTokenAt || done),
-          queue: Math.max(0, startedAt - submitted),
-          encode: Math.round(r.timings.featuresMs + r.timings.encodeMs),
-          prefill: Math.round(r.timings.prefillMs),
-          decode: Math.round(r.timings.decodeMs),
-        },
-      };
-      this.counts.questions++;
-      this.log.info({ id, chars: msg.text.length, latency_ms: msg.latency_ms }, 'spoken question answered');
+      this.log.info({ id, chars: msg.text.length, latency_ms: msg.latency_ms, actions: r.actions?.length }, logLine);
       await this.out.answer(msg);
       return msg.text;
     } catch (err) {
