@@ -120,18 +120,11 @@ async function reply(body: Record<string, unknown>): Promise<{ error?: unknown }
   return JSON.parse(msg.payload.toString());
 }
 
+/** The answer to one question; an error reply fails the test, with the daemon's log. */
 async function ask(body: Record<string, unknown>): Promise<ReturnType<typeof answerSchema.parse>> {
-  const c = await mqtt.connectAsync(shared.broker.url);
-  await c.publishAsync(`${root}/ask`, JSON.stringify(body), { qos: 1 });
-  await c.endAsync();
-  await watcher.waitFor(
-    (m) => m.some((x) => x.topic === `${root}/answer` && JSON.parse(x.payload.toString()).id === body.id),
-    120_000,
-  );
-  const msg = watcher.on(`${root}/answer`).find((x) => JSON.parse(x.payload.toString()).id === body.id)!;
-  const body2 = JSON.parse(msg.payload.toString());
-  if (body2.error) throw new Error(`answer error: ${JSON.stringify(body2.error)}\n${daemon.log().slice(-3000)}`);
-  return answerSchema.parse(body2);
+  const r = await reply(body);
+  if (r.error) throw new Error(`answer error: ${JSON.stringify(r.error)}\n${daemon.log().slice(-3000)}`);
+  return answerSchema.parse(r);
 }
 
 describe('actions through perch run', () => {

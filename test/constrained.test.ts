@@ -7,11 +7,10 @@
 import { rmSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compileStructured, parseStructured } from '../src/common/structured-output.js';
-import { perchConfigSchema } from '../src/config/schema.js';
 import { applyMask } from '../src/engine/grammar.js';
 import { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
 import { PackageTokenizer } from '../src/engine/tokenizer.js';
-import { tempRoot } from './engine-helpers.js';
+import { startAnswerEngine, tempRoot } from './engine-helpers.js';
 import { makeSeeingPackage } from './seeing-helpers.js';
 
 let root: string;
@@ -22,11 +21,7 @@ const signal = new AbortController().signal;
 beforeAll(async () => {
   root = tempRoot('constrained');
   dir = await makeSeeingPackage(root);
-  const settings = perchConfigSchema.parse({
-    model: { dir, threads: 1, context_tokens: 1024, ple_cache_mb: 1, max_answer_tokens: 96 },
-  }).model;
-  engine = new GemmaAnswerEngine(settings);
-  await engine.start();
+  engine = await startAnswerEngine(dir, { max_answer_tokens: 96 });
 }, 180_000);
 afterAll(async () => {
   await engine?.close();

@@ -5,11 +5,10 @@
  */
 import { rmSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { perchConfigSchema } from '../src/config/schema.js';
 import { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
 import { Transcriber, asrInstruction } from '../src/engine/transcriber.js';
 import { type GenerationRequest, InvalidInputError } from '../src/engine/types.js';
-import { tempRoot } from './engine-helpers.js';
+import { startAnswerEngine, tempRoot } from './engine-helpers.js';
 import { makeHearingPackage, phraseSamples } from './transcribe-helpers.js';
 
 let root: string;
@@ -20,11 +19,7 @@ const signal = new AbortController().signal;
 beforeAll(async () => {
   root = tempRoot('engine-api');
   dir = await makeHearingPackage(root);
-  const settings = perchConfigSchema.parse({
-    model: { dir, threads: 1, context_tokens: 1024, ple_cache_mb: 1, max_answer_tokens: 6, system_prompt: 'Be brief.' },
-  }).model;
-  engine = new GemmaAnswerEngine(settings);
-  await engine.start();
+  engine = await startAnswerEngine(dir, { max_answer_tokens: 6, system_prompt: 'Be brief.' });
 }, 180_000);
 afterAll(async () => {
   await engine?.close();

@@ -10,7 +10,9 @@ import { graphPolicy } from '../src/model/build/build.js';
 import { MANIFEST_FILE, PACKAGE_FILES, type Manifest } from '../src/model/package/manifest.js';
 import { hashFile } from '../src/model/package/verify.js';
 import { ortRunsInt8Activations } from '../src/engine/int8-activations.js';
-import type { AnswerEngine, GenerationResult } from '../src/engine/types.js';
+import type { AnswerEngine, GenerationRequest, GenerationResult } from '../src/engine/types.js';
+import { perchConfigSchema } from '../src/config/schema.js';
+import { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
 import type { TokenBudget } from '../src/model/gemma4/contract.js';
 import type { AskRequest } from '../src/mqtt/messages.js';
 import { generationRequest, questionImage } from '../src/pipelines/ask.js';
@@ -22,6 +24,29 @@ import { type TensorToWrite, writeShardedCheckpoint } from '../src/model/safeten
 import { presetConfig, synthConfigJson, synthPackage, syntheticWeightSource } from '../src/model/build/synth.js';
 
 export const SEED = 5;
+
+/**
+ * The answer engine the daemon runs, started on a package with small-test model settings (one thread, context
+ * 1024, PLE cache 1 MiB) and `model` on top (e.g. max_answer_tokens). The caller closes it.
+ */
+export async function startAnswerEngine(dir: string, model: Record<string, unknown> = {}): Promise<GemmaAnswerEngine> {
+  const settings = perchConfigSchema.parse({
+    model: { dir, threads: 1, context_tokens: 1024, ple_cache_mb: 1, ...model },
+  }).model;
+  const engine = new GemmaAnswerEngine(settings);
+  await engine.start();
+  return engine;
+}
+
+/** The engine as it is, except that each generation request is kept in `requests` on its way to it. */
+export function recordingEngine(engine: AnswerEngine, requests: GenerationRequest[]): AnswerEngine {
+  return Object.assign(Object.create(engine) as AnswerEngine, {
+    generate: (req: GenerationRequest) => {
+      requests.push(req);
+      return engine.generate(req);
+    },
+  });
+}
 
 export async function makeTinyPackage(
   root: string,

@@ -9,9 +9,8 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { segmenterSettingsSchema } from '../src/config/segmenter-settings.js';
 import { segment } from '../src/audio/segment-clip.js';
-import { actionsSettings, mqttSettings, perchConfigSchema, schedulerSettings } from '../src/config/schema.js';
-import { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
-import type { AnswerEngine, GenerationRequest } from '../src/engine/types.js';
+import { actionsSettings, mqttSettings, schedulerSettings } from '../src/config/schema.js';
+import type { GenerationRequest } from '../src/engine/types.js';
 import { Actions } from '../src/pipelines/actions.js';
 import { Transcriber } from '../src/engine/transcriber.js';
 import { silentLogger } from '../src/common/log.js';
@@ -23,7 +22,7 @@ import { HearingPipeline, type HearingOptions } from '../src/pipelines/hearing.j
 import { Scheduler } from '../src/scheduler/scheduler.js';
 import { WavSource } from '../src/sources/wav.js';
 import { wavTo16kMono } from '../src/sources/wav-decode.js';
-import { tempRoot } from './engine-helpers.js';
+import { recordingEngine, startAnswerEngine, tempRoot } from './engine-helpers.js';
 import { Collector, uniqueRoot } from './mqtt-helpers.js';
 import { SPEECH_WAV, makeHearingPackage, phraseSamples } from './transcribe-helpers.js';
 
@@ -186,18 +185,10 @@ describe('push-to-talk and payloads', () => {
   }, 120_000);
 
   it('with actions on, answers from the transcript with the actions as tools', async () => {
-    const engine = new GemmaAnswerEngine(
-      perchConfigSchema.parse({ model: { dir: pkg, threads: 1, context_tokens: 1024, ple_cache_mb: 1 } }).model,
-    );
-    await engine.start();
+    const engine = await startAnswerEngine(pkg);
     cleanups.push(() => engine.close());
     const requests: GenerationRequest[] = [];
-    const seen: AnswerEngine = Object.assign(Object.create(engine), {
-      generate: (req: GenerationRequest) => {
-        requests.push(req);
-        return engine.generate(req);
-      },
-    });
+    const seen = recordingEngine(engine, requests);
     const actions = new Actions({
       settings: actionsSettings.parse({
         allowed: [

@@ -16,13 +16,13 @@ import { silentLogger } from '../src/common/log.js';
 import { actionsSettings, perchConfigSchema, schedulerSettings, wyomingSettings } from '../src/config/schema.js';
 import { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
 import { Transcriber } from '../src/engine/transcriber.js';
-import type { AnswerEngine, GenerationRequest } from '../src/engine/types.js';
+import type { GenerationRequest } from '../src/engine/types.js';
 import { Actions } from '../src/pipelines/actions.js';
 import { Scheduler } from '../src/scheduler/scheduler.js';
 import { EventReader, type WyomingEvent, encodeEvent } from '../src/wyoming/protocol.js';
 import { WyomingServer } from '../src/wyoming/server.js';
 import { DaemonProcess, REPO } from './daemon-helpers.js';
-import { tempRoot } from './engine-helpers.js';
+import { recordingEngine, startAnswerEngine, tempRoot } from './engine-helpers.js';
 import { freePort, privateBrokerForFile, tempDir, uniqueRoot } from './mqtt-helpers.js';
 import { makeHearingPackage, phraseSamples, phraseWav } from './transcribe-helpers.js';
 
@@ -242,18 +242,9 @@ describe('the Wyoming server in process (real engine and scheduler)', () => {
   const published: Array<{ topic: string; payload: string }> = [];
 
   beforeAll(async () => {
-    const settings = perchConfigSchema.parse({
-      model: { dir: pkg, threads: 1, context_tokens: 1024, ple_cache_mb: 1, max_answer_tokens: 4 },
-    }).model;
-    engine = new GemmaAnswerEngine(settings);
-    await engine.start();
+    engine = await startAnswerEngine(pkg, { max_answer_tokens: 4 });
     // Sees each request on its way to the real engine.
-    const seen: AnswerEngine = Object.assign(Object.create(engine), {
-      generate: (req: GenerationRequest) => {
-        requests.push(req);
-        return engine.generate(req);
-      },
-    });
+    const seen = recordingEngine(engine, requests);
     actions = new Actions({
       settings: actionsSettings.parse({
         allowed: [
