@@ -304,14 +304,16 @@ export const wyomingSettings = z
   })
   .describe('Wyoming server for Home Assistant voice (off by default).');
 
+/** An action's name, as the model calls it. */
+export const ACTION_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
 /** `{name}` placeholders of action templates: a parameter's value goes there. */
-const PLACEHOLDER = /\{([A-Za-z_][A-Za-z0-9_]{0,63})\}/g;
+export const ACTION_PLACEHOLDER = /\{([A-Za-z_][A-Za-z0-9_]{0,63})\}/g;
 
 export const actionSettings = z
   .object({
     name: z
       .string()
-      .regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, 'letters, digits and underscore, starting with a letter')
+      .regex(ACTION_NAME, 'letters, digits and underscore, starting with a letter')
       .describe('The function name the model calls, e.g. set_light.'),
     description: z.string().min(1).max(1000).describe('What it does, in words the model reads.'),
     parameters: z
@@ -323,7 +325,7 @@ export const actionSettings = z
       .string()
       .min(1)
       .max(512)
-      .refine((t) => !/[+#]/.test(t.replace(PLACEHOLDER, 'x')), 'no MQTT wildcards (+, #)')
+      .refine((t) => !/[+#]/.test(t.replace(ACTION_PLACEHOLDER, 'x')), 'no MQTT wildcards (+, #)')
       .describe(
         'Topic to publish to; {param} placeholders take argument values (letters, digits, space, dot, dash, underscore only), e.g. zigbee2mqtt/{device}/set.',
       ),
@@ -336,7 +338,7 @@ export const actionSettings = z
       .string()
       .min(1)
       .max(512)
-      .refine((t) => !/[+#]/.test(t.replace(PLACEHOLDER, 'x')), 'no MQTT wildcards (+, #)')
+      .refine((t) => !/[+#]/.test(t.replace(ACTION_PLACEHOLDER, 'x')), 'no MQTT wildcards (+, #)')
       .optional()
       .describe(
         "A topic to wait on for the result (e.g. zigbee2mqtt/{device}, the device's state); its first message after publishing is the result.",
@@ -393,7 +395,7 @@ export const actionsSettings = z
             ['reply_topic', a.reply_topic ?? ''],
             ['payload', JSON.stringify(a.payload)],
           ] as const) {
-            for (const m of text.matchAll(PLACEHOLDER))
+            for (const m of text.matchAll(ACTION_PLACEHOLDER))
               if (!(m[1]! in props))
                 ctx.addIssue({ code: 'custom', message: `{${m[1]}} is not one of the parameters`, path: [i, where] });
           }

@@ -70,11 +70,12 @@ export class JsonGrammars {
 
   private constructor(
     private readonly compiler: Compiler,
-    readonly vocabSize: number,
     /** Ids never allowed in JSON text: control characters, and bytes that start no valid UTF-8 sequence. */
     private readonly banned: Int32Array,
     /** The id of each byte-fallback token by its byte (-1: none). */
     private readonly byteIds: Int32Array,
+    /** The byte of each byte-fallback token, by its id. */
+    private readonly byteOf: ReadonlyMap<number, number>,
     /** Ids that end a reply (xgrammar allows them where the grammar is complete). */
     private readonly stopIds: number[],
   ) {}
@@ -94,18 +95,22 @@ export class JsonGrammars {
     // parser refuses the other control characters, and a decoder turns bad sequences into U+FFFD.
     const banned = new Int32Array(Math.ceil(vocab.length / 32));
     const byteIds = new Int32Array(256).fill(-1);
+    const byteOf = new Map<number, number>();
     vocab.forEach((text, id) => {
       const byte = BYTE_TOKEN.exec(text);
       const b = byte ? Number.parseInt(byte[1]!, 16) : -1;
-      if (b >= 0) byteIds[b] = id;
+      if (b >= 0) {
+        byteIds[b] = id;
+        byteOf.set(id, b);
+      }
       if (hasControl(text) || (b >= 0 && (b < 0x20 || b === 0xc0 || b === 0xc1 || b >= 0xf5)))
         banned[id >> 5]! |= 1 << (id & 31);
     });
     return new JsonGrammars(
       await xg.GrammarCompiler.createGrammarCompiler(info, true),
-      vocab.length,
       banned,
       byteIds,
+      byteOf,
       tokenizer.stopIds(),
     );
   }
@@ -193,8 +198,6 @@ export class JsonGrammars {
   /** xgrammar's mask, less control characters and invalid UTF-8. */
   private wrap(matcher: Matcher): TokenConstraint {
     const utf8 = new Utf8Sequence();
-    const byteOf = new Map<number, number>();
-    this.byteIds.forEach((id, b) => id >= 0 && byteOf.set(id, b));
     return {
       allowed: async () => {
         const mask = await matcher.getNextTokenBitmask();
@@ -210,7 +213,7 @@ export class JsonGrammars {
         return mask;
       },
       accept: (id) => {
-        utf8.push(byteOf.get(id) ?? -1);
+        utf8.push(this.byteOf.get(id) ?? -1);
         return matcher.acceptToken(id);
       },
       dispose: () => matcher.dispose(),

@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { topicNameProblem } from '../common/mqtt-strings.js';
+import { ACTION_NAME } from '../config/schema.js';
 import type { PerchTopics } from './topics.js';
 
 export const SCHEMA_VERSION = 1 as const;
@@ -187,7 +188,7 @@ export const askRequestSchema = z
     tool_choice: z
       .union([
         z.enum(['auto', 'required', 'none']),
-        z.strictObject({ name: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, 'an action name') }),
+        z.strictObject({ name: z.string().regex(ACTION_NAME, 'an action name') }),
       ])
       .optional(),
     /** Reply topic for MQTT 3.1.1 clients (MQTT 5 clients use the responseTopic property). */

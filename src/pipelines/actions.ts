@@ -14,7 +14,7 @@ import type { z } from 'zod';
 import type { Logger } from '../common/log.js';
 import { topicNameProblem } from '../common/mqtt-strings.js';
 import { compileStructured } from '../common/structured-output.js';
-import type { ActionSettings, ActionsSettings } from '../config/schema.js';
+import { ACTION_PLACEHOLDER, type ActionSettings, type ActionsSettings } from '../config/schema.js';
 import type {
   GenerationMessage,
   GenerationRequest,
@@ -78,7 +78,8 @@ export function yesOrNo(text: string): boolean | null {
 const MAX_ROUNDS = 3;
 /** A value placed in a topic level. */
 const TOPIC_VALUE = /^[A-Za-z0-9 ._-]{1,64}$/;
-const PLACEHOLDER = /\{([A-Za-z_][A-Za-z0-9_]{0,63})\}/g;
+/** A template string that is one placeholder and nothing else: the value itself goes there. */
+const WHOLE_PLACEHOLDER = new RegExp(`^${ACTION_PLACEHOLDER.source}$`);
 const MAX_RESULT_CHARS = 2000;
 
 export class Actions {
@@ -102,10 +103,6 @@ export class Actions {
     for (const a of o.settings.allowed)
       this.byName.set(a.name, { settings: a, validator: compileStructured(a.parameters) });
     this.enabled = o.settings.enabled;
-  }
-
-  get declared(): boolean {
-    return this.byName.size > 0;
   }
 
   get on(): boolean {
@@ -319,7 +316,7 @@ export function resultForModel(rec: ActionRecord): unknown {
 
 /** The topic template with each {param} replaced by its value, which must be one plain topic level. */
 export function fillTopic(template: string, args: Record<string, unknown>): string {
-  const topic = template.replace(PLACEHOLDER, (_, name: string) => {
+  const topic = template.replace(ACTION_PLACEHOLDER, (_, name: string) => {
     const v = args[name];
     const text = typeof v === 'number' || typeof v === 'boolean' ? String(v) : typeof v === 'string' ? v : '';
     if (!TOPIC_VALUE.test(text))
@@ -337,9 +334,9 @@ export function fillTopic(template: string, args: Record<string, unknown>): stri
 export function fillPayload(template: string | Record<string, unknown>, args: Record<string, unknown>): string {
   const asText = (v: unknown): string => (typeof v === 'string' ? v : (JSON.stringify(v) ?? ''));
   const fill = (s: string): unknown => {
-    const whole = /^\{([A-Za-z_][A-Za-z0-9_]{0,63})\}$/.exec(s);
+    const whole = WHOLE_PLACEHOLDER.exec(s);
     if (whole) return args[whole[1]!] ?? null;
-    return s.replace(PLACEHOLDER, (_, name: string) => asText(args[name]));
+    return s.replace(ACTION_PLACEHOLDER, (_, name: string) => asText(args[name]));
   };
   const walk = (v: unknown): unknown => {
     if (typeof v === 'string') return fill(v);
@@ -347,6 +344,7 @@ export function fillPayload(template: string | Record<string, unknown>, args: Re
     if (typeof v === 'object' && v !== null) return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]));
     return v;
   };
-  if (typeof template === 'string') return template.replace(PLACEHOLDER, (_, name: string) => asText(args[name]));
+  if (typeof template === 'string')
+    return template.replace(ACTION_PLACEHOLDER, (_, name: string) => asText(args[name]));
   return JSON.stringify(walk(template));
 }

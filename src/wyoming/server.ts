@@ -80,9 +80,13 @@ export class WyomingServer {
   private readonly conversations = new Conversations();
   private readonly counts: WyomingCounts = { connections: 0, transcripts: 0, turns: 0, errors: 0, refused: 0 };
   private advertisement: Advertisement | null = null;
+  /** The `info` every `describe` gets (the settings do not change while the server runs). */
+  private readonly info: Record<string, unknown>;
   private next = 0;
 
-  constructor(private readonly o: WyomingServerOptions) {}
+  constructor(private readonly o: WyomingServerOptions) {
+    this.info = wyomingInfo(o.settings.languages, o.version);
+  }
 
   get instanceName(): string {
     return this.o.settings.name ?? `perch-${this.o.deviceId}`;
@@ -147,7 +151,7 @@ export class WyomingServer {
       scheduler: this.o.scheduler,
       conversations: this.conversations,
       ...(this.o.actions ? { actions: this.o.actions } : {}),
-      info: wyomingInfo(this.o.settings.languages, this.o.version),
+      info: this.info,
       transcriptMaxTokens: this.o.transcriptMaxTokens,
       maxBlockBytes: this.o.settings.max_chunk_bytes,
       idleTimeoutMs: this.o.settings.idle_timeout_s * 1000,
