@@ -8,7 +8,7 @@ import { rmSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compileStructured, parseStructured } from '../src/common/structured-output.js';
 import { applyMask } from '../src/engine/grammar.js';
-import { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
+import type { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
 import { PackageTokenizer } from '../src/engine/tokenizer.js';
 import { startAnswerEngine, tempRoot } from './engine-helpers.js';
 import { makeSeeingPackage } from './seeing-helpers.js';

@@ -5,7 +5,7 @@
  */
 import { rmSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
+import type { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
 import { Transcriber, asrInstruction } from '../src/engine/transcriber.js';
 import { type GenerationRequest, InvalidInputError } from '../src/engine/types.js';
 import { startAnswerEngine, tempRoot } from './engine-helpers.js';

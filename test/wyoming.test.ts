@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { silentLogger } from '../src/common/log.js';
 import { actionsSettings, perchConfigSchema, schedulerSettings, wyomingSettings } from '../src/config/schema.js';
-import { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
+import type { GemmaAnswerEngine } from '../src/engine/gemma-engine.js';
 import { Transcriber } from '../src/engine/transcriber.js';
 import type { GenerationRequest } from '../src/engine/types.js';
 import { Actions } from '../src/pipelines/actions.js';
