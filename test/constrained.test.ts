@@ -21,7 +21,7 @@ const signal = new AbortController().signal;
 beforeAll(async () => {
   root = tempRoot('constrained');
   dir = await makeSeeingPackage(root);
-  engine = await startAnswerEngine(dir, { max_answer_tokens: 96 });
+  engine = await startAnswerEngine(dir, { max_answer_tokens: 160 });
 }, 180_000);
 afterAll(async () => {
   await engine?.close();

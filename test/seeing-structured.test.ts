@@ -42,7 +42,8 @@ describe('perch run with structured captions and image_topic questions', () => {
     const { daemon, captions, waitForEnd } = await startSeeingDaemon(cleanups, {
       modelDir: pkg,
       endTimeoutMs: 60_000,
-      camera: { caption_max_tokens: 64, structured: schema, structured_retries: 2 },
+      // Room for the longest valid object: 16 summary characters may take 4 byte tokens each.
+      camera: { caption_max_tokens: 160, structured: schema, structured_retries: 2 },
     });
     await waitForEnd();
     const made = captions().filter((c) => c.data !== undefined);
