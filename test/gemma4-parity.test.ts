@@ -4,9 +4,9 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tinyConfig } from '../src/model/gemma4/config.js';
-import { type DecoderGraphInfo, writeDecoderModel } from '../src/model/gemma4/decoder-graph.js';
+import { type DecoderGraphInfo, FAST_VARIANT, writeDecoderModel } from '../src/model/gemma4/decoder-graph.js';
 import { Gemma4Reference } from '../src/model/gemma4/reference.js';
-import { randomWeightSource } from '../src/model/gemma4/weights.js';
+import { type WeightSource, randomWeightSource } from '../src/model/gemma4/weights.js';
 import { argmax, emptyCache, relErr, runChunk } from './gemma4-helpers.js';
 
 const cfg = tinyConfig();
@@ -86,6 +86,35 @@ describe('gemma4 float decoder graph vs TypeScript reference (tiny config)', () 
     const prompt = [2, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50];
     const r = await runChunk(session, info.cache, emptyCache(info.cache), prompt, 0, ref.pleRows(prompt));
     expect(relErr(r.logits, ref.prefill(prompt))).toBeLessThanOrEqual(1e-4);
+  });
+});
+
+describe('gemma4 package graph (FAST_VARIANT) with layer scalars far from 1', () => {
+  it('matches the reference where the carried residual scale is multiplied back into the stream', async () => {
+    // Each layer's scalar folds into the norms and linears that read or add to the residual stream; at 0.05 a
+    // layer, the carried scale leaves [1/64, 64] after two layers and the graph multiplies it back (decoder-graph.ts).
+    const base = randomWeightSource(cfg, 5);
+    const small: WeightSource = {
+      shape: (name) => base.shape(name),
+      get: async (name) => (name.endsWith('layer_scalar') ? Float32Array.of(0.05) : base.get(name)),
+    };
+    expect(0.05 ** cfg.numHiddenLayers).toBeLessThan(1 / 64);
+    const out = await writeDecoderModel(path.join(dir, 'small-scalars'), cfg, small, {
+      logits: 'all',
+      ...FAST_VARIANT,
+    });
+    const session = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
+    const ref = await Gemma4Reference.load(cfg, small);
+    const prompt = [2, 17, 300, 45, 45, 511, 0, 128];
+    let r = await runChunk(session, out.info.cache, emptyCache(out.info.cache), prompt, 0, ref.pleRows(prompt));
+    const errs = [relErr(r.logits, ref.prefill(prompt))];
+    for (let step = 0; step < 6; step++) {
+      const next = (step * 29 + 5) % cfg.vocabSize;
+      const want = ref.step(next);
+      r = await runChunk(session, out.info.cache, r.cache, [next], prompt.length + step, ref.pleRows([next]));
+      errs.push(relErr(r.logits, want));
+    }
+    expect(Math.max(...errs)).toBeLessThanOrEqual(1e-4);
   });
 });
 

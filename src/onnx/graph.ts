@@ -108,6 +108,20 @@ export class GraphBuilder {
     return name;
   }
 
+  /**
+   * Renames a node's output everywhere it is used, so it can be a graph output without an Identity copy
+   * (a node ORT runs, and an output buffer it copies, every run).
+   */
+  renameNodeOutput(from: string, to: string): void {
+    const producer = this.graph.node.find((n) => n.output?.includes(from));
+    if (!producer) throw new Error(`renameNodeOutput: no node produces ${from}`);
+    this.claim(to);
+    for (const n of this.graph.node) {
+      n.output = (n.output ?? []).map((o) => (o === from ? to : o));
+      n.input = (n.input ?? []).map((i) => (i === from ? to : i));
+    }
+  }
+
   /** Declares a graph output (the name must be produced by a node or be an input/initializer). */
   output(name: string, type: TensorType, dims?: Dim[]): string {
     this.graph.output.push(valueInfo(name, type, dims));

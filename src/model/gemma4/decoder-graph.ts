@@ -130,9 +130,11 @@ export async function buildDecoderGraph(
   };
   const gName = (r: GlobalRole): string => globalName(r, prefix);
   const lName = (l: number, r: LayerRole): string => layerName(l, r, prefix);
-  const linear = async (x: string, name: string): Promise<string> => {
+  /** x W^T; `scale` multiplies W first (a linear reading the residual stream as carried, see Stream). */
+  const linear = async (x: string, name: string, scale = 1): Promise<string> => {
     const spec = specs.get(name)!;
-    return ops.linear(x, name, await linearWeight(spec, await get(name), quant));
+    const w = await get(name);
+    return ops.linear(x, name, await linearWeight(spec, scale === 1 ? w : w.map((v) => v * scale), quant));
   };
 
   // ---- inputs
@@ -213,6 +215,10 @@ export async function buildDecoderGraph(
   const kvAll = new Map<number, { k: string; v: string }>();
   const cacheOutputs = opts.cacheOutputs ?? 'present';
   if (cacheOutputs === 'new' && attention !== 'plain') throw new Error("cacheOutputs 'new' needs plain attention");
+  const newOutputs: Array<[string, string]> = [];
+  // With one KV head (E2B, Gemma 3 270M) every query row attends to the same keys, so the rows can be ordered
+  // (position, head): the projections' own layout, with no transpose into attention or out of it.
+  const oneKvHead = attention === 'plain' && cfg.numKeyValueHeads === 1;
   const bnshCache = new Map<string, string>();
   /** [B, S, heads, d] -> [B, heads, S, d], once per tensor (a KV-shared layer reuses its source's). */
   const bnsh = (t: string): string => {
@@ -223,14 +229,18 @@ export async function buildDecoderGraph(
     }
     return r;
   };
-  let h = x0;
+  let stream: Stream = { h: x0, pending: null, scale: 1 };
   for (const info of layers) {
-    h = await decoderLayer(info);
+    stream = await decoderLayer(info, stream);
   }
 
-  // ---- final norm, tied LM head, soft-cap
+  // ---- final norm (adding the last layer's pending contribution), tied LM head, soft-cap
+  const finalScale = await normScale(gName('final_norm'));
+  const finalEps = eps / stream.scale ** 2;
+  let h = stream.pending
+    ? ops.skipRmsNorm(stream.pending, stream.h, 'norm', finalScale, finalEps)[0]
+    : ops.rmsNorm(stream.h, 'norm', finalScale, finalEps);
   if (logitsMode === 'last') h = ops.op('Slice', [h, ops.i64([-1]), ops.i64([Number.MAX_SAFE_INTEGER]), ops.i64([1])]);
-  h = ops.rmsNorm(h, 'norm', await normScale(gName('final_norm')), eps);
   let logits: string;
   if (embedQ && quant!.embedding!.lmHead === 'int8-channels') {
     logits = ops.int8Linear(
@@ -252,6 +262,8 @@ export async function buildDecoderGraph(
   if (cap !== null) logits = ops.op('Mul', [ops.op('Tanh', [ops.op('Div', [logits, ops.f32(cap)])]), ops.f32(cap)]);
   b.node('Identity', [logits], [DECODER_IO.logits]);
   b.output(DECODER_IO.logits, 'float32', ['batch', logitsMode === 'last' ? 1 : 'seq', cfg.vocabSize]);
+  // This run's K/V rows leave the graph under their output names, without an Identity copy each.
+  for (const [tensor, output] of newOutputs) b.renameNodeOutput(tensor, output);
   for (const s of slots) {
     if (cacheOutputs === 'new') {
       b.output(s.newKey, 'float32', ['batch', s.kvHeads, 'seq', s.headDim]);
@@ -269,8 +281,15 @@ export async function buildDecoderGraph(
     cache: slots,
   };
 
-  async function decoderLayer(info: LayerInfo): Promise<string> {
+  async function decoderLayer(info: LayerInfo, stream: Stream): Promise<Stream> {
     const l = info.index;
+    const { scale } = stream;
+    const streamEps = eps / scale ** 2; // RMSNorm of the true stream, read from the carried one
+    /** A block's output norm with its weights divided by the stream's scale: adds to the carried stream. */
+    const contribution = async (x: string, name: string, r: LayerRole): Promise<string> => {
+      const wn = await norm(r);
+      return ops.rmsNorm(x, name, scale === 1 ? wn : wn.map((v) => v / scale), eps);
+    };
     const d = info.headDim;
     const nH = cfg.numAttentionHeads;
     const nKv = cfg.numKeyValueHeads;
@@ -283,17 +302,36 @@ export async function buildDecoderGraph(
     const norm = (r: LayerRole): Promise<Float32Array> => normScale(lName(l, r));
 
     // attention block: projections, q/k RMSNorm, RoPE in [B, S, heads, d]; v RMSNorm without scale
-    const xa = ops.rmsNorm(h, `layers.${l}.input_layernorm`, await norm('input_norm'), eps);
-    let q = ops.op('Reshape', [await linear(xa, lName(l, 'q_proj')), ops.i64([0, 0, nH, d])]);
-    q = rope(ops.rmsNorm(q, `layers.${l}.q_norm`, await norm('q_norm'), eps));
+    // The previous layer's last contribution is added here, in the input norm's own node.
+    const inputNorm = `layers.${l}.input_layernorm`;
+    const [xa, h] = stream.pending
+      ? ops.skipRmsNorm(stream.pending, stream.h, inputNorm, await norm('input_norm'), streamEps)
+      : [ops.rmsNorm(stream.h, inputNorm, await norm('input_norm'), streamEps), stream.h];
+    const reshape = (x: string, dims: number[]): string => ops.op('Reshape', [x, ops.i64(dims)]);
+    let q = reshape(await linear(xa, lName(l, 'q_proj')), [0, 0, nH, d]);
+    q = ops.rmsNorm(q, `layers.${l}.q_norm`, await norm('q_norm'), eps);
+    // One KV head: RotaryEmbedding on [B, S, heads * d], then query rows in (position, head) order.
+    q = oneKvHead ? ops.rotary(reshape(q, [0, 0, nH * d]), rotaryCaches.get(info.type)!) : rope(q);
     // Scaling q scales every score q.k (Gemma 3's query_pre_attn_scalar^-0.5; Gemma 4's is 1).
     if (cfg.attentionScale !== 1) q = ops.op('Mul', [q, ops.f32(cfg.attentionScale)]);
+    if (oneKvHead) q = reshape(q, [0, 1, -1, d]);
     if (info.ownsKv) {
-      let k = ops.op('Reshape', [await linear(xa, lName(l, 'k_proj')), ops.i64([0, 0, nKv, d])]);
-      k = rope(ops.rmsNorm(k, `layers.${l}.k_norm`, await norm('k_norm'), eps));
-      let v = ops.op('Reshape', [await linear(xa, lName(l, 'v_proj')), ops.i64([0, 0, nKv, d])]);
-      if (cfg.valueNorm) v = ops.rmsNormNoScale(v, `layers.${l}.v_norm`, d, eps);
-      if (attention === 'plain') v = bnsh(v);
+      let k: string;
+      let v: string;
+      if (oneKvHead) {
+        // [B, S, d] is one head already: norm and rotate as it is, then [B, 1, S, d].
+        k = ops.rmsNorm(await linear(xa, lName(l, 'k_proj')), `layers.${l}.k_norm`, await norm('k_norm'), eps);
+        k = reshape(ops.rotary(k, rotaryCaches.get(info.type)!), [0, 1, -1, d]);
+        v = await linear(xa, lName(l, 'v_proj'));
+        if (cfg.valueNorm) v = ops.rmsNormNoScale(v, `layers.${l}.v_norm`, d, eps);
+        v = reshape(v, [0, 1, -1, d]);
+      } else {
+        k = reshape(await linear(xa, lName(l, 'k_proj')), [0, 0, nKv, d]);
+        k = rope(ops.rmsNorm(k, `layers.${l}.k_norm`, await norm('k_norm'), eps));
+        v = reshape(await linear(xa, lName(l, 'v_proj')), [0, 0, nKv, d]);
+        if (cfg.valueNorm) v = ops.rmsNormNoScale(v, `layers.${l}.v_norm`, d, eps);
+        if (attention === 'plain') v = bnsh(v);
+      }
       const slot = slots.find((s) => s.layer === l)!;
       newKv.set(l, { k, v, pastK: slot.pastKey, pastV: slot.pastValue });
     }
@@ -328,14 +366,16 @@ export async function buildDecoderGraph(
       let mask = masks.get(info.type);
       if (!mask) {
         mask = ops.causalMask(seqLen, ops.dim(all.k, 2), info.window);
+        if (oneKvHead) mask = ops.repeatRows(mask, nH);
         masks.set(info.type, mask);
       }
-      attn = ops.attention(q, all.k, all.v, mask, nH, nKv, d);
+      attn = oneKvHead
+        ? ops.attentionOneKvHead(q, all.k, all.v, mask, nH, d)
+        : ops.attention(q, all.k, all.v, mask, nH, nKv, d);
       [presentK, presentV] = [all.k, all.v];
     }
     if (ownSlot && cacheOutputs === 'new') {
-      b.node('Identity', [kv.k], [ownSlot.newKey]);
-      b.node('Identity', [kv.v], [ownSlot.newValue]);
+      newOutputs.push([kv.k, ownSlot.newKey], [kv.v, ownSlot.newValue]);
     } else if (ownSlot) {
       if (info.window !== null) {
         // Keep only what the next call can see: the last window-1 positions.
@@ -347,32 +387,56 @@ export async function buildDecoderGraph(
         b.node('Identity', [presentV], [ownSlot.presentValue]);
       }
     }
-    let o = await linear(attn, lName(l, 'o_proj'));
-    o = ops.rmsNorm(o, `layers.${l}.post_attention_layernorm`, await norm('post_attn_norm'), eps);
+    const o = await contribution(
+      await linear(attn, lName(l, 'o_proj')),
+      `layers.${l}.post_attention_layernorm`,
+      'post_attn_norm',
+    );
 
     // MLP block (the residual add and pre-FF norm fuse into one SkipSimplifiedLayerNormalization)
-    let [xf, hs] = ops.skipRmsNorm(o, h, `layers.${l}.pre_feedforward_layernorm`, await norm('pre_ff_norm'), eps);
+    const preFf = `layers.${l}.pre_feedforward_layernorm`;
+    let [xf, hs] = ops.skipRmsNorm(o, h, preFf, await norm('pre_ff_norm'), streamEps);
     const gate = ops.geluTanh(await linear(xf, lName(l, 'gate_proj')));
     const up = await linear(xf, lName(l, 'up_proj'));
-    let m = await linear(ops.op('Mul', [gate, up]), lName(l, 'down_proj'));
-    m = ops.rmsNorm(m, `layers.${l}.post_feedforward_layernorm`, await norm('post_ff_norm'), eps);
-    hs = ops.op('Add', [hs, m]);
+    const m = await contribution(
+      await linear(ops.op('Mul', [gate, up]), lName(l, 'down_proj')),
+      `layers.${l}.post_feedforward_layernorm`,
+      'post_ff_norm',
+    );
 
-    // per-layer input block (Gemma 4)
+    // per-layer input block (Gemma 4); its gate reads the true stream, so its weights take the scale
+    let pending = m;
     if (pleAll) {
+      hs = ops.op('Add', [hs, m]);
       const pleL = ops.op('Gather', [pleAll, ops.i64(l)], { axis: 2 });
-      const g = ops.op('Mul', [ops.geluTanh(await linear(hs, lName(l, 'ple_gate'))), pleL]);
-      let p = await linear(g, lName(l, 'ple_proj'));
-      p = ops.rmsNorm(p, `layers.${l}.post_per_layer_input_norm`, await norm('ple_post_norm'), eps);
-      hs = ops.op('Add', [hs, p]);
+      const g = ops.op('Mul', [ops.geluTanh(await linear(hs, lName(l, 'ple_gate'), scale)), pleL]);
+      const p = await linear(g, lName(l, 'ple_proj'));
+      pending = await contribution(p, `layers.${l}.post_per_layer_input_norm`, 'ple_post_norm');
     }
-    if (!cfg.layerScalar) return hs;
-    const scalar = b.initializer(`layers.${l}.layer_scalar`, 'float32', [1], await w('layer_scalar'), {
-      external: false,
-    });
-    return ops.op('Mul', [hs, scalar]);
+    // h_next = layer_scalar * (hs + pending): the scalar joins the carried scale instead of a Mul.
+    const next = cfg.layerScalar ? scale * (await w('layer_scalar'))[0]! : scale;
+    if (next >= 1 / MAX_CARRIED_SCALE && next <= MAX_CARRIED_SCALE) return { h: hs, pending, scale: next };
+    // Far from 1, the carried stream would lose range: multiply it back to the true one here.
+    return { h: ops.op('Mul', [ops.op('Add', [hs, pending]), ops.f32(next)]), pending: null, scale: 1 };
   }
 }
+
+/**
+ * The residual stream between layers, carried as h / scale plus a last contribution not yet added. Gemma 4
+ * multiplies the whole stream by a scalar after every layer; instead of a Mul over it each layer, the product so
+ * far is folded into what reads or adds to the stream: RMSNorm(scale * h) is RMSNorm(h) with eps / scale^2, a
+ * normed contribution is added with its norm weights divided by scale, and a linear reading the stream takes
+ * its weights times scale. Exact in real arithmetic. The pending add joins the next norm's node
+ * (SkipSimplifiedLayerNormalization), so each layer ends without an Add and a Mul of its own.
+ */
+interface Stream {
+  h: string;
+  pending: string | null;
+  scale: number;
+}
+
+/** Past this factor either way the carried stream is multiplied back (float32 range and eps / scale^2). */
+const MAX_CARRIED_SCALE = 64;
 
 function streamsWeights(b: GraphBuilder): boolean {
   try {

@@ -339,6 +339,22 @@ export class Ops {
   }
 
   /**
+   * Attention for one KV head: q [B, 1, S * nH, d] with rows in (position, head) order, k/v [B, 1, T, d] (past +
+   * new), mask [S * nH, T] (repeatRows). Returns [B, S, nH * d] by a reshape alone, the rows being in that order.
+   */
+  attentionOneKvHead(q: string, k: string, v: string, mask: string, nH: number, d: number): string {
+    const scores = this.op('Add', [this.op('MatMul', [q, this.op('Transpose', [k], { perm: [0, 1, 3, 2] })]), mask]);
+    const probs = this.op('Softmax', [scores], { axis: -1 });
+    return this.op('Reshape', [this.op('MatMul', [probs, v]), this.i64([0, -1, nH * d])]);
+  }
+
+  /** Each row of a [S, T] mask `times` times in a row: [S * times, T] (row s * times + h is row s). */
+  repeatRows(mask: string, times: number): string {
+    const expanded = this.op('Expand', [this.op('Unsqueeze', [mask, this.i64([1])]), this.i64([1, times, 1])]);
+    return this.op('Flatten', [expanded], { axis: 2 });
+  }
+
+  /**
    * com.microsoft.GroupQueryAttention with RoPE already applied (do_rotary 0) and scale 1.0: q [B, S, nH*d],
    * new k/v [B, S, nKv*d], past [B, nKv, P, d]. It masks causally by relative position (past = P), with
    * local_window_size = window on sliding layers (ORT keeps keys with q - k < local_window_size, checked against
