@@ -5,6 +5,7 @@
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import onnxProto from 'onnx-proto';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { parseGemma4TextConfig } from '../src/model/gemma4/config.js';
 import { textTensorTable } from '../src/model/gemma4/weights.js';
@@ -160,21 +161,25 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   }
   expect(prof.kernelShare).toBeLessThanOrEqual(1);
 
-  // The kernels alone, at the package's quantisation; the ceiling is the formula over the measured speeds.
+  // The decoder's own MatMulNBits alone, shape for shape: as many nodes and weight bytes as its graph's matmuls.
   const k = res.kernels!;
+  const graph = onnxProto.onnx.ModelProto.decode(readFileSync(join(pkg, 'decoder.onnx'))).graph!;
+  const matMulNBits = (graph.node ?? []).filter((n) => n.opType === 'MatMulNBits').length;
+  expect(k.linear.nodes).toBe(matMulNBits - 1); // the LM head apart
   expect(k.linear).toMatchObject({ bits: 2, blockSize: manifest.quantisation.linear!.block_size, accuracyLevel: 4 });
-  expect(k.lmHead).toMatchObject({ bits: 4, blockSize: manifest.quantisation.embedding!.block_size });
+  expect(k.lmHead).toMatchObject({ bits: 4, blockSize: manifest.quantisation.embedding!.block_size, nodes: 1 });
+  expect(k.linear.bytes).toBe(w.matmulBytes);
+  expect(k.lmHead!.bytes).toBe(w.lmHeadBytes);
   for (const x of [k.linear, k.lmHead!]) {
     expect(x.gbps).toBeGreaterThan(0);
     expect(x.gbps).toBeCloseTo(x.bytes / x.ms / 1e6, 9);
   }
-  // The chain holds at least the decoder's linear bytes, so it meets the caches as decode does.
-  expect(k.linear.bytes).toBeGreaterThanOrEqual(w.matmulBytes);
-  expect(k.ceilingTokPerS).toBeCloseTo(
-    1 / (w.matmulBytes / (k.linear.gbps * 1e9) + w.lmHeadBytes / (k.lmHead!.gbps * 1e9)),
-    6,
-  );
-  expect(k.decodeShareOfCeiling).toBeCloseTo(res.decodeTokPerS / k.ceilingTokPerS, 9);
+  // Rounds alternate with decode runs; ceiling and share are the rounds' medians.
+  expect(k.rounds.length).toBeGreaterThanOrEqual(5);
+  const ceilings = k.rounds.map((r) => 1000 / (r.linearMs + r.lmHeadMs)).sort((a, b) => a - b);
+  expect(k.ceilingTokPerS).toBeCloseTo(ceilings[ceilings.length >> 1]!, 9);
+  expect(k.decodeTokPerS).toBeGreaterThan(0);
+  expect(k.decodeShareOfCeiling).toBeGreaterThan(0);
 
   // Constrained decoding's mask: measured over the whole vocabulary along a reply the grammar took.
   const mk = res.mask;
@@ -273,12 +278,14 @@ it('prints a human table by default, speech and caption beside their Pi 5 target
   );
   expect(r.stdout).toMatch(/real-time factor +[\d.]+ /);
   expect(r.stdout).toContain('caption   skipped: turned off (--no-caption)');
-  expect(r.stdout).toMatch(/^ +MatMulNBits alone +linears \(2-bit, block \d+, accuracy_level 4\) read [\d.]+ GB\/s/m);
+  expect(r.stdout).toMatch(
+    /^ +MatMulNBits alone +the decoder's \d+ linears \(mostly 2-bit, block \d+, accuracy_level 4\) read [\d.]+ GB\/s/m,
+  );
   expect(r.stdout).toMatch(
     /^ +with speech, caption +peak RSS \d+ MiB \(anonymous \d+ MiB, file \d+ MiB\) over the whole run/m,
   );
   expect(r.stdout).toMatch(
-    /^ +kernel ceiling +[\d.]+ tok\/s if decode were nothing but these kernels; decode reaches \d+% of it/m,
+    /^ +kernel ceiling +[\d.]+ tok\/s if decode were nothing but these kernels; decode reaches \d+% of it \(\d+ rounds alternating with decode at [\d.]+ tok\/s\)/m,
   );
   expect(r.stdout).toMatch(
     /^ +grammar mask +[\d.]+ ms per token \(p95 [\d.]+; \d+ steps of a JSON caption\) over \d+ ids: /m,

@@ -1,13 +1,14 @@
 /**
- * How fast ONNX Runtime's MatMulNBits kernel alone reads weights on this machine, at one token (M = 1), with
- * the package's bits, block size and accuracy level and the engine's thread count. With the decoder's weight
- * bytes this gives the decode ceiling of the kernels themselves, whatever the graph around them does:
- *   ceiling tok/s = 1 / (linear bytes / linear GB/s + LM head bytes / LM head GB/s).
- * When that ceiling is below the memory-bandwidth limit, decode is compute-bound inside ORT's kernels
- * (x86's 2-bit path, for one), and only a faster kernel moves it.
+ * How fast ONNX Runtime's MatMulNBits kernel alone runs the decoder's own matmuls at one token (M = 1): every
+ * MatMulNBits node of the package's decoder graph, in graph order, with its K, N, bits, block size and accuracy
+ * level, random bytes of the same size, on the engine's thread count. Nothing else runs between them, so
+ *   ceiling tok/s = 1 / (time of the linears + time of the LM head)
+ * is the decode rate of a decoder that did nothing but its matmuls. The exact shapes matter: E2B's 276 linears
+ * include 94 small ones (k/v and the per-layer-input projections) that read far fewer bytes per second than
+ * the big MLP matrices, so a chain of MLP shapes with as many bytes would promise a ceiling no graph can reach.
  *
- * Linears: up/down projections of the model's MLP shapes chained (x -> up -> down -> up ...), random bytes, as
- * many bytes in all as the decoder's linears. LM head: one [vocab, hidden] MatMulNBits.
+ * Rounds alternate with a caller's step (the bench's own decode runs): a shared machine's slow spells then hit
+ * decode and ceiling alike, and the share is taken per round.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -21,49 +22,60 @@ export interface KernelShape {
   accuracyLevel: number;
 }
 
+/** One MatMulNBits node of a decoder graph. */
+export interface MatMulShape extends KernelShape {
+  k: number;
+  n: number;
+}
+
 export interface KernelOptions {
   threads: number;
-  hidden: number;
-  intermediate: number;
-  vocab: number;
-  linear: KernelShape;
-  /** The tied LM head's quantisation (null: no quantised head to measure). */
-  lmHead: KernelShape | null;
-  /**
-   * Weight bytes of the linear chain: give the decoder's own (WeightBytes.matmulBytes), so the chain meets the
-   * caches as decode does (this machine kind has a 480 MiB L3: a 100 MB chain reads 26 GB/s, 530 MB 17).
-   */
-  linearBytes: number;
-  /** Timed runs; the median is reported (default 15). */
-  runs?: number;
+  /** The decoder's linears in graph order (its LM head excepted). */
+  linears: MatMulShape[];
+  /** The LM head's MatMulNBits (null: none in the graph). */
+  lmHead: MatMulShape | null;
+  /** Alternating rounds (default 5). */
+  rounds?: number;
+  /** Timed runs of each chain per round; the round takes their median (default 5). */
+  runsPerRound?: number;
+  /** Runs before each round's timed runs: the caller's own measurement, alternating with the kernels. */
+  between?: (round: number) => Promise<void>;
+}
+
+export interface KernelTiming {
+  /** Nodes timed and the weight bytes they read per run. */
+  nodes: number;
+  bytes: number;
+  /** Median over rounds of each round's median run, ms. */
+  ms: number;
+  gbps: number;
 }
 
 export interface KernelResult {
   threads: number;
-  linear: KernelShape & { bytes: number; ms: number; gbps: number };
-  lmHead: (KernelShape & { bytes: number; ms: number; gbps: number }) | null;
+  /** The most common linear shape (the report's label); `nodes` counts every linear. */
+  linear: KernelShape & KernelTiming;
+  lmHead: (KernelShape & KernelTiming) | null;
+  /** Per round: the linears' and the LM head's median run, ms (lmHeadMs 0 without a head). */
+  rounds: Array<{ linearMs: number; lmHeadMs: number }>;
+}
+
+/** Bytes MatMulNBits reads for one weight: packed blocks, float scales, packed zero points. */
+export function matMulBytes(s: MatMulShape): number {
+  const nb = Math.ceil(s.k / s.blockSize);
+  return s.n * nb * ((s.blockSize * s.bits) / 8) + s.n * nb * 4 + s.n * Math.ceil((nb * s.bits) / 8);
 }
 
 /** Random packed bytes and small scales: the kernel's speed does not depend on the values. */
-function addMatMulNBits(
-  g: GraphBuilder,
-  name: string,
-  input: string,
-  n: number,
-  k: number,
-  s: KernelShape,
-  rnd: () => number,
-  counted: { bytes: number },
-): string {
-  const nb = Math.ceil(k / s.blockSize);
-  const data = new Uint8Array(n * nb * ((s.blockSize * s.bits) / 8));
+function addMatMulNBits(g: GraphBuilder, name: string, input: string, s: MatMulShape, rnd: () => number): string {
+  const nb = Math.ceil(s.k / s.blockSize);
+  const data = new Uint8Array(s.n * nb * ((s.blockSize * s.bits) / 8));
   for (let i = 0; i < data.length; i++) data[i] = (rnd() * 256) | 0;
-  const scales = new Float32Array(n * nb).fill(1e-3);
-  const zpBytes = n * Math.ceil((nb * s.bits) / 8);
+  const zpBytes = s.n * Math.ceil((nb * s.bits) / 8);
   const inputs = [
     input,
-    g.initializer(`${name}.qweight`, 'uint8', [n, nb, (s.blockSize * s.bits) / 8], data),
-    g.initializer(`${name}.scales`, 'float32', [n * nb], scales),
+    g.initializer(`${name}.qweight`, 'uint8', [s.n, nb, (s.blockSize * s.bits) / 8], data),
+    g.initializer(`${name}.scales`, 'float32', [s.n * nb], new Float32Array(s.n * nb).fill(1e-3)),
     g.initializer(
       `${name}.zero_points`,
       'uint8',
@@ -71,30 +83,38 @@ function addMatMulNBits(
       new Uint8Array(zpBytes).fill(s.bits === 2 ? 0xaa : s.bits === 4 ? 0x88 : 0x80),
     ),
   ];
-  counted.bytes += data.byteLength + scales.byteLength + zpBytes;
-  return g.node(
-    'MatMulNBits',
-    inputs,
-    1,
-    { K: k, N: n, bits: s.bits, block_size: s.blockSize, accuracy_level: s.accuracyLevel },
-    'com.microsoft',
-    name,
-  )[0]!;
+  const attrs = { K: s.k, N: s.n, bits: s.bits, block_size: s.blockSize, accuracy_level: s.accuracyLevel };
+  return g.node('MatMulNBits', inputs, 1, attrs, 'com.microsoft', name)[0]!;
 }
 
-/** Builds, loads and times one graph; bytes: the weight bytes its MatMulNBits nodes read per run. */
-async function timeGraph(
-  dir: string,
-  name: string,
-  build: (g: GraphBuilder, rnd: () => number, counted: { bytes: number }) => { input: string; k: number },
-  threads: number,
-  runs: number,
-): Promise<{ bytes: number; ms: number }> {
+/**
+ * One graph running `shapes` in order. Each node reads the previous output where the widths chain (as most of
+ * a decoder's do) and a constant row where they do not, so every node runs once per run, in order.
+ */
+async function loadChain(dir: string, name: string, shapes: MatMulShape[], threads: number) {
   let seed = 12345;
   const rnd = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   const g = new GraphBuilder({ name, externalData: { path: join(dir, `${name}.onnx.data`) } });
-  const counted = { bytes: 0 };
-  const { input, k } = build(g, rnd, counted);
+  const k0 = shapes[0]!.k;
+  let x = g.input('x', 'float32', [1, k0]);
+  let width = k0;
+  for (const [i, s] of shapes.entries()) {
+    const input =
+      s.k === width
+        ? x
+        : g.initializer(
+            `row${i}`,
+            'float32',
+            [1, s.k],
+            Float32Array.from({ length: s.k }, () => rnd() - 0.5),
+            {
+              external: false,
+            },
+          );
+    x = addMatMulNBits(g, `m${i}`, input, s, rnd);
+    width = s.n;
+  }
+  g.output(x, 'float32', [1, width]);
   const saved = await g.save(dir, `${name}.onnx`);
   const session = await ort.InferenceSession.create(saved.modelPath, {
     executionProviders: ['cpu'],
@@ -102,80 +122,85 @@ async function timeGraph(
     interOpNumThreads: 1,
     executionMode: 'sequential',
   });
-  try {
-    const x = new ort.Tensor(
+  const feed = {
+    x: new ort.Tensor(
       'float32',
-      Float32Array.from({ length: k }, () => rnd() - 0.5),
-      [1, k],
-    );
-    for (let i = 0; i < 3; i++) await session.run({ [input]: x });
+      Float32Array.from({ length: k0 }, () => rnd() - 0.5),
+      [1, k0],
+    ),
+  };
+  for (let i = 0; i < 3; i++) await session.run(feed);
+  const time = async (runs: number): Promise<number> => {
     const ms: number[] = [];
     for (let i = 0; i < runs; i++) {
       const t0 = performance.now();
-      await session.run({ [input]: x });
+      await session.run(feed);
       ms.push(performance.now() - t0);
     }
-    ms.sort((a, b) => a - b);
-    return { bytes: counted.bytes, ms: ms[ms.length >> 1]! };
-  } finally {
-    await session.release();
-  }
+    return median(ms);
+  };
+  return { session, time };
 }
 
-/** Up/down pairs whose weights add up to at least linearBytes (two at least). */
-export function chainPairs(o: Pick<KernelOptions, 'hidden' | 'intermediate' | 'linear' | 'linearBytes'>): number {
-  const matrix = (n: number, k: number): number => {
-    const nb = Math.ceil(k / o.linear.blockSize);
-    return n * nb * ((o.linear.blockSize * o.linear.bits) / 8 + 4) + n * Math.ceil((nb * o.linear.bits) / 8);
-  };
-  const pair = matrix(o.intermediate, o.hidden) + matrix(o.hidden, o.intermediate);
-  return Math.max(2, Math.ceil(o.linearBytes / pair));
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[s.length >> 1]!;
+}
+
+/** The most common (bits, block, level) of the linears, for the report's label. */
+function commonShape(shapes: MatMulShape[]): KernelShape {
+  const counts = new Map<string, { shape: KernelShape; n: number }>();
+  for (const s of shapes) {
+    const key = `${s.bits}/${s.blockSize}/${s.accuracyLevel}`;
+    const c = counts.get(key) ?? {
+      shape: { bits: s.bits, blockSize: s.blockSize, accuracyLevel: s.accuracyLevel },
+      n: 0,
+    };
+    c.n++;
+    counts.set(key, c);
+  }
+  return [...counts.values()].sort((a, b) => b.n - a.n)[0]!.shape;
 }
 
 export async function measureKernels(o: KernelOptions): Promise<KernelResult> {
+  if (o.linears.length === 0) throw new Error('measureKernels: the decoder has no MatMulNBits linears');
   const dir = await mkdtemp(join(tmpdir(), 'perch-kernels-'));
-  const runs = o.runs ?? 15;
+  const rounds = o.rounds ?? 5;
+  const runs = o.runsPerRound ?? 5;
+  const chains = [await loadChain(dir, 'linears', o.linears, o.threads)];
+  if (o.lmHead) chains.push(await loadChain(dir, 'lm_head', [o.lmHead], o.threads));
   try {
-    const lin = await timeGraph(
-      dir,
-      'linears',
-      (g, rnd, counted) => {
-        let x = g.input('x', 'float32', [1, o.hidden]);
-        for (let i = 0; i < chainPairs(o); i++) {
-          x = addMatMulNBits(g, `up${i}`, x, o.intermediate, o.hidden, o.linear, rnd, counted);
-          x = addMatMulNBits(g, `down${i}`, x, o.hidden, o.intermediate, o.linear, rnd, counted);
-        }
-        g.output(x, 'float32', [1, o.hidden]);
-        return { input: 'x', k: o.hidden };
-      },
-      o.threads,
-      runs,
-    );
-    let head: KernelResult['lmHead'] = null;
-    if (o.lmHead) {
-      const shape = o.lmHead;
-      const h = await timeGraph(
-        dir,
-        'lm_head',
-        (g, rnd, counted) => {
-          const x = g.input('x', 'float32', [1, o.hidden]);
-          g.output(addMatMulNBits(g, 'lm_head', x, o.vocab, o.hidden, shape, rnd, counted), 'float32', [1, o.vocab]);
-          return { input: 'x', k: o.hidden };
-        },
-        o.threads,
-        runs,
-      );
-      head = { ...shape, ...h, gbps: h.bytes / h.ms / 1e6 };
+    const perRound: KernelResult['rounds'] = [];
+    for (let r = 0; r < rounds; r++) {
+      await o.between?.(r);
+      const linearMs = await chains[0]!.time(runs);
+      const lmHeadMs = chains[1] ? await chains[1].time(runs) : 0;
+      perRound.push({ linearMs, lmHeadMs });
     }
-    return { threads: o.threads, linear: { ...o.linear, ...lin, gbps: lin.bytes / lin.ms / 1e6 }, lmHead: head };
+    const timing = (shapes: MatMulShape[], ms: number): KernelTiming => {
+      const bytes = shapes.reduce((a, s) => a + matMulBytes(s), 0);
+      return { nodes: shapes.length, bytes, ms, gbps: bytes / ms / 1e6 };
+    };
+    return {
+      threads: o.threads,
+      linear: { ...commonShape(o.linears), ...timing(o.linears, median(perRound.map((x) => x.linearMs))) },
+      lmHead: o.lmHead
+        ? {
+            bits: o.lmHead.bits,
+            blockSize: o.lmHead.blockSize,
+            accuracyLevel: o.lmHead.accuracyLevel,
+            ...timing([o.lmHead], median(perRound.map((x) => x.lmHeadMs))),
+          }
+        : null,
+      rounds: perRound,
+    };
   } finally {
+    for (const c of chains) await c.session.release();
     await rm(dir, { recursive: true, force: true });
   }
 }
 
-/** Decode tok/s if the decoder did nothing but its MatMulNBits calls at the measured kernel speeds. */
-export function kernelCeilingTokPerS(k: KernelResult, matmulBytes: number, lmHeadBytes: number): number {
-  const headGbps = k.lmHead?.gbps ?? k.linear.gbps;
-  const seconds = matmulBytes / (k.linear.gbps * 1e9) + lmHeadBytes / (headGbps * 1e9);
-  return 1 / seconds;
+/** Decode tok/s of one round if the decoder did nothing but its MatMulNBits calls. */
+export function roundCeilingTokPerS(r: KernelResult['rounds'][number]): number {
+  return 1000 / (r.linearMs + r.lmHeadMs);
 }

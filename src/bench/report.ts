@@ -129,11 +129,11 @@ function kernelRows(r: BenchResult): Array<[string, string]> {
   return [
     [
       'MatMulNBits alone',
-      `linears (${shape(k.linear)}) read ${f1(k.linear.gbps)} GB/s at one token${head}; ${k.threads} thread(s)`,
+      `the decoder's ${k.linear.nodes} linears (mostly ${shape(k.linear)}) read ${f1(k.linear.gbps)} GB/s at one token${head}; ${k.threads} thread(s)`,
     ],
     [
       'kernel ceiling',
-      `${f1(k.ceilingTokPerS)} tok/s if decode were nothing but these kernels; decode reaches ${pct(k.decodeShareOfCeiling)} of it`,
+      `${f1(k.ceilingTokPerS)} tok/s if decode were nothing but these kernels; decode reaches ${pct(k.decodeShareOfCeiling)} of it (${k.rounds.length} rounds alternating with decode at ${f1(k.decodeTokPerS)} tok/s)`,
     ],
   ];
 }

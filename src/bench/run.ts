@@ -26,10 +26,10 @@ import {
   type SpeechOptions,
   type SpeechResult,
 } from './media.js';
-import { type KernelResult, kernelCeilingTokPerS, measureKernels } from './kernels.js';
+import { type KernelResult, measureKernels, roundCeilingTokPerS } from './kernels.js';
 import { type MaskCost, measureMaskCost } from './grammar.js';
 import { profileDecode, type OrtProfileSummary } from './ort-profile.js';
-import { weightBytesPerToken, type WeightBytes } from './weight-bytes.js';
+import { matMulNBitsShapes, weightBytesPerToken, type WeightBytes } from './weight-bytes.js';
 
 export interface BenchOptions {
   model: string;
@@ -112,8 +112,12 @@ export interface BenchResult {
   memoryWithMedia: MemoryReport;
   ple: PlePagerStats;
   profile: OrtProfileSummary | null;
-  /** The MatMulNBits kernels alone and the decode ceiling they set (null: --no-kernels or a float package). */
-  kernels: (KernelResult & { ceilingTokPerS: number; decodeShareOfCeiling: number }) | null;
+  /**
+   * The decoder's MatMulNBits alone and the decode ceiling they set, in rounds alternating with decode runs at the
+   * first prompt length: medians of the rounds' ceilings, of their decode rates and of the per-round share
+   * (null: --no-kernels or a float package).
+   */
+  kernels: (KernelResult & { ceilingTokPerS: number; decodeTokPerS: number; decodeShareOfCeiling: number }) | null;
   /** Constrained decoding's mask per token (grammar.ts), and its share of a decode step at the first prompt length. */
   mask: MaskCost & { shareOfDecodeStep: number };
   /** Measured after everything above (their encoders are not in `memory`); skipped with the reason otherwise. */
@@ -309,26 +313,30 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       }
 
       const memoryWithMedia = sampler.report();
-      // Last: its chain of weights is packed on the heap, outside what the figures above measure.
+      // Last: its chains of weights are packed on the heap, outside what the figures above measure.
       let kernels: BenchResult['kernels'] = null;
       const q0 = engine.manifest.quantisation;
       if (o.kernels && q0.linear && (q0.linear.kernel ?? 'matmul-nbits') === 'matmul-nbits') {
-        say('MatMulNBits kernels alone');
-        const lin = q0.linear;
-        const cfg = engine.config;
+        say("MatMulNBits kernels alone: the decoder's own shapes, alternating with decode runs");
+        const shapes = await matMulNBitsShapes(engine.pkg.path('decoder-graph')!);
+        const first = o.promptTokens[0]!;
+        const decodeByRound: number[] = [];
         const k = await measureKernels({
           threads: o.threads,
-          hidden: cfg.hiddenSize,
-          intermediate: cfg.intermediateSize,
-          vocab: cfg.vocabSize,
-          linearBytes: weights.matmulBytes,
-          linear: { bits: lin.bits, blockSize: lin.block_size, accuracyLevel: lin.accuracy_level },
-          lmHead: q0.embedding
-            ? { bits: q0.embedding.bits, blockSize: q0.embedding.block_size, accuracyLevel: lin.accuracy_level }
-            : null,
+          ...shapes,
+          rounds: Math.max(5, o.runs),
+          between: async (r) => {
+            const res = await generate(syntheticPrompt(first, vocab, 5000 + r), o.decodeTokens);
+            decodeByRound.push(res.timings.tokensPerSecond);
+          },
         });
-        const ceiling = kernelCeilingTokPerS(k, weights.matmulBytes, weights.lmHeadBytes);
-        kernels = { ...k, ceilingTokPerS: ceiling, decodeShareOfCeiling: prompts[0]!.decodeTokPerS / ceiling };
+        const ceilings = k.rounds.map(roundCeilingTokPerS);
+        kernels = {
+          ...k,
+          ceilingTokPerS: median(ceilings),
+          decodeTokPerS: median(decodeByRound),
+          decodeShareOfCeiling: median(decodeByRound.map((d, i) => d / ceilings[i]!)),
+        };
       }
 
       say('constrained decoding: the grammar mask per token');

@@ -14,6 +14,7 @@
 import { open, readFile } from 'node:fs/promises';
 import onnxProto from 'onnx-proto';
 import { decodeHeader, PLE_DATA_OFFSET } from '../model/ple/format.js';
+import type { MatMulShape } from './kernels.js';
 
 const { onnx } = onnxProto;
 
@@ -139,4 +140,34 @@ export async function weightBytesPerToken(decoderOnnx: string, pleFile: string):
   const g = await graphWeightBytes(decoderOnnx);
   const row = await pleRowBytes(pleFile);
   return { ...g, pleRowBytes: row, perToken: g.matmulBytes + g.lmHeadBytes + row };
+}
+
+/** The decoder's MatMulNBits nodes in graph order, as kernels.ts times them; the LM head (`lm_head*` weight) apart. */
+export async function matMulNBitsShapes(
+  decoderOnnx: string,
+): Promise<{ linears: MatMulShape[]; lmHead: MatMulShape | null }> {
+  const graph = onnx.ModelProto.decode(await readFile(decoderOnnx)).graph!;
+  const linears: MatMulShape[] = [];
+  let lmHead: MatMulShape | null = null;
+  for (const n of graph.node ?? []) {
+    if (n.opType !== 'MatMulNBits') continue;
+    const attr = (name: string, fallback?: number): number => {
+      const a = (n.attribute ?? []).find((x) => x.name === name);
+      if (!a) {
+        if (fallback === undefined) throw new Error(`${decoderOnnx}: MatMulNBits ${n.name} has no ${name}`);
+        return fallback;
+      }
+      return Number(a.i ?? 0);
+    };
+    const shape: MatMulShape = {
+      k: attr('K'),
+      n: attr('N'),
+      bits: attr('bits', 4),
+      blockSize: attr('block_size'),
+      accuracyLevel: attr('accuracy_level', 0),
+    };
+    if ((n.input?.[1] ?? '').startsWith('lm_head')) lmHead = shape;
+    else linears.push(shape);
+  }
+  return { linears, lmHead };
 }
