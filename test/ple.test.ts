@@ -117,6 +117,17 @@ describe('PlePager', () => {
     await pager.close();
   });
 
+  it('reads a single missing row (a decode step) as a synchronous positional read with the same bytes', async () => {
+    const path = await writeTable();
+    const pager = await PlePager.open(path, { cacheBytes: 0 });
+    for (const id of [0, 1, 150, 298, 299]) {
+      const got = await pager.rowsFor([id]);
+      expect(Array.from(got)).toEqual(Array.from(directRow(path, id)));
+    }
+    expect(pager.stats()).toMatchObject({ misses: 5, reads: 5 });
+    await pager.close();
+  });
+
   it('evicts least recently used rows by bytes and never exceeds the budget', async () => {
     const path = await writeTable();
     const stride = makeHeader(layout).rowStride;

@@ -75,18 +75,20 @@ function rotl(x: number, k: number): number {
 
 /** Index of the largest finite-or-infinite value; NaN never wins; ties go to the lowest id. */
 export function argmax(values: ArrayLike<number>): number {
-  let best = 0;
+  // One comparison a value in the pass every decode step makes over the vocabulary; the rare all -Infinity
+  // or NaN case is settled after it.
+  let best = -1;
   let bestVal = -Infinity;
-  let found = false;
   for (let i = 0; i < values.length; i++) {
     const v = values[i]!;
-    if (v > bestVal || (!found && v === -Infinity)) {
+    if (v > bestVal) {
       bestVal = v;
       best = i;
-      found = true;
     }
   }
-  return best;
+  if (best >= 0) return best;
+  for (let i = 0; i < values.length; i++) if (values[i] === -Infinity) return i;
+  return 0;
 }
 
 /**

@@ -4,6 +4,7 @@
  * the same budget; dequantising a row costs microseconds. Nothing is memory-mapped, so the table's size never
  * shows up in RSS (the kernel's page cache may hold it, which is reclaimable and not ours).
  */
+import { readSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import {
   decodeHeader,
@@ -127,6 +128,16 @@ export class PlePager {
         missing.push(id);
       }
     });
+    if (missing.length === 1) {
+      // One row is a decode step, on the critical path of every token: an asynchronous read's trip through
+      // libuv's thread pool cost 0.2-1 ms a step here, a synchronous one 8 us from the page cache (a cold read
+      // from an SD card holds the event loop for that one read instead).
+      const id = missing[0]!;
+      const buf = this.readRowSync(id);
+      dequantiseRow(this.header, buf, 0, out, firstAt.get(id)! * cols);
+      this.remember(id, buf);
+      missing.length = 0;
+    }
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < missing.length) {
@@ -180,6 +191,18 @@ export class PlePager {
     const buf = this.spare.pop() ?? new Uint8Array(rowStride);
     const t0 = process.hrtime.bigint();
     const { bytesRead } = await this.fh.read(buf, 0, rowStride, dataOffset + id * rowStride);
+    this.recordLatency(Number(process.hrtime.bigint() - t0) / 1e6);
+    this.reads++;
+    if (bytesRead !== rowStride)
+      throw new PleFileError(this.path, `truncated: row ${id} read ${bytesRead} of ${rowStride} bytes`);
+    return buf;
+  }
+
+  private readRowSync(id: number): Uint8Array {
+    const { rowStride, dataOffset } = this.header;
+    const buf = this.spare.pop() ?? new Uint8Array(rowStride);
+    const t0 = process.hrtime.bigint();
+    const bytesRead = readSync(this.fh.fd, buf, 0, rowStride, dataOffset + id * rowStride);
     this.recordLatency(Number(process.hrtime.bigint() - t0) / 1e6);
     this.reads++;
     if (bytesRead !== rowStride)
