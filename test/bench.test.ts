@@ -180,6 +180,11 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   expect(k.ceilingTokPerS).toBeCloseTo(ceilings[ceilings.length >> 1]!, 9);
   expect(k.decodeTokPerS).toBeGreaterThan(0);
   expect(k.decodeShareOfCeiling).toBeGreaterThan(0);
+  // The decoder's weights came from the prepacked file cache: the chains are timed so placed too, same rounds.
+  expect(res.prepacked).not.toBe('heap');
+  expect(k.prepackedFile!.rounds).toHaveLength(k.rounds.length);
+  const fileCeilings = k.prepackedFile!.rounds.map((r) => 1000 / (r.linearMs + r.lmHeadMs)).sort((a, b) => a - b);
+  expect(k.prepackedFileCeiling!.tokPerS).toBeCloseTo(fileCeilings[fileCeilings.length >> 1]!, 9);
 
   // Constrained decoding's mask: measured over the whole vocabulary along a reply the grammar took.
   const mk = res.mask;
@@ -286,6 +291,9 @@ it('prints a human table by default, speech and caption beside their Pi 5 target
   );
   expect(r.stdout).toMatch(
     /^ +kernel ceiling +[\d.]+ tok\/s if decode were nothing but these kernels; decode reaches \d+% of it \(\d+ rounds alternating with decode at [\d.]+ tok\/s\)/m,
+  );
+  expect(r.stdout).toMatch(
+    /^ +ceiling, file-mapped +[\d.]+ tok\/s with the kernels' weights mapped from a prepacked file as the decoder's are; decode reaches \d+% of it$/m,
   );
   expect(r.stdout).toMatch(
     /^ +grammar mask +[\d.]+ ms per token \(p95 [\d.]+; \d+ steps of a JSON caption\) over \d+ ids: /m,

@@ -14,6 +14,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
+import { createCachedSession } from '../engine/prepacked-cache.js';
+import { DEFAULT_TUNING } from '../engine/session.js';
 import { GraphBuilder } from '../onnx/graph.js';
 
 export interface KernelShape {
@@ -40,6 +42,11 @@ export interface KernelOptions {
   runsPerRound?: number;
   /** Runs before each round's timed runs: the caller's own measurement, alternating with the kernels. */
   between?: (round: number) => Promise<void>;
+  /**
+   * Also time the chains with their weights mapped from a prepacked file, as the engine's decoder has them with
+   * model.prepacked_cache (file-backed pages, slower to stream than the heap's).
+   */
+  alsoPrepackedFile?: boolean;
 }
 
 export interface KernelTiming {
@@ -58,6 +65,8 @@ export interface KernelResult {
   lmHead: (KernelShape & KernelTiming) | null;
   /** Per round: the linears' and the LM head's median run, ms (lmHeadMs 0 without a head). */
   rounds: Array<{ linearMs: number; lmHeadMs: number }>;
+  /** The same chains with their weights mapped from a prepacked file, in the same rounds (alsoPrepackedFile). */
+  prepackedFile: { linearMs: number; lmHeadMs: number; rounds: Array<{ linearMs: number; lmHeadMs: number }> } | null;
 }
 
 /** Bytes MatMulNBits reads for one weight: packed blocks, float scales, packed zero points. */
@@ -87,11 +96,20 @@ function addMatMulNBits(g: GraphBuilder, name: string, input: string, s: MatMulS
   return g.node('MatMulNBits', inputs, 1, attrs, 'com.microsoft', name)[0]!;
 }
 
+/** Where a chain's packed weights live: ORT's heap, or mapped from the prepacked file cache as the engine's are. */
+export type KernelPlacement = 'heap' | 'prepacked-file';
+
 /**
  * One graph running `shapes` in order. Each node reads the previous output where the widths chain (as most of
  * a decoder's do) and a constant row where they do not, so every node runs once per run, in order.
  */
-async function loadChain(dir: string, name: string, shapes: MatMulShape[], threads: number) {
+async function loadChain(
+  dir: string,
+  name: string,
+  shapes: MatMulShape[],
+  threads: number,
+  placement: KernelPlacement,
+) {
   let seed = 12345;
   const rnd = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   const g = new GraphBuilder({ name, externalData: { path: join(dir, `${name}.onnx.data`) } });
@@ -116,12 +134,12 @@ async function loadChain(dir: string, name: string, shapes: MatMulShape[], threa
   }
   g.output(x, 'float32', [1, width]);
   const saved = await g.save(dir, `${name}.onnx`);
-  const session = await ort.InferenceSession.create(saved.modelPath, {
-    executionProviders: ['cpu'],
-    intraOpNumThreads: threads,
-    interOpNumThreads: 1,
-    executionMode: 'sequential',
-  });
+  // The engine's session options; the same file cache mechanism as the engine's decoder for 'prepacked-file'.
+  const { session } = await createCachedSession(
+    { modelPath: saved.modelPath, checksum: `bench-kernels-${name}` },
+    { ...DEFAULT_TUNING, threads },
+    placement === 'prepacked-file' ? { dir: join(dir, 'prepacked') } : undefined,
+  );
   const feed = {
     x: new ort.Tensor(
       'float32',
@@ -167,15 +185,25 @@ export async function measureKernels(o: KernelOptions): Promise<KernelResult> {
   const dir = await mkdtemp(join(tmpdir(), 'perch-kernels-'));
   const rounds = o.rounds ?? 5;
   const runs = o.runsPerRound ?? 5;
-  const chains = [await loadChain(dir, 'linears', o.linears, o.threads)];
-  if (o.lmHead) chains.push(await loadChain(dir, 'lm_head', [o.lmHead], o.threads));
+  type Chain = Awaited<ReturnType<typeof loadChain>>;
+  const load = async (placement: KernelPlacement): Promise<Chain[]> => {
+    const chains = [await loadChain(dir, `linears-${placement}`, o.linears, o.threads, placement)];
+    if (o.lmHead) chains.push(await loadChain(dir, `lm_head-${placement}`, [o.lmHead], o.threads, placement));
+    return chains;
+  };
+  const sets = [await load('heap')];
+  if (o.alsoPrepackedFile) sets.push(await load('prepacked-file'));
+  const time = async (chains: Chain[]) => ({
+    linearMs: await chains[0]!.time(runs),
+    lmHeadMs: chains[1] ? await chains[1].time(runs) : 0,
+  });
   try {
     const perRound: KernelResult['rounds'] = [];
+    const filePerRound: KernelResult['rounds'] = [];
     for (let r = 0; r < rounds; r++) {
       await o.between?.(r);
-      const linearMs = await chains[0]!.time(runs);
-      const lmHeadMs = chains[1] ? await chains[1].time(runs) : 0;
-      perRound.push({ linearMs, lmHeadMs });
+      perRound.push(await time(sets[0]!));
+      if (sets[1]) filePerRound.push(await time(sets[1]));
     }
     const timing = (shapes: MatMulShape[], ms: number): KernelTiming => {
       const bytes = shapes.reduce((a, s) => a + matMulBytes(s), 0);
@@ -193,9 +221,16 @@ export async function measureKernels(o: KernelOptions): Promise<KernelResult> {
           }
         : null,
       rounds: perRound,
+      prepackedFile: sets[1]
+        ? {
+            linearMs: median(filePerRound.map((x) => x.linearMs)),
+            lmHeadMs: median(filePerRound.map((x) => x.lmHeadMs)),
+            rounds: filePerRound,
+          }
+        : null,
     };
   } finally {
-    for (const c of chains) await c.session.release();
+    for (const c of sets.flat()) await c.session.release();
     await rm(dir, { recursive: true, force: true });
   }
 }

@@ -135,6 +135,14 @@ function kernelRows(r: BenchResult): Array<[string, string]> {
       'kernel ceiling',
       `${f1(k.ceilingTokPerS)} tok/s if decode were nothing but these kernels; decode reaches ${pct(k.decodeShareOfCeiling)} of it (${k.rounds.length} rounds alternating with decode at ${f1(k.decodeTokPerS)} tok/s)`,
     ],
+    ...(k.prepackedFileCeiling
+      ? ([
+          [
+            'ceiling, file-mapped',
+            `${f1(k.prepackedFileCeiling.tokPerS)} tok/s with the kernels' weights mapped from a prepacked file as the decoder's are; decode reaches ${pct(k.prepackedFileCeiling.decodeShare)} of it`,
+          ],
+        ] as Array<[string, string]>)
+      : []),
   ];
 }
 

@@ -117,7 +117,15 @@ export interface BenchResult {
    * first prompt length: medians of the rounds' ceilings, of their decode rates and of the per-round share
    * (null: --no-kernels or a float package).
    */
-  kernels: (KernelResult & { ceilingTokPerS: number; decodeTokPerS: number; decodeShareOfCeiling: number }) | null;
+  kernels:
+    | (KernelResult & {
+        ceilingTokPerS: number;
+        decodeTokPerS: number;
+        decodeShareOfCeiling: number;
+        /** The same with the chains' weights mapped from a prepacked file, as the decoder's were (null: heap). */
+        prepackedFileCeiling: { tokPerS: number; decodeShare: number } | null;
+      })
+    | null;
   /** Constrained decoding's mask per token (grammar.ts), and its share of a decode step at the first prompt length. */
   mask: MaskCost & { shareOfDecodeStep: number };
   /** Measured after everything above (their encoders are not in `memory`); skipped with the reason otherwise. */
@@ -329,13 +337,21 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
             const res = await generate(syntheticPrompt(first, vocab, 5000 + r), o.decodeTokens);
             decodeByRound.push(res.timings.tokensPerSecond);
           },
+          // The decoder's weights are mapped from the prepacked file cache: time the chains so too.
+          alsoPrepackedFile: engine.prepacked !== 'heap',
         });
-        const ceilings = k.rounds.map(roundCeilingTokPerS);
+        const share = (rounds: KernelResult['rounds']) => {
+          const ceilings = rounds.map(roundCeilingTokPerS);
+          return { ceiling: median(ceilings), share: median(decodeByRound.map((d, i) => d / ceilings[i]!)) };
+        };
+        const heap = share(k.rounds);
+        const file = k.prepackedFile ? share(k.prepackedFile.rounds) : null;
         kernels = {
           ...k,
-          ceilingTokPerS: median(ceilings),
+          ceilingTokPerS: heap.ceiling,
           decodeTokPerS: median(decodeByRound),
-          decodeShareOfCeiling: median(decodeByRound.map((d, i) => d / ceilings[i]!)),
+          decodeShareOfCeiling: heap.share,
+          prepackedFileCeiling: file ? { tokPerS: file.ceiling, decodeShare: file.share } : null,
         };
       }
 
