@@ -130,11 +130,10 @@ export async function buildDecoderGraph(
   };
   const gName = (r: GlobalRole): string => globalName(r, prefix);
   const lName = (l: number, r: LayerRole): string => layerName(l, r, prefix);
-  /** x W^T; `scale` multiplies W first (a linear reading the residual stream as carried, see Stream). */
+  /** x W^T; `scale` multiplies W (a linear reading the residual stream as carried, see Stream). */
   const linear = async (x: string, name: string, scale = 1): Promise<string> => {
-    const spec = specs.get(name)!;
-    const w = await get(name);
-    return ops.linear(x, name, await linearWeight(spec, scale === 1 ? w : w.map((v) => v * scale), quant));
+    const lw = await linearWeight(specs.get(name)!, await get(name), quant);
+    return ops.linear(x, name, scale === 1 ? lw : scaleLinear(lw, scale));
   };
 
   // ---- inputs
@@ -523,6 +522,17 @@ async function chunkedQuantizedEmbedding(
     'com.microsoft',
   );
   return { q, inits, out };
+}
+
+/**
+ * scale * W, with a quantised W's codes untouched and its scales multiplied: exactly scale times the weights the
+ * package's quantisation gives (quantising scale * W instead can round some codes the other way).
+ */
+function scaleLinear(lw: LinearWeight, scale: number): LinearWeight {
+  const times = (a: Float32Array): Float32Array => a.map((v) => v * scale);
+  if (lw.kind === 'float') return { ...lw, w: times(lw.w) };
+  if (lw.kind === 'int8') return { kind: 'int8', matrix: { ...lw.matrix, scales: times(lw.matrix.scales) } };
+  return { ...lw, packed: { ...lw.packed, scales: times(lw.packed.scales) } };
 }
 
 async function linearWeight(spec: TensorSpec, w: Float32Array, quant: QuantPolicy | null): Promise<LinearWeight> {
