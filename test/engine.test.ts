@@ -73,6 +73,14 @@ function referenceGreedy(
   return { tokens, logits: seen };
 }
 
+/**
+ * The same logits computed through other chunk splits (chunked prefill, a resumed prefix, a follow-up turn).
+ * Measured: 1-3e-7 on x86-64 and the Cortex-A76 (int8 activations: each row's sums in the same order whatever
+ * the chunk), 5e-6 to 1.7e-5 on the Cortex-A72 (float activations: one-row and many-row kernels add in other
+ * orders): the bound sits 5x above the A72's largest. The tokens and the reused-token counts are checked exactly.
+ */
+const RESUME_BOUND = 1e-4;
+
 describe('Engine on a tiny synthetic pi5 package (2-bit linears, accuracy_level 4)', () => {
   // `ref` rounds activations to int8 only where this CPU's ORT does (referenceFor asks ORT), so a graph that
   // computes anything else still misses by far more than the bound.
@@ -103,7 +111,7 @@ describe('Engine on a tiny synthetic pi5 package (2-bit linears, accuracy_level 
     engine.clearPrefixCache();
     const chunked = await greedy(engine, PROMPT, { prefillChunk: 3 });
     expect(chunked.tokens).toEqual(oneShot.tokens);
-    expect(relErr(chunked.logits[0]!, oneShot.logits[0]!)).toBeLessThanOrEqual(1e-5);
+    expect(relErr(chunked.logits[0]!, oneShot.logits[0]!)).toBeLessThanOrEqual(RESUME_BOUND);
   });
 
   it('prefix reuse resumes from a snapshot and gives the same logits as a fresh run', async () => {
@@ -123,7 +131,7 @@ describe('Engine on a tiny synthetic pi5 package (2-bit linears, accuracy_level 
     expect(reused.tokens).toEqual(fresh.tokens);
     const err = Math.max(...reused.logits.map((l, i) => relErr(l, fresh.logits[i]!)));
     console.log(`prefix reuse vs fresh: max logits rel err ${err.toExponential(2)}`);
-    expect(err).toBeLessThanOrEqual(1e-5);
+    expect(err).toBeLessThanOrEqual(RESUME_BOUND);
   });
 
   it('reusePrefix false computes the whole prompt and stores nothing; pinned prefixes of two kinds coexist', async () => {
@@ -190,7 +198,7 @@ describe('Engine on a tiny synthetic pi5 package (2-bit linears, accuracy_level 
     engine.clearPrefixCache();
     const fresh = await greedy(engine, follow, { maxTokens: 4 });
     expect(cont.tokens).toEqual(fresh.tokens);
-    expect(relErr(cont.logits[0]!, fresh.logits[0]!)).toBeLessThanOrEqual(1e-5);
+    expect(relErr(cont.logits[0]!, fresh.logits[0]!)).toBeLessThanOrEqual(RESUME_BOUND);
   });
 
   it('seeded sampling is reproducible, and the seed matters', async () => {
