@@ -17,6 +17,7 @@ import * as ort from 'onnxruntime-node';
 import { createCachedSession } from '../engine/prepacked-cache.js';
 import { DEFAULT_TUNING } from '../engine/session.js';
 import { GraphBuilder } from '../onnx/graph.js';
+import { median } from '../common/stats.js';
 
 export interface KernelShape {
   bits: number;
@@ -158,11 +159,6 @@ async function loadChain(
     return median(ms);
   };
   return { session, time };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1]!;
 }
 
 /** The most common (bits, block, level) of the linears, for the report's label. */

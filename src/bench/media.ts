@@ -23,6 +23,7 @@ import { AudioEncoderMissingError, SAMPLE_RATE, Transcriber, type TranscribeTimi
 import { VisionEncoder, VisionEncoderMissingError, visionEncoderPath } from '../engine/vision.js';
 import { wavTo16kMono } from '../sources/wav-decode.js';
 import type { TokenBudget } from '../vision/preprocess.js';
+import { median } from '../common/stats.js';
 
 /** The targets, for a Raspberry Pi 5 (the bench usually runs elsewhere: it says so beside them). */
 export const PI5_TARGETS = { speechEndToTranscriptMs: 1500, frameToCaptionMs: 8000 } as const;
@@ -154,12 +155,6 @@ export interface CaptionResult {
     targetMs: number;
     runs: CaptionRun[];
   };
-}
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length === 0 ? 0 : s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 async function readBounded(file: string): Promise<Buffer> {

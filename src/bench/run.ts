@@ -30,6 +30,7 @@ import { type KernelResult, measureKernels, roundCeilingTokPerS } from './kernel
 import { type MaskCost, measureMaskCost } from './grammar.js';
 import { profileDecode, type OrtProfileSummary } from './ort-profile.js';
 import { matMulNBitsShapes, weightBytesPerToken, type WeightBytes } from './weight-bytes.js';
+import { median } from '../common/stats.js';
 
 export interface BenchOptions {
   model: string;
@@ -135,13 +136,6 @@ export interface BenchResult {
 
 /** Context bound when speech or captions are measured: 1120 image tokens or 30 s of audio plus prompt and answer. */
 const MEDIA_CONTEXT_TOKENS = 2048;
-
-export function median(xs: readonly number[]): number {
-  if (xs.length === 0) return 0;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 /** Deterministic pseudo-random prompt ids in [3, vocab): distinct per run so no prefix is ever shared. */
 export function syntheticPrompt(length: number, vocab: number, seed: number): number[] {

@@ -12,6 +12,7 @@ import type { Gemma4TextConfig } from '../gemma4/config.js';
 import { type TensorSpec, type WeightSource, textTensorTable } from '../gemma4/weights.js';
 import { type QuantBits, dequantizeMatMulNBits, quantizeMatMulNBits } from '../quant.js';
 import type { QuantPolicy, TensorDecision } from '../package/manifest.js';
+import { median } from '../../common/stats.js';
 
 /** Values sampled per matrix (whole matrices up to this size). */
 export const SAMPLE_VALUES = 1 << 17;
@@ -87,12 +88,6 @@ export async function measureLinearErrors(
     out.push({ name: spec.name, size: n * k, error: ss > 0 ? Math.sqrt(se / ss) : 0 });
   }
   return out;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length === 0 ? 0 : s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /** The per-tensor decisions: promoted bits for the worst outliers within the budget, base bits otherwise. */
