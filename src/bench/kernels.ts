@@ -12,7 +12,7 @@
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { createCachedSession } from '../engine/prepacked-cache.js';
 import { DEFAULT_TUNING } from '../engine/session.js';
@@ -101,16 +101,11 @@ function addMatMulNBits(g: GraphBuilder, name: string, input: string, s: MatMulS
 export type KernelPlacement = 'heap' | 'prepacked-file';
 
 /**
- * One graph running `shapes` in order. Each node reads the previous output where the widths chain (as most of
- * a decoder's do) and a constant row where they do not, so every node runs once per run, in order.
+ * One graph running `shapes` in order, written to `dir`. Each node reads the previous output where the widths
+ * chain (as most of a decoder's do) and a constant row where they do not, so every node runs once per run, in
+ * order. Returns the model's path and the width of its input.
  */
-async function loadChain(
-  dir: string,
-  name: string,
-  shapes: MatMulShape[],
-  threads: number,
-  placement: KernelPlacement,
-) {
+async function writeChain(dir: string, name: string, shapes: MatMulShape[]): Promise<{ path: string; k: number }> {
   let seed = 12345;
   const rnd = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
   const g = new GraphBuilder({ name, externalData: { path: join(dir, `${name}.onnx.data`) } });
@@ -118,36 +113,25 @@ async function loadChain(
   let x = g.input('x', 'float32', [1, k0]);
   let width = k0;
   for (const [i, s] of shapes.entries()) {
-    const input =
-      s.k === width
-        ? x
-        : g.initializer(
-            `row${i}`,
-            'float32',
-            [1, s.k],
-            Float32Array.from({ length: s.k }, () => rnd() - 0.5),
-            {
-              external: false,
-            },
-          );
+    const row = (): Float32Array => Float32Array.from({ length: s.k }, () => rnd() - 0.5);
+    const input = s.k === width ? x : g.initializer(`row${i}`, 'float32', [1, s.k], row(), { external: false });
     x = addMatMulNBits(g, `m${i}`, input, s, rnd);
     width = s.n;
   }
   g.output(x, 'float32', [1, width]);
-  const saved = await g.save(dir, `${name}.onnx`);
+  return { path: (await g.save(dir, `${name}.onnx`)).modelPath, k: k0 };
+}
+
+/** A session on a written chain, with its weights placed as asked, and a timer of its median run. */
+async function openChain(chain: { path: string; k: number }, threads: number, placement: KernelPlacement, dir: string) {
   // The engine's session options; the same file cache mechanism as the engine's decoder for 'prepacked-file'.
   const { session } = await createCachedSession(
-    { modelPath: saved.modelPath, checksum: `bench-kernels-${name}` },
+    { modelPath: chain.path, checksum: `bench-kernels-${basename(chain.path)}` },
     { ...DEFAULT_TUNING, threads },
     placement === 'prepacked-file' ? { dir: join(dir, 'prepacked') } : undefined,
   );
-  const feed = {
-    x: new ort.Tensor(
-      'float32',
-      Float32Array.from({ length: k0 }, () => rnd() - 0.5),
-      [1, k0],
-    ),
-  };
+  const x = Float32Array.from({ length: chain.k }, (_, i) => Math.sin(i) * 0.5);
+  const feed = { x: new ort.Tensor('float32', x, [1, chain.k]) };
   for (let i = 0; i < 3; i++) await session.run(feed);
   const time = async (runs: number): Promise<number> => {
     const ms: number[] = [];
@@ -181,19 +165,22 @@ export async function measureKernels(o: KernelOptions): Promise<KernelResult> {
   const dir = await mkdtemp(join(tmpdir(), 'perch-kernels-'));
   const rounds = o.rounds ?? 5;
   const runs = o.runsPerRound ?? 5;
-  type Chain = Awaited<ReturnType<typeof loadChain>>;
-  const load = async (placement: KernelPlacement): Promise<Chain[]> => {
-    const chains = [await loadChain(dir, `linears-${placement}`, o.linears, o.threads, placement)];
-    if (o.lmHead) chains.push(await loadChain(dir, `lm_head-${placement}`, [o.lmHead], o.threads, placement));
-    return chains;
-  };
-  const sets = [await load('heap')];
-  if (o.alsoPrepackedFile) sets.push(await load('prepacked-file'));
+  type Chain = Awaited<ReturnType<typeof openChain>>;
+  const sets: Chain[][] = [];
   const time = async (chains: Chain[]) => ({
     linearMs: await chains[0]!.time(runs),
     lmHeadMs: chains[1] ? await chains[1].time(runs) : 0,
   });
   try {
+    // Each chain is written once; a session per placement opens it.
+    const written = [await writeChain(dir, 'linears', o.linears)];
+    if (o.lmHead) written.push(await writeChain(dir, 'lm_head', [o.lmHead]));
+    const placements: KernelPlacement[] = o.alsoPrepackedFile ? ['heap', 'prepacked-file'] : ['heap'];
+    for (const placement of placements) {
+      const chains: Chain[] = [];
+      sets.push(chains);
+      for (const w of written) chains.push(await openChain(w, o.threads, placement, dir));
+    }
     const perRound: KernelResult['rounds'] = [];
     const filePerRound: KernelResult['rounds'] = [];
     for (let r = 0; r < rounds; r++) {
