@@ -128,23 +128,22 @@ export class PlePager {
         missing.push(id);
       }
     });
+    const place = (id: number, buf: Uint8Array): void => {
+      dequantiseRow(this.header, buf, 0, out, firstAt.get(id)! * cols);
+      this.remember(id, buf);
+    };
     if (missing.length === 1) {
       // One row is a decode step, on the critical path of every token: an asynchronous read's trip through
       // libuv's thread pool cost 0.2-1 ms a step here, a synchronous one 8 us from the page cache (a cold read
       // from an SD card holds the event loop for that one read instead).
-      const id = missing[0]!;
-      const buf = this.readRowSync(id);
-      dequantiseRow(this.header, buf, 0, out, firstAt.get(id)! * cols);
-      this.remember(id, buf);
+      place(missing[0]!, this.readRowSync(missing[0]!));
       missing.length = 0;
     }
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < missing.length) {
         const id = missing[next++]!;
-        const buf = await this.readRow(id);
-        dequantiseRow(this.header, buf, 0, out, firstAt.get(id)! * cols);
-        this.remember(id, buf);
+        place(id, await this.readRow(id));
       }
     };
     await Promise.all(Array.from({ length: Math.min(this.concurrency, missing.length) }, worker));
@@ -186,27 +185,28 @@ export class PlePager {
   }
 
   private async readRow(id: number): Promise<Uint8Array> {
-    const { rowStride, dataOffset } = this.header;
-    // Own buffer per row (not a pool slice) so a cached row retains exactly rowStride bytes.
-    const buf = this.spare.pop() ?? new Uint8Array(rowStride);
-    const t0 = process.hrtime.bigint();
-    const { bytesRead } = await this.fh.read(buf, 0, rowStride, dataOffset + id * rowStride);
-    this.recordLatency(Number(process.hrtime.bigint() - t0) / 1e6);
-    this.reads++;
-    if (bytesRead !== rowStride)
-      throw new PleFileError(this.path, `truncated: row ${id} read ${bytesRead} of ${rowStride} bytes`);
-    return buf;
+    const { buf, position, t0 } = this.startRead(id);
+    const { bytesRead } = await this.fh.read(buf, 0, buf.byteLength, position);
+    return this.finishRead(id, buf, bytesRead, t0);
   }
 
   private readRowSync(id: number): Uint8Array {
+    const { buf, position, t0 } = this.startRead(id);
+    return this.finishRead(id, buf, readSync(this.fh.fd, buf, 0, buf.byteLength, position), t0);
+  }
+
+  /** Own buffer per row (not a pool slice) so a cached row retains exactly rowStride bytes. */
+  private startRead(id: number): { buf: Uint8Array; position: number; t0: bigint } {
     const { rowStride, dataOffset } = this.header;
     const buf = this.spare.pop() ?? new Uint8Array(rowStride);
-    const t0 = process.hrtime.bigint();
-    const bytesRead = readSync(this.fh.fd, buf, 0, rowStride, dataOffset + id * rowStride);
+    return { buf, position: dataOffset + id * rowStride, t0: process.hrtime.bigint() };
+  }
+
+  private finishRead(id: number, buf: Uint8Array, bytesRead: number, t0: bigint): Uint8Array {
     this.recordLatency(Number(process.hrtime.bigint() - t0) / 1e6);
     this.reads++;
-    if (bytesRead !== rowStride)
-      throw new PleFileError(this.path, `truncated: row ${id} read ${bytesRead} of ${rowStride} bytes`);
+    if (bytesRead !== buf.byteLength)
+      throw new PleFileError(this.path, `truncated: row ${id} read ${bytesRead} of ${buf.byteLength} bytes`);
     return buf;
   }
 
