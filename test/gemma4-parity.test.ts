@@ -28,6 +28,26 @@ async function build(
   return { session, info: out.info };
 }
 
+/** Relative logit errors against the reference: a prefill of `prompt`, then `steps` decode steps of next(step). */
+async function walkErrors(
+  session: ort.InferenceSession,
+  info: DecoderGraphInfo,
+  ref: Gemma4Reference,
+  prompt: number[],
+  steps: number,
+  next: (step: number) => number,
+): Promise<number[]> {
+  let r = await runChunk(session, info.cache, emptyCache(info.cache), prompt, 0, ref.pleRows(prompt));
+  const errs = [relErr(r.logits, ref.prefill(prompt))];
+  for (let step = 0; step < steps; step++) {
+    const id = next(step);
+    const want = ref.step(id);
+    r = await runChunk(session, info.cache, r.cache, [id], prompt.length + step, ref.pleRows([id]));
+    errs.push(relErr(r.logits, want));
+  }
+  return errs;
+}
+
 describe('gemma4 float decoder graph vs TypeScript reference (tiny config)', () => {
   it.each(['plain', 'gqa'] as const)(
     '%s attention: matches on a 10-token prefill and 20 decode steps that cross the window and use KV-shared layers',
@@ -106,14 +126,7 @@ describe('gemma4 package graph (FAST_VARIANT) with layer scalars far from 1', ()
     const session = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
     const ref = await Gemma4Reference.load(cfg, small);
     const prompt = [2, 17, 300, 45, 45, 511, 0, 128];
-    let r = await runChunk(session, out.info.cache, emptyCache(out.info.cache), prompt, 0, ref.pleRows(prompt));
-    const errs = [relErr(r.logits, ref.prefill(prompt))];
-    for (let step = 0; step < 6; step++) {
-      const next = (step * 29 + 5) % cfg.vocabSize;
-      const want = ref.step(next);
-      r = await runChunk(session, out.info.cache, r.cache, [next], prompt.length + step, ref.pleRows([next]));
-      errs.push(relErr(r.logits, want));
-    }
+    const errs = await walkErrors(session, out.info, ref, prompt, 6, (step) => (step * 29 + 5) % cfg.vocabSize);
     expect(Math.max(...errs)).toBeLessThanOrEqual(1e-4);
   });
 });
@@ -132,14 +145,7 @@ describe("gemma4 fused variants at E2B's head dims (256 sliding, 512 full with p
       const session = await ort.InferenceSession.create(out.modelPath, { intraOpNumThreads: 1 });
       const ref = await Gemma4Reference.load(wide, randomWeightSource(wide, 11));
       const prompt = [2, 9, 310, 45, 88, 500, 1, 128, 99, 7];
-      let r = await runChunk(session, out.info.cache, emptyCache(out.info.cache), prompt, 0, ref.pleRows(prompt));
-      const errs = [relErr(r.logits, ref.prefill(prompt))];
-      for (let step = 0; step < 14; step++) {
-        const next = (step * 53 + 3) % wide.vocabSize;
-        const want = ref.step(next);
-        r = await runChunk(session, out.info.cache, r.cache, [next], prompt.length + step, ref.pleRows([next]));
-        errs.push(relErr(r.logits, want));
-      }
+      const errs = await walkErrors(session, out.info, ref, prompt, 14, (step) => (step * 53 + 3) % wide.vocabSize);
       expect(prompt.length + 14).toBeGreaterThan(2 * wide.slidingWindow);
       expect(Math.max(...errs)).toBeLessThanOrEqual(1e-4);
     },
