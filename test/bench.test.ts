@@ -194,6 +194,13 @@ it('--json reports every figure with sane values, and bytes/token matches the fo
   expect(mk.perTokenMs.p95).toBeGreaterThanOrEqual(mk.perTokenMs.p50);
   expect(mk.shareOfDecodeStep).toBeCloseTo((mk.perTokenMs.p50 * res.decodeTokPerS) / 1000, 9);
 
+  // Picking a token, on a row of the package's logits: the whole vocabulary each pick.
+  const sp = res.sampling;
+  expect(sp.vocabSize).toBe(mk.vocabSize);
+  expect(sp.greedyMs).toBeGreaterThan(0);
+  expect(sp.defaultMs).toBeGreaterThan(0);
+  expect(sp.defaultShare).toBeCloseTo((sp.defaultMs * res.decodeTokPerS) / 1000, 9);
+
   // The tiny package has both encoders: both sections are measured (values positive, not judged for speed).
   const s = res.speech;
   if (s.skipped) throw new Error(`speech skipped: ${s.reason}`);
@@ -297,6 +304,9 @@ it('prints a human table by default, speech and caption beside their Pi 5 target
   );
   expect(r.stdout).toMatch(
     /^ +grammar mask +[\d.]+ ms per token \(p95 [\d.]+; \d+ steps of a JSON caption\) over \d+ ids: /m,
+  );
+  expect(r.stdout).toMatch(
+    /^ +picking a token +greedy [\d.]+ ms, default sampling \(temperature 1, top-k 64, top-p 0\.95\) [\d.]+ ms per token over \d+ ids: \d+% and \d+% of a decode step$/m,
   );
   const off = await bench('--model', pkg, '--json', ...SMALL, '--no-speech', '--no-caption', '--no-kernels');
   expect(off.code, off.stderr).toBe(0);

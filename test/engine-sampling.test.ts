@@ -43,6 +43,12 @@ describe('sampler', () => {
     for (let i = 0; i < 200; i++) expect(s.sample(small)).toBe(1);
   });
 
+  it('top-k on logits with no finite value gives the argmax, as greedy does (NaN never wins)', () => {
+    const s = createSampler({ temperature: 1, topK: 2, seed: 3 });
+    expect(s.sample(Float32Array.from([NaN, -Infinity, -Infinity, NaN]))).toBe(1);
+    expect(s.sample(Float32Array.from([0, NaN, Infinity, 5, Infinity]))).toBe(2);
+  });
+
   it('draws from softmax(logits / T)', () => {
     for (const t of [1, 0.7, 2]) {
       const s = createSampler({ temperature: t, seed: 1234 });
@@ -125,6 +131,9 @@ describe('sampler on a 262144-entry vocabulary', () => {
     logits[5] = logits[6] = 50; // a tie: lower id first
     expect(Array.from(topIndices(logits, 64))).toEqual(sortedIds(logits).slice(0, 64));
     expect(Array.from(topIndices(Float32Array.from([1, NaN, 3]), 3))).toEqual([2, 0, 1]);
+    // Whole numbers: thousands of ties at the k-th value, where only the lowest ids may enter.
+    const coarse = bigLogits(n, 12, 10).map(Math.round);
+    expect(Array.from(topIndices(coarse, 64))).toEqual(sortedIds(coarse).slice(0, 64));
   });
 
   it('cuts the nucleus exactly as a sort-based reference does', () => {

@@ -80,6 +80,10 @@ export function formatReport(r: BenchResult): string {
         `${r.mask.perTokenMs.p50.toFixed(3)} ms per token (p95 ${r.mask.perTokenMs.p95.toFixed(3)}; ${r.mask.steps} steps of a JSON caption) over ${r.mask.vocabSize} ids: ${pct(r.mask.shareOfDecodeStep)} of a decode step; vocabulary table ${r.mask.tableMs.toFixed(0)} ms once, schema ${r.mask.compileMs.toFixed(0)} ms once`,
       ],
       [
+        'picking a token',
+        `greedy ${r.sampling.greedyMs.toFixed(3)} ms, default sampling (temperature 1, top-k 64, top-p 0.95) ${r.sampling.defaultMs.toFixed(3)} ms per token over ${r.sampling.vocabSize} ids: ${pct(r.sampling.greedyShare)} and ${pct(r.sampling.defaultShare)} of a decode step`,
+      ],
+      [
         'peak RSS',
         `${mib(r.memory.peak.rss)} (anonymous ${mib(r.memory.peak.anon)}, file ${mib(r.memory.peak.file)}, shmem ${mib(r.memory.peak.shmem)}; sampled every ${r.memory.intervalMs} ms)`,
       ],

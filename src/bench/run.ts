@@ -26,6 +26,7 @@ import {
   type SpeechOptions,
   type SpeechResult,
 } from './media.js';
+import { type SamplingCost, measureSamplingCost } from './sampling.js';
 import { type KernelResult, measureKernels, roundCeilingTokPerS } from './kernels.js';
 import { type MaskCost, measureMaskCost } from './grammar.js';
 import { profileDecode, type OrtProfileSummary } from './ort-profile.js';
@@ -129,6 +130,8 @@ export interface BenchResult {
     | null;
   /** Constrained decoding's mask per token (grammar.ts), and its share of a decode step at the first prompt length. */
   mask: MaskCost & { shareOfDecodeStep: number };
+  /** Picking a token (sampling.ts) on a row of the model's logits, and each pick's share of a decode step. */
+  sampling: SamplingCost & { greedyShare: number; defaultShare: number };
   /** Measured after everything above (their encoders are not in `memory`); skipped with the reason otherwise. */
   speech: SpeechResult | Skipped;
   caption: CaptionResult | Skipped;
@@ -352,6 +355,20 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       say('constrained decoding: the grammar mask per token');
       const mask = await measureMaskCost(engine.tokenizer);
 
+      say("picking a token: greedy and the default sampling, on a row of the decoder's logits");
+      let row = new Float32Array(0);
+      await engine.generate({
+        promptIds: syntheticPrompt(16, vocab, 17),
+        maxTokens: 1,
+        sampling: { temperature: 0 },
+        ignoreEos: true,
+        reusePrefix: false,
+        onLogits: (logits) => {
+          row = logits.slice();
+        },
+      });
+      const sampling = measureSamplingCost(row);
+
       const decodeTokPerS = prompts[0]!.decodeTokPerS;
       const bytesPerS = decodeTokPerS * weights.perToken;
       const q = engine.manifest.quantisation;
@@ -401,6 +418,11 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
         profile,
         kernels,
         mask: { ...mask, shareOfDecodeStep: (mask.perTokenMs.p50 * decodeTokPerS) / 1000 },
+        sampling: {
+          ...sampling,
+          greedyShare: (sampling.greedyMs * decodeTokPerS) / 1000,
+          defaultShare: (sampling.defaultMs * decodeTokPerS) / 1000,
+        },
         speech,
         caption,
       };

@@ -115,24 +115,30 @@ export function topIndices(values: ArrayLike<number>, count: number): Int32Array
       pos = m;
     }
   };
-  for (let i = 0; i < n && k > 0; i++) {
+  let i = 0;
+  for (; i < n && size < k; i++) {
     let v = values[i]!;
     if (Number.isNaN(v)) v = -Infinity; // NaN ranks last
-    if (size < k) {
-      let pos = size++;
-      heapIdx[pos] = i;
-      heapVal[pos] = v;
-      while (pos > 0) {
-        const parent = (pos - 1) >> 1;
-        if (!below(heapVal[pos]!, heapIdx[pos]!, heapVal[parent]!, heapIdx[parent]!)) break;
-        swap(heapIdx, heapVal, pos, parent);
-        pos = parent;
-      }
-    } else if (below(heapVal[0]!, heapIdx[0]!, v, i)) {
-      heapIdx[0] = i;
-      heapVal[0] = v;
-      siftDown(0);
+    let pos = size++;
+    heapIdx[pos] = i;
+    heapVal[pos] = v;
+    while (pos > 0) {
+      const parent = (pos - 1) >> 1;
+      if (!below(heapVal[pos]!, heapIdx[pos]!, heapVal[parent]!, heapIdx[parent]!)) break;
+      swap(heapIdx, heapVal, pos, parent);
+      pos = parent;
     }
+  }
+  // Full heap: a later value enters only above the smallest kept one (an equal one has a higher id, and NaN
+  // compares false), so nearly every logit costs one comparison.
+  let floor = k > 0 ? heapVal[0]! : Infinity;
+  for (; i < n; i++) {
+    const v = values[i]!;
+    if (!(v > floor)) continue;
+    heapIdx[0] = i;
+    heapVal[0] = v;
+    siftDown(0);
+    floor = heapVal[0]!;
   }
   // Pop the minimum repeatedly into the tail: the result is in descending order.
   const out = new Int32Array(k);
@@ -195,16 +201,17 @@ export function createSampler(opts: SamplerOptions = {}): Sampler {
   const sample = (raw: Float32Array, history?: ArrayLike<number>): number => {
     if (raw.length === 0) throw new Error('cannot sample from empty logits');
     const logits = penalise(raw, history);
-    const best = argmax(logits);
-    const maxLogit = logits[best]!;
-    if (temperature === 0 || topK === 1 || !Number.isFinite(maxLogit)) return best;
+    if (temperature === 0 || topK === 1) return argmax(logits);
     const invT = 1 / temperature;
     const n = logits.length;
     const minWeight = minP; // the best token weighs 1, so min-p compares weights with minP directly
 
     if (topK > 0 && topK < n) {
-      // Top-p is measured against the top-k set, renormalised.
+      // The top-k set, best first, holds the argmax: no pass of its own. Top-p is measured against the set,
+      // renormalised.
       const candidates = topIndices(logits, topK);
+      const maxLogit = logits[candidates[0]!]!;
+      if (!Number.isFinite(maxLogit)) return argmax(logits);
       const w = new Float64Array(candidates.length);
       let mass = 0;
       for (let j = 0; j < candidates.length; j++) {
@@ -220,6 +227,9 @@ export function createSampler(opts: SamplerOptions = {}): Sampler {
       return pick(w, cum, end, candidates);
     }
 
+    const best = argmax(logits);
+    const maxLogit = logits[best]!;
+    if (!Number.isFinite(maxLogit)) return best;
     // Whole vocabulary, one exp pass. d = -ln(weight); beyond MAX_NEG_LOG a token weighs 0 (e^-48 of the
     // best, below double precision of the total), which also spares most exps on peaked real logits.
     if (!weights || weights.length !== n) {
