@@ -70,6 +70,11 @@ function describe(t: onnxProto.onnx.ITensorProto): Init {
   return { bytes: raw > 0 ? raw : count * (ELEMENT_BYTES[t.dataType ?? 0] ?? 0), key: `embedded:${t.name}` };
 }
 
+/** The decoder graph names its LM head's weights lm_head.* (decoder-graph.ts), tied or not. */
+function isLmHeadWeight(initializer: string): boolean {
+  return initializer.startsWith('lm_head');
+}
+
 /** Sums the decoder graph's weight bytes by the rule above. */
 export async function graphWeightBytes(onnxPath: string): Promise<Omit<WeightBytes, 'pleRowBytes' | 'perToken'>> {
   const model = onnx.ModelProto.decode(await readFile(onnxPath));
@@ -101,7 +106,7 @@ export async function graphWeightBytes(onnxPath: string): Promise<Omit<WeightByt
       const init = inits.get(name);
       if (!init || counted.has(init.key)) continue;
       counted.add(init.key);
-      if (name.startsWith('lm_head')) lmHeadBytes += init.bytes;
+      if (isLmHeadWeight(name)) lmHeadBytes += init.bytes;
       else if (MATMUL_OPS.has(op)) matmulBytes += init.bytes;
       else smallBytes += init.bytes;
     }
@@ -166,7 +171,7 @@ export async function matMulNBitsShapes(
       blockSize: attr('block_size'),
       accuracyLevel: attr('accuracy_level', 0),
     };
-    if ((n.input?.[1] ?? '').startsWith('lm_head')) lmHead = shape;
+    if (isLmHeadWeight(n.input?.[1] ?? '')) lmHead = shape;
     else linears.push(shape);
   }
   return { linears, lmHead };
