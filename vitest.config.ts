@@ -8,6 +8,8 @@ export default defineConfig({
     hookTimeout: 30_000,
     // Two cores: forks keep ONNX Runtime and child processes isolated per file.
     pool: 'forks',
+    // Each run's temporary files under one folder, removed when the run ends (test/global-setup.ts).
+    globalSetup: ['test/global-setup.ts'],
     // Commands the tests run keep their prepacked weight caches here, not in the user's ~/.cache.
     env: { PERCH_CACHE_DIR: resolve('test/.tmp/perch-cache') },
   },
