@@ -1,8 +1,8 @@
 /**
  * The HTTP API as users run it: the real `perch run` process with a tiny package that can see, a private
  * Mosquitto, and the real clients: the `openai` SDK and the `ollama` library from PyPI (test/http_clients.py,
- * run in the reference environment), plus replays of what Frigate's llamacpp provider and Home Assistant's Ollama
- * integration send. Bad input comes from plain fetch and node:http.
+ * run in the reference environment), plus replays of what Frigate's llamacpp and ollama providers and Home
+ * Assistant's Ollama integration send. Bad input comes from plain fetch and node:http.
  */
 import { execFile } from 'node:child_process';
 import * as http from 'node:http';
@@ -215,6 +215,44 @@ describe('the Ollama API, through the ollama library as Home Assistant calls it'
     expect(clients.ollama_tools_ha.done).toBe(true);
     expect(clients.ollama_tools_ha.prompt_eval_count).toBeGreaterThan(clients.ollama_chat.prompt_eval_count + 20);
   });
+
+  it('generates from a prompt, streamed and whole alike, with a system prompt; an empty prompt loads', () => {
+    const g = clients.ollama_generate_stream;
+    expect(g.error, JSON.stringify(g.error)).toBeUndefined();
+    expect(g.done).toBe(true);
+    expect(g.chunks).toBeGreaterThan(1);
+    expect(g.text).toBe(g.whole);
+    expect(g.eval_count).toBe(g.whole_eval_count);
+    expect(g.eval_count).toBeGreaterThan(0);
+    expect(g.system_prompt_eval_count).toBeGreaterThan(g.no_system_prompt_eval_count + 3);
+    expect(g.empty).toEqual({ done: true, done_reason: 'load', response: '' });
+  });
+
+  it('refuses what it does not do by name (raw prompts, context) and an unknown model', () => {
+    expect(clients.ollama_generate_raw.error).toMatchObject({ status: 400 });
+    expect(clients.ollama_generate_raw.error.message).toMatch(/^raw: /);
+    expect(clients.ollama_generate_context.error).toMatchObject({ status: 400 });
+    expect(clients.ollama_generate_context.error.message).toMatch(/^context: .*\/api\/chat/);
+    expect(clients.ollama_generate_unknown_model.error).toMatchObject({ status: 404 });
+    expect(clients.ollama_generate_unknown_model.error.message).toMatch(/"llava:7b" not found/);
+  });
+});
+
+describe('Frigate’s ollama provider, replayed (show, then generate with the snapshot)', () => {
+  it('finds the model, and describes an image with its options; a review schema is met by every sampled reply', () => {
+    const f = clients.frigate_ollama;
+    expect(f.error, JSON.stringify(f.error)).toBeUndefined();
+    expect(f.capabilities).toContain('vision');
+    expect(typeof f.response).toBe('string');
+    expect(f.done).toBe(true);
+    expect(['stop', 'length']).toContain(f.done_reason);
+    expect(f.eval_count).toBeGreaterThan(0);
+    // The snapshot's soft tokens are in the prompt.
+    expect(f.prompt_eval_count).toBeGreaterThan(f.text_prompt_eval_count + 50);
+    const validator = compileStructured(clientsDoorSchema);
+    expect(f.review).toHaveLength(3);
+    for (const text of f.review as string[]) expect(parseStructured(text, validator), text).toMatchObject({ ok: true });
+  });
 });
 
 describe('Frigate’s llamacpp provider, replayed', () => {
@@ -246,6 +284,15 @@ describe('bad input, answered while the daemon goes on', () => {
     r = await post('/api/chat', JSON.stringify({ model: 'perch', messages: 'hello' }));
     expect(r.status).toBe(400);
     expect(((await r.json()) as Json).error).toMatch(/messages/);
+    r = await post('/api/generate', JSON.stringify({ model: 'perch', prompt: 5 }));
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as Json).error).toMatch(/prompt/);
+    r = await post('/api/generate', JSON.stringify({ model: 'perch', prompt: 'hi', images: ['not base64!'] }));
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as Json).error).toMatch(/images\.0: not base64/);
+    r = await post('/api/generate', JSON.stringify({ model: 'perch', prompt: 'hi', format: { type: 'strnig' } }));
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as Json).error).toMatch(/^format: /);
     r = await post(
       '/v1/chat/completions',
       JSON.stringify({ model: 'perch', messages: [{ role: 'user', content: 'x'.repeat(2 * 1024 * 1024) }] }),
@@ -367,11 +414,13 @@ describe('docs/http.md', () => {
     const blocks = [...doc.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => parse(m[1]!) as Json);
     const perch = perchConfigSchema.parse(blocks[0]);
     expect(perch.http).toMatchObject({ enabled: true, port: 8484, token: expect.any(String) });
-    const frigate = blocks[1].genai.perch;
-    expect(frigate.provider).toBe('llamacpp');
-    expect(new URL(frigate.base_url).port).toBe(String(perch.http.port));
-    expect(frigate.model).toBe(perch.http.model_name);
-    expect(frigate.api_key).toBe(perch.http.token);
+    // Frigate's llamacpp and ollama providers, both pointed at Perch.
+    expect([blocks[1].genai.perch.provider, blocks[2].genai.perch.provider]).toEqual(['llamacpp', 'ollama']);
+    for (const frigate of [blocks[1].genai.perch, blocks[2].genai.perch]) {
+      expect(new URL(frigate.base_url).port).toBe(String(perch.http.port));
+      expect(frigate.model).toBe(perch.http.model_name);
+      expect(frigate.api_key).toBe(perch.http.token);
+    }
     // The Home Assistant steps name the same URL and the model as the Ollama API lists it.
     expect(doc).toContain(`URL: \`http://perch.local:${perch.http.port}\``);
     expect(doc).toContain(`\`${perch.http.model_name}:latest\``);

@@ -1,6 +1,7 @@
 """Real clients of Perch's HTTP API, for test/http.test.ts: the `openai` SDK, the `ollama` library, and replays of
-what Frigate's llamacpp provider (frigate/genai/plugins/llama_cpp.py) and Home Assistant's Ollama integration
-(homeassistant/components/ollama/entity.py, config_flow.py) send. Prints one JSON object of results.
+what Frigate's llamacpp and ollama providers (frigate/genai/plugins/llama_cpp.py, ollama.py) and Home Assistant's
+Ollama integration (homeassistant/components/ollama/entity.py, config_flow.py) send. Prints one JSON object of
+results.
 
 usage: http_clients.py BASE_URL TOKEN JPEG
 """
@@ -278,6 +279,64 @@ record("ollama_tools_ha", ollama_tools_ha)
 record("ollama_stream_ha", ollama_stream_ha)
 record("ollama_image", ollama_image)
 record("ollama_unknown_model", lambda: ol.chat(model="llama3.2:latest", messages=ask, stream=False).model_dump())
+
+
+# ---- Frigate's ollama provider (frigate/genai/plugins/ollama.py), replayed with the ollama library: it checks the
+# model with show(), then describes with generate(): the prompt, the snapshot's bytes, its LOCAL_OPTIMIZED_OPTIONS
+# (repeat_penalty and presence_penalty, which Perch does not use), and for review summaries a JSON schema as format.
+def frigate_ollama():
+    frigate = ollama.Client(host=base, timeout=120, headers={"Authorization": "Bearer " + token})
+    show = frigate.show("perch")
+    options = {"options": {"temperature": 0.5, "repeat_penalty": 1.05, "presence_penalty": 0.3}}
+    image = open(jpeg, "rb").read()
+    desc = frigate.generate("perch", "Describe the person in the image.", images=[image], **options)
+    with_text = frigate.generate("perch", "Describe the person in the image.", **options)
+    review = [
+        frigate.generate("perch", "Summarise the activity.", images=[image], format=DOOR, options={"temperature": 1, "seed": seed, "num_predict": 96})
+        for seed in (1, 2, 3)
+    ]
+    return {
+        "capabilities": show.capabilities,
+        "response": desc["response"],
+        "done": desc.get("done"),
+        "done_reason": desc.get("done_reason"),
+        "eval_count": desc.get("eval_count"),
+        "prompt_eval_count": desc.get("prompt_eval_count"),
+        "text_prompt_eval_count": with_text.get("prompt_eval_count"),
+        "review": [r["response"] for r in review],
+    }
+
+
+def ollama_generate_stream():
+    # The library's generate, streamed and whole, greedy: the same text; a system prompt lengthens the prompt.
+    parts, last = [], None
+    for chunk in ol.generate(model="perch", prompt="Say hello.", stream=True, options={"num_predict": 8, "temperature": 0}):
+        parts.append(chunk.response or "")
+        last = chunk
+    whole = ol.generate(model="perch", prompt="Say hello.", options={"num_predict": 8, "temperature": 0})
+    # An empty system prompt means none (not the configured one): a given one adds its tokens.
+    no_system = ol.generate(model="perch", prompt="Say hello.", system="", options={"num_predict": 1})
+    system = ol.generate(model="perch", prompt="Say hello.", system="You watch a garden.", options={"num_predict": 1})
+    empty = ol.generate(model="perch", prompt="")
+    return {
+        "text": "".join(parts),
+        "chunks": len(parts),
+        "done": last.done,
+        "eval_count": last.eval_count,
+        "prompt_eval_count": last.prompt_eval_count,
+        "whole": whole.response,
+        "whole_eval_count": whole.eval_count,
+        "no_system_prompt_eval_count": no_system.prompt_eval_count,
+        "system_prompt_eval_count": system.prompt_eval_count,
+        "empty": {"done": empty.done, "done_reason": empty.done_reason, "response": empty.response},
+    }
+
+
+record("frigate_ollama", frigate_ollama)
+record("ollama_generate_stream", ollama_generate_stream)
+record("ollama_generate_raw", lambda: ol.generate(model="perch", prompt="hi", raw=True).model_dump())
+record("ollama_generate_context", lambda: ol.generate(model="perch", prompt="hi", context=[1, 2, 3]).model_dump())
+record("ollama_generate_unknown_model", lambda: ol.generate(model="llava:7b", prompt="hi").model_dump())
 
 # ---- Frigate's llamacpp provider, replayed: discovery, then a description with an image and provider_options
 hx = httpx.Client(base_url=base, headers={"Authorization": "Bearer " + token}, timeout=120)

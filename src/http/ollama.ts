@@ -1,19 +1,22 @@
 /**
- * The Ollama API, the part Home Assistant's Ollama integration and the `ollama` client library use: /api/tags
- * (the integration's connection check and model list, read by `model`), /api/ps, /api/show, /api/version,
- * /api/pull (the model is already here) and /api/chat (NDJSON streaming by default: every line one complete
- * JSON object with message.role, the last one done: true).
+ * The Ollama API, the part Home Assistant's Ollama integration, Frigate's `ollama` provider and the `ollama` client
+ * library use: /api/tags (the integration's connection check and model list, read by `model`), /api/ps,
+ * /api/show (Frigate's check that the model is there), /api/version, /api/pull (the model is already here),
+ * /api/chat (Home Assistant) and /api/generate (Frigate's descriptions: a prompt and images). Both answer in NDJSON
+ * by default: every line one complete JSON object, the last one done: true.
  */
 import type * as http from 'node:http';
 import { z } from 'zod';
+import type { JsonSchemaObject } from '../common/structured-output.js';
 import type { ContentPart, GenerationMessage, GenerationRequest, GenerationResult } from '../engine/types.js';
 import { checkSchema, imageBytes, reply, samplingOf, toolSpecs } from './chat.js';
 import { type HttpApi, HttpError, type Route, describeIssues, sendJson } from './server.js';
 
+const images = z.array(z.string()).max(16).nullish();
 const message = z.looseObject({
   role: z.enum(['system', 'user', 'assistant', 'tool']),
   content: z.string().max(1_000_000).optional(),
-  images: z.array(z.string()).max(16).nullish(),
+  images,
   tool_calls: z
     .array(
       z.looseObject({
@@ -25,9 +28,9 @@ const message = z.looseObject({
   tool_name: z.string().max(64).nullish(),
   thinking: z.string().nullish(),
 });
-const chatRequest = z.looseObject({
+/** What /api/chat and /api/generate share. Options Perch does not use (repeat_penalty, say) are accepted. */
+const common = {
   model: z.string().min(1).max(256),
-  messages: z.array(message).max(1000).default([]),
   stream: z.boolean().default(true),
   format: z.union([z.literal('json'), z.literal(''), z.record(z.string(), z.unknown())]).nullish(),
   options: z
@@ -43,10 +46,26 @@ const chatRequest = z.looseObject({
     .nullish(),
   // Accepted and ignored: the model stays loaded while Perch runs.
   keep_alive: z.union([z.number(), z.string().max(32)]).nullish(),
-  tools: z.array(z.unknown()).nullish(),
   think: z.union([z.boolean(), z.enum(['low', 'medium', 'high'])]).nullish(),
+};
+const chatRequest = z.looseObject({
+  ...common,
+  messages: z.array(message).max(1000).default([]),
+  tools: z.array(z.unknown()).nullish(),
+});
+const generateRequest = z.looseObject({
+  ...common,
+  prompt: z.string().max(1_000_000).default(''),
+  system: z.string().max(1_000_000).nullish(),
+  images,
+  // Ollama features Perch does not have: refused by name below rather than ignored.
+  suffix: z.string().nullish(),
+  raw: z.boolean().nullish(),
+  template: z.string().nullish(),
+  context: z.array(z.number()).nullish(),
 });
 type ChatRequest = z.infer<typeof chatRequest>;
+type GenerateRequest = z.infer<typeof generateRequest>;
 const modelRequest = z.looseObject({
   model: z.string().min(1).max(256).optional(),
   name: z.string().max(256).optional(),
@@ -105,6 +124,7 @@ export function ollamaRoutes(api: HttpApi): Record<string, Route> {
       sendJson(res, 200, { status: 'success' });
     },
     'POST /api/chat': async (ctx) => chat(api, ctx.body, ctx.res, ctx.signal),
+    'POST /api/generate': async (ctx) => generate(api, ctx.body, ctx.res, ctx.signal),
   };
 }
 
@@ -114,39 +134,76 @@ async function chat(api: HttpApi, body: unknown, res: http.ServerResponse, signa
   const r = parsed.data;
   if (!api.isModel(r.model)) throw new HttpError(404, 'model_not_found', `model "${r.model.slice(0, 100)}" not found`);
   const tools = toolSpecs(r.tools, undefined);
-  if (r.messages.length === 0) {
-    // Ollama's way to load a model: an empty chat answers done at once.
-    sendJson(res, 200, {
-      model: r.model,
-      created_at: new Date().toISOString(),
-      message: { role: 'assistant', content: '' },
-      done: true,
-      done_reason: 'load',
-    });
-    return;
-  }
-  const request = { ...generationRequest(r), ...(tools ? { tools } : {}) };
+  // Ollama's way to load a model: an empty chat answers done at once.
+  if (r.messages.length === 0) return loaded(res, r.model, { message: { role: 'assistant', content: '' } });
   if (tools && r.format) throw new HttpError(400, 'invalid_request', 'give tools or a format, not both');
-  const schema =
+  const request = { ...generationRequest(r), ...(tools ? { tools } : {}) };
+  await answer(api, r, request, res, signal, (content, result) => ({
+    message: {
+      role: 'assistant',
+      content,
+      ...(result?.thinking ? { thinking: result.thinking } : {}),
+      // The client runs the tools; arguments stay objects, as the Ollama library requires.
+      ...(result?.toolCalls?.length
+        ? { tool_calls: result.toolCalls.map((c) => ({ function: { name: c.name, arguments: c.arguments } })) }
+        : {}),
+    },
+  }));
+}
+
+/** A prompt (and images) without a conversation: what Frigate's `ollama` provider sends for a description. */
+async function generate(api: HttpApi, body: unknown, res: http.ServerResponse, signal: AbortSignal): Promise<void> {
+  const parsed = generateRequest.safeParse(body);
+  if (!parsed.success) throw new HttpError(400, 'invalid_request', describeIssues(parsed.error.issues));
+  const r = parsed.data;
+  if (!api.isModel(r.model)) throw new HttpError(404, 'model_not_found', `model "${r.model.slice(0, 100)}" not found`);
+  if (r.raw) throw new HttpError(400, 'invalid_request', "raw: Perch always applies Gemma 4's chat template");
+  if (r.template) throw new HttpError(400, 'invalid_request', "template: Perch always applies Gemma 4's chat template");
+  if (r.suffix) throw new HttpError(400, 'invalid_request', 'suffix: fill-in-the-middle is not supported');
+  if (r.context?.length)
+    throw new HttpError(400, 'invalid_request', 'context: not supported; send the conversation to /api/chat');
+  const pictures = r.images ?? [];
+  // As with chat, an empty request loads the model.
+  if (!r.prompt && pictures.length === 0) return loaded(res, r.model, { response: '' });
+  const content: ContentPart[] = pictures.map((b64, j) => ({ type: 'image', data: imageBytes(b64, `images.${j}`) }));
+  if (r.prompt) content.push({ type: 'text', text: r.prompt });
+  const messages: GenerationMessage[] = [
+    ...(r.system != null ? [{ role: 'system' as const, content: r.system }] : []),
+    { role: 'user', content: pictures.length ? content : r.prompt },
+  ];
+  await answer(api, r, { ...settingsOf(r), messages }, res, signal, (text, result) => ({
+    response: text,
+    ...(result?.thinking ? { thinking: result.thinking } : {}),
+  }));
+}
+
+/** The answer to a request with nothing to generate from: Ollama loads the model and says so. */
+function loaded(res: http.ServerResponse, model: string, payload: Record<string, unknown>): void {
+  sendJson(res, 200, { model, created_at: new Date().toISOString(), ...payload, done: true, done_reason: 'load' });
+}
+
+/**
+ * Generates the reply and writes it as both endpoints do: one object (stream false) or NDJSON lines, each piece of
+ * text in `payload`'s shape, then a last line done: true with the counts and durations (nanoseconds).
+ */
+async function answer(
+  api: HttpApi,
+  r: { model: string; stream: boolean; format?: GenerateRequest['format'] },
+  request: Omit<GenerationRequest, 'signal'>,
+  res: http.ServerResponse,
+  signal: AbortSignal,
+  payload: (text: string, result?: GenerationResult) => Record<string, unknown>,
+): Promise<void> {
+  const schema: JsonSchemaObject | null =
     r.format === 'json'
       ? { type: 'object' }
       : r.format && typeof r.format === 'object'
         ? checkSchema(r.format, 'format')
         : null;
-  const run = (onToken?: (delta: string) => void): Promise<GenerationResult> =>
-    reply(api, request, schema, signal, onToken);
-  const done = (result: GenerationResult, content: string) => ({
-    model: r.model,
-    created_at: new Date().toISOString(),
-    message: {
-      role: 'assistant',
-      content,
-      ...(result.thinking ? { thinking: result.thinking } : {}),
-      // The client runs the tools; arguments stay objects, as the Ollama library requires.
-      ...(result.toolCalls?.length
-        ? { tool_calls: result.toolCalls.map((c) => ({ function: { name: c.name, arguments: c.arguments } })) }
-        : {}),
-    },
+  const head = () => ({ model: r.model, created_at: new Date().toISOString() });
+  const done = (result: GenerationResult, text: string) => ({
+    ...head(),
+    ...payload(text, result),
     done: true,
     done_reason: result.finishReason === 'length' ? 'length' : 'stop',
     total_duration: Math.round(result.timings.totalMs * 1e6),
@@ -157,7 +214,7 @@ async function chat(api: HttpApi, body: unknown, res: http.ServerResponse, signa
     eval_duration: Math.round((result.timings.decodeMs ?? 0) * 1e6),
   });
   if (!r.stream) {
-    const result = await run();
+    const result = await reply(api, request, schema, signal);
     if (result.finishReason !== 'cancelled') sendJson(res, 200, done(result, result.text));
     return;
   }
@@ -165,19 +222,14 @@ async function chat(api: HttpApi, body: unknown, res: http.ServerResponse, signa
     if (!res.headersSent) res.writeHead(200, { 'Content-Type': 'application/x-ndjson' });
     res.write(`${JSON.stringify(obj)}\n`);
   };
-  const result = await run((delta) =>
-    line({
-      model: r.model,
-      created_at: new Date().toISOString(),
-      message: { role: 'assistant', content: delta },
-      done: false,
-    }),
+  const result = await reply(api, request, schema, signal, (delta) =>
+    line({ ...head(), ...payload(delta), done: false }),
   );
   if (result.finishReason !== 'cancelled') line(done(result, ''));
   res.end();
 }
 
-/** The request in the engine's terms. */
+/** The chat request in the engine's terms. */
 function generationRequest(r: ChatRequest): Omit<GenerationRequest, 'signal'> {
   let lastCall: string | undefined;
   const messages: GenerationMessage[] = r.messages.map((m, i) => {
@@ -203,10 +255,14 @@ function generationRequest(r: ChatRequest): Omit<GenerationRequest, 'signal'> {
     if (m.content) parts.push({ type: 'text', text: m.content });
     return { role: m.role, content: parts };
   });
+  return { messages, ...settingsOf(r) };
+}
+
+/** Length, sampling, stop texts and thinking, as both endpoints name them. */
+function settingsOf(r: Pick<ChatRequest, 'options' | 'think'>): Omit<GenerationRequest, 'signal' | 'messages'> {
   const o = r.options ?? {};
   const maxTokens = o.num_predict != null && o.num_predict > 0 ? o.num_predict : undefined;
   return {
-    messages,
     ...(maxTokens ? { maxTokens } : {}),
     sampling: samplingOf(o),
     ...(o.stop?.length ? { stop: o.stop } : {}),
