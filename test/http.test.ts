@@ -197,7 +197,7 @@ describe('the Ollama API, through the ollama library as Home Assistant calls it'
   it('lists, shows and reports the loaded model under the name the integration reads (model)', () => {
     expect(clients.ollama_list).toEqual(['perch:latest']);
     expect(clients.ollama_ps).toEqual(['perch:latest']);
-    expect(clients.ollama_show).toContain('vision');
+    expect(clients.ollama_show).toEqual(['completion', 'tools', 'thinking', 'vision']);
   });
 
   it('chats whole and streamed (Home Assistant’s arguments: keep_alive -1, num_ctx, tools [], think off), alike', () => {

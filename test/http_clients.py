@@ -288,6 +288,8 @@ def frigate_ollama():
     frigate = ollama.Client(host=base, timeout=120, headers={"Authorization": "Bearer " + token})
     show = frigate.show("perch")
     options = {"options": {"temperature": 0.5, "repeat_penalty": 1.05, "presence_penalty": 0.3}}
+    if "thinking" in (show.capabilities or []):
+        options["think"] = False  # Frigate turns thinking off for descriptions of a model that has it
     image = open(jpeg, "rb").read()
     desc = frigate.generate("perch", "Describe the person in the image.", images=[image], **options)
     with_text = frigate.generate("perch", "Describe the person in the image.", **options)

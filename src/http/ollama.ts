@@ -115,7 +115,9 @@ export function ollamaRoutes(api: HttpApi): Record<string, Route> {
         template: '',
         details: details(),
         model_info: { 'general.architecture': 'gemma4', 'gemma4.context_length': api.contextTokens },
-        capabilities: ['completion', ...(s.vision ? ['vision'] : [])],
+        // What Ollama lists for a model like this one. Clients read it: Frigate sends `think` only to a model
+        // with 'thinking', others offer tools only to one with 'tools'.
+        capabilities: ['completion', 'tools', 'thinking', ...(s.vision ? ['vision'] : [])],
         modified_at: new Date(0).toISOString(),
       });
     },
