@@ -147,6 +147,17 @@ describe('GemmaAnswerEngine with images', () => {
       await expect(
         askEngine(engine, { id: 'y', text: 'What is this?' }, { ...noop, image: truncated }),
       ).rejects.toThrow(InvalidInputError);
+      // A JPEG that ends inside its header: libvips complains several times over.
+      const headerOnly = Buffer.from('/9j/4AAQSkZJRgABAQ==', 'base64');
+      const cut = await askEngine(engine, { id: 'z', text: 'What is this?' }, { ...noop, image: headerOnly }).catch(
+        (e: unknown) => e,
+      );
+      expect(cut).toBeInstanceOf(InvalidInputError);
+      // One line, each of libvips' complaints once (it repeats them for every pass over the file).
+      const reasons = (cut as Error).message.replace(/^image: cannot decode image: /, '').split('; ');
+      expect(reasons.length).toBeGreaterThan(0);
+      expect(new Set(reasons).size, (cut as Error).message).toBe(reasons.length);
+      expect((cut as Error).message).not.toContain('\n');
       const ok = await askEngine(
         engine,
         { id: 'z', text: 'And this?', max_tokens: 4, seed: 1 },

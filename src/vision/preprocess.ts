@@ -181,7 +181,10 @@ export async function preprocessImage(image: Buffer, opts: PreprocessOptions = {
       .raw()
       .toBuffer({ resolveWithObject: true });
   } catch (err) {
-    throw new ImagePreprocessError(`cannot decode image: ${(err as Error).message}`, { cause: err });
+    // libvips repeats its complaint for every pass over a broken file: each distinct line once, on one line.
+    const lines = (err as Error).message.split('\n').map((l) => l.trim());
+    const reason = [...new Set(lines.filter(Boolean))].join('; ');
+    throw new ImagePreprocessError(`cannot decode image: ${reason}`, { cause: err });
   }
   const { width, height, channels } = decoded.info;
   if (channels !== 3) throw new ImagePreprocessError(`decoded image has ${channels} channels, expected 3`);
