@@ -32,7 +32,11 @@ const message = z.looseObject({
 const common = {
   model: z.string().min(1).max(256),
   stream: z.boolean().default(true),
-  format: z.union([z.literal('json'), z.literal(''), z.record(z.string(), z.unknown())]).nullish(),
+  format: z
+    .union([z.literal('json'), z.literal(''), z.record(z.string(), z.unknown())], {
+      error: '"json" or a JSON schema object',
+    })
+    .nullish(),
   options: z
     .looseObject({
       temperature: z.number().min(0).max(2).nullish(),
