@@ -21,8 +21,9 @@ export type { JobKind, SchedulerErrorCode, SchedulerErrorDetail } from './errors
 
 export type SchedulerSettings = PerchConfig['scheduler'];
 
+/** Highest priority first: the order jobs are picked in, and which waiting job a full queue gives up. */
 export const JOB_KINDS: readonly JobKind[] = ['answer', 'transcript', 'http', 'caption'];
-const PRIORITY: Record<JobKind, number> = { answer: 0, transcript: 1, http: 2, caption: 3 };
+const PRIORITY = Object.fromEntries(JOB_KINDS.map((kind, rank) => [kind, rank])) as Record<JobKind, number>;
 
 export interface JobSpec<T> {
   kind: JobKind;
