@@ -12,11 +12,11 @@ import type { ContentPart, GenerationMessage, GenerationRequest, GenerationResul
 import { checkSchema, imageBytes, reply, samplingOf, toolSpecs } from './chat.js';
 import { type HttpApi, HttpError, type Route, describeIssues, sendJson } from './server.js';
 
-const images = z.array(z.string()).max(16).nullish();
+const base64Images = z.array(z.string()).max(16).nullish();
 const message = z.looseObject({
   role: z.enum(['system', 'user', 'assistant', 'tool']),
   content: z.string().max(1_000_000).optional(),
-  images,
+  images: base64Images,
   tool_calls: z
     .array(
       z.looseObject({
@@ -61,7 +61,7 @@ const generateRequest = z.looseObject({
   ...common,
   prompt: z.string().max(1_000_000).default(''),
   system: z.string().max(1_000_000).nullish(),
-  images,
+  images: base64Images,
   // Ollama features Perch does not have: refused by name below rather than ignored.
   suffix: z.string().nullish(),
   raw: z.boolean().nullish(),
@@ -168,14 +168,12 @@ async function generate(api: HttpApi, body: unknown, res: http.ServerResponse, s
   if (r.suffix) throw new HttpError(400, 'invalid_request', 'suffix: fill-in-the-middle is not supported');
   if (r.context?.length)
     throw new HttpError(400, 'invalid_request', 'context: not supported; send the conversation to /api/chat');
-  const pictures = r.images ?? [];
+  const images = r.images ?? [];
   // As with chat, an empty request loads the model.
-  if (!r.prompt && pictures.length === 0) return loaded(res, r.model, { response: '' });
-  const content: ContentPart[] = pictures.map((b64, j) => ({ type: 'image', data: imageBytes(b64, `images.${j}`) }));
-  if (r.prompt) content.push({ type: 'text', text: r.prompt });
+  if (!r.prompt && images.length === 0) return loaded(res, r.model, { response: '' });
   const messages: GenerationMessage[] = [
     ...(r.system != null ? [{ role: 'system' as const, content: r.system }] : []),
-    { role: 'user', content: pictures.length ? content : r.prompt },
+    { role: 'user', content: userContent(r.prompt, images, '') },
   ];
   await answer(api, r, { ...settingsOf(r), messages }, res, signal, (text, result) => ({
     response: text,
@@ -252,16 +250,22 @@ function generationRequest(r: ChatRequest): Omit<GenerationRequest, 'signal'> {
       return { role: 'assistant', content: m.content ?? '', toolCalls };
     }
     const images = m.images ?? [];
-    if (images.length === 0) return { role: m.role, content: m.content ?? '' };
-    if (m.role !== 'user') throw new HttpError(400, 'invalid_request', `messages.${i}: images go in user messages`);
-    const parts: ContentPart[] = images.map((b64, j) => ({
-      type: 'image',
-      data: imageBytes(b64, `messages.${i}.images.${j}`),
-    }));
-    if (m.content) parts.push({ type: 'text', text: m.content });
-    return { role: m.role, content: parts };
+    if (images.length > 0 && m.role !== 'user')
+      throw new HttpError(400, 'invalid_request', `messages.${i}: images go in user messages`);
+    return { role: m.role, content: userContent(m.content ?? '', images, `messages.${i}.`) };
   });
   return { messages, ...settingsOf(r) };
+}
+
+/** A message's content as the engine takes it: the text alone, or the images (base64, `where` names them) then it. */
+function userContent(text: string, images: string[], where: string): GenerationMessage['content'] {
+  if (images.length === 0) return text;
+  const parts: ContentPart[] = images.map((b64, j) => ({
+    type: 'image',
+    data: imageBytes(b64, `${where}images.${j}`),
+  }));
+  if (text) parts.push({ type: 'text', text });
+  return parts;
 }
 
 /** Length, sampling, stop texts and thinking, as both endpoints name them. */
